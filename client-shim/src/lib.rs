@@ -1,0 +1,1 @@
+//! The hushgate client shim (filled in by its own issue).

@@ -1,0 +1,129 @@
+//! One typed method per endpoint of the control plane's API (see
+//! docs/api.md for the shapes).
+
+use crate::{ClientError, ControlClient};
+use proto::api::*;
+use proto::feed::*;
+use proto::WgKey;
+use reqwest::Method;
+use std::time::Duration;
+
+/// Ordinary calls answer at once; this bounds a hung connection.
+const CALL: Duration = Duration::from_secs(15);
+/// An access request waits for the gateway's acknowledgement.
+const ACCESS: Duration = Duration::from_secs(30);
+
+type R<T> = Result<T, ClientError>;
+
+impl ControlClient {
+    pub async fn login(&self, username: &str, password: &str) -> R<LoginResponse> {
+        let body = LoginRequest {
+            username: username.into(),
+            password: password.into(),
+        };
+        self.call(Method::POST, "/v1/login", Some(&body), CALL).await
+    }
+
+    /// Tunnel access with the client's ephemeral public key.
+    pub async fn access(&self, server: &str, public_key: WgKey) -> R<AccessResponse> {
+        let body = AccessRequest {
+            server: server.into(),
+            public_key: Some(public_key),
+            mode: AccessMode::Tunnel,
+        };
+        self.call(Method::POST, "/v1/access", Some(&body), ACCESS)
+            .await
+    }
+
+    pub async fn renew(&self, admission_id: &str) -> R<RenewResponse> {
+        let path = format!("/v1/admissions/{admission_id}/renew");
+        self.call(Method::POST, &path, None::<&()>, ACCESS).await
+    }
+
+    pub async fn revoke(&self, admission_id: &str) -> R<()> {
+        let path = format!("/v1/admissions/{admission_id}");
+        self.call(Method::DELETE, &path, None::<&()>, CALL).await
+    }
+
+    // --- gateway ---
+
+    pub async fn enroll(&self, req: &EnrollRequest) -> R<EnrollResponse> {
+        self.call(Method::POST, "/v1/gateway/enroll", Some(req), CALL)
+            .await
+    }
+
+    /// Tells the control plane the gateway's current key, endpoint and
+    /// services (at every start).
+    pub async fn report(&self, report: &GatewayReport) -> R<()> {
+        self.call(Method::POST, "/v1/gateway/report", Some(report), CALL)
+            .await
+    }
+
+    /// Long-polls the desired state; answers at once when the version
+    /// differs from `after`, otherwise when it changes or after `wait`.
+    pub async fn feed(&self, after: Option<u64>, wait: Duration) -> R<FeedState> {
+        let path = match after {
+            Some(v) => format!("/v1/gateway/feed?after={v}&wait_ms={}", wait.as_millis()),
+            None => "/v1/gateway/feed".to_string(),
+        };
+        self.call(Method::GET, &path, None::<&()>, wait + CALL)
+            .await
+    }
+
+    pub async fn ack(&self, version: u64) -> R<()> {
+        self.call(Method::POST, "/v1/gateway/ack", Some(&FeedAck { version }), CALL)
+            .await
+    }
+
+    // --- admin ---
+
+    pub async fn create_user(&self, req: &CreateUser) -> R<UserInfo> {
+        self.call(Method::POST, "/v1/admin/users", Some(req), CALL)
+            .await
+    }
+
+    pub async fn list_users(&self) -> R<Vec<UserInfo>> {
+        self.call(Method::GET, "/v1/admin/users", None::<&()>, CALL)
+            .await
+    }
+
+    pub async fn delete_user(&self, username: &str) -> R<()> {
+        let path = format!("/v1/admin/users/{username}");
+        self.call(Method::DELETE, &path, None::<&()>, CALL).await
+    }
+
+    pub async fn create_server(&self, req: &CreateServer) -> R<CreatedServer> {
+        self.call(Method::POST, "/v1/admin/servers", Some(req), CALL)
+            .await
+    }
+
+    pub async fn list_servers(&self) -> R<Vec<ServerInfo>> {
+        self.call(Method::GET, "/v1/admin/servers", None::<&()>, CALL)
+            .await
+    }
+
+    pub async fn create_grant(&self, req: &CreateGrant) -> R<GrantInfo> {
+        self.call(Method::POST, "/v1/admin/grants", Some(req), CALL)
+            .await
+    }
+
+    pub async fn list_grants(&self) -> R<Vec<GrantInfo>> {
+        self.call(Method::GET, "/v1/admin/grants", None::<&()>, CALL)
+            .await
+    }
+
+    pub async fn delete_grant(&self, username: &str, server: &str) -> R<()> {
+        let path = format!("/v1/admin/grants/{username}/{server}");
+        self.call(Method::DELETE, &path, None::<&()>, CALL).await
+    }
+
+    pub async fn list_admissions(&self) -> R<Vec<AdmissionInfo>> {
+        self.call(Method::GET, "/v1/admin/admissions", None::<&()>, CALL)
+            .await
+    }
+
+    pub async fn audit(&self, limit: u32) -> R<Vec<AuditEntry>> {
+        let path = format!("/v1/admin/audit?limit={limit}");
+        self.call(Method::GET, &path, None::<&()>, CALL).await
+    }
+}

@@ -1,0 +1,239 @@
+//! HTTPS client for the hushgate control plane.
+//!
+//! Gateways, the client shim and `hushgate admin` all talk to the control
+//! plane through this crate, so they share one idea of trust and one set of
+//! readable errors. Trust is either a pinned CA file (a self-hosted control
+//! plane that made its own CA) or the public web PKI roots; there is no way
+//! to switch verification off. Answers are read with a size cap so that a
+//! hostile or broken server cannot make a client buffer without bound.
+#![forbid(unsafe_code)]
+
+use proto::api::ErrorBody;
+use reqwest::{Method, StatusCode};
+use rustls::pki_types::CertificateDer;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+mod calls;
+
+/// Which certificates the client accepts for the control plane.
+#[derive(Clone)]
+pub enum Trust {
+    /// Only certificates issued by this CA (PEM, one or more certificates).
+    PinnedCa(Vec<CertificateDer<'static>>),
+    /// The public web PKI (Mozilla's roots, built in).
+    PublicRoots,
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trust::PinnedCa(c) => write!(f, "PinnedCa({} certificates)", c.len()),
+            Trust::PublicRoots => f.write_str("PublicRoots"),
+        }
+    }
+}
+
+impl Trust {
+    /// Reads a PEM file of CA certificates to pin.
+    pub fn from_ca_file(path: &Path) -> Result<Trust, ClientError> {
+        let pem = std::fs::read(path).map_err(|e| ClientError::Config(format!(
+            "cannot read the CA file {}: {e}; pass the ca.pem that the control plane printed at its first start",
+            path.display()
+        )))?;
+        Self::from_ca_pem(&pem).map_err(|e| {
+            ClientError::Config(format!("the CA file {} {e}", path.display()))
+        })
+    }
+
+    pub fn from_ca_pem(pem: &[u8]) -> Result<Trust, String> {
+        let certs: Vec<_> = rustls_pemfile::certs(&mut &pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("is not valid PEM: {e}"))?;
+        if certs.is_empty() {
+            return Err("holds no certificate (expected a PEM 'CERTIFICATE' block)".into());
+        }
+        Ok(Trust::PinnedCa(certs))
+    }
+}
+
+/// Everything that can go wrong talking to the control plane, each with a
+/// message that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Config(String),
+    #[error("the control plane at {url} presented a certificate that is not trusted ({detail}); pass the CA file it printed at first start with --ca, or check the URL")]
+    CertificateNotTrusted { url: String, detail: String },
+    #[error("cannot reach the control plane at {url}: {detail}; is it running and is the address right?")]
+    Unreachable { url: String, detail: String },
+    #[error("{message} ({status}, {code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("the control plane sent an answer that could not be understood: {0}")]
+    BadAnswer(String),
+}
+
+impl ClientError {
+    /// The API error code, if the control plane answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to one control plane. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ControlClient {
+    http: reqwest::Client,
+    base: String,
+    bearer: Option<Arc<str>>,
+    /// Largest answer body read, in bytes.
+    max_body: usize,
+}
+
+impl ControlClient {
+    /// `base` is the control plane's URL, e.g. `https://control.example:8443`.
+    /// Only `https://` is accepted.
+    pub fn new(base: &str, trust: Trust) -> Result<ControlClient, ClientError> {
+        let base = base.trim_end_matches('/').to_string();
+        if !base.starts_with("https://") {
+            return Err(ClientError::Config(format!(
+                "the control plane URL must start with https:// (got '{base}'); hushgate has no plaintext mode"
+            )));
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        match &trust {
+            Trust::PinnedCa(certs) => {
+                for c in certs {
+                    roots.add(c.clone()).map_err(|e| {
+                        ClientError::Config(format!("the CA certificate cannot be used: {e}"))
+                    })?;
+                }
+            }
+            Trust::PublicRoots => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientError::Config(format!("TLS setup failed: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::Config(format!("HTTP client setup failed: {e}")))?;
+        Ok(ControlClient {
+            http,
+            base,
+            bearer: None,
+            max_body: 64 << 20,
+        })
+    }
+
+    /// A copy of this client that sends `Authorization: Bearer token`.
+    pub fn with_bearer(&self, token: &str) -> ControlClient {
+        ControlClient {
+            bearer: Some(token.into()),
+            ..self.clone()
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one request and decodes a JSON answer (or `()` for 204).
+    pub async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method, &url).timeout(timeout);
+        if let Some(t) = &self.bearer {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let mut resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let status = resp.status();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+            if bytes.len() + chunk.len() > self.max_body {
+                return Err(ClientError::BadAnswer(format!(
+                    "answer larger than {} bytes",
+                    self.max_body
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            return Err(api_error(status, &bytes));
+        }
+        let bytes = if bytes.is_empty() { b"null".to_vec() } else { bytes };
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        let mut detail = e.to_string();
+        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+        let mut cert = false;
+        while let Some(s) = src {
+            let text = s.to_string();
+            if text.contains("certificate") || text.contains("UnknownIssuer") {
+                cert = true;
+            }
+            detail = text;
+            src = s.source();
+        }
+        let url = self.base.clone();
+        if cert {
+            ClientError::CertificateNotTrusted { url, detail }
+        } else if e.is_timeout() {
+            ClientError::Unreachable {
+                url,
+                detail: "no answer in time".into(),
+            }
+        } else {
+            ClientError::Unreachable { url, detail }
+        }
+    }
+}
+
+fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(b) => ClientError::Api {
+            status: status.as_u16(),
+            code: b.error.code,
+            message: b.error.message,
+        },
+        Err(_) => ClientError::Api {
+            status: status.as_u16(),
+            code: "unexpected".into(),
+            message: format!(
+                "the control plane answered {status} without an error description"
+            ),
+        },
+    }
+}

@@ -1,0 +1,1092 @@
+//! The HTTP API (see docs/api.md): one function builds the whole router,
+//! so tests and the server use the same thing.
+
+use crate::auth::{self, SecretKind};
+use crate::error::AppError;
+use crate::store::{self, Audit, Db, NewAdmission};
+use crate::{hub::Hub, Settings};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use proto::api::*;
+use proto::feed::*;
+use proto::{BindingPolicy, WgKey};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct AppState {
+    pub db: Db,
+    pub hub: Hub,
+    pub settings: Settings,
+    pub limiter: auth::LoginLimiter,
+    /// A real argon2 hash of a random password: login for an unknown user
+    /// verifies against it, so it takes as long as a wrong password.
+    pub dummy_hash: String,
+    /// Wakes the expiry task when an admission with an earlier deadline
+    /// appears.
+    pub expiry_wake: Notify,
+}
+
+type Shared = State<Arc<AppState>>;
+type ApiResult<T> = Result<T, AppError>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route("/v1/login", post(login))
+        .route("/v1/access", post(access))
+        .route("/v1/admissions/{id}", delete(revoke))
+        .route("/v1/admissions/{id}/renew", post(renew))
+        .route("/v1/gateway/enroll", post(enroll))
+        .route("/v1/gateway/report", post(report))
+        .route("/v1/gateway/feed", get(feed))
+        .route("/v1/gateway/ack", post(ack))
+        .route("/v1/admin/users", post(create_user).get(list_users))
+        .route("/v1/admin/users/{name}", delete(delete_user))
+        .route("/v1/admin/servers", post(create_server).get(list_servers))
+        .route("/v1/admin/grants", post(create_grant).get(list_grants))
+        .route("/v1/admin/grants/{user}/{server}", delete(delete_grant))
+        .route("/v1/admin/admissions", get(list_admissions))
+        .route("/v1/admin/audit", get(audit_log))
+        .fallback(|| async {
+            AppError::not_found("no such endpoint; see docs/api.md for the API")
+        })
+        .layer(DefaultBodyLimit::max(64 * 1024))
+        .with_state(state)
+}
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+// ---------- who is calling ----------
+
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+enum Principal {
+    User(store::User),
+    Admin,
+}
+
+impl Principal {
+    fn is_admin(&self) -> bool {
+        matches!(self, Principal::Admin) || matches!(self, Principal::User(u) if u.admin)
+    }
+    fn name(&self) -> &str {
+        match self {
+            Principal::User(u) => &u.username,
+            Principal::Admin => "admin",
+        }
+    }
+}
+
+async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+    let Some(token) = bearer(headers) else {
+        return Err(AppError::unauthorized(
+            "log in first and send 'Authorization: Bearer TOKEN'",
+        ));
+    };
+    let hash = auth::hash_secret(token);
+    let found = st
+        .db
+        .tx(move |tx| {
+            if store::setting(tx, "admin_token_hash")?.as_deref() == Some(&hash[..]) {
+                return Ok(Some(Principal::Admin));
+            }
+            Ok(store::token_user(tx, &hash, now())?.map(Principal::User))
+        })
+        .await?;
+    found.ok_or_else(|| {
+        AppError::unauthorized("the token is not valid or has expired; log in again")
+    })
+}
+
+async fn admin(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+    let p = principal(st, headers).await?;
+    if !p.is_admin() {
+        return Err(AppError::forbidden(
+            "admin_only",
+            "this needs an admin: use the admin token (hushgate admin) or an admin user",
+        ));
+    }
+    Ok(p)
+}
+
+async fn gateway(st: &AppState, headers: &HeaderMap) -> ApiResult<store::Server> {
+    let Some(token) = bearer(headers) else {
+        return Err(AppError::unauthorized(
+            "a gateway must send its credential as 'Authorization: Bearer ...'",
+        ));
+    };
+    let hash = auth::hash_secret(token);
+    st.db
+        .tx(move |tx| store::server_by_credential(tx, &hash))
+        .await?
+        .ok_or_else(|| {
+            AppError::unauthorized(
+                "this gateway credential is not valid; enroll the gateway again with a new enrollment token",
+            )
+        })
+}
+
+/// The client's address as the control plane sees it: the TCP peer, or,
+/// when the peer is a configured trusted proxy, the last address in
+/// X-Forwarded-For that is not itself a trusted proxy.
+fn observed_source(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> ApiResult<IpAddr> {
+    let peer_ip = peer.ip().to_canonical();
+    let trusted = |ip: &IpAddr| st.settings.trusted_proxies.iter().any(|n| n.contains(ip));
+    if !trusted(&peer_ip) {
+        return Ok(peer_ip);
+    }
+    let Some(xff) = headers.get("x-forwarded-for") else {
+        return Ok(peer_ip);
+    };
+    let xff = xff
+        .to_str()
+        .map_err(|_| AppError::bad_request("X-Forwarded-For is not readable text"))?;
+    let mut chosen = peer_ip;
+    for part in xff.rsplit(',') {
+        let ip: IpAddr = part.trim().parse().map_err(|_| {
+            AppError::bad_request(format!(
+                "X-Forwarded-For holds '{}', which is not an IP address",
+                part.trim()
+            ))
+        })?;
+        chosen = ip.to_canonical();
+        if !trusted(&chosen) {
+            break;
+        }
+    }
+    Ok(chosen)
+}
+
+// ---------- login ----------
+
+async fn login(
+    State(st): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<LoginRequest>, JsonRejection>,
+) -> ApiResult<Json<LoginResponse>> {
+    let Json(req) = body?;
+    let source = observed_source(&st, peer, &headers)?;
+    if let Err(wait) = st.limiter.check(source, &req.username, Instant::now()) {
+        let mut e = AppError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!(
+                "too many login attempts; wait {} seconds and try again",
+                wait.as_secs()
+            ),
+        );
+        e.retry_after = Some(wait.as_secs());
+        return Err(e);
+    }
+    let name = req.username.clone();
+    let user = st.db.tx(move |tx| store::user_by_name(tx, &name)).await?;
+    let stored = user
+        .as_ref()
+        .map(|u| u.pw_hash.clone())
+        .unwrap_or_else(|| st.dummy_hash.clone());
+    let password = req.password;
+    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
+        .await
+        .unwrap_or(false);
+    let Some(user) = user.filter(|_| ok) else {
+        let name = req.username;
+        st.db
+            .tx(move |tx| {
+                store::audit(
+                    tx,
+                    now(),
+                    Audit {
+                        event: "login_failed",
+                        username: Some(&name),
+                        source: Some(source),
+                        detail: "wrong user name or password".into(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .await?;
+        return Err(AppError::unauthorized("wrong user name or password"));
+    };
+    let (token, hash) = auth::new_secret(SecretKind::UserToken);
+    let expires_at = now() + st.settings.token_ttl;
+    st.db
+        .tx(move |tx| {
+            store::insert_token(tx, &hash, user.id, expires_at)?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "login",
+                    username: Some(&user.username),
+                    source: Some(source),
+                    ..Default::default()
+                },
+            )
+        })
+        .await?;
+    Ok(Json(LoginResponse { token, expires_at }))
+}
+
+// ---------- access ----------
+
+/// Writes an `access_denied` audit line and returns the error to send.
+async fn deny(
+    st: &AppState,
+    user: &str,
+    server: &str,
+    source: IpAddr,
+    err: AppError,
+) -> AppError {
+    let (user, server, detail) = (user.to_string(), server.to_string(), err.message.clone());
+    let written = st
+        .db
+        .tx(move |tx| {
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "access_denied",
+                    username: Some(&user),
+                    server: Some(&server),
+                    source: Some(source),
+                    detail,
+                    ..Default::default()
+                },
+            )
+        })
+        .await;
+    if let Err(e) = written {
+        return e.into();
+    }
+    err
+}
+
+fn no_access(server: &str) -> AppError {
+    // The same answer for "no grant" and "no such server", so that server
+    // names cannot be probed.
+    AppError::forbidden(
+        "no_access",
+        format!("you have no access to server '{server}'; ask its owner for a grant"),
+    )
+}
+
+async fn access(
+    State(st): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<AccessRequest>, JsonRejection>,
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let Json(req) = body?;
+    let source = observed_source(&st, peer, &headers)?;
+    let Principal::User(user) = principal(&st, &headers).await? else {
+        return Err(AppError::forbidden(
+            "not_a_user",
+            "the admin token cannot request access; log in as a user",
+        ));
+    };
+    match (req.mode, req.public_key) {
+        (AccessMode::Tunnel, None) => {
+            return Err(AppError::bad_request(
+                "public_key is required for tunnel access: the client's ephemeral WireGuard public key",
+            ))
+        }
+        (AccessMode::Direct, Some(_)) => {
+            return Err(AppError::bad_request(
+                "direct access takes no public_key; leave it out or use mode 'tunnel'",
+            ))
+        }
+        _ => {}
+    }
+    let server_name = req.server.clone();
+    let uid = user.id;
+    let found = st
+        .db
+        .tx(move |tx| {
+            let Some(server) = store::server_by_name(tx, &server_name)? else {
+                return Ok(None);
+            };
+            let grant = store::grant_for(tx, uid, server.id)?;
+            Ok(grant.map(|g| (server, g)))
+        })
+        .await?;
+    let Some((server, grant)) = found else {
+        return Err(deny(&st, &user.username, &req.server, source, no_access(&req.server)).await);
+    };
+    if req.mode == AccessMode::Direct {
+        if !grant.direct {
+            let e = AppError::forbidden(
+                "direct_not_allowed",
+                format!("your grant on server '{}' does not allow direct (firewall-only) access; use the tunnel", server.name),
+            );
+            return Err(deny(&st, &user.username, &server.name, source, e).await);
+        }
+        if server.binding == BindingPolicy::FirstHandshake {
+            let e = AppError::forbidden(
+                "direct_not_possible",
+                format!("server '{}' binds admissions on the first handshake, which direct mode does not have; its owner must use 'exact' or 'prefix:N'", server.name),
+            );
+            return Err(deny(&st, &user.username, &server.name, source, e).await);
+        }
+    }
+    let (Some(gateway_key), Some(endpoint)) = (server.gateway_key, server.endpoint) else {
+        let e = AppError::unavailable(
+            "gateway_offline",
+            format!("server '{}' has no gateway enrolled yet; its owner must start 'hushgate gateway' with the enrollment token", server.name),
+        );
+        return Err(deny(&st, &user.username, &server.name, source, e).await);
+    };
+    let live = st.hub.server(server.id, server.version);
+    if !live.connected(Instant::now()) {
+        let since = live
+            .last_seen()
+            .map(|t| format!("since {}", t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()))
+            .unwrap_or_else(|| "since the control plane started".into());
+        let e = AppError::unavailable(
+            "gateway_offline",
+            format!("the gateway of server '{}' has not connected to the control plane {since}; is it running?", server.name),
+        );
+        return Err(deny(&st, &user.username, &server.name, source, e).await);
+    }
+    let offered: &[ServiceInfo] = match req.mode {
+        AccessMode::Tunnel => &server.services,
+        AccessMode::Direct => &server.direct_services,
+    };
+    let services: Vec<ServiceInfo> = offered
+        .iter()
+        .filter(|s| grant.services.as_ref().is_none_or(|g| g.contains(&s.name)))
+        .cloned()
+        .collect();
+    if services.is_empty() {
+        let e = AppError::forbidden(
+            "no_services",
+            format!("server '{}' offers none of the services your grant allows{}", server.name,
+                if req.mode == AccessMode::Direct { " in direct mode" } else { "" }),
+        );
+        return Err(deny(&st, &user.username, &server.name, source, e).await);
+    }
+
+    let created = now();
+    let new = NewAdmission {
+        id: auth::random_id("adm_"),
+        user_id: user.id,
+        server_id: server.id,
+        mode: req.mode,
+        client_key: req.public_key,
+        psk: (req.mode == AccessMode::Tunnel).then(|| WgKey(auth::random_key())),
+        source,
+        binding: server.binding,
+        services: services.iter().map(|s| s.name.clone()).collect(),
+        created_at: created,
+        expires_at: created + Duration::from_secs(server.ttl_secs),
+    };
+    let (adm, version) = st.db.tx(move |tx| store::insert_admission(tx, new)).await?;
+    st.hub.publish(server.id, version);
+    st.expiry_wake.notify_one();
+
+    if !live.wait_ack(version, st.settings.ack_timeout).await {
+        // Undo: the client will never hear of this admission, so the
+        // gateway must not keep it either.
+        let a = adm.clone();
+        let v = st
+            .db
+            .tx(move |tx| match store::admission(tx, &a.id)? {
+                Some(a) => Ok(Some(store::delete_admission(tx, &a)?)),
+                None => Ok(None),
+            })
+            .await?;
+        if let Some(v) = v {
+            st.hub.publish(server.id, v);
+        }
+        let e = AppError::unavailable(
+            "gateway_timeout",
+            format!(
+                "the gateway of server '{}' did not confirm the admission within {} s; try again, and if it persists check that the gateway is running",
+                server.name,
+                st.settings.ack_timeout.as_secs_f32()
+            ),
+        );
+        return Err(deny(&st, &user.username, &server.name, source, e).await);
+    }
+    let a = adm.clone();
+    let still_there = st
+        .db
+        .tx(move |tx| {
+            if store::admission(tx, &a.id)?.is_none() {
+                return Ok(false);
+            }
+            store::activate(tx, &a.id)?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "access_granted",
+                    username: Some(&a.username),
+                    server: Some(&a.server),
+                    admission_id: Some(&a.id),
+                    source: Some(a.source),
+                    detail: format!(
+                        "{} admission, binding {}, services {}",
+                        match a.mode {
+                            AccessMode::Tunnel => "tunnel",
+                            AccessMode::Direct => "direct",
+                        },
+                        a.binding,
+                        a.services.join(",")
+                    ),
+                },
+            )?;
+            Ok(true)
+        })
+        .await?;
+    if !still_there {
+        return Err(AppError::forbidden(
+            "revoked",
+            "the admission was revoked while it was being set up",
+        ));
+    }
+    match req.mode {
+        AccessMode::Tunnel => Ok(Json(AccessResponse {
+            admission_id: adm.id.clone(),
+            gateway_endpoint: endpoint,
+            gateway_public_key: gateway_key,
+            client_address: IpAddr::V4(adm.client_address().unwrap_or(store::TUNNEL_BASE)),
+            service_address: IpAddr::V4(store::tunnel_address(store::SERVICE_INDEX)),
+            services,
+            preshared_key: adm.psk,
+            expires_at: adm.expires_at,
+        })
+        .into_response()),
+        AccessMode::Direct => {
+            let port = services[0].port;
+            Ok(Json(serde_json::json!({
+                "admission_id": adm.id,
+                "direct_endpoint": SocketAddr::new(endpoint.ip(), port),
+                "services": services,
+                "expires_at": adm.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            }))
+            .into_response())
+        }
+    }
+}
+
+/// Loads an admission the caller may act on: its owner or an admin.
+async fn owned_admission(
+    st: &AppState,
+    who: &Principal,
+    id: String,
+) -> ApiResult<store::Admission> {
+    let adm = st.db.tx(move |tx| store::admission(tx, &id)).await?;
+    match adm {
+        Some(a) if who.is_admin() || matches!(who, Principal::User(u) if u.id == a.user_id) => Ok(a),
+        _ => Err(AppError::not_found(
+            "no such admission; it may have expired or been revoked",
+        )),
+    }
+}
+
+async fn renew(
+    State(st): Shared,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<RenewResponse>> {
+    let Path(id) = id?;
+    let who = principal(&st, &headers).await?;
+    let adm = owned_admission(&st, &who, id).await?;
+    let a = adm.clone();
+    let renewed = st
+        .db
+        .tx(move |tx| {
+            let server = store::server_by_id(tx, a.server_id)?;
+            if store::grant_for(tx, a.user_id, a.server_id)?.is_none() {
+                return Ok(None);
+            }
+            let expires = now() + Duration::from_secs(server.ttl_secs);
+            let v = store::set_expiry(tx, &a, expires)?;
+            Ok(Some((expires, v)))
+        })
+        .await?;
+    let Some((expires_at, version)) = renewed else {
+        return Err(no_access(&adm.server));
+    };
+    st.hub.publish(adm.server_id, version);
+    let live = st.hub.server(adm.server_id, version);
+    if !live.wait_ack(version, st.settings.ack_timeout).await {
+        return Err(AppError::unavailable(
+            "gateway_timeout",
+            format!(
+                "the gateway of server '{}' did not confirm the renewal in time; the admission stays valid until its old expiry",
+                adm.server
+            ),
+        ));
+    }
+    Ok(Json(RenewResponse { expires_at }))
+}
+
+async fn revoke(
+    State(st): Shared,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let Path(id) = id?;
+    let who = principal(&st, &headers).await?;
+    let adm = owned_admission(&st, &who, id).await?;
+    let by = who.name().to_string();
+    let a = adm.clone();
+    let v = st
+        .db
+        .tx(move |tx| {
+            let v = store::delete_admission(tx, &a)?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "revoked",
+                    username: Some(&a.username),
+                    server: Some(&a.server),
+                    admission_id: Some(&a.id),
+                    source: Some(a.source),
+                    detail: format!("revoked by {by}"),
+                },
+            )?;
+            Ok(v)
+        })
+        .await?;
+    st.hub.publish(adm.server_id, v);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------- gateway ----------
+
+fn gateway_endpoint(report: &GatewayReport, peer: IpAddr) -> SocketAddr {
+    report
+        .public_endpoint
+        .unwrap_or_else(|| SocketAddr::new(peer, report.listen_port))
+}
+
+fn check_report(report: &GatewayReport) -> ApiResult<()> {
+    if report.listen_port == 0 {
+        return Err(AppError::bad_request("listen_port must not be 0"));
+    }
+    for s in report.services.iter().chain(&report.direct_services) {
+        if s.name.is_empty() || s.name.len() > 64 || s.port == 0 {
+            return Err(AppError::bad_request(format!(
+                "service '{}' needs a name of 1-64 characters and a port other than 0",
+                s.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn enroll(
+    State(st): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<EnrollRequest>, JsonRejection>,
+) -> ApiResult<Json<EnrollResponse>> {
+    let Json(req) = body?;
+    check_report(&req.report)?;
+    let source = observed_source(&st, peer, &headers)?;
+    let enroll_hash = auth::hash_secret(&req.enrollment_token);
+    let (credential, cred_hash) = auth::new_secret(SecretKind::GatewayCredential);
+    let endpoint = gateway_endpoint(&req.report, source);
+    let report = req.report;
+    let server = st
+        .db
+        .tx(move |tx| {
+            let Some(server) = store::enroll(tx, &enroll_hash, &cred_hash)? else {
+                return Ok(None);
+            };
+            store::update_gateway(
+                tx,
+                server.id,
+                &report.public_key,
+                endpoint,
+                &report.services,
+                &report.direct_services,
+            )?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "enrolled",
+                    server: Some(&server.name),
+                    source: Some(source),
+                    detail: format!("gateway key {}, endpoint {endpoint}", report.public_key.fingerprint()),
+                    ..Default::default()
+                },
+            )?;
+            Ok(Some(server))
+        })
+        .await?;
+    let server = server.ok_or_else(|| {
+        AppError::unauthorized(
+            "this enrollment token is not valid: it was already used or never issued; create a new one with 'hushgate admin server add'",
+        )
+    })?;
+    Ok(Json(EnrollResponse {
+        server: server.name,
+        credential,
+    }))
+}
+
+async fn report(
+    State(st): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<GatewayReport>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let server = gateway(&st, &headers).await?;
+    let Json(report) = body?;
+    check_report(&report)?;
+    let source = observed_source(&st, peer, &headers)?;
+    let endpoint = gateway_endpoint(&report, source);
+    let id = server.id;
+    let version = st
+        .db
+        .tx(move |tx| {
+            store::update_gateway(
+                tx,
+                id,
+                &report.public_key,
+                endpoint,
+                &report.services,
+                &report.direct_services,
+            )?;
+            Ok(store::server_by_id(tx, id)?.version)
+        })
+        .await?;
+    st.hub.server(id, version).publish(version);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedQuery {
+    after: Option<u64>,
+    wait_ms: Option<u64>,
+    server: Option<String>,
+}
+
+async fn feed(
+    State(st): Shared,
+    headers: HeaderMap,
+    q: Result<Query<FeedQuery>, QueryRejection>,
+) -> ApiResult<Json<FeedState>> {
+    let Query(q) = q?;
+    let server = gateway(&st, &headers).await?;
+    if let Some(name) = &q.server {
+        if name != &server.name {
+            return Err(AppError::forbidden(
+                "wrong_server",
+                format!("this gateway credential belongs to server '{}', not '{name}'", server.name),
+            ));
+        }
+    }
+    let live = st.hub.server(server.id, server.version);
+    let _guard = live.poll_guard();
+    if let Some(after) = q.after {
+        if after == server.version {
+            let wait = Duration::from_millis(q.wait_ms.unwrap_or(25_000))
+                .min(st.settings.max_feed_wait);
+            let mut rx = live.version.subscribe();
+            let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != after)).await;
+        }
+    }
+    let id = server.id;
+    let (server, admissions) = st
+        .db
+        .tx(move |tx| Ok((store::server_by_id(tx, id)?, store::server_admissions(tx, id)?)))
+        .await?;
+    let t = now();
+    Ok(Json(FeedState {
+        server: server.name,
+        version: server.version,
+        server_time: t,
+        service_address: store::tunnel_address(store::SERVICE_INDEX),
+        admissions: admissions
+            .into_iter()
+            .filter(|a| a.expires_at > t)
+            .map(|a| FeedAdmission {
+                client_address: a.client_address(),
+                id: a.id,
+                mode: a.mode,
+                client_public_key: a.client_key,
+                preshared_key: a.psk,
+                source: a.source,
+                binding: a.binding,
+                services: a.services,
+                expires_at: a.expires_at,
+            })
+            .collect(),
+    }))
+}
+
+async fn ack(
+    State(st): Shared,
+    headers: HeaderMap,
+    body: Result<Json<FeedAck>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let server = gateway(&st, &headers).await?;
+    let Json(a) = body?;
+    if a.version > server.version {
+        return Err(AppError::bad_request(format!(
+            "version {} was never issued (the latest is {})",
+            a.version, server.version
+        )));
+    }
+    st.hub.server(server.id, server.version).ack(a.version);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------- admin ----------
+
+fn check_name(what: &str, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if !ok {
+        return Err(AppError::bad_request(format!(
+            "{what} '{name}' must be 1-64 characters of letters, digits, '-', '_', '.' or '@'"
+        )));
+    }
+    Ok(())
+}
+
+async fn create_user(
+    State(st): Shared,
+    headers: HeaderMap,
+    body: Result<Json<CreateUser>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<UserInfo>)> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Json(req) = body?;
+    check_name("user name", &req.username)?;
+    if req.password.chars().count() < 8 {
+        return Err(AppError::bad_request("the password must have at least 8 characters"));
+    }
+    let password = req.password;
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| AppError::bad_request(e.to_string()))?;
+    let user = st
+        .db
+        .tx(move |tx| {
+            let u = store::create_user(tx, &req.username, &hash, req.admin, now())?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "user_created",
+                    username: Some(&u.username),
+                    detail: format!("by {by}{}", if u.admin { ", as admin" } else { "" }),
+                    ..Default::default()
+                },
+            )?;
+            Ok(u)
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(UserInfo {
+            username: user.username,
+            admin: user.admin,
+            created_at: user.created_at,
+        }),
+    ))
+}
+
+async fn list_users(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<UserInfo>>> {
+    admin(&st, &headers).await?;
+    let users = st.db.tx(|tx| store::list_users(tx)).await?;
+    Ok(Json(
+        users
+            .into_iter()
+            .map(|u| UserInfo {
+                username: u.username,
+                admin: u.admin,
+                created_at: u.created_at,
+            })
+            .collect(),
+    ))
+}
+
+async fn delete_user(
+    State(st): Shared,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Path(name) = name?;
+    let bumped = st
+        .db
+        .tx(move |tx| {
+            let user = store::user_by_name(tx, &name)?
+                .ok_or_else(|| store::StoreError::NotFound(format!("no user named '{name}'")))?;
+            let adms = store::user_server_admissions(tx, user.id, None)?;
+            let mut bumped = Vec::new();
+            for a in &adms {
+                bumped.push((a.server_id, store::delete_admission(tx, a)?));
+                store::audit(tx, now(), Audit {
+                    event: "revoked",
+                    username: Some(&a.username),
+                    server: Some(&a.server),
+                    admission_id: Some(&a.id),
+                    source: Some(a.source),
+                    detail: format!("user deleted by {by}"),
+                })?;
+            }
+            store::delete_user(tx, user.id)?;
+            store::audit(tx, now(), Audit {
+                event: "user_deleted",
+                username: Some(&user.username),
+                detail: format!("by {by}"),
+                ..Default::default()
+            })?;
+            Ok(bumped)
+        })
+        .await?;
+    for (s, v) in bumped {
+        st.hub.publish(s, v);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn create_server(
+    State(st): Shared,
+    headers: HeaderMap,
+    body: Result<Json<CreateServer>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreatedServer>)> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Json(req) = body?;
+    check_name("server name", &req.name)?;
+    let ttl = req.admission_ttl_secs.unwrap_or(st.settings.default_admission_ttl.as_secs());
+    if !(1..=7 * 86_400).contains(&ttl) {
+        return Err(AppError::bad_request(
+            "admission_ttl_secs must be between 1 second and 7 days",
+        ));
+    }
+    if let BindingPolicy::Prefix(n) = req.binding {
+        if n > 128 {
+            return Err(AppError::bad_request("a prefix length is at most 128"));
+        }
+    }
+    let (token, hash) = auth::new_secret(SecretKind::Enrollment);
+    let name = req.name.clone();
+    st.db
+        .tx(move |tx| {
+            store::create_server(tx, &name, req.binding, ttl, &hash, now())?;
+            store::audit(tx, now(), Audit {
+                event: "server_created",
+                server: Some(&name),
+                detail: format!("binding {}, admission ttl {ttl} s, by {by}", req.binding),
+                ..Default::default()
+            })
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedServer {
+            name: req.name,
+            enrollment_token: token,
+        }),
+    ))
+}
+
+async fn list_servers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<ServerInfo>>> {
+    admin(&st, &headers).await?;
+    let servers = st.db.tx(|tx| store::list_servers(tx)).await?;
+    let at = Instant::now();
+    Ok(Json(
+        servers
+            .into_iter()
+            .map(|s| {
+                let live = st.hub.get(s.id);
+                ServerInfo {
+                    gateway_connected: live.as_ref().is_some_and(|l| l.connected(at)),
+                    gateway_last_seen: live.as_ref().and_then(|l| l.last_seen()),
+                    acked_version: live.as_ref().map(|l| *l.acked.borrow()).unwrap_or(0),
+                    name: s.name,
+                    binding: s.binding,
+                    admission_ttl_secs: s.ttl_secs,
+                    enrolled: s.enrolled,
+                    gateway_public_key: s.gateway_key,
+                    gateway_endpoint: s.endpoint,
+                    services: s.services,
+                    feed_version: s.version,
+                }
+            })
+            .collect(),
+    ))
+}
+
+async fn create_grant(
+    State(st): Shared,
+    headers: HeaderMap,
+    body: Result<Json<CreateGrant>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<GrantInfo>)> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Json(req) = body?;
+    let r = req.clone();
+    st.db
+        .tx(move |tx| {
+            let user = store::user_by_name(tx, &r.username)?.ok_or_else(|| {
+                store::StoreError::NotFound(format!("no user named '{}'", r.username))
+            })?;
+            let server = store::server_by_name(tx, &r.server)?.ok_or_else(|| {
+                store::StoreError::NotFound(format!("no server named '{}'", r.server))
+            })?;
+            store::upsert_grant(tx, user.id, server.id, r.services.as_deref(), r.direct)?;
+            store::audit(tx, now(), Audit {
+                event: "grant_created",
+                username: Some(&r.username),
+                server: Some(&r.server),
+                detail: format!(
+                    "services {}, direct {}, by {by}",
+                    r.services.as_ref().map(|s| s.join(",")).unwrap_or_else(|| "all".into()),
+                    r.direct
+                ),
+                ..Default::default()
+            })
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(GrantInfo {
+            username: req.username,
+            server: req.server,
+            services: req.services,
+            direct: req.direct,
+        }),
+    ))
+}
+
+async fn list_grants(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<GrantInfo>>> {
+    admin(&st, &headers).await?;
+    let grants = st.db.tx(|tx| store::list_grants(tx)).await?;
+    Ok(Json(
+        grants
+            .into_iter()
+            .map(|g| GrantInfo {
+                username: g.username,
+                server: g.server,
+                services: g.services,
+                direct: g.direct,
+            })
+            .collect(),
+    ))
+}
+
+async fn delete_grant(
+    State(st): Shared,
+    headers: HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Path((user, server)) = p?;
+    let bumped = st
+        .db
+        .tx(move |tx| {
+            let u = store::user_by_name(tx, &user)?;
+            let s = store::server_by_name(tx, &server)?;
+            let (Some(u), Some(s)) = (u, s) else {
+                return Err(store::StoreError::NotFound(format!(
+                    "no grant for user '{user}' on server '{server}'"
+                )));
+            };
+            if !store::delete_grant(tx, u.id, s.id)? {
+                return Err(store::StoreError::NotFound(format!(
+                    "no grant for user '{user}' on server '{server}'"
+                )));
+            }
+            let mut bumped = None;
+            for a in store::user_server_admissions(tx, u.id, Some(s.id))? {
+                bumped = Some(store::delete_admission(tx, &a)?);
+                store::audit(tx, now(), Audit {
+                    event: "revoked",
+                    username: Some(&a.username),
+                    server: Some(&a.server),
+                    admission_id: Some(&a.id),
+                    source: Some(a.source),
+                    detail: format!("grant removed by {by}"),
+                })?;
+            }
+            store::audit(tx, now(), Audit {
+                event: "grant_removed",
+                username: Some(&user),
+                server: Some(&server),
+                detail: format!("by {by}"),
+                ..Default::default()
+            })?;
+            Ok(bumped.map(|v| (s.id, v)))
+        })
+        .await?;
+    if let Some((s, v)) = bumped {
+        st.hub.publish(s, v);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_admissions(
+    State(st): Shared,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<AdmissionInfo>>> {
+    admin(&st, &headers).await?;
+    let adms = st.db.tx(|tx| store::list_admissions(tx)).await?;
+    Ok(Json(
+        adms.into_iter()
+            .map(|a| AdmissionInfo {
+                client_address: a.client_address().map(IpAddr::V4),
+                id: a.id,
+                username: a.username,
+                server: a.server,
+                mode: a.mode,
+                client_public_key: a.client_key,
+                source: a.source,
+                binding: a.binding,
+                services: a.services,
+                state: if a.active { "active" } else { "pending" }.into(),
+                created_at: a.created_at,
+                expires_at: a.expires_at,
+            })
+            .collect(),
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    limit: Option<u32>,
+}
+
+async fn audit_log(
+    State(st): Shared,
+    headers: HeaderMap,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult<Json<Vec<AuditEntry>>> {
+    admin(&st, &headers).await?;
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    Ok(Json(st.db.tx(move |tx| store::list_audit(tx, limit)).await?))
+}

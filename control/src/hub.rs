@@ -1,0 +1,136 @@
+//! What the control plane knows about its gateways right now, in memory:
+//! which feed version each server is at, which version its gateway has
+//! acknowledged, and whether the gateway holds its feed open.
+//!
+//! The database holds the desired state; the hub only wakes the waiters
+//! (a gateway's long-poll, an access request waiting for an ack) when
+//! that state or an acknowledgement moves.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+/// How long after its last poll ended a gateway still counts as
+/// connected: the gap between two long-polls is one round trip.
+const CONNECTED_GRACE: Duration = Duration::from_secs(3);
+
+#[derive(Debug)]
+pub struct ServerLive {
+    /// The latest desired-state version; the feed long-poll waits on it.
+    pub version: watch::Sender<u64>,
+    /// The highest version the gateway acknowledged.
+    pub acked: watch::Sender<u64>,
+    open_polls: AtomicUsize,
+    last_seen: Mutex<Option<(Instant, OffsetDateTime)>>,
+}
+
+impl ServerLive {
+    fn new(version: u64) -> Self {
+        ServerLive {
+            version: watch::channel(version).0,
+            acked: watch::channel(0).0,
+            open_polls: AtomicUsize::new(0),
+            last_seen: Mutex::new(None),
+        }
+    }
+
+    pub fn connected(&self, now: Instant) -> bool {
+        if self.open_polls.load(Ordering::SeqCst) > 0 {
+            return true;
+        }
+        matches!(*self.last_seen.lock().unwrap_or_else(|p| p.into_inner()),
+            Some((at, _)) if now.duration_since(at) < CONNECTED_GRACE)
+    }
+
+    pub fn last_seen(&self) -> Option<OffsetDateTime> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|(_, t)| t)
+    }
+
+    fn touch(&self) {
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), OffsetDateTime::now_utc()));
+    }
+
+    /// Marks a feed poll as open until the guard drops.
+    pub fn poll_guard(self: &Arc<Self>) -> PollGuard {
+        self.open_polls.fetch_add(1, Ordering::SeqCst);
+        self.touch();
+        PollGuard(self.clone())
+    }
+
+    pub fn publish(&self, version: u64) {
+        self.version.send_if_modified(|v| {
+            if version > *v {
+                *v = version;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub fn ack(&self, version: u64) {
+        self.touch();
+        self.acked.send_if_modified(|v| {
+            if version > *v {
+                *v = version;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Waits until the gateway acknowledged `version` (or a later one).
+    pub async fn wait_ack(&self, version: u64, timeout: Duration) -> bool {
+        let mut rx = self.acked.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v >= version))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
+    }
+}
+
+#[derive(Debug)]
+pub struct PollGuard(Arc<ServerLive>);
+
+impl Drop for PollGuard {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.open_polls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    servers: Mutex<HashMap<i64, Arc<ServerLive>>>,
+}
+
+impl Hub {
+    /// The live entry for a server, made on first use at `version`.
+    pub fn server(&self, id: i64, version: u64) -> Arc<ServerLive> {
+        let mut m = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id)
+            .or_insert_with(|| Arc::new(ServerLive::new(version)))
+            .clone()
+    }
+
+    pub fn get(&self, id: i64) -> Option<Arc<ServerLive>> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Announces a new desired-state version of a server.
+    pub fn publish(&self, id: i64, version: u64) {
+        self.server(id, version).publish(version);
+    }
+}

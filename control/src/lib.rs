@@ -1,0 +1,248 @@
+//! The hushgate control plane.
+//!
+//! It is the source of truth of who may reach which media server. Users
+//! log in (`auth`), ask for access to a server, and the control plane
+//! records an admission in SQLite (`store`), pushes the server's new
+//! desired state to that server's gateway through the gateway feed (a
+//! long-poll the gateway keeps open; `hub` wakes it), waits for the
+//! gateway's acknowledgement, and only then answers the client with what
+//! it needs to open its tunnel. Revocations and expiries travel the same
+//! feed. Everything is served over HTTPS only (`tls`); the HTTP API itself
+//! lives in `app` and is documented in docs/api.md.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod auth;
+mod error;
+pub mod hub;
+pub mod state;
+pub mod store;
+pub mod tls;
+
+use anyhow::Context;
+use app::AppState;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// How the control plane runs; the CLI flags of `hushgate control` map
+/// onto this one to one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub state_dir: PathBuf,
+    /// Operator certificate and key (PEM); without them a private CA in
+    /// `state_dir` issues the certificate.
+    pub tls_cert: Option<(PathBuf, PathBuf)>,
+    /// Extra names (DNS or IP) for the self-issued certificate.
+    pub sans: Vec<String>,
+    pub settings: Settings,
+}
+
+/// Tunables that request handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a login token lives.
+    pub token_ttl: Duration,
+    /// How long an access request waits for the gateway's acknowledgement.
+    pub ack_timeout: Duration,
+    /// The longest a feed long-poll is held open.
+    pub max_feed_wait: Duration,
+    /// Admission lifetime for servers created without one.
+    pub default_admission_ttl: Duration,
+    /// Login attempts per minute per source address and per user name.
+    pub login_per_minute: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            trusted_proxies: Vec::new(),
+            token_ttl: Duration::from_secs(12 * 3600),
+            ack_timeout: Duration::from_secs(5),
+            max_feed_wait: Duration::from_secs(60),
+            default_admission_ttl: Duration::from_secs(3600),
+            login_per_minute: 10,
+        }
+    }
+}
+
+/// A control plane with its state opened, ready to serve.
+#[derive(Debug)]
+pub struct ControlPlane {
+    state: Arc<AppState>,
+    tls: tls::TlsIdentity,
+    /// Where the admin token was written (only on the start that made it).
+    pub admin_token_file: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl ControlPlane {
+    /// Opens (or creates) the state folder, its database and TLS identity.
+    /// Admissions that were pushed but never acknowledged to a client
+    /// before a previous stop are removed here.
+    pub fn open(cfg: Config) -> anyhow::Result<ControlPlane> {
+        state::ensure_private_dir(&cfg.state_dir).with_context(|| {
+            format!("cannot create the state folder {}", cfg.state_dir.display())
+        })?;
+        let db_path = cfg.state_dir.join("control.sqlite");
+        let db = store::Db::open(&db_path)
+            .with_context(|| format!("cannot open the database {}", db_path.display()))?;
+        // The database holds preshared keys: owner only.
+        for f in ["control.sqlite", "control.sqlite-wal", "control.sqlite-shm"] {
+            let p = cfg.state_dir.join(f);
+            if p.exists() {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+        let tls = match &cfg.tls_cert {
+            Some((cert, key)) => tls::operator_identity(cert, key)?,
+            None => tls::private_ca_identity(&cfg.state_dir, &cfg.sans)?,
+        };
+        let admin_token_file = cfg.state_dir.join("admin-token");
+        let has_admin = db.tx_blocking(|tx| store::setting(tx, "admin_token_hash"))?;
+        if has_admin.is_none() || !admin_token_file.exists() {
+            let (token, hash) = auth::new_secret(auth::SecretKind::Admin);
+            state::write_secret_file(&admin_token_file, format!("{token}\n").as_bytes())
+                .with_context(|| format!("cannot write {}", admin_token_file.display()))?;
+            db.tx_blocking(|tx| store::set_setting(tx, "admin_token_hash", &hash))?;
+        }
+        let purged = db.tx_blocking(|tx| store::purge_pending(tx))?;
+        if !purged.is_empty() {
+            tracing::info!(
+                count = purged.len(),
+                "removed admissions that were never confirmed to a client before the last stop"
+            );
+        }
+        let dummy_hash = auth::hash_password(&hex_of(&auth::random_key()));
+        let state = Arc::new(AppState {
+            db,
+            hub: hub::Hub::default(),
+            limiter: auth::LoginLimiter::new(cfg.settings.login_per_minute),
+            settings: cfg.settings,
+            dummy_hash,
+            expiry_wake: tokio::sync::Notify::new(),
+        });
+        Ok(ControlPlane {
+            state,
+            tls,
+            admin_token_file,
+            state_dir: cfg.state_dir,
+        })
+    }
+
+    /// The CA file that clients and gateways should pin, if self-made.
+    pub fn ca_file(&self) -> Option<&std::path::Path> {
+        self.tls.ca_file.as_deref()
+    }
+
+    pub fn app_state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves HTTPS on `listener` until `shutdown` completes. Also runs the
+    /// expiry task, which removes admissions the moment they expire.
+    pub async fn serve(
+        self,
+        listener: std::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        // Lets `hushgate admin --state DIR` find this control plane.
+        let url = format!("https://{}\n", local_url_host(local));
+        state::write_public_file(&self.state_dir.join("control-url"), url.as_bytes())?;
+
+        let expiry = tokio::spawn(expiry_task(self.state.clone()));
+        let handle = axum_server::Handle::new();
+        let h = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            h.graceful_shutdown(Some(Duration::from_secs(2)));
+        });
+        let rustls = axum_server::tls_rustls::RustlsConfig::from_config(self.tls.server_config.clone());
+        let app = app::router(self.state.clone());
+        let result = axum_server::from_tcp_rustls(listener, rustls)
+            .handle(handle)
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+            .await;
+        expiry.abort();
+        result.context("the HTTPS server stopped")
+    }
+}
+
+/// The address admin tools on this host should use to reach `addr`.
+fn local_url_host(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v) if v.is_unspecified() => "127.0.0.1".parse().unwrap_or(addr.ip()),
+        std::net::IpAddr::V6(v) if v.is_unspecified() => "::1".parse().unwrap_or(addr.ip()),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Removes admissions the moment they expire and pushes the change to
+/// their gateways; sleeps until the next deadline, not on a fixed tick.
+async fn expiry_task(st: Arc<AppState>) {
+    loop {
+        let next = st.db.tx(|tx| store::next_expiry(tx)).await.ok().flatten();
+        let wait = match next {
+            Some(t) => {
+                let d = t - OffsetDateTime::now_utc();
+                Duration::from_millis(d.whole_milliseconds().clamp(0, 60_000) as u64)
+            }
+            None => Duration::from_secs(60),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = st.expiry_wake.notified() => continue,
+        }
+        let now = OffsetDateTime::now_utc();
+        let gone = st
+            .db
+            .tx(move |tx| {
+                let gone = store::expire(tx, now)?;
+                for a in &gone {
+                    store::audit(
+                        tx,
+                        now,
+                        store::Audit {
+                            event: "expired",
+                            username: Some(&a.username),
+                            server: Some(&a.server),
+                            admission_id: Some(&a.id),
+                            source: Some(a.source),
+                            detail: "admission reached its expiry".into(),
+                        },
+                    )?;
+                }
+                store::purge_tokens(tx, now)?;
+                let mut versions = Vec::new();
+                for a in &gone {
+                    versions.push((a.server_id, store::server_by_id(tx, a.server_id)?.version));
+                }
+                Ok(versions)
+            })
+            .await;
+        match gone {
+            Ok(versions) => {
+                for (s, v) in versions {
+                    st.hub.publish(s, v);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "expiry pass failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

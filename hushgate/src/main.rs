@@ -1,0 +1,64 @@
+//! `hushgate`: the one binary of hushgate. Each role is a subcommand; the
+//! work itself lives in the library crates (`control`, `gateway`,
+//! `client-shim`), this file only parses flags and prints.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hushgate",
+    version,
+    about = "Reach your home media server from the Internet without an open TCP port",
+    long_about = "hushgate hides a media server (Plex, Jellyfin, Emby, ...) behind a UDP port that \
+answers nobody. A control plane authenticates users and pushes each authorized client's \
+ephemeral WireGuard key, bound to its source address, to the gateway beside the media server. \
+Only then does the client learn how to reach the gateway.\n\nRoles: `control` (the control \
+plane), `admin` (manage it), and the gateway and client shim as they land.",
+    after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug). Docs: docs/ in the repository."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (HTTPS API, SQLite state).
+    Control(cmd::control::Args),
+    /// Manage a running control plane: users, servers, grants, admissions, audit log.
+    Admin(cmd::admin::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hushgate: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Control(a) => cmd::control::run(a).await,
+            Command::Admin(a) => cmd::admin::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hushgate: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

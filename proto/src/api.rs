@@ -1,0 +1,207 @@
+//! JSON bodies of the control plane's HTTP API (documented in
+//! `docs/api.md`). Requests reject unknown fields so that a typo in a
+//! client is a clear 400, not a silently ignored setting.
+
+use crate::{BindingPolicy, WgKey};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use time::OffsetDateTime;
+
+/// `POST /v1/login`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    /// Bearer token for `Authorization: Bearer ...`.
+    pub token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// How a client wants to reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// A WireGuard tunnel: admission by key and source address.
+    #[default]
+    Tunnel,
+    /// The media server's TCP port opened to the source address only
+    /// (firewall-only mode, for players that cannot run a tunnel).
+    Direct,
+}
+
+/// `POST /v1/access`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    pub server: String,
+    /// The client's ephemeral WireGuard public key (tunnel mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<WgKey>,
+    #[serde(default)]
+    pub mode: AccessMode,
+}
+
+/// One service reachable through the tunnel (a TCP port on the
+/// service address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub port: u16,
+}
+
+/// The answer to a tunnel-mode access request: everything a WireGuard
+/// peer needs, and nothing before the gateway has installed the peer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessResponse {
+    pub admission_id: String,
+    pub gateway_endpoint: SocketAddr,
+    pub gateway_public_key: WgKey,
+    /// The client's address inside the tunnel.
+    pub client_address: IpAddr,
+    /// The gateway's address inside the tunnel; services listen here.
+    pub service_address: IpAddr,
+    pub services: Vec<ServiceInfo>,
+    pub preshared_key: Option<WgKey>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// The error body of every non-2xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `no_access`, `gateway_offline`.
+    pub code: String,
+    /// A sentence a person can act on.
+    pub message: String,
+}
+
+/// `POST /v1/admin/users`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub username: String,
+    pub admin: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// `POST /v1/admin/servers`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateServer {
+    pub name: String,
+    #[serde(default)]
+    pub binding: BindingPolicy,
+    /// How long an admission lives before it must be renewed, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedServer {
+    pub name: String,
+    /// One-time token the gateway exchanges for its credential.
+    pub enrollment_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub name: String,
+    pub binding: BindingPolicy,
+    pub admission_ttl_secs: u64,
+    pub enrolled: bool,
+    pub gateway_public_key: Option<WgKey>,
+    pub gateway_endpoint: Option<SocketAddr>,
+    pub services: Vec<ServiceInfo>,
+    /// Whether the gateway holds its feed open right now.
+    pub gateway_connected: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub gateway_last_seen: Option<OffsetDateTime>,
+    pub feed_version: u64,
+    pub acked_version: u64,
+}
+
+/// `POST /v1/admin/grants`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGrant {
+    pub username: String,
+    pub server: String,
+    /// Service names the user may reach; absent means all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
+    /// Whether the user may ask for direct (firewall-only) admissions.
+    #[serde(default)]
+    pub direct: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GrantInfo {
+    pub username: String,
+    pub server: String,
+    pub services: Option<Vec<String>>,
+    pub direct: bool,
+}
+
+/// One admission as shown to an admin (no preshared key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdmissionInfo {
+    pub id: String,
+    pub username: String,
+    pub server: String,
+    pub mode: AccessMode,
+    pub client_public_key: Option<WgKey>,
+    pub source: IpAddr,
+    pub binding: BindingPolicy,
+    pub client_address: Option<IpAddr>,
+    pub services: Vec<String>,
+    /// `pending` (pushed, not yet acknowledged) or `active`.
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `login`, `login_failed`, `access_granted`, `access_denied`,
+    /// `revoked`, `expired`, `enrolled`, ...
+    pub event: String,
+    pub username: Option<String>,
+    pub server: Option<String>,
+    pub admission_id: Option<String>,
+    pub source: Option<String>,
+    pub detail: String,
+}
+
+/// `POST /v1/admissions/{id}/renew`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewResponse {
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
