@@ -21,7 +21,8 @@ impl ControlClient {
             username: username.into(),
             password: password.into(),
         };
-        self.call(Method::POST, "/v1/login", Some(&body), CALL).await
+        self.call(Method::POST, "/v1/login", Some(&body), CALL)
+            .await
     }
 
     /// Tunnel access with the client's ephemeral public key.
@@ -71,8 +72,13 @@ impl ControlClient {
     }
 
     pub async fn ack(&self, version: u64) -> R<()> {
-        self.call(Method::POST, "/v1/gateway/ack", Some(&FeedAck { version }), CALL)
-            .await
+        self.call(
+            Method::POST,
+            "/v1/gateway/ack",
+            Some(&FeedAck { version }),
+            CALL,
+        )
+        .await
     }
 
     // --- admin ---

@@ -44,9 +44,8 @@ impl Trust {
             "cannot read the CA file {}: {e}; pass the ca.pem that the control plane printed at its first start",
             path.display()
         )))?;
-        Self::from_ca_pem(&pem).map_err(|e| {
-            ClientError::Config(format!("the CA file {} {e}", path.display()))
-        })
+        Self::from_ca_pem(&pem)
+            .map_err(|e| ClientError::Config(format!("the CA file {} {e}", path.display())))
     }
 
     pub fn from_ca_pem(pem: &[u8]) -> Result<Trust, String> {
@@ -160,6 +159,13 @@ impl ControlClient {
         &self.base
     }
 
+    /// The underlying HTTP client (same trust settings), for callers that
+    /// need a request this crate has no method for, such as tests sending
+    /// deliberately malformed bodies.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Sends one request and decodes a JSON answer (or `()` for 204).
     pub async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
@@ -191,7 +197,11 @@ impl ControlClient {
         if !status.is_success() {
             return Err(api_error(status, &bytes));
         }
-        let bytes = if bytes.is_empty() { b"null".to_vec() } else { bytes };
+        let bytes = if bytes.is_empty() {
+            b"null".to_vec()
+        } else {
+            bytes
+        };
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
     }
 
@@ -231,9 +241,7 @@ fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
         Err(_) => ClientError::Api {
             status: status.as_u16(),
             code: "unexpected".into(),
-            message: format!(
-                "the control plane answered {status} without an error description"
-            ),
+            message: format!("the control plane answered {status} without an error description"),
         },
     }
 }

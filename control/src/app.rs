@@ -39,7 +39,10 @@ type ApiResult<T> = Result<T, AppError>;
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/health", get(|| async { Json(serde_json::json!({"ok": true})) }))
+        .route(
+            "/v1/health",
+            get(|| async { Json(serde_json::json!({"ok": true})) }),
+        )
         .route("/v1/login", post(login))
         .route("/v1/access", post(access))
         .route("/v1/admissions/{id}", delete(revoke))
@@ -55,9 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/grants/{user}/{server}", delete(delete_grant))
         .route("/v1/admin/admissions", get(list_admissions))
         .route("/v1/admin/audit", get(audit_log))
-        .fallback(|| async {
-            AppError::not_found("no such endpoint; see docs/api.md for the API")
-        })
+        .fallback(|| async { AppError::not_found("no such endpoint; see docs/api.md for the API") })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }
@@ -249,13 +250,7 @@ async fn login(
 // ---------- access ----------
 
 /// Writes an `access_denied` audit line and returns the error to send.
-async fn deny(
-    st: &AppState,
-    user: &str,
-    server: &str,
-    source: IpAddr,
-    err: AppError,
-) -> AppError {
+async fn deny(st: &AppState, user: &str, server: &str, source: IpAddr, err: AppError) -> AppError {
     let (user, server, detail) = (user.to_string(), server.to_string(), err.message.clone());
     let written = st
         .db
@@ -305,11 +300,9 @@ async fn access(
         ));
     };
     match (req.mode, req.public_key) {
-        (AccessMode::Tunnel, None) => {
-            return Err(AppError::bad_request(
-                "public_key is required for tunnel access: the client's ephemeral WireGuard public key",
-            ))
-        }
+        (AccessMode::Tunnel, None) => return Err(AppError::bad_request(
+            "public_key is required for tunnel access: the client's ephemeral WireGuard public key",
+        )),
         (AccessMode::Direct, Some(_)) => {
             return Err(AppError::bad_request(
                 "direct access takes no public_key; leave it out or use mode 'tunnel'",
@@ -330,7 +323,14 @@ async fn access(
         })
         .await?;
     let Some((server, grant)) = found else {
-        return Err(deny(&st, &user.username, &req.server, source, no_access(&req.server)).await);
+        return Err(deny(
+            &st,
+            &user.username,
+            &req.server,
+            source,
+            no_access(&req.server),
+        )
+        .await);
     };
     if req.mode == AccessMode::Direct {
         if !grant.direct {
@@ -359,7 +359,13 @@ async fn access(
     if !live.connected(Instant::now()) {
         let since = live
             .last_seen()
-            .map(|t| format!("since {}", t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()))
+            .map(|t| {
+                format!(
+                    "since {}",
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .unwrap_or_default()
+                )
+            })
             .unwrap_or_else(|| "since the control plane started".into());
         let e = AppError::unavailable(
             "gateway_offline",
@@ -379,8 +385,15 @@ async fn access(
     if services.is_empty() {
         let e = AppError::forbidden(
             "no_services",
-            format!("server '{}' offers none of the services your grant allows{}", server.name,
-                if req.mode == AccessMode::Direct { " in direct mode" } else { "" }),
+            format!(
+                "server '{}' offers none of the services your grant allows{}",
+                server.name,
+                if req.mode == AccessMode::Direct {
+                    " in direct mode"
+                } else {
+                    ""
+                }
+            ),
         );
         return Err(deny(&st, &user.username, &server.name, source, e).await);
     }
@@ -497,7 +510,9 @@ async fn owned_admission(
 ) -> ApiResult<store::Admission> {
     let adm = st.db.tx(move |tx| store::admission(tx, &id)).await?;
     match adm {
-        Some(a) if who.is_admin() || matches!(who, Principal::User(u) if u.id == a.user_id) => Ok(a),
+        Some(a) if who.is_admin() || matches!(who, Principal::User(u) if u.id == a.user_id) => {
+            Ok(a)
+        }
         _ => Err(AppError::not_found(
             "no such admission; it may have expired or been revoked",
         )),
@@ -632,7 +647,10 @@ async fn enroll(
                     event: "enrolled",
                     server: Some(&server.name),
                     source: Some(source),
-                    detail: format!("gateway key {}, endpoint {endpoint}", report.public_key.fingerprint()),
+                    detail: format!(
+                        "gateway key {}, endpoint {endpoint}",
+                        report.public_key.fingerprint()
+                    ),
                     ..Default::default()
                 },
             )?;
@@ -699,7 +717,10 @@ async fn feed(
         if name != &server.name {
             return Err(AppError::forbidden(
                 "wrong_server",
-                format!("this gateway credential belongs to server '{}', not '{name}'", server.name),
+                format!(
+                    "this gateway credential belongs to server '{}', not '{name}'",
+                    server.name
+                ),
             ));
         }
     }
@@ -707,8 +728,8 @@ async fn feed(
     let _guard = live.poll_guard();
     if let Some(after) = q.after {
         if after == server.version {
-            let wait = Duration::from_millis(q.wait_ms.unwrap_or(25_000))
-                .min(st.settings.max_feed_wait);
+            let wait =
+                Duration::from_millis(q.wait_ms.unwrap_or(25_000)).min(st.settings.max_feed_wait);
             let mut rx = live.version.subscribe();
             let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != after)).await;
         }
@@ -716,7 +737,12 @@ async fn feed(
     let id = server.id;
     let (server, admissions) = st
         .db
-        .tx(move |tx| Ok((store::server_by_id(tx, id)?, store::server_admissions(tx, id)?)))
+        .tx(move |tx| {
+            Ok((
+                store::server_by_id(tx, id)?,
+                store::server_admissions(tx, id)?,
+            ))
+        })
         .await?;
     let t = now();
     Ok(Json(FeedState {
@@ -784,7 +810,9 @@ async fn create_user(
     let Json(req) = body?;
     check_name("user name", &req.username)?;
     if req.password.chars().count() < 8 {
-        return Err(AppError::bad_request("the password must have at least 8 characters"));
+        return Err(AppError::bad_request(
+            "the password must have at least 8 characters",
+        ));
     }
     let password = req.password;
     let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
@@ -848,22 +876,30 @@ async fn delete_user(
             let mut bumped = Vec::new();
             for a in &adms {
                 bumped.push((a.server_id, store::delete_admission(tx, a)?));
-                store::audit(tx, now(), Audit {
-                    event: "revoked",
-                    username: Some(&a.username),
-                    server: Some(&a.server),
-                    admission_id: Some(&a.id),
-                    source: Some(a.source),
-                    detail: format!("user deleted by {by}"),
-                })?;
+                store::audit(
+                    tx,
+                    now(),
+                    Audit {
+                        event: "revoked",
+                        username: Some(&a.username),
+                        server: Some(&a.server),
+                        admission_id: Some(&a.id),
+                        source: Some(a.source),
+                        detail: format!("user deleted by {by}"),
+                    },
+                )?;
             }
             store::delete_user(tx, user.id)?;
-            store::audit(tx, now(), Audit {
-                event: "user_deleted",
-                username: Some(&user.username),
-                detail: format!("by {by}"),
-                ..Default::default()
-            })?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "user_deleted",
+                    username: Some(&user.username),
+                    detail: format!("by {by}"),
+                    ..Default::default()
+                },
+            )?;
             Ok(bumped)
         })
         .await?;
@@ -881,7 +917,9 @@ async fn create_server(
     let by = admin(&st, &headers).await?.name().to_string();
     let Json(req) = body?;
     check_name("server name", &req.name)?;
-    let ttl = req.admission_ttl_secs.unwrap_or(st.settings.default_admission_ttl.as_secs());
+    let ttl = req
+        .admission_ttl_secs
+        .unwrap_or(st.settings.default_admission_ttl.as_secs());
     if !(1..=7 * 86_400).contains(&ttl) {
         return Err(AppError::bad_request(
             "admission_ttl_secs must be between 1 second and 7 days",
@@ -897,12 +935,16 @@ async fn create_server(
     st.db
         .tx(move |tx| {
             store::create_server(tx, &name, req.binding, ttl, &hash, now())?;
-            store::audit(tx, now(), Audit {
-                event: "server_created",
-                server: Some(&name),
-                detail: format!("binding {}, admission ttl {ttl} s, by {by}", req.binding),
-                ..Default::default()
-            })
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "server_created",
+                    server: Some(&name),
+                    detail: format!("binding {}, admission ttl {ttl} s, by {by}", req.binding),
+                    ..Default::default()
+                },
+            )
         })
         .await?;
     Ok((
@@ -958,17 +1000,24 @@ async fn create_grant(
                 store::StoreError::NotFound(format!("no server named '{}'", r.server))
             })?;
             store::upsert_grant(tx, user.id, server.id, r.services.as_deref(), r.direct)?;
-            store::audit(tx, now(), Audit {
-                event: "grant_created",
-                username: Some(&r.username),
-                server: Some(&r.server),
-                detail: format!(
-                    "services {}, direct {}, by {by}",
-                    r.services.as_ref().map(|s| s.join(",")).unwrap_or_else(|| "all".into()),
-                    r.direct
-                ),
-                ..Default::default()
-            })
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "grant_created",
+                    username: Some(&r.username),
+                    server: Some(&r.server),
+                    detail: format!(
+                        "services {}, direct {}, by {by}",
+                        r.services
+                            .as_ref()
+                            .map(|s| s.join(","))
+                            .unwrap_or_else(|| "all".into()),
+                        r.direct
+                    ),
+                    ..Default::default()
+                },
+            )
         })
         .await?;
     Ok((
@@ -1023,22 +1072,30 @@ async fn delete_grant(
             let mut bumped = None;
             for a in store::user_server_admissions(tx, u.id, Some(s.id))? {
                 bumped = Some(store::delete_admission(tx, &a)?);
-                store::audit(tx, now(), Audit {
-                    event: "revoked",
-                    username: Some(&a.username),
-                    server: Some(&a.server),
-                    admission_id: Some(&a.id),
-                    source: Some(a.source),
-                    detail: format!("grant removed by {by}"),
-                })?;
+                store::audit(
+                    tx,
+                    now(),
+                    Audit {
+                        event: "revoked",
+                        username: Some(&a.username),
+                        server: Some(&a.server),
+                        admission_id: Some(&a.id),
+                        source: Some(a.source),
+                        detail: format!("grant removed by {by}"),
+                    },
+                )?;
             }
-            store::audit(tx, now(), Audit {
-                event: "grant_removed",
-                username: Some(&user),
-                server: Some(&server),
-                detail: format!("by {by}"),
-                ..Default::default()
-            })?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "grant_removed",
+                    username: Some(&user),
+                    server: Some(&server),
+                    detail: format!("by {by}"),
+                    ..Default::default()
+                },
+            )?;
             Ok(bumped.map(|v| (s.id, v)))
         })
         .await?;
@@ -1088,5 +1145,7 @@ async fn audit_log(
     admin(&st, &headers).await?;
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(100).min(10_000);
-    Ok(Json(st.db.tx(move |tx| store::list_audit(tx, limit)).await?))
+    Ok(Json(
+        st.db.tx(move |tx| store::list_audit(tx, limit)).await?,
+    ))
 }

@@ -133,8 +133,8 @@ impl LoginLimiter {
         let mut levels = [0.0; 2];
         for (i, k) in keys.iter().enumerate() {
             let (tokens, at) = b.get(k).copied().unwrap_or((self.burst, now));
-            let level =
-                (tokens + now.duration_since(at).as_secs_f64() * self.refill_per_sec).min(self.burst);
+            let level = (tokens + now.duration_since(at).as_secs_f64() * self.refill_per_sec)
+                .min(self.burst);
             levels[i] = level;
         }
         let lowest = levels.iter().cloned().fold(f64::INFINITY, f64::min);

@@ -90,7 +90,9 @@ impl From<JsonRejection> for AppError {
                 "payload_too_large",
                 "the request body is too large (limit 64 KiB) or could not be read",
             ),
-            other => AppError::bad_request(format!("the JSON body is not valid: {}", other.body_text())),
+            other => {
+                AppError::bad_request(format!("the JSON body is not valid: {}", other.body_text()))
+            }
         }
     }
 }

@@ -165,7 +165,8 @@ impl ControlPlane {
             shutdown.await;
             h.graceful_shutdown(Some(Duration::from_secs(2)));
         });
-        let rustls = axum_server::tls_rustls::RustlsConfig::from_config(self.tls.server_config.clone());
+        let rustls =
+            axum_server::tls_rustls::RustlsConfig::from_config(self.tls.server_config.clone());
         let app = app::router(self.state.clone());
         let result = axum_server::from_tcp_rustls(listener, rustls)
             .handle(handle)

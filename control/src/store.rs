@@ -237,7 +237,9 @@ pub fn user_by_name(tx: &Connection, username: &str) -> Result<Option<User>> {
 
 pub fn list_users(tx: &Connection) -> Result<Vec<User>> {
     let mut st = tx.prepare(&format!("SELECT {USER_COLS} FROM users ORDER BY username"))?;
-    let rows = st.query_map([], user_row)?.collect::<rusqlite::Result<_>>()?;
+    let rows = st
+        .query_map([], user_row)?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
 }
 
@@ -246,7 +248,12 @@ pub fn delete_user(tx: &Connection, user_id: i64) -> Result<()> {
     Ok(())
 }
 
-pub fn insert_token(tx: &Connection, hash: &[u8], user_id: i64, expires: OffsetDateTime) -> Result<()> {
+pub fn insert_token(
+    tx: &Connection,
+    hash: &[u8],
+    user_id: i64,
+    expires: OffsetDateTime,
+) -> Result<()> {
     tx.execute(
         "INSERT INTO tokens(token_hash, user_id, expires_at) VALUES (?1, ?2, ?3)",
         params![hash, user_id, millis(expires)],
@@ -326,7 +333,13 @@ pub fn create_server(
     tx.execute(
         "INSERT INTO servers(name, binding, ttl_secs, enroll_hash, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![name, binding.to_string(), ttl_secs as i64, enroll_hash, millis(now)],
+        params![
+            name,
+            binding.to_string(),
+            ttl_secs as i64,
+            enroll_hash,
+            millis(now)
+        ],
     )?;
     Ok(())
 }
@@ -361,7 +374,9 @@ pub fn server_by_credential(tx: &Connection, hash: &[u8]) -> Result<Option<Serve
 
 pub fn list_servers(tx: &Connection) -> Result<Vec<Server>> {
     let mut st = tx.prepare(&format!("SELECT {SERVER_COLS} FROM servers ORDER BY name"))?;
-    let rows = st.query_map([], server_row)?.collect::<rusqlite::Result<_>>()?;
+    let rows = st
+        .query_map([], server_row)?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
 }
 
@@ -477,7 +492,9 @@ pub fn list_grants(tx: &Connection) -> Result<Vec<Grant>> {
          JOIN users u ON u.id = g.user_id JOIN servers s ON s.id = g.server_id
          ORDER BY u.username, s.name",
     )?;
-    let rows = st.query_map([], grant_row)?.collect::<rusqlite::Result<_>>()?;
+    let rows = st
+        .query_map([], grant_row)?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(rows)
 }
 
@@ -613,8 +630,8 @@ pub fn insert_admission(tx: &Connection, new: NewAdmission) -> Result<(Admission
         ],
     )?;
     let version = bump_version(tx, new.server_id)?;
-    let adm = admission(tx, &new.id)?
-        .ok_or_else(|| StoreError::NotFound("admission vanished".into()))?;
+    let adm =
+        admission(tx, &new.id)?.ok_or_else(|| StoreError::NotFound("admission vanished".into()))?;
     Ok((adm, version))
 }
 
@@ -693,7 +710,11 @@ pub fn list_admissions(tx: &Connection) -> Result<Vec<Admission>> {
     Ok(rows)
 }
 
-pub fn user_server_admissions(tx: &Connection, user_id: i64, server_id: Option<i64>) -> Result<Vec<Admission>> {
+pub fn user_server_admissions(
+    tx: &Connection,
+    user_id: i64,
+    server_id: Option<i64>,
+) -> Result<Vec<Admission>> {
     Ok(list_admissions(tx)?
         .into_iter()
         .filter(|a| a.user_id == user_id && server_id.is_none_or(|s| s == a.server_id))

@@ -72,17 +72,19 @@ pub fn private_ca_identity(dir: &Path, sans: &[String]) -> Result<TlsIdentity, T
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("hushgate private CA {}", crate::auth::random_id("")));
+        params.distinguished_name.push(
+            DnType::CommonName,
+            format!("hushgate private CA {}", crate::auth::random_id("")),
+        );
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
         params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
         let cert = params.self_signed(&key)?;
-        crate::state::write_secret_file(&ca_key_file, key.serialize_pem().as_bytes())
-            .map_err(|source| TlsError::Write {
+        crate::state::write_secret_file(&ca_key_file, key.serialize_pem().as_bytes()).map_err(
+            |source| TlsError::Write {
                 path: ca_key_file.clone(),
                 source,
-            })?;
+            },
+        )?;
         crate::state::write_public_file(&ca_file, cert.pem().as_bytes()).map_err(|source| {
             TlsError::Write {
                 path: ca_file.clone(),

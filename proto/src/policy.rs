@@ -90,7 +90,9 @@ impl FromStr for BindingPolicy {
                 let n = s
                     .strip_prefix("prefix:")
                     .ok_or_else(|| PolicyError::Unknown(s.to_string()))?;
-                let len: u8 = n.parse().map_err(|_| PolicyError::BadPrefix(n.to_string()))?;
+                let len: u8 = n
+                    .parse()
+                    .map_err(|_| PolicyError::BadPrefix(n.to_string()))?;
                 if len > 128 {
                     return Err(PolicyError::BadPrefix(n.to_string()));
                 }
@@ -145,6 +147,9 @@ mod tests {
             BindingPolicy::Prefix(24).network(o).to_string(),
             "203.0.113.0/24"
         );
-        assert_eq!(BindingPolicy::Exact.network(o).to_string(), "203.0.113.7/32");
+        assert_eq!(
+            BindingPolicy::Exact.network(o).to_string(),
+            "203.0.113.7/32"
+        );
     }
 }

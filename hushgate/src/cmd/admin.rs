@@ -63,7 +63,9 @@ enum UserCmd {
     },
     List,
     /// Delete a user, ending all their admissions.
-    Remove { name: String },
+    Remove {
+        name: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -97,14 +99,19 @@ enum GrantCmd {
     },
     List,
     /// Remove a grant and end the user's admissions on that server.
-    Remove { user: String, server: String },
+    Remove {
+        user: String,
+        server: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum AdmissionCmd {
     List,
     /// End an admission now; the gateway drops the client within a second.
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 fn client(a: &Args) -> anyhow::Result<ControlClient> {
@@ -112,10 +119,17 @@ fn client(a: &Args) -> anyhow::Result<ControlClient> {
     let url = match (&a.control, from_state("control-url")) {
         (Some(u), _) => u.clone(),
         (None, Some(f)) => std::fs::read_to_string(&f)
-            .with_context(|| format!("cannot read {}; is the control plane running with this --state?", f.display()))?
+            .with_context(|| {
+                format!(
+                    "cannot read {}; is the control plane running with this --state?",
+                    f.display()
+                )
+            })?
             .trim()
             .to_string(),
-        (None, None) => bail!("say which control plane: --state DIR on its host, or --control URL --ca FILE"),
+        (None, None) => {
+            bail!("say which control plane: --state DIR on its host, or --control URL --ca FILE")
+        }
     };
     let trust = match (&a.ca, from_state("ca.pem")) {
         (Some(ca), _) => Trust::from_ca_file(ca)?,
@@ -161,7 +175,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             if a.json {
                 return print_json(&u);
             }
-            println!("user '{}' created{}", u.username, if u.admin { " (admin)" } else { "" });
+            println!(
+                "user '{}' created{}",
+                u.username,
+                if u.admin { " (admin)" } else { "" }
+            );
         }
         What::User(UserCmd::List) => {
             let users = c.list_users().await?;
@@ -202,15 +220,24 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 "SERVER", "BINDING", "ENROLLED", "GATEWAY", "ENDPOINT"
             );
             for s in servers {
-                let services: Vec<String> =
-                    s.services.iter().map(|x| format!("{}:{}", x.name, x.port)).collect();
+                let services: Vec<String> = s
+                    .services
+                    .iter()
+                    .map(|x| format!("{}:{}", x.name, x.port))
+                    .collect();
                 println!(
                     "{:<20} {:<16} {:<9} {:<10} {:<24} {}",
                     s.name,
                     s.binding.to_string(),
                     s.enrolled,
-                    if s.gateway_connected { "online" } else { "offline" },
-                    s.gateway_endpoint.map(|e| e.to_string()).unwrap_or_else(|| "-".into()),
+                    if s.gateway_connected {
+                        "online"
+                    } else {
+                        "offline"
+                    },
+                    s.gateway_endpoint
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     services.join(",")
                 );
             }
@@ -236,7 +263,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 "'{}' may now reach '{}' ({})",
                 g.username,
                 g.server,
-                g.services.map(|s| s.join(",")).unwrap_or_else(|| "all services".into())
+                g.services
+                    .map(|s| s.join(","))
+                    .unwrap_or_else(|| "all services".into())
             );
         }
         What::Grant(GrantCmd::List) => {
@@ -251,7 +280,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     g.username,
                     g.server,
                     g.direct,
-                    g.services.map(|s| s.join(",")).unwrap_or_else(|| "all".into())
+                    g.services
+                        .map(|s| s.join(","))
+                        .unwrap_or_else(|| "all".into())
                 );
             }
         }
@@ -276,7 +307,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     x.server,
                     x.state,
                     format!("{} ({})", x.source, x.binding),
-                    x.client_address.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+                    x.client_address
+                        .map(|c| c.to_string())
+                        .unwrap_or_else(|| "-".into()),
                     ts(x.expires_at)
                 );
             }

@@ -64,9 +64,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     println!("control plane listening on https://{local}");
     if let Some(ca) = cp.ca_file() {
-        println!("CA certificate: {} (give it to gateways and clients with --ca)", ca.display());
+        println!(
+            "CA certificate: {} (give it to gateways and clients with --ca)",
+            ca.display()
+        );
     }
-    println!("admin token: {} (used by 'hushgate admin --state {}')", cp.admin_token_file.display(), a.state.display());
+    println!(
+        "admin token: {} (used by 'hushgate admin --state {}')",
+        cp.admin_token_file.display(),
+        a.state.display()
+    );
     cp.serve(listener, async {
         let _ = tokio::signal::ctrl_c().await;
     })

@@ -1,0 +1,464 @@
+//! The control plane's API through its real router, over real HTTPS on
+//! loopback, with a real SQLite file in a temporary folder.
+
+mod support;
+
+use control_client::{ClientError, ControlClient, Trust};
+use proto::api::*;
+use proto::feed::*;
+use reqwest::StatusCode;
+use std::time::Duration;
+use support::control;
+use support::*;
+
+async fn login(c: &ControlClient, user: &str) -> ControlClient {
+    let r = c.login(user, &format!("password-of-{user}")).await.unwrap();
+    c.with_bearer(&r.token)
+}
+
+/// A control plane with alice, server "den" and a following gateway.
+async fn world(dir: &std::path::Path) -> (Running, FeedFollower, ControlClient) {
+    let cp = Running::start(dir, "127.0.0.1:0", fast_settings()).await;
+    let token = seed(&cp.admin, "alice", "den", None).await;
+    let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
+    let alice = login(&cp.client(), "alice").await;
+    (cp, gw, alice)
+}
+
+#[tokio::test]
+async fn access_is_answered_after_the_gateway_has_the_admission() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+
+    let r = alice.access("den", key(1)).await.expect("access granted");
+    assert_eq!(r.gateway_endpoint.to_string(), "198.51.100.10:51820");
+    assert_eq!(r.gateway_public_key, key(200));
+    assert_eq!(r.client_address.to_string(), "100.64.0.2");
+    assert_eq!(r.service_address.to_string(), "100.64.0.1");
+    assert_eq!(
+        r.services,
+        vec![ServiceInfo {
+            name: "plex".into(),
+            port: 32400
+        }]
+    );
+    assert!(r.preshared_key.is_some());
+
+    // The gateway acknowledged the version holding it before we heard back.
+    let st = gw.state.lock().unwrap().clone().unwrap();
+    let a = st
+        .admissions
+        .iter()
+        .find(|a| a.id == r.admission_id)
+        .expect("in the feed");
+    assert_eq!(a.client_public_key, Some(key(1)));
+    assert_eq!(a.source.to_string(), "127.0.0.1");
+    assert_eq!(a.preshared_key, r.preshared_key);
+    assert_eq!(
+        a.client_address.map(|c| c.to_string()),
+        Some("100.64.0.2".into())
+    );
+
+    let list = cp.admin.list_admissions().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].state, "active");
+
+    // Revocation by the owner reaches the gateway within a second.
+    alice.revoke(&r.admission_id).await.unwrap();
+    let took = gw
+        .wait_until(Duration::from_secs(1), |ids| ids.is_empty())
+        .await;
+    assert!(
+        took.is_some(),
+        "revocation did not reach the gateway within 1 s"
+    );
+    let audit = cp.admin.audit(100).await.unwrap();
+    let events: Vec<_> = audit.iter().map(|e| e.event.as_str()).collect();
+    for e in ["enrolled", "login", "access_granted", "revoked"] {
+        assert!(events.contains(&e), "audit lacks {e}: {events:?}");
+    }
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn no_grant_and_unknown_server_look_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, _gw, _alice) = world(dir.path()).await;
+    cp.admin
+        .create_user(&CreateUser {
+            username: "bob".into(),
+            password: "password-of-bob".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    let bob = login(&cp.client(), "bob").await;
+    let e1 = bob.access("den", key(2)).await.unwrap_err();
+    let e2 = bob.access("nowhere", key(2)).await.unwrap_err();
+    assert_eq!(e1.status(), Some(403));
+    assert_eq!(e2.status(), Some(403));
+    assert_eq!(e1.code(), e2.code());
+    assert!(e1.to_string().contains("no access to server 'den'"));
+    assert!(cp.admin.list_admissions().await.unwrap().is_empty());
+    let audit = cp.admin.audit(100).await.unwrap();
+    assert_eq!(
+        audit.iter().filter(|e| e.event == "access_denied").count(),
+        2
+    );
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn offline_or_silent_gateway_gets_503_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    let token = seed(&cp.admin, "alice", "den", None).await;
+    let alice = login(&cp.client(), "alice").await;
+
+    // Not enrolled at all.
+    let e = alice.access("den", key(1)).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(503), Some("gateway_offline")));
+    assert!(e.to_string().contains("'den'"));
+
+    // Enrolled, then gone: still offline after the grace period.
+    let enrolled = cp
+        .client()
+        .enroll(&EnrollRequest {
+            enrollment_token: token,
+            report: report(key(200)),
+        })
+        .await
+        .unwrap();
+    let e = alice.access("den", key(1)).await.unwrap_err();
+    assert_eq!(e.code(), Some("gateway_offline"), "{e}");
+
+    // Connected but never acknowledging: 503 after the ack timeout, and
+    // the admission is removed from the feed again.
+    let gw = FeedFollower::follow(&cp.client(), &enrolled.credential, false).await;
+    let e = alice.access("den", key(1)).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(503), Some("gateway_timeout")));
+    assert!(cp.admin.list_admissions().await.unwrap().is_empty());
+    assert!(gw
+        .wait_until(Duration::from_secs(1), |ids| ids.is_empty())
+        .await
+        .is_some());
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn login_failures_are_uniform_and_rate_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = control::Settings {
+        login_per_minute: 5,
+        ..fast_settings()
+    };
+    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    seed(&cp.admin, "alice", "den", None).await;
+    let c = cp.client();
+    let wrong = c.login("alice", "not-the-password").await.unwrap_err();
+    let unknown = c.login("mallory", "whatever-password").await.unwrap_err();
+    assert_eq!(wrong.status(), Some(401));
+    assert_eq!(wrong.to_string(), unknown.to_string());
+
+    // Same time for both: each runs a full argon2 verification. Compare
+    // medians loosely (a 3x gap would mean one path skips the hash).
+    let settings_limit = 5 - 2;
+    let mut t_wrong = Vec::new();
+    let mut t_unknown = Vec::new();
+    for i in 0..settings_limit {
+        let t = std::time::Instant::now();
+        if i % 2 == 0 {
+            let _ = c.login("alice", "nope-nope-nope").await;
+            t_wrong.push(t.elapsed());
+        } else {
+            let _ = c.login(&format!("ghost{i}"), "nope-nope-nope").await;
+            t_unknown.push(t.elapsed());
+        }
+    }
+    let (w, u) = (t_wrong[0].as_secs_f64(), t_unknown[0].as_secs_f64());
+    assert!(
+        w < 3.0 * u && u < 3.0 * w,
+        "wrong {w:.4}s vs unknown {u:.4}s"
+    );
+
+    // The sixth attempt from this address within a minute is refused.
+    let e = c.login("alice", "password-of-alice").await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(429), Some("rate_limited")));
+    cp.stop().await;
+}
+
+/// What, method, path, bearer, content type, body, expected status.
+type BadCase<'a> = (
+    &'a str,
+    reqwest::Method,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Vec<u8>,
+    u16,
+);
+
+async fn raw(
+    c: &ControlClient,
+    method: reqwest::Method,
+    path: &str,
+    bearer: Option<&str>,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, serde_json::Value) {
+    let mut r = c
+        .http()
+        .request(method, format!("{}{path}", c.base_url()))
+        .body(body);
+    if let Some(t) = bearer {
+        r = r.bearer_auth(t);
+    }
+    if let Some(ct) = content_type {
+        r = r.header("content-type", ct);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status();
+    let v = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    let c = cp.client();
+    let token = alice
+        .login("alice", "password-of-alice")
+        .await
+        .unwrap()
+        .token;
+    let json = Some("application/json");
+    let version_before = gw.version();
+    let audit_before = cp.admin.audit(1000).await.unwrap().len();
+    let admin_token = std::fs::read_to_string(cp.dir.join("admin-token")).unwrap();
+
+    let cases: Vec<BadCase> = vec![
+        ("malformed JSON", Method::POST, "/v1/access", Some(&token), json, b"{\"server\": ".to_vec(), 400),
+        ("oversized body", Method::POST, "/v1/access", Some(&token), json,
+            format!("{{\"server\":\"{}\"}}", "x".repeat(100_000)).into_bytes(), 413),
+        ("wrong content type", Method::POST, "/v1/access", Some(&token), Some("text/plain"),
+            br#"{"server":"den","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}"#.to_vec(), 415),
+        ("bad base64 key", Method::POST, "/v1/access", Some(&token), json,
+            br#"{"server":"den","public_key":"!!!not-base64!!!"}"#.to_vec(), 400),
+        ("key of wrong length", Method::POST, "/v1/access", Some(&token), json,
+            br#"{"server":"den","public_key":"AQEBAQ=="}"#.to_vec(), 400),
+        ("unknown field", Method::POST, "/v1/access", Some(&token), json,
+            br#"{"server":"den","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=","admin":true}"#.to_vec(), 400),
+        ("missing key", Method::POST, "/v1/access", Some(&token), json, br#"{"server":"den"}"#.to_vec(), 400),
+        ("forged token", Method::POST, "/v1/access", Some("hgu_forgedforgedforged"), json,
+            br#"{"server":"den","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}"#.to_vec(), 401),
+        ("no token", Method::POST, "/v1/access", None, json,
+            br#"{"server":"den","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}"#.to_vec(), 401),
+        ("user token as gateway credential", Method::GET, "/v1/gateway/feed", Some(&token), None, vec![], 401),
+        ("gateway credential for another server", Method::GET, "/v1/gateway/feed?server=attic",
+            Some(&gw.credential), None, vec![], 403),
+        ("ack of a version never issued", Method::POST, "/v1/gateway/ack", Some(&gw.credential), json,
+            br#"{"version": 999999}"#.to_vec(), 400),
+        ("user token on the admin API", Method::GET, "/v1/admin/users", Some(&token), None, vec![], 403),
+        ("unknown admission", Method::DELETE, "/v1/admissions/adm_nope", Some(&token), None, vec![], 404),
+        ("unknown endpoint", Method::GET, "/v1/nothing", None, None, vec![], 404),
+        ("bad binding policy", Method::POST, "/v1/admin/servers",
+            Some(admin_token.trim()), json,
+            br#"{"name":"attic","binding":"loose"}"#.to_vec(), 400),
+        ("bad query", Method::GET, "/v1/gateway/feed?after=minus-one", Some(&gw.credential), None, vec![], 400),
+    ];
+    for (what, method, path, bearer, ct, body, want) in cases {
+        let (status, v) = raw(&c, method, path, bearer, ct, body).await;
+        assert_eq!(status.as_u16(), want, "{what}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.len() > 10, "{what}: no useful message in {v}");
+        assert!(v["error"]["code"].is_string(), "{what}: no code in {v}");
+    }
+
+    // A replayed enrollment token is refused.
+    let s = cp
+        .admin
+        .create_server(&CreateServer {
+            name: "attic".into(),
+            binding: Default::default(),
+            admission_ttl_secs: None,
+        })
+        .await
+        .unwrap();
+    let req = EnrollRequest {
+        enrollment_token: s.enrollment_token,
+        report: report(key(201)),
+    };
+    c.enroll(&req).await.unwrap();
+    let e = c.enroll(&req).await.unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    assert!(e.to_string().contains("already used"));
+
+    // Nothing changed: no admission, no feed version bump for "den", and
+    // the audit log only grew by the server creation and one enrollment.
+    assert!(cp.admin.list_admissions().await.unwrap().is_empty());
+    assert_eq!(gw.version(), version_before);
+    let audit_after = cp.admin.audit(1000).await.unwrap();
+    let new: Vec<_> = audit_after[audit_before..]
+        .iter()
+        .map(|e| e.event.clone())
+        .collect();
+    assert_eq!(new, vec!["server_created", "enrolled"]);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn admissions_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    let r = alice.access("den", key(1)).await.unwrap();
+    let credential = gw.credential.clone();
+    drop(gw);
+    cp.stop().await;
+
+    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    let list = cp.admin.list_admissions().await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, r.admission_id);
+    assert_eq!(list[0].state, "active");
+    // The gateway's credential still works and its feed still holds the
+    // admission with the same keys and address.
+    let gw = FeedFollower::follow(&cp.client(), &credential, true).await;
+    let st = gw.state.lock().unwrap().clone().unwrap();
+    assert_eq!(st.admissions.len(), 1);
+    assert_eq!(st.admissions[0].preshared_key, r.preshared_key);
+    assert_eq!(st.admissions[0].client_public_key, Some(key(1)));
+    // The user can log in and keep working against the restarted plane.
+    let alice = login(&cp.client(), "alice").await;
+    alice.revoke(&r.admission_id).await.unwrap();
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn expiry_and_grant_removal_reach_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    let token = seed(&cp.admin, "alice", "den", Some(1)).await;
+    let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
+    let alice = login(&cp.client(), "alice").await;
+
+    let r = alice.access("den", key(1)).await.unwrap();
+    let id = r.admission_id.clone();
+    assert!(gw.admission_ids().contains(&id));
+    // ttl is 1 s: gone from the feed within ~1 s of expiring.
+    let took = gw
+        .wait_until(Duration::from_secs(3), |ids| !ids.contains(&id))
+        .await
+        .expect("expired admission left the feed");
+    assert!(took < Duration::from_millis(2200), "took {took:?}");
+    let audit = cp.admin.audit(100).await.unwrap();
+    assert!(audit
+        .iter()
+        .any(|e| e.event == "expired" && e.admission_id.as_deref() == Some(&id)));
+
+    // Renewal pushes the deadline out.
+    let r = alice.access("den", key(2)).await.unwrap();
+    let renewed = alice.renew(&r.admission_id).await.unwrap();
+    assert!(renewed.expires_at >= r.expires_at);
+
+    // Removing the grant ends the admission at once.
+    let r = alice.access("den", key(3)).await.unwrap();
+    cp.admin.delete_grant("alice", "den").await.unwrap();
+    assert!(gw
+        .wait_until(Duration::from_secs(1), |ids| !ids.contains(&r.admission_id))
+        .await
+        .is_some());
+    let e = alice.access("den", key(4)).await.unwrap_err();
+    assert_eq!(e.status(), Some(403));
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn tunnel_addresses_never_collide_and_are_reused_after_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, _gw, alice) = world(dir.path()).await;
+    let mut got = Vec::new();
+    for i in 1..=4 {
+        got.push(alice.access("den", key(i)).await.unwrap());
+    }
+    let addrs: Vec<String> = got.iter().map(|r| r.client_address.to_string()).collect();
+    assert_eq!(
+        addrs,
+        ["100.64.0.2", "100.64.0.3", "100.64.0.4", "100.64.0.5"]
+    );
+    // The same key twice is refused: one admission per ephemeral key.
+    let e = alice.access("den", key(1)).await.unwrap_err();
+    assert_eq!(e.status(), Some(409));
+    alice.revoke(&got[1].admission_id).await.unwrap();
+    let again = alice.access("den", key(9)).await.unwrap();
+    assert_eq!(again.client_address.to_string(), "100.64.0.3");
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let json = "application/json";
+    for trusted in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = fast_settings();
+        if trusted {
+            settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+        }
+        let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+        let token = seed(&cp.admin, "alice", "den", None).await;
+        let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
+        let t = cp
+            .client()
+            .login("alice", "password-of-alice")
+            .await
+            .unwrap()
+            .token;
+        let body =
+            br#"{"server":"den","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}"#;
+        let resp = cp
+            .client()
+            .http()
+            .post(format!("{}/v1/access", cp.url))
+            .bearer_auth(&t)
+            .header("content-type", json)
+            .header("x-forwarded-for", "2001:db8::7, 203.0.113.9")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let st = gw.state.lock().unwrap().clone().unwrap();
+        let want = if trusted { "203.0.113.9" } else { "127.0.0.1" };
+        assert_eq!(st.admissions[0].source.to_string(), want);
+        cp.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn ipv6_clients_are_observed_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Running::start(dir.path(), "[::1]:0", fast_settings()).await;
+    let token = seed(&cp.admin, "alice", "den", None).await;
+    let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
+    let alice = login(&cp.client(), "alice").await;
+    alice.access("den", key(1)).await.unwrap();
+    let st = gw.state.lock().unwrap().clone().unwrap();
+    assert_eq!(st.admissions[0].source.to_string(), "::1");
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn an_untrusted_certificate_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    let c = ControlClient::new(&cp.url, Trust::PublicRoots).unwrap();
+    let e = c.login("alice", "whatever-password").await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::CertificateNotTrusted { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("--ca"));
+    assert!(ControlClient::new("http://127.0.0.1:1", Trust::PublicRoots).is_err());
+    cp.stop().await;
+}

@@ -1,0 +1,224 @@
+//! A real control plane on loopback for tests and benchmarks: HTTPS with
+//! its own CA, a SQLite file in a temporary folder, and a gateway that
+//! follows the real feed and acknowledges what it applied.
+#![allow(dead_code)]
+
+use control_client::{ControlClient, Trust};
+pub use hushgate_control as control;
+use hushgate_control::{Config, ControlPlane, Settings};
+use proto::api::*;
+use proto::feed::*;
+use proto::WgKey;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+pub struct Running {
+    pub addr: SocketAddr,
+    pub url: String,
+    pub dir: PathBuf,
+    pub ca: PathBuf,
+    pub admin: ControlClient,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Starts a control plane on `bind` (e.g. "127.0.0.1:0") in `dir`.
+    pub async fn start(dir: &Path, bind: &str, settings: Settings) -> Running {
+        let cp = ControlPlane::open(Config {
+            state_dir: dir.to_path_buf(),
+            tls_cert: None,
+            sans: vec![],
+            settings,
+        })
+        .expect("control plane opens");
+        let listener = std::net::TcpListener::bind(bind).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let ca = cp.ca_file().unwrap().to_path_buf();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(cp.serve(listener, async {
+            let _ = rx.await;
+        }));
+        let url = format!("https://{addr}");
+        let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
+        let admin = client(&url, &ca).with_bearer(token.trim());
+        Running {
+            addr,
+            url,
+            dir: dir.to_path_buf(),
+            ca,
+            admin,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn client(&self) -> ControlClient {
+        client(&self.url, &self.ca)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+pub fn client(url: &str, ca: &Path) -> ControlClient {
+    ControlClient::new(url, Trust::from_ca_file(ca).unwrap()).unwrap()
+}
+
+pub fn fast_settings() -> Settings {
+    Settings {
+        ack_timeout: Duration::from_millis(1500),
+        login_per_minute: 1000,
+        ..Default::default()
+    }
+}
+
+pub fn key(n: u8) -> WgKey {
+    WgKey([n; 32])
+}
+
+/// Creates user `user` (password "password-of-USER"), server `server`
+/// and a grant between them; returns the enrollment token.
+pub async fn seed(admin: &ControlClient, user: &str, server: &str, ttl: Option<u64>) -> String {
+    admin
+        .create_user(&CreateUser {
+            username: user.into(),
+            password: format!("password-of-{user}"),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    let s = admin
+        .create_server(&CreateServer {
+            name: server.into(),
+            binding: Default::default(),
+            admission_ttl_secs: ttl,
+        })
+        .await
+        .unwrap();
+    admin
+        .create_grant(&CreateGrant {
+            username: user.into(),
+            server: server.into(),
+            services: None,
+            direct: false,
+        })
+        .await
+        .unwrap();
+    s.enrollment_token
+}
+
+pub fn report(k: WgKey) -> GatewayReport {
+    GatewayReport {
+        public_key: k,
+        public_endpoint: Some("198.51.100.10:51820".parse().unwrap()),
+        listen_port: 51820,
+        services: vec![ServiceInfo {
+            name: "plex".into(),
+            port: 32400,
+        }],
+        direct_services: vec![],
+    }
+}
+
+/// A gateway that follows the feed and acknowledges every version,
+/// keeping the last state it saw.
+pub struct FeedFollower {
+    pub state: Arc<Mutex<Option<FeedState>>>,
+    pub credential: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FeedFollower {
+    pub async fn enroll(base: &ControlClient, token: &str, gw_key: WgKey) -> FeedFollower {
+        let resp = base
+            .enroll(&EnrollRequest {
+                enrollment_token: token.into(),
+                report: report(gw_key),
+            })
+            .await
+            .expect("enrollment works");
+        Self::follow(base, &resp.credential, true).await
+    }
+
+    /// Follows the feed with `credential`; acknowledges when `ack`.
+    pub async fn follow(base: &ControlClient, credential: &str, ack: bool) -> FeedFollower {
+        let c = base.with_bearer(credential);
+        let state: Arc<Mutex<Option<FeedState>>> = Arc::default();
+        let s = state.clone();
+        let first = c.feed(None, Duration::ZERO).await.expect("first feed");
+        if ack {
+            c.ack(first.version).await.unwrap();
+        }
+        let mut after = first.version;
+        *s.lock().unwrap() = Some(first);
+        let task = tokio::spawn(async move {
+            loop {
+                match c.feed(Some(after), Duration::from_secs(20)).await {
+                    Ok(st) => {
+                        after = st.version;
+                        *s.lock().unwrap() = Some(st);
+                        if ack {
+                            let _ = c.ack(after).await;
+                        }
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        FeedFollower {
+            state,
+            credential: credential.into(),
+            task,
+        }
+    }
+
+    pub fn admission_ids(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.admissions.iter().map(|a| a.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn version(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|s| s.version)
+            .unwrap_or(0)
+    }
+
+    /// Waits up to `limit` for `cond` on the admission ids; returns how long it took.
+    pub async fn wait_until(
+        &self,
+        limit: Duration,
+        cond: impl Fn(&[String]) -> bool,
+    ) -> Option<Duration> {
+        let t = std::time::Instant::now();
+        while t.elapsed() < limit {
+            if cond(&self.admission_ids()) {
+                return Some(t.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+}
+
+impl Drop for FeedFollower {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
