@@ -1,0 +1,89 @@
+//! Control plane throughput: access requests per second with a gateway
+//! that follows the real feed and acknowledges, and login latency.
+//!
+//! Run: `cargo bench -p hushgate-control --bench access`
+//! (env: ACCESS_REQUESTS, default 3000; CONCURRENCY, default 64).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::time::{Duration, Instant};
+use support::*;
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() {
+    let requests = env("ACCESS_REQUESTS", 3000);
+    let concurrency = env("CONCURRENCY", 64);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = control::Settings {
+        login_per_minute: 100_000,
+        ack_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    let token = seed(&cp.admin, "alice", "den", None).await;
+    let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
+
+    // Login latency (argon2id verification dominates).
+    let mut lat = Vec::new();
+    let mut bearer = String::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        bearer = cp.client().login("alice", "password-of-alice").await.unwrap().token;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    println!(
+        "login latency over {} logins: p50 {:.1} ms, p99 {:.1} ms",
+        lat.len(),
+        pct(&lat, 0.5).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3
+    );
+
+    // Access requests from `concurrency` clients at once, each with its
+    // own connection and a fresh key per request.
+    let alice = cp.client().with_bearer(&bearer);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..concurrency {
+        let c = alice.clone();
+        let n = requests / concurrency + usize::from(w < requests % concurrency);
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(n);
+            for i in 0..n {
+                let mut k = [0u8; 32];
+                k[..4].copy_from_slice(&(w as u32).to_le_bytes());
+                k[4..8].copy_from_slice(&(i as u32).to_le_bytes());
+                let s = Instant::now();
+                c.access("den", proto::WgKey(k)).await.expect("access granted");
+                lat.push(s.elapsed());
+            }
+            lat
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    let elapsed = t.elapsed();
+    lat.sort();
+    println!(
+        "access: {} requests, {} concurrent clients, {:.2} s: {:.0} requests/s; latency p50 {:.1} ms, p99 {:.1} ms",
+        lat.len(),
+        concurrency,
+        elapsed.as_secs_f64(),
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        pct(&lat, 0.5).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3,
+    );
+    assert_eq!(gw.admission_ids().len(), requests);
+    cp.stop().await;
+}
