@@ -1,1 +1,33 @@
-//! Placeholder until its issue lands.
+//! The hushgate gateway's sans-IO core: a WireGuard endpoint that stays
+//! silent to everyone the control plane has not just admitted.
+//!
+//! [`admission::AdmissionTable`] holds the desired set of tunnel admissions
+//! (client key, bound source address, tunnel address, services, expiry)
+//! as the control plane's feed states it, with O(1) lookups by source
+//! address, client key, tunnel address and peer id. [`dispatch::Dispatcher`]
+//! owns that table and one boringtun `Tunn` per connected peer: every
+//! datagram from the UDP port goes through `handle_datagram`, which drops
+//! anything from an unadmitted source after one hash lookup and before any
+//! cryptography, routes handshakes by static key and everything else by
+//! receiver index, enforces each admission's source binding, and checks
+//! decrypted packets with [`inner`] (IPv4 TCP from the client's own tunnel
+//! address to an allowed service port only). Packets from the user-space
+//! TCP stack go back out through `handle_outbound`. Nothing here opens a
+//! socket or reads the clock: a driver passes in datagrams, feed states and
+//! `now`, sends what lands in the [`dispatch::Outbox`], hands decrypted
+//! packets to its TCP stack, closes connections on
+//! [`dispatch::PeerEvent::Removed`], and sleeps until `poll_timeout`.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod dispatch;
+pub mod inner;
+
+pub use admission::{
+    Admission, AdmissionError, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause,
+    SourceStatus,
+};
+pub use dispatch::{
+    Dispatcher, DispatcherConfig, DropCounters, DropReason, GatewayStats, Outbox, Output,
+    PeerCounters, PeerEvent, PeerStats, Verdict,
+};

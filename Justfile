@@ -1,0 +1,22 @@
+# Everyday recipes. `just --list` shows them.
+
+# The whole test suite (what CI runs).
+test:
+    tests/run-all.sh
+
+# Fast loop: unit and integration tests only.
+check:
+    cargo test --workspace
+
+# Format and lint.
+lint:
+    cargo fmt --all
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Control plane throughput and login latency.
+bench-control:
+    cargo bench -p hushgate-control --bench access
+
+# A control plane on loopback with its state in ./state/control.
+control:
+    cargo run --release -p hushgate -- control --listen 127.0.0.1:8443 --state state/control
