@@ -1,1 +1,57 @@
-//! Placeholder until its issue lands.
+//! User-space TCP termination for hushgate tunnels, built on smoltcp 0.14.
+//!
+//! Two parts, both meant to be owned by one data-path thread (no locks,
+//! no internal threads, no timers of their own):
+//!
+//! - [`Stack`] is a sans-IO TCP/IP endpoint: one smoltcp `Interface` (medium
+//!   IP) over in-memory packet queues whose buffers come from a pool. The
+//!   owner pushes decrypted inner packets in ([`Stack::push_inbound`]) and
+//!   takes packets to encrypt out ([`Stack::drain_outbound`]). It listens on
+//!   service ports with a pool of listeners per port ([`Stack::listen`],
+//!   [`Stack::accept`]), opens outbound connections ([`Stack::connect`]),
+//!   and keeps a table of connections under stable [`ConnId`]s. Every TCP
+//!   socket gets large buffers sized before listen/connect (so the window
+//!   scale fits them), CUBIC congestion control, Nagle off, and an ACK
+//!   forced every `ack_every` inbound segments. Packets that are not TCP to
+//!   a port of ours are dropped without a reply.
+//! - [`Splice`] joins each connection to a `mio::net::TcpStream` and moves
+//!   bytes both ways directly between smoltcp's rings and the kernel, with
+//!   backpressure both ways, FIN propagation, and reset propagation. Its
+//!   streams are registered in the caller's `mio::Registry` under tokens
+//!   from a range the caller reserves.
+//!
+//! A driver loop (the gateway's; the client shim's is the same with
+//! `connect` + `attach` on each accepted local stream instead of `accept`):
+//!
+//! ```text
+//! loop {
+//!     timeout = min(stack.poll_delay(now), wireguard timers, ...)
+//!     poll.poll(&mut events, timeout)
+//!     for ev in &events {
+//!         if splice.owns(ev.token()) { splice.on_event(ev); }
+//!         else if ev.token() == UDP { decrypt each datagram; stack.push_inbound(inner) }
+//!     }
+//!     stack.poll_ingress(now);                  // all queued segments
+//!     while let Some(id) = stack.accept() {     // new tunnel connections
+//!         let up = mio::net::TcpStream::connect(upstream)?;
+//!         splice.attach(poll.registry(), &stack, id, up)?;
+//!     }
+//!     splice.pump(&mut stack, poll.registry()); // copy, so ACKs carry the freed window
+//!     stack.poll_egress(now);                   // data, ACKs, retransmissions
+//!     stack.drain_outbound(|pkt| encrypt and send to the peer owning pkt's destination);
+//! }
+//! ```
+//!
+//! Revoking a client: `splice.close_all_for(&mut stack, registry, addr)`
+//! resets its spliced connections on both sides and aborts its other
+//! connections in the stack; the RSTs leave at the next egress.
+#![forbid(unsafe_code)]
+
+mod device;
+mod splice;
+mod stack;
+
+/// The smoltcp version this crate is built on, for `Stack::socket` users.
+pub use smoltcp;
+pub use splice::{PumpStats, Splice};
+pub use stack::{Congestion, ConnId, Error, Stack, StackConfig, StackStats};

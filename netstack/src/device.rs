@@ -1,0 +1,314 @@
+//! The in-memory "network card" under the smoltcp interface, and the few
+//! header fields the stack reads before smoltcp sees a packet.
+//!
+//! Packets live in `Vec<u8>` buffers that cycle between a free list and the
+//! rx/tx queues, so after warm-up no packet causes an allocation: a buffer
+//! keeps its capacity when it is cleared and reused.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::time::Instant;
+
+/// Two bounded packet queues plus free lists of spare buffers.
+#[derive(Debug)]
+pub(crate) struct QueueDevice {
+    /// Inbound IP packets waiting for `poll_ingress_single`.
+    pub(crate) rx: VecDeque<Vec<u8>>,
+    /// Packets smoltcp emitted, waiting for the caller to take them.
+    pub(crate) tx: VecDeque<Vec<u8>>,
+    // Two free lists, not one, because smoltcp's `receive` hands out an rx
+    // token and a tx token at the same time: each borrows its own list.
+    rx_free: Vec<Vec<u8>>,
+    tx_free: Vec<Vec<u8>>,
+    mtu: usize,
+    limit: usize,
+}
+
+impl QueueDevice {
+    pub(crate) fn new(mtu: usize, limit: usize) -> Self {
+        QueueDevice {
+            rx: VecDeque::with_capacity(limit),
+            tx: VecDeque::with_capacity(limit),
+            rx_free: Vec::new(),
+            tx_free: Vec::new(),
+            mtu,
+            limit,
+        }
+    }
+
+    /// Copies `pkt` into a pooled buffer at the back of the rx queue.
+    /// Returns false (packet dropped) when the queue is full: TCP treats
+    /// that as loss, which is the right signal for an overloaded stack.
+    pub(crate) fn push_rx(&mut self, pkt: &[u8]) -> bool {
+        if self.rx.len() >= self.limit {
+            return false;
+        }
+        let mut buf = self
+            .rx_free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.mtu));
+        buf.clear();
+        buf.extend_from_slice(pkt);
+        self.rx.push_back(buf);
+        true
+    }
+
+    /// Discards the packet at the front of the rx queue (keeping its buffer).
+    pub(crate) fn drop_front_rx(&mut self) {
+        if let Some(buf) = self.rx.pop_front() {
+            recycle(&mut self.rx_free, buf, self.limit);
+        }
+    }
+
+    pub(crate) fn pop_tx(&mut self) -> Option<Vec<u8>> {
+        self.tx.pop_front()
+    }
+
+    pub(crate) fn recycle_tx(&mut self, buf: Vec<u8>) {
+        recycle(&mut self.tx_free, buf, self.limit);
+    }
+}
+
+/// Returns a buffer to a free list, bounded so a burst does not pin memory.
+fn recycle(free: &mut Vec<Vec<u8>>, buf: Vec<u8>, limit: usize) {
+    if free.len() < limit {
+        free.push(buf);
+    }
+}
+
+pub(crate) struct RxToken<'a> {
+    buf: Vec<u8>,
+    free: &'a mut Vec<Vec<u8>>,
+    limit: usize,
+}
+
+impl phy::RxToken for RxToken<'_> {
+    fn consume<R, F>(self, f: F) -> R
+    where
+        F: FnOnce(&[u8]) -> R,
+    {
+        let RxToken { buf, free, limit } = self;
+        let r = f(&buf);
+        recycle(free, buf, limit);
+        r
+    }
+}
+
+pub(crate) struct TxToken<'a> {
+    queue: &'a mut VecDeque<Vec<u8>>,
+    free: &'a mut Vec<Vec<u8>>,
+    mtu: usize,
+}
+
+impl phy::TxToken for TxToken<'_> {
+    fn consume<R, F>(self, len: usize, f: F) -> R
+    where
+        F: FnOnce(&mut [u8]) -> R,
+    {
+        let mut buf = self
+            .free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.mtu));
+        buf.clear();
+        // Zero-filling `len` bytes costs far less than the checksum smoltcp
+        // computes over the same bytes next, and keeps this crate free of
+        // `unsafe` (no `set_len` on uninitialised memory).
+        buf.resize(len, 0);
+        let r = f(&mut buf);
+        self.queue.push_back(buf);
+        r
+    }
+}
+
+impl phy::Device for QueueDevice {
+    type RxToken<'a> = RxToken<'a>;
+    type TxToken<'a> = TxToken<'a>;
+
+    fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_>)> {
+        let buf = self.rx.pop_front()?;
+        // The tx token handed out with a received packet may push the tx
+        // queue one past `limit`: smoltcp cannot be told "no" at that point
+        // and a single reply (an ACK or RST) is harmless.
+        Some((
+            RxToken {
+                buf,
+                free: &mut self.rx_free,
+                limit: self.limit,
+            },
+            TxToken {
+                queue: &mut self.tx,
+                free: &mut self.tx_free,
+                mtu: self.mtu,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, _timestamp: Instant) -> Option<TxToken<'_>> {
+        // A full tx queue makes smoltcp stop and retry at the next poll, so
+        // a caller that does not drain cannot make us grow without bound.
+        if self.tx.len() >= self.limit {
+            return None;
+        }
+        Some(TxToken {
+            queue: &mut self.tx,
+            free: &mut self.tx_free,
+            mtu: self.mtu,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        let mut caps = DeviceCapabilities::default();
+        caps.medium = Medium::Ip;
+        caps.max_transmission_unit = self.mtu;
+        caps
+    }
+}
+
+/// The TCP fields of an IP packet that the stack's filter looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TcpMeta {
+    pub(crate) src: IpAddr,
+    pub(crate) src_port: u16,
+    pub(crate) dst_port: u16,
+    pub(crate) syn: bool,
+    pub(crate) ack: bool,
+}
+
+const PROTO_TCP: u8 = 6;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Parses just enough of an IPv4 or IPv6 packet to route it through the
+/// filter. Returns `None` for anything that is not a complete, unfragmented
+/// TCP segment (IPv6 with extension headers included): such packets are
+/// dropped silently, since answering them (ICMP unreachable, UDP port
+/// unreachable) would break the gateway's silence.
+pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
+    let (src, l4) = match pkt.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            if ihl < 20 || pkt.len() < ihl {
+                return None;
+            }
+            let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
+            if total < ihl || total > pkt.len() {
+                return None;
+            }
+            // More-fragments flag or a non-zero offset: smoltcp is built
+            // without reassembly, and a fragment carries no usable ports.
+            let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
+            if frag & 0x3fff != 0 || pkt[9] != PROTO_TCP {
+                return None;
+            }
+            let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
+            (IpAddr::V4(src), &pkt[ihl..total])
+        }
+        6 => {
+            if pkt.len() < 40 || pkt[6] != PROTO_TCP {
+                return None;
+            }
+            let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
+            if 40 + payload > pkt.len() {
+                return None;
+            }
+            let mut src = [0u8; 16];
+            src.copy_from_slice(&pkt[8..24]);
+            (IpAddr::V6(Ipv6Addr::from(src)), &pkt[40..40 + payload])
+        }
+        _ => return None,
+    };
+    if l4.len() < 20 {
+        return None;
+    }
+    let flags = l4[13];
+    Some(TcpMeta {
+        src,
+        src_port: u16::from_be_bytes([l4[0], l4[1]]),
+        dst_port: u16::from_be_bytes([l4[2], l4[3]]),
+        syn: flags & TCP_FLAG_SYN != 0,
+        ack: flags & TCP_FLAG_ACK != 0,
+    })
+}
+
+/// A set of TCP ports as a 64 Kibit bitmap: constant-time membership on
+/// every inbound packet, no hashing.
+#[derive(Clone)]
+pub(crate) struct PortSet(Box<[u64; 1024]>);
+
+impl std::fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set()
+            .entries((0..=u16::MAX).filter(|p| self.contains(*p)))
+            .finish()
+    }
+}
+
+impl PortSet {
+    pub(crate) fn new() -> Self {
+        PortSet(Box::new([0; 1024]))
+    }
+    pub(crate) fn contains(&self, port: u16) -> bool {
+        self.0[usize::from(port >> 6)] & (1 << (port & 63)) != 0
+    }
+    pub(crate) fn insert(&mut self, port: u16) {
+        self.0[usize::from(port >> 6)] |= 1 << (port & 63);
+    }
+    pub(crate) fn remove(&mut self, port: u16) {
+        self.0[usize::from(port >> 6)] &= !(1 << (port & 63));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ipv4_tcp(flags: u8, dport: u16) -> Vec<u8> {
+        let mut p = vec![0u8; 40];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&40u16.to_be_bytes());
+        p[9] = PROTO_TCP;
+        p[12..16].copy_from_slice(&[100, 64, 0, 2]);
+        p[16..20].copy_from_slice(&[100, 64, 0, 1]);
+        p[20..22].copy_from_slice(&50000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&dport.to_be_bytes());
+        p[32] = 0x50;
+        p[33] = flags;
+        p
+    }
+
+    #[test]
+    fn parses_ipv4_syn() {
+        let m = parse_tcp(&ipv4_tcp(TCP_FLAG_SYN, 32400)).unwrap();
+        assert_eq!(m.src, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)));
+        assert_eq!(
+            (m.src_port, m.dst_port, m.syn, m.ack),
+            (50000, 32400, true, false)
+        );
+    }
+
+    #[test]
+    fn rejects_fragments_truncation_and_other_protocols() {
+        let mut frag = ipv4_tcp(TCP_FLAG_SYN, 80);
+        frag[6] = 0x20; // more fragments
+        assert!(parse_tcp(&frag).is_none());
+        let mut udp = ipv4_tcp(0, 80);
+        udp[9] = 17;
+        assert!(parse_tcp(&udp).is_none());
+        assert!(parse_tcp(&ipv4_tcp(0, 80)[..30]).is_none());
+        assert!(parse_tcp(&[]).is_none());
+        assert!(parse_tcp(&[0x75; 60]).is_none());
+    }
+
+    #[test]
+    fn port_set() {
+        let mut s = PortSet::new();
+        assert!(!s.contains(0));
+        s.insert(65535);
+        s.insert(64);
+        assert!(s.contains(65535) && s.contains(64) && !s.contains(63));
+        s.remove(64);
+        assert!(!s.contains(64));
+    }
+}
