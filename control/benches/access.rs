@@ -15,7 +15,10 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[tokio::main]
@@ -37,7 +40,12 @@ async fn main() {
     let mut bearer = String::new();
     for _ in 0..30 {
         let t = Instant::now();
-        bearer = cp.client().login("alice", "password-of-alice").await.unwrap().token;
+        bearer = cp
+            .client()
+            .login("alice", "password-of-alice")
+            .await
+            .unwrap()
+            .token;
         lat.push(t.elapsed());
     }
     lat.sort();
@@ -63,7 +71,9 @@ async fn main() {
                 k[..4].copy_from_slice(&(w as u32).to_le_bytes());
                 k[4..8].copy_from_slice(&(i as u32).to_le_bytes());
                 let s = Instant::now();
-                c.access("den", proto::WgKey(k)).await.expect("access granted");
+                c.access("den", proto::WgKey(k))
+                    .await
+                    .expect("access granted");
                 lat.push(s.elapsed());
             }
             lat

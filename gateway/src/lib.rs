@@ -17,11 +17,22 @@
 //! `now`, sends what lands in the [`dispatch::Outbox`], hands decrypted
 //! packets to its TCP stack, closes connections on
 //! [`dispatch::PeerEvent::Removed`], and sleeps until `poll_timeout`.
+//!
+//! That driver is `datapath`: one thread owning the UDP socket (batched
+//! receive and GSO send through `netstack::udp`), the dispatcher, the
+//! user-space TCP stack and every spliced upstream connection. [`Gateway`]
+//! (`runtime`) puts the whole gateway together: it keeps the static key
+//! and credential in the state folder ([`identity`]), enrolls or reports
+//! to the control plane, follows the feed (apply on the data path, then
+//! acknowledge), and answers `hushgate gateway status` on a Unix socket.
 #![forbid(unsafe_code)]
 
 pub mod admission;
+mod datapath;
 pub mod dispatch;
+pub mod identity;
 pub mod inner;
+mod runtime;
 
 pub use admission::{
     Admission, AdmissionError, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause,
@@ -31,3 +42,4 @@ pub use dispatch::{
     Dispatcher, DispatcherConfig, DropCounters, DropReason, GatewayStats, Outbox, Output,
     PeerCounters, PeerEvent, PeerStats, Verdict,
 };
+pub use runtime::{Gateway, GatewayConfig, GatewayError, ServiceSpec, StatusReport};

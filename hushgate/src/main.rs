@@ -30,6 +30,8 @@ enum Command {
     Control(cmd::control::Args),
     /// Manage a running control plane: users, servers, grants, admissions, audit log.
     Admin(cmd::admin::Args),
+    /// Run the gateway beside the media server (or `gateway status`).
+    Gateway(cmd::gateway::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,6 +57,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Control(a) => cmd::control::run(a).await,
             Command::Admin(a) => cmd::admin::run(a).await,
+            Command::Gateway(a) => cmd::gateway::run(a).await,
         }
     });
     match result {

@@ -19,6 +19,16 @@
 //!   backpressure both ways, FIN propagation, and reset propagation. Its
 //!   streams are registered in the caller's `mio::Registry` under tokens
 //!   from a range the caller reserves.
+//! - [`UdpIo`] (module [`udp`]) is the tunnel's outer UDP socket with
+//!   batched I/O through `quinn-udp`: `recvmmsg` with GRO on receive
+//!   ([`UdpIo::recv_batch`] splits GRO buffers back into datagrams), and on
+//!   send a queue that coalesces consecutive same-size datagrams to one peer
+//!   into one GSO `sendmsg` ([`UdpIo::queue`], [`UdpIo::flush`]). Errors of
+//!   one destination (ICMP unreachable, `EMSGSIZE`) drop that datagram and
+//!   are counted; they never wedge the queue. In the loop below it is the
+//!   `UDP` token: drain it with `recv_batch`, `queue` each encrypted packet,
+//!   `flush` at the end of the wake-up, and register for `WRITABLE` while
+//!   `has_pending()`.
 //!
 //! A driver loop (the gateway's; the client shim's is the same with
 //! `connect` + `attach` on each accepted local stream instead of `accept`):
@@ -50,8 +60,10 @@
 mod device;
 mod splice;
 mod stack;
+pub mod udp;
 
 /// The smoltcp version this crate is built on, for `Stack::socket` users.
 pub use smoltcp;
 pub use splice::{PumpStats, Splice};
 pub use stack::{Congestion, ConnId, Error, Stack, StackConfig, StackStats};
+pub use udp::{UdpIo, UdpStats};

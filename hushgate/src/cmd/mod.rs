@@ -1,5 +1,6 @@
 pub mod admin;
 pub mod control;
+pub mod gateway;
 
 /// Reads a secret from an environment variable or, failing that, the first
 /// line of standard input: never from the command line, where `ps` and

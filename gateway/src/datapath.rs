@@ -1,0 +1,337 @@
+//! The gateway's data path: one thread that owns the UDP socket, the
+//! [`Dispatcher`], the user-space TCP [`Stack`] and every spliced upstream
+//! connection, so nothing on the packet path takes a lock.
+//!
+//! Each wake-up is one batch: drain every readable datagram through the
+//! dispatcher (dropping strangers before any cryptography), hand the
+//! decrypted packets to the stack, accept new tunnelled connections and
+//! connect them upstream, copy bytes between the stack and the kernel
+//! sockets, let the stack emit, encrypt what it emitted, and send. The
+//! thread then sleeps until a socket is ready or the earliest of the
+//! stack's and WireGuard's timers; there is no fixed tick.
+
+use crate::dispatch::{Dispatcher, Outbox, Output, PeerEvent};
+use mio::{Events, Interest, Poll, Token, Waker};
+use netstack::udp::UdpIo;
+use netstack::{Splice, Stack, StackConfig};
+use proto::feed::FeedState;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const UDP: Token = Token(0);
+const WAKER: Token = Token(1);
+const SPLICE_BASE: usize = 16;
+/// Spliced connections the gateway holds at most (all clients together).
+const MAX_CONNECTIONS: usize = 4096;
+/// Datagrams read per wake-up before the stack gets a turn, so a flood
+/// cannot starve established connections.
+const RECV_BATCH: usize = 1024;
+
+/// What the async side asks of the data path.
+#[derive(Debug)]
+pub enum Control {
+    /// Enforce this desired state; answer with the version applied.
+    Apply(FeedState, tokio::sync::oneshot::Sender<u64>),
+    /// Report counters.
+    Stats(tokio::sync::oneshot::Sender<crate::GatewayStats>),
+    Shutdown,
+}
+
+/// The sending half, usable from any thread.
+#[derive(Debug, Clone)]
+pub struct ControlTx {
+    tx: mpsc::Sender<Control>,
+    waker: std::sync::Arc<Waker>,
+}
+
+impl ControlTx {
+    pub fn send(&self, c: Control) -> bool {
+        self.tx.send(c).is_ok() && self.waker.wake().is_ok()
+    }
+}
+
+pub struct DataPath {
+    poll: Poll,
+    udp: UdpIo,
+    dispatcher: Dispatcher,
+    /// Made on the first feed state, which names the service address.
+    stack: Option<Stack>,
+    splice: Splice,
+    /// Service port inside the tunnel -> upstream address.
+    upstreams: HashMap<u16, SocketAddr>,
+    outbox: Outbox,
+    control: mpsc::Receiver<Control>,
+    stack_config: fn(IpAddr) -> StackConfig,
+}
+
+impl std::fmt::Debug for DataPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataPath").finish_non_exhaustive()
+    }
+}
+
+impl DataPath {
+    pub fn new(
+        udp: UdpIo,
+        dispatcher: Dispatcher,
+        upstreams: HashMap<u16, SocketAddr>,
+    ) -> std::io::Result<(DataPath, ControlTx)> {
+        let poll = Poll::new()?;
+        let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        Ok((
+            DataPath {
+                poll,
+                udp,
+                dispatcher,
+                stack: None,
+                splice: Splice::new(SPLICE_BASE, MAX_CONNECTIONS),
+                upstreams,
+                outbox: Outbox::with_capacity(256 * 1024, 512),
+                control: rx,
+                stack_config: StackConfig::new,
+            },
+            ControlTx { tx, waker },
+        ))
+    }
+
+    /// Runs until `Control::Shutdown` or the control side disappears.
+    pub fn run(mut self) -> std::io::Result<()> {
+        let mut interest = Interest::READABLE;
+        self.poll
+            .registry()
+            .register(&mut self.udp, UDP, interest)?;
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            let timeout = self.next_wake(now);
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            let mut udp_ready = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    UDP => udp_ready = true,
+                    WAKER => {}
+                    _ => {
+                        self.splice.on_event(ev);
+                    }
+                }
+            }
+            if !self.handle_control(now) {
+                if let Some(stack) = self.stack.as_mut() {
+                    self.splice.close_all(stack, self.poll.registry());
+                }
+                return Ok(());
+            }
+            if udp_ready {
+                self.receive(now);
+            }
+            self.dispatcher.handle_timers(now, &mut self.outbox);
+            self.route_outbox();
+            self.handle_peer_events();
+            self.run_stack(now);
+            if let Err(e) = self.udp.flush() {
+                tracing::debug!(error = %e, "udp send failed");
+            }
+            // Ask for writability only while sends are waiting.
+            let want = if self.udp.has_pending() {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if want != interest {
+                interest = want;
+                self.poll
+                    .registry()
+                    .reregister(&mut self.udp, UDP, interest)?;
+            }
+        }
+    }
+
+    fn next_wake(&mut self, now: Instant) -> Option<Duration> {
+        let mut t = self
+            .dispatcher
+            .poll_timeout()
+            .map(|at| at.saturating_duration_since(now));
+        if let Some(stack) = self.stack.as_mut() {
+            if let Some(d) = stack.poll_delay(now) {
+                t = Some(t.map_or(d, |t| t.min(d)));
+            }
+        }
+        t
+    }
+
+    /// Returns false when the data path must stop.
+    fn handle_control(&mut self, now: Instant) -> bool {
+        loop {
+            match self.control.try_recv() {
+                Ok(Control::Apply(state, done)) => {
+                    self.ensure_stack(&state);
+                    let outcome = self.dispatcher.apply(&state, now);
+                    tracing::debug!(
+                        version = state.version,
+                        added = outcome.added.len(),
+                        removed = outcome.removed.len(),
+                        "feed applied"
+                    );
+                    let _ = done.send(state.version);
+                }
+                Ok(Control::Stats(reply)) => {
+                    let _ = reply.send(self.dispatcher.stats(now));
+                }
+                Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
+                Err(mpsc::TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn ensure_stack(&mut self, state: &FeedState) {
+        let addr = IpAddr::V4(state.service_address);
+        if self
+            .stack
+            .as_ref()
+            .is_some_and(|s| s.config().addresses.first() == Some(&addr))
+        {
+            return;
+        }
+        if let Some(old) = self.stack.as_mut() {
+            self.splice.close_all(old, self.poll.registry());
+        }
+        let mut stack = Stack::new((self.stack_config)(addr));
+        for port in self.upstreams.keys() {
+            if let Err(e) = stack.listen(*port) {
+                tracing::error!(port, error = %e, "cannot listen inside the tunnel");
+            }
+        }
+        self.stack = Some(stack);
+    }
+
+    fn receive(&mut self, now: Instant) {
+        let dispatcher = &mut self.dispatcher;
+        let outbox = &mut self.outbox;
+        let udp = &mut self.udp;
+        let stack = &mut self.stack;
+        loop {
+            let got = udp.recv_batch(64, |src, datagram| {
+                dispatcher.handle_datagram(src, datagram, now, outbox);
+            });
+            // Route after every batch so the outbox stays small.
+            route(outbox, udp, stack.as_mut());
+            match got {
+                Ok(0) => break,
+                Ok(n) if n >= RECV_BATCH => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "udp receive failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn route_outbox(&mut self) {
+        route(&mut self.outbox, &mut self.udp, self.stack.as_mut());
+    }
+
+    fn handle_peer_events(&mut self) {
+        while let Some(ev) = self.dispatcher.poll_event() {
+            match ev {
+                PeerEvent::Removed {
+                    client_address,
+                    admission_id,
+                    cause,
+                    ..
+                } => {
+                    if let Some(stack) = self.stack.as_mut() {
+                        let n = self.splice.close_all_for(
+                            stack,
+                            self.poll.registry(),
+                            IpAddr::V4(client_address),
+                        );
+                        tracing::info!(admission = %admission_id, ?cause, closed = n, "peer removed");
+                    }
+                }
+                PeerEvent::Installed { admission_id, .. } => {
+                    tracing::info!(admission = %admission_id, "peer installed");
+                }
+                PeerEvent::HandshakeCompleted { endpoint, .. } => {
+                    tracing::debug!(%endpoint, "handshake completed");
+                }
+            }
+        }
+    }
+
+    fn run_stack(&mut self, now: Instant) {
+        let Some(stack) = self.stack.as_mut() else {
+            return;
+        };
+        stack.poll_ingress(now);
+        while let Some(id) = stack.accept() {
+            let port = stack.local_endpoint(id).map(|e| e.port());
+            let upstream = port.and_then(|p| self.upstreams.get(&p)).copied();
+            let Some(upstream) = upstream else {
+                let _ = stack.abort(id);
+                continue;
+            };
+            match mio::net::TcpStream::connect(upstream) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = self.splice.attach(self.poll.registry(), stack, id, stream) {
+                        tracing::warn!(error = %e, "cannot splice a new connection");
+                        let _ = stack.abort(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%upstream, error = %e, "upstream connect failed");
+                    let _ = stack.abort(id);
+                }
+            }
+        }
+        self.splice.pump(stack, self.poll.registry());
+        stack.poll_egress(now);
+        let dispatcher = &mut self.dispatcher;
+        let outbox = &mut self.outbox;
+        let udp = &mut self.udp;
+        // Encrypt in bounded chunks: the stack can emit thousands of
+        // packets after a large window opens.
+        stack.drain_outbound(|pkt| {
+            dispatcher.handle_outbound(pkt, now, outbox);
+            if outbox.len() >= 256 {
+                for out in outbox.iter() {
+                    if let Output::Transmit { dst, datagram } = out {
+                        udp.queue(dst, datagram);
+                    }
+                }
+                outbox.clear();
+            }
+        });
+        for out in outbox.iter() {
+            if let Output::Transmit { dst, datagram } = out {
+                udp.queue(dst, datagram);
+            }
+        }
+        outbox.clear();
+    }
+}
+
+/// Sends the outbox's datagrams and feeds its decrypted packets to the
+/// stack, then empties it.
+fn route(outbox: &mut Outbox, udp: &mut UdpIo, mut stack: Option<&mut Stack>) {
+    for out in outbox.iter() {
+        match out {
+            Output::Transmit { dst, datagram } => udp.queue(dst, datagram),
+            Output::Deliver { packet, .. } => {
+                if let Some(s) = stack.as_deref_mut() {
+                    s.push_inbound(packet);
+                }
+            }
+        }
+    }
+    outbox.clear();
+}

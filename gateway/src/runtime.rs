@@ -1,0 +1,426 @@
+//! The runnable gateway: enrollment, the feed from the control plane, the
+//! data-path thread and the local status socket, put together.
+//!
+//! The async side (tokio) only talks HTTPS to the control plane and
+//! answers status requests; every packet is handled on the data-path
+//! thread (`datapath`). They meet through a channel: the feed follower
+//! hands each desired state to the data path, waits until it is applied,
+//! and only then acknowledges the version to the control plane.
+
+use crate::datapath::{Control, ControlTx, DataPath};
+use crate::dispatch::{Dispatcher, DispatcherConfig, GatewayStats};
+use crate::identity::{Identity, IdentityError};
+use control_client::{ClientError, ControlClient, Trust};
+use netstack::udp::UdpIo;
+use proto::api::ServiceInfo;
+use proto::feed::{EnrollRequest, GatewayReport};
+use proto::WgKey;
+use rand::Rng;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+
+/// One service the gateway offers inside the tunnel:
+/// `NAME=PORT:UPSTREAM`, e.g. `plex=32400:127.0.0.1:32400`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// The port clients connect to at the service address.
+    pub port: u16,
+    /// Where the gateway forwards those connections.
+    pub upstream: SocketAddr,
+}
+
+impl FromStr for ServiceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let usage = || {
+            format!(
+                "'{s}' is not a service: use NAME=PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400"
+            )
+        };
+        let (name, rest) = s.split_once('=').ok_or_else(usage)?;
+        let (port, upstream) = rest.split_once(':').ok_or_else(usage)?;
+        let port: u16 = port.parse().map_err(|_| usage())?;
+        let upstream: SocketAddr = upstream.parse().map_err(|_| {
+            format!("'{upstream}' is not an address: the upstream is IP:PORT, e.g. 127.0.0.1:32400 or [::1]:8096")
+        })?;
+        if name.is_empty() || name.len() > 64 || port == 0 {
+            return Err(usage());
+        }
+        Ok(ServiceSpec {
+            name: name.to_string(),
+            port,
+            upstream,
+        })
+    }
+}
+
+/// Everything `hushgate gateway` is told.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub control_url: String,
+    pub trust: Trust,
+    pub state_dir: PathBuf,
+    pub listen_udp: SocketAddr,
+    /// The address clients use; default: what the control plane sees of
+    /// the gateway, with the UDP port.
+    pub public_endpoint: Option<SocketAddr>,
+    pub services: Vec<ServiceSpec>,
+    /// Needed on the first start only.
+    pub enroll_token: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    #[error("cannot listen on UDP {addr}: {source}; is another gateway running there?")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("enrollment failed: {0}")]
+    Enroll(ClientError),
+    #[error("the control plane refused this gateway's credential ({0}); if the server was re-created, remove {1} and enroll again with a new token")]
+    CredentialRefused(ClientError, PathBuf),
+    #[error("cannot reach the control plane: {0}")]
+    Control(ClientError),
+    #[error("cannot start the data path: {0}")]
+    DataPath(std::io::Error),
+}
+
+/// What `hushgate gateway status` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    pub server: Option<String>,
+    pub public_key: WgKey,
+    pub udp: SocketAddr,
+    pub control_url: String,
+    /// Whether the last feed request succeeded.
+    pub control_connected: bool,
+    pub last_control_error: Option<String>,
+    pub acked_version: u64,
+    pub gateway: GatewayStats,
+}
+
+#[derive(Debug, Default)]
+struct FeedHealth {
+    server: Option<String>,
+    connected: bool,
+    last_error: Option<String>,
+    acked: u64,
+}
+
+/// A running gateway. Dropping it without `shutdown` leaves the data path
+/// running until the process exits.
+#[derive(Debug)]
+pub struct Gateway {
+    udp: SocketAddr,
+    public_key: WgKey,
+    control_url: String,
+    control: ControlTx,
+    health: Arc<Mutex<FeedHealth>>,
+    synced: watch::Receiver<u64>,
+    feed: tokio::task::JoinHandle<()>,
+    status: Option<tokio::task::JoinHandle<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    status_path: PathBuf,
+}
+
+impl Gateway {
+    /// Binds the UDP port, enrolls (first start) or reports to the control
+    /// plane, and starts the data path and the feed follower.
+    pub async fn start(cfg: GatewayConfig) -> Result<Gateway, GatewayError> {
+        if cfg.services.is_empty() {
+            return Err(GatewayError::Config(
+                "no services: give at least one --service NAME=PORT:UPSTREAM".into(),
+            ));
+        }
+        let mut ports = HashMap::new();
+        for s in &cfg.services {
+            if ports.insert(s.port, s.upstream).is_some() {
+                return Err(GatewayError::Config(format!(
+                    "two services use port {} inside the tunnel",
+                    s.port
+                )));
+            }
+        }
+        let mut identity = Identity::load_or_create(&cfg.state_dir)?;
+        let udp = UdpIo::bind(cfg.listen_udp).map_err(|source| GatewayError::Bind {
+            addr: cfg.listen_udp,
+            source,
+        })?;
+        let udp_addr = udp.local_addr().map_err(GatewayError::DataPath)?;
+        let client = ControlClient::new(&cfg.control_url, cfg.trust.clone())
+            .map_err(GatewayError::Control)?;
+        let report = GatewayReport {
+            public_key: identity.public,
+            public_endpoint: cfg.public_endpoint,
+            listen_port: udp_addr.port(),
+            services: cfg
+                .services
+                .iter()
+                .map(|s| ServiceInfo {
+                    name: s.name.clone(),
+                    port: s.port,
+                })
+                .collect(),
+            direct_services: vec![],
+        };
+        let mut server = None;
+        let credential = match identity.credential.clone() {
+            Some(c) => {
+                client
+                    .with_bearer(&c)
+                    .report(&report)
+                    .await
+                    .map_err(|e| match e.status() {
+                        Some(401) => GatewayError::CredentialRefused(e, identity.credential_path()),
+                        _ => GatewayError::Control(e),
+                    })?;
+                c
+            }
+            None => {
+                let token = cfg.enroll_token.clone().ok_or_else(|| {
+                    GatewayError::Config(format!(
+                        "this gateway is not enrolled yet ({} has no credential): give the enrollment token from 'hushgate admin server add' in HUSHGATE_ENROLL_TOKEN or with --enroll-file",
+                        cfg.state_dir.display()
+                    ))
+                })?;
+                let resp = client
+                    .enroll(&EnrollRequest {
+                        enrollment_token: token,
+                        report: report.clone(),
+                    })
+                    .await
+                    .map_err(GatewayError::Enroll)?;
+                identity.save_credential(&resp.credential)?;
+                tracing::info!(server = %resp.server, "enrolled with the control plane");
+                server = Some(resp.server);
+                resp.credential
+            }
+        };
+
+        let dispatcher = Dispatcher::new(
+            identity.secret.clone(),
+            DispatcherConfig::new(cfg.services.iter().map(|s| (s.name.clone(), s.port))),
+            Instant::now(),
+        );
+        let (dp, control) =
+            DataPath::new(udp, dispatcher, ports).map_err(GatewayError::DataPath)?;
+        let thread = std::thread::Builder::new()
+            .name("hushgate-datapath".into())
+            .spawn(move || dp.run())
+            .map_err(GatewayError::DataPath)?;
+
+        let health = Arc::new(Mutex::new(FeedHealth {
+            server,
+            ..Default::default()
+        }));
+        let (synced_tx, synced) = watch::channel(0u64);
+        let feed = tokio::spawn(follow_feed(
+            client.with_bearer(&credential),
+            control.clone(),
+            health.clone(),
+            synced_tx,
+        ));
+        let mut gw = Gateway {
+            udp: udp_addr,
+            public_key: identity.public,
+            control_url: cfg.control_url.clone(),
+            control,
+            health,
+            synced,
+            feed,
+            status: None,
+            thread: Some(thread),
+            status_path: cfg.state_dir.join("status.sock"),
+        };
+        gw.status = Some(gw.serve_status()?);
+        Ok(gw)
+    }
+
+    pub fn udp_addr(&self) -> SocketAddr {
+        self.udp
+    }
+
+    pub fn public_key(&self) -> WgKey {
+        self.public_key
+    }
+
+    /// Waits until the first desired state from the control plane is
+    /// applied and acknowledged.
+    pub async fn wait_synced(&self, timeout: Duration) -> bool {
+        let mut rx = self.synced.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|v| *v > 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub async fn status(&self) -> Option<StatusReport> {
+        status_of(
+            &self.control,
+            &self.health,
+            self.public_key,
+            self.udp,
+            &self.control_url,
+        )
+        .await
+    }
+
+    /// Stops the feed, closes every spliced connection and ends the data
+    /// path thread.
+    pub async fn shutdown(mut self) {
+        self.feed.abort();
+        if let Some(s) = self.status.take() {
+            s.abort();
+        }
+        let _ = std::fs::remove_file(&self.status_path);
+        self.control.send(Control::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    /// A Unix socket in the state folder (0600) that answers each
+    /// connection with the status as JSON: `hushgate gateway status`.
+    fn serve_status(&self) -> Result<tokio::task::JoinHandle<()>, GatewayError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.status_path.clone();
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(GatewayError::DataPath)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(GatewayError::DataPath)?;
+        let control = self.control.clone();
+        let health = self.health.clone();
+        let (key, udp, url) = (self.public_key, self.udp, self.control_url.clone());
+        Ok(tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let report = status_of(&control, &health, key, udp, &url).await;
+                let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
+                let _ = conn.write_all(&body).await;
+                let _ = conn.shutdown().await;
+            }
+        }))
+    }
+}
+
+async fn status_of(
+    control: &ControlTx,
+    health: &Mutex<FeedHealth>,
+    public_key: WgKey,
+    udp: SocketAddr,
+    url: &str,
+) -> Option<StatusReport> {
+    let (tx, rx) = oneshot::channel();
+    if !control.send(Control::Stats(tx)) {
+        return None;
+    }
+    let gateway = tokio::time::timeout(Duration::from_secs(2), rx)
+        .await
+        .ok()?
+        .ok()?;
+    let h = health.lock().unwrap_or_else(|p| p.into_inner());
+    Some(StatusReport {
+        server: h.server.clone(),
+        public_key,
+        udp,
+        control_url: url.to_string(),
+        control_connected: h.connected,
+        last_control_error: h.last_error.clone(),
+        acked_version: h.acked,
+        gateway,
+    })
+}
+
+/// Follows the control plane's feed for ever: apply each desired state on
+/// the data path, then acknowledge it. On errors it retries with
+/// exponential backoff and jitter; meanwhile the data path keeps enforcing
+/// what it has until each admission expires (fail-static), and nothing new
+/// can be admitted (fail-closed).
+async fn follow_feed(
+    client: ControlClient,
+    control: ControlTx,
+    health: Arc<Mutex<FeedHealth>>,
+    synced: watch::Sender<u64>,
+) {
+    let mut after: Option<u64> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match client.feed(after, Duration::from_secs(25)).await {
+            Ok(state) => {
+                backoff = Duration::from_millis(100);
+                let version = state.version;
+                let server = state.server.clone();
+                let (tx, rx) = oneshot::channel();
+                if !control.send(Control::Apply(state, tx)) || rx.await.is_err() {
+                    tracing::error!("the data path has stopped; the feed stops too");
+                    return;
+                }
+                match client.ack(version).await {
+                    Ok(()) => {
+                        after = Some(version);
+                        let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+                        h.server = Some(server);
+                        h.connected = true;
+                        h.last_error = None;
+                        h.acked = version;
+                        drop(h);
+                        synced.send_replace(version);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "acknowledging feed version {version} failed; fetching again");
+                        after = None;
+                    }
+                }
+            }
+            Err(e) => {
+                {
+                    let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
+                    if h.connected || h.last_error.is_none() {
+                        tracing::warn!(error = %e, "lost the control plane feed; existing admissions stay until they expire, retrying");
+                    }
+                    h.connected = false;
+                    h.last_error = Some(e.to_string());
+                }
+                after = None;
+                let jitter = rand::thread_rng().gen_range(0.5..1.5);
+                tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_specs_parse() {
+        let s: ServiceSpec = "plex=32400:127.0.0.1:32400".parse().unwrap();
+        assert_eq!(s.name, "plex");
+        assert_eq!(s.port, 32400);
+        assert_eq!(s.upstream, "127.0.0.1:32400".parse().unwrap());
+        let s: ServiceSpec = "jf=8096:[::1]:8096".parse().unwrap();
+        assert_eq!(s.upstream, "[::1]:8096".parse().unwrap());
+        for bad in [
+            "plex",
+            "plex=x:1.2.3.4:5",
+            "=1:127.0.0.1:2",
+            "plex=0:127.0.0.1:1",
+            "plex=1:localhost",
+        ] {
+            assert!(bad.parse::<ServiceSpec>().is_err(), "{bad}");
+        }
+    }
+}

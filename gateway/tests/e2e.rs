@@ -1,0 +1,426 @@
+//! The real gateway on loopback: a real control plane (HTTPS, SQLite), a
+//! real upstream HTTP server, and a WireGuard client built from boringtun
+//! and the netstack TCP stack. A file of several MiB must arrive intact,
+//! and sources that are not admitted must get zero bytes back.
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use control_client::{ControlClient, Trust};
+use hushgate_gateway::{Gateway, GatewayConfig, ServiceSpec};
+use netstack::{Stack, StackConfig};
+use proto::api::{AccessResponse, CreateGrant, CreateServer, CreateUser};
+use proto::WgKey;
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+const FILE_LEN: usize = 8 << 20;
+
+fn file_byte(i: usize) -> u8 {
+    (i.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
+/// A minimal HTTP/1.1 server: every request gets the test file.
+fn upstream() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut req = [0u8; 1024];
+                let mut got = 0;
+                while !req[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut req[got..]) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got += n,
+                    }
+                }
+                let body: Vec<u8> = (0..FILE_LEN).map(file_byte).collect();
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {FILE_LEN}\r\n\r\n");
+                let _ = c.write_all(head.as_bytes());
+                let _ = c.write_all(&body);
+            });
+        }
+    });
+    addr
+}
+
+struct World {
+    _dir: tempfile::TempDir,
+    admin: ControlClient,
+    base: ControlClient,
+    gateway: Gateway,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control::ControlPlane::open(control::Config {
+        state_dir: dir.path().join("control"),
+        tls_cert: None,
+        sans: vec![],
+        settings: control::Settings {
+            login_per_minute: 1000,
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    let ca = cp.ca_file().unwrap().to_path_buf();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cp.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let base = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("control/admin-token")).unwrap();
+    let admin = base.with_bearer(token.trim());
+    admin
+        .create_user(&CreateUser {
+            username: "alice".into(),
+            password: "password-of-alice".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    let server = admin
+        .create_server(&CreateServer {
+            name: "den".into(),
+            binding: Default::default(),
+            admission_ttl_secs: None,
+        })
+        .await
+        .unwrap();
+    admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "den".into(),
+            services: None,
+            direct: false,
+        })
+        .await
+        .unwrap();
+    let gateway = Gateway::start(GatewayConfig {
+        control_url: url.clone(),
+        trust: Trust::from_ca_file(&ca).unwrap(),
+        state_dir: dir.path().join("gateway"),
+        listen_udp: "127.0.0.1:0".parse().unwrap(),
+        public_endpoint: None,
+        services: vec![ServiceSpec {
+            name: "plex".into(),
+            port: 32400,
+            upstream: upstream(),
+        }],
+        enroll_token: Some(server.enrollment_token),
+    })
+    .await
+    .expect("gateway starts and enrolls");
+    assert!(gateway.wait_synced(Duration::from_secs(10)).await);
+    World {
+        _dir: dir,
+        admin,
+        base,
+        gateway,
+        stop: Some(stop),
+    }
+}
+
+/// A WireGuard client: boringtun for the tunnel, netstack for TCP,
+/// driven by a simple polling loop (a test, not a data path).
+struct TestClient {
+    udp: UdpSocket,
+    tunn: Tunn,
+    stack: Stack,
+    gateway: SocketAddr,
+    service: SocketAddr,
+    rx: Vec<u8>,
+    scratch: Vec<u8>,
+}
+
+impl TestClient {
+    fn new(secret: StaticSecret, access: &AccessResponse, bind: &str) -> TestClient {
+        let udp = UdpSocket::bind(bind).unwrap();
+        udp.set_nonblocking(true).unwrap();
+        let tunn = Tunn::new(
+            secret,
+            PublicKey::from(access.gateway_public_key.0),
+            access.preshared_key.map(|k| k.0),
+            None,
+            7,
+            None,
+        );
+        let stack = Stack::new(StackConfig::new(access.client_address));
+        TestClient {
+            udp,
+            tunn,
+            stack,
+            gateway: access.gateway_endpoint,
+            service: SocketAddr::new(access.service_address, access.services[0].port),
+            rx: vec![0; 65_536],
+            scratch: vec![0; 65_536],
+        }
+    }
+
+    /// One round of the loop; true if anything moved.
+    fn turn(&mut self) -> bool {
+        let mut moved = false;
+        if let TunnResult::WriteToNetwork(p) = self.tunn.update_timers(&mut self.scratch) {
+            let _ = self.udp.send_to(p, self.gateway);
+        }
+        while let Ok((n, src)) = self.udp.recv_from(&mut self.rx) {
+            moved = true;
+            if src != self.gateway {
+                continue;
+            }
+            let mut r = self
+                .tunn
+                .decapsulate(None, &self.rx[..n], &mut self.scratch);
+            loop {
+                match r {
+                    TunnResult::WriteToNetwork(p) => {
+                        let _ = self.udp.send_to(p, self.gateway);
+                        r = self.tunn.decapsulate(None, &[], &mut self.scratch);
+                    }
+                    TunnResult::WriteToTunnelV4(p, _) => {
+                        self.stack.push_inbound(p);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        let now = Instant::now();
+        self.stack.poll(now);
+        let (tunn, udp, scratch, gw) = (&mut self.tunn, &self.udp, &mut self.scratch, self.gateway);
+        self.stack.drain_outbound(|pkt| {
+            if let TunnResult::WriteToNetwork(p) = tunn.encapsulate(pkt, scratch) {
+                let _ = udp.send_to(p, gw);
+            }
+        });
+        moved
+    }
+
+    /// GETs the file through the tunnel; returns the body, or None when
+    /// nothing arrives before `limit`.
+    fn download(&mut self, limit: Duration) -> Option<Vec<u8>> {
+        let id = self.stack.connect(self.service).unwrap();
+        let deadline = Instant::now() + limit;
+        let mut sent = false;
+        let mut got = Vec::with_capacity(FILE_LEN + 1024);
+        while Instant::now() < deadline {
+            let moved = self.turn();
+            let sock = self.stack.socket_mut(id)?;
+            if !sent && sock.can_send() {
+                sock.send_slice(b"GET /file HTTP/1.1\r\nHost: plex\r\n\r\n")
+                    .unwrap();
+                sent = true;
+            }
+            while sock.can_recv() {
+                let _ = sock.recv(|b| {
+                    got.extend_from_slice(b);
+                    (b.len(), ())
+                });
+            }
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                if got.len() >= end + 4 + FILE_LEN {
+                    return Some(got[end + 4..].to_vec());
+                }
+            }
+            if !sock.is_open() {
+                return None;
+            }
+            if !moved {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        None
+    }
+}
+
+async fn admitted(w: &World) -> (StaticSecret, AccessResponse, ControlClient) {
+    let alice = w.base.login("alice", "password-of-alice").await.unwrap();
+    let alice = w.base.with_bearer(&alice.token);
+    let secret = StaticSecret::random_from_rng(rand_core::OsRng);
+    let public = WgKey(PublicKey::from(&secret).to_bytes());
+    let access = alice.access("den", public).await.expect("access granted");
+    (secret, access, alice)
+}
+
+/// Sends `datagrams` from `from` to the gateway, then listens for
+/// `listen`; returns how many bytes came back.
+fn bytes_back(from: &UdpSocket, to: SocketAddr, datagrams: &[Vec<u8>], listen: Duration) -> usize {
+    for d in datagrams {
+        let _ = from.send_to(d, to);
+    }
+    from.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let deadline = Instant::now() + listen;
+    let mut total = 0;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        match from.recv_from(&mut buf) {
+            Ok((n, _)) => total += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => total += 1,
+            Err(_) => {}
+        }
+    }
+    total
+}
+
+fn handshake_initiation(secret: StaticSecret, gateway: WgKey) -> Vec<u8> {
+    let mut t = Tunn::new(secret, PublicKey::from(gateway.0), None, None, 1, None);
+    let mut buf = vec![0u8; 256];
+    match t.format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("no initiation: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
+    let mut w = world().await;
+    let (secret, access, alice) = admitted(&w).await;
+    assert_eq!(access.gateway_endpoint, w.gateway.udp_addr());
+    assert_eq!(access.gateway_public_key, w.gateway.public_key());
+
+    let body = tokio::task::spawn_blocking(move || {
+        let mut c = TestClient::new(secret, &access, "127.0.0.1:0");
+        let t = Instant::now();
+        let body = c
+            .download(Duration::from_secs(30))
+            .expect("download completes");
+        eprintln!("{} MiB in {:?}", FILE_LEN >> 20, t.elapsed());
+        (body, c, access)
+    })
+    .await
+    .unwrap();
+    let (body, client, access) = body;
+    assert_eq!(body.len(), FILE_LEN);
+    assert!(
+        body.iter().enumerate().all(|(i, b)| *b == file_byte(i)),
+        "file corrupted"
+    );
+
+    // Strangers: another loopback address sends junk, a handshake with its
+    // own key, and even a handshake with the admitted key (it does not have
+    // the private key, but the gateway must not even look). Zero bytes back.
+    let gw = w.gateway.udp_addr();
+    let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let mut probes = vec![
+        vec![0u8; 1],
+        vec![0xff; 200],
+        vec![1, 0, 0, 0],
+        handshake_initiation(
+            StaticSecret::random_from_rng(rand_core::OsRng),
+            w.gateway.public_key(),
+        ),
+    ];
+    for n in 0..50u8 {
+        probes.push(vec![n; 148]);
+    }
+    assert_eq!(
+        bytes_back(&stranger, gw, &probes, Duration::from_millis(700)),
+        0
+    );
+    // Same address as the admitted client but another key: nothing either.
+    let same_ip = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let other_key = vec![handshake_initiation(
+        StaticSecret::random_from_rng(rand_core::OsRng),
+        w.gateway.public_key(),
+    )];
+    assert_eq!(
+        bytes_back(&same_ip, gw, &other_key, Duration::from_millis(500)),
+        0
+    );
+
+    let status = w.gateway.status().await.unwrap();
+    assert!(
+        status
+            .gateway
+            .drops
+            .get(hushgate_gateway::DropReason::UnknownSource)
+            >= 54
+    );
+    assert!(
+        status
+            .gateway
+            .drops
+            .get(hushgate_gateway::DropReason::WrongKey)
+            >= 1
+    );
+    assert_eq!(status.gateway.peers.len(), 1);
+    assert!(status.gateway.peers[0].rx_bytes > 0);
+
+    // Revocation removes the peer: the client's next download gets nothing.
+    alice.revoke(&access.admission_id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while w.gateway.status().await.unwrap().gateway.peers.len() == 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(w.gateway.status().await.unwrap().gateway.peers.is_empty());
+    let after = tokio::task::spawn_blocking(move || {
+        let mut c = client;
+        c.download(Duration::from_secs(2))
+    })
+    .await
+    .unwrap();
+    assert!(after.is_none(), "a revoked client still got data");
+
+    let _ = w.admin.list_admissions().await.unwrap();
+    if let Some(s) = w.stop.take() {
+        let _ = s.send(());
+    }
+    w.gateway.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
+    let w = world().await;
+    let key = w.gateway.public_key();
+    let dir = w._dir.path().join("gateway");
+    let mode = std::fs::metadata(dir.join("gateway.key")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(mode.permissions().mode() & 0o777, 0o600);
+    let (secret, access, _alice) = admitted(&w).await;
+    let url = w.base.base_url().to_string();
+    let ca = w._dir.path().join("control/ca.pem");
+    let services = vec![ServiceSpec {
+        name: "plex".into(),
+        port: 32400,
+        upstream: upstream(),
+    }];
+    let udp = w.gateway.udp_addr();
+    let World {
+        gateway,
+        _dir,
+        stop,
+        ..
+    } = w;
+    gateway.shutdown().await;
+    // Restart on the same port without an enrollment token: it reuses its
+    // key and credential, and the feed gives it back the admission.
+    let gateway = Gateway::start(GatewayConfig {
+        control_url: url,
+        trust: Trust::from_ca_file(&ca).unwrap(),
+        state_dir: dir,
+        listen_udp: udp,
+        public_endpoint: None,
+        services,
+        enroll_token: None,
+    })
+    .await
+    .expect("restarts without a token");
+    assert_eq!(gateway.public_key(), key);
+    assert!(gateway.wait_synced(Duration::from_secs(10)).await);
+    let body = tokio::task::spawn_blocking(move || {
+        TestClient::new(secret, &access, "127.0.0.1:0").download(Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(body.map(|b| b.len()), Some(FILE_LEN));
+    gateway.shutdown().await;
+    drop(stop);
+    drop(_dir);
+    let _ = IpAddr::from([127, 0, 0, 1]);
+}
