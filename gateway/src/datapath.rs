@@ -173,6 +173,7 @@ impl DataPath {
             match self.control.try_recv() {
                 Ok(Control::Apply(state, done)) => {
                     self.ensure_stack(&state);
+                    self.say_goodbye(&state, now);
                     let outcome = self.dispatcher.apply(&state, now);
                     tracing::debug!(
                         version = state.version,
@@ -188,6 +189,41 @@ impl DataPath {
                 Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,
             }
+        }
+    }
+
+    /// Before peers leave the desired state, resets their connections and
+    /// sends those resets through the tunnel while it still exists, so a
+    /// revoked client's player sees its connections end at once rather
+    /// than when its own timers give up.
+    fn say_goodbye(&mut self, state: &FeedState, now: Instant) {
+        let Some(stack) = self.stack.as_mut() else {
+            return;
+        };
+        let staying: std::collections::HashSet<&str> =
+            state.admissions.iter().map(|a| a.id.as_str()).collect();
+        let leaving: Vec<IpAddr> = self
+            .dispatcher
+            .admissions()
+            .iter()
+            .filter(|a| !staying.contains(a.id()))
+            .map(|a| IpAddr::V4(a.client_address()))
+            .collect();
+        if leaving.is_empty() {
+            return;
+        }
+        for addr in leaving {
+            self.splice.close_all_for(stack, self.poll.registry(), addr);
+        }
+        stack.poll_egress(now);
+        let dispatcher = &mut self.dispatcher;
+        let outbox = &mut self.outbox;
+        stack.drain_outbound(|pkt| {
+            dispatcher.handle_outbound(pkt, now, outbox);
+        });
+        route(outbox, &mut self.udp, None);
+        if let Err(e) = self.udp.flush() {
+            tracing::debug!(error = %e, "udp send failed");
         }
     }
 
