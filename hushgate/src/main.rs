@@ -32,17 +32,27 @@ enum Command {
     Admin(cmd::admin::Args),
     /// Run the gateway beside the media server (or `gateway status`).
     Gateway(cmd::gateway::Args),
+    /// See the whole flow work on loopback, narrated and checked.
+    Demo(cmd::demo::Args),
+    /// Reach a server as a client: log in, get admitted, open a local port for the player.
+    Connect(cmd::connect::Args),
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The demo narrates on its own; its components' logs would only
+    // interleave with the story unless asked for with RUST_LOG.
+    let default_level = match cli.command {
+        Command::Demo(_) => "error",
+        _ => "info",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,6 +68,8 @@ fn main() -> std::process::ExitCode {
             Command::Control(a) => cmd::control::run(a).await,
             Command::Admin(a) => cmd::admin::run(a).await,
             Command::Gateway(a) => cmd::gateway::run(a).await,
+            Command::Demo(a) => cmd::demo::run(a).await,
+            Command::Connect(a) => cmd::connect::run(a).await,
         }
     });
     match result {

@@ -1,5 +1,7 @@
 pub mod admin;
+pub mod connect;
 pub mod control;
+pub mod demo;
 pub mod gateway;
 
 /// Reads a secret from an environment variable or, failing that, the first

@@ -1,0 +1,193 @@
+//! [`ShimError`]: everything that can stop a session from starting or
+//! end it, each with a message that says what to do.
+
+use control_client::ClientError;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::answer::AnswerError;
+
+/// Why a session could not start, or why it ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// The control plane rejected the user name or password (it gives one
+    /// answer for both, on purpose).
+    #[error("wrong user name or password for the control plane at {url}")]
+    WrongPassword { url: String },
+    /// A saved user token was rejected (expired, or logged out).
+    #[error("the control plane at {url} no longer accepts this token ({message}); log in again with your password")]
+    TokenRejected { url: String, message: String },
+    /// Too many logins from this address or for this user.
+    #[error("too many login attempts: {message}; wait a minute and try again")]
+    RateLimited { message: String },
+    /// No grant on that server (or no such server: the control plane does
+    /// not tell the two apart).
+    #[error("you have no access to server '{server}' ({message}); check the name or ask its owner for a grant")]
+    NoAccess { server: String, message: String },
+    /// The server's gateway is not connected to the control plane, or did
+    /// not confirm the admission in time.
+    #[error("the gateway of server '{server}' is offline ({message}); is it running and online?")]
+    GatewayOffline { server: String, message: String },
+    /// The control plane admitted us but the gateway never answered the
+    /// WireGuard handshake.
+    #[error("the gateway at {endpoint} did not answer the WireGuard handshake within {} s; check that UDP port {} is forwarded to it and that no firewall or VPN on this side blocks UDP", waited.as_secs(), endpoint.port())]
+    GatewayUnreachable {
+        endpoint: SocketAddr,
+        waited: Duration,
+    },
+    /// Network trouble reaching the control plane.
+    #[error("cannot reach the control plane at {url}: {detail}; check the URL and your network")]
+    ControlUnreachable { url: String, detail: String },
+    /// The control plane's TLS certificate is not signed by the trusted CA.
+    #[error("the control plane at {url} presented a certificate that is not trusted ({detail}); pass the CA file it printed at first start (--ca), or check the URL")]
+    CertificateNotTrusted { url: String, detail: String },
+    /// The local listen address is taken.
+    #[error("cannot listen on {addr}: the port is already in use; pick another port (--listen)")]
+    ListenInUse { addr: SocketAddr },
+    /// Any other failure to open the local listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control plane's access answer cannot be used as it is.
+    #[error("the control plane sent an access answer this client cannot use: {0}")]
+    BadAnswer(#[from] AnswerError),
+    /// The admission was revoked (or the grant removed) while in use.
+    #[error(
+        "access to server '{server}' was revoked ({message}); ask its owner if this is unexpected"
+    )]
+    Revoked { server: String, message: String },
+    /// The tunnel's own socket or thread failed.
+    #[error("the tunnel failed: {0}")]
+    DataPath(String),
+    /// Any other control plane answer (its message says what went wrong).
+    #[error(transparent)]
+    Control(ClientError),
+}
+
+/// What the shim was doing when a control plane call failed, so that an
+/// API error turns into the variant a user can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Call {
+    Login,
+    Access,
+    Renew,
+}
+
+impl ShimError {
+    /// Maps a control plane error for `call` on `server`.
+    pub(crate) fn from_client(e: ClientError, call: Call, server: &str, url: &str) -> ShimError {
+        match e {
+            ClientError::Unreachable { url, detail } => {
+                ShimError::ControlUnreachable { url, detail }
+            }
+            ClientError::CertificateNotTrusted { url, detail } => {
+                ShimError::CertificateNotTrusted { url, detail }
+            }
+            ClientError::Api {
+                status: 401,
+                message,
+                ..
+            } => match call {
+                Call::Login => ShimError::WrongPassword { url: url.into() },
+                _ => ShimError::TokenRejected {
+                    url: url.into(),
+                    message,
+                },
+            },
+            ClientError::Api {
+                status: 429,
+                message,
+                ..
+            } => ShimError::RateLimited { message },
+            ClientError::Api {
+                status, message, ..
+            } if (status == 403 || status == 404) && call == Call::Renew => ShimError::Revoked {
+                server: server.into(),
+                message,
+            },
+            ClientError::Api {
+                status: 403,
+                message,
+                ..
+            } => ShimError::NoAccess {
+                server: server.into(),
+                message,
+            },
+            ClientError::Api {
+                status,
+                code,
+                message,
+            } if status == 503 && (code == "gateway_offline" || code == "gateway_timeout") => {
+                ShimError::GatewayOffline {
+                    server: server.into(),
+                    message,
+                }
+            }
+            other => ShimError::Control(other),
+        }
+    }
+
+    /// Whether trying again later may help (network trouble, an offline
+    /// gateway), as opposed to a final answer (revoked, no access).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            ShimError::ControlUnreachable { .. }
+            | ShimError::GatewayOffline { .. }
+            | ShimError::RateLimited { .. }
+            | ShimError::GatewayUnreachable { .. } => true,
+            ShimError::Control(ClientError::Api { status, .. }) => *status >= 500,
+            ShimError::Control(ClientError::BadAnswer(_)) => true,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, code: &str) -> ClientError {
+        ClientError::Api {
+            status,
+            code: code.into(),
+            message: format!("msg {code}"),
+        }
+    }
+
+    #[test]
+    fn api_errors_become_actionable_variants() {
+        let m = |e, c| ShimError::from_client(e, c, "den", "https://cp");
+        assert!(matches!(
+            m(api(401, "unauthorized"), Call::Login),
+            ShimError::WrongPassword { .. }
+        ));
+        assert!(matches!(
+            m(api(401, "unauthorized"), Call::Access),
+            ShimError::TokenRejected { .. }
+        ));
+        assert!(matches!(
+            m(api(403, "no_access"), Call::Access),
+            ShimError::NoAccess { .. }
+        ));
+        assert!(matches!(
+            m(api(503, "gateway_offline"), Call::Access),
+            ShimError::GatewayOffline { .. }
+        ));
+        assert!(matches!(
+            m(api(404, "not_found"), Call::Renew),
+            ShimError::Revoked { .. }
+        ));
+        assert!(matches!(
+            m(api(403, "no_access"), Call::Renew),
+            ShimError::Revoked { .. }
+        ));
+        let e = m(api(409, "conflict"), Call::Access);
+        assert!(matches!(e, ShimError::Control(_)) && !e.is_transient());
+        assert!(m(api(503, "exhausted"), Call::Access).is_transient());
+        let text = m(api(403, "no_access"), Call::Access).to_string();
+        assert!(text.contains("'den'") && text.contains("grant"), "{text}");
+    }
+}

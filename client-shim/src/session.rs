@@ -1,0 +1,577 @@
+//! [`Session`]: the async handle a player app holds, and the supervisor
+//! task behind it that keeps the admission alive (renewal, re-admission
+//! after a path loss, revocation).
+
+use boringtun::x25519::{PublicKey, StaticSecret};
+use control_client::Trust;
+use proto::WgKey;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use std::net::SocketAddr;
+use std::time::Duration;
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::answer::{validate_access, TunnelParams};
+use crate::control::{ControlApi, Credentials, HttpControl};
+use crate::datapath::{
+    Command, DataPathConfig, DataPathControl, DataPathHandle, Install, PathEvent,
+};
+use crate::error::ShimError;
+use crate::schedule::{renew_delay, Backoff};
+
+/// Everything a session needs.
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    /// The control plane, e.g. `https://control.example:8443`.
+    pub control_url: String,
+    /// Pinned CA of a self-hosted control plane, or the public roots.
+    pub trust: Trust,
+    pub credentials: Credentials,
+    /// The media server's name at the control plane.
+    pub server: String,
+    /// The service to reach (e.g. "plex"); `None` takes the first offered.
+    pub service: Option<String>,
+    /// The local address the player connects to, e.g. `127.0.0.1:32400`.
+    /// Port 0 picks a free port ([`Session::local_addr`] tells which).
+    pub listen: SocketAddr,
+}
+
+/// What happens to a session, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The tunnel is up with this admission (again, after a re-admission
+    /// or when a lost path came back).
+    Connected {
+        admission_id: String,
+        expires_at: OffsetDateTime,
+    },
+    /// Renewal of the admission started.
+    Renewing,
+    /// The admission now lasts until `expires_at`.
+    Renewed { expires_at: OffsetDateTime },
+    /// The gateway stopped answering (e.g. this device changed networks).
+    Lost,
+    /// Asking for a fresh admission, attempt `attempt` (1-based).
+    Reconnecting { attempt: u32 },
+    /// The admission was revoked or the grant removed.
+    Revoked { message: String },
+    /// The session is over; nothing follows.
+    Ended { reason: EndReason },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndReason {
+    /// Closed by the app (drop or [`Session::close`]).
+    Closed,
+    /// Revoked at the control plane.
+    Revoked { message: String },
+    /// Something that retrying cannot fix.
+    Failed { message: String },
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndReason::Closed => f.write_str("closed"),
+            EndReason::Revoked { message } | EndReason::Failed { message } => f.write_str(message),
+        }
+    }
+}
+
+/// The current admission of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub admission_id: String,
+    pub expires_at: OffsetDateTime,
+    pub server: String,
+    pub service: String,
+    /// Where the gateway's WireGuard endpoint is.
+    pub gateway: SocketAddr,
+}
+
+/// Timing knobs, shortened by tests.
+#[derive(Debug, Clone)]
+pub(crate) struct Tuning {
+    pub(crate) datapath: DataPathConfig,
+    /// How long the first handshake may take before `connect` gives up.
+    pub(crate) handshake_timeout: Duration,
+    /// Least time between two revocation probes during stalls.
+    pub(crate) probe_interval: Duration,
+    pub(crate) backoff: Backoff,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            datapath: DataPathConfig::default(),
+            handshake_timeout: Duration::from_secs(15),
+            probe_interval: Duration::from_secs(5),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// A running client session: a local TCP port that behaves like the
+/// media server, for as long as the admission lasts.
+///
+/// Dropping it closes the local port and every connection through it at
+/// once and revokes the admission in the background (best effort; use
+/// [`close`](Self::close) to wait for the revocation).
+#[derive(Debug)]
+pub struct Session {
+    local_addr: SocketAddr,
+    events: broadcast::Sender<SessionEvent>,
+    info: watch::Receiver<SessionInfo>,
+    ended: watch::Receiver<Option<EndReason>>,
+    stop: watch::Sender<bool>,
+    supervisor: Option<tokio::task::JoinHandle<()>>,
+    datapath: DataPathHandle,
+}
+
+impl Session {
+    /// Logs in, requests access with a fresh ephemeral key, brings up the
+    /// tunnel and opens the local port. Returns once the gateway has
+    /// answered the WireGuard handshake, so the port works at once.
+    pub async fn connect(config: ShimConfig) -> Result<Session, ShimError> {
+        // The local port first: "port in use" should not cost an admission.
+        let listener = bind_listener(config.listen)?;
+        let control = HttpControl::login(
+            &config.control_url,
+            config.trust,
+            config.credentials,
+            &config.server,
+        )
+        .await?;
+        Session::start(
+            control,
+            listener,
+            config.server,
+            config.service,
+            Tuning::default(),
+        )
+        .await
+    }
+
+    pub(crate) async fn start<C: ControlApi>(
+        mut control: C,
+        listener: std::net::TcpListener,
+        server: String,
+        service: Option<String>,
+        tuning: Tuning,
+    ) -> Result<Session, ShimError> {
+        let (secret, params) = admit(&mut control, &server, service.as_deref()).await?;
+        let (path_tx, mut path_rx) = mpsc::unbounded_channel();
+        let install = Install {
+            generation: 1,
+            params: params.clone(),
+            secret,
+        };
+        let datapath =
+            match DataPathHandle::spawn(listener, install, tuning.datapath.clone(), path_tx) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = control.revoke(&params.admission_id).await;
+                    return Err(ShimError::DataPath(format!("cannot start the tunnel: {e}")));
+                }
+            };
+        let connected = tokio::time::timeout(tuning.handshake_timeout, async {
+            while let Some(ev) = path_rx.recv().await {
+                match ev {
+                    PathEvent::Connected { .. } => return Ok(()),
+                    PathEvent::Failed(m) => return Err(ShimError::DataPath(m)),
+                    _ => {}
+                }
+            }
+            Err(ShimError::DataPath("the tunnel thread stopped".into()))
+        })
+        .await;
+        let failure = match connected {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(ShimError::GatewayUnreachable {
+                endpoint: params.gateway_endpoint,
+                waited: tuning.handshake_timeout,
+            }),
+        };
+        if let Some(e) = failure {
+            drop(datapath);
+            let _ = control.revoke(&params.admission_id).await;
+            return Err(e);
+        }
+
+        let info = SessionInfo {
+            admission_id: params.admission_id.clone(),
+            expires_at: params.expires_at,
+            server: server.clone(),
+            service: params.service.clone(),
+            gateway: params.gateway_endpoint,
+        };
+        let (events, _) = broadcast::channel(64);
+        let (info_tx, info_rx) = watch::channel(info);
+        let (ended_tx, ended_rx) = watch::channel(None);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let sup = Supervisor {
+            renew_at: Instant::now() + renew_delay(OffsetDateTime::now_utc(), params.expires_at),
+            control,
+            server,
+            service,
+            datapath: datapath.control(),
+            path: path_rx,
+            events: events.clone(),
+            info: info_tx,
+            ended: ended_tx,
+            stop: stop_rx,
+            current: params,
+            generation: 1,
+            renew_backoff: tuning.backoff.clone(),
+            reconnect: None,
+            last_probe: None,
+            tuning,
+            rng: StdRng::from_entropy(),
+        };
+        let supervisor = tokio::spawn(sup.run());
+        Ok(Session {
+            local_addr: datapath.local_addr(),
+            events,
+            info: info_rx,
+            ended: ended_rx,
+            stop: stop_tx,
+            supervisor: Some(supervisor),
+            datapath,
+        })
+    }
+
+    /// The local address the player connects to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The current admission (it changes on renewal and re-admission).
+    pub fn info(&self) -> SessionInfo {
+        self.info.borrow().clone()
+    }
+
+    /// Events from now on. A receiver that falls more than 64 events
+    /// behind loses the oldest ones.
+    pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Waits until the session ends by itself (revocation, failure) or is
+    /// closed, and says why.
+    pub async fn ended(&self) -> EndReason {
+        let mut rx = self.ended.clone();
+        let r = rx.wait_for(Option::is_some).await;
+        match r {
+            Ok(v) => v.clone().unwrap_or(EndReason::Closed),
+            Err(_) => EndReason::Closed,
+        }
+    }
+
+    /// Closes the local port and connections, revokes the admission and
+    /// waits for that to finish.
+    pub async fn close(mut self) {
+        let _ = self.stop.send(true);
+        self.datapath.shutdown();
+        if let Some(s) = self.supervisor.take() {
+            let _ = s.await;
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // The supervisor sees this and revokes in the background.
+        let _ = self.stop.send(true);
+        self.datapath.shutdown();
+    }
+}
+
+/// Binds the local listener, with a clear error for a taken port.
+pub(crate) fn bind_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ShimError> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            ShimError::ListenInUse { addr }
+        } else {
+            ShimError::Listen { addr, source: e }
+        }
+    })
+}
+
+/// A fresh ephemeral key pair. The secret stays in this process.
+fn ephemeral_key() -> (StaticSecret, WgKey) {
+    let secret = StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let public = PublicKey::from(&secret);
+    (secret, WgKey(public.to_bytes()))
+}
+
+/// One access request with a new key, checked. An answer that cannot be
+/// used is revoked at once so it does not linger at the gateway.
+async fn admit<C: ControlApi>(
+    control: &mut C,
+    server: &str,
+    service: Option<&str>,
+) -> Result<(StaticSecret, TunnelParams), ShimError> {
+    let (secret, public) = ephemeral_key();
+    let resp = control.access(server, public).await?;
+    match validate_access(&resp, service) {
+        Ok(p) => Ok((secret, p)),
+        Err(e) => {
+            let id = &resp.admission_id;
+            if id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                && !id.is_empty()
+                && id.len() <= 128
+            {
+                let _ = control.revoke(id).await;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Re-admission state after a path loss.
+#[derive(Debug)]
+struct Reconnect {
+    backoff: Backoff,
+    next_try: Instant,
+}
+
+struct Supervisor<C> {
+    control: C,
+    server: String,
+    service: Option<String>,
+    datapath: DataPathControl,
+    path: mpsc::UnboundedReceiver<PathEvent>,
+    events: broadcast::Sender<SessionEvent>,
+    info: watch::Sender<SessionInfo>,
+    ended: watch::Sender<Option<EndReason>>,
+    stop: watch::Receiver<bool>,
+    current: TunnelParams,
+    generation: u64,
+    renew_at: Instant,
+    renew_backoff: Backoff,
+    reconnect: Option<Reconnect>,
+    last_probe: Option<Instant>,
+    tuning: Tuning,
+    rng: StdRng,
+}
+
+/// Runs `fut` unless the session is stopped first.
+async fn unless_stopped<T>(
+    stop: &mut watch::Receiver<bool>,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        r = fut => Some(r),
+        _ = stop.wait_for(|s| *s) => None,
+    }
+}
+
+impl<C: ControlApi> Supervisor<C> {
+    fn emit(&self, ev: SessionEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    async fn run(mut self) {
+        let reason = loop {
+            let wake = match &self.reconnect {
+                Some(r) => r.next_try,
+                None => self.renew_at,
+            };
+            enum Wake {
+                Stop,
+                Path(Option<PathEvent>),
+                Timer,
+            }
+            let wake = tokio::select! {
+                _ = self.stop.wait_for(|s| *s) => Wake::Stop,
+                ev = self.path.recv() => Wake::Path(ev),
+                _ = tokio::time::sleep_until(wake) => Wake::Timer,
+            };
+            let step = match wake {
+                Wake::Stop => Some(EndReason::Closed),
+                Wake::Path(Some(ev)) => self.on_path_event(ev).await,
+                Wake::Path(None) => Some(EndReason::Failed {
+                    message: "the tunnel thread stopped".into(),
+                }),
+                Wake::Timer if self.reconnect.is_some() => self.readmit().await,
+                Wake::Timer => self.renew().await,
+            };
+            if let Some(reason) = step {
+                break reason;
+            }
+        };
+        self.finish(reason).await;
+    }
+
+    async fn finish(mut self, reason: EndReason) {
+        self.datapath.send(Command::Shutdown);
+        match &reason {
+            EndReason::Closed => {
+                // Best effort, bounded: the admission expires anyway.
+                let id = self.current.admission_id.clone();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), self.control.revoke(&id)).await;
+            }
+            EndReason::Revoked { message } => {
+                tracing::warn!(server = %self.server, %message, "admission revoked");
+                self.emit(SessionEvent::Revoked {
+                    message: message.clone(),
+                });
+            }
+            EndReason::Failed { message } => {
+                tracing::warn!(server = %self.server, %message, "session failed");
+            }
+        }
+        let _ = self.ended.send(Some(reason.clone()));
+        self.emit(SessionEvent::Ended { reason });
+    }
+
+    async fn on_path_event(&mut self, ev: PathEvent) -> Option<EndReason> {
+        match ev {
+            PathEvent::Failed(message) => return Some(EndReason::Failed { message }),
+            PathEvent::Connected { generation } | PathEvent::Recovered { generation }
+                if generation == self.generation =>
+            {
+                self.reconnect = None;
+                self.emit(SessionEvent::Connected {
+                    admission_id: self.current.admission_id.clone(),
+                    expires_at: self.current.expires_at,
+                });
+            }
+            PathEvent::Lost { generation }
+                if generation == self.generation && self.reconnect.is_none() =>
+            {
+                tracing::info!(
+                    gateway = %self.current.gateway_endpoint,
+                    "gateway stopped answering; asking for a new admission"
+                );
+                self.emit(SessionEvent::Lost);
+                self.reconnect = Some(Reconnect {
+                    backoff: self.tuning.backoff.clone(),
+                    next_try: Instant::now(),
+                });
+            }
+            PathEvent::Stalled { generation } if generation == self.generation => {
+                // Silence may mean revocation: the gateway dropped us and
+                // cannot say so. A renewal answers that within a round
+                // trip (404/403 for a revoked admission).
+                let due = self
+                    .last_probe
+                    .is_none_or(|t| t.elapsed() >= self.tuning.probe_interval);
+                if due && self.reconnect.is_none() {
+                    self.last_probe = Some(Instant::now());
+                    let id = self.current.admission_id.clone();
+                    match unless_stopped(&mut self.stop, self.control.renew(&id)).await {
+                        None => return Some(EndReason::Closed),
+                        Some(Ok(r)) => self.renewed(r.expires_at, false),
+                        Some(Err(ShimError::Revoked { message, .. })) => {
+                            return Some(EndReason::Revoked { message })
+                        }
+                        Some(Err(e)) => tracing::debug!(error = %e, "probe failed"),
+                    }
+                }
+            }
+            // News about a tunnel already replaced.
+            _ => {}
+        }
+        None
+    }
+
+    fn renewed(&mut self, expires_at: OffsetDateTime, announce: bool) {
+        self.current.expires_at = expires_at;
+        self.renew_backoff.reset();
+        self.renew_at = Instant::now() + renew_delay(OffsetDateTime::now_utc(), expires_at);
+        self.info.send_modify(|i| i.expires_at = expires_at);
+        if announce {
+            self.emit(SessionEvent::Renewed { expires_at });
+        }
+    }
+
+    async fn renew(&mut self) -> Option<EndReason> {
+        self.emit(SessionEvent::Renewing);
+        let id = self.current.admission_id.clone();
+        match unless_stopped(&mut self.stop, self.control.renew(&id)).await {
+            None => Some(EndReason::Closed),
+            Some(Ok(r)) => {
+                self.renewed(r.expires_at, true);
+                None
+            }
+            Some(Err(ShimError::Revoked { message, .. })) => Some(EndReason::Revoked { message }),
+            Some(Err(e)) if e.is_transient() => {
+                // The admission keeps working until it expires; keep trying
+                // until then, after which the path loss takes over.
+                let wait = self.renew_backoff.next_delay(&mut self.rng);
+                tracing::warn!(error = %e, retry_in = ?wait, "renewal failed");
+                self.renew_at = Instant::now() + wait;
+                None
+            }
+            Some(Err(e)) => Some(EndReason::Failed {
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    async fn readmit(&mut self) -> Option<EndReason> {
+        let attempt = {
+            let r = self.reconnect.as_ref()?;
+            r.backoff.attempts() + 1
+        };
+        self.emit(SessionEvent::Reconnecting { attempt });
+        let server = self.server.clone();
+        let service = self.service.clone();
+        let r = unless_stopped(
+            &mut self.stop,
+            admit(&mut self.control, &server, service.as_deref()),
+        )
+        .await;
+        match r {
+            None => Some(EndReason::Closed),
+            Some(Ok((secret, params))) => {
+                let old = std::mem::replace(&mut self.current, params.clone());
+                self.generation += 1;
+                let sent = self.datapath.send(Command::Install(Box::new(Install {
+                    generation: self.generation,
+                    params: params.clone(),
+                    secret,
+                })));
+                if !sent {
+                    return Some(EndReason::Failed {
+                        message: "the tunnel thread stopped".into(),
+                    });
+                }
+                // Wait for the new tunnel's handshake; a new loss restarts
+                // this from a fresh backoff.
+                self.reconnect = None;
+                self.renewed(params.expires_at, false);
+                self.info.send_modify(|i| {
+                    i.admission_id = params.admission_id.clone();
+                    i.service = params.service.clone();
+                    i.gateway = params.gateway_endpoint;
+                });
+                // The old admission is useless now; do not leave it
+                // installed at the gateway until it expires.
+                let _ =
+                    unless_stopped(&mut self.stop, self.control.revoke(&old.admission_id)).await;
+                None
+            }
+            Some(Err(ShimError::NoAccess { message, .. }))
+            | Some(Err(ShimError::Revoked { message, .. })) => Some(EndReason::Revoked { message }),
+            Some(Err(e)) if e.is_transient() || matches!(e, ShimError::BadAnswer(_)) => {
+                let rc = self.reconnect.as_mut()?;
+                let wait = rc.backoff.next_delay(&mut self.rng);
+                tracing::warn!(error = %e, retry_in = ?wait, "re-admission failed");
+                rc.next_try = Instant::now() + wait;
+                None
+            }
+            Some(Err(e)) => Some(EndReason::Failed {
+                message: e.to_string(),
+            }),
+        }
+    }
+}

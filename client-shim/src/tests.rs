@@ -1,0 +1,684 @@
+//! End-to-end tests of the shim against an in-process gateway built from
+//! the gateway crate's `Dispatcher`, a netstack `Stack` and an upstream
+//! TCP server on loopback, with an in-memory control plane that pushes
+//! its admissions to that gateway. Everything runs on real sockets and
+//! real time; the timeouts of the shim are shortened.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boringtun::x25519::{PublicKey, StaticSecret};
+use gateway::{Dispatcher, DispatcherConfig, Output, PeerEvent};
+use mio::{Events, Interest, Poll, Token, Waker};
+use netstack::{Splice, Stack, StackConfig, UdpIo};
+use proto::api::{AccessMode, AccessResponse, RenewResponse, ServiceInfo};
+use proto::feed::{FeedAdmission, FeedState};
+use proto::{BindingPolicy, WgKey};
+use time::OffsetDateTime;
+
+use crate::control::ControlApi;
+use crate::schedule::{Backoff, PathTimeouts};
+use crate::session::{bind_listener, Session, Tuning};
+use crate::{EndReason, SessionEvent, ShimError};
+
+const SERVICE_ADDRESS: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+const PLEX: u16 = 32400;
+
+// ------------------------------------------------------------ upstream
+
+/// Byte `i` of stream `seed`, position-dependent.
+fn pattern(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8 ^ (i as u8)
+}
+
+/// A media server stand-in: each connection sends "LEN SEED\n" and gets
+/// LEN bytes of `pattern(SEED, ..)`, optionally paced.
+fn upstream() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                let line = String::from_utf8(line).unwrap_or_default();
+                let mut it = line.split_whitespace();
+                let len: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let seed: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let pace_ms: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let mut buf = vec![0u8; 64 << 10];
+                let mut off = 0;
+                while off < len {
+                    let n = (len - off).min(buf.len() as u64) as usize;
+                    for (k, x) in buf[..n].iter_mut().enumerate() {
+                        *x = pattern(seed, off + k as u64);
+                    }
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    off += n as u64;
+                    if pace_ms > 0 {
+                        std::thread::sleep(Duration::from_millis(pace_ms));
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Downloads `len` bytes through `local` and checks every byte.
+fn download(local: SocketAddr, len: u64, seed: u64, pace_ms: u64) -> std::io::Result<u64> {
+    let mut s = TcpStream::connect(local)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    writeln!(s, "{len} {seed} {pace_ms}")?;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0u64;
+    while got < len {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("stream {seed} ended at {got} of {len}"),
+            ));
+        }
+        for (k, b) in buf[..n].iter().enumerate() {
+            let i = got + k as u64;
+            assert_eq!(*b, pattern(seed, i), "stream {seed}: byte {i} differs");
+        }
+        got += n as u64;
+    }
+    Ok(got)
+}
+
+// ------------------------------------------------------------ gateway
+
+enum GwCmd {
+    Apply(FeedState),
+    Stop,
+}
+
+/// A gateway on loopback: Dispatcher + Stack + Splice to `upstream`.
+struct TestGateway {
+    endpoint: SocketAddr,
+    public: PublicKey,
+    tx: mpsc::Sender<GwCmd>,
+    waker: Arc<Waker>,
+    /// The shim's UDP address as the gateway last saw it.
+    client_endpoint: Arc<Mutex<Option<SocketAddr>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TestGateway {
+    fn start(upstream: SocketAddr) -> TestGateway {
+        let secret = StaticSecret::from([0x42; 32]);
+        let public = PublicKey::from(&secret);
+        let mut udp = UdpIo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let endpoint = udp.local_addr().unwrap();
+        let poll = Poll::new().unwrap();
+        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+        poll.registry()
+            .register(&mut udp, Token(1), Interest::READABLE | Interest::WRITABLE)
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let client_endpoint = Arc::new(Mutex::new(None));
+        let seen = client_endpoint.clone();
+        let thread = std::thread::spawn(move || {
+            gateway_loop(poll, udp, secret, rx, upstream, seen);
+        });
+        TestGateway {
+            endpoint,
+            public,
+            tx,
+            waker,
+            client_endpoint,
+            thread: Some(thread),
+        }
+    }
+
+    fn apply(&self, state: FeedState) {
+        self.tx.send(GwCmd::Apply(state)).unwrap();
+        self.waker.wake().unwrap();
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.tx.send(GwCmd::Stop);
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn gateway_loop(
+    mut poll: Poll,
+    mut udp: UdpIo,
+    secret: StaticSecret,
+    rx: mpsc::Receiver<GwCmd>,
+    upstream: SocketAddr,
+    seen: Arc<Mutex<Option<SocketAddr>>>,
+) {
+    let mut dispatcher = Dispatcher::new(
+        secret,
+        DispatcherConfig::new([("plex", PLEX)]),
+        Instant::now(),
+    );
+    let mut stack = Stack::new(StackConfig::new(IpAddr::V4(SERVICE_ADDRESS)));
+    stack.listen(PLEX).unwrap();
+    let mut splice = Splice::new(16, 256);
+    let mut out = gateway::Outbox::with_capacity(1 << 20, 1024);
+    let mut events = Events::with_capacity(256);
+    let mut readable = true;
+    loop {
+        let now = Instant::now();
+        let mut timeout = stack.poll_delay(now).unwrap_or(Duration::from_millis(250));
+        if let Some(t) = dispatcher.poll_timeout() {
+            timeout = timeout.min(t.saturating_duration_since(now));
+        }
+        if readable || stack.has_outbound() {
+            timeout = Duration::ZERO;
+        }
+        poll.poll(&mut events, Some(timeout)).unwrap();
+        for ev in events.iter() {
+            match ev.token() {
+                Token(0) => loop {
+                    match rx.try_recv() {
+                        Ok(GwCmd::Apply(state)) => {
+                            dispatcher.apply(&state, Instant::now());
+                        }
+                        Ok(GwCmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
+                        Err(mpsc::TryRecvError::Empty) => break,
+                    }
+                },
+                Token(1) => readable |= ev.is_readable(),
+                _ => {
+                    splice.on_event(ev);
+                }
+            }
+        }
+        let now = Instant::now();
+        if readable {
+            let n = udp
+                .recv_batch(1024, |src, d| {
+                    dispatcher.handle_datagram(src, d, now, &mut out);
+                })
+                .unwrap();
+            readable = n >= 1024;
+        }
+        while let Some(ev) = dispatcher.poll_event() {
+            match ev {
+                PeerEvent::Removed { client_address, .. } => {
+                    splice.close_all_for(&mut stack, poll.registry(), IpAddr::V4(client_address));
+                }
+                PeerEvent::HandshakeCompleted { endpoint, .. } => {
+                    *seen.lock().unwrap() = Some(endpoint);
+                }
+                PeerEvent::Installed { .. } => {}
+            }
+        }
+        flush_outbox(&mut out, &mut udp, &mut stack);
+        stack.poll_ingress(now);
+        while let Some(id) = stack.accept() {
+            let up = mio::net::TcpStream::connect(upstream).unwrap();
+            if splice.attach(poll.registry(), &stack, id, up).is_err() {
+                stack.release(id);
+            }
+        }
+        splice.pump(&mut stack, poll.registry());
+        stack.poll_egress(now);
+        while let Some(pkt) = stack.pop_outbound() {
+            dispatcher.handle_outbound(&pkt, now, &mut out);
+            stack.recycle(pkt);
+            if out.len() > 512 {
+                flush_outbox(&mut out, &mut udp, &mut stack);
+            }
+        }
+        dispatcher.handle_timers(now, &mut out);
+        flush_outbox(&mut out, &mut udp, &mut stack);
+        let _ = udp.flush();
+        let _ = &mut poll;
+    }
+}
+
+fn flush_outbox(out: &mut gateway::Outbox, udp: &mut UdpIo, stack: &mut Stack) {
+    for o in out.iter() {
+        match o {
+            Output::Transmit { dst, datagram } => udp.queue(dst, datagram),
+            Output::Deliver { packet, .. } => {
+                stack.push_inbound(packet);
+            }
+        }
+    }
+    out.clear();
+}
+
+// ------------------------------------------------------------ control
+
+#[derive(Debug, Clone)]
+struct Adm {
+    key: WgKey,
+    source: IpAddr,
+    client_address: Ipv4Addr,
+    expires_at: OffsetDateTime,
+    psk: WgKey,
+}
+
+#[derive(Default)]
+struct ControlState {
+    next: u32,
+    version: u64,
+    live: HashMap<String, Adm>,
+    revoked_by_client: Vec<String>,
+    renewals: u32,
+    accesses: u32,
+    deny: bool,
+    ttl_secs: i64,
+    /// The endpoint told to clients (defaults to the gateway's).
+    endpoint_override: Option<SocketAddr>,
+}
+
+/// An in-memory control plane that pushes every change to the gateway.
+#[derive(Clone)]
+struct FakeControl {
+    state: Arc<Mutex<ControlState>>,
+    gateway: Arc<TestGateway>,
+}
+
+impl FakeControl {
+    fn new(gateway: Arc<TestGateway>, ttl_secs: i64) -> FakeControl {
+        FakeControl {
+            state: Arc::new(Mutex::new(ControlState {
+                ttl_secs,
+                ..Default::default()
+            })),
+            gateway,
+        }
+    }
+
+    fn push(&self, st: &mut ControlState) {
+        st.version += 1;
+        let admissions = st
+            .live
+            .iter()
+            .map(|(id, a)| FeedAdmission {
+                id: id.clone(),
+                mode: AccessMode::Tunnel,
+                client_public_key: Some(a.key),
+                preshared_key: Some(a.psk),
+                source: a.source,
+                binding: BindingPolicy::Exact,
+                client_address: Some(a.client_address),
+                services: vec!["plex".into()],
+                expires_at: a.expires_at,
+            })
+            .collect();
+        self.gateway.apply(FeedState {
+            server: "den".into(),
+            version: st.version,
+            server_time: OffsetDateTime::now_utc(),
+            service_address: SERVICE_ADDRESS,
+            admissions,
+        });
+    }
+
+    /// Revokes like an admin would: the gateway drops the peer.
+    fn admin_revoke_all(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.live.clear();
+        self.push(&mut st);
+    }
+
+    /// As if the client had moved: its admissions now bind another source.
+    fn move_client(&self) {
+        let mut st = self.state.lock().unwrap();
+        for a in st.live.values_mut() {
+            a.source = "127.0.0.2".parse().unwrap();
+        }
+        self.push(&mut st);
+    }
+
+    fn live_ids(&self) -> Vec<String> {
+        self.state.lock().unwrap().live.keys().cloned().collect()
+    }
+}
+
+impl ControlApi for FakeControl {
+    async fn access(&mut self, server: &str, key: WgKey) -> Result<AccessResponse, ShimError> {
+        let mut st = self.state.lock().unwrap();
+        st.accesses += 1;
+        if st.deny || server != "den" {
+            return Err(ShimError::NoAccess {
+                server: server.into(),
+                message: "no grant".into(),
+            });
+        }
+        st.next += 1;
+        let id = format!("adm_{}", st.next);
+        let adm = Adm {
+            key,
+            source: "127.0.0.1".parse().unwrap(),
+            client_address: Ipv4Addr::new(100, 64, 0, 1 + st.next as u8),
+            expires_at: OffsetDateTime::now_utc() + time::Duration::seconds(st.ttl_secs),
+            psk: WgKey([st.next as u8; 32]),
+        };
+        st.live.insert(id.clone(), adm.clone());
+        self.push(&mut st);
+        Ok(AccessResponse {
+            admission_id: id,
+            gateway_endpoint: st.endpoint_override.unwrap_or(self.gateway.endpoint),
+            gateway_public_key: WgKey(self.gateway.public.to_bytes()),
+            client_address: IpAddr::V4(adm.client_address),
+            service_address: IpAddr::V4(SERVICE_ADDRESS),
+            services: vec![ServiceInfo {
+                name: "plex".into(),
+                port: PLEX,
+            }],
+            preshared_key: Some(adm.psk),
+            expires_at: adm.expires_at,
+        })
+    }
+
+    async fn renew(&mut self, id: &str) -> Result<RenewResponse, ShimError> {
+        let mut st = self.state.lock().unwrap();
+        let ttl = st.ttl_secs;
+        let Some(a) = st.live.get_mut(id) else {
+            return Err(ShimError::Revoked {
+                server: "den".into(),
+                message: "admission not found".into(),
+            });
+        };
+        a.expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(ttl);
+        let expires_at = a.expires_at;
+        st.renewals += 1;
+        self.push(&mut st);
+        Ok(RenewResponse { expires_at })
+    }
+
+    async fn revoke(&mut self, id: &str) -> Result<(), ShimError> {
+        let mut st = self.state.lock().unwrap();
+        st.revoked_by_client.push(id.into());
+        if st.live.remove(id).is_some() {
+            self.push(&mut st);
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------ setup
+
+fn tuning() -> Tuning {
+    let mut t = Tuning {
+        handshake_timeout: Duration::from_secs(3),
+        probe_interval: Duration::from_secs(1),
+        backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
+        ..Tuning::default()
+    };
+    t.datapath.timeouts = PathTimeouts {
+        lost: Duration::from_millis(1500),
+        stalled: Duration::from_millis(300),
+    };
+    t
+}
+
+struct World {
+    control: FakeControl,
+    session: Session,
+}
+
+async fn world(ttl_secs: i64) -> World {
+    let gateway = Arc::new(TestGateway::start(upstream()));
+    let control = FakeControl::new(gateway, ttl_secs);
+    let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let session = Session::start(control.clone(), listener, "den".into(), None, tuning())
+        .await
+        .expect("session starts");
+    World { control, session }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.unwrap()
+}
+
+/// Waits for an event matching `want`, up to `limit`.
+async fn expect_event(
+    rx: &mut tokio::sync::broadcast::Receiver<SessionEvent>,
+    limit: Duration,
+    want: impl Fn(&SessionEvent) -> bool,
+) -> SessionEvent {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(ev)) if want(&ev) => return ev,
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(e)) => panic!("event stream ended: {e}"),
+            Err(_) => panic!("no matching event within {limit:?}"),
+        }
+    }
+}
+
+// ------------------------------------------------------------ tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_connections_download_several_mib_intact() {
+    let w = world(3600).await;
+    let local = w.session.local_addr();
+    let started = Instant::now();
+    let handles: Vec<_> = (0..4u64)
+        .map(|seed| std::thread::spawn(move || download(local, 6 << 20, seed + 1, 0)))
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.join().unwrap().expect("download completes");
+    }
+    assert_eq!(total, 4 * (6 << 20));
+    eprintln!("24 MiB over 4 connections in {:?}", started.elapsed());
+    // And one more afterwards, on a reused tunnel.
+    let n = blocking(move || download(local, 1 << 20, 99, 0))
+        .await
+        .unwrap();
+    assert_eq!(n, 1 << 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_others_is_ignored_and_the_download_survives() {
+    let w = world(3600).await;
+    let local = w.session.local_addr();
+    let shim_udp = w
+        .control
+        .gateway
+        .client_endpoint
+        .lock()
+        .unwrap()
+        .expect("handshake seen");
+    let dl = std::thread::spawn(move || download(local, 4 << 20, 7, 0));
+    let junk = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut shapes: Vec<Vec<u8>> = vec![vec![], vec![0xff; 1400], vec![1, 0, 0, 0], vec![2; 92]];
+    let mut data = vec![4, 0, 0, 0];
+    data.extend_from_slice(&[0x11; 200]);
+    shapes.push(data);
+    for _ in 0..2000 {
+        for s in &shapes {
+            let _ = junk.send_to(s, shim_udp);
+        }
+    }
+    assert_eq!(dl.join().unwrap().unwrap(), 4 << 20);
+    // Nothing was ever answered to the junk sender.
+    junk.set_nonblocking(true).unwrap();
+    let mut b = [0u8; 2048];
+    assert!(junk.recv_from(&mut b).is_err(), "the shim answered junk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_keeps_a_long_download_alive() {
+    // Admissions of 3 s: renewed about every 2 s. A download paced to
+    // last ~5 s outlives two lifetimes of an unrenewed admission.
+    let w = world(3).await;
+    let mut ev = w.session.events();
+    let local = w.session.local_addr();
+    let first_expiry = w.session.info().expires_at;
+    let dl = std::thread::spawn(move || download(local, 5 << 20, 3, 60));
+    expect_event(&mut ev, Duration::from_secs(5), |e| {
+        matches!(e, SessionEvent::Renewed { .. })
+    })
+    .await;
+    assert_eq!(dl.join().unwrap().unwrap(), 5 << 20);
+    assert!(w.control.state.lock().unwrap().renewals >= 2);
+    assert!(w.session.info().expires_at > first_expiry);
+    assert_eq!(w.control.live_ids().len(), 1, "no re-admission was needed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_source_address_leads_to_a_new_admission() {
+    let w = world(3600).await;
+    let mut ev = w.session.events();
+    let local = w.session.local_addr();
+    let first = w.session.info().admission_id;
+    assert_eq!(
+        blocking(move || download(local, 1 << 20, 1, 0))
+            .await
+            .unwrap(),
+        1 << 20
+    );
+
+    w.control.move_client();
+    // Traffic into the now-dead tunnel is what reveals the loss.
+    let probe = std::thread::spawn(move || download(local, 1 << 20, 2, 0));
+    expect_event(&mut ev, Duration::from_secs(5), |e| {
+        *e == SessionEvent::Lost
+    })
+    .await;
+    expect_event(&mut ev, Duration::from_secs(5), |e| {
+        matches!(e, SessionEvent::Reconnecting { .. })
+    })
+    .await;
+    let connected = expect_event(&mut ev, Duration::from_secs(5), |e| {
+        matches!(e, SessionEvent::Connected { .. })
+    })
+    .await;
+    let SessionEvent::Connected { admission_id, .. } = connected else {
+        unreachable!()
+    };
+    assert_ne!(admission_id, first);
+    assert_eq!(w.session.info().admission_id, admission_id);
+    // The connection made during the loss may break or may complete; new
+    // connections must work.
+    let _ = probe.join().unwrap();
+    assert_eq!(
+        blocking(move || download(local, 2 << 20, 3, 0))
+            .await
+            .unwrap(),
+        2 << 20
+    );
+    let st = w.control.state.lock().unwrap();
+    assert!(
+        st.revoked_by_client.contains(&first),
+        "old admission revoked"
+    );
+    assert_eq!(st.live.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_ends_the_session_quickly_with_a_clear_reason() {
+    let w = world(3600).await;
+    let local = w.session.local_addr();
+    let dl = std::thread::spawn(move || download(local, 64 << 20, 5, 5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    w.control.admin_revoke_all();
+    let reason = tokio::time::timeout(Duration::from_secs(5), w.session.ended())
+        .await
+        .expect("session ends");
+    assert!(matches!(reason, EndReason::Revoked { .. }), "{reason:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(dl.join().unwrap().is_err(), "the download was cut");
+    // The local port is closed.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(TcpStream::connect(local).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_revokes_and_frees_the_port() {
+    let w = world(3600).await;
+    let local = w.session.local_addr();
+    let id = w.session.info().admission_id;
+    w.session.close().await;
+    assert!(TcpStream::connect(local).is_err());
+    assert!(w
+        .control
+        .state
+        .lock()
+        .unwrap()
+        .revoked_by_client
+        .contains(&id));
+    assert!(w.control.live_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_never_answers_is_reported_and_its_admission_revoked() {
+    let gateway = Arc::new(TestGateway::start(upstream()));
+    let control = FakeControl::new(gateway, 3600);
+    // Nothing listens there.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    control.state.lock().unwrap().endpoint_override = Some(dead.local_addr().unwrap());
+    let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut t = tuning();
+    t.handshake_timeout = Duration::from_millis(800);
+    let e = Session::start(control.clone(), listener, "den".into(), None, t)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ShimError::GatewayUnreachable { .. }), "{e}");
+    assert!(e.to_string().contains("UDP port"), "{e}");
+    assert!(control.live_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_access_and_busy_ports_are_clear_errors() {
+    let gateway = Arc::new(TestGateway::start(upstream()));
+    let control = FakeControl::new(gateway, 3600);
+    control.state.lock().unwrap().deny = true;
+    let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let e = Session::start(control, listener, "den".into(), None, tuning())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ShimError::NoAccess { .. }), "{e}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let e = bind_listener(taken.local_addr().unwrap()).unwrap_err();
+    assert!(matches!(e, ShimError::ListenInUse { .. }), "{e}");
+    assert!(e.to_string().contains("already in use"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_not_on_offer_is_refused_and_revoked() {
+    let gateway = Arc::new(TestGateway::start(upstream()));
+    let control = FakeControl::new(gateway, 3600);
+    let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+    let e = Session::start(
+        control.clone(),
+        listener,
+        "den".into(),
+        Some("emby".into()),
+        tuning(),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("'emby'"), "{e}");
+    assert!(
+        control.live_ids().is_empty(),
+        "the unusable admission was revoked"
+    );
+}

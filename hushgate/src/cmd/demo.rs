@@ -1,0 +1,502 @@
+//! `hushgate demo`: the whole admission flow on loopback, narrated, with
+//! every claim checked. It exits non-zero if any step does not hold.
+
+use anyhow::{bail, Context};
+use client_shim::{Credentials, Session, SessionEvent, ShimConfig, Trust};
+use control_client::ControlClient;
+use gateway::{Gateway, GatewayConfig, ServiceSpec};
+use proto::api::{CreateGrant, CreateServer, CreateUser};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Run the whole flow on loopback: control plane, a sample media server,
+/// the gateway in front of it, a user with a grant and the client shim.
+///
+/// It narrates each step with its timing: gateway enrolled, user logged
+/// in, access requested, admission pushed, gateway ready, tunnel up, a
+/// file downloaded through the local port and its checksum verified; then
+/// a stranger's probe from 127.0.0.2 that gets zero bytes back, and a
+/// revocation that ends an ongoing download. Everything lives in a
+/// temporary folder and is removed at the end.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Leave everything running after the checks and print the local URL
+    /// to open in a browser or player; Ctrl-C stops it.
+    #[arg(long)]
+    keep: bool,
+    /// Size of the sample file in MiB.
+    #[arg(long, default_value_t = 32, value_name = "MIB")]
+    file_mib: usize,
+}
+
+struct Narrator {
+    start: Instant,
+    step: Instant,
+    n: usize,
+}
+
+impl Narrator {
+    fn new() -> Self {
+        Narrator {
+            start: Instant::now(),
+            step: Instant::now(),
+            n: 0,
+        }
+    }
+    fn say(&mut self, what: impl AsRef<str>) {
+        self.n += 1;
+        let took = self.step.elapsed();
+        println!(
+            "[{:>6.1} ms | +{:>6.1} ms] {:>2}. {}",
+            self.start.elapsed().as_secs_f64() * 1e3,
+            took.as_secs_f64() * 1e3,
+            self.n,
+            what.as_ref()
+        );
+        self.step = Instant::now();
+    }
+    fn restart(&mut self) {
+        self.step = Instant::now();
+    }
+}
+
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    if a.file_mib == 0 || a.file_mib > 1024 {
+        bail!("--file-mib must be between 1 and 1024");
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("hushgate-demo-")
+        .tempdir()?;
+    let mut say = Narrator::new();
+    println!(
+        "hushgate demo: everything runs on loopback, state in {}",
+        dir.path().display()
+    );
+    println!();
+
+    // The media server: HTTP on localhost only, never exposed.
+    let media = media::start(a.file_mib << 20).await?;
+    say.say(format!(
+        "sample media server on http://{} (localhost only): /identity and a {} MiB file, sha256 {}…",
+        media.addr,
+        a.file_mib,
+        &media.sha256[..16]
+    ));
+
+    // The control plane.
+    let cp = control::ControlPlane::open(control::Config {
+        state_dir: dir.path().join("control"),
+        tls_cert: None,
+        sans: vec![],
+        settings: control::Settings {
+            login_per_minute: 1000,
+            ..Default::default()
+        },
+    })?;
+    let ca = cp
+        .ca_file()
+        .context("the control plane made no CA")?
+        .to_path_buf();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("https://{}", listener.local_addr()?);
+    let (stop_cp, stopped) = tokio::sync::oneshot::channel::<()>();
+    let cp_task = tokio::spawn(cp.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let base = ControlClient::new(&url, Trust::from_ca_file(&ca)?)?;
+    let admin_token = std::fs::read_to_string(dir.path().join("control/admin-token"))?;
+    let admin = base.with_bearer(admin_token.trim());
+    say.say(format!(
+        "control plane on {url} (HTTPS, its own CA, SQLite in the state folder)"
+    ));
+
+    let password = format!("demo-{}", hex(&rand_bytes::<8>()));
+    admin
+        .create_user(&CreateUser {
+            username: "alice".into(),
+            password: password.clone(),
+            admin: false,
+        })
+        .await?;
+    let server = admin
+        .create_server(&CreateServer {
+            name: "living-room".into(),
+            binding: Default::default(),
+            admission_ttl_secs: Some(600),
+        })
+        .await?;
+    admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "living-room".into(),
+            services: None,
+            direct: false,
+        })
+        .await?;
+    say.say("user 'alice' created and granted access to server 'living-room' (binding: exact source address)");
+
+    // The gateway.
+    let gw = Gateway::start(GatewayConfig {
+        control_url: url.clone(),
+        trust: Trust::from_ca_file(&ca)?,
+        state_dir: dir.path().join("gateway"),
+        listen_udp: "127.0.0.1:0".parse()?,
+        public_endpoint: None,
+        services: vec![ServiceSpec {
+            name: "plex".into(),
+            port: 32400,
+            upstream: media.addr,
+        }],
+        enroll_token: Some(server.enrollment_token),
+    })
+    .await?;
+    if !gw.wait_synced(Duration::from_secs(10)).await {
+        bail!("the gateway did not sync with the control plane within 10 s");
+    }
+    say.say(format!(
+        "gateway enrolled with a one-time token; key {}…, silent UDP port {}; it holds an outbound feed to the control plane",
+        gw.public_key().fingerprint(),
+        gw.udp_addr()
+    ));
+
+    // The user logs in.
+    let login = base.login("alice", &password).await?;
+    say.say("alice logged in (argon2id password check, bearer token issued)");
+
+    // The client shim: ephemeral key, access request, tunnel.
+    say.restart();
+    let session = Session::connect(ShimConfig {
+        control_url: url.clone(),
+        trust: Trust::from_ca_file(&ca)?,
+        credentials: Credentials::Token(login.token.clone()),
+        server: "living-room".into(),
+        service: Some("plex".into()),
+        listen: "127.0.0.1:0".parse()?,
+    })
+    .await
+    .context("the client shim could not connect")?;
+    let admissions = admin.list_admissions().await?;
+    let adm = admissions
+        .iter()
+        .find(|x| x.id == session.info().admission_id)
+        .context("the control plane does not list the shim's admission")?;
+    let audit = admin.audit(20).await?;
+    if !audit
+        .iter()
+        .any(|e| e.event == "access_granted" && e.admission_id.as_deref() == Some(&adm.id))
+    {
+        bail!("the audit log does not record the admission");
+    }
+    say.say(format!(
+        "access requested from {} with an ephemeral key {}…; admission {} pushed to the gateway, acknowledged, then answered; tunnel up ({} inside the tunnel)",
+        adm.source,
+        adm.client_public_key.map(|k| k.fingerprint()).unwrap_or_default(),
+        adm.id,
+        adm.client_address.map(|c| c.to_string()).unwrap_or_default(),
+    ));
+    let status = gw.status().await.context("gateway status")?;
+    if status.gateway.peers.len() != 1 || status.gateway.peers[0].handshakes == 0 {
+        bail!("the gateway does not show the admitted peer with a handshake");
+    }
+    say.say(format!(
+        "gateway ready: 1 peer, bound to {} ({}), WireGuard handshake done",
+        status.gateway.peers[0].source, status.gateway.peers[0].binding
+    ));
+
+    // The player downloads through the local port.
+    let local = session.local_addr();
+    let identity = http_get(local, "/identity", None).await?;
+    if !String::from_utf8_lossy(&identity).contains(&media.machine_id) {
+        bail!("/identity through the tunnel does not match the media server");
+    }
+    let t = Instant::now();
+    let body = http_get(local, "/file", None).await?;
+    let took = t.elapsed();
+    let sha = hex(&Sha256::digest(&body));
+    if sha != media.sha256 {
+        bail!("checksum mismatch: got {sha}, want {}", media.sha256);
+    }
+    say.say(format!(
+        "player fetched /identity and the {} MiB file through http://{local}: sha256 matches, {:.0} Mbit/s",
+        a.file_mib,
+        body.len() as f64 * 8.0 / took.as_secs_f64() / 1e6
+    ));
+
+    // A stranger probes the gateway.
+    let drops_before = status.gateway.drops.total();
+    let back = probe(gw.udp_addr()).await?;
+    let drops_after = gw
+        .status()
+        .await
+        .context("gateway status")?
+        .gateway
+        .drops
+        .total();
+    if back != 0 {
+        bail!("the gateway answered a stranger with {back} bytes");
+    }
+    say.say(format!(
+        "a stranger at 127.0.0.2 sent {PROBES} probes (junk, handshake-shaped, data-shaped): 0 bytes back, {} dropped before any cryptography",
+        drops_after - drops_before
+    ));
+
+    if a.keep {
+        println!();
+        println!("everything stays up. Open http://{local}/ in a browser or point a player at it.");
+        println!("  control plane: {url}  (CA {})", ca.display());
+        println!(
+            "  admin:         hushgate admin --state {} admission list",
+            dir.path().join("control").display()
+        );
+        println!(
+            "  gateway:       hushgate gateway status --state {}",
+            dir.path().join("gateway").display()
+        );
+        println!("Ctrl-C stops everything.");
+        let _ = tokio::signal::ctrl_c().await;
+        session.close().await;
+        gw.shutdown().await;
+        let _ = stop_cp.send(());
+        let _ = cp_task.await;
+        return Ok(());
+    }
+
+    // Revocation ends an ongoing download.
+    let mut events = session.events();
+    let (rev_tx, rev_rx) = tokio::sync::oneshot::channel::<Instant>();
+    let slow = tokio::spawn(async move {
+        // Read slowly so the download is still running when it is revoked.
+        http_get(local, "/file", Some((256 * 1024, rev_rx))).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    say.restart();
+    let revoked_at = Instant::now();
+    admin.revoke(&adm.id).await?;
+    let _ = rev_tx.send(revoked_at);
+    let outcome = tokio::time::timeout(Duration::from_secs(5), slow).await;
+    let ended_after = revoked_at.elapsed();
+    match outcome {
+        Ok(Ok(Err(_))) => {}
+        Ok(Ok(Ok(b))) if b.len() < media.len => {}
+        Ok(Ok(Ok(_))) => bail!("the download finished despite the revocation"),
+        Ok(Err(e)) => bail!("download task failed: {e}"),
+        Err(_) => bail!("the download was still running 5 s after the revocation"),
+    }
+    if ended_after > Duration::from_secs(1) {
+        bail!("the download ended {ended_after:?} after the revocation (limit 1 s)");
+    }
+    say.say(format!(
+        "admin revoked the admission: the ongoing download ended {:.0} ms later",
+        ended_after.as_secs_f64() * 1e3
+    ));
+    // The player tries again: the tunnel is gone, so nothing answers, and
+    // the shim learns from the control plane that access has ended.
+    let retry =
+        tokio::time::timeout(Duration::from_secs(3), http_get(local, "/identity", None)).await;
+    if matches!(retry, Ok(Ok(_))) {
+        bail!("a new connection still worked after the revocation");
+    }
+    let revoked_event = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await {
+                Ok(SessionEvent::Revoked { message }) => return Some(message),
+                Ok(SessionEvent::Ended { reason }) => return Some(reason.to_string()),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+    .context("the shim did not report the revocation within 5 s")?;
+    say.say(format!(
+        "the player's new connection gets nothing; the shim ends the session: {revoked_event}"
+    ));
+    if gw.status().await.map(|s| s.gateway.peers.len()) != Some(0) {
+        bail!("the gateway still holds the revoked peer");
+    }
+
+    session.close().await;
+    gw.shutdown().await;
+    let _ = stop_cp.send(());
+    let _ = cp_task.await;
+    media.stop();
+    println!();
+    println!("every step held. `hushgate demo --keep` leaves it running for a browser or player.");
+    Ok(())
+}
+
+const PROBES: usize = 60;
+
+/// Sends junk from 127.0.0.2 and counts every byte that comes back.
+async fn probe(gateway: SocketAddr) -> anyhow::Result<usize> {
+    let sock = tokio::net::UdpSocket::bind("127.0.0.2:0")
+        .await
+        .context("cannot bind 127.0.0.2 (loopback alias) for the stranger's probe")?;
+    for i in 0..PROBES {
+        let mut d = rand_bytes::<148>().to_vec();
+        match i % 3 {
+            0 => d[0] = 1,              // handshake initiation shape
+            1 => d.truncate(32 + i),    // data-packet shape
+            _ => d.truncate(1 + i % 7), // scraps
+        }
+        if i % 3 == 1 {
+            d[..4].copy_from_slice(&[4, 0, 0, 0]);
+        }
+        sock.send_to(&d, gateway).await?;
+    }
+    let mut total = 0;
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_millis(800);
+    while let Ok(r) = tokio::time::timeout_at(deadline.into(), sock.recv_from(&mut buf)).await {
+        match r {
+            Ok((n, _)) => total += n,
+            // An ICMP error surfacing as an error counts as an answer too.
+            Err(_) => total += 1,
+        }
+    }
+    Ok(total)
+}
+
+/// A minimal HTTP/1.1 GET (the player). With `slow`, reads at most that
+/// many bytes per 100 ms and stops waiting once told the revocation time.
+async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    slow: Option<(usize, tokio::sync::oneshot::Receiver<Instant>)>,
+) -> anyhow::Result<Vec<u8>> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: media\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let (rate, _rx) = match slow {
+        Some((r, rx)) => (Some(r), Some(rx)),
+        None => (None, None),
+    };
+    loop {
+        let want = rate.map_or(buf.len(), |r| r.min(buf.len()));
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf[..want]))
+            .await
+            .context("no data for 10 s")??;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+        if rate.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no HTTP header in the answer")?;
+    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!(
+            "the media server answered: {}",
+            head.lines().next().unwrap_or("")
+        );
+    }
+    Ok(raw[end + 4..].to_vec())
+}
+
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    b
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The sample media server: like a Plex server, it has an identity page
+/// and media files; it listens on localhost only.
+mod media {
+    use super::*;
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+
+    pub struct Media {
+        pub addr: SocketAddr,
+        pub sha256: String,
+        pub machine_id: String,
+        pub len: usize,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Media {
+        pub fn stop(self) {
+            self.task.abort();
+        }
+    }
+
+    pub async fn start(len: usize) -> anyhow::Result<Media> {
+        // Deterministic, incompressible-looking content.
+        let mut data = vec![0u8; len];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for chunk in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+        }
+        let sha256 = hex(&Sha256::digest(&data));
+        let data = axum::body::Bytes::from(data);
+        let machine_id = hex(&rand_bytes::<16>());
+        let identity = Arc::new(format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<MediaContainer size=\"0\" machineIdentifier=\"{machine_id}\" version=\"1.0.0-hushgate-demo\"/>\n"
+        ));
+        let page = Arc::new(format!(
+            "<!doctype html><title>hushgate demo media server</title><h1>Reached through hushgate</h1>\
+             <p>This page came through the WireGuard tunnel. <a href=\"/file\">Download the {} MiB sample file</a> \
+             (sha256 {sha256}).</p>",
+            len >> 20
+        ));
+        let app = axum::Router::new()
+            .route(
+                "/identity",
+                get(move || {
+                    let i = identity.clone();
+                    async move { ([(header::CONTENT_TYPE, "application/xml")], (*i).clone()) }
+                }),
+            )
+            .route(
+                "/file",
+                get(move || {
+                    let d = data.clone();
+                    async move {
+                        ([(header::CONTENT_TYPE, "application/octet-stream")], d).into_response()
+                    }
+                }),
+            )
+            .route(
+                "/",
+                get(move || {
+                    let p = page.clone();
+                    async move { axum::response::Html((*p).clone()) }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Media {
+            addr,
+            sha256,
+            machine_id,
+            len,
+            task,
+        })
+    }
+}
