@@ -1,21 +1,40 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests.
-# Usage: tests/run-all.sh            (from the repository root)
-# It checks its prerequisites first and stops with a clear message when
-# one is missing; it never skips a part silently.
+# The whole test suite: formatting, lints, unit and integration tests, and
+# the netns harness (real processes over namespaced networks).
+#
+#   tests/run-all.sh            (from anywhere; run as root for the netns part)
+#
+# It installs the Debian packages the netns harness needs when it can (root
+# with apt-get), and otherwise stops with a clear message: no part is ever
+# skipped silently.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '\n== %s\n' "$*"; }
-need() {
-  command -v "$1" >/dev/null 2>&1 || {
-    echo "tests/run-all.sh: '$1' is missing: $2" >&2
-    exit 2
-  }
-}
+die() { echo "tests/run-all.sh: $*" >&2; exit 2; }
 
-need cargo "install the Rust toolchain (rustup) first"
-need cc "install a C compiler (Debian: apt-get install build-essential); SQLite is built from source"
+command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (rustup) first"
+command -v cc >/dev/null || die "a C compiler is missing (Debian: apt-get install build-essential); SQLite is built from source"
+[ "$(id -u)" = 0 ] || die "the netns harness needs root (network namespaces, veth, nftables); run as root"
+
+# Debian package providing each command the netns harness uses.
+declare -A PKG=(
+  [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
+  [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
+  [python3]=python3 [sysctl]=procps
+)
+missing=()
+for cmd in "${!PKG[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG[$cmd]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  command -v apt-get >/dev/null || die "missing packages: ${missing[*]} (and no apt-get to install them)"
+  say "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+[ -c /dev/net/tun ] || die "/dev/net/tun is missing: wireguard-go (the stock WireGuard peer in the harness) needs it"
 
 say "formatting (cargo fmt --check)"
 cargo fmt --all -- --check
@@ -25,6 +44,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "unit and integration tests (cargo test)"
 cargo test --workspace --locked
+
+say "netns harness (tests/netns/run.sh)"
+cargo build -p hushgate --locked
+tests/netns/run.sh
 
 echo
 echo "all test stages passed"

@@ -58,6 +58,8 @@ const RECV_BUDGET: usize = 1024;
 const ACCEPT_BUDGET: usize = 64;
 /// Enough for any datagram and for boringtun's 148-byte handshakes.
 const BUF_LEN: usize = 65_536;
+/// Least time between two [`PathEvent::Reset`] reports.
+const RESET_REPORT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Settings of the data path.
 #[derive(Debug, Clone)]
@@ -113,6 +115,12 @@ pub(crate) enum PathEvent {
     Lost { generation: u64 },
     /// A path reported lost answers again.
     Recovered { generation: u64 },
+    /// The gateway's side reset a connection inside the tunnel. The
+    /// gateway does that to every open connection of a peer it removes
+    /// (revocation, grant removed): worth asking the control plane at
+    /// once rather than waiting for a silence. At most one per
+    /// [`RESET_REPORT_INTERVAL`].
+    Reset { generation: u64 },
     /// The data path stopped on an I/O error.
     Failed(String),
 }
@@ -239,6 +247,8 @@ struct DataPath {
     accepting: bool,
     /// Datagrams from anyone but the gateway (dropped unread).
     foreign_datagrams: u64,
+    /// When the last [`PathEvent::Reset`] was reported.
+    last_reset_report: Option<Instant>,
 }
 
 enum Flow {
@@ -277,6 +287,7 @@ impl DataPath {
             tx_blocked: false,
             accepting: true,
             foreign_datagrams: 0,
+            last_reset_report: None,
         })
     }
 
@@ -427,6 +438,7 @@ impl DataPath {
         } = self;
         let mut handled = 0;
         let mut handshake = false;
+        let mut reset = false;
         loop {
             let n = udp.recv_batch(RECV_BATCH, |src, datagram| {
                 if !link.peer.is_gateway(src) {
@@ -440,6 +452,7 @@ impl DataPath {
                         // Only the gateway's service address may speak
                         // inside the tunnel.
                         if p.len() >= 20 && p[12..16] == link.service_ip {
+                            reset |= is_tcp_reset(p);
                             link.stack.push_inbound(p);
                         }
                     }
@@ -470,6 +483,16 @@ impl DataPath {
             if handled >= RECV_BUDGET {
                 break;
             }
+        }
+        if reset
+            && self
+                .last_reset_report
+                .is_none_or(|t| now.saturating_duration_since(t) >= RESET_REPORT_INTERVAL)
+        {
+            self.last_reset_report = Some(now);
+            let _ = self.report.send(PathEvent::Reset {
+                generation: link.generation,
+            });
         }
         let endpoint = link.peer.endpoint();
         let mut off = 0;
@@ -555,6 +578,9 @@ impl DataPath {
         match link.peer.check_path(now) {
             PathVerdict::Fine => {}
             PathVerdict::Stalled => {
+                if let Some(b) = link.peer.rehandshake(now, &mut self.tx_buf) {
+                    self.udp.queue(link.peer.endpoint(), b);
+                }
                 let _ = self.report.send(PathEvent::Stalled { generation });
             }
             PathVerdict::Lost => {
@@ -587,6 +613,15 @@ impl DataPath {
     }
 }
 
+/// Whether an inner IPv4 packet is a TCP segment with RST set.
+fn is_tcp_reset(p: &[u8]) -> bool {
+    if p.len() < 20 || p[9] != 6 {
+        return false;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    ihl >= 20 && p.get(ihl + 13).is_some_and(|flags| flags & 0x04 != 0)
+}
+
 /// A UDP socket of the gateway's address family on any local address,
 /// registered with `poll`.
 fn bind_udp(gateway: SocketAddr, poll: &Poll) -> io::Result<UdpIo> {
@@ -597,4 +632,34 @@ fn bind_udp(gateway: SocketAddr, poll: &Poll) -> io::Result<UdpIo> {
     poll.registry()
         .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
     Ok(udp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_tcp_reset;
+
+    #[test]
+    fn resets_are_told_from_other_segments() {
+        // IPv4 (IHL 5) + TCP with flags RST|ACK, then ACK only.
+        let mut p = [0u8; 40];
+        p[0] = 0x45;
+        p[9] = 6;
+        p[33] = 0x14;
+        assert!(is_tcp_reset(&p));
+        p[33] = 0x10;
+        assert!(!is_tcp_reset(&p));
+        // UDP, or cut short: never.
+        p[33] = 0x14;
+        p[9] = 17;
+        assert!(!is_tcp_reset(&p));
+        p[9] = 6;
+        assert!(!is_tcp_reset(&p[..33]));
+        assert!(!is_tcp_reset(&[]));
+        // Options in the IP header move the TCP header.
+        let mut q = [0u8; 44];
+        q[0] = 0x46;
+        q[9] = 6;
+        q[37] = 0x04;
+        assert!(is_tcp_reset(&q));
+    }
 }

@@ -100,6 +100,14 @@ impl GatewayPeer {
         self.outgoing(r, now)
     }
 
+    /// A new handshake now, even if one is in flight. Sent when the gateway
+    /// has gone quiet: if it restarted it lost our session and drops our
+    /// data silently, and waiting for WireGuard's own rekey would take 15 s.
+    pub(crate) fn rehandshake<'a>(&mut self, now: Instant, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+        let r = self.tunn.format_handshake_initiation(buf, true);
+        self.outgoing(r, now)
+    }
+
     /// Encrypts one inner packet (or, without a session, queues it and
     /// returns a handshake initiation, or nothing if one is in flight).
     pub(crate) fn encapsulate<'a>(

@@ -229,6 +229,7 @@ impl Session {
             renew_backoff: tuning.backoff.clone(),
             reconnect: None,
             last_probe: None,
+            probe_at: None,
             tuning,
             rng: StdRng::from_entropy(),
         };
@@ -357,6 +358,9 @@ struct Supervisor<C> {
     renew_backoff: Backoff,
     reconnect: Option<Reconnect>,
     last_probe: Option<Instant>,
+    /// A probe asked for within `probe_interval` of the last one, due
+    /// at this time.
+    probe_at: Option<Instant>,
     tuning: Tuning,
     rng: StdRng,
 }
@@ -379,10 +383,13 @@ impl<C: ControlApi> Supervisor<C> {
 
     async fn run(mut self) {
         let reason = loop {
-            let wake = match &self.reconnect {
+            let mut wake = match &self.reconnect {
                 Some(r) => r.next_try,
                 None => self.renew_at,
             };
+            if let Some(p) = self.probe_at {
+                wake = wake.min(p);
+            }
             enum Wake {
                 Stop,
                 Path(Option<PathEvent>),
@@ -399,6 +406,10 @@ impl<C: ControlApi> Supervisor<C> {
                 Wake::Path(None) => Some(EndReason::Failed {
                     message: "the tunnel thread stopped".into(),
                 }),
+                Wake::Timer if self.probe_at.is_some_and(|p| p <= Instant::now()) => {
+                    self.probe_at = None;
+                    self.probe().await
+                }
                 Wake::Timer if self.reconnect.is_some() => self.readmit().await,
                 Wake::Timer => self.renew().await,
             };
@@ -457,28 +468,46 @@ impl<C: ControlApi> Supervisor<C> {
                     next_try: Instant::now(),
                 });
             }
-            PathEvent::Stalled { generation } if generation == self.generation => {
-                // Silence may mean revocation: the gateway dropped us and
-                // cannot say so. A renewal answers that within a round
-                // trip (404/403 for a revoked admission).
-                let due = self
-                    .last_probe
-                    .is_none_or(|t| t.elapsed() >= self.tuning.probe_interval);
-                if due && self.reconnect.is_none() {
-                    self.last_probe = Some(Instant::now());
-                    let id = self.current.admission_id.clone();
-                    match unless_stopped(&mut self.stop, self.control.renew(&id)).await {
-                        None => return Some(EndReason::Closed),
-                        Some(Ok(r)) => self.renewed(r.expires_at, false),
-                        Some(Err(ShimError::Revoked { message, .. })) => {
-                            return Some(EndReason::Revoked { message })
-                        }
-                        Some(Err(e)) => tracing::debug!(error = %e, "probe failed"),
-                    }
-                }
+            // Silence may mean revocation: the gateway dropped us and
+            // cannot say so. A reset of a connection by the gateway's side
+            // may mean it too: the gateway resets a removed peer's
+            // connections inside the tunnel.
+            PathEvent::Stalled { generation } | PathEvent::Reset { generation }
+                if generation == self.generation =>
+            {
+                return self.probe().await;
             }
             // News about a tunnel already replaced.
             _ => {}
+        }
+        None
+    }
+
+    /// Asks the control plane whether the admission still stands: a
+    /// renewal answers that within a round trip (404/403 for a revoked
+    /// admission). At most one per `probe_interval`; one asked for sooner
+    /// is postponed to then (see `probe_at`), not dropped.
+    async fn probe(&mut self) -> Option<EndReason> {
+        if self.reconnect.is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        if let Some(next) = self.last_probe.map(|t| t + self.tuning.probe_interval) {
+            if now < next {
+                self.probe_at = Some(next);
+                return None;
+            }
+        }
+        self.last_probe = Some(now);
+        self.probe_at = None;
+        let id = self.current.admission_id.clone();
+        match unless_stopped(&mut self.stop, self.control.renew(&id)).await {
+            None => return Some(EndReason::Closed),
+            Some(Ok(r)) => self.renewed(r.expires_at, false),
+            Some(Err(ShimError::Revoked { message, .. })) => {
+                return Some(EndReason::Revoked { message })
+            }
+            Some(Err(e)) => tracing::debug!(error = %e, "probe failed"),
         }
         None
     }

@@ -104,9 +104,15 @@ impl DataPath {
             .registry()
             .register(&mut self.udp, UDP, interest)?;
         let mut events = Events::with_capacity(1024);
+        // Datagrams left in the socket by the last wake-up's budget.
+        let mut backlog = false;
         loop {
             let now = Instant::now();
-            let timeout = self.next_wake(now);
+            let timeout = if backlog {
+                Some(Duration::ZERO)
+            } else {
+                self.next_wake(now)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -129,8 +135,8 @@ impl DataPath {
                 }
                 return Ok(());
             }
-            if udp_ready {
-                self.receive(now);
+            if udp_ready || backlog {
+                backlog = self.receive(now);
             }
             self.dispatcher.handle_timers(now, &mut self.outbox);
             self.route_outbox();
@@ -248,11 +254,16 @@ impl DataPath {
         self.stack = Some(stack);
     }
 
-    fn receive(&mut self, now: Instant) {
+    /// Reads and dispatches datagrams until the socket is empty or this
+    /// wake-up's budget is spent. Returns true when it stopped on the
+    /// budget: the socket is edge-triggered and will not signal again for
+    /// data already queued, so the caller must come back without sleeping.
+    fn receive(&mut self, now: Instant) -> bool {
         let dispatcher = &mut self.dispatcher;
         let outbox = &mut self.outbox;
         let udp = &mut self.udp;
         let stack = &mut self.stack;
+        let mut total = 0;
         loop {
             let got = udp.recv_batch(64, |src, datagram| {
                 dispatcher.handle_datagram(src, datagram, now, outbox);
@@ -260,12 +271,16 @@ impl DataPath {
             // Route after every batch so the outbox stays small.
             route(outbox, udp, stack.as_mut());
             match got {
-                Ok(0) => break,
-                Ok(n) if n >= RECV_BATCH => break,
-                Ok(_) => {}
+                Ok(0) => return false,
+                Ok(n) => {
+                    total += n;
+                    if total >= RECV_BATCH {
+                        return true;
+                    }
+                }
                 Err(e) => {
                     tracing::debug!(error = %e, "udp receive failed");
-                    break;
+                    return false;
                 }
             }
         }

@@ -8,9 +8,13 @@
 //! It starts `hushgate control`, sets up a user, server and grant with
 //! `hushgate admin`, enrolls and starts `hushgate gateway`, all on loopback
 //! with temporary state folders, and kills every child at the end (also on
-//! panic). Environment knobs: FLOOD_SECS (default 3), FLOOD_MAX (default
-//! 30,000,000 datagrams per flood), ADMISSIONS (default 10,000),
-//! CONCURRENCY (default 16).
+//! panic). Floods: 148 B and 32 B junk in GSO batches, 148 B one datagram
+//! per send, then a drain of separate datagrams from a full socket (the
+//! gateway is SIGSTOPped while they are queued). Environment knobs:
+//! FLOOD_SECS (default 3), FLOOD_MAX (default 30,000,000 datagrams per
+//! flood), DRAIN_BATCH (default 10,000 per round), ADMISSIONS (default
+//! 10,000), CONCURRENCY (default 16). Figures and their meaning:
+//! docs/benchmarks.md.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -210,12 +214,14 @@ fn udp_in_datagrams() -> u64 {
 
 struct FloodResult {
     size: usize,
+    gso: bool,
     secs: f64,
     sent: u64,
     send_calls: u64,
     flooder_cpu: f64,
     counted: u64,
     kernel_drops: u64,
+    left_unread: u64,
     udp_in: u64,
     datapath_cpu: f64,
     gateway_cpu: f64,
@@ -223,7 +229,11 @@ struct FloodResult {
 
 /// Sends `size`-byte junk (first byte 1, like a handshake initiation when
 /// size is 148) from 127.0.0.2 to `dst` for `secs` or `max` datagrams.
-fn flood(size: usize, dst: SocketAddr, secs: f64, max: u64) -> (u64, u64, f64, f64) {
+/// With `gso`, bursts of 4 GSO batches per flush (on loopback the kernel
+/// hands each batch to the gateway's GRO socket as one buffer); without,
+/// one datagram per `sendmsg`, so every datagram is its own buffer, as
+/// from many sources on a real network.
+fn flood(size: usize, gso: bool, dst: SocketAddr, secs: f64, max: u64) -> (u64, u64, f64, f64) {
     let mut io = UdpIo::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0))
         .expect("bind 127.0.0.2");
     let mut rng = rand::thread_rng();
@@ -235,7 +245,11 @@ fn flood(size: usize, dst: SocketAddr, secs: f64, max: u64) -> (u64, u64, f64, f
             d
         })
         .collect();
-    let burst = io.max_gso_segments().max(1) * 4;
+    let burst = if gso {
+        io.max_gso_segments().max(1) * 4
+    } else {
+        1
+    };
     let self_stat = PathBuf::from("/proc/thread-self/stat");
     let cpu0 = cpu_ticks(&self_stat);
     let limit = Duration::from_secs_f64(secs);
@@ -263,6 +277,7 @@ fn flood(size: usize, dst: SocketAddr, secs: f64, max: u64) -> (u64, u64, f64, f
 
 fn run_flood(
     size: usize,
+    gso: bool,
     dst: SocketAddr,
     gw_pid: u32,
     dp_tid: u32,
@@ -280,37 +295,163 @@ fn run_flood(
     let gw0 = cpu_ticks(&gw_stat);
     let (sent, send_calls, secs, flooder_ticks) = std::thread::Builder::new()
         .name("bench-flooder".into())
-        .spawn(move || flood(size, dst, secs, max))
+        .spawn(move || flood(size, gso, dst, secs, max))
         .unwrap()
         .join()
         .expect("flooder");
-    // Let the gateway drain its socket buffer: wait until its thread's CPU
-    // stops moving, then read its counters.
-    let mut last = cpu_ticks(&dp_stat);
+    // Let the gateway drain its socket buffer: until it counted everything
+    // that was not dropped by the kernel, or its counter stops moving
+    // (the data path answers a status request before it reads the socket
+    // in the same wake-up, so one reading can lag behind; on this busy
+    // 2-core machine the thread may also wait for a CPU a while).
+    // First wait (bounded) for the gateway's socket queue to empty; if it
+    // does not, the data path left datagrams unread with nothing more
+    // arriving (reported as "left unread").
+    let q = Instant::now();
+    while socket_rx_queue(dst.port()) > 0 && q.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let left_unread = socket_rx_queue(dst.port());
+    let mut after = unknown_source(gw_state);
     for _ in 0..50 {
-        std::thread::sleep(Duration::from_millis(100));
-        let now = cpu_ticks(&dp_stat);
-        if now == last {
+        if after - before >= sent.saturating_sub(socket_drops(dst.port()) - drops0) {
             break;
         }
-        last = now;
+        std::thread::sleep(Duration::from_millis(100));
+        let now = unknown_source(gw_state);
+        if now == after {
+            break;
+        }
+        after = now;
     }
     let dp1 = cpu_ticks(&dp_stat);
     let gw1 = cpu_ticks(&gw_stat);
     let in1 = udp_in_datagrams();
     let drops1 = socket_drops(dst.port());
-    let after = unknown_source(gw_state);
     FloodResult {
         size,
+        gso,
         secs,
         sent,
         send_calls,
         flooder_cpu: flooder_ticks / tck,
         counted: after - before,
         kernel_drops: drops1 - drops0,
+        left_unread,
         udp_in: in1 - in0,
         datapath_cpu: (dp1 - dp0) as f64 / tck,
         gateway_cpu: (gw1 - gw0) as f64 / tck,
+    }
+}
+
+struct Block {
+    from: usize,
+    to: usize,
+    r: AdmitResult,
+    rss: u64,
+    control_cpu: f64,
+    gateway_cpu: f64,
+}
+
+/// The receive queue of the UDP socket bound to 127.0.0.1:`port`, in
+/// bytes (rx_queue in /proc/net/udp).
+fn socket_rx_queue(port: u16) -> u64 {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/udp")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .find(|l| l.split_whitespace().nth(1) == Some(want.as_str()))
+        .and_then(|l| {
+            let q = l.split_whitespace().nth(4)?;
+            u64::from_str_radix(q.split(':').nth(1)?, 16).ok()
+        })
+        .unwrap_or(0)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill {sig} {pid} failed");
+}
+
+struct DrainResult {
+    sent: u64,
+    counted: u64,
+    kernel_drops: u64,
+    rounds: u32,
+    drain_secs: f64,
+    datapath_cpu: f64,
+}
+
+/// The data path draining a full socket of separate (not GRO-coalesced)
+/// datagrams: a sender on this 2-core machine cannot outrun it, so the
+/// gateway is stopped (SIGSTOP) while `per_round` 148-byte junk
+/// datagrams are queued one `sendmsg` each, then continued (SIGCONT)
+/// and timed until its socket is empty. The data path thread's CPU is
+/// then spent only on full `recvmmsg` batches.
+fn burst_drain(
+    dst: SocketAddr,
+    gw_pid: u32,
+    dp_tid: u32,
+    gw_state: &Path,
+    tck: f64,
+    per_round: usize,
+    secs: f64,
+) -> DrainResult {
+    let mut io = UdpIo::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)), 0))
+        .expect("bind 127.0.0.2");
+    let mut rng = rand::thread_rng();
+    let pool: Vec<[u8; 148]> = (0..4096)
+        .map(|_| {
+            let mut d = [0u8; 148];
+            rng.fill(&mut d[..]);
+            d[0] = 1;
+            d
+        })
+        .collect();
+    let dp_stat = PathBuf::from(format!("/proc/{gw_pid}/task/{dp_tid}/stat"));
+    let before = unknown_source(gw_state);
+    let drops0 = socket_drops(dst.port());
+    let dp0 = cpu_ticks(&dp_stat);
+    let t = Instant::now();
+    let (mut sent, mut rounds, mut drain) = (0u64, 0u32, Duration::ZERO);
+    while t.elapsed().as_secs_f64() < secs && rounds < 1000 {
+        signal(gw_pid, "-STOP");
+        for i in 0..per_round {
+            io.queue(dst, &pool[i % pool.len()]);
+            io.flush().expect("send");
+            while io.has_pending() {
+                std::thread::yield_now();
+                io.flush().expect("send");
+            }
+        }
+        sent += per_round as u64;
+        rounds += 1;
+        let d = Instant::now();
+        signal(gw_pid, "-CONT");
+        while socket_rx_queue(dst.port()) > 0 && d.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        drain += d.elapsed();
+    }
+    let mut counted = unknown_source(gw_state) - before;
+    for _ in 0..20 {
+        if counted >= sent {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        counted = unknown_source(gw_state) - before;
+    }
+    DrainResult {
+        sent,
+        counted,
+        kernel_drops: socket_drops(dst.port()) - drops0,
+        rounds,
+        drain_secs: drain.as_secs_f64(),
+        datapath_cpu: (cpu_ticks(&dp_stat) - dp0) as f64 / tck,
     }
 }
 
@@ -391,7 +532,7 @@ fn main() {
 
     // Control plane.
     let cp_port = free_tcp_port();
-    kids.spawn(
+    let cp_pid = kids.spawn(
         "control",
         Command::new(BIN)
             .args(["control", "--listen", &format!("127.0.0.1:{cp_port}")])
@@ -449,46 +590,75 @@ fn main() {
     // 1. Junk floods from an unknown source.
     let rss_start = rss_kib(gw_pid);
     let mut floods = Vec::new();
-    for size in [148, 32] {
-        let r = run_flood(size, dst, gw_pid, dp_tid, &gw_dir, tck);
+    for (size, gso) in [(148, true), (32, true), (148, false)] {
+        let r = run_flood(size, gso, dst, gw_pid, dp_tid, &gw_dir, tck);
         println!(
-            "flood {size} B: sent {} in {:.2} s ({} sendmsg), gateway counted {} unknown_source, kernel socket drops {}, data path CPU {:.2} s",
-            r.sent, r.secs, r.send_calls, r.counted, r.kernel_drops, r.datapath_cpu
+            "flood {size} B (gso {gso}): sent {} in {:.2} s ({} sendmsg), gateway counted {} unknown_source, kernel socket drops {}, left unread {} B, data path CPU {:.2} s",
+            r.sent, r.secs, r.send_calls, r.counted, r.kernel_drops, r.left_unread, r.datapath_cpu
         );
         floods.push(r);
         kids.check_alive();
     }
 
-    // 2. Admissions through the real control plane and gateway.
+    let per_round = env_usize("DRAIN_BATCH", 10_000);
+    let drain = burst_drain(dst, gw_pid, dp_tid, &gw_dir, tck, per_round, 3.0);
+    kids.check_alive();
+    println!(
+        "burst drain: {} rounds of {per_round}, sent {}, counted {}, kernel drops {}, drain {:.3} s, data path CPU {:.2} s",
+        drain.rounds, drain.sent, drain.counted, drain.kernel_drops, drain.drain_secs, drain.datapath_cpu
+    );
+
+    // 2. Admissions through the real control plane and gateway, in blocks
+    // of 1,000, with the CPU each process spent and the feed versions the
+    // gateway acknowledged per block.
     let rss0 = rss_kib(gw_pid);
+    let cp_stat = PathBuf::from(format!("/proc/{cp_pid}/stat"));
+    let gw_stat = PathBuf::from(format!("/proc/{gw_pid}/stat"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let prefix: u64 = rand::thread_rng().gen();
-    let (first, rest, rss1k, rss_n) = rt.block_on(async {
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut rss1k = 0;
+    rt.block_on(async {
         let client = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();
         let login = client.login("alice", PASSWORD).await.expect("login");
         let alice = client.with_bearer(&login.token);
-        let first = admit(&alice, prefix, 0, 1_000, concurrency).await;
-        let rss1k = rss_kib(gw_pid);
-        println!(
-            "admissions 0..1000: {} in {:.2} s, RSS {:.1} MiB",
-            first.done,
-            first.secs,
-            mib(rss1k)
-        );
-        let rest = admit(&alice, prefix, 1_000, admissions, concurrency).await;
-        let rss_n = rss_kib(gw_pid);
-        println!(
-            "admissions 1000..{admissions}: {} in {:.2} s, RSS {:.1} MiB",
-            rest.done,
-            rest.secs,
-            mib(rss_n)
-        );
-        (first, rest, rss1k, rss_n)
+        let mut from = 0;
+        while from < admissions {
+            let to = (from + 1_000).min(admissions);
+            let (cp0, gw0) = (cpu_ticks(&cp_stat), cpu_ticks(&gw_stat));
+            let r = admit(&alice, prefix, from, to, concurrency).await;
+            let rss = rss_kib(gw_pid);
+            let b = Block {
+                from,
+                to,
+                r,
+                rss,
+                control_cpu: (cpu_ticks(&cp_stat) - cp0) as f64 / tck,
+                gateway_cpu: (cpu_ticks(&gw_stat) - gw0) as f64 / tck,
+            };
+            if from == 0 {
+                rss1k = rss;
+            }
+            println!(
+                "admissions {from}..{to}: {} in {:.2} s ({:.0}/s), control CPU {:.2} s, gateway CPU {:.2} s, RSS {:.1} MiB",
+                b.r.done,
+                b.r.secs,
+                b.r.done as f64 / b.r.secs,
+                b.control_cpu,
+                b.gateway_cpu,
+                mib(rss)
+            );
+            blocks.push(b);
+            from = to;
+        }
     });
     drop(rt);
+    let admitted: usize = blocks.iter().map(|b| b.r.done).sum();
+    let failed: usize = blocks.iter().map(|b| b.r.failed).sum();
+    let rss_n = rss_kib(gw_pid);
     let status = gateway_status(&gw_dir).expect("gateway status");
     let peers = status["gateway"]["peers"].as_array().map_or(0, |p| p.len());
     let rss_after_status = rss_kib(gw_pid);
@@ -515,12 +685,12 @@ fn main() {
         }
     );
     println!();
-    println!("Junk from an unknown source (127.0.0.2 -> gateway udp, batched GSO sends):");
+    println!("Junk from an unknown source (127.0.0.2 -> gateway udp):");
     println!(
-        "| junk | sent | counted unknown_source | kernel socket drops | secs | drops/s | data-path CPU s | CPU s per 1M drops | drops/s per full core | gateway CPU s (all threads) | recv buffers (UDP InDatagrams) | flooder CPU s |"
+        "| junk | sends | sent | counted unknown_source | kernel socket drops | bytes left unread 2 s after | secs | drops/s | data-path CPU s | CPU s per 1M drops | drops/s per full core | gateway CPU s (all threads) | recv buffers (UDP InDatagrams) | flooder CPU s |"
     );
     println!(
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for r in &floods {
         let per_m = if r.counted > 0 {
@@ -534,11 +704,17 @@ fn main() {
             f64::NAN
         };
         println!(
-            "| {} B | {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.3} | {:.0} | {:.2} | {} | {:.2} |",
+            "| {} B | {} | {} | {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.3} | {:.0} | {:.2} | {} | {:.2} |",
             r.size,
+            if r.gso {
+                "GSO, 64 per sendmsg"
+            } else {
+                "1 per sendmsg"
+            },
             r.sent,
             r.counted,
             r.kernel_drops,
+            r.left_unread,
             r.secs,
             r.counted as f64 / r.secs,
             r.datapath_cpu,
@@ -549,31 +725,70 @@ fn main() {
             r.flooder_cpu,
         );
     }
+    for r in floods.iter().filter(|r| r.left_unread > 0) {
+        println!(
+            "WARNING: after the {} B flood ({}) the gateway left {} bytes unread in its socket for 2 s with nothing more arriving: its data path stopped reading (later rows measure a stuck gateway).",
+            r.size,
+            if r.gso { "GSO" } else { "1 per sendmsg" },
+            r.left_unread
+        );
+    }
+    println!();
+    println!(
+        "Separate 148 B datagrams drained from a full socket (gateway SIGSTOPped while {per_round} are queued, then SIGCONTinued, {} rounds):",
+        drain.rounds
+    );
+    println!("| sent | counted unknown_source | kernel socket drops | drain wall s | drops/s while draining | data-path CPU s | CPU s per 1M drops | drops/s per full core |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| {} | {} | {} | {:.3} | {:.0} | {:.2} | {:.3} | {:.0} |",
+        drain.sent,
+        drain.counted,
+        drain.kernel_drops,
+        drain.drain_secs,
+        drain.counted as f64 / drain.drain_secs,
+        drain.datapath_cpu,
+        drain.datapath_cpu / (drain.counted.max(1) as f64 / 1e6),
+        drain.counted as f64 / drain.datapath_cpu
+    );
     println!();
     println!(
         "Admissions through the control plane ({concurrency} concurrent tasks, one login, access answers after the gateway acked):"
     );
-    println!("| phase | admitted | failed | secs | admissions/s |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, r) in [
-        ("0 -> 1,000".to_string(), &first),
-        (format!("1,000 -> {admissions}"), &rest),
-    ] {
+    println!(
+        "| admissions | admitted | failed | secs | admissions/s | control CPU s | gateway CPU s | gateway RSS MiB after |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let all = |f: fn(&Block) -> f64| blocks.iter().map(f).sum::<f64>();
+    let total_secs = all(|b| b.r.secs);
+    for b in &blocks {
         println!(
-            "| {name} | {} | {} | {:.2} | {:.0} |",
-            r.done,
-            r.failed,
-            r.secs,
-            r.done as f64 / r.secs
+            "| {} -> {} | {} | {} | {:.2} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            b.from,
+            b.to,
+            b.r.done,
+            b.r.failed,
+            b.r.secs,
+            b.r.done as f64 / b.r.secs,
+            b.control_cpu,
+            b.gateway_cpu,
+            mib(b.rss)
         );
     }
+    println!(
+        "| all | {admitted} | {failed} | {total_secs:.2} | {:.0} | {:.2} | {:.2} | |",
+        admitted as f64 / total_secs,
+        all(|b| b.control_cpu),
+        all(|b| b.gateway_cpu)
+    );
     println!();
     println!("Gateway resident memory (VmRSS):");
     println!("| peers | RSS MiB | bytes per admission beyond 0 |");
     println!("| ---: | ---: | ---: |");
     println!("| 0 (at start) | {:.1} | |", mib(rss_start));
     println!("| 0 (after floods) | {:.1} | |", mib(rss0));
-    for (n, rss) in [(first.done, rss1k), (first.done + rest.done, rss_n)] {
+    let first = blocks.first().map_or(0, |b| b.r.done);
+    for (n, rss) in [(first, rss1k), (admitted, rss_n)] {
         println!(
             "| {n} | {:.1} | {:.0} |",
             mib(rss),

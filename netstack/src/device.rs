@@ -174,9 +174,11 @@ pub(crate) struct TcpMeta {
     pub(crate) dst_port: u16,
     pub(crate) syn: bool,
     pub(crate) ack: bool,
+    pub(crate) rst: bool,
 }
 
 const PROTO_TCP: u8 = 6;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_SYN: u8 = 0x02;
 const TCP_FLAG_ACK: u8 = 0x10;
 
@@ -229,6 +231,7 @@ pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
         dst_port: u16::from_be_bytes([l4[2], l4[3]]),
         syn: flags & TCP_FLAG_SYN != 0,
         ack: flags & TCP_FLAG_ACK != 0,
+        rst: flags & TCP_FLAG_RST != 0,
     })
 }
 

@@ -83,6 +83,11 @@ pub struct StackConfig {
     pub linger: Duration,
     /// Bound of each packet queue (inbound and outbound). Default 4096.
     pub max_queued_packets: usize,
+    /// Abort a connection on any reset from its peer, even one whose
+    /// sequence number smoltcp would reject (see `abort_matching`). Right
+    /// inside an authenticated tunnel, where the peer cannot be spoofed.
+    /// Default true.
+    pub trust_peer_resets: bool,
 }
 
 impl StackConfig {
@@ -103,6 +108,7 @@ impl StackConfig {
             timeout: Some(Duration::from_secs(120)),
             linger: Duration::from_secs(30),
             max_queued_packets: 4096,
+            trust_peer_resets: true,
         }
     }
 }
@@ -679,7 +685,11 @@ impl Stack {
     /// the queue is full.
     pub fn push_inbound(&mut self, pkt: &[u8]) -> bool {
         match parse_tcp(pkt) {
-            Some(m) if self.port_allowed(&m) => {}
+            Some(m) if self.port_allowed(&m) => {
+                if m.rst && self.cfg.trust_peer_resets {
+                    self.abort_matching(&m);
+                }
+            }
             _ => {
                 self.stats.rx_filtered += 1;
                 return false;
@@ -691,6 +701,29 @@ impl Stack {
         } else {
             self.stats.rx_queue_full += 1;
             false
+        }
+    }
+
+    /// Aborts the connection a reset belongs to, whatever its sequence
+    /// number. smoltcp follows RFC 5961 and drops a reset that is not
+    /// exactly at the expected sequence number, which defends a TCP
+    /// connection on an open network against blind injection. Inside a
+    /// WireGuard tunnel only the authenticated peer can send at all, and
+    /// its reset may legitimately be off by a zero-window probe (a gateway
+    /// ending a revoked client's connections while the player reads
+    /// slowly); dropping it would leave the player hanging. Resets are
+    /// rare, so the linear search is fine.
+    fn abort_matching(&mut self, m: &TcpMeta) {
+        let src = IpAddress::from(m.src);
+        for c in self.conns.values() {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            let matches = s
+                .remote_endpoint()
+                .is_some_and(|e| e.addr == src && e.port == m.src_port)
+                && s.local_endpoint().is_some_and(|e| e.port == m.dst_port);
+            if matches && s.state() != tcp::State::Listen {
+                s.abort();
+            }
         }
     }
 

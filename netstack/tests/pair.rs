@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -310,4 +310,65 @@ fn ipv6_inner_addresses_work() {
         (m, r.got == 512 << 10)
     });
     assert_eq!(pair.server.remote_endpoint(s.unwrap()).unwrap().ip(), c_ip);
+}
+
+/// An RST from the server to the client's connection with a sequence
+/// number nowhere near the client's window.
+fn stray_reset(client_port: u16) -> Vec<u8> {
+    use hushgate_netstack::smoltcp::phy::ChecksumCapabilities;
+    use hushgate_netstack::smoltcp::wire::{
+        IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    let (IpAddr::V4(src), IpAddr::V4(dst)) = (SERVER_IP, CLIENT_IP) else {
+        unreachable!()
+    };
+    let tcp = TcpRepr {
+        src_port: PORT,
+        dst_port: client_port,
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(0x4000_0000),
+        ack_number: None,
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None, None, None],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut buf = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut p = Ipv4Packet::new_unchecked(&mut buf);
+    ip.emit(&mut p, &caps);
+    let mut t = TcpPacket::new_unchecked(p.payload_mut());
+    tcp.emit(&mut t, &IpAddress::Ipv4(src), &IpAddress::Ipv4(dst), &caps);
+    buf
+}
+
+#[test]
+fn a_reset_from_the_tunnel_peer_ends_the_connection_whatever_its_sequence() {
+    // Trusted (the default inside a tunnel): the connection ends.
+    let mut pair = Pair::default_pair();
+    let conns = establish(&mut pair, 1);
+    let port = pair.client.local_endpoint(conns[0].0).unwrap().port();
+    assert!(pair.client.push_inbound(&stray_reset(port)));
+    pair.client.poll(Instant::now());
+    assert_eq!(state(&pair.client, conns[0].0), State::Closed);
+
+    // Untrusted (smoltcp's RFC 5961 behaviour): the stray reset is ignored.
+    let mut client = config(CLIENT_IP);
+    client.trust_peer_resets = false;
+    let mut pair = Pair::new(client, config(SERVER_IP));
+    let conns = establish(&mut pair, 1);
+    let port = pair.client.local_endpoint(conns[0].0).unwrap().port();
+    pair.client.push_inbound(&stray_reset(port));
+    pair.client.poll(Instant::now());
+    assert_eq!(state(&pair.client, conns[0].0), State::Established);
 }

@@ -31,6 +31,12 @@ pub struct Args {
     /// Local address for the player.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:32400")]
     listen: SocketAddr,
+    /// Do not run the shim: get an admission for a fresh key and write a
+    /// configuration for a stock WireGuard client (wg-quick, wireguard-go,
+    /// the official apps) to FILE (mode 0600), then exit. The file holds
+    /// the private key; the admission is not renewed and ends at its expiry.
+    #[arg(long, value_name = "FILE")]
+    wg_config: Option<PathBuf>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -40,6 +46,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     };
     let password =
         super::read_secret("HUSHGATE_PASSWORD", "password").context("reading the password")?;
+    if let Some(file) = &a.wg_config {
+        return write_wg_config(&a, trust, &password, file).await;
+    }
     let session = Session::connect(ShimConfig {
         control_url: a.control.clone(),
         trust,
@@ -99,4 +108,68 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 fn when(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// The stock-WireGuard path: the same admission a shim would get, written
+/// as a wg-quick configuration.
+async fn write_wg_config(
+    a: &Args,
+    trust: Trust,
+    password: &str,
+    file: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let client = control_client::ControlClient::new(&a.control, trust)?;
+    let login = client.login(&a.user, password).await?;
+    let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
+    let public = proto::WgKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
+    let access = client
+        .with_bearer(&login.token)
+        .access(&a.server, public)
+        .await?;
+    let params = client_shim::answer::validate_access(&access, a.service.as_deref())
+        .map_err(|e| anyhow::anyhow!("the control plane's answer is unusable: {e}"))?;
+    let mut text = format!(
+        "# hushgate admission {} for server '{}', expires {}\n\
+         # Services: {}\n\
+         [Interface]\nPrivateKey = {}\nAddress = {}/32\n\n\
+         [Peer]\nPublicKey = {}\n",
+        access.admission_id,
+        a.server,
+        when(access.expires_at),
+        access
+            .services
+            .iter()
+            .map(|s| format!("{} at {}:{}", s.name, access.service_address, s.port))
+            .collect::<Vec<_>>()
+            .join(", "),
+        proto::WgKey(secret.to_bytes()),
+        access.client_address,
+        access.gateway_public_key,
+    );
+    if let Some(psk) = access.preshared_key {
+        text.push_str(&format!("PresharedKey = {psk}\n"));
+    }
+    text.push_str(&format!(
+        "Endpoint = {}\nAllowedIPs = {}/32\nPersistentKeepalive = 25\n",
+        access.gateway_endpoint, access.service_address
+    ));
+    let _ = std::fs::remove_file(file);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| format!("cannot create {}", file.display()))?;
+    f.write_all(text.as_bytes())?;
+    println!(
+        "wrote {}: admission {}, tunnel address {}, service at {}, expires {}",
+        file.display(),
+        access.admission_id,
+        access.client_address,
+        params.service_socket(),
+        when(access.expires_at)
+    );
+    Ok(())
 }

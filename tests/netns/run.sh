@@ -1,0 +1,494 @@
+#!/usr/bin/env bash
+# The netns harness: every claim of the design, proven by real processes
+# over real (namespaced) networks. Run as root:
+#
+#   tests/netns/run.sh [SCENARIO...]      (default: all; e.g. `tests/netns/run.sh 1 2`)
+#
+# Topology (documentation address ranges only; they exist only inside the
+# namespaces this script makes, and it removes them on exit, also on
+# failure):
+#
+#   ctl  203.0.113.2  ─┐                               ┌─ home 203.0.113.18 ─ edge 192.0.2.2
+#   (control plane)    │                               │  (router: forwards     (gateway on :51820,
+#                      ├── inet (the "Internet") ──────┤   UDP 51820 only)       media on 127.0.0.1)
+#   atk  203.0.113.50 ─┘                               └─ cnat 203.0.113.34 ─ cli 198.51.100.2
+#   (attacker)                                            (client's NAT)        (hushgate connect)
+#
+# IPv6: every link also has a 2001:db8:N::/64; the client and the edge
+# host have routed global addresses (no NAT), and scenario 9 uses them.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+BIN="${HUSHGATE_BIN:-$ROOT/target/debug/hushgate}"
+P="hg$$"
+W="$(mktemp -d /tmp/hushgate-netns.XXXXXX)"
+NSES=(inet ctl home edge cnat cli atk)
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+
+T0=$(date +%s.%N)
+# Seconds since $1 (a `date +%s.%N` stamp), to one decimal.
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
+log() { printf '[%6ss] %s\n' "$(since "$T0")" "$*"; }
+
+cleanup() {
+  set +e
+  # Every process we started runs inside one of our namespaces.
+  for n in "${NSES[@]}"; do
+    for pid in $(ip netns pids "$P-$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+  done
+  sleep 0.2
+  for n in "${NSES[@]}"; do ip netns del "$P-$n" 2>/dev/null; done
+  rm -f /var/run/wireguard/"$P"*.sock
+  if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "netns harness: '$1' is missing ($2)" >&2; exit 2; }; }
+[ "$(id -u)" = 0 ] || { echo "netns harness: must run as root (it creates network namespaces)" >&2; exit 2; }
+need ip "apt-get install iproute2"
+need nft "apt-get install nftables"
+need tcpdump "apt-get install tcpdump"
+need wg "apt-get install wireguard-tools"
+need wireguard-go "apt-get install wireguard-go"
+need nmap "apt-get install nmap"
+need conntrack "apt-get install conntrack"
+need curl "apt-get install curl"
+need python3 "apt-get install python3"
+[ -x "$BIN" ] || { echo "netns harness: $BIN is not built (cargo build -p hushgate)" >&2; exit 2; }
+[ -c /dev/net/tun ] || { echo "netns harness: /dev/net/tun is missing (needed by wireguard-go)" >&2; exit 2; }
+
+ns() { local n="$1"; shift; ip netns exec "$P-$n" "$@"; }
+# Runs a command in a namespace in the background; prints its pid.
+bg() { local n="$1" out="$2"; shift 2; ip netns exec "$P-$n" "$@" >"$out" 2>&1 & echo $!; }
+
+link() { # link NS_A IF_A ADDR4_A ADDR6_A NS_B IF_B ADDR4_B ADDR6_B
+  local a="$1" ia="$2" a4="$3" a6="$4" b="$5" ib="$6" b4="$7" b6="$8"
+  ip link add "$P$ia" type veth peer name "$P$ib"
+  ip link set "$P$ia" netns "$P-$a" name "$ia"
+  ip link set "$P$ib" netns "$P-$b" name "$ib"
+  ns "$a" ip addr add "$a4" dev "$ia"; ns "$a" ip -6 addr add "$a6" dev "$ia" nodad
+  ns "$b" ip addr add "$b4" dev "$ib"; ns "$b" ip -6 addr add "$b6" dev "$ib" nodad
+  ns "$a" ip link set "$ia" up; ns "$b" ip link set "$ib" up
+}
+
+build_topology() {
+  for n in "${NSES[@]}"; do
+    ip netns add "$P-$n"
+    ns "$n" ip link set lo up
+    ns "$n" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+  done
+  for n in inet home cnat; do
+    ns "$n" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+  done
+  link inet i-ctl 203.0.113.1/28 2001:db8:1::1/64  ctl eth0 203.0.113.2/28 2001:db8:1::2/64
+  link inet i-home 203.0.113.17/28 2001:db8:2::1/64 home wan 203.0.113.18/28 2001:db8:2::2/64
+  link inet i-cnat 203.0.113.33/28 2001:db8:3::1/64 cnat wan 203.0.113.34/28 2001:db8:3::2/64
+  link inet i-atk 203.0.113.49/28 2001:db8:4::1/64  atk eth0 203.0.113.50/28 2001:db8:4::2/64
+  link home lan 192.0.2.1/24 2001:db8:10::1/64      edge eth0 192.0.2.2/24 2001:db8:10::2/64
+  link cnat lan 198.51.100.1/24 2001:db8:20::1/64   cli eth0 198.51.100.2/24 2001:db8:20::2/64
+  ns cnat ip addr add 203.0.113.35/28 dev wan
+  ns ctl ip route add default via 203.0.113.1;   ns ctl ip -6 route add default via 2001:db8:1::1
+  ns atk ip route add default via 203.0.113.49;  ns atk ip -6 route add default via 2001:db8:4::1
+  ns home ip route add default via 203.0.113.17; ns home ip -6 route add default via 2001:db8:2::1
+  ns cnat ip route add default via 203.0.113.33; ns cnat ip -6 route add default via 2001:db8:3::1
+  ns edge ip route add default via 192.0.2.1;    ns edge ip -6 route add default via 2001:db8:10::1
+  ns cli ip route add default via 198.51.100.1;  ns cli ip -6 route add default via 2001:db8:20::1
+  ns inet ip -6 route add 2001:db8:10::/64 via 2001:db8:2::2
+  ns inet ip -6 route add 2001:db8:20::/64 via 2001:db8:3::2
+
+  # The home router: forwards UDP 51820 (IPv4, DNAT) and UDP 51821 (IPv6,
+  # routed) to the edge host and nothing else; its own address answers
+  # nothing at all (drop, not reject: no RST, no ICMP).
+  ns home nft -f - <<'EOF'
+table inet home {
+  chain pre {
+    type nat hook prerouting priority dstnat;
+    iifname "wan" ip daddr 203.0.113.18 udp dport 51820 dnat ip to 192.0.2.2:51820
+  }
+  chain post {
+    type nat hook postrouting priority srcnat;
+    oifname "wan" ip saddr 192.0.2.0/24 masquerade
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    # Neighbour discovery with the ISP's router (IPv6's ARP): on-link only.
+    iifname "wan" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255 accept
+    iifname "wan" drop
+  }
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan" accept
+    iifname "wan" ip daddr 192.0.2.2 udp dport 51820 accept
+    iifname "wan" ip6 daddr 2001:db8:10::2 udp dport 51821 accept
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    oifname "wan" icmp type destination-unreachable drop
+    oifname "wan" icmpv6 type destination-unreachable drop
+  }
+}
+EOF
+  # The client's NAT (source address switchable for scenario 8).
+  ns cnat nft -f - <<'EOF'
+table ip cnat {
+  chain post {
+    type nat hook postrouting priority srcnat;
+    oifname "wan" ip saddr 198.51.100.0/24 snat to 203.0.113.34
+  }
+}
+EOF
+}
+
+# ---------------------------------------------------------------- services
+
+FILE_MIB=24
+start_media() {
+  mkdir -p "$W/media"
+  head -c $((FILE_MIB << 20)) /dev/urandom >"$W/media/file.bin"
+  echo '<MediaContainer machineIdentifier="netns-harness"/>' >"$W/media/identity"
+  SHA=$(sha256sum "$W/media/file.bin" | cut -d' ' -f1)
+  MEDIA_PID=$(bg edge "$W/media.log" python3 -m http.server 32400 --bind 127.0.0.1 --directory "$W/media")
+}
+
+start_control() {
+  CTL_PID=$(bg ctl "$W/control.log" "$BIN" control --listen "[::]:8443" --state "$W/ctl" \
+    --san 203.0.113.2 --san 2001:db8:1::2 --admission-ttl 10 --login-rate 1000)
+  wait_for "control plane" 10 test -s "$W/ctl/control-url"
+  wait_for "control plane HTTPS" 10 ns ctl curl -sf --cacert "$W/ctl/ca.pem" https://203.0.113.2:8443/v1/health -o /dev/null
+}
+
+admin() { ns ctl "$BIN" admin --state "$W/ctl" "$@"; }
+
+start_gateway() { # start_gateway NAME STATE LISTEN ENDPOINT [TOKEN]
+  local name="$1" state="$2" listen="$3" endpoint="$4" token="${5:-}"
+  HUSHGATE_ENROLL_TOKEN="$token" bg edge "$W/$name.log" "$BIN" gateway \
+    --control https://203.0.113.2:8443 --ca "$W/ctl/ca.pem" --state "$state" \
+    --listen-udp "$listen" --public-endpoint "$endpoint" \
+    --service plex=32400:127.0.0.1:32400
+}
+
+wait_gateway_synced() { wait_for "gateway $1 in sync" 15 grep -q "in sync" "$W/$1.log"; }
+
+wait_for() { # wait_for WHAT SECONDS CMD...
+  local what="$1" secs="$2"; shift 2
+  local end=$(( $(date +%s) + secs ))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$end" ]; then echo "timed out waiting for $what" >&2; return 1; fi
+    sleep 0.1
+  done
+}
+
+PASSWORD="netns-$$-password"
+setup_world() {
+  start_media
+  start_control
+  echo "$PASSWORD" | admin user add alice >/dev/null
+  echo "$PASSWORD" | admin user add bob >/dev/null
+  TOKEN=$(admin server add home --binding exact --ttl 15 | tail -1)
+  TOKEN6=$(admin server add home6 --binding exact --ttl 60 | tail -1)
+  admin grant add alice home >/dev/null
+  admin grant add alice home6 >/dev/null
+  admin grant add bob home >/dev/null
+  GW_PID=$(start_gateway gw "$W/gw" 0.0.0.0:51820 203.0.113.18:51820 "$TOKEN")
+  # A second gateway for server home6, reached over IPv6 (scenario 9).
+  GW6_PID=$(start_gateway gw6 "$W/gw6" "[::]:51821" "[2001:db8:10::2]:51821" "$TOKEN6")
+  wait_gateway_synced gw
+  wait_gateway_synced gw6
+}
+
+# The client shim in the client's namespace; its port for the player is
+# 127.0.0.1:$1 there.
+start_shim() { # start_shim PORT LOGNAME [USER] [CONTROL] [SERVER]
+  local port="$1" name="$2" user="${3:-alice}" ctl="${4:-https://203.0.113.2:8443}" server="${5:-home}"
+  local pid
+  pid=$(HUSHGATE_PASSWORD="$PASSWORD" bg cli "$W/$name.log" "$BIN" connect --control "$ctl" \
+    --ca "$W/ctl/ca.pem" --user "$user" --server "$server" --listen "127.0.0.1:$port")
+  wait_for "shim $name ready" 20 grep -q "^ready:" "$W/$name.log" || { cat "$W/$name.log" >&2; return 1; }
+  echo "$pid"
+}
+
+fetch() { # fetch PORT OUTFILE [curl args...]: downloads the file through the shim
+  local port="$1" out="$2"; shift 2
+  ns cli curl -sS --max-time 60 "$@" -o "$out" "http://127.0.0.1:$port/file.bin"
+}
+
+check_sha() { [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SHA" ]; }
+
+# Captures everything on the attacker's link; `stop_capture` prints how
+# many packets came from the home network's public addresses. As a check
+# that the capture itself works, it fails unless it also saw the
+# attacker's own probes.
+start_capture() {
+  rm -f "$W/capture.pcap"
+  CAP_PID=$(bg atk "$W/capture.log" tcpdump -i eth0 -n -U -s 96 -w "$W/capture.pcap")
+  wait_for "capture" 5 grep -q "listening on" "$W/capture.log"
+}
+stop_capture() {
+  sleep 0.5
+  kill -INT "$CAP_PID" 2>/dev/null
+  wait_for "the capture to end" 5 bash -c "! kill -0 $CAP_PID 2>/dev/null"
+  local own
+  own=$(ns atk tcpdump -n -r "$W/capture.pcap" "src host 203.0.113.50 or src host 2001:db8:4::2" 2>/dev/null | wc -l)
+  if [ "$own" = 0 ]; then echo "the capture saw nothing at all; it is not working" >&2; echo broken; return; fi
+  ns atk tcpdump -n -r "$W/capture.pcap" \
+    "src host 203.0.113.18 or src host 2001:db8:2::2 or src host 2001:db8:10::2" 2>/dev/null | wc -l
+}
+
+# wireguard-go in namespace NS as interface IF with a wg-quick config.
+start_wg() { # start_wg NS IF CONF
+  local n="$1" ifc="$2" conf="$3"
+  WG_PROCESS_FOREGROUND=1 bg "$n" "$W/$ifc.log" wireguard-go -f "$ifc" >/dev/null
+  wait_for "wireguard-go $ifc" 10 ns "$n" ip link show "$ifc"
+  grep -v '^Address' "$conf" | grep -v '^#' >"$conf.wg"
+  ns "$n" wg setconf "$ifc" "$conf.wg"
+  ns "$n" ip addr add "$(sed -n 's/^Address = //p' "$conf")" dev "$ifc"
+  ns "$n" ip link set "$ifc" up
+  ns "$n" ip route add 100.64.0.1/32 dev "$ifc"
+}
+stop_wg() { ns "$1" ip link del "$2" 2>/dev/null || true; }
+
+# ---------------------------------------------------------------- scenarios
+
+scenario_1() { # authorized download through hushgate connect
+  local pid; pid=$(start_shim 32400 shim1)
+  local t0; t0=$(date +%s.%N)
+  fetch 32400 "$W/s1.bin"
+  check_sha "$W/s1.bin"
+  log "  $FILE_MIB MiB in $(since "$t0") s, sha256 matches"
+  # Several connections at once.
+  for i in 1 2 3; do fetch 32400 "$W/s1-$i.bin" & done
+  wait
+  for i in 1 2 3; do check_sha "$W/s1-$i.bin"; done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+scenario_2() { # the attacker gets zero packets from the home address
+  start_capture
+  # Random UDP and WireGuard-shaped datagrams (handshake initiations with
+  # its own keys, data packets) to the gateway's port.
+  ns atk python3 - <<'EOF'
+import os, socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(3000):
+    kind = i % 3
+    if kind == 0:
+        d = os.urandom(1 + i % 1400)
+    elif kind == 1:
+        d = struct.pack("<I", 1) + os.urandom(144)     # handshake initiation shape
+    else:
+        d = struct.pack("<I", 4) + os.urandom(28 + i % 1000)  # data packet shape
+    s.sendto(d, ("203.0.113.18", 51820))
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for i in range(300):
+    s6.sendto(struct.pack("<I", 1) + os.urandom(144), ("2001:db8:10::2", 51821))
+EOF
+  # A real WireGuard peer with its own key (wireguard-go sends real
+  # initiations; it cannot know the gateway's key, so it guesses one).
+  cat >"$W/atk-own.conf" <<EOF
+[Interface]
+PrivateKey = $(wg genkey)
+Address = 100.64.0.99/32
+[Peer]
+PublicKey = $(wg genkey | wg pubkey)
+Endpoint = 203.0.113.18:51820
+AllowedIPs = 100.64.0.1/32
+EOF
+  start_wg atk "${P}a" "$W/atk-own.conf"
+  ns atk curl -s --max-time 3 http://100.64.0.1:32400/identity >/dev/null || true
+  stop_wg atk "${P}a"
+  # TCP SYNs to the media port and to every port of the home router.
+  ns atk nmap -n -Pn -sS -p 32400,51820,80,443 --max-retries 1 203.0.113.18 >"$W/nmap1.log" 2>&1
+  ns atk nmap -n -Pn -sS -p- --min-rate 20000 --max-retries 0 203.0.113.18 >"$W/nmap2.log" 2>&1
+  ns atk nmap -n -Pn -sU -p 51820 --max-retries 2 203.0.113.18 >"$W/nmap3.log" 2>&1
+  local seen; seen=$(stop_capture)
+  log "  3300 datagrams, a wireguard-go peer, 65,535+ SYNs, a UDP scan: $seen packets back"
+  [ "$seen" = 0 ]
+  grep -q "filtered" "$W/nmap3.log"
+}
+
+scenario_3() { # the attacker holds the client's admitted key and preshared key
+  HUSHGATE_PASSWORD="$PASSWORD" ns cli "$BIN" connect --control https://203.0.113.2:8443 \
+    --ca "$W/ctl/ca.pem" --user alice --server home --wg-config "$W/stolen.conf" >"$W/s3.log"
+  # The real client, with stock wireguard-go: works (interoperability).
+  start_wg cli "${P}c" "$W/stolen.conf"
+  wait_for "stock WireGuard client through the gateway" 10 \
+    ns cli curl -sf --max-time 2 http://100.64.0.1:32400/identity
+  ns cli curl -sf --max-time 30 -o "$W/s3-real.bin" http://100.64.0.1:32400/file.bin
+  check_sha "$W/s3-real.bin"
+  # The same key and preshared key from the attacker's address.
+  cp "$W/stolen.conf" "$W/attacker.conf"
+  start_capture
+  start_wg atk "${P}a" "$W/attacker.conf"
+  if ns atk curl -s --max-time 4 http://100.64.0.1:32400/identity >/dev/null; then
+    echo "the attacker reached the media server with a stolen key" >&2; return 1
+  fi
+  local seen; seen=$(stop_capture)
+  stop_wg atk "${P}a"
+  log "  stolen key from 203.0.113.50: $seen packets back; the real client still works"
+  [ "$seen" = 0 ]
+  ns cli curl -sf --max-time 5 http://100.64.0.1:32400/identity >/dev/null
+  stop_wg cli "${P}c"
+}
+
+scenario_4() { # revocation ends an ongoing download within a second
+  local pid; pid=$(start_shim 32401 shim4 bob)
+  local adm; adm=$(sed -n 's/.*(admission \(adm_[0-9a-f]*\),.*/\1/p' "$W/shim4.log" | head -1)
+  # A player that reads slowly (64 KiB every 50 ms), so the download is
+  # still running when the admission is revoked.
+  ns cli python3 - >"$W/s4-curl.log" 2>&1 <<'EOF' &
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", 32401))
+s.sendall(b"GET /file.bin HTTP/1.1\r\nHost: media\r\n\r\n")
+got = 0
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            print("eof after", got); sys.exit(3)
+        got += len(b)
+        time.sleep(0.05)
+except OSError as e:
+    print("ended after", got, "bytes:", e, "at", time.time()); sys.exit(1)
+EOF
+  local curl=$!
+  sleep 2
+  local t0; t0=$(date +%s.%N)
+  echo "revoke at $t0" >>"$W/s4-curl.log"
+  admin admission revoke "$adm" >/dev/null
+  local revoked_in; revoked_in=$(since "$t0")
+  local rc=0; wait "$curl" || rc=$?
+  local took; took=$(since "$t0")
+  log "  download ended $took s after the revocation command started (which took $revoked_in s; player exit $rc)"
+  [ "$rc" != 0 ]
+  awk -v t="$took" 'BEGIN { exit !(t < 1.0) }' 
+  if ns cli curl -sf --max-time 3 http://127.0.0.1:32401/identity >/dev/null 2>&1; then
+    echo "a new connection worked after revocation" >&2; return 1
+  fi
+  wait_for "the shim to exit after revocation" 15 bash -c "! kill -0 $pid 2>/dev/null"
+  grep -q "revoked" "$W/shim4.log"
+}
+
+scenario_5() { # expiry without renewal removes the peer; the shim's renewal keeps a download alive
+  HUSHGATE_PASSWORD="$PASSWORD" ns cli "$BIN" connect --control https://203.0.113.2:8443 \
+    --ca "$W/ctl/ca.pem" --user alice --server home --wg-config "$W/s5.conf" >/dev/null
+  start_wg cli "${P}c" "$W/s5.conf"
+  wait_for "stock client up" 10 ns cli curl -sf --max-time 2 http://100.64.0.1:32400/identity
+  # The admission lives 15 s and nobody renews it.
+  wait_for "the unrenewed admission to expire" 20 \
+    bash -c "! ip netns exec $P-cli curl -sf --max-time 1 http://100.64.0.1:32400/identity"
+  stop_wg cli "${P}c"
+  log "  an unrenewed admission stopped working at its expiry"
+  # With the shim: a download lasting twice the lifetime completes.
+  local pid; pid=$(start_shim 32405 shim5)
+  local t0; t0=$(date +%s)
+  fetch 32405 "$W/s5.bin" --limit-rate 1200K
+  check_sha "$W/s5.bin"
+  local took=$(( $(date +%s) - t0 ))
+  grep -q "^renewed" "$W/shim5.log"
+  log "  a $took s download survived $(grep -c '^renewed' "$W/shim5.log") renewals of a 15 s admission"
+  [ "$took" -gt 15 ]
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+scenario_6() { # control plane killed: fail-static, fail-closed; restarted: nothing lost
+  local pid; pid=$(start_shim 32406 shim6)
+  fetch 32406 "$W/s6.bin" --limit-rate 4M &
+  local dl=$!
+  sleep 1
+  local before; before=$(admin admission list --json | python3 -c 'import json,sys; print(sorted(a["id"] for a in json.load(sys.stdin)))')
+  kill -9 "$CTL_PID"
+  wait_for "the control plane to die" 5 bash -c "! kill -0 $CTL_PID 2>/dev/null"
+  wait "$dl"
+  check_sha "$W/s6.bin"
+  log "  control plane down: the ongoing download completed intact"
+  local out rc=0
+  out=$(HUSHGATE_PASSWORD="$PASSWORD" ns cli timeout 30 "$BIN" connect --control https://203.0.113.2:8443 \
+    --ca "$W/ctl/ca.pem" --user alice --server home --listen 127.0.0.1:32416 2>&1) || rc=$?
+  log "  a new access request: exit $rc: $(echo "$out" | tail -1 | cut -c1-110)"
+  [ "$rc" != 0 ]
+  echo "$out" | grep -q "cannot reach the control plane"
+  start_control
+  local after; after=$(admin admission list --json | python3 -c 'import json,sys; print(sorted(a["id"] for a in json.load(sys.stdin)))')
+  [ "$before" = "$after" ]
+  log "  control plane restarted: the same admissions are there"
+  # The gateway reconnects by itself (backoff up to 10 s).
+  wait_for "the gateway to reconnect" 20 \
+    bash -c "ip netns exec $P-edge $BIN gateway status --state $W/gw | grep -q '(connected)'"
+  local pid2; pid2=$(start_shim 32426 shim6b)
+  ns cli curl -sf --max-time 5 http://127.0.0.1:32426/identity >/dev/null
+  kill "$pid" "$pid2"; wait "$pid" "$pid2" 2>/dev/null || true
+}
+
+scenario_7() { # gateway killed with SIGKILL and restarted: the shim recovers
+  local pid; pid=$(start_shim 32407 shim7)
+  ns cli curl -sf --max-time 5 http://127.0.0.1:32407/identity >/dev/null
+  kill -9 "$GW_PID"
+  wait_for "the gateway to die" 5 bash -c "! kill -0 $GW_PID 2>/dev/null"
+  GW_PID=$(start_gateway gw-restart "$W/gw" 0.0.0.0:51820 203.0.113.18:51820)
+  wait_gateway_synced gw-restart
+  local t0; t0=$(date +%s.%N)
+  wait_for "new connections through the shim after the gateway restart" 20 \
+    ns cli curl -sf --max-time 2 http://127.0.0.1:32407/identity
+  log "  gateway restarted from its state folder; new connections work $(since "$t0") s later"
+  fetch 32407 "$W/s7.bin"; check_sha "$W/s7.bin"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+scenario_8() { # the client's NAT changes its public address: re-admission
+  local pid; pid=$(start_shim 32408 shim8)
+  ns cli curl -sf --max-time 5 http://127.0.0.1:32408/identity >/dev/null
+  ns cnat nft flush chain ip cnat post
+  ns cnat nft add rule ip cnat post oifname "wan" ip saddr 198.51.100.0/24 snat to 203.0.113.35
+  ns cnat conntrack -F >/dev/null 2>&1 || true
+  local t0; t0=$(date +%s.%N)
+  # Traffic makes the shim notice the silence; it re-admits from the new address.
+  wait_for "the shim to resume from the new address" 45 \
+    ns cli curl -sf --max-time 3 http://127.0.0.1:32408/identity
+  log "  NAT moved 203.0.113.34 -> .35: resumed $(since "$t0") s later"
+  admin admission list | grep -q "203.0.113.35"
+  fetch 32408 "$W/s8.bin"; check_sha "$W/s8.bin"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  ns cnat nft flush chain ip cnat post
+  ns cnat nft add rule ip cnat post oifname "wan" ip saddr 198.51.100.0/24 snat to 203.0.113.34
+  ns cnat conntrack -F >/dev/null 2>&1 || true
+}
+
+scenario_9() { # IPv6 only: control plane, gateway and client over IPv6
+  local pid; pid=$(start_shim 32409 shim9 alice "https://[2001:db8:1::2]:8443" home6) || {
+    ns edge "$BIN" gateway status --state "$W/gw6" >&2; admin admission list >&2; return 1; }
+  fetch 32409 "$W/s9.bin"; check_sha "$W/s9.bin"
+  admin admission list | grep -q "2001:db8:20::2"
+  log "  $FILE_MIB MiB over IPv6 only, sha256 matches"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- main
+
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9); fi
+log "building the topology ($P)"
+build_topology
+setup_world
+log "world up: control plane, gateway ($(grep -o 'key [^ ,)]*' "$W/gw.log" | head -1)), media server"
+for s in "${WANT[@]}"; do
+  name=$(grep -m1 "^scenario_$s()" "$0" | sed 's/.*# //')
+  log "scenario $s: $name"
+  # Not inside `if`: bash ignores errexit in a tested command.
+  set +e
+  ( set -e; "scenario_$s" )
+  rc=$?
+  set -e
+  if [ "$rc" = 0 ]; then
+    PASSED=$((PASSED + 1)); log "scenario $s: ok"
+  else
+    FAILED=$((FAILED + 1)); FAILED_NAMES+=("$s"); log "scenario $s: FAILED"
+    for f in "$W"/*.log; do echo "--- $f"; tail -5 "$f"; done >&2
+  fi
+done
+echo "netns: $PASSED passed, $FAILED failed${FAILED_NAMES:+ (scenarios ${FAILED_NAMES[*]})}"
+[ "$FAILED" = 0 ]
