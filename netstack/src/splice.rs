@@ -67,6 +67,11 @@ pub struct Splice {
     token_base: usize,
     slots: Vec<Option<Pipe>>,
     free: Vec<usize>,
+    /// Indices of the live slots, so a pump visits only live pipes rather
+    /// than every slot (the gateway keeps thousands of slots).
+    live: Vec<usize>,
+    /// For each slot, its position in `live` (meaningless when free).
+    live_pos: Vec<usize>,
 }
 
 impl Splice {
@@ -78,6 +83,8 @@ impl Splice {
             slots: (0..capacity).map(|_| None).collect(),
             // Reversed so the lowest tokens are handed out first.
             free: (0..capacity).rev().collect(),
+            live: Vec::with_capacity(capacity),
+            live_pos: vec![0; capacity],
         }
     }
 
@@ -139,6 +146,8 @@ impl Splice {
         let _ = stream.set_nodelay(true);
         let connecting =
             matches!(stream.peer_addr(), Err(e) if e.kind() == io::ErrorKind::NotConnected);
+        self.live_pos[i] = self.live.len();
+        self.live.push(i);
         self.slots[i] = Some(Pipe {
             conn,
             stream,
@@ -186,15 +195,20 @@ impl Splice {
     /// [`Stack::poll_ingress`] and before [`Stack::poll_egress`].
     pub fn pump(&mut self, stack: &mut Stack, registry: &Registry) -> PumpStats {
         let mut stats = PumpStats::default();
-        for i in 0..self.slots.len() {
+        let mut j = 0;
+        while j < self.live.len() {
+            let i = self.live[j];
             let Some(pipe) = self.slots[i].as_mut() else {
+                j += 1;
                 continue;
             };
             if let Some(end) = pump_one(pipe, stack, &mut stats) {
-                let pipe = self.slots[i].take().expect("slot is live");
-                self.free.push(i);
+                // `vacate` moves the last live slot into position j.
+                let pipe = self.vacate(i);
                 stats.ended += 1;
                 finish(pipe, end, stack, registry);
+            } else {
+                j += 1;
             }
         }
         stats
@@ -206,12 +220,15 @@ impl Splice {
     /// RSTs leave at the next [`Stack::poll_egress`].
     pub fn close_all_for(&mut self, stack: &mut Stack, registry: &Registry, peer: IpAddr) -> usize {
         let mut n = 0;
-        for i in 0..self.slots.len() {
+        let mut j = 0;
+        while j < self.live.len() {
+            let i = self.live[j];
             if self.slots[i].as_ref().is_some_and(|p| p.peer == Some(peer)) {
-                let pipe = self.slots[i].take().expect("slot is live");
-                self.free.push(i);
+                let pipe = self.vacate(i);
                 n += 1;
                 finish(pipe, End::KernelFailed, stack, registry);
+            } else {
+                j += 1;
             }
         }
         stack.abort_peer(peer);
@@ -220,12 +237,21 @@ impl Splice {
 
     /// Ends every pipe abruptly (both sides reset), e.g. at shutdown.
     pub fn close_all(&mut self, stack: &mut Stack, registry: &Registry) {
-        for i in 0..self.slots.len() {
-            if let Some(pipe) = self.slots[i].take() {
-                self.free.push(i);
-                finish(pipe, End::KernelFailed, stack, registry);
-            }
+        while let Some(&i) = self.live.last() {
+            let pipe = self.vacate(i);
+            finish(pipe, End::KernelFailed, stack, registry);
         }
+    }
+
+    /// Takes the pipe out of live slot `i` and frees the slot.
+    fn vacate(&mut self, i: usize) -> Pipe {
+        let pos = self.live_pos[i];
+        self.live.swap_remove(pos);
+        if let Some(&moved) = self.live.get(pos) {
+            self.live_pos[moved] = pos;
+        }
+        self.free.push(i);
+        self.slots[i].take().expect("a live slot holds a pipe")
     }
 }
 
