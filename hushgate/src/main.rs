@@ -16,7 +16,8 @@ mod cmd;
 answers nobody. A control plane authenticates users and pushes each authorized client's \
 ephemeral WireGuard key, bound to its source address, to the gateway beside the media server. \
 Only then does the client learn how to reach the gateway.\n\nRoles: `control` (the control \
-plane), `admin` (manage it), and the gateway and client shim as they land.",
+plane), `admin` (manage it), `gateway` (beside the media server), `connect` (the client \
+shim); `demo` shows them all working together on loopback.",
     after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug). Docs: docs/ in the repository."
 )]
 struct Cli {
