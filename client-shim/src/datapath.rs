@@ -22,9 +22,10 @@
 //! The async side talks to it through a channel plus a `mio::Waker`
 //! ([`DataPathHandle`]): a new admission ([`Command::Install`], which
 //! replaces the peer and the stack and resets connections of the old
-//! one) or shutdown. It reports handshakes, stalls, losses and recoveries
-//! as [`PathEvent`]s on an unbounded tokio channel (a few per session,
-//! never per packet).
+//! one) or shutdown. It reports handshakes, stalls, losses, recoveries and
+//! connections reset by the gateway's side as [`PathEvent`]s on an
+//! unbounded tokio channel (a few per session, never per packet: resets
+//! at most every [`RESET_REPORT_INTERVAL`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

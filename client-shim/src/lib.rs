@@ -18,12 +18,15 @@
 //!   user-space TCP stack (`netstack::Stack` at the client's tunnel
 //!   address) and the splice to local connections. Event-driven, batched,
 //!   lock-free, with batched UDP I/O (`netstack::UdpIo`: recvmmsg/GRO,
-//!   GSO); it reports handshakes and silences of the gateway.
+//!   GSO); it reports handshakes, silences of the gateway and
+//!   connections the gateway reset.
 //! - the **supervisor** (`session`): a tokio task that renews the
 //!   admission before it expires ([`schedule`]), asks for a new admission
 //!   with a new key when the path is lost (backoff), probes for
-//!   revocation when the gateway falls silent, and ends the session with
-//!   a clear [`ShimError`]/[`EndReason`] when access is gone.
+//!   revocation when the gateway falls silent or resets connections (as
+//!   it does to every connection of a peer it removes), and ends the
+//!   session with a clear [`ShimError`]/[`EndReason`] when access is
+//!   gone.
 #![forbid(unsafe_code)]
 
 pub mod answer;

@@ -168,7 +168,13 @@ impl ControlPlane {
         let rustls =
             axum_server::tls_rustls::RustlsConfig::from_config(self.tls.server_config.clone());
         let app = app::router(self.state.clone());
-        let result = axum_server::from_tcp_rustls(listener, rustls)
+        // TCP_NODELAY: answers are small and latency-bound (an access
+        // request is a few round trips); Nagle's algorithm would hold the
+        // last segment of an answer for an ACK, about 40 ms.
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let result = axum_server::Server::from_tcp(listener)
+            .acceptor(acceptor)
             .handle(handle)
             .serve(app.into_make_service_with_connect_info::<SocketAddr>())
             .await;

@@ -424,3 +424,70 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
     drop(_dir);
     let _ = IpAddr::from([127, 0, 0, 1]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_a_stranger_is_drained_and_does_not_silence_the_gateway() {
+    let w = world().await;
+    let gw = w.gateway.udp_addr();
+    // 40,000 junk datagrams in GSO batches as fast as one thread can send:
+    // far more than the data path reads in one wake-up, so the socket holds
+    // a backlog that must be drained without new datagrams arriving.
+    const N: u64 = 40_000;
+    let mut udp = netstack::udp::UdpIo::bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    for round in 1..=3u64 {
+        let sent_before = udp.stats().tx_datagrams;
+        let (u, sent) = tokio::task::spawn_blocking(move || {
+            let junk = [0x55u8; 148];
+            // Queue everything, then send in as few system calls as possible,
+            // so the datagrams pile up in the gateway's socket at once.
+            for _ in 0..N {
+                udp.queue(gw, &junk);
+            }
+            while udp.has_pending() {
+                udp.flush().unwrap();
+            }
+            let sent = udp.stats().tx_datagrams;
+            (udp, sent)
+        })
+        .await
+        .unwrap();
+        udp = u;
+        let sent_now = sent - sent_before;
+        // Whatever the kernel accepted into the gateway's socket must be read
+        // and counted; nothing may stay stuck in the socket.
+        let counted = || async {
+            w.gateway
+                .status()
+                .await
+                .unwrap()
+                .gateway
+                .drops
+                .get(hushgate_gateway::DropReason::UnknownSource)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = counted().await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = counted().await;
+            if now == last || Instant::now() > deadline {
+                last = now;
+                break;
+            }
+            last = now;
+        }
+        assert!(sent_now >= N / 2, "the flooder sent only {sent_now}");
+        assert!(
+            last >= sent * 9 / 10,
+            "round {round}: only {last} of {sent} junk datagrams were read; the rest are stuck"
+        );
+    }
+    // And an admitted client still gets through afterwards.
+    let (secret, access, _alice) = admitted(&w).await;
+    let body = tokio::task::spawn_blocking(move || {
+        TestClient::new(secret, &access, "127.0.0.1:0").download(Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(body.map(|b| b.len()), Some(FILE_LEN));
+    w.gateway.shutdown().await;
+}
