@@ -20,3 +20,9 @@ bench-control:
 # A control plane on loopback with its state in ./state/control.
 control:
     cargo run --release -p hushgate -- control --listen 127.0.0.1:8443 --state state/control
+
+# Side by side (issue 6), as root: hushgate vs wireguard-go vs plain TCP on
+# the netns topology; writes its section of docs/benchmarks.md.
+bench:
+    cargo build --release -p hushgate --bin hushgate --example flood --example access_time
+    HUSHGATE_BIN="${CARGO_TARGET_DIR:-target}/release/hushgate" bench/run.sh

@@ -1,0 +1,648 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark (issue 6): hushgate vs wireguard-go vs plain TCP,
+# time to access, cost of junk. Run as root, with a release build:
+#
+#   cargo build --release -p hushgate --bin hushgate --example flood --example access_time
+#   HUSHGATE_BIN=target/release/hushgate bench/run.sh
+#
+# (or `just bench`). It prints one table and writes it, with the machine's
+# description and the exact command, to docs/benchmarks.md as the section
+# "Side by side (issue 6)" (only that section is replaced).
+#
+# Topology: the netns harness's (tests/netns/run.sh; documentation ranges
+# only, in namespaces this script makes and removes on exit or failure),
+# plus, on the home router: UDP 51830 forwarded to a wireguard-go on the
+# edge host (the stock-WireGuard baseline), and TCP 5202 forwarded to an
+# iperf3 on the edge host only while the plain-TCP ceiling is measured.
+#
+#   ctl  203.0.113.2  ─┐                               ┌─ home 203.0.113.18 ─ edge 192.0.2.2
+#                      ├── inet ───────────────────────┤   gateway :51820, wireguard-go :51830,
+#   atk  203.0.113.50 ─┘                               │   iperf3 -s on 127.0.0.1:5201 (media stand-in)
+#                                                      └─ cnat 203.0.113.34 ─ cli 198.51.100.2
+#
+# Knobs (environment): SECS (iperf3 seconds, 5), REPS (3), MODES
+# ("1 1R 8", also "8R"), NETEM (1: also with 10 ms RTT), ACCESS_RUNS (100),
+# PROC_RUNS (100), FLOOD_SECS (4), FLOOD_MAX (60000000), FLOOD_REPS (3),
+# SKIP (space-separated parts to skip: tput netem access flood),
+# NO_DOC=1 (do not touch docs/benchmarks.md), KEEP_LOGS=1, PROFILE=1
+# (only profile: `perf record -g` of the gateway's and the shim's data-path
+# threads during one 8 s stream each way through the shim; reports in the
+# log folder, nothing else measured).
+set -euo pipefail
+
+# The exact command, with the knobs set by the caller (before defaults).
+CMDLINE="HUSHGATE_BIN=${HUSHGATE_BIN:-target/release/hushgate}"
+for v in SECS REPS MODES NETEM ACCESS_RUNS PROC_RUNS FLOOD_SECS FLOOD_MAX FLOOD_REPS SKIP; do
+  if [ -n "${!v+x}" ]; then CMDLINE="$CMDLINE $v='${!v}'"; fi
+done
+CMDLINE="$CMDLINE bench/run.sh"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "$HERE/.." && pwd)"
+BIN="${HUSHGATE_BIN:-$ROOT/target/release/hushgate}"
+case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
+EXDIR="${EXAMPLES_DIR:-$(dirname "$BIN")/examples}"
+FLOOD="$EXDIR/flood"
+ACCESS="$EXDIR/access_time"
+SECS="${SECS:-5}"
+REPS="${REPS:-3}"
+MODES="${MODES:-1 1R 8}"
+NETEM="${NETEM:-1}"
+ACCESS_RUNS="${ACCESS_RUNS:-100}"
+PROC_RUNS="${PROC_RUNS:-100}"
+FLOOD_SECS="${FLOOD_SECS:-4}"
+FLOOD_MAX="${FLOOD_MAX:-60000000}"
+FLOOD_REPS="${FLOOD_REPS:-3}"
+SKIP="${SKIP:-}"
+P="hb$$"
+W="$(mktemp -d /tmp/hushgate-bench.XXXXXX)"
+NSES=(inet ctl home edge cnat cli atk)
+RES="$W/results.txt"   # key value lines
+: >"$RES"
+
+T0=$(date +%s.%N)
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
+log() { printf '[%6ss] %s\n' "$(since "$T0")" "$*" >&2; }
+skip() { case " $SKIP " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+cleanup() {
+  set +e
+  for n in "${NSES[@]}"; do
+    for pid in $(ip netns pids "$P-$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+  done
+  { wait; } 2>/dev/null
+  for n in "${NSES[@]}"; do ip netns del "$P-$n" 2>/dev/null; done
+  rm -f /var/run/wireguard/"$P"*.sock
+  if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $W" >&2; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+need() { command -v "$1" >/dev/null 2>&1 || { echo "bench: '$1' is missing ($2)" >&2; exit 2; }; }
+[ "$(id -u)" = 0 ] || { echo "bench: must run as root (it creates network namespaces)" >&2; exit 2; }
+need ip "apt-get install iproute2"; need tc "apt-get install iproute2"
+need nft "apt-get install nftables"; need wg "apt-get install wireguard-tools"
+need wireguard-go "apt-get install wireguard-go"; need iperf3 "apt-get install iperf3"
+need curl "apt-get install curl"; need python3 "apt-get install python3"
+for b in "$BIN" "$FLOOD" "$ACCESS"; do
+  [ -x "$b" ] || { echo "bench: $b is not built (cargo build --release -p hushgate --example flood --example access_time)" >&2; exit 2; }
+done
+[ -c /dev/net/tun ] || { echo "bench: /dev/net/tun is missing (needed by wireguard-go)" >&2; exit 2; }
+
+# ---------------------------------------------------------------- topology
+# (helpers as in tests/netns/run.sh)
+
+ns() { local n="$1"; shift; ip netns exec "$P-$n" "$@"; }
+bg() { local n="$1" out="$2"; shift 2; ip netns exec "$P-$n" "$@" >"$out" 2>&1 & echo $!; }
+
+link() { # link NS_A IF_A ADDR4_A NS_B IF_B ADDR4_B
+  local a="$1" ia="$2" a4="$3" b="$4" ib="$5" b4="$6"
+  ip link add "$P$ia" type veth peer name "$P$ib"
+  ip link set "$P$ia" netns "$P-$a" name "$ia"
+  ip link set "$P$ib" netns "$P-$b" name "$ib"
+  ns "$a" ip addr add "$a4" dev "$ia"; ns "$b" ip addr add "$b4" dev "$ib"
+  ns "$a" ip link set "$ia" up; ns "$b" ip link set "$ib" up
+}
+
+wait_for() { # wait_for WHAT SECONDS CMD...
+  local what="$1" secs="$2"; shift 2
+  local end=$(( $(date +%s) + secs ))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$(date +%s)" -ge "$end" ]; then echo "timed out waiting for $what" >&2; return 1; fi
+    sleep 0.1
+  done
+}
+
+build_topology() {
+  for n in "${NSES[@]}"; do ip netns add "$P-$n"; ns "$n" ip link set lo up; done
+  for n in inet home cnat; do ns "$n" sysctl -qw net.ipv4.ip_forward=1; done
+  link inet i-ctl 203.0.113.1/28   ctl eth0 203.0.113.2/28
+  link inet i-home 203.0.113.17/28 home wan 203.0.113.18/28
+  link inet i-cnat 203.0.113.33/28 cnat wan 203.0.113.34/28
+  link inet i-atk 203.0.113.49/28  atk eth0 203.0.113.50/28
+  link home lan 192.0.2.1/24       edge eth0 192.0.2.2/24
+  link cnat lan 198.51.100.1/24    cli eth0 198.51.100.2/24
+  ns ctl ip route add default via 203.0.113.1
+  ns atk ip route add default via 203.0.113.49
+  ns home ip route add default via 203.0.113.17
+  ns cnat ip route add default via 203.0.113.33
+  ns edge ip route add default via 192.0.2.1
+  ns cli ip route add default via 198.51.100.1
+  # The home router as in the harness (UDP 51820 only), plus UDP 51830 for
+  # the wireguard-go baseline; `plain_*` get a TCP forward only while the
+  # plain-TCP ceiling is measured.
+  ns home nft -f - <<'EOF'
+table inet home {
+  chain plain_pre { }
+  chain plain_fwd { }
+  chain pre {
+    type nat hook prerouting priority dstnat;
+    iifname "wan" ip daddr 203.0.113.18 udp dport 51820 dnat ip to 192.0.2.2:51820
+    iifname "wan" ip daddr 203.0.113.18 udp dport 51830 dnat ip to 192.0.2.2:51830
+    jump plain_pre
+  }
+  chain post {
+    type nat hook postrouting priority srcnat;
+    oifname "wan" ip saddr 192.0.2.0/24 masquerade
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" drop
+  }
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan" accept
+    iifname "wan" ip daddr 192.0.2.2 udp dport { 51820, 51830 } accept
+    jump plain_fwd
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    oifname "wan" icmp type destination-unreachable drop
+  }
+}
+EOF
+  ns cnat nft -f - <<'EOF'
+table ip cnat {
+  chain post {
+    type nat hook postrouting priority srcnat;
+    oifname "wan" ip saddr 198.51.100.0/24 snat to 203.0.113.34
+  }
+}
+EOF
+  # The flood control: the same flood dropped by nftables on the edge
+  # host's ingress (after the whole forwarding path, before any socket or
+  # process). Empty unless `control_on`.
+  ns edge nft -f - <<'EOF'
+table netdev ctl {
+  chain ingress {
+    type filter hook ingress device "eth0" priority -500;
+  }
+}
+EOF
+}
+control_on() { ns edge nft add rule netdev ctl ingress ip saddr 203.0.113.50 drop; }
+control_off() { ns edge nft flush chain netdev ctl ingress; }
+plain_on() {
+  ns home nft add rule inet home plain_pre iifname wan ip daddr 203.0.113.18 tcp dport 5202 dnat ip to 192.0.2.2:5202
+  ns home nft add rule inet home plain_fwd iifname wan ip daddr 192.0.2.2 tcp dport 5202 accept
+}
+plain_off() { ns home nft flush chain inet home plain_pre; ns home nft flush chain inet home plain_fwd; }
+netem_on() {
+  # Needs the kernel's sch_netem (CONFIG_NET_SCH_NETEM); some kernels lack it.
+  ns inet tc qdisc add dev i-cnat root netem delay 5ms limit 100000 || return 1
+  ns cnat tc qdisc add dev wan root netem delay 5ms limit 100000
+}
+netem_off() {
+  ns inet tc qdisc del dev i-cnat root 2>/dev/null || true
+  ns cnat tc qdisc del dev wan root 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- services
+
+PASSWORD="bench-$$-password"
+admin() { ns ctl "$BIN" admin --state "$W/ctl" "$@"; }
+
+# pid of the process in namespace NS whose command line matches PATTERN
+find_pid() {
+  local n="$1" pat="$2" pid
+  for pid in $(ip netns pids "$P-$n"); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pat"; then echo "$pid"; return 0; fi
+  done
+  return 1
+}
+# utime+stime of a process (all threads), in seconds
+cpu_of() { awk '{ print ($14 + $15) / 100 }' "/proc/$1/stat"; }
+
+setup_world() {
+  mkdir -p "$W/media"
+  echo '<MediaContainer machineIdentifier="bench"/>' >"$W/media/identity"
+  bg edge "$W/media.log" python3 -m http.server 32400 --bind 127.0.0.1 --directory "$W/media" >/dev/null
+  bg edge "$W/iperf-gw.log" iperf3 -s -B 127.0.0.1 -p 5201 >/dev/null
+  bg edge "$W/iperf-plain.log" iperf3 -s -B 192.0.2.2 -p 5202 >/dev/null
+  bg ctl "$W/control.log" "$BIN" control --listen "0.0.0.0:8443" --state "$W/ctl" \
+    --san 203.0.113.2 --admission-ttl 3600 --login-rate 1000 >/dev/null
+  wait_for "control plane" 10 test -s "$W/ctl/control-url"
+  wait_for "control plane HTTPS" 10 ns ctl curl -sf --cacert "$W/ctl/ca.pem" https://203.0.113.2:8443/v1/health -o /dev/null
+  echo "$PASSWORD" | admin user add alice >/dev/null
+  TOKEN=$(admin server add home --binding exact --ttl 3600 | tail -1)
+  admin grant add alice home >/dev/null
+  HUSHGATE_ENROLL_TOKEN="$TOKEN" bg edge "$W/gw.log" "$BIN" gateway \
+    --control https://203.0.113.2:8443 --ca "$W/ctl/ca.pem" --state "$W/gw" \
+    --listen-udp 0.0.0.0:51820 --public-endpoint 203.0.113.18:51820 \
+    --service plex=32400:127.0.0.1:32400 --service iperf=5201:127.0.0.1:5201 >/dev/null
+  wait_for "gateway in sync" 15 grep -q "in sync" "$W/gw.log"
+  GW_PID=$(find_pid edge " gateway ")
+  ns edge "$BIN" gateway status --state "$W/gw" --json >"$W/gw-status0.json"
+  GW_PUB=$(python3 -c 'import json,sys
+d=json.load(open(sys.argv[1]))
+def find(o):
+    if isinstance(o, dict):
+        for k, v in o.items():
+            if k in ("public_key", "key") and isinstance(v, str) and len(v) == 44: return v
+            r = find(v)
+            if r: return r
+    return None
+print(find(d) or "")' "$W/gw-status0.json")
+  [ -n "$GW_PUB" ] || GW_PUB=$(grep -o 'key [A-Za-z0-9+/=]\{44\}' "$W/gw.log" | head -1 | cut -d' ' -f2)
+  [ -n "$GW_PUB" ] || { echo "bench: cannot find the gateway's public key" >&2; exit 1; }
+
+  # wireguard-go on both ends (stock WireGuard baseline), tunnel
+  # 203.0.113.193 (edge) <-> 203.0.113.194 (client).
+  local ek ck
+  ek=$(wg genkey); ck=$(wg genkey)
+  WG_EDGE_PUB=$(echo "$ek" | wg pubkey)
+  WG_CLI_PUB=$(echo "$ck" | wg pubkey)
+  start_wgo edge "${P}e" "$ek" 51830 "$WG_CLI_PUB" "" 203.0.113.194/32 203.0.113.193/32
+  start_wgo cli "${P}c" "$ck" "" "$WG_EDGE_PUB" 203.0.113.18:51830 203.0.113.193/32 203.0.113.194/32
+  WGE_PID=$(find_pid edge "wireguard-go -f ${P}e")
+  WGC_PID=$(find_pid cli "wireguard-go -f ${P}c")
+  bg edge "$W/iperf-wg.log" iperf3 -s -B 203.0.113.193 -p 5203 >/dev/null
+  # Connection refused (curl exit 7) comes back only through the tunnel.
+  wait_for "wireguard-go tunnel" 10 bash -c "ip netns exec $P-cli curl -s --max-time 1 http://203.0.113.193:9/; [ \$? = 7 ]"
+
+  # The shim for the throughput and flood runs.
+  HUSHGATE_PASSWORD="$PASSWORD" bg cli "$W/shim.log" "$BIN" connect --control https://203.0.113.2:8443 \
+    --ca "$W/ctl/ca.pem" --user alice --server home --service iperf --listen 127.0.0.1:5301 >/dev/null
+  wait_for "shim ready" 20 grep -q "^ready:" "$W/shim.log" || { cat "$W/shim.log" >&2; exit 1; }
+  SHIM_PID=$(find_pid cli " connect ")
+  wait_for "iperf3 servers" 5 bash -c "ip netns exec $P-edge ss -ltn | grep -q ':5203'"
+}
+
+start_wgo() { # NS IF PRIVKEY LISTENPORT PEERPUB ENDPOINT ALLOWED ADDR
+  local n="$1" ifc="$2" key="$3" port="$4" peer="$5" ep="$6" allowed="$7" addr="$8"
+  WG_PROCESS_FOREGROUND=1 bg "$n" "$W/$ifc.log" wireguard-go -f "$ifc" >/dev/null
+  wait_for "wireguard-go $ifc" 10 ns "$n" ip link show "$ifc"
+  echo "$key" >"$W/$ifc.key"
+  ns "$n" wg set "$ifc" private-key "$W/$ifc.key" ${port:+listen-port "$port"} \
+    peer "$peer" allowed-ips "$allowed" ${ep:+endpoint "$ep"} persistent-keepalive 25
+  ns "$n" ip addr add "$addr" dev "$ifc"
+  ns "$n" ip link set "$ifc" mtu 1420 up
+  ns "$n" ip route add "$allowed" dev "$ifc"
+}
+
+# ---------------------------------------------------------------- measurements
+
+# iperf3 PATH MODE [SECS]: prints Mbit/s (receiver side)
+iperf() {
+  local path="$1" mode="$2" secs="${3:-$SECS}" host port args=()
+  case "$path" in
+    hg) host=127.0.0.1; port=5301 ;;
+    wg) host=203.0.113.193; port=5203 ;;
+    plain) host=203.0.113.18; port=5202 ;;
+  esac
+  case "$mode" in
+    1) ;; 1R) args=(-R) ;; 8) args=(-P 8) ;; 8R) args=(-P 8 -R) ;;
+  esac
+  local out="$W/iperf-$path-$mode.json"
+  if ! ns cli timeout $((secs + 20)) iperf3 -c "$host" -p "$port" -t "$secs" -O 1 -J "${args[@]}" >"$out" 2>&1; then
+    log "  iperf3 $path $mode failed: $(grep -o '"error":.*' "$out" | head -1)"
+    echo 0; return 0
+  fi
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.0f" % (d["end"]["sum_received"]["bits_per_second"]/1e6))' "$out" 2>/dev/null || echo 0
+}
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print 0; else print a[int((NR + 1) / 2)] }'; }
+put() { echo "$1 $2" >>"$RES"; }
+get() { awk -v k="$1" '$1 == k { v = $2 } END { print (v == "" ? "-" : v) }' "$RES"; }
+
+throughput() { # throughput TAG
+  local tag="$1" rep path mode v
+  declare -A acc=()
+  for rep in $(seq "$REPS"); do
+    for mode in $MODES; do
+      for path in hg wg plain; do
+        [ "$path" = plain ] && plain_on
+        v=$(iperf "$path" "$mode")
+        [ "$path" = plain ] && plain_off
+        acc[$path-$mode]="${acc[$path-$mode]:-} $v"
+        log "  [$tag] rep $rep: $path $mode: $v Mbit/s"
+      done
+    done
+  done
+  for k in "${!acc[@]}"; do
+    put "tput-$tag-$k" "$(echo "${acc[$k]}" | median)"
+    put "tput-$tag-$k-all" "$(echo "${acc[$k]}" | sed 's/^ //; s/ /,/g')"
+  done
+}
+
+access_time() {
+  log "time to access: $ACCESS_RUNS sessions (already logged in)"
+  HUSHGATE_PASSWORD="$PASSWORD" ns cli "$ACCESS" --control https://203.0.113.2:8443 --ca "$W/ctl/ca.pem" \
+    --user alice --server home --service plex --runs "$ACCESS_RUNS" >"$W/access.log" 2>&1 || { tail -5 "$W/access.log" >&2; return 0; }
+  local line; line=$(grep '^access_ms' "$W/access.log")
+  log "  $line"
+  put access-p50 "$(echo "$line" | awk '{ print $3 }')"
+  put access-p99 "$(echo "$line" | awk '{ print $5 }')"
+  put access-connect-p50 "$(echo "$line" | awk '{ print $11 }')"
+
+  log "time to access with process start: $PROC_RUNS runs of hushgate connect"
+  HUSHGATE_PASSWORD="$PASSWORD" ns cli python3 - "$BIN" "$W/ctl/ca.pem" "$PROC_RUNS" >"$W/proc-access.log" 2>&1 <<'EOF' || { tail -5 "$W/proc-access.log" >&2; return 0; }
+import os, signal, socket, subprocess, sys, time
+binp, ca, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+res = []
+for i in range(runs + 2):
+    port = 5400 + i % 50
+    t0 = time.monotonic()
+    p = subprocess.Popen([binp, "connect", "--control", "https://203.0.113.2:8443", "--ca", ca,
+                          "--user", "alice", "--server", "home", "--service", "plex",
+                          "--listen", "127.0.0.1:%d" % port],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    got = False
+    while time.monotonic() - t0 < 20 and p.poll() is None:
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError:
+            time.sleep(0.0005); continue
+        s.settimeout(10)
+        try:
+            s.sendall(b"GET /identity HTTP/1.1\r\nHost: media\r\nConnection: close\r\n\r\n")
+            got = len(s.recv(1)) == 1
+        except OSError:
+            got = False
+        s.close()
+        if got: break
+        time.sleep(0.0005)
+    t1 = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    try: p.wait(10)
+    except subprocess.TimeoutExpired: p.kill(); p.wait()
+    if not got: print("run", i, "failed"); continue
+    if i >= 2: res.append((t1 - t0) * 1e3); print("run", i - 2, "ms %.2f" % res[-1])
+res.sort()
+pick = lambda q: res[min(len(res), max(1, -(-int(q * len(res)) // 100))) - 1]
+print("proc_ms p50 %.2f p99 %.2f n %d" % (pick(50), pick(99), len(res)))
+EOF
+  line=$(grep '^proc_ms' "$W/proc-access.log")
+  log "  $line"
+  put proc-p50 "$(echo "$line" | awk '{ print $3 }')"
+  put proc-p99 "$(echo "$line" | awk '{ print $5 }')"
+  put proc-n "$(echo "$line" | awk '{ print $7 }')"
+}
+
+# Handshake initiations with a valid mac1 for key $1 (base64), 4096 of
+# them with random ephemeral/static/timestamp fields, as flood pool records.
+make_mac1_pool() {
+  python3 - "$1" "$2" <<'EOF'
+import base64, hashlib, os, struct, sys
+pub = base64.b64decode(sys.argv[1]); out = open(sys.argv[2], "wb")
+k = hashlib.blake2s(b"mac1----" + pub).digest()
+for i in range(4096):
+    m = struct.pack("<I", 1) + os.urandom(4) + os.urandom(32) + os.urandom(48) + os.urandom(28)
+    m += hashlib.blake2s(m, digest_size=16, key=k).digest() + bytes(16)
+    assert len(m) == 148
+    out.write(struct.pack("<H", len(m)) + m)
+EOF
+}
+
+drops_of_gw() { # total drops counted by the gateway
+  ns edge "$BIN" gateway status --state "$W/gw" --json 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+def tot(o):
+    if isinstance(o, dict):
+        if "unknown_source" in o and all(isinstance(v, int) for v in o.values()): return sum(o.values())
+        for v in o.values():
+            r = tot(v)
+            if r is not None: return r
+    return None
+print(tot(d) or 0)'
+}
+
+# flood_run TARGET KIND CONTROL [STREAM]: one flood during one-stream iperf3 (-R)
+# (with STREAM=0: no stream, the flood alone);
+# prints "mbps drops secs cpu_target flood_sent flood_cpu"
+flood_run() {
+  local target="$1" kind="$2" ctl="$3" stream="${4:-1}" dst pid path
+  case "$target" in
+    hg) dst=203.0.113.18:51820; pid=$GW_PID; path=hg ;;
+    wg) dst=203.0.113.18:51830; pid=$WGE_PID; path=wg ;;
+  esac
+  local fargs=(--kind "$kind")
+  case "$kind" in
+    mac1) fargs=(--kind pool --pool "$W/mac1-$target.pool") ;;
+  esac
+  [ "$ctl" = 1 ] && control_on
+  local d0 c0 d1 c1 mbps
+  d0=$( [ "$target" = hg ] && drops_of_gw || echo 0 )
+  c0=$(cpu_of "$pid")
+  if [ "$kind" = none ]; then
+    echo "sent 0 secs $FLOOD_SECS sendmsg 0 cpu_s 0" >"$W/flood.out"
+    sleep 0.5
+    mbps=$(iperf "$path" 1R $((FLOOD_SECS - 1)))
+    sleep 0.5
+  else
+    ns atk "$FLOOD" --dst "$dst" "${fargs[@]}" --secs "$FLOOD_SECS" --max "$FLOOD_MAX" >"$W/flood.out" 2>&1 &
+    local fpid=$!
+    if [ "$stream" = 1 ]; then
+      sleep 0.5
+      mbps=$(iperf "$path" 1R $((FLOOD_SECS - 1)))
+    else
+      mbps=0
+    fi
+    wait "$fpid" || true
+  fi
+  sleep 0.3
+  c1=$(cpu_of "$pid")
+  d1=$( [ "$target" = hg ] && drops_of_gw || echo 0 )
+  [ "$ctl" = 1 ] && control_off
+  local sent fsecs fcpu
+  sent=$(awk '{ print $2 }' "$W/flood.out"); fsecs=$(awk '{ print $4 }' "$W/flood.out"); fcpu=$(awk '{ print $8 }' "$W/flood.out")
+  echo "$mbps $((d1 - d0)) $fsecs $(awk -v a="$c0" -v b="$c1" 'BEGIN { printf "%.2f", b - a }') ${sent:-0} ${fcpu:-0}"
+}
+
+floods() {
+  make_mac1_pool "$GW_PUB" "$W/mac1-hg.pool"
+  make_mac1_pool "$WG_EDGE_PUB" "$W/mac1-wg.pool"
+  local target kind ctl rep r
+  for target in hg wg; do
+    for rep in $(seq "$FLOOD_REPS"); do
+      for kind in none random wg mac1; do
+        for ctl in 0 1; do
+          [ "$kind" = none ] && [ "$ctl" = 1 ] && continue
+          r=$(flood_run "$target" "$kind" "$ctl")
+          log "  flood $target $kind control=$ctl rep $rep: Mbit/s drops secs cpu sent flooder_cpu = $r"
+          echo "$target $kind $ctl $r" >>"$W/floods.txt"
+        done
+        if [ "$kind" != none ]; then
+          r=$(flood_run "$target" "$kind" 0 0)
+          log "  flood $target $kind alone rep $rep: Mbit/s drops secs cpu sent flooder_cpu = $r"
+          echo "$target $kind alone $r" >>"$W/floods.txt"
+        fi
+      done
+    done
+  done
+}
+
+# ---------------------------------------------------------------- report
+
+report() {
+  python3 - "$RES" "$W/floods.txt" "$MODES" <<'EOF'
+import statistics, sys
+res = {}
+for l in open(sys.argv[1]):
+    k, _, v = l.strip().partition(" ")
+    res[k] = v
+modes = sys.argv[3].split()
+def f(k):
+    v = res.get(k)
+    try: return float(v)
+    except (TypeError, ValueError): return None
+def n(v, d=0):
+    if v is None: return "-"
+    return f"{v:,.{d}f}"
+def ratio(a, b):
+    return "-" if a is None or b in (None, 0) else f"{a / b:.2f}"
+label = {"1": "1 stream, client->server", "1R": "1 stream, server->client (-R)",
+         "8": "8 streams, client->server", "8R": "8 streams, server->client (-R)"}
+out = []
+out.append("#### Throughput (iperf3, Mbit/s at the receiver, median of runs)\n")
+out.append("| RTT | streams | (a) hushgate connect | (b) wireguard-go | (c) plain TCP | (a)/(b) | (a)/(c) | runs (a); (b); (c) |")
+out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+for tag, rtt in (("base", "~0 (veth)"), ("netem", "10 ms (netem)")):
+    for m in modes:
+        a, b, c = (f(f"tput-{tag}-{p}-{m}") for p in ("hg", "wg", "plain"))
+        if a is None and b is None: continue
+        runs = "; ".join(res.get(f"tput-{tag}-{p}-{m}-all", "-") for p in ("hg", "wg", "plain"))
+        out.append(f"| {rtt} | {label[m]} | {n(a)} | {n(b)} | {n(c)} | {ratio(a, b)} | {ratio(a, c)} | {runs} |")
+if "netem-missing" in res:
+    out.append("")
+    out.append(f"10 ms round trip: **not measured**: this kernel ({res['netem-missing']}) has no `sch_netem` (`tc qdisc add ... netem` fails: \"Specified qdisc kind is unknown\"), nor `fq` for an EDT-based delay.")
+out.append("")
+out.append("#### Time to access (ms)\n")
+out.append("| what is timed | runs | p50 | p99 |")
+out.append("| --- | ---: | ---: | ---: |")
+out.append(f"| `Session::connect` (token: already logged in) -> first byte of the upstream's HTTP answer through the local port (`hushgate/examples/access_time.rs`) | {res.get('access-n', '-')} | {res.get('access-p50', '-')} | {res.get('access-p99', '-')} |")
+out.append(f"| of which `Session::connect` returned (access request acknowledged by the gateway + WireGuard handshake), p50 | | {res.get('access-connect-p50', '-')} | |")
+out.append(f"| `hushgate connect` process start (includes process start, password login with server-side hashing, access, handshake) -> first byte through the port | {res.get('proc-n', '-')} | {res.get('proc-p50', '-')} | {res.get('proc-p99', '-')} |")
+out.append("")
+rows = {}
+try:
+    for l in open(sys.argv[2]):
+        t, k, c, mbps, drops, secs, cpu, sent, fcpu = l.split()
+        rows.setdefault((t, k, c), []).append((float(mbps), int(drops), float(secs), float(cpu), int(sent), float(fcpu)))
+except FileNotFoundError:
+    pass
+if rows:
+    med = lambda xs: statistics.median(xs)
+    out.append("#### Cost of junk (one iperf3 stream server->client during a flood from 203.0.113.50; medians)\n")
+    out.append("| target | flood | datagrams/s sent (during stream) | stream Mbit/s | vs undisturbed | vs same flood dropped by nftables (control) | control Mbit/s | drops counted/s (during stream) | flood alone: datagrams/s sent | flood alone: drops counted/s | flood alone: target CPU s | flood alone: target CPU s per 1 M drops (gateway) or per 1 M sent (wireguard-go) |")
+    out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    names = {"hg": "hushgate gateway", "wg": "wireguard-go"}
+    kinds = {"random": "random (1-1400 B)", "wg": "WireGuard-shaped (148 B init / 96 B data)", "mac1": "initiations with valid mac1"}
+    for t in ("hg", "wg"):
+        base = rows.get((t, "none", "0"))
+        if not base: continue
+        bm = med([r[0] for r in base]); bc = med([r[3] for r in base])
+        out.append(f"| {names[t]} | none (undisturbed) | 0 | {n(bm)} | 1.00 | | | | | | | |")
+        for k in ("random", "wg", "mac1"):
+            on, cl = rows.get((t, k, "0")), rows.get((t, k, "1"))
+            if not on: continue
+            m = med([r[0] for r in on]); cm = med([r[0] for r in cl]) if cl else None
+            rate = med([r[4] / r[2] for r in on if r[2] > 0])
+            drops = med([r[1] / r[2] for r in on if r[2] > 0]) if t == "hg" else None
+            al = rows.get((t, k, "alone")) or []
+            arate = med([r[4] / r[2] for r in al if r[2] > 0]) if al else None
+            adrops = med([r[1] / r[2] for r in al if r[2] > 0]) if al and t == "hg" else None
+            acpu = med([r[3] for r in al]) if al else None
+            per_m = med([r[3] / ((r[1] if t == "hg" else r[4]) / 1e6) for r in al if (r[1] if t == "hg" else r[4]) > 0]) if al else None
+            out.append(f"| {names[t]} | {kinds[k]} | {n(rate)} | {n(m)} | {ratio(m, bm)} | {ratio(m, cm)} | {n(cm)} | {n(drops) if drops is not None else 'n/a'} | {n(arate)} | {n(adrops) if adrops is not None else 'n/a'} | {n(acpu, 2)} | {n(per_m, 3)} |")
+    out.append("")
+print("\n".join(out))
+EOF
+}
+
+# ---------------------------------------------------------------- main
+
+log "building the topology ($P)"
+build_topology
+setup_world
+log "world up: gateway pid $GW_PID key $GW_PUB, wireguard-go pids $WGE_PID/$WGC_PID, shim pid $SHIM_PID"
+RSS0=$(awk '/VmRSS/ { print $2 }' "/proc/$GW_PID/status")
+put gw-rss-kib "$RSS0"
+
+tid_of() { # tid_of PID THREADNAME
+  local t
+  for t in /proc/"$1"/task/*; do
+    [ "$(cat "$t/comm" 2>/dev/null)" = "${2:0:15}" ] && { basename "$t"; return 0; }
+  done
+  return 1
+}
+if [ -n "${PROFILE:-}" ]; then
+  need perf "apt-get install linux-perf"
+  GW_TID=$(tid_of "$GW_PID" hushgate-datapath)
+  SHIM_TID=$(tid_of "$SHIM_PID" hushgate-shim-data)
+  for mode in 1R 1; do
+    perf record -q -g -t "$GW_TID" -o "$W/perf-gw-$mode.data" -- sleep 6 >/dev/null 2>&1 &
+    p1=$!
+    perf record -q -g -t "$SHIM_TID" -o "$W/perf-shim-$mode.data" -- sleep 6 >/dev/null 2>&1 &
+    p2=$!
+    g0=$(awk '{ print $14 + $15 }' "/proc/$GW_PID/task/$GW_TID/stat"); s0=$(awk '{ print $14 + $15 }' "/proc/$SHIM_PID/task/$SHIM_TID/stat")
+    v=$(iperf hg "$mode" 8)
+    g1=$(awk '{ print $14 + $15 }' "/proc/$GW_PID/task/$GW_TID/stat"); s1=$(awk '{ print $14 + $15 }' "/proc/$SHIM_PID/task/$SHIM_TID/stat")
+    wait "$p1" "$p2" || true
+    log "profile, 1 stream $mode: $v Mbit/s; CPU over ~9 s: gateway data path $(( g1 - g0 )) ticks, shim data path $(( s1 - s0 )) ticks (100/s)"
+    for who in gw shim; do
+      perf report -i "$W/perf-$who-$mode.data" --no-children --percent-limit 0.7 --stdio 2>/dev/null | grep -v '^$' | head -120 >"$W/perf-$who-$mode.txt"
+      perf report -i "$W/perf-$who-$mode.data" --no-children --sort dso,sym -g none --percent-limit 0.5 --stdio 2>/dev/null | grep -v '^#' | grep -v '^$' | head -40 >"$W/perf-$who-$mode-flat.txt"
+    done
+  done
+  echo "profiles in $W (perf-*.txt)"; KEEP_LOGS=1
+  exit 0
+fi
+
+if ! skip tput; then
+  log "throughput, no added delay"
+  throughput base
+fi
+if [ "$NETEM" = 1 ] && ! skip netem; then
+  log "throughput, 10 ms round trip (netem 5 ms each way on inet:i-cnat and cnat:wan)"
+  if netem_on; then
+    throughput netem
+  else
+    log "  netem is not available in this kernel ($(uname -r)): the 10 ms rows are not measured"
+    put netem-missing "$(uname -r)"
+  fi
+  netem_off
+fi
+if ! skip access; then access_time; put access-n "$ACCESS_RUNS"; fi
+if ! skip flood; then log "floods"; floods; fi
+
+TABLE=$(report)
+echo
+echo "$TABLE"
+
+if [ -z "${NO_DOC:-}" ]; then
+  DOC="$ROOT/docs/benchmarks.md"
+  {
+    echo "## Side by side (issue 6)"
+    echo
+    echo '```sh'
+    echo "${CARGO_TARGET_DIR:+CARGO_TARGET_DIR=$CARGO_TARGET_DIR }cargo build --release -p hushgate --bin hushgate --example flood --example access_time"
+    echo "$CMDLINE"
+    echo '```'
+    echo
+    echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), Linux $(uname -r); load average at the start $(cut -d' ' -f1-3 /proc/loadavg) (shared with other work: expect noise). Run of $(date -u +%Y-%m-%dT%H:%MZ); iperf3 ${SECS} s per run (1 s omitted), $REPS runs per figure, runs interleaved across paths; floods ${FLOOD_SECS} s (at most $FLOOD_MAX datagrams) each, $FLOOD_REPS runs. Gateway RSS at start: $((RSS0 / 1024)) MiB."
+    echo
+    echo "$TABLE"
+  } >"$W/section.md"
+  python3 - "$DOC" "$W/section.md" <<'EOF'
+import re, sys
+doc, sec = sys.argv[1], open(sys.argv[2]).read().rstrip() + "\n"
+text = open(doc).read()
+head = "## Side by side (issue 6)"
+i = text.find("\n" + head + "\n")
+if i < 0:
+    text = text.rstrip() + "\n\n" + sec
+else:
+    j = text.find("\n## ", i + 1 + len(head))
+    rest = text[j:] if j >= 0 else ""
+    # Keep hand-written notes under "### Notes (issue 6)" if present.
+    old = text[i + 1: j if j >= 0 else len(text)]
+    k = old.find("\n### Notes (issue 6)")
+    notes = old[k:].rstrip() + "\n" if k >= 0 else ""
+    text = text[:i + 1] + sec + notes + (rest if rest.startswith("\n") else rest)
+open(doc, "w").write(text)
+EOF
+  log "wrote the section 'Side by side (issue 6)' of docs/benchmarks.md"
+fi
