@@ -66,6 +66,7 @@ async fn main() {
         let n = requests / concurrency + usize::from(w < requests % concurrency);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(n);
+            let mut done = Vec::with_capacity(n);
             for i in 0..n {
                 let mut k = [0u8; 32];
                 k[..4].copy_from_slice(&(w as u32).to_le_bytes());
@@ -75,14 +76,19 @@ async fn main() {
                     .await
                     .expect("access granted");
                 lat.push(s.elapsed());
+                done.push(Instant::now());
             }
-            lat
+            (lat, done)
         }));
     }
     let mut lat = Vec::new();
+    let mut done = Vec::new();
     for t in tasks {
-        lat.extend(t.await.unwrap());
+        let (l, d) = t.await.unwrap();
+        lat.extend(l);
+        done.extend(d);
     }
+    done.sort();
     let elapsed = t.elapsed();
     lat.sort();
     println!(
@@ -94,6 +100,26 @@ async fn main() {
         pct(&lat, 0.5).as_secs_f64() * 1e3,
         pct(&lat, 0.99).as_secs_f64() * 1e3,
     );
-    assert_eq!(gw.admission_ids().len(), requests);
+    // The rate as the number of live admissions grows: each tenth of the
+    // run, by completion time (the last one is the rate near `requests`
+    // live admissions).
+    let tenth = done.len() / 10;
+    if tenth > 1 {
+        let rates: Vec<String> = (0..10)
+            .map(|k| {
+                let (a, b) = (done[k * tenth], done[(k + 1) * tenth - 1]);
+                let secs = (b - a).as_secs_f64().max(1e-9);
+                format!("{:.0}", (tenth - 1) as f64 / secs)
+            })
+            .collect();
+        println!(
+            "access rate by tenth of the run (live admissions 0 -> {}): {} requests/s",
+            requests,
+            rates.join(", ")
+        );
+    }
+    let (diffs, wholes) = gw.answer_counts();
+    println!("feed answers: {diffs} diffs, {wholes} whole sets");
+    assert_eq!(gw.admission_count(), requests);
     cp.stop().await;
 }

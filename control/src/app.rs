@@ -3,6 +3,7 @@
 
 use crate::auth::{self, SecretKind};
 use crate::error::AppError;
+use crate::feedlog;
 use crate::store::{self, Audit, Db, NewAdmission};
 use crate::{hub::Hub, Settings};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -412,7 +413,10 @@ async fn access(
         created_at: created,
         expires_at: created + Duration::from_secs(server.ttl_secs),
     };
-    let (adm, version) = st.db.tx(move |tx| store::insert_admission(tx, new)).await?;
+    let (adm, version) = st
+        .db
+        .tx_feed(move |tx, feed| store::insert_admission(tx, feed, new))
+        .await?;
     st.hub.publish(server.id, version);
     st.expiry_wake.notify_one();
 
@@ -422,8 +426,8 @@ async fn access(
         let a = adm.clone();
         let v = st
             .db
-            .tx(move |tx| match store::admission(tx, &a.id)? {
-                Some(a) => Ok(Some(store::delete_admission(tx, &a)?)),
+            .tx_feed(move |tx, feed| match store::admission(tx, &a.id)? {
+                Some(a) => Ok(Some(store::delete_admission(tx, feed, &a)?)),
                 None => Ok(None),
             })
             .await?;
@@ -530,13 +534,13 @@ async fn renew(
     let a = adm.clone();
     let renewed = st
         .db
-        .tx(move |tx| {
+        .tx_feed(move |tx, feed| {
             let server = store::server_by_id(tx, a.server_id)?;
             if store::grant_for(tx, a.user_id, a.server_id)?.is_none() {
                 return Ok(None);
             }
             let expires = now() + Duration::from_secs(server.ttl_secs);
-            let v = store::set_expiry(tx, &a, expires)?;
+            let v = store::set_expiry(tx, feed, &a, expires)?;
             Ok(Some((expires, v)))
         })
         .await?;
@@ -569,8 +573,8 @@ async fn revoke(
     let a = adm.clone();
     let v = st
         .db
-        .tx(move |tx| {
-            let v = store::delete_admission(tx, &a)?;
+        .tx_feed(move |tx, feed| {
+            let v = store::delete_admission(tx, feed, &a)?;
             store::audit(
                 tx,
                 now(),
@@ -628,12 +632,13 @@ async fn enroll(
     let report = req.report;
     let server = st
         .db
-        .tx(move |tx| {
+        .tx_feed(move |tx, feed| {
             let Some(server) = store::enroll(tx, &enroll_hash, &cred_hash)? else {
                 return Ok(None);
             };
             store::update_gateway(
                 tx,
+                feed,
                 server.id,
                 &report.public_key,
                 endpoint,
@@ -682,9 +687,10 @@ async fn report(
     let id = server.id;
     let version = st
         .db
-        .tx(move |tx| {
+        .tx_feed(move |tx, feed| {
             store::update_gateway(
                 tx,
+                feed,
                 id,
                 &report.public_key,
                 endpoint,
@@ -704,13 +710,23 @@ struct FeedQuery {
     after: Option<u64>,
     wait_ms: Option<u64>,
     server: Option<String>,
+    /// The caller understands `FeedUpdate` and wants only the changes
+    /// since `after` when the control plane still has them.
+    diff: Option<bool>,
+}
+
+/// What a feed answer is built from.
+enum FeedAnswer {
+    Whole(store::Server, Vec<store::Admission>),
+    Diff(store::Server, u64, feedlog::Diff),
 }
 
 async fn feed(
     State(st): Shared,
     headers: HeaderMap,
     q: Result<Query<FeedQuery>, QueryRejection>,
-) -> ApiResult<Json<FeedState>> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let Query(q) = q?;
     let server = gateway(&st, &headers).await?;
     if let Some(name) = &q.server {
@@ -735,37 +751,68 @@ async fn feed(
         }
     }
     let id = server.id;
-    let (server, admissions) = st
+    let diff_from = q.after.filter(|_| q.diff == Some(true));
+    let log = st.db.feed_log();
+    let answer = st
         .db
         .tx(move |tx| {
-            Ok((
-                store::server_by_id(tx, id)?,
-                store::server_admissions(tx, id)?,
-            ))
+            let server = store::server_by_id(tx, id)?;
+            if let Some(after) = diff_from {
+                // Read under the transaction: every change up to the
+                // version just read is in the log by now.
+                let diff = if after == server.version {
+                    Some(feedlog::Diff::default())
+                } else {
+                    log.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .diff(id, after, server.version)
+                };
+                if let Some(diff) = diff {
+                    return Ok(FeedAnswer::Diff(server, after, diff));
+                }
+            }
+            let admissions = store::server_admissions(tx, id)?;
+            Ok(FeedAnswer::Whole(server, admissions))
         })
         .await?;
     let t = now();
+    let service_address = store::tunnel_address(store::SERVICE_INDEX);
+    let update = match answer {
+        FeedAnswer::Whole(server, admissions) => FeedUpdate {
+            server: server.name,
+            version: server.version,
+            server_time: t,
+            service_address,
+            base: None,
+            admissions: admissions
+                .iter()
+                .filter(|a| a.expires_at > t)
+                .map(store::Admission::to_feed)
+                .collect(),
+            removed: Vec::new(),
+        },
+        FeedAnswer::Diff(server, after, diff) => FeedUpdate {
+            server: server.name,
+            version: server.version,
+            server_time: t,
+            service_address,
+            base: Some(after),
+            admissions: diff.upserts,
+            removed: diff.removed,
+        },
+    };
+    if q.diff == Some(true) {
+        return Ok(Json(update).into_response());
+    }
+    // The original form: always the whole set, without `base`/`removed`.
     Ok(Json(FeedState {
-        server: server.name,
-        version: server.version,
-        server_time: t,
-        service_address: store::tunnel_address(store::SERVICE_INDEX),
-        admissions: admissions
-            .into_iter()
-            .filter(|a| a.expires_at > t)
-            .map(|a| FeedAdmission {
-                client_address: a.client_address(),
-                id: a.id,
-                mode: a.mode,
-                client_public_key: a.client_key,
-                preshared_key: a.psk,
-                source: a.source,
-                binding: a.binding,
-                services: a.services,
-                expires_at: a.expires_at,
-            })
-            .collect(),
-    }))
+        server: update.server,
+        version: update.version,
+        server_time: update.server_time,
+        service_address: update.service_address,
+        admissions: update.admissions,
+    })
+    .into_response())
 }
 
 async fn ack(
@@ -869,13 +916,13 @@ async fn delete_user(
     let Path(name) = name?;
     let bumped = st
         .db
-        .tx(move |tx| {
+        .tx_feed(move |tx, feed| {
             let user = store::user_by_name(tx, &name)?
                 .ok_or_else(|| store::StoreError::NotFound(format!("no user named '{name}'")))?;
             let adms = store::user_server_admissions(tx, user.id, None)?;
             let mut bumped = Vec::new();
             for a in &adms {
-                bumped.push((a.server_id, store::delete_admission(tx, a)?));
+                bumped.push((a.server_id, store::delete_admission(tx, feed, a)?));
                 store::audit(
                     tx,
                     now(),
@@ -1056,7 +1103,7 @@ async fn delete_grant(
     let Path((user, server)) = p?;
     let bumped = st
         .db
-        .tx(move |tx| {
+        .tx_feed(move |tx, feed| {
             let u = store::user_by_name(tx, &user)?;
             let s = store::server_by_name(tx, &server)?;
             let (Some(u), Some(s)) = (u, s) else {
@@ -1071,7 +1118,7 @@ async fn delete_grant(
             }
             let mut bumped = None;
             for a in store::user_server_admissions(tx, u.id, Some(s.id))? {
-                bumped = Some(store::delete_admission(tx, &a)?);
+                bumped = Some(store::delete_admission(tx, feed, &a)?);
                 store::audit(
                     tx,
                     now(),

@@ -7,13 +7,16 @@
 //! long-poll the gateway keeps open; `hub` wakes it), waits for the
 //! gateway's acknowledgement, and only then answers the client with what
 //! it needs to open its tunnel. Revocations and expiries travel the same
-//! feed. Everything is served over HTTPS only (`tls`); the HTTP API itself
-//! lives in `app` and is documented in docs/api.md.
+//! feed; `feedlog` remembers the recent changes so that a gateway gets
+//! only what changed since the version it holds. Everything is served over
+//! HTTPS only (`tls`); the HTTP API itself lives in `app` and is documented
+//! in docs/api.md.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod auth;
 mod error;
+pub mod feedlog;
 pub mod hub;
 pub mod state;
 pub mod store;
@@ -112,7 +115,7 @@ impl ControlPlane {
                 .with_context(|| format!("cannot write {}", admin_token_file.display()))?;
             db.tx_blocking(|tx| store::set_setting(tx, "admin_token_hash", &hash))?;
         }
-        let purged = db.tx_blocking(|tx| store::purge_pending(tx))?;
+        let purged = db.tx_feed_blocking(|tx, feed| store::purge_pending(tx, feed))?;
         if !purged.is_empty() {
             tracing::info!(
                 count = purged.len(),
@@ -216,8 +219,8 @@ async fn expiry_task(st: Arc<AppState>) {
         let now = OffsetDateTime::now_utc();
         let gone = st
             .db
-            .tx(move |tx| {
-                let gone = store::expire(tx, now)?;
+            .tx_feed(move |tx, feed| {
+                let (gone, versions) = store::expire(tx, feed, now)?;
                 for a in &gone {
                     store::audit(
                         tx,
@@ -233,10 +236,6 @@ async fn expiry_task(st: Arc<AppState>) {
                     )?;
                 }
                 store::purge_tokens(tx, now)?;
-                let mut versions = Vec::new();
-                for a in &gone {
-                    versions.push((a.server_id, store::server_by_id(tx, a.server_id)?.version));
-                }
                 Ok(versions)
             })
             .await;

@@ -5,8 +5,15 @@
 //! Queries are plain functions over a `rusqlite::Connection`; `Db` runs a
 //! closure of them inside one transaction on a blocking thread, so a
 //! request's change and its audit line commit together or not at all.
+//!
+//! Every function that bumps a server's feed version records the change
+//! it made in a [`FeedChanges`]; `Db::tx_feed` appends those to the
+//! in-memory [`FeedLog`] after the commit, before the next transaction can
+//! start, so the log always matches the versions in the database.
 
+use crate::feedlog::{Change, FeedChanges, FeedLog};
 use proto::api::{AccessMode, AuditEntry, ServiceInfo};
+use proto::feed::FeedAdmission;
 use proto::{BindingPolicy, WgKey};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,6 +48,8 @@ pub struct Db {
     // One connection: SQLite serialises writers anyway, and the control
     // plane's reads are point lookups that take microseconds.
     conn: Arc<Mutex<Connection>>,
+    /// Recent feed changes; written only while `conn` is locked.
+    log: Arc<Mutex<FeedLog>>,
 }
 
 impl Db {
@@ -53,7 +62,15 @@ impl Db {
         conn.execute_batch(SCHEMA)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
+            log: Arc::default(),
         })
+    }
+
+    /// The feed's change log. Read it while holding a transaction (inside
+    /// a `tx` closure) so that it is at least as new as what that
+    /// transaction reads.
+    pub fn feed_log(&self) -> Arc<Mutex<FeedLog>> {
+        self.log.clone()
     }
 
     /// Runs `f` in one transaction on a blocking thread and commits it.
@@ -81,6 +98,42 @@ impl Db {
         let tx = guard.transaction()?;
         let out = f(&tx)?;
         tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in one transaction like [`Db::tx`], for changes that bump
+    /// feed versions: `f` records them in the `FeedChanges` it is given,
+    /// and once the transaction has committed they go into the feed log,
+    /// still under the database lock, so the log holds versions in commit
+    /// order. A rolled back transaction records nothing.
+    pub async fn tx_feed<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction, &mut FeedChanges) -> Result<T> + Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.tx_feed_blocking(f))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// The same, synchronously (start-up and tests).
+    pub fn tx_feed_blocking<T>(
+        &self,
+        f: impl FnOnce(&Transaction, &mut FeedChanges) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = guard.transaction()?;
+        let mut changes = FeedChanges::default();
+        let out = f(&tx, &mut changes)?;
+        tx.commit()?;
+        if !changes.is_empty() {
+            self.log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .append(changes);
+        }
+        drop(guard);
         Ok(out)
     }
 }
@@ -401,6 +454,7 @@ pub fn enroll(tx: &Connection, enroll_hash: &[u8], cred_hash: &[u8]) -> Result<O
 /// Records what the gateway reported about itself.
 pub fn update_gateway(
     tx: &Connection,
+    feed: &mut FeedChanges,
     server_id: i64,
     key: &WgKey,
     endpoint: std::net::SocketAddr,
@@ -423,13 +477,15 @@ pub fn update_gateway(
     // clients pinned the old key. They must ask again.
     if old.gateway_key.is_some() && old.gateway_key.as_ref() != Some(key) {
         tx.execute("DELETE FROM admissions WHERE server_id = ?1", [server_id])?;
-        bump_version(tx, server_id)?;
+        let v = bump_version(tx, server_id)?;
+        feed.record(server_id, v, Change::Reset);
     }
     Ok(())
 }
 
 /// Marks a change to a server's desired state; returns the new version.
-pub fn bump_version(tx: &Connection, server_id: i64) -> Result<u64> {
+/// Every caller records the change under that version in the feed log.
+fn bump_version(tx: &Connection, server_id: i64) -> Result<u64> {
     let v: i64 = tx.query_row(
         "UPDATE servers SET version = version + 1 WHERE id = ?1 RETURNING version",
         [server_id],
@@ -530,6 +586,21 @@ impl Admission {
     pub fn client_address(&self) -> Option<Ipv4Addr> {
         self.tunnel_index.map(tunnel_address)
     }
+
+    /// The admission as the gateway feed carries it.
+    pub fn to_feed(&self) -> FeedAdmission {
+        FeedAdmission {
+            id: self.id.clone(),
+            mode: self.mode,
+            client_public_key: self.client_key,
+            preshared_key: self.psk,
+            source: self.source,
+            binding: self.binding,
+            client_address: self.client_address(),
+            services: self.services.clone(),
+            expires_at: self.expires_at,
+        }
+    }
 }
 
 pub fn tunnel_address(index: u32) -> Ipv4Addr {
@@ -590,7 +661,11 @@ pub struct NewAdmission {
 /// Inserts a pending admission (allocating the lowest free tunnel address
 /// for tunnel mode) and bumps the server's version. Returns the admission
 /// and the version whose acknowledgement makes it live.
-pub fn insert_admission(tx: &Connection, new: NewAdmission) -> Result<(Admission, u64)> {
+pub fn insert_admission(
+    tx: &Connection,
+    feed: &mut FeedChanges,
+    new: NewAdmission,
+) -> Result<(Admission, u64)> {
     if let Some(key) = &new.client_key {
         let taken: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM admissions WHERE server_id = ?1 AND client_key = ?2)",
@@ -632,6 +707,7 @@ pub fn insert_admission(tx: &Connection, new: NewAdmission) -> Result<(Admission
     let version = bump_version(tx, new.server_id)?;
     let adm =
         admission(tx, &new.id)?.ok_or_else(|| StoreError::NotFound("admission vanished".into()))?;
+    feed.record(adm.server_id, version, Change::Upsert(adm.to_feed()));
     Ok((adm, version))
 }
 
@@ -675,17 +751,29 @@ pub fn activate(tx: &Connection, id: &str) -> Result<()> {
 }
 
 /// Removes an admission; returns the server's new version.
-pub fn delete_admission(tx: &Connection, adm: &Admission) -> Result<u64> {
+pub fn delete_admission(tx: &Connection, feed: &mut FeedChanges, adm: &Admission) -> Result<u64> {
     tx.execute("DELETE FROM admissions WHERE id = ?1", [&adm.id])?;
-    bump_version(tx, adm.server_id)
+    let v = bump_version(tx, adm.server_id)?;
+    feed.record(adm.server_id, v, Change::Remove(adm.id.clone()));
+    Ok(v)
 }
 
-pub fn set_expiry(tx: &Connection, adm: &Admission, expires: OffsetDateTime) -> Result<u64> {
+/// Moves an admission's expiry; returns the server's new version.
+pub fn set_expiry(
+    tx: &Connection,
+    feed: &mut FeedChanges,
+    adm: &Admission,
+    expires: OffsetDateTime,
+) -> Result<u64> {
     tx.execute(
         "UPDATE admissions SET expires_at = ?2 WHERE id = ?1",
         params![adm.id, millis(expires)],
     )?;
-    bump_version(tx, adm.server_id)
+    let v = bump_version(tx, adm.server_id)?;
+    let now =
+        admission(tx, &adm.id)?.ok_or_else(|| StoreError::NotFound("admission vanished".into()))?;
+    feed.record(adm.server_id, v, Change::Upsert(now.to_feed()));
+    Ok(v)
 }
 
 /// The admissions a gateway must enforce: pending and active alike, since
@@ -721,9 +809,17 @@ pub fn user_server_admissions(
         .collect())
 }
 
+/// (server id, new feed version) of each server a change touched.
+pub type ServerVersions = Vec<(i64, u64)>;
+
 /// Removes every admission past its expiry and bumps the versions of the
-/// servers concerned. Returns what was removed.
-pub fn expire(tx: &Connection, now: OffsetDateTime) -> Result<Vec<Admission>> {
+/// servers concerned (once each). Returns what was removed and the new
+/// version of each server concerned.
+pub fn expire(
+    tx: &Connection,
+    feed: &mut FeedChanges,
+    now: OffsetDateTime,
+) -> Result<(Vec<Admission>, ServerVersions)> {
     let mut st = tx.prepare_cached(&format!(
         "SELECT {ADMISSION_COLS} {ADMISSION_FROM} WHERE a.expires_at <= ?1"
     ))?;
@@ -736,10 +832,15 @@ pub fn expire(tx: &Connection, now: OffsetDateTime) -> Result<Vec<Admission>> {
         tx.execute("DELETE FROM admissions WHERE id = ?1", [&a.id])?;
         servers.insert(a.server_id);
     }
+    let mut versions = Vec::with_capacity(servers.len());
     for s in servers {
-        bump_version(tx, s)?;
+        let v = bump_version(tx, s)?;
+        for a in gone.iter().filter(|a| a.server_id == s) {
+            feed.record(s, v, Change::Remove(a.id.clone()));
+        }
+        versions.push((s, v));
     }
-    Ok(gone)
+    Ok((gone, versions))
 }
 
 pub fn next_expiry(tx: &Connection) -> Result<Option<OffsetDateTime>> {
@@ -750,7 +851,7 @@ pub fn next_expiry(tx: &Connection) -> Result<Option<OffsetDateTime>> {
 
 /// Pending admissions never reached their client (the control plane
 /// stopped before the gateway acknowledged): remove them at start-up.
-pub fn purge_pending(tx: &Connection) -> Result<Vec<Admission>> {
+pub fn purge_pending(tx: &Connection, feed: &mut FeedChanges) -> Result<Vec<Admission>> {
     let mut st = tx.prepare(&format!(
         "SELECT {ADMISSION_COLS} {ADMISSION_FROM} WHERE a.state = 'pending'"
     ))?;
@@ -759,7 +860,7 @@ pub fn purge_pending(tx: &Connection) -> Result<Vec<Admission>> {
         .collect::<rusqlite::Result<_>>()?;
     drop(st);
     for a in &gone {
-        delete_admission(tx, a)?;
+        delete_admission(tx, feed, a)?;
     }
     Ok(gone)
 }

@@ -45,7 +45,7 @@ async fn access_is_answered_after_the_gateway_has_the_admission() {
     assert!(r.preshared_key.is_some());
 
     // The gateway acknowledged the version holding it before we heard back.
-    let st = gw.state.lock().unwrap().clone().unwrap();
+    let st = gw.state();
     let a = st
         .admissions
         .iter()
@@ -325,7 +325,7 @@ async fn admissions_survive_a_restart() {
     // The gateway's credential still works and its feed still holds the
     // admission with the same keys and address.
     let gw = FeedFollower::follow(&cp.client(), &credential, true).await;
-    let st = gw.state.lock().unwrap().clone().unwrap();
+    let st = gw.state();
     assert_eq!(st.admissions.len(), 1);
     assert_eq!(st.admissions[0].preshared_key, r.preshared_key);
     assert_eq!(st.admissions[0].client_public_key, Some(key(1)));
@@ -428,7 +428,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let st = gw.state.lock().unwrap().clone().unwrap();
+        let st = gw.state();
         let want = if trusted { "203.0.113.9" } else { "127.0.0.1" };
         assert_eq!(st.admissions[0].source.to_string(), want);
         cp.stop().await;
@@ -443,7 +443,7 @@ async fn ipv6_clients_are_observed_as_such() {
     let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
     let alice = login(&cp.client(), "alice").await;
     alice.access("den", key(1)).await.unwrap();
-    let st = gw.state.lock().unwrap().clone().unwrap();
+    let st = gw.state();
     assert_eq!(st.admissions[0].source.to_string(), "::1");
     cp.stop().await;
 }
@@ -460,5 +460,278 @@ async fn an_untrusted_certificate_is_refused_with_a_clear_error() {
     );
     assert!(e.to_string().contains("--ca"));
     assert!(ControlClient::new("http://127.0.0.1:1", Trust::PublicRoots).is_err());
+    cp.stop().await;
+}
+
+/// The feed of "den" as its gateway sees it, with diffs allowed.
+async fn gateway_feed(cp: &Running, gw: &FeedFollower, after: Option<u64>) -> FeedUpdate {
+    feed_update(
+        &cp.client().with_bearer(&gw.credential),
+        after,
+        Duration::ZERO,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_feed_sends_only_what_changed_since_the_version_held() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    let first = alice.access("den", key(1)).await.unwrap();
+    let before = gw.version();
+
+    // One access: the diff holds exactly that admission.
+    let r = alice.access("den", key(2)).await.unwrap();
+    let after_access = gw.version();
+    assert_eq!(after_access, before + 1, "one access is one version");
+    let d = gateway_feed(&cp, &gw, Some(before)).await;
+    assert_eq!(d.base, Some(before));
+    assert_eq!(d.version, after_access);
+    assert!(d.removed.is_empty(), "{:?}", d.removed);
+    assert_eq!(d.admissions.len(), 1, "{:?}", d.admissions);
+    let a = &d.admissions[0];
+    assert_eq!(a.id, r.admission_id);
+    assert_eq!(a.client_public_key, Some(key(2)));
+    assert_eq!(a.preshared_key, r.preshared_key);
+    // The database keeps milliseconds.
+    assert!((a.expires_at - r.expires_at).abs() < time::Duration::milliseconds(1));
+    assert_eq!(
+        a.client_address.map(|c| c.to_string()),
+        Some(r.client_address.to_string())
+    );
+
+    // The version held: an empty diff (the long-poll would wait for a change).
+    let same = gateway_feed(&cp, &gw, Some(after_access)).await;
+    assert_eq!(same.base, Some(after_access));
+    assert!(same.admissions.is_empty() && same.removed.is_empty());
+
+    // A renewal is an upsert with the new expiry.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let renewed = alice.renew(&first.admission_id).await.unwrap();
+    let d = gateway_feed(&cp, &gw, Some(after_access)).await;
+    assert_eq!(d.base, Some(after_access));
+    assert!(d.removed.is_empty());
+    assert_eq!(d.admissions.len(), 1);
+    assert_eq!(d.admissions[0].id, first.admission_id);
+    assert!(
+        (d.admissions[0].expires_at - renewed.expires_at).abs() < time::Duration::milliseconds(1)
+    );
+    assert!(d.admissions[0].expires_at > first.expires_at);
+    let after_renew = d.version;
+
+    // A revocation: the id is in `removed`, nothing else.
+    alice.revoke(&r.admission_id).await.unwrap();
+    let d = gateway_feed(&cp, &gw, Some(after_renew)).await;
+    assert_eq!(d.base, Some(after_renew));
+    assert_eq!(d.version, after_renew + 1);
+    assert!(d.admissions.is_empty(), "{:?}", d.admissions);
+    assert_eq!(d.removed, vec![r.admission_id.clone()]);
+
+    // Across several versions each id is named once, with its latest
+    // change: added then revoked is only "removed".
+    let d = gateway_feed(&cp, &gw, Some(before)).await;
+    assert_eq!(d.base, Some(before));
+    assert_eq!(d.removed, vec![r.admission_id.clone()]);
+    assert_eq!(d.admissions.len(), 1);
+    assert_eq!(d.admissions[0].id, first.admission_id);
+
+    // The follower, which took in diffs only, holds what a whole answer says.
+    let whole = gateway_feed(&cp, &gw, None).await;
+    assert!(whole.is_full());
+    assert!(gw
+        .wait_until(Duration::from_secs(2), |_| gw.version() == whole.version)
+        .await
+        .is_some());
+    assert_eq!(gw.state().admissions, whole.admissions);
+    let (diffs, wholes) = gw.answer_counts();
+    assert_eq!(wholes, 1, "only the first answer was a whole set");
+    assert!(diffs >= 4, "{diffs} diffs");
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_old_or_future_version_gets_the_whole_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    let start = gw.version();
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        ids.push(alice.access("den", key(i)).await.unwrap().admission_id);
+    }
+    let current = gw.version();
+    assert_eq!(current, start + 3);
+
+    // Before anything this control plane remembers, and ahead of it.
+    for after in [0, current + 1, current + 1000] {
+        let u = gateway_feed(&cp, &gw, Some(after)).await;
+        assert_eq!(u.base, None, "after={after}");
+        assert_eq!(u.version, current);
+        let got: Vec<_> = u.admissions.iter().map(|a| a.id.clone()).collect();
+        assert_eq!(got, ids, "after={after}");
+        assert!(u.removed.is_empty());
+    }
+    // The documented form (no `diff=true`) is the whole set as before, with
+    // neither `base` nor `removed`.
+    let c = cp.client();
+    let (status, v) = raw(
+        &c,
+        reqwest::Method::GET,
+        &format!("/v1/gateway/feed?after={}&wait_ms=0", current - 1),
+        Some(&gw.credential),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(v["admissions"].as_array().unwrap().len(), 3);
+    assert!(v.get("base").is_none() && v.get("removed").is_none(), "{v}");
+    let legacy = c
+        .with_bearer(&gw.credential)
+        .feed(Some(current - 1), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(legacy.admissions.len(), 3);
+
+    // A restarted control plane remembers no history: the whole set,
+    // until new versions accumulate.
+    let credential = gw.credential.clone();
+    drop(gw);
+    cp.stop().await;
+    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    let feed = cp.client().with_bearer(&credential);
+    let u = feed_update(&feed, Some(current - 1), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((u.base, u.version), (None, current));
+    assert_eq!(u.admissions.len(), 3);
+    // The version the gateway holds is still the current one: nothing to send.
+    let u = feed_update(&feed, Some(current), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(u.base, Some(current));
+    assert!(u.admissions.is_empty() && u.removed.is_empty());
+
+    let gw = FeedFollower::follow(&cp.client(), &credential, true).await;
+    let alice = login(&cp.client(), "alice").await;
+    alice.revoke(&ids[0]).await.unwrap();
+    let u = feed_update(&feed, Some(current), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(u.base, Some(current));
+    assert_eq!(u.removed, vec![ids[0].clone()]);
+    assert!(gw
+        .wait_until(Duration::from_secs(1), |got| got == &ids[1..])
+        .await
+        .is_some());
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn every_change_reaches_a_diff_following_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    let token = seed(&cp.admin, "alice", "den", Some(2)).await;
+    let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
+    cp.admin
+        .create_user(&CreateUser {
+            username: "bob".into(),
+            password: "password-of-bob".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    cp.admin
+        .create_grant(&CreateGrant {
+            username: "bob".into(),
+            server: "den".into(),
+            services: None,
+            direct: false,
+        })
+        .await
+        .unwrap();
+    let alice = login(&cp.client(), "alice").await;
+    let bob = login(&cp.client(), "bob").await;
+    let feed = cp.client().with_bearer(&gw.credential);
+    // The follower reaches the current version and then holds what the
+    // whole answer says (again at a newer version if one came meanwhile).
+    let same = || async {
+        loop {
+            let whole = feed_update(&feed, None, Duration::ZERO).await.unwrap();
+            assert!(gw
+                .wait_until(Duration::from_secs(2), |_| gw.version() >= whole.version)
+                .await
+                .is_some());
+            let st = gw.state();
+            if st.version != whole.version {
+                continue;
+            }
+            let mut got = st.admissions;
+            let mut want = whole.admissions;
+            got.sort_by(|a, b| a.id.cmp(&b.id));
+            want.sort_by(|a, b| a.id.cmp(&b.id));
+            assert_eq!(got, want);
+            return;
+        }
+    };
+
+    let a1 = alice.access("den", key(1)).await.unwrap();
+    let b1 = bob.access("den", key(2)).await.unwrap();
+    let b2 = bob.access("den", key(3)).await.unwrap();
+    same().await;
+
+    // User deletion removes bob's admissions, one version each.
+    cp.admin.delete_user("bob").await.unwrap();
+    assert!(gw
+        .wait_until(Duration::from_secs(1), |ids| !ids
+            .contains(&b1.admission_id)
+            && !ids.contains(&b2.admission_id))
+        .await
+        .is_some());
+    same().await;
+
+    // Expiry (ttl 2 s) removes alice's, unless renewed.
+    let a2 = alice.access("den", key(4)).await.unwrap();
+    alice.renew(&a2.admission_id).await.unwrap();
+    assert!(gw
+        .wait_until(Duration::from_secs(4), |ids| !ids
+            .contains(&a1.admission_id))
+        .await
+        .is_some());
+    same().await;
+
+    // Grant removal.
+    let a3 = alice.access("den", key(5)).await.unwrap();
+    cp.admin.delete_grant("alice", "den").await.unwrap();
+    assert!(gw
+        .wait_until(Duration::from_secs(1), |ids| !ids
+            .contains(&a3.admission_id))
+        .await
+        .is_some());
+    same().await;
+    let (diffs, wholes) = gw.answer_counts();
+    assert_eq!(wholes, 1, "{diffs} diffs, {wholes} whole sets");
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_gateway_key_ends_every_admission_in_the_feed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    alice.access("den", key(1)).await.unwrap();
+    alice.access("den", key(2)).await.unwrap();
+    let held = gw.version();
+    let feed = cp.client().with_bearer(&gw.credential);
+    feed.report(&report(key(201))).await.unwrap();
+    // No diff can describe "everything went": the whole (empty) set.
+    let u = feed_update(&feed, Some(held), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((u.base, u.version), (None, held + 1));
+    assert!(u.admissions.is_empty());
+    assert!(gw
+        .wait_until(Duration::from_secs(1), |ids| ids.is_empty())
+        .await
+        .is_some());
     cp.stop().await;
 }

@@ -24,12 +24,14 @@
 //! (`runtime`) puts the whole gateway together: it keeps the static key
 //! and credential in the state folder ([`identity`]), enrolls or reports
 //! to the control plane, follows the feed (apply on the data path, then
-//! acknowledge), and answers `hushgate gateway status` on a Unix socket.
+//! acknowledge; [`feed`] keeps the desired set current from diffs), and
+//! answers `hushgate gateway status` on a Unix socket.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 mod datapath;
 pub mod dispatch;
+pub mod feed;
 pub mod identity;
 pub mod inner;
 mod runtime;

@@ -4,11 +4,14 @@
 //! The async side (tokio) only talks HTTPS to the control plane and
 //! answers status requests; every packet is handled on the data-path
 //! thread (`datapath`). They meet through a channel: the feed follower
-//! hands each desired state to the data path, waits until it is applied,
-//! and only then acknowledges the version to the control plane.
+//! keeps its copy of the desired set current from the feed's diffs
+//! (`feed::DesiredSet`), hands the whole set to the data path after each
+//! answer, waits until it is applied, and only then acknowledges the
+//! version to the control plane.
 
 use crate::datapath::{Control, ControlTx, DataPath};
 use crate::dispatch::{Dispatcher, DispatcherConfig, GatewayStats};
+use crate::feed::{self, DesiredSet};
 use crate::identity::{Identity, IdentityError};
 use control_client::{ClientError, ControlClient, Trust};
 use netstack::udp::UdpIo;
@@ -342,23 +345,35 @@ async fn status_of(
     })
 }
 
-/// Follows the control plane's feed for ever: apply each desired state on
-/// the data path, then acknowledge it. On errors it retries with
-/// exponential backoff and jitter; meanwhile the data path keeps enforcing
-/// what it has until each admission expires (fail-static), and nothing new
-/// can be admitted (fail-closed).
+/// Follows the control plane's feed for ever: take in each answer (a diff
+/// or the whole set), apply the whole desired set on the data path, then
+/// acknowledge it. On errors it retries with exponential backoff and
+/// jitter; meanwhile the data path keeps enforcing what it has until each
+/// admission expires (fail-static), and nothing new can be admitted
+/// (fail-closed).
 async fn follow_feed(
     client: ControlClient,
     control: ControlTx,
     health: Arc<Mutex<FeedHealth>>,
     synced: watch::Sender<u64>,
 ) {
-    let mut after: Option<u64> = None;
+    let mut desired = DesiredSet::new();
+    // Whether the control plane offers diffs (one that predates them
+    // refuses the `diff` parameter with 400).
+    let mut diffs = true;
     let mut backoff = Duration::from_millis(100);
     loop {
-        match client.feed(after, Duration::from_secs(25)).await {
-            Ok(state) => {
+        let after = desired.next_after(Instant::now());
+        match feed::fetch(&client, after, Duration::from_secs(25), diffs).await {
+            Ok(update) => {
                 backoff = Duration::from_millis(100);
+                let state = match desired.absorb(update, Instant::now()) {
+                    Ok(state) => state,
+                    Err(e) => {
+                        tracing::info!(error = %e, "feed diff does not fit");
+                        continue;
+                    }
+                };
                 let version = state.version;
                 let server = state.server.clone();
                 let (tx, rx) = oneshot::channel();
@@ -368,7 +383,6 @@ async fn follow_feed(
                 }
                 match client.ack(version).await {
                     Ok(()) => {
-                        after = Some(version);
                         let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
                         h.server = Some(server);
                         h.connected = true;
@@ -379,9 +393,13 @@ async fn follow_feed(
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "acknowledging feed version {version} failed; fetching again");
-                        after = None;
+                        desired.refetch();
                     }
                 }
+            }
+            Err(e) if diffs && e.status() == Some(400) => {
+                tracing::warn!(error = %e, "the control plane does not offer feed diffs; following the whole set");
+                diffs = false;
             }
             Err(e) => {
                 {
@@ -392,7 +410,7 @@ async fn follow_feed(
                     h.connected = false;
                     h.last_error = Some(e.to_string());
                 }
-                after = None;
+                desired.refetch();
                 let jitter = rand::thread_rng().gen_range(0.5..1.5);
                 tokio::time::sleep(backoff.mul_f64(jitter)).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));

@@ -103,7 +103,7 @@ fn main() {
             .collect(),
         "wg" => (0..4096)
             .map(|i| {
-                let init = (i / gso.max(1)) % 2 == 0;
+                let init = (i / gso.max(1)).is_multiple_of(2);
                 let mut d = vec![0u8; if init { 148 } else { 96 }];
                 rng.fill(&mut d[..]);
                 d[..4].copy_from_slice(&(if init { 1u32 } else { 4u32 }).to_le_bytes());

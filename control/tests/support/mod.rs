@@ -130,11 +130,36 @@ pub fn report(k: WgKey) -> GatewayReport {
     }
 }
 
-/// A gateway that follows the feed and acknowledges every version,
-/// keeping the last state it saw.
+/// `GET /v1/gateway/feed?diff=true[&after=N&wait_ms=M]`: the whole set, or
+/// only the changes since `after` when the control plane still has them.
+pub async fn feed_update(
+    c: &ControlClient,
+    after: Option<u64>,
+    wait: Duration,
+) -> Result<FeedUpdate, control_client::ClientError> {
+    let path = match after {
+        Some(v) => format!(
+            "/v1/gateway/feed?diff=true&after={v}&wait_ms={}",
+            wait.as_millis()
+        ),
+        None => "/v1/gateway/feed?diff=true".to_string(),
+    };
+    c.call(
+        reqwest::Method::GET,
+        &path,
+        None::<&()>,
+        wait + Duration::from_secs(15),
+    )
+    .await
+}
+
+/// A gateway that follows the feed with diffs and acknowledges every
+/// version, keeping its own copy of the desired set.
 pub struct FeedFollower {
-    pub state: Arc<Mutex<Option<FeedState>>>,
+    pub mirror: Arc<Mutex<FeedMirror>>,
     pub credential: String,
+    /// How many answers were diffs and how many whole sets.
+    pub answers: Arc<Mutex<(u64, u64)>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -153,51 +178,82 @@ impl FeedFollower {
     /// Follows the feed with `credential`; acknowledges when `ack`.
     pub async fn follow(base: &ControlClient, credential: &str, ack: bool) -> FeedFollower {
         let c = base.with_bearer(credential);
-        let state: Arc<Mutex<Option<FeedState>>> = Arc::default();
-        let s = state.clone();
-        let first = c.feed(None, Duration::ZERO).await.expect("first feed");
+        let mirror: Arc<Mutex<FeedMirror>> = Arc::default();
+        let answers: Arc<Mutex<(u64, u64)>> = Arc::default();
+        let first = feed_update(&c, None, Duration::ZERO)
+            .await
+            .expect("first feed");
+        assert!(first.is_full());
+        let version = first.version;
+        mirror.lock().unwrap().apply(first).unwrap();
+        answers.lock().unwrap().1 += 1;
         if ack {
-            c.ack(first.version).await.unwrap();
+            c.ack(version).await.unwrap();
         }
-        let mut after = first.version;
-        *s.lock().unwrap() = Some(first);
+        let (m, n) = (mirror.clone(), answers.clone());
         let task = tokio::spawn(async move {
+            let mut after = Some(version);
             loop {
-                match c.feed(Some(after), Duration::from_secs(20)).await {
-                    Ok(st) => {
-                        after = st.version;
-                        *s.lock().unwrap() = Some(st);
-                        if ack {
-                            let _ = c.ack(after).await;
+                match feed_update(&c, after, Duration::from_secs(20)).await {
+                    Ok(update) => {
+                        let version = update.version;
+                        {
+                            let mut n = n.lock().unwrap();
+                            if update.is_full() {
+                                n.1 += 1;
+                            } else {
+                                n.0 += 1;
+                            }
+                        }
+                        if m.lock().unwrap().apply(update).is_err() {
+                            // A diff that does not fit what we hold: start over.
+                            after = None;
+                            continue;
+                        }
+                        after = Some(version);
+                        if ack && c.ack(version).await.is_err() {
+                            after = None;
                         }
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(_) => {
+                        after = None;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         });
         FeedFollower {
-            state,
+            mirror,
             credential: credential.into(),
+            answers,
             task,
         }
     }
 
-    pub fn admission_ids(&self) -> Vec<String> {
-        self.state
+    /// The whole desired set as the follower holds it now.
+    pub fn state(&self) -> FeedState {
+        self.mirror
             .lock()
             .unwrap()
-            .as_ref()
-            .map(|s| s.admissions.iter().map(|a| a.id.clone()).collect())
-            .unwrap_or_default()
+            .state()
+            .expect("the follower holds a whole set")
+    }
+
+    pub fn admission_ids(&self) -> Vec<String> {
+        self.state().admissions.into_iter().map(|a| a.id).collect()
+    }
+
+    pub fn admission_count(&self) -> usize {
+        self.mirror.lock().unwrap().len()
     }
 
     pub fn version(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap()
-            .as_ref()
-            .map(|s| s.version)
-            .unwrap_or(0)
+        self.mirror.lock().unwrap().version().unwrap_or(0)
+    }
+
+    /// (diffs, whole sets) received so far.
+    pub fn answer_counts(&self) -> (u64, u64) {
+        *self.answers.lock().unwrap()
     }
 
     /// Waits up to `limit` for `cond` on the admission ids; returns how long it took.

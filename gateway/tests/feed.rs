@@ -1,0 +1,273 @@
+//! The gateway's feed follower against a real control plane: after any
+//! sequence of changes taken in as diffs, the desired set it holds (and
+//! hands to the data path) equals the whole set the control plane sends.
+
+use control_client::{ControlClient, Trust};
+use hushgate_gateway::feed::{fetch, DesiredSet};
+use proto::api::{CreateGrant, CreateServer, CreateUser, ServiceInfo};
+use proto::feed::{EnrollRequest, FeedState, GatewayReport};
+use proto::WgKey;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct World {
+    _dir: tempfile::TempDir,
+    admin: ControlClient,
+    base: ControlClient,
+    feed: ControlClient,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+async fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = control::ControlPlane::open(control::Config {
+        state_dir: dir.path().join("control"),
+        tls_cert: None,
+        sans: vec![],
+        settings: control::Settings {
+            login_per_minute: 1000,
+            ack_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    let ca = cp.ca_file().unwrap().to_path_buf();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cp.serve(listener, async {
+        let _ = stopped.await;
+    }));
+    let base = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();
+    let token = std::fs::read_to_string(dir.path().join("control/admin-token")).unwrap();
+    let admin = base.with_bearer(token.trim());
+    for user in ["alice", "bob"] {
+        admin
+            .create_user(&CreateUser {
+                username: user.into(),
+                password: format!("password-of-{user}"),
+                admin: false,
+            })
+            .await
+            .unwrap();
+    }
+    let server = admin
+        .create_server(&CreateServer {
+            name: "den".into(),
+            binding: Default::default(),
+            admission_ttl_secs: Some(4),
+        })
+        .await
+        .unwrap();
+    for user in ["alice", "bob"] {
+        admin
+            .create_grant(&CreateGrant {
+                username: user.into(),
+                server: "den".into(),
+                services: None,
+                direct: false,
+            })
+            .await
+            .unwrap();
+    }
+    let enrolled = base
+        .enroll(&EnrollRequest {
+            enrollment_token: server.enrollment_token,
+            report: GatewayReport {
+                public_key: WgKey([200; 32]),
+                public_endpoint: Some("198.51.100.10:51820".parse().unwrap()),
+                listen_port: 51820,
+                services: vec![ServiceInfo {
+                    name: "plex".into(),
+                    port: 32400,
+                }],
+                direct_services: vec![],
+            },
+        })
+        .await
+        .unwrap();
+    World {
+        _dir: dir,
+        feed: base.with_bearer(&enrolled.credential),
+        admin,
+        base,
+        stop: Some(stop),
+    }
+}
+
+/// What the follower saw: each state it would hand to the data path, and
+/// how many answers were diffs and whole sets.
+#[derive(Default)]
+struct Seen {
+    states: Vec<FeedState>,
+    diffs: usize,
+    wholes: usize,
+}
+
+/// The gateway's loop without the data path: fetch, absorb, acknowledge.
+fn follow(feed: ControlClient) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>) {
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut desired = DesiredSet::new();
+        loop {
+            let after = desired.next_after(Instant::now());
+            let Ok(update) = fetch(&feed, after, Duration::from_secs(20), true).await else {
+                desired.refetch();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let whole = update.is_full();
+            let Ok(state) = desired.absorb(update, Instant::now()) else {
+                continue;
+            };
+            let version = state.version;
+            {
+                let mut s = s.lock().unwrap();
+                if whole {
+                    s.wholes += 1;
+                } else {
+                    s.diffs += 1;
+                }
+                s.states.push(state);
+            }
+            if feed.ack(version).await.is_err() {
+                desired.refetch();
+            }
+        }
+    });
+    (seen, task)
+}
+
+fn sorted(mut s: FeedState) -> FeedState {
+    s.admissions.sort_by(|a, b| a.id.cmp(&b.id));
+    s
+}
+
+/// Waits until the follower holds the control plane's current version and
+/// checks that what it holds then is the whole set the control plane sends
+/// (the documented whole form, without diffs). If the version moved on
+/// meanwhile (an expiry), it compares again at the newer one.
+async fn converged(w: &World, seen: &Mutex<Seen>) -> FeedState {
+    let t = Instant::now();
+    loop {
+        let whole = w.feed.feed(None, Duration::ZERO).await.unwrap();
+        let held = loop {
+            let held = seen.lock().unwrap().states.last().cloned();
+            if let Some(held) = held.filter(|h| h.version >= whole.version) {
+                break held;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the follower never reached version {}",
+                whole.version
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        if held.version != whole.version {
+            continue;
+        }
+        let (held, whole) = (sorted(held), sorted(whole));
+        assert_eq!(held.admissions, whole.admissions);
+        assert_eq!(held.service_address, whole.service_address);
+        assert_eq!(held.server, whole.server);
+        return held;
+    }
+}
+
+#[tokio::test]
+async fn the_merged_set_equals_the_whole_set_after_a_sequence_of_diffs() {
+    let mut w = world().await;
+    let (seen, task) = follow(w.feed.clone());
+    let alice = {
+        let t = w.base.login("alice", "password-of-alice").await.unwrap();
+        w.base.with_bearer(&t.token)
+    };
+    let bob = {
+        let t = w.base.login("bob", "password-of-bob").await.unwrap();
+        w.base.with_bearer(&t.token)
+    };
+
+    // Accesses, some at once (several changes may share one answer).
+    let mut ids = Vec::new();
+    for n in 1..=3u8 {
+        ids.push(
+            alice
+                .access("den", WgKey([n; 32]))
+                .await
+                .unwrap()
+                .admission_id,
+        );
+    }
+    let parallel: Vec<_> = (10..16u8)
+        .map(|n| {
+            let c = if n % 2 == 0 {
+                alice.clone()
+            } else {
+                bob.clone()
+            };
+            tokio::spawn(async move { (n, c.access("den", WgKey([n; 32])).await.unwrap()) })
+        })
+        .collect();
+    let mut bobs = Vec::new();
+    for p in parallel {
+        let (n, r) = p.await.unwrap();
+        if n % 2 == 1 {
+            bobs.push(r.admission_id.clone());
+        }
+        ids.push(r.admission_id);
+    }
+    let st = converged(&w, &seen).await;
+    assert!(!st.admissions.is_empty());
+
+    // A revocation and a renewal.
+    alice.revoke(&ids[0]).await.unwrap();
+    let renewed = alice.renew(&ids[1]).await.unwrap();
+    let st = converged(&w, &seen).await;
+    assert!(st.admissions.iter().all(|a| a.id != ids[0]));
+    let a = st.admissions.iter().find(|a| a.id == ids[1]).unwrap();
+    assert!((a.expires_at - renewed.expires_at).abs() < time::Duration::milliseconds(1));
+
+    // A user's deletion, then a grant's removal.
+    w.admin.delete_user("bob").await.unwrap();
+    let st = converged(&w, &seen).await;
+    assert!(st.admissions.iter().all(|a| !bobs.contains(&a.id)));
+    w.admin.delete_grant("alice", "den").await.unwrap();
+    let st = converged(&w, &seen).await;
+    assert!(st.admissions.is_empty());
+
+    // Expiry (admissions live 4 s here).
+    w.admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "den".into(),
+            services: None,
+            direct: false,
+        })
+        .await
+        .unwrap();
+    let short = alice.access("den", WgKey([30; 32])).await.unwrap();
+    let st = converged(&w, &seen).await;
+    assert_eq!(st.admissions.len(), 1);
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let st = converged(&w, &seen).await;
+    assert!(
+        st.admissions.iter().all(|a| a.id != short.admission_id),
+        "{:?}",
+        st.admissions
+    );
+
+    {
+        let s = seen.lock().unwrap();
+        assert_eq!(s.wholes, 1, "only the first answer is a whole set");
+        assert!(s.diffs >= 8, "{} diffs", s.diffs);
+        // Every state handed on is a whole set with the answer's own clock.
+        for st in &s.states {
+            assert!(st.admissions.iter().all(|a| a.expires_at > st.server_time));
+        }
+    }
+    task.abort();
+    if let Some(s) = w.stop.take() {
+        let _ = s.send(());
+    }
+}
