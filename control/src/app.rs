@@ -561,6 +561,30 @@ async fn renew(
     Ok(Json(RenewResponse { expires_at }))
 }
 
+/// Removes an admission and writes its `revoked` audit line, in the
+/// caller's transaction; returns the server's new feed version.
+fn end_admission(
+    tx: &rusqlite::Transaction,
+    feed: &mut crate::feedlog::FeedChanges,
+    a: &store::Admission,
+    detail: String,
+) -> store::Result<u64> {
+    let v = store::delete_admission(tx, feed, a)?;
+    store::audit(
+        tx,
+        now(),
+        Audit {
+            event: "revoked",
+            username: Some(&a.username),
+            server: Some(&a.server),
+            admission_id: Some(&a.id),
+            source: Some(a.source),
+            detail,
+        },
+    )?;
+    Ok(v)
+}
+
 async fn revoke(
     State(st): Shared,
     headers: HeaderMap,
@@ -573,22 +597,7 @@ async fn revoke(
     let a = adm.clone();
     let v = st
         .db
-        .tx_feed(move |tx, feed| {
-            let v = store::delete_admission(tx, feed, &a)?;
-            store::audit(
-                tx,
-                now(),
-                Audit {
-                    event: "revoked",
-                    username: Some(&a.username),
-                    server: Some(&a.server),
-                    admission_id: Some(&a.id),
-                    source: Some(a.source),
-                    detail: format!("revoked by {by}"),
-                },
-            )?;
-            Ok(v)
-        })
+        .tx_feed(move |tx, feed| end_admission(tx, feed, &a, format!("revoked by {by}")))
         .await?;
     st.hub.publish(adm.server_id, v);
     Ok(StatusCode::NO_CONTENT)
@@ -922,19 +931,8 @@ async fn delete_user(
             let adms = store::user_server_admissions(tx, user.id, None)?;
             let mut bumped = Vec::new();
             for a in &adms {
-                bumped.push((a.server_id, store::delete_admission(tx, feed, a)?));
-                store::audit(
-                    tx,
-                    now(),
-                    Audit {
-                        event: "revoked",
-                        username: Some(&a.username),
-                        server: Some(&a.server),
-                        admission_id: Some(&a.id),
-                        source: Some(a.source),
-                        detail: format!("user deleted by {by}"),
-                    },
-                )?;
+                let v = end_admission(tx, feed, a, format!("user deleted by {by}"))?;
+                bumped.push((a.server_id, v));
             }
             store::delete_user(tx, user.id)?;
             store::audit(
@@ -1118,19 +1116,12 @@ async fn delete_grant(
             }
             let mut bumped = None;
             for a in store::user_server_admissions(tx, u.id, Some(s.id))? {
-                bumped = Some(store::delete_admission(tx, feed, &a)?);
-                store::audit(
+                bumped = Some(end_admission(
                     tx,
-                    now(),
-                    Audit {
-                        event: "revoked",
-                        username: Some(&a.username),
-                        server: Some(&a.server),
-                        admission_id: Some(&a.id),
-                        source: Some(a.source),
-                        detail: format!("grant removed by {by}"),
-                    },
-                )?;
+                    feed,
+                    &a,
+                    format!("grant removed by {by}"),
+                )?);
             }
             store::audit(
                 tx,
