@@ -97,13 +97,23 @@ impl ClientError {
 }
 
 /// A connection to one control plane. Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ControlClient {
     http: reqwest::Client,
     base: String,
     bearer: Option<Arc<str>>,
     /// Largest answer body read, in bytes.
     max_body: usize,
+}
+
+impl std::fmt::Debug for ControlClient {
+    // The bearer token never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlClient")
+            .field("base", &self.base)
+            .field("bearer", &self.bearer.as_ref().map(|_| "<hidden>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl ControlClient {
@@ -137,6 +147,10 @@ impl ControlClient {
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(5))
             .no_proxy()
+            // A redirect could lead a request (and its password or token)
+            // to another host or to plaintext: the API never redirects.
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
             .build()
             .map_err(|e| ClientError::Config(format!("HTTP client setup failed: {e}")))?;
         Ok(ControlClient {

@@ -33,6 +33,8 @@ pub struct AppState {
     /// Wakes the expiry task when an admission with an earlier deadline
     /// appears.
     pub expiry_wake: Notify,
+    /// Password verifications allowed at once (see `login`).
+    pub argon_slots: tokio::sync::Semaphore,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -187,6 +189,13 @@ async fn login(
 ) -> ApiResult<Json<LoginResponse>> {
     let Json(req) = body?;
     let source = observed_source(&st, peer, &headers)?;
+    // No real account has such names or passwords; refusing them early
+    // keeps junk out of the limiter and the audit log.
+    if req.username.is_empty() || req.username.len() > 64 || req.password.len() > 1024 {
+        return Err(AppError::bad_request(
+            "user names are 1-64 characters and passwords at most 1024 bytes",
+        ));
+    }
     if let Err(wait) = st.limiter.check(source, &req.username, Instant::now()) {
         let mut e = AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -206,6 +215,13 @@ async fn login(
         .map(|u| u.pw_hash.clone())
         .unwrap_or_else(|| st.dummy_hash.clone());
     let password = req.password;
+    // Each verification holds 19 MiB for ~20 ms; bound how many run at
+    // once so a burst of logins cannot exhaust memory or the thread pool.
+    let _slot = st
+        .argon_slots
+        .acquire()
+        .await
+        .map_err(|_| AppError::unavailable("shutting_down", "the control plane is stopping"))?;
     let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
         .await
         .unwrap_or(false);
@@ -536,7 +552,12 @@ async fn renew(
         .db
         .tx_feed(move |tx, feed| {
             let server = store::server_by_id(tx, a.server_id)?;
-            if store::grant_for(tx, a.user_id, a.server_id)?.is_none() {
+            let Some(grant) = store::grant_for(tx, a.user_id, a.server_id)? else {
+                return Ok(None);
+            };
+            // The grant may have been narrowed since; an expired admission
+            // the expiry task has not swept yet may not come back either.
+            if !grant_covers(&grant, &a) || a.expires_at <= now() {
                 return Ok(None);
             }
             let expires = now() + Duration::from_secs(server.ttl_secs);
@@ -553,12 +574,21 @@ async fn renew(
         return Err(AppError::unavailable(
             "gateway_timeout",
             format!(
-                "the gateway of server '{}' did not confirm the renewal in time; the admission stays valid until its old expiry",
+                "the renewal is recorded, but the gateway of server '{}' did not confirm it in time; try again, and if it persists check that the gateway is running",
                 adm.server
             ),
         ));
     }
     Ok(Json(RenewResponse { expires_at }))
+}
+
+/// Whether a grant still allows everything an admission was given.
+fn grant_covers(grant: &store::Grant, a: &store::Admission) -> bool {
+    let services_ok = grant
+        .services
+        .as_ref()
+        .is_none_or(|allowed| a.services.iter().all(|s| allowed.contains(s)));
+    services_ok && (a.mode != AccessMode::Direct || grant.direct)
 }
 
 /// Removes an admission and writes its `revoked` audit line, in the
@@ -971,8 +1001,12 @@ async fn create_server(
         ));
     }
     if let BindingPolicy::Prefix(n) = req.binding {
-        if n > 128 {
-            return Err(AppError::bad_request("a prefix length is at most 128"));
+        // A very short prefix admits most of the Internet: the source
+        // check would mean nothing and admission would be key-only.
+        if !(16..=128).contains(&n) {
+            return Err(AppError::bad_request(
+                "a binding prefix must be between 16 and 128 bits long (e.g. prefix:24 for IPv4 pools, prefix:64 for IPv6)",
+            ));
         }
     }
     let (token, hash) = auth::new_secret(SecretKind::Enrollment);
@@ -1036,8 +1070,9 @@ async fn create_grant(
     let by = admin(&st, &headers).await?.name().to_string();
     let Json(req) = body?;
     let r = req.clone();
-    st.db
-        .tx(move |tx| {
+    let bumped = st
+        .db
+        .tx_feed(move |tx, feed| {
             let user = store::user_by_name(tx, &r.username)?.ok_or_else(|| {
                 store::StoreError::NotFound(format!("no user named '{}'", r.username))
             })?;
@@ -1045,6 +1080,16 @@ async fn create_grant(
                 store::StoreError::NotFound(format!("no server named '{}'", r.server))
             })?;
             store::upsert_grant(tx, user.id, server.id, r.services.as_deref(), r.direct)?;
+            // A narrowed grant ends the admissions it no longer covers.
+            let grant = store::grant_for(tx, user.id, server.id)?
+                .ok_or_else(|| store::StoreError::NotFound("grant vanished".into()))?;
+            let mut bumped = None;
+            for a in store::user_server_admissions(tx, user.id, Some(server.id))? {
+                if !grant_covers(&grant, &a) {
+                    let why = format!("grant narrowed by {by}");
+                    bumped = Some((server.id, end_admission(tx, feed, &a, why)?));
+                }
+            }
             store::audit(
                 tx,
                 now(),
@@ -1062,9 +1107,13 @@ async fn create_grant(
                     ),
                     ..Default::default()
                 },
-            )
+            )?;
+            Ok(bumped)
         })
         .await?;
+    if let Some((s, v)) = bumped {
+        st.hub.publish(s, v);
+    }
     Ok((
         StatusCode::CREATED,
         Json(GrantInfo {

@@ -126,6 +126,13 @@ impl LoginLimiter {
                 *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
             });
         }
+        // One IPv6 host usually holds a whole /64: count it as one source.
+        let source = match source {
+            IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+            v4 => v4,
+        };
         let keys = [
             LimitKey::Source(source),
             LimitKey::User(username.to_lowercase()),

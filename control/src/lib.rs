@@ -130,6 +130,9 @@ impl ControlPlane {
             settings: cfg.settings,
             dummy_hash,
             expiry_wake: tokio::sync::Notify::new(),
+            argon_slots: tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            ),
         });
         Ok(ControlPlane {
             state,

@@ -735,3 +735,135 @@ async fn a_new_gateway_key_ends_every_admission_in_the_feed() {
         .is_some());
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn users_cannot_touch_each_others_admissions_and_narrowed_grants_bite() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    cp.admin
+        .create_user(&CreateUser {
+            username: "bob".into(),
+            password: "password-of-bob".into(),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    let bob = login(&cp.client(), "bob").await;
+    let r = alice.access("den", key(1)).await.unwrap();
+    // Bob sees no such admission: 404 for renew and revoke alike.
+    assert_eq!(
+        bob.renew(&r.admission_id).await.unwrap_err().status(),
+        Some(404)
+    );
+    assert_eq!(
+        bob.revoke(&r.admission_id).await.unwrap_err().status(),
+        Some(404)
+    );
+    // A non-admin user is refused on every admin endpoint.
+    for e in [
+        bob.list_users().await.map(|_| ()).unwrap_err(),
+        bob.list_servers().await.map(|_| ()).unwrap_err(),
+        bob.list_grants().await.map(|_| ()).unwrap_err(),
+        bob.list_admissions().await.map(|_| ()).unwrap_err(),
+        bob.audit(10).await.map(|_| ()).unwrap_err(),
+        bob.delete_grant("alice", "den").await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), Some("admin_only"), "{e}");
+    }
+    assert!(alice.list_admissions().await.is_err());
+
+    // Narrowing alice's grant to a service her admission does not hold
+    // ends the admission at once, and it cannot be renewed back.
+    cp.admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "den".into(),
+            services: Some(vec!["jellyfin".into()]),
+            direct: false,
+        })
+        .await
+        .unwrap();
+    assert!(gw
+        .wait_until(Duration::from_secs(1), |ids| !ids.contains(&r.admission_id))
+        .await
+        .is_some());
+    assert_eq!(
+        alice.renew(&r.admission_id).await.unwrap_err().status(),
+        Some(404)
+    );
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn a_binding_prefix_too_short_to_mean_anything_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    for bad in ["prefix:0", "prefix:8"] {
+        let body = serde_json::json!({"name": "wide", "binding": bad});
+        let e = cp
+            .admin
+            .call::<_, CreatedServer>(
+                reqwest::Method::POST,
+                "/v1/admin/servers",
+                Some(&body),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(400), "{bad}: {e}");
+    }
+    assert!(cp.admin.list_servers().await.unwrap().is_empty());
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn state_files_holding_secrets_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("cp");
+    let cp = Running::start(&state, "127.0.0.1:0", fast_settings()).await;
+    let mode = |f: &str| {
+        std::fs::metadata(state.join(f))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(""), 0o700, "state folder");
+    for f in ["admin-token", "ca-key.pem", "control.sqlite"] {
+        assert_eq!(mode(f), 0o600, "{f}");
+    }
+    cp.stop().await;
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let login = LoginRequest {
+        username: "alice".into(),
+        password: "hunter2-secret".into(),
+    };
+    let enroll = EnrollRequest {
+        enrollment_token: "hge_secret_token".into(),
+        report: report(key(3)),
+    };
+    let created = CreateUser {
+        username: "bob".into(),
+        password: "another-secret".into(),
+        admin: false,
+    };
+    let client = client_for_debug();
+    for text in [
+        format!("{login:?}"),
+        format!("{enroll:?}"),
+        format!("{created:?}"),
+        format!("{client:?}"),
+    ] {
+        assert!(!text.contains("secret"), "{text}");
+    }
+}
+
+fn client_for_debug() -> ControlClient {
+    ControlClient::new("https://127.0.0.1:1", Trust::PublicRoots)
+        .unwrap()
+        .with_bearer("hgu_secret_bearer")
+}

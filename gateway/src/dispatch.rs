@@ -937,7 +937,11 @@ impl Dispatcher {
                     // Load rose between our check and the tunnel's: the
                     // tunnel answered with a cookie instead.
                     Some(MSG_COOKIE_REPLY) => {
-                        out.commit(OutputKind::Transmit(src), offset, len);
+                        // Same rule as above: no cookie to a source that
+                        // only an open pinning window lets in.
+                        if source == SourceStatus::Bound {
+                            out.commit(OutputKind::Transmit(src), offset, len);
+                        }
                         return Verdict::Dropped(DropReason::RateLimited);
                     }
                     _ => return Verdict::Dropped(DropReason::Unauthenticated),

@@ -8,19 +8,39 @@ use std::net::{IpAddr, SocketAddr};
 use time::OffsetDateTime;
 
 /// `POST /v1/login`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl std::fmt::Debug for LoginRequest {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 pub struct LoginResponse {
     /// Bearer token for `Authorization: Bearer ...`.
     pub token: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for LoginResponse {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginResponse")
+            .field("expires_at", &self.expires_at)
+            .field("token", &"<hidden>")
+            .finish()
+    }
 }
 
 /// How a client wants to reach the server.
@@ -88,13 +108,24 @@ pub struct ErrorDetail {
 }
 
 /// `POST /v1/admin/users`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
     pub username: String,
     pub password: String,
     #[serde(default)]
     pub admin: bool,
+}
+
+impl std::fmt::Debug for CreateUser {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUser")
+            .field("username", &self.username)
+            .field("admin", &self.admin)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

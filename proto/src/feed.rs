@@ -36,18 +36,38 @@ pub struct GatewayReport {
 }
 
 /// `POST /v1/gateway/enroll`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     pub enrollment_token: String,
     pub report: GatewayReport,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+impl std::fmt::Debug for EnrollRequest {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("report", &self.report)
+            .field("enrollment_token", &"<hidden>")
+            .finish()
+    }
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 pub struct EnrollResponse {
     pub server: String,
     /// Long-lived bearer credential for the feed; shown once.
     pub credential: String,
+}
+
+impl std::fmt::Debug for EnrollResponse {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollResponse")
+            .field("server", &self.server)
+            .field("credential", &"<hidden>")
+            .finish()
+    }
 }
 
 /// `GET /v1/gateway/feed?after=N`: the desired state.
