@@ -124,6 +124,9 @@ pub(crate) enum PathEvent {
     Reset { generation: u64 },
     /// The data path stopped on an I/O error.
     Failed(String),
+    /// The data path thread has finished: the local port is closed and
+    /// every local connection reset. Always the last event.
+    Stopped,
 }
 
 /// The async side's end of the data path: send commands, stop the thread.
@@ -344,6 +347,11 @@ impl DataPath {
             let _ = self.report.send(PathEvent::Failed(e.to_string()));
         }
         self.close();
+        // Dropping `self` closes the local listener; only then may the
+        // session say it has ended (the port is free from that moment).
+        let report = self.report.clone();
+        drop(self);
+        let _ = report.send(PathEvent::Stopped);
     }
 
     fn run_loop(&mut self) -> io::Result<()> {

@@ -422,6 +422,16 @@ impl<C: ControlApi> Supervisor<C> {
 
     async fn finish(mut self, reason: EndReason) {
         self.datapath.send(Command::Shutdown);
+        // "Ended" promises the local port is closed: wait for the data
+        // path to say so (bounded, in case it is already gone).
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(ev) = self.path.recv().await {
+                if matches!(ev, PathEvent::Stopped) {
+                    break;
+                }
+            }
+        })
+        .await;
         match &reason {
             EndReason::Closed => {
                 // Best effort, bounded: the admission expires anyway.
