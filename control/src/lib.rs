@@ -151,6 +151,28 @@ impl ControlPlane {
         self.state.clone()
     }
 
+    /// Serves HTTPS on `listener` in a background task of the current
+    /// tokio runtime, until [`Serving::stop`] (or until the `Serving` is
+    /// dropped). For running a control plane inside another program: the
+    /// demo and tests.
+    pub fn spawn(self, listener: std::net::TcpListener) -> anyhow::Result<Serving> {
+        let addr = listener.local_addr()?;
+        let ca_file = self.tls.ca_file.clone();
+        let admin_token_file = self.admin_token_file.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(self.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Ok(Serving {
+            url: format!("https://{addr}"),
+            addr,
+            ca_file,
+            admin_token_file,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
     /// Serves HTTPS on `listener` until `shutdown` completes. Also runs the
     /// expiry task, which removes admissions the moment they expire.
     pub async fn serve(
@@ -186,6 +208,40 @@ impl ControlPlane {
             .await;
         expiry.abort();
         result.context("the HTTPS server stopped")
+    }
+}
+
+/// A control plane serving in a background task (see
+/// [`ControlPlane::spawn`]).
+#[derive(Debug)]
+pub struct Serving {
+    pub addr: SocketAddr,
+    /// `https://ADDR`.
+    pub url: String,
+    /// The CA to pin, when the control plane made its own.
+    pub ca_file: Option<PathBuf>,
+    pub admin_token_file: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Serving {
+    /// The admin token (read from its 0600 file).
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        let t = std::fs::read_to_string(&self.admin_token_file)
+            .with_context(|| format!("cannot read {}", self.admin_token_file.display()))?;
+        Ok(t.trim().to_string())
+    }
+
+    /// Stops serving (graceful, at most 2 s) and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.task.take() {
+            Some(t) => t.await.context("the control plane task failed")?,
+            None => Ok(()),
+        }
     }
 }
 

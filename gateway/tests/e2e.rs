@@ -51,7 +51,7 @@ struct World {
     admin: ControlClient,
     base: ControlClient,
     gateway: Gateway,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    control: Option<control::Serving>,
 }
 
 async fn world() -> World {
@@ -66,16 +66,14 @@ async fn world() -> World {
         },
     })
     .unwrap();
-    let ca = cp.ca_file().unwrap().to_path_buf();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(cp.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let serving = cp
+        .spawn(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let ca = serving.ca_file.clone().unwrap();
+    let url = serving.url.clone();
     let base = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();
-    let token = std::fs::read_to_string(dir.path().join("control/admin-token")).unwrap();
-    let admin = base.with_bearer(token.trim());
+    let token = serving.admin_token().unwrap();
+    let admin = base.with_bearer(&token);
     admin
         .create_user(&CreateUser {
             username: "alice".into(),
@@ -122,7 +120,7 @@ async fn world() -> World {
         admin,
         base,
         gateway,
-        stop: Some(stop),
+        control: Some(serving),
     }
 }
 
@@ -368,8 +366,8 @@ async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
     assert!(after.is_none(), "a revoked client still got data");
 
     let _ = w.admin.list_admissions().await.unwrap();
-    if let Some(s) = w.stop.take() {
-        let _ = s.send(());
+    if let Some(c) = w.control.take() {
+        let _ = c.stop().await;
     }
     w.gateway.shutdown().await;
 }
@@ -394,7 +392,7 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
     let World {
         gateway,
         _dir,
-        stop,
+        control: serving,
         ..
     } = w;
     gateway.shutdown().await;
@@ -420,7 +418,9 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
     .unwrap();
     assert_eq!(body.map(|b| b.len()), Some(FILE_LEN));
     gateway.shutdown().await;
-    drop(stop);
+    if let Some(c) = serving {
+        let _ = c.stop().await;
+    }
     drop(_dir);
     let _ = IpAddr::from([127, 0, 0, 1]);
 }

@@ -15,7 +15,7 @@ struct World {
     admin: ControlClient,
     base: ControlClient,
     feed: ControlClient,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    control: Option<control::Serving>,
 }
 
 async fn world() -> World {
@@ -31,16 +31,14 @@ async fn world() -> World {
         },
     })
     .unwrap();
-    let ca = cp.ca_file().unwrap().to_path_buf();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("https://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(cp.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let serving = cp
+        .spawn(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .unwrap();
+    let ca = serving.ca_file.clone().unwrap();
+    let url = serving.url.clone();
     let base = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();
-    let token = std::fs::read_to_string(dir.path().join("control/admin-token")).unwrap();
-    let admin = base.with_bearer(token.trim());
+    let token = serving.admin_token().unwrap();
+    let admin = base.with_bearer(&token);
     for user in ["alice", "bob"] {
         admin
             .create_user(&CreateUser {
@@ -91,7 +89,7 @@ async fn world() -> World {
         feed: base.with_bearer(&enrolled.credential),
         admin,
         base,
-        stop: Some(stop),
+        control: Some(serving),
     }
 }
 
@@ -267,7 +265,7 @@ async fn the_merged_set_equals_the_whole_set_after_a_sequence_of_diffs() {
         }
     }
     task.abort();
-    if let Some(s) = w.stop.take() {
-        let _ = s.send(());
+    if let Some(c) = w.control.take() {
+        let _ = c.stop().await;
     }
 }

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "password-of-alice";
@@ -446,7 +446,7 @@ pub struct World {
     pub upstream: Upstream,
     pub gateway: Option<Gateway>,
     pub nat: Option<Nat>,
-    stop: Option<oneshot::Sender<()>>,
+    control: Option<control::Serving>,
 }
 
 impl World {
@@ -462,17 +462,15 @@ impl World {
             },
         })
         .unwrap();
-        let ca = cp.ca_file().unwrap().to_path_buf();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let control_addr = listener.local_addr().unwrap();
-        let control_url = format!("https://{control_addr}");
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(cp.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        let serving = cp
+            .spawn(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .unwrap();
+        let ca = serving.ca_file.clone().unwrap();
+        let control_addr = serving.addr;
+        let control_url = serving.url.clone();
         let base = ControlClient::new(&control_url, Trust::from_ca_file(&ca).unwrap()).unwrap();
-        let token = std::fs::read_to_string(dir.path().join("control/admin-token")).unwrap();
-        let admin = base.with_bearer(token.trim());
+        let token = serving.admin_token().unwrap();
+        let admin = base.with_bearer(&token);
         admin
             .create_user(&CreateUser {
                 username: USER.into(),
@@ -535,7 +533,7 @@ impl World {
             upstream,
             gateway: Some(gateway),
             nat,
-            stop: Some(stop),
+            control: Some(serving),
         }
     }
 
@@ -567,8 +565,8 @@ impl World {
         if let Some(g) = self.gateway.take() {
             g.shutdown().await;
         }
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
+        if let Some(c) = self.control.take() {
+            let _ = c.stop().await;
         }
     }
 }

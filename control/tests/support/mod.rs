@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -21,38 +20,30 @@ pub struct Running {
     pub dir: PathBuf,
     pub ca: PathBuf,
     pub admin: ControlClient,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    serving: Option<control::Serving>,
 }
 
 impl Running {
     /// Starts a control plane on `bind` (e.g. "127.0.0.1:0") in `dir`.
     pub async fn start(dir: &Path, bind: &str, settings: Settings) -> Running {
-        let cp = ControlPlane::open(Config {
+        let serving = ControlPlane::open(Config {
             state_dir: dir.to_path_buf(),
             tls_cert: None,
             sans: vec![],
             settings,
         })
-        .expect("control plane opens");
-        let listener = std::net::TcpListener::bind(bind).expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let ca = cp.ca_file().unwrap().to_path_buf();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(cp.serve(listener, async {
-            let _ = rx.await;
-        }));
-        let url = format!("https://{addr}");
-        let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
-        let admin = client(&url, &ca).with_bearer(token.trim());
+        .expect("control plane opens")
+        .spawn(std::net::TcpListener::bind(bind).expect("bind"))
+        .expect("control plane serves");
+        let ca = serving.ca_file.clone().unwrap();
+        let admin = client(&serving.url, &ca).with_bearer(&serving.admin_token().unwrap());
         Running {
-            addr,
-            url,
+            addr: serving.addr,
+            url: serving.url.clone(),
             dir: dir.to_path_buf(),
             ca,
             admin,
-            stop: Some(tx),
-            task: Some(task),
+            serving: Some(serving),
         }
     }
 
@@ -61,11 +52,8 @@ impl Running {
     }
 
     pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = t.await;
+        if let Some(s) = self.serving.take() {
+            let _ = s.stop().await;
         }
     }
 }

@@ -96,19 +96,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             ..Default::default()
         },
     })?;
-    let ca = cp
-        .ca_file()
-        .context("the control plane made no CA")?
-        .to_path_buf();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let url = format!("https://{}", listener.local_addr()?);
-    let (stop_cp, stopped) = tokio::sync::oneshot::channel::<()>();
-    let cp_task = tokio::spawn(cp.serve(listener, async {
-        let _ = stopped.await;
-    }));
+    let serving = cp.spawn(std::net::TcpListener::bind("127.0.0.1:0")?)?;
+    let ca = serving
+        .ca_file
+        .clone()
+        .context("the control plane made no CA")?;
+    let url = serving.url.clone();
     let base = ControlClient::new(&url, Trust::from_ca_file(&ca)?)?;
-    let admin_token = std::fs::read_to_string(dir.path().join("control/admin-token"))?;
-    let admin = base.with_bearer(admin_token.trim());
+    let admin = base.with_bearer(&serving.admin_token()?);
     say.say(format!(
         "control plane on {url} (HTTPS, its own CA, SQLite in the state folder)"
     ));
@@ -259,8 +254,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         session.close().await;
         gw.shutdown().await;
-        let _ = stop_cp.send(());
-        let _ = cp_task.await;
+        serving.stop().await?;
         return Ok(());
     }
 
@@ -323,8 +317,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 
     session.close().await;
     gw.shutdown().await;
-    let _ = stop_cp.send(());
-    let _ = cp_task.await;
+    serving.stop().await?;
     media.stop();
     println!();
     println!("every step held. `hushgate demo --keep` leaves it running for a browser or player.");
