@@ -513,7 +513,7 @@ impl<C: ControlApi> Supervisor<C> {
         let id = self.current.admission_id.clone();
         match unless_stopped(&mut self.stop, self.control.renew(&id)).await {
             None => return Some(EndReason::Closed),
-            Some(Ok(r)) => self.renewed(r.expires_at, false),
+            Some(Ok(r)) => self.renewed(r.expires_at),
             Some(Err(ShimError::Revoked { message, .. })) => {
                 return Some(EndReason::Revoked { message })
             }
@@ -522,12 +522,16 @@ impl<C: ControlApi> Supervisor<C> {
         None
     }
 
-    fn renewed(&mut self, expires_at: OffsetDateTime, announce: bool) {
+    /// Records a new expiry, from a scheduled renewal or from a probe (a
+    /// probe is a renewal too): whenever the lifetime moved, the app hears
+    /// `Renewed`.
+    fn renewed(&mut self, expires_at: OffsetDateTime) {
+        let moved = expires_at > self.current.expires_at;
         self.current.expires_at = expires_at;
         self.renew_backoff.reset();
         self.renew_at = Instant::now() + renew_delay(OffsetDateTime::now_utc(), expires_at);
         self.info.send_modify(|i| i.expires_at = expires_at);
-        if announce {
+        if moved {
             self.emit(SessionEvent::Renewed { expires_at });
         }
     }
@@ -538,7 +542,7 @@ impl<C: ControlApi> Supervisor<C> {
         match unless_stopped(&mut self.stop, self.control.renew(&id)).await {
             None => Some(EndReason::Closed),
             Some(Ok(r)) => {
-                self.renewed(r.expires_at, true);
+                self.renewed(r.expires_at);
                 None
             }
             Some(Err(ShimError::Revoked { message, .. })) => Some(EndReason::Revoked { message }),
@@ -587,7 +591,9 @@ impl<C: ControlApi> Supervisor<C> {
                 // Wait for the new tunnel's handshake; a new loss restarts
                 // this from a fresh backoff.
                 self.reconnect = None;
-                self.renewed(params.expires_at, false);
+                // `current` already holds the new admission: no `Renewed`, the
+                // new tunnel announces itself with `Connected`.
+                self.renewed(params.expires_at);
                 self.info.send_modify(|i| {
                     i.admission_id = params.admission_id.clone();
                     i.service = params.service.clone();

@@ -387,7 +387,7 @@ scenario_5() { # expiry without renewal removes the peer; the shim's renewal kee
   # With the shim: a download lasting twice the lifetime completes.
   local pid; pid=$(start_shim 32405 shim5)
   local t0; t0=$(date +%s)
-  fetch 32405 "$W/s5.bin" --limit-rate 1200K
+  fetch 32405 "$W/s5.bin" --limit-rate 800K
   check_sha "$W/s5.bin"
   local took=$(( $(date +%s) - t0 ))
   grep -q "^renewed" "$W/shim5.log"
