@@ -36,6 +36,18 @@ impl ControlClient {
             .await
     }
 
+    /// Direct (firewall-only) access: the server's TCP port opened to the
+    /// address this request comes from.
+    pub async fn access_direct(&self, server: &str) -> R<DirectAccessResponse> {
+        let body = AccessRequest {
+            server: server.into(),
+            public_key: None,
+            mode: AccessMode::Direct,
+        };
+        self.call(Method::POST, "/v1/access", Some(&body), ACCESS)
+            .await
+    }
+
     pub async fn renew(&self, admission_id: &str) -> R<RenewResponse> {
         let path = format!("/v1/admissions/{admission_id}/renew");
         self.call(Method::POST, &path, None::<&()>, ACCESS).await

@@ -509,16 +509,13 @@ async fn access(
             expires_at: adm.expires_at,
         })
         .into_response()),
-        AccessMode::Direct => {
-            let port = services[0].port;
-            Ok(Json(serde_json::json!({
-                "admission_id": adm.id,
-                "direct_endpoint": SocketAddr::new(endpoint.ip(), port),
-                "services": services,
-                "expires_at": adm.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-            }))
-            .into_response())
-        }
+        AccessMode::Direct => Ok(Json(DirectAccessResponse {
+            admission_id: adm.id.clone(),
+            direct_endpoint: SocketAddr::new(endpoint.ip(), services[0].port),
+            services,
+            expires_at: adm.expires_at,
+        })
+        .into_response()),
     }
 }
 

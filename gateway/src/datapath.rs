@@ -64,7 +64,13 @@ pub struct DataPath {
     outbox: Outbox,
     control: mpsc::Receiver<Control>,
     stack_config: fn(IpAddr) -> StackConfig,
+    /// Told when a first-handshake admission is pinned to a source (the
+    /// kernel pre-filter must admit that source from then on).
+    pinned: Option<PinSink>,
 }
+
+/// Receives `(admission id, source)` for each first-handshake pinning.
+pub type PinSink = Box<dyn FnMut(String, IpAddr) + Send>;
 
 impl std::fmt::Debug for DataPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,9 +98,15 @@ impl DataPath {
                 outbox: Outbox::with_capacity(256 * 1024, 512),
                 control: rx,
                 stack_config: StackConfig::new,
+                pinned: None,
             },
             ControlTx { tx, waker },
         ))
+    }
+
+    /// Calls `sink` whenever a first-handshake admission is pinned.
+    pub fn on_pinned(&mut self, sink: PinSink) {
+        self.pinned = Some(sink);
     }
 
     /// Runs until `Control::Shutdown` or the control side disappears.
@@ -311,8 +323,17 @@ impl DataPath {
                 PeerEvent::Installed { admission_id, .. } => {
                     tracing::info!(admission = %admission_id, "peer installed");
                 }
-                PeerEvent::HandshakeCompleted { endpoint, .. } => {
+                PeerEvent::HandshakeCompleted { peer, endpoint } => {
                     tracing::debug!(%endpoint, "handshake completed");
+                    let pinned = self
+                        .dispatcher
+                        .admissions()
+                        .get(peer)
+                        .filter(|a| a.binding() == proto::BindingPolicy::FirstHandshake)
+                        .map(|a| a.id().to_string());
+                    if let (Some(id), Some(sink)) = (pinned, self.pinned.as_mut()) {
+                        sink(id, endpoint.ip().to_canonical());
+                    }
                 }
             }
         }

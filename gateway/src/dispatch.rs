@@ -469,6 +469,9 @@ pub struct GatewayStats {
     pub feed_version: Option<u64>,
     pub service_address: Option<Ipv4Addr>,
     pub peers: Vec<PeerStats>,
+    /// Datagrams the gateway process received on its UDP port, from
+    /// anyone (with the kernel pre-filter, only admitted sources' reach it).
+    pub datagrams: u64,
     pub drops: DropCounters,
 }
 
@@ -556,6 +559,8 @@ pub struct Dispatcher {
     /// Indexed by `PeerId`, parallel to the table's slots.
     peers: Vec<Option<Peer>>,
     drops: DropCounters,
+    /// Every datagram handed to `handle_datagram`.
+    datagrams: u64,
     events: VecDeque<PeerEvent>,
     next_tick: Instant,
 }
@@ -589,6 +594,7 @@ impl Dispatcher {
             config,
             peers: Vec::new(),
             drops: DropCounters::default(),
+            datagrams: 0,
             events: VecDeque::new(),
         }
     }
@@ -722,6 +728,7 @@ impl Dispatcher {
         now: Instant,
         out: &mut Outbox,
     ) -> Verdict {
+        self.datagrams += 1;
         let verdict = self.dispatch_datagram(src, datagram, now, out);
         if let Verdict::Dropped(reason) = verdict {
             self.drops.add(reason);
@@ -784,6 +791,7 @@ impl Dispatcher {
             feed_version: self.table.version(),
             service_address: self.table.service_address(),
             peers,
+            datagrams: self.datagrams,
             drops: self.drops,
         }
     }

@@ -26,12 +26,19 @@
 //! to the control plane, follows the feed (apply on the data path, then
 //! acknowledge; [`feed`] keeps the desired set current from diffs), and
 //! answers `hushgate gateway status` on a Unix socket.
+//!
+//! In front of all of it, in the kernel, [`filter`] keeps an nftables
+//! table that drops datagrams from sources without a live admission
+//! before they wake the process, and [`direct`] serves direct
+//! (firewall-only) admissions: a TCP port opened to admitted sources only.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 mod datapath;
+pub mod direct;
 pub mod dispatch;
 pub mod feed;
+pub mod filter;
 pub mod identity;
 pub mod inner;
 mod runtime;
@@ -44,4 +51,5 @@ pub use dispatch::{
     Dispatcher, DispatcherConfig, DropCounters, DropReason, GatewayStats, Outbox, Output,
     PeerCounters, PeerEvent, PeerStats, Verdict,
 };
+pub use filter::PrefilterMode;
 pub use runtime::{Gateway, GatewayConfig, GatewayError, ServiceSpec, StatusReport};

@@ -10,8 +10,10 @@
 //! version to the control plane.
 
 use crate::datapath::{Control, ControlTx, DataPath};
+use crate::direct::{DirectProxy, DirectStatus};
 use crate::dispatch::{Dispatcher, DispatcherConfig, GatewayStats};
 use crate::feed::{self, DesiredSet};
+use crate::filter::{Filter, FilterStatus, PrefilterMode};
 use crate::identity::{Identity, IdentityError};
 use control_client::{ClientError, ControlClient, Trust};
 use netstack::udp::UdpIo;
@@ -75,6 +77,11 @@ pub struct GatewayConfig {
     /// the gateway, with the UDP port.
     pub public_endpoint: Option<SocketAddr>,
     pub services: Vec<ServiceSpec>,
+    /// Direct (firewall-only) services: `NAME=PUBLIC_PORT:UPSTREAM`, the
+    /// TCP port opened to direct admissions' sources. Needs the pre-filter.
+    pub direct: Vec<ServiceSpec>,
+    /// Whether to keep the kernel pre-filter (nftables).
+    pub prefilter: PrefilterMode,
     /// Needed on the first start only.
     pub enroll_token: Option<String>,
 }
@@ -98,6 +105,12 @@ pub enum GatewayError {
     Control(ClientError),
     #[error("cannot start the data path: {0}")]
     DataPath(std::io::Error),
+    #[error("the kernel pre-filter is required but cannot be set up: {0}")]
+    Prefilter(crate::filter::NftError),
+    #[error("direct services need the kernel pre-filter, which cannot be set up ({0}); without it their port would be open to everyone")]
+    DirectNeedsPrefilter(String),
+    #[error("cannot start the direct services: {0}")]
+    Direct(std::io::Error),
 }
 
 /// What `hushgate gateway status` shows.
@@ -112,6 +125,9 @@ pub struct StatusReport {
     pub last_control_error: Option<String>,
     pub acked_version: u64,
     pub gateway: GatewayStats,
+    /// The kernel pre-filter, when it is in place.
+    pub prefilter: Option<FilterStatus>,
+    pub direct: Option<DirectStatus>,
 }
 
 #[derive(Debug, Default)]
@@ -132,7 +148,10 @@ pub struct Gateway {
     control: ControlTx,
     health: Arc<Mutex<FeedHealth>>,
     synced: watch::Receiver<u64>,
+    filter: Option<Arc<Mutex<Filter>>>,
+    direct: Option<Arc<DirectProxy>>,
     feed: tokio::task::JoinHandle<()>,
+    pins: Option<tokio::task::JoinHandle<()>>,
     status: Option<tokio::task::JoinHandle<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     status_path: PathBuf,
@@ -156,12 +175,71 @@ impl Gateway {
                 )));
             }
         }
+        let mut public_ports = HashMap::new();
+        for s in &cfg.direct {
+            if public_ports.insert(s.port, &s.name).is_some() {
+                return Err(GatewayError::Config(format!(
+                    "two direct services use TCP port {}",
+                    s.port
+                )));
+            }
+            if cfg.services.iter().all(|t| t.name != s.name)
+                && cfg.direct.iter().filter(|d| d.name == s.name).count() > 1
+            {
+                return Err(GatewayError::Config(format!(
+                    "two direct services are named '{}'",
+                    s.name
+                )));
+            }
+        }
+        if !cfg.direct.is_empty() && cfg.prefilter == PrefilterMode::Off {
+            return Err(GatewayError::DirectNeedsPrefilter(
+                "--prefilter off was given".into(),
+            ));
+        }
         let mut identity = Identity::load_or_create(&cfg.state_dir)?;
         let udp = UdpIo::bind(cfg.listen_udp).map_err(|source| GatewayError::Bind {
             addr: cfg.listen_udp,
             source,
         })?;
         let udp_addr = udp.local_addr().map_err(GatewayError::DataPath)?;
+        let direct_ports: HashMap<String, u16> = cfg
+            .direct
+            .iter()
+            .map(|s| (s.name.clone(), s.port))
+            .collect();
+        let filter = match cfg.prefilter {
+            PrefilterMode::Off => None,
+            mode => match Filter::install(
+                udp_addr.port(),
+                direct_ports,
+                crate::admission::DEFAULT_PINNING_WINDOW,
+            ) {
+                Ok(f) => {
+                    tracing::info!(table = f.table(), "kernel pre-filter in place: datagrams from sources without an admission are dropped before they reach the gateway");
+                    Some(Arc::new(Mutex::new(f)))
+                }
+                Err(e) if mode == PrefilterMode::Required => {
+                    return Err(GatewayError::Prefilter(e))
+                }
+                Err(e) if !cfg.direct.is_empty() => {
+                    return Err(GatewayError::DirectNeedsPrefilter(e.to_string()))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no kernel pre-filter: running with the user-space filter alone (unknown sources still get no answer, but each datagram wakes the gateway); use --prefilter required to refuse to start instead");
+                    None
+                }
+            },
+        };
+        let direct = if cfg.direct.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                DirectProxy::start(&cfg.direct)
+                    .await
+                    .map_err(GatewayError::Direct)?,
+            ))
+        };
         let client = ControlClient::new(&cfg.control_url, cfg.trust.clone())
             .map_err(GatewayError::Control)?;
         let report = GatewayReport {
@@ -176,7 +254,14 @@ impl Gateway {
                     port: s.port,
                 })
                 .collect(),
-            direct_services: vec![],
+            direct_services: cfg
+                .direct
+                .iter()
+                .map(|s| ServiceInfo {
+                    name: s.name.clone(),
+                    port: s.port,
+                })
+                .collect(),
         };
         let mut server = None;
         let credential = match identity.credential.clone() {
@@ -217,8 +302,26 @@ impl Gateway {
             DispatcherConfig::new(cfg.services.iter().map(|s| (s.name.clone(), s.port))),
             Instant::now(),
         );
-        let (dp, control) =
+        let (mut dp, control) =
             DataPath::new(udp, dispatcher, ports).map_err(GatewayError::DataPath)?;
+        let pins = filter.as_ref().map(|filter| {
+            // Pinnings arrive on the data-path thread; the kernel update
+            // happens here, off that thread.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, std::net::IpAddr)>();
+            dp.on_pinned(Box::new(move |id, source| {
+                let _ = tx.send((id, source));
+            }));
+            let filter = filter.clone();
+            tokio::spawn(async move {
+                while let Some((id, source)) = rx.recv().await {
+                    let mut f = filter.lock().unwrap_or_else(|p| p.into_inner());
+                    match f.pin(&id, source) {
+                        Ok(()) => tracing::info!(admission = %id, %source, "pre-filter admits the pinned source"),
+                        Err(e) => tracing::error!(admission = %id, %source, error = %e, "pre-filter could not admit the pinned source"),
+                    }
+                }
+            })
+        });
         let thread = std::thread::Builder::new()
             .name("hushgate-datapath".into())
             .spawn(move || dp.run())
@@ -231,7 +334,11 @@ impl Gateway {
         let (synced_tx, synced) = watch::channel(0u64);
         let feed = tokio::spawn(follow_feed(
             client.with_bearer(&credential),
-            control.clone(),
+            Appliers {
+                control: control.clone(),
+                filter: filter.clone(),
+                direct: direct.clone(),
+            },
             health.clone(),
             synced_tx,
         ));
@@ -242,7 +349,10 @@ impl Gateway {
             control,
             health,
             synced,
+            filter,
+            direct,
             feed,
+            pins,
             status: None,
             thread: Some(thread),
             status_path: cfg.state_dir.join("status.sock"),
@@ -269,20 +379,31 @@ impl Gateway {
     }
 
     pub async fn status(&self) -> Option<StatusReport> {
-        status_of(
-            &self.control,
-            &self.health,
-            self.public_key,
-            self.udp,
-            &self.control_url,
-        )
-        .await
+        status_of(&self.status_sources()).await
     }
 
     /// Stops the feed, closes every spliced connection and ends the data
     /// path thread.
+    /// The kernel pre-filter's table, when it is in place.
+    pub fn prefilter_table(&self) -> Option<String> {
+        self.filter.as_ref().map(|f| {
+            f.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .table()
+                .to_string()
+        })
+    }
+
+    /// Stops the feed, closes every spliced connection and ends the data
+    /// path thread. The pre-filter's table stays: the port stays dark.
     pub async fn shutdown(mut self) {
         self.feed.abort();
+        if let Some(p) = self.pins.take() {
+            p.abort();
+        }
+        if let Some(d) = &self.direct {
+            d.shutdown();
+        }
         if let Some(s) = self.status.take() {
             s.abort();
         }
@@ -302,47 +423,77 @@ impl Gateway {
         let listener = tokio::net::UnixListener::bind(&path).map_err(GatewayError::DataPath)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(GatewayError::DataPath)?;
-        let control = self.control.clone();
-        let health = self.health.clone();
-        let (key, udp, url) = (self.public_key, self.udp, self.control_url.clone());
+        let sources = self.status_sources();
         Ok(tokio::spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
                 use tokio::io::AsyncWriteExt;
-                let report = status_of(&control, &health, key, udp, &url).await;
+                let report = status_of(&sources).await;
                 let body = serde_json::to_vec_pretty(&report).unwrap_or_default();
                 let _ = conn.write_all(&body).await;
                 let _ = conn.shutdown().await;
             }
         }))
     }
+
+    fn status_sources(&self) -> StatusSources {
+        StatusSources {
+            control: self.control.clone(),
+            health: self.health.clone(),
+            public_key: self.public_key,
+            udp: self.udp,
+            url: self.control_url.clone(),
+            filter: self.filter.clone(),
+            direct: self.direct.clone(),
+        }
+    }
 }
 
-async fn status_of(
-    control: &ControlTx,
-    health: &Mutex<FeedHealth>,
+/// Where a status report comes from.
+#[derive(Debug, Clone)]
+struct StatusSources {
+    control: ControlTx,
+    health: Arc<Mutex<FeedHealth>>,
     public_key: WgKey,
     udp: SocketAddr,
-    url: &str,
-) -> Option<StatusReport> {
+    url: String,
+    filter: Option<Arc<Mutex<Filter>>>,
+    direct: Option<Arc<DirectProxy>>,
+}
+
+async fn status_of(src: &StatusSources) -> Option<StatusReport> {
     let (tx, rx) = oneshot::channel();
-    if !control.send(Control::Stats(tx)) {
+    if !src.control.send(Control::Stats(tx)) {
         return None;
     }
     let gateway = tokio::time::timeout(Duration::from_secs(2), rx)
         .await
         .ok()?
         .ok()?;
-    let h = health.lock().unwrap_or_else(|p| p.into_inner());
+    let prefilter = src
+        .filter
+        .as_ref()
+        .map(|f| f.lock().unwrap_or_else(|p| p.into_inner()).status());
+    let h = src.health.lock().unwrap_or_else(|p| p.into_inner());
     Some(StatusReport {
         server: h.server.clone(),
-        public_key,
-        udp,
-        control_url: url.to_string(),
+        public_key: src.public_key,
+        udp: src.udp,
+        control_url: src.url.clone(),
         control_connected: h.connected,
         last_control_error: h.last_error.clone(),
         acked_version: h.acked,
         gateway,
+        prefilter,
+        direct: src.direct.as_ref().map(|d| d.status()),
     })
+}
+
+/// Everything a feed version is applied to.
+#[derive(Debug)]
+struct Appliers {
+    control: ControlTx,
+    filter: Option<Arc<Mutex<Filter>>>,
+    direct: Option<Arc<DirectProxy>>,
 }
 
 /// Follows the control plane's feed for ever: take in each answer (a diff
@@ -353,10 +504,15 @@ async fn status_of(
 /// (fail-closed).
 async fn follow_feed(
     client: ControlClient,
-    control: ControlTx,
+    appliers: Appliers,
     health: Arc<Mutex<FeedHealth>>,
     synced: watch::Sender<u64>,
 ) {
+    let Appliers {
+        control,
+        filter,
+        direct,
+    } = appliers;
     let mut desired = DesiredSet::new();
     // Whether the control plane offers diffs (one that predates them
     // refuses the `diff` parameter with 400).
@@ -367,7 +523,8 @@ async fn follow_feed(
         match feed::fetch(&client, after, Duration::from_secs(25), diffs).await {
             Ok(update) => {
                 backoff = Duration::from_millis(100);
-                let state = match desired.absorb(update, Instant::now()) {
+                let received = Instant::now();
+                let mut state = match desired.absorb(update, received) {
                     Ok(state) => state,
                     Err(e) => {
                         tracing::info!(error = %e, "feed diff does not fit");
@@ -376,6 +533,35 @@ async fn follow_feed(
                 };
                 let version = state.version;
                 let server = state.server.clone();
+                // The kernel first: a version is acknowledged only once
+                // its sources (tunnel and direct) are admitted there.
+                if let Some(filter) = &filter {
+                    let result = filter
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .apply(&state, received);
+                    match result {
+                        Ok(unrepresentable) => {
+                            for e in unrepresentable {
+                                tracing::warn!(error = %e, "admission left out of the pre-filter");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the pre-filter could not take feed version {version}; not acknowledging it, retrying");
+                            desired.refetch();
+                            let jitter = rand::thread_rng().gen_range(0.5..1.5);
+                            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(10));
+                            continue;
+                        }
+                    }
+                }
+                if let Some(direct) = &direct {
+                    direct.apply(&state, received);
+                }
+                state
+                    .admissions
+                    .retain(|a| a.mode == proto::api::AccessMode::Tunnel);
                 let (tx, rx) = oneshot::channel();
                 if !control.send(Control::Apply(state, tx)) || rx.await.is_err() {
                     tracing::error!("the data path has stopped; the feed stops too");

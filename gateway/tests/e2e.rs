@@ -110,6 +110,8 @@ async fn world() -> World {
             port: 32400,
             upstream: upstream(),
         }],
+        direct: vec![],
+        prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: Some(server.enrollment_token),
     })
     .await
@@ -405,6 +407,8 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
         listen_udp: udp,
         public_endpoint: None,
         services,
+        direct: vec![],
+        prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: None,
     })
     .await

@@ -93,6 +93,21 @@ pub struct AccessResponse {
     pub expires_at: OffsetDateTime,
 }
 
+/// The answer to a direct-mode access request: the media server's port,
+/// opened at the gateway to the client's source address only (and, under
+/// `prefix:N`, to its whole prefix), until `expires_at`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectAccessResponse {
+    pub admission_id: String,
+    /// Where the player connects with plain TCP.
+    pub direct_endpoint: SocketAddr,
+    /// The direct services the grant covers; `direct_endpoint` is the
+    /// first one's.
+    pub services: Vec<ServiceInfo>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
 /// The error body of every non-2xx answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -10,12 +10,18 @@
 #
 #   ctl  203.0.113.2  ─┐                               ┌─ home 203.0.113.18 ─ edge 192.0.2.2
 #   (control plane)    │                               │  (router: forwards     (gateway on :51820,
-#                      ├── inet (the "Internet") ──────┤   UDP 51820 only)       media on 127.0.0.1)
+#                      ├── inet (the "Internet") ──────┤   UDP 51820 and the     direct service on
+#                      │                               │   direct TCP 32401)     TCP 32401, media on
+#                      │                               │                         127.0.0.1:32400)
 #   atk  203.0.113.50 ─┘                               └─ cnat 203.0.113.34 ─ cli 198.51.100.2
 #   (attacker)                                            (client's NAT)        (hushgate connect)
 #
 # IPv6: every link also has a 2001:db8:N::/64; the client and the edge
 # host have routed global addresses (no NAT), and scenario 9 uses them.
+#
+# The gateways keep their kernel pre-filter (nftables table
+# inet hushgate_PORT in the edge namespace) as they do by default; scenarios
+# 10-13 check it and the direct (firewall-only) service.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -100,14 +106,16 @@ build_topology() {
   ns inet ip -6 route add 2001:db8:10::/64 via 2001:db8:2::2
   ns inet ip -6 route add 2001:db8:20::/64 via 2001:db8:3::2
 
-  # The home router: forwards UDP 51820 (IPv4, DNAT) and UDP 51821 (IPv6,
-  # routed) to the edge host and nothing else; its own address answers
+  # The home router: forwards UDP 51820 (IPv4, DNAT), TCP 32401 (the
+  # gateway's direct service, IPv4, DNAT) and UDP 51821 (IPv6, routed) to
+  # the edge host and nothing else; its own address answers
   # nothing at all (drop, not reject: no RST, no ICMP).
   ns home nft -f - <<'EOF'
 table inet home {
   chain pre {
     type nat hook prerouting priority dstnat;
     iifname "wan" ip daddr 203.0.113.18 udp dport 51820 dnat ip to 192.0.2.2:51820
+    iifname "wan" ip daddr 203.0.113.18 tcp dport 32401 dnat ip to 192.0.2.2:32401
   }
   chain post {
     type nat hook postrouting priority srcnat;
@@ -125,6 +133,7 @@ table inet home {
     ct state established,related accept
     iifname "lan" accept
     iifname "wan" ip daddr 192.0.2.2 udp dport 51820 accept
+    iifname "wan" ip daddr 192.0.2.2 tcp dport 32401 accept
     iifname "wan" ip6 daddr 2001:db8:10::2 udp dport 51821 accept
   }
   chain output {
@@ -165,13 +174,17 @@ start_control() {
 
 admin() { ns ctl "$BIN" admin --state "$W/ctl" "$@"; }
 
-start_gateway() { # start_gateway NAME STATE LISTEN ENDPOINT [TOKEN]
+start_gateway() { # start_gateway NAME STATE LISTEN ENDPOINT [TOKEN [MORE FLAGS...]]
   local name="$1" state="$2" listen="$3" endpoint="$4" token="${5:-}"
+  shift 5 2>/dev/null || shift $#
   HUSHGATE_ENROLL_TOKEN="$token" bg edge "$W/$name.log" "$BIN" gateway \
     --control https://203.0.113.2:8443 --ca "$W/ctl/ca.pem" --state "$state" \
     --listen-udp "$listen" --public-endpoint "$endpoint" \
-    --service plex=32400:127.0.0.1:32400
+    --service plex=32400:127.0.0.1:32400 "$@"
 }
+# The IPv4 gateway (server home) also offers the media server directly.
+DIRECT=(--direct plex=32401:127.0.0.1:32400 --prefilter required)
+start_gw4() { start_gateway "$1" "$W/gw" 0.0.0.0:51820 203.0.113.18:51820 "${2:-}" "${DIRECT[@]}"; }
 
 wait_gateway_synced() { wait_for "gateway $1 in sync" 15 grep -q "in sync" "$W/$1.log"; }
 
@@ -195,7 +208,9 @@ setup_world() {
   admin grant add alice home >/dev/null
   admin grant add alice home6 >/dev/null
   admin grant add bob home >/dev/null
-  GW_PID=$(start_gateway gw "$W/gw" 0.0.0.0:51820 203.0.113.18:51820 "$TOKEN")
+  echo "$PASSWORD" | admin user add carol >/dev/null
+  admin grant add carol home --direct >/dev/null
+  GW_PID=$(start_gw4 gw "$TOKEN")
   # A second gateway for server home6, reached over IPv6 (scenario 9).
   GW6_PID=$(start_gateway gw6 "$W/gw6" "[::]:51821" "[2001:db8:10::2]:51821" "$TOKEN6")
   wait_gateway_synced gw
@@ -430,7 +445,7 @@ scenario_7() { # gateway killed with SIGKILL and restarted: the shim recovers
   ns cli curl -sf --max-time 5 http://127.0.0.1:32407/identity >/dev/null
   kill -9 "$GW_PID"
   wait_for "the gateway to die" 5 bash -c "! kill -0 $GW_PID 2>/dev/null"
-  GW_PID=$(start_gateway gw-restart "$W/gw" 0.0.0.0:51820 203.0.113.18:51820)
+  GW_PID=$(start_gw4 gw-restart)
   wait_gateway_synced gw-restart
   local t0; t0=$(date +%s.%N)
   wait_for "new connections through the shim after the gateway restart" 20 \
@@ -468,9 +483,155 @@ scenario_9() { # IPv6 only: control plane, gateway and client over IPv6
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+# The gateway's own view: datagrams received and every drop counter.
+gw_counters() {
+  ns edge "$BIN" gateway status --state "$W/gw" --json | python3 -c '
+import json, sys
+g = json.load(sys.stdin)["gateway"]
+print(json.dumps({"datagrams": g["datagrams"], "drops": g["drops"]}, sort_keys=True))'
+}
+# Packets the pre-filter of the gateway on UDP $1 dropped (its tunnel chain).
+kernel_drops() {
+  ns edge nft list chain inet "hushgate_$1" tunnel | sed -n 's/.*counter packets \([0-9]*\).*/\1/p' | head -1
+}
+# A bounded burst from the attacker: random and WireGuard-shaped datagrams.
+junk() { # junk COUNT
+  ns atk python3 - "$1" <<'EOF'
+import os, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(int(sys.argv[1])):
+    d = (os.urandom(1 + i % 1400), struct.pack("<I", 1) + os.urandom(144),
+         struct.pack("<I", 4) + os.urandom(28 + i % 1000))[i % 3]
+    s.sendto(d, ("203.0.113.18", 51820))
+EOF
+}
+
+scenario_10() { # with the pre-filter, a flood from an unknown source never reaches the gateway process
+  ns edge nft list table inet hushgate_51820 >"$W/s10-table.txt"
+  local before k_before; before=$(gw_counters); k_before=$(kernel_drops 51820)
+  junk 30000
+  sleep 0.5
+  local after k_after; after=$(gw_counters); k_after=$(kernel_drops 51820)
+  log "  30000 datagrams from 203.0.113.50: kernel dropped $((k_after - k_before)); gateway counters before $before"
+  log "                                                   after  $after"
+  [ "$before" = "$after" ]
+  [ $((k_after - k_before)) -ge 30000 ]
+  # An admitted client still gets through (its source is in the set).
+  local pid; pid=$(start_shim 32410 shim10)
+  ns cli curl -sf --max-time 5 http://127.0.0.1:32410/identity >/dev/null
+  ns edge nft list set inet hushgate_51820 t4_32 | grep -q "203.0.113.34"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
+scenario_11() { # gateway killed: the port stays dark (no ICMP), until the filter is removed by hand
+  kill -9 "$GW_PID"
+  wait_for "the gateway to die" 5 bash -c "! kill -0 $GW_PID 2>/dev/null"
+  start_capture
+  junk 300
+  ns atk nmap -n -Pn -sU -p 51820 --max-retries 2 203.0.113.18 >"$W/s11-nmap.log" 2>&1
+  ns atk nmap -n -Pn -sS -p 32401 --max-retries 1 203.0.113.18 >>"$W/s11-nmap.log" 2>&1
+  local seen; seen=$(stop_capture)
+  log "  gateway down: 300 datagrams, a UDP scan and SYNs to the direct port: $seen packets back"
+  [ "$seen" = 0 ]
+  grep -q "open|filtered" "$W/s11-nmap.log"
+  # The control: without the table the kernel answers the same probes
+  # (ICMP port unreachable, TCP reset), so the capture above would have
+  # seen them.
+  ns edge "$BIN" gateway filter remove --port 51820 | grep -q "removed table inet hushgate_51820"
+  start_capture
+  junk 30
+  ns atk nmap -n -Pn -sS -p 32401 --max-retries 1 203.0.113.18 >>"$W/s11-nmap.log" 2>&1
+  local control; control=$(stop_capture)
+  log "  filter removed by hand, gateway still down: $control packets back (the kernel's usual answers)"
+  [ "$control" != broken ] && [ "$control" -gt 0 ]
+  GW_PID=$(start_gw4 gw-restart11)
+  wait_gateway_synced gw-restart11
+  ns edge nft list table inet hushgate_51820 >/dev/null
+}
+
+# Direct mode in the client's namespace, as user carol; prints the endpoint.
+start_direct() { # start_direct LOGNAME
+  local name="$1" pid
+  pid=$(HUSHGATE_PASSWORD="$PASSWORD" bg cli "$W/$name.log" "$BIN" connect --control https://203.0.113.2:8443 \
+    --ca "$W/ctl/ca.pem" --user carol --server home --direct)
+  wait_for "direct admission $name" 20 grep -q "^ready:" "$W/$name.log" || { cat "$W/$name.log" >&2; return 1; }
+  echo "$pid"
+}
+direct_url() { sed -n 's/^ready: point the player at \(http:[^ ]*\) .*/\1/p' "$W/$1.log" | head -1; }
+
+scenario_12() { # direct mode: plain TCP download for the admitted address, nothing for the attacker
+  local pid; pid=$(start_direct direct12)
+  local url; url=$(direct_url direct12)
+  log "  direct endpoint $url"
+  [ "$url" = "http://203.0.113.18:32401" ]
+  local t0; t0=$(date +%s.%N)
+  ns cli curl -sS --max-time 60 -o "$W/s12.bin" "$url/file.bin"
+  check_sha "$W/s12.bin"
+  log "  $FILE_MIB MiB over plain TCP in $(since "$t0") s, sha256 matches"
+  ns edge nft list set inet hushgate_51820 d4_32 | grep -q "203.0.113.34 . 32401"
+  start_capture
+  ns atk nmap -n -Pn -sS -p 32401 --max-retries 2 203.0.113.18 >"$W/s12-nmap.log" 2>&1
+  ns atk python3 -c '
+import socket
+for i in range(5):
+    try:
+        socket.create_connection(("203.0.113.18", 32401), timeout=1)
+        raise SystemExit("the attacker connected to the direct port")
+    except OSError:
+        pass'
+  local seen; seen=$(stop_capture)
+  log "  attacker SYNs to the direct port while it is open to the client: $seen packets back"
+  [ "$seen" = 0 ]
+  ns edge "$BIN" gateway status --state "$W/gw" --json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)["direct"]
+assert d["accepted"] >= 1 and d["refused"] == 0, d'
+  kill -INT "$pid"
+  wait_for "Ctrl-C to revoke the direct admission" 10 grep -q "^revoked" "$W/direct12.log"
+  if ns cli curl -s --max-time 3 -o /dev/null "$url/identity"; then
+    echo "the direct port still answered after Ctrl-C revoked the admission" >&2; return 1
+  fi
+}
+
+scenario_13() { # revocation cuts an ongoing direct download within a second
+  local pid; pid=$(start_direct direct13)
+  local url; url=$(direct_url direct13)
+  local adm; adm=$(sed -n 's/.*admission \(adm_[0-9a-f]*\),.*/\1/p' "$W/direct13.log" | head -1)
+  ns cli python3 - "${url#http://}" >"$W/s13-player.log" 2>&1 <<'EOF' &
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+s = socket.create_connection((host, int(port)))
+s.sendall(b"GET /file.bin HTTP/1.1\r\nHost: media\r\n\r\n")
+got = 0
+s.settimeout(5)
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            print("eof after", got); sys.exit(3)
+        got += len(b)
+        time.sleep(0.05)
+except OSError as e:
+    print("ended after", got, "bytes:", e); sys.exit(1)
+EOF
+  local player=$!
+  sleep 2
+  local t0; t0=$(date +%s.%N)
+  admin admission revoke "$adm" >/dev/null
+  local rc=0; wait "$player" || rc=$?
+  local took; took=$(since "$t0")
+  log "  direct download ended $took s after the revocation command started ($(cat "$W/s13-player.log"))"
+  [ "$rc" = 1 ]
+  awk -v t="$took" 'BEGIN { exit !(t < 1.0) }'
+  if ns cli curl -s --max-time 3 -o /dev/null "$url/identity"; then
+    echo "a new direct connection worked after revocation" >&2; return 1
+  fi
+  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+}
+
 # ---------------------------------------------------------------- main
 
-if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9); fi
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13); fi
 log "building the topology ($P)"
 build_topology
 setup_world

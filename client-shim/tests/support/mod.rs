@@ -519,6 +519,8 @@ impl World {
                 port: 32400,
                 upstream: upstream.addr,
             }],
+            direct: vec![],
+            prefilter: gateway::PrefilterMode::Off,
             enroll_token: Some(server.enrollment_token),
         })
         .await

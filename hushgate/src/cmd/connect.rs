@@ -35,8 +35,19 @@ pub struct Args {
     /// configuration for a stock WireGuard client (wg-quick, wireguard-go,
     /// the official apps) to FILE (mode 0600), then exit. The file holds
     /// the private key; the admission is not renewed and ends at its expiry.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "direct")]
     wg_config: Option<PathBuf>,
+    /// Direct (firewall-only) mode, for players that cannot run a tunnel
+    /// (smart TVs, consoles): ask the gateway to open the media server's
+    /// port to the public address this command runs from, print where the
+    /// player connects, and keep the admission renewed until Ctrl-C (which
+    /// revokes it). Run it on the same network as the player. This is
+    /// address-only admission: every device behind the same NAT is
+    /// admitted too, whereas the tunnel admits only this key. The grant
+    /// must allow direct mode, and the server must bind 'exact' or
+    /// 'prefix:N'.
+    #[arg(long)]
+    direct: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -48,6 +59,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         super::read_secret("HUSHGATE_PASSWORD", "password").context("reading the password")?;
     if let Some(file) = &a.wg_config {
         return write_wg_config(&a, trust, &password, file).await;
+    }
+    if a.direct {
+        return direct(&a, trust, &password).await;
     }
     let session = Session::connect(ShimConfig {
         control_url: a.control.clone(),
@@ -108,6 +122,63 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 fn when(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_else(|_| t.to_string())
+}
+
+/// Direct mode: no tunnel, no local port; the player connects straight to
+/// the gateway's opened port. Renewed at two thirds of each lifetime.
+async fn direct(a: &Args, trust: Trust, password: &str) -> anyhow::Result<()> {
+    let client = control_client::ControlClient::new(&a.control, trust)?;
+    let login = client.login(&a.user, password).await?;
+    let client = client.with_bearer(&login.token);
+    let access = client.access_direct(&a.server).await?;
+    let endpoint = match &a.service {
+        None => access.direct_endpoint,
+        Some(name) => {
+            let Some(s) = access.services.iter().find(|s| &s.name == name) else {
+                anyhow::bail!(
+                    "server '{}' offers no direct service '{name}' to you; it offers: {}",
+                    a.server,
+                    access
+                        .services
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            std::net::SocketAddr::new(access.direct_endpoint.ip(), s.port)
+        }
+    };
+    println!(
+        "ready: point the player at http://{endpoint} (server '{}', admission {}, expires {})",
+        a.server,
+        access.admission_id,
+        when(access.expires_at)
+    );
+    println!(
+        "note: direct mode admits your public address, so every device behind the same NAT can reach the port until the admission ends; Ctrl-C revokes it"
+    );
+    let mut expires_at = access.expires_at;
+    loop {
+        let left = (expires_at - time::OffsetDateTime::now_utc())
+            .try_into()
+            .unwrap_or(std::time::Duration::ZERO);
+        let wait = left.mul_f64(2.0 / 3.0);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                client.revoke(&access.admission_id).await?;
+                println!("revoked: the port is closed to this address again");
+                return Ok(());
+            }
+            _ = tokio::time::sleep(wait) => {
+                let r = client.renew(&access.admission_id).await.with_context(|| {
+                    format!("renewing admission {} failed; the port closes at {}", access.admission_id, when(expires_at))
+                })?;
+                expires_at = r.expires_at;
+                println!("renewed: admission {} expires {}", access.admission_id, when(expires_at));
+            }
+        }
+    }
 }
 
 /// The stock-WireGuard path: the same admission a shim would get, written

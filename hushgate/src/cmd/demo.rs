@@ -145,6 +145,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             port: 32400,
             upstream: media.addr,
         }],
+        direct: vec![],
+        prefilter: gateway::PrefilterMode::Off,
         enroll_token: Some(server.enrollment_token),
     })
     .await?;

@@ -1,6 +1,6 @@
 use anyhow::{bail, Context};
 use control_client::Trust;
-use gateway::{Gateway, GatewayConfig, ServiceSpec};
+use gateway::{Gateway, GatewayConfig, PrefilterMode, ServiceSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,13 @@ use std::path::{Path, PathBuf};
 /// plane. On the first start it enrolls with the one-time token from
 /// 'hushgate admin server add' (HUSHGATE_ENROLL_TOKEN or --enroll-file);
 /// its key and credential then live in --state (mode 0600).
+///
+/// In front of the port, the gateway keeps a kernel pre-filter: an
+/// nftables table of its own (`inet hushgate_PORT`) that drops datagrams
+/// from every source without a live admission before they reach the
+/// process. The table stays when the gateway stops, so the port stays dark
+/// (no ICMP port unreachable) while it is down; `hushgate gateway filter
+/// remove --port PORT` deletes it.
 ///
 /// Every flag can also come from a TOML file (--config) with the same
 /// names, e.g. `control = "https://..."`, `services = ["plex=32400:127.0.0.1:32400"]`.
@@ -34,6 +41,34 @@ enum Sub {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Show or remove the kernel pre-filter (nftables) a gateway left.
+    Filter {
+        #[command(subcommand)]
+        cmd: FilterCmd,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum FilterCmd {
+    /// Print the table of the gateway on --port, with its counters, or list
+    /// every hushgate table.
+    Show {
+        /// The gateway's UDP port.
+        #[arg(long, value_name = "PORT")]
+        port: Option<u16>,
+    },
+    /// Delete the table of the gateway on --port (or every hushgate table
+    /// with --all). Its ports then answer like any closed port again (ICMP
+    /// port unreachable, TCP resets) while no gateway runs; a running
+    /// gateway keeps filtering in user space only, until it restarts.
+    Remove {
+        /// The gateway's UDP port.
+        #[arg(long, value_name = "PORT", required_unless_present = "all")]
+        port: Option<u16>,
+        /// Every hushgate table on this host.
+        #[arg(long, conflicts_with = "port")]
+        all: bool,
     },
 }
 
@@ -69,11 +104,26 @@ struct RunArgs {
     #[arg(long = "service", value_name = "SPEC")]
     #[serde(default)]
     services: Vec<String>,
+    /// A direct (firewall-only) service, for players that cannot run a
+    /// tunnel: NAME=PUBLIC_PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400
+    /// (repeatable). The gateway listens on TCP PUBLIC_PORT and the
+    /// pre-filter opens it only to the source address of each direct
+    /// admission, until it ends. Address-only admission: anyone behind the
+    /// same NAT is admitted too. Needs the pre-filter.
+    #[arg(long = "direct", value_name = "SPEC")]
+    #[serde(default)]
+    direct: Vec<String>,
+    /// The kernel pre-filter: auto (use it when the gateway may change
+    /// nftables, otherwise warn and filter in user space only), required
+    /// (refuse to start without it) or off [default: auto].
+    #[arg(long, value_name = "MODE")]
+    prefilter: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
     match a.cmd {
         Some(Sub::Status { state, json }) => status(&state, json).await,
+        Some(Sub::Filter { cmd }) => filter(cmd),
         None => serve(a.run).await,
     }
 }
@@ -99,6 +149,12 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
         } else {
             cli.services
         },
+        direct: if cli.direct.is_empty() {
+            file.direct
+        } else {
+            cli.direct
+        },
+        prefilter: cli.prefilter.or(file.prefilter),
     })
 }
 
@@ -135,6 +191,17 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| s.parse::<ServiceSpec>().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let direct = a
+        .direct
+        .iter()
+        .map(|s| s.parse::<ServiceSpec>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let prefilter: PrefilterMode = a
+        .prefilter
+        .as_deref()
+        .unwrap_or("auto")
+        .parse()
+        .map_err(anyhow::Error::msg)?;
     let trust = match &a.ca {
         Some(ca) => Trust::from_ca_file(ca)?,
         None => Trust::PublicRoots,
@@ -146,6 +213,8 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         listen_udp: a.listen_udp.unwrap_or(([0, 0, 0, 0], 51820).into()),
         public_endpoint: a.public_endpoint,
         services: services.clone(),
+        direct: direct.clone(),
+        prefilter,
         enroll_token: enroll_token(a.enroll_file.as_deref())?,
     })
     .await?;
@@ -159,6 +228,19 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
             "  service {} -> tunnel port {} -> {}",
             s.name, s.port, s.upstream
         );
+    }
+    for s in &direct {
+        println!(
+            "  direct service {} -> tcp port {} (admitted sources only) -> {}",
+            s.name, s.port, s.upstream
+        );
+    }
+    match gw.prefilter_table() {
+        Some(t) => println!(
+            "kernel pre-filter: nftables table inet {t} (stays after the gateway stops; remove with: hushgate gateway filter remove --port {})",
+            gw.udp_addr().port()
+        ),
+        None => println!("kernel pre-filter: off (user-space filter only)"),
     }
     if gw.wait_synced(std::time::Duration::from_secs(10)).await {
         println!(
@@ -257,6 +339,79 @@ async fn status(state: &Path, json: bool) -> anyhow::Result<()> {
             text(&p["expires_in_secs"]),
         );
     }
+    println!("datagrams received: {}", text(&r["gateway"]["datagrams"]));
     println!("drops: {}", r["gateway"]["drops"]);
+    match &r["prefilter"] {
+        serde_json::Value::Null => println!("pre-filter: off (user-space filter only)"),
+        f => println!(
+            "pre-filter: table inet {}  elements {}  sets {}  open to all: {}  transactions {}{}",
+            text(&f["table"]),
+            text(&f["elements"]),
+            text(&f["sets"]),
+            text(&f["open"]),
+            text(&f["transactions"]),
+            match &f["last_error"] {
+                serde_json::Value::Null => String::new(),
+                e => format!("  LAST ERROR: {}", text(e)),
+            }
+        ),
+    }
+    if !r["direct"].is_null() {
+        let d = &r["direct"];
+        println!(
+            "direct: services {}  admitted sources {}  connections {}  accepted {}  refused {}  reset {}",
+            text(&d["services"]),
+            text(&d["admitted_sources"]),
+            text(&d["connections"]),
+            text(&d["accepted"]),
+            text(&d["refused"]),
+            text(&d["reset"]),
+        );
+    }
+    Ok(())
+}
+
+fn filter(cmd: FilterCmd) -> anyhow::Result<()> {
+    use gateway::filter;
+    match cmd {
+        FilterCmd::Show { port: Some(port) } => {
+            let text = filter::show_table(port).with_context(|| {
+                format!(
+                    "no pre-filter table for UDP port {port} (see: hushgate gateway filter show)"
+                )
+            })?;
+            print!("{text}");
+        }
+        FilterCmd::Show { port: None } => {
+            let tables = filter::tables()?;
+            if tables.is_empty() {
+                println!("no hushgate pre-filter tables");
+            }
+            for t in tables {
+                println!("table inet {t}");
+            }
+        }
+        FilterCmd::Remove {
+            port: Some(port), ..
+        } => {
+            if filter::remove_table(port)? {
+                println!("removed table inet {}", filter::table_name(port));
+            } else {
+                println!("no table inet {} to remove", filter::table_name(port));
+            }
+        }
+        FilterCmd::Remove { port: None, .. } => {
+            let tables = filter::tables()?;
+            for t in &tables {
+                if let Some(port) = t.strip_prefix("hushgate_").and_then(|p| p.parse().ok()) {
+                    filter::remove_table(port)?;
+                    println!("removed table inet {t}");
+                }
+            }
+            if tables.is_empty() {
+                println!("no hushgate pre-filter tables to remove");
+            }
+        }
+    }
     Ok(())
 }

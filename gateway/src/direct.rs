@@ -1,0 +1,303 @@
+//! Direct (firewall-only) services: the media server's TCP port opened on
+//! the gateway host to the source addresses of direct admissions only.
+//!
+//! The kernel pre-filter decides who reaches the port at all (every other
+//! source gets no SYN-ACK and no reset); this module accepts what it lets
+//! through, checks the source against the admissions once more, and
+//! splices each connection to the upstream media server. Connections are
+//! tracked by source, so that when an admission is revoked or expires the
+//! connections it covered are reset at once, while the pre-filter drops
+//! anything further from that source.
+//!
+//! Direct mode admits by address alone: every device behind the same NAT
+//! (or in the same prefix, under `prefix:N`) is admitted too. The tunnel
+//! admits by key and address.
+
+use crate::runtime::ServiceSpec;
+use proto::api::AccessMode;
+use proto::feed::FeedState;
+use proto::BindingPolicy;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// How long a connection to the upstream may take to open.
+const UPSTREAM_CONNECT: Duration = Duration::from_secs(5);
+
+/// One admitted source for one public port, until `deadline`.
+#[derive(Debug, Clone)]
+struct Allowed {
+    net: ipnet::IpNet,
+    port: u16,
+    deadline: Instant,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    allowed: Vec<Allowed>,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    accepted: u64,
+    refused: u64,
+    reset: u64,
+}
+
+#[derive(Debug)]
+struct Conn {
+    source: IpAddr,
+    port: u16,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Shared {
+    fn covers(&self, source: IpAddr, port: u16, now: Instant) -> bool {
+        self.allowed
+            .iter()
+            .any(|a| a.port == port && a.deadline > now && a.net.contains(&source))
+    }
+
+    /// Resets every connection no admission covers any more.
+    fn sweep(&mut self, now: Instant) -> usize {
+        let dead: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| !self.covers(c.source, c.port, now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in &dead {
+            if let Some(mut c) = self.conns.remove(id) {
+                if let Some(stop) = c.stop.take() {
+                    let _ = stop.send(());
+                }
+            }
+        }
+        self.reset += dead.len() as u64;
+        dead.len()
+    }
+}
+
+/// Counters for `hushgate gateway status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DirectStatus {
+    pub services: Vec<String>,
+    pub admitted_sources: usize,
+    pub connections: usize,
+    pub accepted: u64,
+    /// Connections from sources no admission covered (the pre-filter
+    /// should have dropped them; non-zero means it is not in place).
+    pub refused: u64,
+    /// Connections reset because their admission ended.
+    pub reset: u64,
+}
+
+/// The running direct services.
+#[derive(Debug)]
+pub struct DirectProxy {
+    shared: Arc<Mutex<Shared>>,
+    ports: HashMap<String, u16>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DirectProxy {
+    /// Listens on every service's public port (all addresses, IPv4 and
+    /// IPv6) and starts the expiry sweep.
+    pub async fn start(services: &[ServiceSpec]) -> std::io::Result<DirectProxy> {
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let mut tasks = Vec::new();
+        let mut ports = HashMap::new();
+        for s in services {
+            let listener = bind_any(s.port).await?;
+            ports.insert(s.name.clone(), s.port);
+            tasks.push(tokio::spawn(serve(
+                listener,
+                s.port,
+                s.upstream,
+                shared.clone(),
+            )));
+        }
+        let sweeper = shared.clone();
+        tasks.push(tokio::spawn(async move {
+            // Admissions that expire without a feed answer (control plane
+            // unreachable) end here; revocations end at `apply`.
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tick.tick().await;
+                let n = lock(&sweeper).sweep(Instant::now());
+                if n > 0 {
+                    tracing::info!(reset = n, "direct connections of expired admissions reset");
+                }
+            }
+        }));
+        Ok(DirectProxy {
+            shared,
+            ports,
+            tasks,
+        })
+    }
+
+    /// Public TCP port of each direct service, by name.
+    pub fn ports(&self) -> &HashMap<String, u16> {
+        &self.ports
+    }
+
+    /// Takes the direct admissions of `state` (received at `received`)
+    /// and resets the connections none of them covers any more.
+    pub fn apply(&self, state: &FeedState, received: Instant) {
+        let mut allowed = Vec::new();
+        for a in &state.admissions {
+            if a.mode != AccessMode::Direct || a.binding == BindingPolicy::FirstHandshake {
+                continue;
+            }
+            let Ok(remaining) = Duration::try_from(a.expires_at - state.server_time) else {
+                continue;
+            };
+            for s in &a.services {
+                if let Some(&port) = self.ports.get(s) {
+                    allowed.push(Allowed {
+                        net: a.binding.network(a.source),
+                        port,
+                        deadline: received + remaining,
+                    });
+                }
+            }
+        }
+        let mut sh = lock(&self.shared);
+        sh.allowed = allowed;
+        let n = sh.sweep(Instant::now());
+        if n > 0 {
+            tracing::info!(reset = n, "direct connections of ended admissions reset");
+        }
+    }
+
+    pub fn status(&self) -> DirectStatus {
+        let sh = lock(&self.shared);
+        let mut services: Vec<String> =
+            self.ports.iter().map(|(n, p)| format!("{n}={p}")).collect();
+        services.sort();
+        DirectStatus {
+            services,
+            admitted_sources: sh.allowed.len(),
+            connections: sh.conns.len(),
+            accepted: sh.accepted,
+            refused: sh.refused,
+            reset: sh.reset,
+        }
+    }
+
+    pub fn shutdown(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let mut sh = lock(&self.shared);
+        sh.allowed.clear();
+        sh.sweep(Instant::now());
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A listener on `[::]:port` that takes IPv4 too, or on `0.0.0.0:port`
+/// where the host has no IPv6.
+async fn bind_any(port: u16) -> std::io::Result<TcpListener> {
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let sock =
+        socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None).and_then(|s| {
+            s.set_only_v6(false)?;
+            s.set_reuse_address(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&v6.into())?;
+            s.listen(1024)?;
+            Ok(s)
+        });
+    match sock {
+        Ok(s) => TcpListener::from_std(s.into()),
+        Err(_) => TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)).await,
+    }
+    .map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on TCP port {port} for a direct service: {e}"),
+        )
+    })
+}
+
+async fn serve(listener: TcpListener, port: u16, upstream: SocketAddr, shared: Arc<Mutex<Shared>>) {
+    loop {
+        let (client, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(port, error = %e, "direct accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let source = peer.ip().to_canonical();
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let id = {
+            let mut sh = lock(&shared);
+            if !sh.covers(source, port, Instant::now()) {
+                sh.refused += 1;
+                drop(sh);
+                tracing::warn!(%source, port, "direct connection from a source with no admission closed; is the pre-filter in place?");
+                reset_on_close(&client);
+                continue;
+            }
+            sh.accepted += 1;
+            let id = sh.next_conn;
+            sh.next_conn += 1;
+            sh.conns.insert(
+                id,
+                Conn {
+                    source,
+                    port,
+                    stop: Some(stop_tx),
+                },
+            );
+            id
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            splice(client, upstream, stop_rx).await;
+            lock(&shared).conns.remove(&id);
+        });
+    }
+}
+
+/// Copies both ways until either side closes, or resets the client when
+/// its admission ends.
+async fn splice(mut client: TcpStream, upstream: SocketAddr, stop: oneshot::Receiver<()>) {
+    let _ = client.set_nodelay(true);
+    let connect = tokio::time::timeout(UPSTREAM_CONNECT, TcpStream::connect(upstream)).await;
+    let mut up = match connect {
+        Ok(Ok(up)) => up,
+        Ok(Err(e)) => {
+            tracing::warn!(%upstream, error = %e, "direct service upstream refused");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%upstream, "direct service upstream did not answer");
+            return;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut up) => {}
+        _ = stop => {
+            // A reset, not a FIN: the player learns at once that the
+            // stream is over, and no buffered data goes out after it.
+            reset_on_close(&client);
+        }
+    }
+}
+
+/// Makes closing `s` send a reset instead of a FIN (SO_LINGER of zero,
+/// which does not block).
+fn reset_on_close(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}

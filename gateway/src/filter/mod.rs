@@ -1,0 +1,227 @@
+//! The kernel pre-filter: an nftables table of the gateway's own that
+//! drops every datagram to its UDP port (and every packet to its direct
+//! services' TCP ports) from sources that hold no live admission, before
+//! the gateway process hears of it.
+//!
+//! The table is `inet hushgate_PORT` (PORT: the gateway's UDP port). It is
+//! created when the gateway starts (replacing any older one atomically),
+//! kept current on every feed version before the version is acknowledged,
+//! and left in place when the gateway stops or crashes: the port stays
+//! dark until an operator runs `hushgate gateway filter remove`. Each set
+//! element carries its admission's expiry as a kernel timeout, so the
+//! kernel forgets expired sources even while the gateway is down.
+//!
+//! [`plan`] decides what to change (no kernel needed, unit-tested); [`nft`]
+//! talks to the kernel.
+
+pub mod nft;
+pub mod plan;
+
+use plan::{Desired, Pins, PlanError, Reconciler};
+use proto::feed::FeedState;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+pub use nft::NftError;
+
+/// Whether the gateway uses the kernel pre-filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefilterMode {
+    /// Use it if the gateway may change nftables; otherwise say so and run
+    /// with the user-space filter alone.
+    #[default]
+    Auto,
+    /// Refuse to start without it.
+    Required,
+    /// Do not touch nftables (tests, or a firewall managed elsewhere).
+    Off,
+}
+
+impl FromStr for PrefilterMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(PrefilterMode::Auto),
+            "required" => Ok(PrefilterMode::Required),
+            "off" => Ok(PrefilterMode::Off),
+            other => Err(format!(
+                "'{other}' is not a pre-filter mode: use auto, required or off"
+            )),
+        }
+    }
+}
+
+/// The table's name for a gateway on `udp_port`.
+pub fn table_name(udp_port: u16) -> String {
+    format!("hushgate_{udp_port}")
+}
+
+/// What the pre-filter holds, for `hushgate gateway status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct FilterStatus {
+    pub table: String,
+    pub elements: usize,
+    pub sets: Vec<String>,
+    /// Whether the UDP port is open to every source right now (a
+    /// first-handshake admission waits for its handshake).
+    pub open: bool,
+    pub transactions: u64,
+    pub last_error: Option<String>,
+}
+
+/// The live pre-filter of one gateway.
+#[derive(Debug)]
+pub struct Filter {
+    table: String,
+    elements: nft::Elements,
+    reconciler: Reconciler,
+    direct_ports: HashMap<String, u16>,
+    pinning_window: Duration,
+    pins: Pins,
+    /// The latest desired state and when it arrived, to re-plan on pins.
+    last: Option<(FeedState, Instant)>,
+    transactions: u64,
+    last_error: Option<String>,
+}
+
+impl Filter {
+    /// Creates (or atomically replaces) the table with every set empty:
+    /// from here on, nothing reaches the UDP port or the direct ports
+    /// until an admission is applied.
+    pub fn install(
+        udp_port: u16,
+        direct_ports: HashMap<String, u16>,
+        pinning_window: Duration,
+    ) -> Result<Filter, NftError> {
+        let table = table_name(udp_port);
+        let mut ports: Vec<u16> = direct_ports.values().copied().collect();
+        ports.sort_unstable();
+        ports.dedup();
+        nft::run_nft(&nft::table_script(&table, udp_port, &ports))?;
+        let elements = nft::Elements::open(&table)?;
+        Ok(Filter {
+            table,
+            elements,
+            reconciler: Reconciler::new(),
+            direct_ports,
+            pinning_window,
+            pins: Pins::default(),
+            last: None,
+            transactions: 0,
+            last_error: None,
+        })
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Makes the kernel hold exactly what `state` (received at
+    /// `received`) admits. Returns the admissions it could not represent.
+    pub fn apply(
+        &mut self,
+        state: &FeedState,
+        received: Instant,
+    ) -> Result<Vec<PlanError>, NftError> {
+        self.last = Some((state.clone(), received));
+        self.converge(Instant::now())
+    }
+
+    /// The data path pinned a first-handshake admission to `source`: admit
+    /// that source in the kernel before the pinning window closes.
+    pub fn pin(&mut self, admission_id: &str, source: IpAddr) -> Result<(), NftError> {
+        self.pins.pin(admission_id, source);
+        self.converge(Instant::now()).map(|_| ())
+    }
+
+    fn converge(&mut self, now: Instant) -> Result<Vec<PlanError>, NftError> {
+        let Some((state, received)) = &self.last else {
+            return Ok(Vec::new());
+        };
+        let (desired, errors) = Desired::from_state(
+            state,
+            *received,
+            &self.direct_ports,
+            &mut self.pins,
+            self.pinning_window,
+        );
+        // One retry: a refused transaction leaves the kernel unchanged but
+        // the reconciler unsure, and the second plan rebuilds every set.
+        let mut result = self.commit(&desired, now);
+        if result.is_err() {
+            self.reconciler.failed();
+            result = self.commit(&desired, now);
+        }
+        match &result {
+            Ok(()) => self.last_error = None,
+            Err(e) => {
+                self.reconciler.failed();
+                self.last_error = Some(e.to_string());
+            }
+        }
+        result.map(|()| errors)
+    }
+
+    fn commit(&mut self, desired: &Desired, now: Instant) -> Result<(), NftError> {
+        let changes = self.reconciler.plan(desired, now);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if !changes.new_sets.is_empty() {
+            nft::run_nft(&nft::sets_script(&self.table, &changes.new_sets))?;
+        }
+        self.elements.apply(&changes)?;
+        self.transactions += 1;
+        tracing::debug!(
+            table = %self.table,
+            added = changes.add.len(),
+            deleted = changes.delete.len(),
+            flushed = changes.flush.len(),
+            open = ?changes.open,
+            "pre-filter updated"
+        );
+        self.reconciler.committed(desired, &changes, now);
+        Ok(())
+    }
+
+    pub fn status(&self) -> FilterStatus {
+        FilterStatus {
+            table: self.table.clone(),
+            elements: self.reconciler.len(),
+            sets: self.reconciler.sets().iter().map(|s| s.name()).collect(),
+            open: self.reconciler.is_open(Instant::now()),
+            transactions: self.transactions,
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+/// The hushgate tables present in the kernel (`hushgate_PORT`).
+pub fn tables() -> Result<Vec<String>, NftError> {
+    let out = nft::nft(&["list", "tables", "inet"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table inet "))
+        .filter(|t| t.starts_with("hushgate_"))
+        .map(str::to_string)
+        .collect())
+}
+
+/// Deletes a gateway's table, opening its ports to the kernel's usual
+/// answers again. Returns whether it existed.
+pub fn remove_table(udp_port: u16) -> Result<bool, NftError> {
+    let table = table_name(udp_port);
+    if !tables()?.contains(&table) {
+        return Ok(false);
+    }
+    nft::nft(&["delete", "table", "inet", &table])?;
+    Ok(true)
+}
+
+/// The table as `nft list table` prints it (with counters).
+pub fn show_table(udp_port: u16) -> Result<String, NftError> {
+    nft::nft(&["list", "table", "inet", &table_name(udp_port)])
+}

@@ -1,0 +1,471 @@
+//! The kernel side of the pre-filter: the table's rules through the `nft`
+//! tool (once at start, and once per new prefix length), and set elements
+//! through nf_tables netlink messages, batched into one transaction per
+//! feed version.
+//!
+//! Why element messages are written by hand here: the Rust crates for
+//! nf_tables either link the C libraries (`nftnl`, which needs libnftnl and
+//! libmnl at build and run time), are GPL-licensed and need libclang to
+//! build (`rustables`), or spawn `nft` for every call (`nftables`), which
+//! costs milliseconds per change. Adding and deleting set elements needs
+//! only two message types, so they are encoded below (about a hundred
+//! lines) and sent over a `netlink-sys` socket. Rules, which are much more
+//! involved to encode, are left to `nft`, which runs only when the table
+//! is created or a set for a new prefix length is added.
+
+use super::plan::{Changes, Element, OpenChange, SetId};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr as NlAddr};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 0x2;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFPROTO_INET: u8 = 1;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
+const NFTA_DATA_VALUE: u16 = 1;
+
+/// Elements per netlink message, and bytes per transaction: a batch is
+/// sent with one `send`, which must fit the socket's send buffer (212 KiB
+/// by default). A larger change is split into several transactions.
+const ELEMENTS_PER_MESSAGE: usize = 256;
+const BATCH_BYTES: usize = 128 * 1024;
+
+/// The set that opens the UDP port to every source for a while.
+pub const OPEN_SET: &str = "open";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    #[error("the 'nft' tool is not installed (Debian: apt install nftables)")]
+    NoTool,
+    #[error("not permitted to change nftables: the gateway needs CAP_NET_ADMIN (run it as root or grant the capability)")]
+    NotPermitted,
+    #[error("nft refused the table: {0}")]
+    Refused(String),
+    #[error("nf_tables netlink: {0}")]
+    Netlink(std::io::Error),
+    #[error("the kernel refused a set change: {0}")]
+    Kernel(std::io::Error),
+}
+
+/// Runs `nft -f -` with `script` as one transaction.
+pub fn run_nft(script: &str) -> Result<String, NftError> {
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NftError::NoTool,
+            _ => NftError::Refused(e.to_string()),
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| NftError::Refused(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NftError::Refused(e.to_string()))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if err.contains("Operation not permitted") {
+        return Err(NftError::NotPermitted);
+    }
+    Err(NftError::Refused(err))
+}
+
+/// Runs `nft ARGS...` (listing, deleting).
+pub fn nft(args: &[&str]) -> Result<String, NftError> {
+    let out = Command::new("nft")
+        .args(args)
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => NftError::NoTool,
+            _ => NftError::Refused(e.to_string()),
+        })?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if err.contains("Operation not permitted") {
+        return Err(NftError::NotPermitted);
+    }
+    Err(NftError::Refused(err))
+}
+
+/// The script that (re)creates the table in one transaction: it replaces
+/// any table of the same name atomically, so the drop rules never lapse.
+///
+/// Packets are judged in `prerouting` at raw priority, before connection
+/// tracking: junk costs no conntrack entry, and a stopped gateway's port
+/// stays dark (no ICMP port unreachable, no TCP reset).
+pub fn table_script(table: &str, udp_port: u16, direct_ports: &[u16]) -> String {
+    let mut s = format!(
+        "add table inet {table}\n\
+         delete table inet {table}\n\
+         table inet {table} {{\n\
+         \tcomment \"hushgate gateway pre-filter; remove with: hushgate gateway filter remove --port {udp_port}\"\n\
+         \tset {OPEN_SET} {{ type inet_service; flags timeout; }}\n\
+         \tchain gate {{\n\
+         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\tudp dport {udp_port} fib daddr type local jump tunnel\n"
+    );
+    if !direct_ports.is_empty() {
+        let ports: Vec<String> = direct_ports.iter().map(u16::to_string).collect();
+        s += &format!(
+            "\t\ttcp dport {{ {} }} fib daddr type local jump direct\n",
+            ports.join(", ")
+        );
+    }
+    s += "\t}\n\
+          \tchain tunnel {\n\
+          \t\tudp dport @open accept\n\
+          \t\tcounter drop comment \"not admitted\"\n\
+          \t}\n\
+          \tchain direct {\n\
+          \t\tcounter drop comment \"not admitted\"\n\
+          \t}\n\
+          }\n";
+    s
+}
+
+/// The script that adds sets (and their lookup rules, ahead of the drop).
+pub fn sets_script(table: &str, sets: &[SetId]) -> String {
+    let mut s = String::new();
+    for set in sets {
+        let chain = match set.kind {
+            super::plan::Kind::Tunnel => "tunnel",
+            super::plan::Kind::Direct => "direct",
+        };
+        s += &format!(
+            "add set inet {table} {} {{ type {}; flags timeout; }}\n\
+             insert rule inet {table} {chain} {} accept\n",
+            set.name(),
+            set.key_type(),
+            set.lookup()
+        );
+    }
+    s
+}
+
+/// A netlink socket for nf_tables set elements.
+#[derive(Debug)]
+pub struct Elements {
+    socket: Socket,
+    table: String,
+    seq: u32,
+}
+
+impl Elements {
+    pub fn open(table: &str) -> Result<Elements, NftError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NftError::Netlink)?;
+        socket.bind_auto().map_err(NftError::Netlink)?;
+        socket
+            .connect(&NlAddr::new(0, 0))
+            .map_err(NftError::Netlink)?;
+        socket2::SockRef::from(&socket)
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .map_err(NftError::Netlink)?;
+        Ok(Elements {
+            socket,
+            table: table.to_string(),
+            seq: rand::random::<u32>() >> 1,
+        })
+    }
+
+    /// Sends `changes` (all but `new_sets`, which `nft` made) as few
+    /// transactions as fit, and waits for the kernel's answer to each.
+    pub fn apply(&mut self, ch: &Changes) -> Result<(), NftError> {
+        let mut msgs: Vec<Vec<u8>> = Vec::new();
+        for set in &ch.flush {
+            msgs.push(self.elem_msg(NFT_MSG_DELSETELEM, &set.name(), &[]));
+        }
+        // Deletions first: a renewal deletes and re-adds the same key.
+        let deletes = by_set(ch.delete.iter().map(|e| (e, None)));
+        let adds = by_set(ch.add.iter().map(|(e, t)| (e, Some(*t))));
+        for (kind, groups) in [(NFT_MSG_DELSETELEM, deletes), (NFT_MSG_NEWSETELEM, adds)] {
+            for (set, elems) in groups {
+                for chunk in elems.chunks(ELEMENTS_PER_MESSAGE) {
+                    msgs.push(self.elem_msg(kind, &set.name(), chunk));
+                }
+            }
+        }
+        match ch.open {
+            OpenChange::Keep => {}
+            OpenChange::Close => msgs.push(self.elem_msg(NFT_MSG_DELSETELEM, OPEN_SET, &[])),
+            OpenChange::Open(t) => {
+                msgs.push(self.elem_msg(NFT_MSG_DELSETELEM, OPEN_SET, &[]));
+                let port = self.udp_port_key();
+                msgs.push(self.elem_msg(NFT_MSG_NEWSETELEM, OPEN_SET, &[(port, Some(t))]));
+            }
+        }
+        // Pack the messages into batches that fit one send each.
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0;
+        for m in msgs {
+            if size + m.len() > BATCH_BYTES && !batch.is_empty() {
+                self.transact(std::mem::take(&mut batch))?;
+                size = 0;
+            }
+            size += m.len();
+            batch.push(m);
+        }
+        if !batch.is_empty() {
+            self.transact(batch)?;
+        }
+        Ok(())
+    }
+
+    fn udp_port_key(&self) -> Vec<u8> {
+        // The table is named after the port: hushgate_PORT.
+        let port: u16 = self
+            .table
+            .rsplit('_')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        port.to_be_bytes().to_vec()
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// One NEWSETELEM / DELSETELEM message; with no elements, a
+    /// DELSETELEM flushes the set.
+    fn elem_msg(&mut self, kind: u16, set: &str, elems: &[(Vec<u8>, Option<Duration>)]) -> Vec<u8> {
+        let mut flags = NLM_F_REQUEST | NLM_F_ACK;
+        if kind == NFT_MSG_NEWSETELEM {
+            flags |= NLM_F_CREATE;
+        }
+        let seq = self.next_seq();
+        let mut m = header(
+            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            flags,
+            seq,
+            NFPROTO_INET,
+            0,
+        );
+        attr_str(&mut m, NFTA_SET_ELEM_LIST_TABLE, &self.table);
+        attr_str(&mut m, NFTA_SET_ELEM_LIST_SET, set);
+        if !elems.is_empty() {
+            let list = nest_start(&mut m, NFTA_SET_ELEM_LIST_ELEMENTS);
+            for (key, timeout) in elems {
+                let el = nest_start(&mut m, NFTA_LIST_ELEM);
+                let k = nest_start(&mut m, NFTA_SET_ELEM_KEY);
+                attr(&mut m, NFTA_DATA_VALUE, key);
+                nest_end(&mut m, k);
+                if let Some(t) = timeout {
+                    // Milliseconds, rounded up, at least one.
+                    let ms = (t.as_micros().div_ceil(1000) as u64).max(1);
+                    attr(&mut m, NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+                }
+                nest_end(&mut m, el);
+            }
+            nest_end(&mut m, list);
+        }
+        finish(&mut m);
+        m
+    }
+
+    /// Sends one batch (BEGIN, messages, END) and reads one answer per
+    /// message; the kernel applies all of it or none.
+    fn transact(&mut self, msgs: Vec<Vec<u8>>) -> Result<(), NftError> {
+        let first = self.next_seq();
+        let mut buf = header(
+            NFNL_MSG_BATCH_BEGIN,
+            NLM_F_REQUEST,
+            first,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        finish(&mut buf);
+        let mut seqs = std::collections::HashSet::new();
+        for m in &msgs {
+            seqs.insert(u32::from_ne_bytes(m[8..12].try_into().expect("header")));
+            buf.extend_from_slice(m);
+        }
+        let end_seq = self.next_seq();
+        let mut end = header(
+            NFNL_MSG_BATCH_END,
+            NLM_F_REQUEST,
+            end_seq,
+            0,
+            NFNL_SUBSYS_NFTABLES,
+        );
+        finish(&mut end);
+        buf.extend_from_slice(&end);
+        self.socket.send(&buf, 0).map_err(NftError::Netlink)?;
+
+        let mut first_error: Option<std::io::Error> = None;
+        let mut rx = Vec::with_capacity(64 * 1024);
+        while !seqs.is_empty() {
+            rx.clear();
+            let n = self.socket.recv(&mut rx, 0).map_err(NftError::Netlink)?;
+            let mut at = 0;
+            while at + 16 <= n {
+                let len = u32::from_ne_bytes(rx[at..at + 4].try_into().expect("len")) as usize;
+                let kind = u16::from_ne_bytes(rx[at + 4..at + 6].try_into().expect("type"));
+                let seq = u32::from_ne_bytes(rx[at + 8..at + 12].try_into().expect("seq"));
+                if len < 16 || at + len > n {
+                    break;
+                }
+                if kind == NLMSG_ERROR && len >= 20 && seqs.remove(&seq) {
+                    let code = i32::from_ne_bytes(rx[at + 16..at + 20].try_into().expect("errno"));
+                    if code != 0 && first_error.is_none() {
+                        first_error = Some(std::io::Error::from_raw_os_error(-code));
+                    }
+                }
+                at += (len + 3) & !3;
+            }
+            if first_error.is_some() {
+                // The batch was aborted as a whole; answers still queued
+                // for it carry old sequence numbers and are skipped later.
+                break;
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) if e.raw_os_error() == Some(libc::EPERM) => Err(NftError::NotPermitted),
+            Some(e) => Err(NftError::Kernel(e)),
+        }
+    }
+}
+
+type Keyed = Vec<(Vec<u8>, Option<Duration>)>;
+
+/// Groups elements by set, keeping their order.
+fn by_set<'a>(items: impl Iterator<Item = (&'a Element, Option<Duration>)>) -> Vec<(SetId, Keyed)> {
+    let mut groups: Vec<(SetId, Keyed)> = Vec::new();
+    for (e, t) in items {
+        match groups.iter_mut().find(|(s, _)| *s == e.set) {
+            Some((_, v)) => v.push((e.key(), t)),
+            None => groups.push((e.set, vec![(e.key(), t)])),
+        }
+    }
+    groups
+}
+
+fn header(kind: u16, flags: u16, seq: u32, family: u8, res_id: u16) -> Vec<u8> {
+    let mut m = Vec::with_capacity(256);
+    m.extend_from_slice(&0u32.to_ne_bytes()); // length, set by `finish`
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(&flags.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
+                                              // nfgenmsg: family, version, resource id (big-endian).
+    m.push(family);
+    m.push(0);
+    m.extend_from_slice(&res_id.to_be_bytes());
+    m
+}
+
+fn finish(m: &mut [u8]) {
+    let len = m.len() as u32;
+    m[0..4].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn pad(m: &mut Vec<u8>) {
+    while !m.len().is_multiple_of(4) {
+        m.push(0);
+    }
+}
+
+fn attr(m: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    m.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
+    m.extend_from_slice(payload);
+    pad(m);
+}
+
+fn attr_str(m: &mut Vec<u8>, kind: u16, s: &str) {
+    let mut v = s.as_bytes().to_vec();
+    v.push(0);
+    attr(m, kind, &v);
+}
+
+fn nest_start(m: &mut Vec<u8>, kind: u16) -> usize {
+    let at = m.len();
+    m.extend_from_slice(&0u16.to_ne_bytes());
+    m.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+    at
+}
+
+fn nest_end(m: &mut [u8], at: usize) {
+    let len = (m.len() - at) as u16;
+    m[at..at + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::plan::{Kind, SetId};
+
+    #[test]
+    fn an_element_message_is_laid_out_as_nf_tables_expects() {
+        let mut e = Elements {
+            socket: Socket::new(NETLINK_NETFILTER).unwrap(),
+            table: "hushgate_51820".into(),
+            seq: 6,
+        };
+        let m = e.elem_msg(
+            NFT_MSG_NEWSETELEM,
+            "t4_32",
+            &[(vec![203, 0, 113, 7], Some(Duration::from_millis(1500)))],
+        );
+        let len = u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize;
+        assert_eq!(len, m.len());
+        assert_eq!(u16::from_ne_bytes(m[4..6].try_into().unwrap()), 0x0a0c);
+        assert_eq!(u32::from_ne_bytes(m[8..12].try_into().unwrap()), 7);
+        assert_eq!(m[16], NFPROTO_INET);
+        // Table and set names are NUL-terminated strings.
+        let body = &m[20..];
+        assert_eq!(&body[4..19], b"hushgate_51820\0");
+        // The key and the timeout (1500 ms, big-endian u64) are there.
+        let hay = m.windows(4).position(|w| w == [203, 0, 113, 7]).unwrap();
+        assert_eq!(
+            u16::from_ne_bytes(m[hay - 2..hay].try_into().unwrap()),
+            NFTA_DATA_VALUE
+        );
+        assert!(m.windows(8).any(|w| w == 1500u64.to_be_bytes()));
+        assert_eq!(m.len() % 4, 0);
+    }
+
+    #[test]
+    fn scripts_name_every_set_and_rule() {
+        let s = table_script("hushgate_51820", 51820, &[8096]);
+        assert!(s.starts_with("add table inet hushgate_51820\ndelete table inet hushgate_51820\n"));
+        assert!(s.contains("udp dport 51820 fib daddr type local jump tunnel"));
+        assert!(s.contains("tcp dport { 8096 } fib daddr type local jump direct"));
+        let s = table_script("hushgate_51820", 51820, &[]);
+        assert!(!s.contains("jump direct"));
+        let set = SetId {
+            kind: Kind::Direct,
+            v6: false,
+            prefix: 24,
+        };
+        assert_eq!(
+            sets_script("t", &[set]),
+            "add set inet t d4_24 { type ipv4_addr . inet_service; flags timeout; }\n\
+             insert rule inet t direct ip saddr & 255.255.255.0 . tcp dport @d4_24 accept\n"
+        );
+    }
+}

@@ -1,0 +1,749 @@
+//! What the kernel pre-filter should hold, and the fewest changes that get
+//! it there. No kernel here: [`Desired::from_state`] turns the feed's
+//! desired set into set elements, and [`Reconciler::plan`] compares them
+//! with what was installed last and answers with [`Changes`], which the
+//! kernel side (`filter::nft`) sends as one transaction.
+//!
+//! The table holds one set per kind (tunnel or direct), address family and
+//! prefix length in use, because a lookup compares the masked source
+//! address with the set (`ip saddr & 255.255.255.0 @t4_24`). Exact
+//! bindings land in the /32 and /128 sets; `prefix:N` in the /N set.
+
+use proto::api::AccessMode;
+use proto::feed::FeedState;
+use proto::BindingPolicy;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// Which traffic a set admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Datagrams to the gateway's UDP port (key: source network).
+    Tunnel,
+    /// TCP to a direct service's public port (key: source network, port).
+    Direct,
+}
+
+/// One set of the filter table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetId {
+    pub kind: Kind,
+    pub v6: bool,
+    pub prefix: u8,
+}
+
+impl SetId {
+    /// The set's name in the table, e.g. `t4_32` or `d6_64`.
+    pub fn name(&self) -> String {
+        format!(
+            "{}{}_{}",
+            match self.kind {
+                Kind::Tunnel => 't',
+                Kind::Direct => 'd',
+            },
+            if self.v6 { 6 } else { 4 },
+            self.prefix
+        )
+    }
+
+    /// The nft key type of the set.
+    pub fn key_type(&self) -> &'static str {
+        match (self.kind, self.v6) {
+            (Kind::Tunnel, false) => "ipv4_addr",
+            (Kind::Tunnel, true) => "ipv6_addr",
+            (Kind::Direct, false) => "ipv4_addr . inet_service",
+            (Kind::Direct, true) => "ipv6_addr . inet_service",
+        }
+    }
+
+    /// The match that looks packets up in the set, in nft syntax.
+    pub fn lookup(&self) -> String {
+        let host = if self.v6 { 128 } else { 32 };
+        let source = if self.v6 { "ip6 saddr" } else { "ip saddr" };
+        let masked = if self.prefix >= host {
+            source.to_string()
+        } else {
+            let net = ipnet::IpNet::new(
+                if self.v6 {
+                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                },
+                self.prefix,
+            )
+            .expect("prefix lengths are checked before a set is made");
+            format!("{source} & {}", net.netmask())
+        };
+        match self.kind {
+            Kind::Tunnel => format!("{masked} @{}", self.name()),
+            Kind::Direct => format!("{masked} . tcp dport @{}", self.name()),
+        }
+    }
+}
+
+/// One element: a masked source network, and for direct sets the port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Element {
+    pub set: SetId,
+    /// The network address (already masked to `set.prefix`).
+    pub net: IpAddr,
+    /// The public TCP port (direct sets); 0 for tunnel sets.
+    pub port: u16,
+}
+
+impl Element {
+    /// The key as the kernel stores it: the address in network order, and
+    /// for direct sets the port, big-endian, padded to 4 bytes (fields of
+    /// a concatenated key each take whole 32-bit registers).
+    pub fn key(&self) -> Vec<u8> {
+        let mut key = match self.net {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        if self.set.kind == Kind::Direct {
+            key.extend_from_slice(&self.port.to_be_bytes());
+            key.extend_from_slice(&[0, 0]);
+        }
+        key
+    }
+}
+
+impl std::fmt::Display for Element {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.net, self.set.prefix)?;
+        if self.set.kind == Kind::Direct {
+            write!(f, " port {}", self.port)?;
+        }
+        Ok(())
+    }
+}
+
+/// The elements the kernel should hold now, each with the instant it
+/// stops admitting, and until when the UDP port must stay open to every
+/// source (see [`Desired::open_until`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub elements: HashMap<Element, Instant>,
+    /// While a first-handshake admission waits for its handshake its
+    /// source is not known yet, so the UDP port is open to everyone (the
+    /// user-space filter alone then guards it) until the earliest of its
+    /// expiry and the end of its pinning window.
+    pub open_until: Option<Instant>,
+}
+
+/// What the pre-filter must know besides the feed: where first-handshake
+/// admissions were pinned, and when it first saw each of them.
+#[derive(Debug, Clone, Default)]
+pub struct Pins {
+    pinned: HashMap<String, IpAddr>,
+    first_seen: HashMap<String, Instant>,
+}
+
+impl Pins {
+    /// The data path pinned admission `id` to `source`.
+    pub fn pin(&mut self, id: &str, source: IpAddr) {
+        self.pinned.insert(id.to_string(), source);
+    }
+
+    /// Forgets admissions that left the desired set.
+    fn retain(&mut self, live: &BTreeSet<&str>) {
+        self.pinned.retain(|id, _| live.contains(id.as_str()));
+        self.first_seen.retain(|id, _| live.contains(id.as_str()));
+    }
+}
+
+/// A reason the pre-filter cannot represent an admission.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("admission {id} is for direct service '{service}', which this gateway does not offer")]
+    UnknownDirectService { id: String, service: String },
+}
+
+impl Desired {
+    /// The elements for `state` as of `now` (the instant the state was
+    /// received). `direct_ports` maps each direct service's name to its
+    /// public TCP port; `pinning_window` is the data path's.
+    ///
+    /// Admissions the pre-filter cannot represent are returned as errors
+    /// and left out, like the data path leaves out what it rejects.
+    pub fn from_state(
+        state: &FeedState,
+        now: Instant,
+        direct_ports: &HashMap<String, u16>,
+        pins: &mut Pins,
+        pinning_window: Duration,
+    ) -> (Desired, Vec<PlanError>) {
+        let mut desired = Desired::default();
+        let mut errors = Vec::new();
+        let live: BTreeSet<&str> = state.admissions.iter().map(|a| a.id.as_str()).collect();
+        pins.retain(&live);
+        for a in &state.admissions {
+            let Ok(remaining) = Duration::try_from(a.expires_at - state.server_time) else {
+                continue;
+            };
+            if remaining.is_zero() {
+                continue;
+            }
+            let deadline = now + remaining;
+            let mut put = |e: Element| {
+                let d = desired.elements.entry(e).or_insert(deadline);
+                *d = (*d).max(deadline);
+            };
+            match (a.mode, a.binding) {
+                (AccessMode::Tunnel, BindingPolicy::FirstHandshake) => {
+                    match pins.pinned.get(&a.id) {
+                        Some(&source) => {
+                            put(element(Kind::Tunnel, BindingPolicy::Exact, source, 0))
+                        }
+                        None => {
+                            let seen = *pins.first_seen.entry(a.id.clone()).or_insert(now);
+                            let until = deadline.min(seen + pinning_window);
+                            if until > now {
+                                desired.open_until =
+                                    Some(desired.open_until.map_or(until, |o| o.max(until)));
+                            }
+                        }
+                    }
+                }
+                (AccessMode::Tunnel, binding) => {
+                    put(element(Kind::Tunnel, binding, a.source, 0));
+                }
+                // The control plane refuses direct mode under
+                // first-handshake; a feed that says otherwise is not
+                // trusted to open anything.
+                (AccessMode::Direct, BindingPolicy::FirstHandshake) => {}
+                (AccessMode::Direct, binding) => {
+                    for service in &a.services {
+                        match direct_ports.get(service) {
+                            Some(&port) => put(element(Kind::Direct, binding, a.source, port)),
+                            None => errors.push(PlanError::UnknownDirectService {
+                                id: a.id.clone(),
+                                service: service.clone(),
+                            }),
+                        }
+                    }
+                }
+            }
+        }
+        (desired, errors)
+    }
+}
+
+fn element(kind: Kind, binding: BindingPolicy, source: IpAddr, port: u16) -> Element {
+    let net = binding.network(source);
+    Element {
+        set: SetId {
+            kind,
+            v6: source.is_ipv6(),
+            prefix: net.prefix_len(),
+        },
+        net: net.network(),
+        port,
+    }
+}
+
+/// One transaction for the kernel. Applied in this order: create the new
+/// sets (with their lookup rules), flush the listed sets, delete, add, then
+/// set or clear the open port.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub new_sets: Vec<SetId>,
+    /// Sets to empty first (a rebuild after start or after an error).
+    pub flush: Vec<SetId>,
+    pub delete: Vec<Element>,
+    /// Elements to add, each with its timeout from now.
+    pub add: Vec<(Element, Duration)>,
+    pub open: OpenChange,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OpenChange {
+    #[default]
+    Keep,
+    /// Open the UDP port to everyone for this long.
+    Open(Duration),
+    Close,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.new_sets.is_empty()
+            && self.flush.is_empty()
+            && self.delete.is_empty()
+            && self.add.is_empty()
+            && self.open == OpenChange::Keep
+    }
+}
+
+/// Deadlines that differ by less than this are the same: each feed answer
+/// recomputes them from its own clock reading, so they wobble by a few
+/// milliseconds, while a renewal moves them by seconds at least.
+const SLACK: Duration = Duration::from_millis(500);
+
+fn near(a: Instant, b: Instant) -> bool {
+    a.max(b) - a.min(b) < SLACK
+}
+
+/// An element this close to its timeout may already be gone from the
+/// kernel, so it is not deleted (it times out by itself) and a renewal
+/// re-adds it only after a flush.
+const NEAR_EXPIRY: Duration = Duration::from_secs(1);
+
+/// What the kernel holds, as far as this gateway knows; it plans the
+/// minimal changes to reach a desired state.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciler {
+    installed: HashMap<Element, Instant>,
+    sets: BTreeSet<SetId>,
+    open_until: Option<Instant>,
+    /// Whether the kernel state is unknown (start, or a failed
+    /// transaction): the next plan flushes every set and adds everything.
+    dirty: bool,
+}
+
+impl Reconciler {
+    /// A reconciler for a table that was just created empty.
+    pub fn new() -> Reconciler {
+        Reconciler::default()
+    }
+
+    /// The sets that exist in the table.
+    pub fn sets(&self) -> &BTreeSet<SetId> {
+        &self.sets
+    }
+
+    /// How many elements the kernel holds (as far as is known).
+    pub fn len(&self) -> usize {
+        self.installed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.installed.is_empty()
+    }
+
+    /// Whether the UDP port is open to everyone at `now`.
+    pub fn is_open(&self, now: Instant) -> bool {
+        self.open_until.is_some_and(|u| u > now)
+    }
+
+    /// The changes that turn what is installed into `desired` at `now`.
+    pub fn plan(&self, desired: &Desired, now: Instant) -> Changes {
+        let mut ch = Changes::default();
+        let wanted_sets: BTreeSet<SetId> = desired.elements.keys().map(|e| e.set).collect();
+        ch.new_sets = wanted_sets.difference(&self.sets).copied().collect();
+        if self.dirty {
+            ch.flush = self.sets.iter().copied().collect();
+        }
+        let timeout = |d: Instant| d.saturating_duration_since(now);
+        let mut add: Vec<(Element, Duration)> = Vec::new();
+        for (&e, &deadline) in &desired.elements {
+            if deadline <= now {
+                continue;
+            }
+            match self.installed.get(&e) {
+                _ if self.dirty => add.push((e, timeout(deadline))),
+                None => add.push((e, timeout(deadline))),
+                Some(&held) if near(held, deadline) => {}
+                Some(&held) => {
+                    // A renewal (or a shortening): replace the element so
+                    // that it carries the new timeout. One that may have
+                    // timed out already cannot be deleted safely, so it is
+                    // only re-added (harmless if it is gone).
+                    if held > now + NEAR_EXPIRY {
+                        ch.delete.push(e);
+                    }
+                    add.push((e, timeout(deadline)));
+                }
+            }
+        }
+        if !self.dirty {
+            for (&e, &held) in &self.installed {
+                if !desired.elements.contains_key(&e) && held > now + NEAR_EXPIRY {
+                    ch.delete.push(e);
+                }
+            }
+        }
+        add.sort();
+        ch.add = add;
+        ch.delete.sort();
+        let want_open = desired.open_until.filter(|&u| u > now);
+        ch.open = match (want_open, self.open_until.filter(|&u| u > now)) {
+            (Some(w), Some(h)) if !self.dirty && near(w, h) => OpenChange::Keep,
+            (Some(w), _) => OpenChange::Open(timeout(w)),
+            (None, Some(_)) => OpenChange::Close,
+            (None, None) if self.dirty => OpenChange::Close,
+            (None, None) => OpenChange::Keep,
+        };
+        ch
+    }
+
+    /// Records that `changes` (planned for `desired`) reached the kernel.
+    pub fn committed(&mut self, desired: &Desired, changes: &Changes, now: Instant) {
+        self.sets.extend(changes.new_sets.iter().copied());
+        self.installed = desired
+            .elements
+            .iter()
+            .filter(|(_, &d)| d > now)
+            .map(|(&e, &d)| (e, d))
+            .collect();
+        self.open_until = desired.open_until.filter(|&u| u > now);
+        self.dirty = false;
+    }
+
+    /// The kernel refused a transaction, so nothing of it happened and
+    /// what the kernel holds is no longer known for sure: the next plan
+    /// flushes every set and adds everything again.
+    pub fn failed(&mut self) {
+        self.dirty = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::feed::FeedAdmission;
+    use proto::WgKey;
+    use std::net::Ipv4Addr;
+    use time::macros::datetime;
+
+    const WINDOW: Duration = Duration::from_secs(30);
+
+    fn adm(id: &str, source: &str, binding: BindingPolicy, minutes: i64) -> FeedAdmission {
+        FeedAdmission {
+            id: id.into(),
+            mode: AccessMode::Tunnel,
+            client_public_key: Some(WgKey([id.len() as u8; 32])),
+            preshared_key: None,
+            source: source.parse().unwrap(),
+            binding,
+            client_address: Some(Ipv4Addr::new(100, 64, 0, 2)),
+            services: vec!["plex".into()],
+            expires_at: datetime!(2026-11-25 20:00 UTC) + time::Duration::minutes(minutes),
+        }
+    }
+
+    fn direct(id: &str, source: &str, binding: BindingPolicy, services: &[&str]) -> FeedAdmission {
+        FeedAdmission {
+            mode: AccessMode::Direct,
+            client_public_key: None,
+            client_address: None,
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ..adm(id, source, binding, 60)
+        }
+    }
+
+    fn state(admissions: Vec<FeedAdmission>) -> FeedState {
+        FeedState {
+            server: "den".into(),
+            version: 1,
+            server_time: datetime!(2026-11-25 20:00 UTC),
+            service_address: Ipv4Addr::new(100, 64, 0, 1),
+            admissions,
+        }
+    }
+
+    fn ports() -> HashMap<String, u16> {
+        HashMap::from([("plex".to_string(), 32400), ("jf".to_string(), 8096)])
+    }
+
+    fn desired(s: &FeedState, now: Instant, pins: &mut Pins) -> Desired {
+        let (d, errors) = Desired::from_state(s, now, &ports(), pins, WINDOW);
+        assert!(errors.is_empty(), "{errors:?}");
+        d
+    }
+
+    fn names(elements: impl IntoIterator<Item = Element>) -> Vec<String> {
+        let mut v: Vec<String> = elements.into_iter().map(|e| e.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn bindings_become_masked_elements_in_per_length_sets() {
+        let now = Instant::now();
+        let s = state(vec![
+            adm("a", "203.0.113.7", BindingPolicy::Exact, 60),
+            adm("b", "198.51.100.77", BindingPolicy::Prefix(24), 60),
+            adm("c", "2001:db8:1:2:3::9", BindingPolicy::Prefix(64), 60),
+            direct("d", "192.0.2.44", BindingPolicy::Exact, &["plex", "jf"]),
+        ]);
+        let d = desired(&s, now, &mut Pins::default());
+        assert_eq!(
+            names(d.elements.keys().copied()),
+            [
+                "192.0.2.44/32 port 32400",
+                "192.0.2.44/32 port 8096",
+                "198.51.100.0/24",
+                "2001:db8:1:2::/64",
+                "203.0.113.7/32"
+            ]
+        );
+        let sets: BTreeSet<String> = d.elements.keys().map(|e| e.set.name()).collect();
+        assert_eq!(
+            sets.into_iter().collect::<Vec<_>>(),
+            ["d4_32", "t4_24", "t4_32", "t6_64"]
+        );
+        for deadline in d.elements.values() {
+            assert_eq!(*deadline, now + Duration::from_secs(3600));
+        }
+        assert_eq!(d.open_until, None);
+    }
+
+    #[test]
+    fn keys_are_laid_out_as_the_kernel_compares_them() {
+        let now = Instant::now();
+        let s = state(vec![
+            adm("a", "203.0.113.7", BindingPolicy::Exact, 60),
+            direct("d", "2001:db8::5", BindingPolicy::Exact, &["plex"]),
+        ]);
+        let d = desired(&s, now, &mut Pins::default());
+        let mut keys: Vec<Vec<u8>> = d.elements.keys().map(|e| e.key()).collect();
+        keys.sort_by_key(|k| k.len());
+        assert_eq!(keys[0], [203, 0, 113, 7]);
+        let mut v6 = vec![0x20, 0x01, 0x0d, 0xb8];
+        v6.extend([0; 11]);
+        v6.push(5);
+        v6.extend([0x7e, 0x90, 0, 0]);
+        assert_eq!(keys[1], v6);
+    }
+
+    #[test]
+    fn lookups_mask_the_source_like_the_binding() {
+        let set = |kind, v6, prefix| SetId { kind, v6, prefix };
+        assert_eq!(set(Kind::Tunnel, false, 32).lookup(), "ip saddr @t4_32");
+        assert_eq!(
+            set(Kind::Tunnel, false, 24).lookup(),
+            "ip saddr & 255.255.255.0 @t4_24"
+        );
+        assert_eq!(
+            set(Kind::Tunnel, true, 64).lookup(),
+            "ip6 saddr & ffff:ffff:ffff:ffff:: @t6_64"
+        );
+        assert_eq!(
+            set(Kind::Direct, false, 32).lookup(),
+            "ip saddr . tcp dport @d4_32"
+        );
+        assert_eq!(
+            set(Kind::Direct, true, 128).key_type(),
+            "ipv6_addr . inet_service"
+        );
+    }
+
+    #[test]
+    fn the_first_plan_adds_everything_and_then_nothing_changes() {
+        let now = Instant::now();
+        let mut r = Reconciler::new();
+        let s = state(vec![
+            adm("a", "203.0.113.7", BindingPolicy::Exact, 60),
+            adm("b", "203.0.113.8", BindingPolicy::Exact, 60),
+        ]);
+        let d = desired(&s, now, &mut Pins::default());
+        let ch = r.plan(&d, now);
+        assert_eq!(ch.new_sets.len(), 1);
+        assert_eq!(ch.add.len(), 2);
+        assert!(ch.delete.is_empty() && ch.flush.is_empty());
+        assert_eq!(ch.open, OpenChange::Keep);
+        r.committed(&d, &ch, now);
+        // The same state a little later (deadlines recomputed from a new
+        // clock reading) needs nothing.
+        let later = now + Duration::from_millis(40);
+        let mut s2 = s.clone();
+        s2.server_time += time::Duration::milliseconds(40);
+        let d2 = desired(&s2, later, &mut Pins::default());
+        assert!(r.plan(&d2, later).is_empty());
+    }
+
+    #[test]
+    fn one_new_admission_is_one_add_and_a_revocation_one_delete() {
+        let now = Instant::now();
+        let mut r = Reconciler::new();
+        let mut pins = Pins::default();
+        let many: Vec<FeedAdmission> = (0..200)
+            .map(|i| {
+                adm(
+                    &format!("a{i}"),
+                    &format!("198.51.100.{i}"),
+                    BindingPolicy::Exact,
+                    60,
+                )
+            })
+            .collect();
+        let d = desired(&state(many.clone()), now, &mut pins);
+        let ch = r.plan(&d, now);
+        r.committed(&d, &ch, now);
+
+        let mut more = many.clone();
+        more.push(adm("new", "203.0.113.9", BindingPolicy::Exact, 60));
+        let d = desired(&state(more.clone()), now, &mut pins);
+        let ch = r.plan(&d, now);
+        assert_eq!(names(ch.add.iter().map(|(e, _)| *e)), ["203.0.113.9/32"]);
+        assert!(ch.delete.is_empty() && ch.new_sets.is_empty());
+        r.committed(&d, &ch, now);
+
+        more.retain(|a| a.id != "a7");
+        let d = desired(&state(more), now, &mut pins);
+        let ch = r.plan(&d, now);
+        assert_eq!(names(ch.delete.iter().copied()), ["198.51.100.7/32"]);
+        assert!(ch.add.is_empty());
+    }
+
+    #[test]
+    fn a_renewal_replaces_the_element_with_the_new_timeout() {
+        let now = Instant::now();
+        let mut r = Reconciler::new();
+        let mut pins = Pins::default();
+        let d = desired(
+            &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 10)]),
+            now,
+            &mut pins,
+        );
+        let ch = r.plan(&d, now);
+        r.committed(&d, &ch, now);
+        let d = desired(
+            &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 20)]),
+            now,
+            &mut pins,
+        );
+        let ch = r.plan(&d, now);
+        assert_eq!(ch.delete.len(), 1);
+        assert_eq!(ch.add, vec![(ch.delete[0], Duration::from_secs(1200))]);
+    }
+
+    #[test]
+    fn shared_sources_are_one_element_that_lives_as_long_as_the_longest() {
+        let now = Instant::now();
+        let mut r = Reconciler::new();
+        let mut pins = Pins::default();
+        // Two clients behind one NAT, and a prefix admission covering a
+        // third: the /24 and the /32 are different elements.
+        let two = vec![
+            adm("a", "203.0.113.7", BindingPolicy::Exact, 10),
+            adm("b", "203.0.113.7", BindingPolicy::Exact, 30),
+            adm("c", "203.0.113.99", BindingPolicy::Prefix(24), 30),
+        ];
+        let d = desired(&state(two.clone()), now, &mut pins);
+        assert_eq!(d.elements.len(), 2);
+        let ch = r.plan(&d, now);
+        let timeouts: Vec<Duration> = ch.add.iter().map(|(_, t)| *t).collect();
+        assert_eq!(
+            timeouts,
+            [Duration::from_secs(1800), Duration::from_secs(1800)]
+        );
+        r.committed(&d, &ch, now);
+        // Revoking one of the two keeps the shared element as it is.
+        let d = desired(&state(two[1..].to_vec()), now, &mut pins);
+        assert!(r.plan(&d, now).is_empty());
+    }
+
+    #[test]
+    fn elements_about_to_time_out_are_left_to_the_kernel() {
+        let now = Instant::now();
+        let mut r = Reconciler::new();
+        let mut pins = Pins::default();
+        let d = desired(
+            &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 1)]),
+            now,
+            &mut pins,
+        );
+        let ch = r.plan(&d, now);
+        r.committed(&d, &ch, now);
+        let almost = now + Duration::from_millis(59_500);
+        let ch = r.plan(&Desired::default(), almost);
+        assert!(ch.delete.is_empty(), "{ch:?}");
+        // ...but an early revocation deletes it.
+        let ch = r.plan(&Desired::default(), now + Duration::from_secs(5));
+        assert_eq!(ch.delete.len(), 1);
+    }
+
+    #[test]
+    fn after_a_failure_the_next_plan_rebuilds_every_set() {
+        let now = Instant::now();
+        let mut r = Reconciler::new();
+        let mut pins = Pins::default();
+        let d = desired(
+            &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 10)]),
+            now,
+            &mut pins,
+        );
+        let ch = r.plan(&d, now);
+        r.committed(&d, &ch, now);
+        r.failed();
+        let ch = r.plan(&d, now);
+        assert_eq!(ch.flush.len(), 1);
+        assert_eq!(ch.add.len(), 1);
+        assert!(ch.delete.is_empty() && ch.new_sets.is_empty());
+        assert_eq!(ch.open, OpenChange::Close);
+        r.committed(&d, &ch, now);
+        assert!(r.plan(&d, now).is_empty());
+    }
+
+    #[test]
+    fn first_handshake_opens_the_port_until_pinned_or_the_window_ends() {
+        let now = Instant::now();
+        let mut r = Reconciler::new();
+        let mut pins = Pins::default();
+        let s = state(vec![adm(
+            "fh",
+            "203.0.113.7",
+            BindingPolicy::FirstHandshake,
+            60,
+        )]);
+        let d = desired(&s, now, &mut pins);
+        assert!(d.elements.is_empty());
+        assert_eq!(d.open_until, Some(now + WINDOW));
+        let ch = r.plan(&d, now);
+        assert_eq!(ch.open, OpenChange::Open(WINDOW));
+        r.committed(&d, &ch, now);
+        assert!(r.is_open(now));
+
+        // The window counts from when the admission was first seen, not
+        // from each feed answer.
+        let later = now + Duration::from_secs(10);
+        let d = desired(&s, later, &mut pins);
+        assert_eq!(d.open_until, Some(now + WINDOW));
+        assert!(r.plan(&d, later).is_empty());
+
+        // Pinned: the pinned source becomes an exact element, and the
+        // port closes.
+        pins.pin("fh", "192.0.2.50".parse().unwrap());
+        let d = desired(&s, later, &mut pins);
+        let ch = r.plan(&d, later);
+        assert_eq!(names(ch.add.iter().map(|(e, _)| *e)), ["192.0.2.50/32"]);
+        assert_eq!(ch.open, OpenChange::Close);
+
+        // Never pinned: after the window the port is closed again.
+        let mut unpinned = Pins::default();
+        let d = desired(&s, now, &mut unpinned);
+        let d_after = desired(&s, now + WINDOW + Duration::from_secs(1), &mut unpinned);
+        assert!(d.open_until.is_some());
+        assert_eq!(d_after.open_until, None);
+    }
+
+    #[test]
+    fn direct_admissions_need_a_known_service_and_never_first_handshake() {
+        let now = Instant::now();
+        let s = state(vec![
+            direct("d1", "192.0.2.9", BindingPolicy::Prefix(24), &["nope"]),
+            direct("d2", "192.0.2.9", BindingPolicy::FirstHandshake, &["plex"]),
+        ]);
+        let (d, errors) = Desired::from_state(&s, now, &ports(), &mut Pins::default(), WINDOW);
+        assert!(d.elements.is_empty());
+        assert_eq!(d.open_until, None);
+        assert_eq!(
+            errors,
+            [PlanError::UnknownDirectService {
+                id: "d1".into(),
+                service: "nope".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn expired_admissions_are_left_out() {
+        let now = Instant::now();
+        let s = state(vec![adm("old", "203.0.113.7", BindingPolicy::Exact, 0)]);
+        let d = desired(&s, now, &mut Pins::default());
+        assert!(d.elements.is_empty());
+    }
+}
