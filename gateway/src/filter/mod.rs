@@ -81,8 +81,9 @@ pub struct Filter {
     direct_ports: HashMap<String, u16>,
     pinning_window: Duration,
     pins: Pins,
-    /// The latest desired state and when it arrived, to re-plan on pins.
-    last: Option<(FeedState, Instant)>,
+    /// What the kernel should hold (the latest feed version, and the
+    /// pinnings since).
+    desired: Desired,
     transactions: u64,
     last_error: Option<String>,
 }
@@ -109,7 +110,7 @@ impl Filter {
             direct_ports,
             pinning_window,
             pins: Pins::default(),
-            last: None,
+            desired: Desired::default(),
             transactions: 0,
             last_error: None,
         })
@@ -126,28 +127,29 @@ impl Filter {
         state: &FeedState,
         received: Instant,
     ) -> Result<Vec<PlanError>, NftError> {
-        self.last = Some((state.clone(), received));
-        self.converge(Instant::now())
+        let (desired, errors) = Desired::from_state(
+            state,
+            received,
+            &self.direct_ports,
+            &mut self.pins,
+            self.pinning_window,
+        );
+        self.desired = desired;
+        self.converge(Instant::now()).map(|()| errors)
     }
 
     /// The data path pinned a first-handshake admission to `source`: admit
     /// that source in the kernel before the pinning window closes.
     pub fn pin(&mut self, admission_id: &str, source: IpAddr) -> Result<(), NftError> {
         self.pins.pin(admission_id, source);
-        self.converge(Instant::now()).map(|_| ())
+        if !self.desired.pin(admission_id, source) {
+            return Ok(());
+        }
+        self.converge(Instant::now())
     }
 
-    fn converge(&mut self, now: Instant) -> Result<Vec<PlanError>, NftError> {
-        let Some((state, received)) = &self.last else {
-            return Ok(Vec::new());
-        };
-        let (desired, errors) = Desired::from_state(
-            state,
-            *received,
-            &self.direct_ports,
-            &mut self.pins,
-            self.pinning_window,
-        );
+    fn converge(&mut self, now: Instant) -> Result<(), NftError> {
+        let desired = std::mem::take(&mut self.desired);
         // One retry: a refused transaction leaves the kernel unchanged but
         // the reconciler unsure, and the second plan rebuilds every set.
         let mut result = self.commit(&desired, now);
@@ -155,6 +157,7 @@ impl Filter {
             self.reconciler.failed();
             result = self.commit(&desired, now);
         }
+        self.desired = desired;
         match &result {
             Ok(()) => self.last_error = None,
             Err(e) => {
@@ -162,7 +165,7 @@ impl Filter {
                 self.last_error = Some(e.to_string());
             }
         }
-        result.map(|()| errors)
+        result
     }
 
     fn commit(&mut self, desired: &Desired, now: Instant) -> Result<(), NftError> {

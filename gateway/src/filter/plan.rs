@@ -130,6 +130,9 @@ pub struct Desired {
     /// user-space filter alone then guards it) until the earliest of its
     /// expiry and the end of its pinning window.
     pub open_until: Option<Instant>,
+    /// First-handshake admissions still waiting for their handshake: id
+    /// to (expiry, end of the open port for it).
+    pub waiting: HashMap<String, (Instant, Instant)>,
 }
 
 /// What the pre-filter must know besides the feed: where first-handshake
@@ -200,8 +203,7 @@ impl Desired {
                             let seen = *pins.first_seen.entry(a.id.clone()).or_insert(now);
                             let until = deadline.min(seen + pinning_window);
                             if until > now {
-                                desired.open_until =
-                                    Some(desired.open_until.map_or(until, |o| o.max(until)));
+                                desired.waiting.insert(a.id.clone(), (deadline, until));
                             }
                         }
                     }
@@ -226,7 +228,22 @@ impl Desired {
                 }
             }
         }
+        desired.open_until = desired.waiting.values().map(|&(_, until)| until).max();
         (desired, errors)
+    }
+
+    /// The data path pinned the waiting first-handshake admission `id` to
+    /// `source`: admit that source exactly, and close the port if nothing
+    /// else waits. Returns false if `id` was not waiting.
+    pub fn pin(&mut self, id: &str, source: IpAddr) -> bool {
+        let Some((deadline, _)) = self.waiting.remove(id) else {
+            return false;
+        };
+        let e = element(Kind::Tunnel, BindingPolicy::Exact, source, 0);
+        let d = self.elements.entry(e).or_insert(deadline);
+        *d = (*d).max(deadline);
+        self.open_until = self.waiting.values().map(|&(_, until)| until).max();
+        true
     }
 }
 
@@ -705,9 +722,14 @@ mod tests {
         assert!(r.plan(&d, later).is_empty());
 
         // Pinned: the pinned source becomes an exact element, and the
-        // port closes.
+        // port closes; pinning the computed state gives the same as
+        // computing it again.
+        let mut pinned_in_place = d.clone();
+        assert!(pinned_in_place.pin("fh", "192.0.2.50".parse().unwrap()));
+        assert!(!pinned_in_place.pin("fh", "192.0.2.50".parse().unwrap()));
         pins.pin("fh", "192.0.2.50".parse().unwrap());
         let d = desired(&s, later, &mut pins);
+        assert_eq!(d, pinned_in_place);
         let ch = r.plan(&d, later);
         assert_eq!(names(ch.add.iter().map(|(e, _)| *e)), ["192.0.2.50/32"]);
         assert_eq!(ch.open, OpenChange::Close);
