@@ -870,3 +870,108 @@ fn client_for_debug() -> ControlClient {
         .unwrap()
         .with_bearer("hgu_secret_bearer")
 }
+
+#[tokio::test]
+async fn direct_access_opens_a_port_to_the_source_only_where_the_grant_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    // The gateway reports a direct service on TCP 32401.
+    let mut r = report(key(200));
+    r.direct_services = vec![ServiceInfo {
+        name: "plex".into(),
+        port: 32401,
+    }];
+    cp.client()
+        .with_bearer(&gw.credential)
+        .report(&r)
+        .await
+        .unwrap();
+
+    // A grant without `direct`: refused, saying why, and nothing changes.
+    let before = gw.version();
+    let e = alice.access_direct("den").await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(403), Some("direct_not_allowed"))
+    );
+    assert!(e.to_string().contains("does not allow direct"), "{e}");
+    assert_eq!(gw.version(), before);
+
+    // A key has no place in a direct request.
+    let body = serde_json::json!({"server": "den", "mode": "direct", "public_key": key(9)});
+    let e = alice
+        .call::<_, serde_json::Value>(
+            reqwest::Method::POST,
+            "/v1/access",
+            Some(&body),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400));
+
+    cp.admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "den".into(),
+            services: None,
+            direct: true,
+        })
+        .await
+        .unwrap();
+    let d = alice.access_direct("den").await.unwrap();
+    // The gateway's public address with the direct port.
+    assert_eq!(d.direct_endpoint, "198.51.100.10:32401".parse().unwrap());
+    assert_eq!(
+        d.services,
+        [ServiceInfo {
+            name: "plex".into(),
+            port: 32401
+        }]
+    );
+    // Answered after the gateway had it: a direct admission of the
+    // source, with no key and no tunnel address.
+    let st = gw.state();
+    let a = st
+        .admissions
+        .iter()
+        .find(|a| a.id == d.admission_id)
+        .expect("the gateway holds the direct admission");
+    assert_eq!(a.mode, AccessMode::Direct);
+    assert_eq!(a.source, "127.0.0.1".parse::<std::net::IpAddr>().unwrap());
+    assert!(a.client_public_key.is_none() && a.client_address.is_none());
+
+    // Renew and revoke work as for the tunnel.
+    let renewed = alice.renew(&d.admission_id).await.unwrap();
+    assert!(renewed.expires_at >= d.expires_at);
+    alice.revoke(&d.admission_id).await.unwrap();
+    assert!(gw
+        .wait_until(Duration::from_secs(1), |ids| !ids.contains(&d.admission_id))
+        .await
+        .is_some());
+
+    // A server that binds on the first handshake cannot offer direct mode.
+    cp.admin
+        .create_server(&CreateServer {
+            name: "attic".into(),
+            binding: proto::BindingPolicy::FirstHandshake,
+            admission_ttl_secs: None,
+        })
+        .await
+        .unwrap();
+    cp.admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "attic".into(),
+            services: None,
+            direct: true,
+        })
+        .await
+        .unwrap();
+    let e = alice.access_direct("attic").await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(403), Some("direct_not_possible"))
+    );
+    cp.stop().await;
+}
