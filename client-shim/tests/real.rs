@@ -279,6 +279,80 @@ async fn revocation_ends_an_ongoing_download_within_a_second() {
     w.stop().await;
 }
 
+/// An admission that expires while the control plane is unreachable (no
+/// renewal, no feed) ends at the gateway by itself: the gateway resets the
+/// player's connections through the tunnel before dropping the peer, so
+/// the download ends at the expiry instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_expiring_without_the_control_plane_resets_the_download() {
+    let mut w = World::start(Options {
+        ttl_secs: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let token = w.token().await;
+    let session = Session::connect(w.shim_config(Credentials::Token(token)))
+        .await
+        .expect("the session connects");
+    let local = session.local_addr();
+    let left = session.info().expires_at - time::OffsetDateTime::now_utc();
+    let expiry = Instant::now() + Duration::try_from(left).unwrap_or_default();
+
+    // About 10 s of paced download.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = progress.clone();
+    std::thread::spawn(move || {
+        let r = (|| -> std::io::Result<usize> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(local)?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            s.write_all(b"GET /file?pace_ms=100&chunk=65536 HTTP/1.1\r\nHost: media\r\n\r\n")?;
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = 0;
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(got);
+                }
+                got += n;
+                p.store(got, std::sync::atomic::Ordering::Relaxed);
+            }
+        })();
+        let _ = tx.send((r, Instant::now()));
+    });
+    let t = Instant::now();
+    while progress.load(std::sync::atomic::Ordering::Relaxed) < 256 << 10 {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the download never started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w.stop_control().await;
+
+    let (r, ended_at) = blocking(move || rx.recv_timeout(Duration::from_secs(15)))
+        .await
+        .expect("the download ends");
+    let late = ended_at.saturating_duration_since(expiry);
+    let early = expiry.saturating_duration_since(ended_at);
+    eprintln!("download ended {late:?} after the expiry ({early:?} before it): {r:?}");
+    assert!(
+        r.is_err() || r.as_ref().is_ok_and(|n| *n < FILE_LEN),
+        "the download completed: {r:?}"
+    );
+    assert!(
+        late < Duration::from_millis(1500),
+        "the download ran on for {late:?} after the admission expired"
+    );
+    assert!(
+        early < Duration::from_millis(500),
+        "the download ended {early:?} before the admission expired"
+    );
+    drop(session);
+    w.stop().await;
+}
+
 /// A revocation while nothing is open (so the gateway has nothing to
 /// reset) is found as soon as the player connects again: the gateway
 /// stays silent, the shim asks the control plane after its stall timeout

@@ -448,6 +448,15 @@ impl AdmissionTable {
         }
     }
 
+    /// The admissions whose deadline has passed at `now` (the next
+    /// [`AdmissionTable::expire`] removes them), soonest first.
+    pub fn expiring(&self, now: Instant) -> impl Iterator<Item = &Admission> + '_ {
+        self.deadlines
+            .iter()
+            .take_while(move |&&(deadline, _)| deadline <= now)
+            .filter_map(|&(_, peer)| self.get(peer))
+    }
+
     /// Removes every admission whose deadline has passed and closes pinning
     /// windows that ended without a handshake. Returns what was removed.
     pub fn expire(&mut self, now: Instant) -> Vec<Admission> {

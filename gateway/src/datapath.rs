@@ -150,6 +150,16 @@ impl DataPath {
             if udp_ready || backlog {
                 backlog = self.receive(now);
             }
+            // Admissions that expire now (without a feed change: the
+            // control plane may be unreachable) say goodbye first, like
+            // those the feed removes.
+            let expiring: Vec<IpAddr> = self
+                .dispatcher
+                .admissions()
+                .expiring(now)
+                .map(|a| IpAddr::V4(a.client_address()))
+                .collect();
+            self.say_goodbye(expiring, now);
             self.dispatcher.handle_timers(now, &mut self.outbox);
             self.route_outbox();
             self.handle_peer_events();
@@ -191,7 +201,8 @@ impl DataPath {
             match self.control.try_recv() {
                 Ok(Control::Apply(state, done)) => {
                     self.ensure_stack(&state);
-                    self.say_goodbye(&state, now);
+                    let leaving = self.leaving(&state);
+                    self.say_goodbye(leaving, now);
                     let outcome = self.dispatcher.apply(&state, now);
                     tracing::debug!(
                         version = state.version,
@@ -210,26 +221,29 @@ impl DataPath {
         }
     }
 
-    /// Before peers leave the desired state, resets their connections and
-    /// sends those resets through the tunnel while it still exists, so a
-    /// revoked client's player sees its connections end at once rather
-    /// than when its own timers give up.
-    fn say_goodbye(&mut self, state: &FeedState, now: Instant) {
-        let Some(stack) = self.stack.as_mut() else {
-            return;
-        };
+    /// The client addresses of admissions that `state` no longer holds.
+    fn leaving(&self, state: &FeedState) -> Vec<IpAddr> {
         let staying: std::collections::HashSet<&str> =
             state.admissions.iter().map(|a| a.id.as_str()).collect();
-        let leaving: Vec<IpAddr> = self
-            .dispatcher
+        self.dispatcher
             .admissions()
             .iter()
             .filter(|a| !staying.contains(a.id()))
             .map(|a| IpAddr::V4(a.client_address()))
-            .collect();
+            .collect()
+    }
+
+    /// Before peers leave (revoked, or expired), resets their connections
+    /// and sends those resets through the tunnel while it still exists, so
+    /// the client's player sees its connections end at once rather than
+    /// when its own timers give up.
+    fn say_goodbye(&mut self, leaving: Vec<IpAddr>, now: Instant) {
         if leaving.is_empty() {
             return;
         }
+        let Some(stack) = self.stack.as_mut() else {
+            return;
+        };
         for addr in leaving {
             self.splice.close_all_for(stack, self.poll.registry(), addr);
         }
@@ -237,7 +251,7 @@ impl DataPath {
         let dispatcher = &mut self.dispatcher;
         let outbox = &mut self.outbox;
         stack.drain_outbound(|pkt| {
-            dispatcher.handle_outbound(pkt, now, outbox);
+            dispatcher.handle_farewell(pkt, now, outbox);
         });
         route(outbox, &mut self.udp, None);
         if let Err(e) = self.udp.flush() {

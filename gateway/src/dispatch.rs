@@ -742,7 +742,25 @@ impl Dispatcher {
     /// Encrypts one IPv4 packet from the gateway's TCP stack for the peer
     /// that holds its destination address.
     pub fn handle_outbound(&mut self, packet: &[u8], now: Instant, out: &mut Outbox) -> Verdict {
-        let verdict = self.dispatch_outbound(packet, now, out);
+        self.outbound(packet, now, out, false)
+    }
+
+    /// Like [`Dispatcher::handle_outbound`], also for a peer whose
+    /// admission has just expired but is not removed yet: the driver's
+    /// last packets (the resets that end its connections) before
+    /// [`Dispatcher::handle_timers`] removes it.
+    pub fn handle_farewell(&mut self, packet: &[u8], now: Instant, out: &mut Outbox) -> Verdict {
+        self.outbound(packet, now, out, true)
+    }
+
+    fn outbound(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        out: &mut Outbox,
+        farewell: bool,
+    ) -> Verdict {
+        let verdict = self.dispatch_outbound(packet, now, out, farewell);
         if let Verdict::Dropped(reason) = verdict {
             self.drops.add(reason);
             tracing::trace!(%reason, len = packet.len(), "outbound packet dropped");
@@ -1084,7 +1102,13 @@ impl Dispatcher {
         }
     }
 
-    fn dispatch_outbound(&mut self, packet: &[u8], now: Instant, out: &mut Outbox) -> Verdict {
+    fn dispatch_outbound(
+        &mut self,
+        packet: &[u8],
+        now: Instant,
+        out: &mut Outbox,
+        farewell: bool,
+    ) -> Verdict {
         let Some(destination) = inner::ipv4_destination(packet) else {
             return Verdict::Dropped(DropReason::Malformed);
         };
@@ -1100,7 +1124,7 @@ impl Dispatcher {
             return Verdict::Dropped(DropReason::NoRoute);
         };
         let peer_id = admission.peer();
-        if admission.is_expired(now) {
+        if admission.is_expired(now) && !farewell {
             return Verdict::Dropped(DropReason::Expired);
         }
         let Some(peer) = self

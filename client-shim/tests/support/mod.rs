@@ -563,6 +563,13 @@ impl World {
         }
     }
 
+    /// Stops the control plane only (the gateway keeps what it has).
+    pub async fn stop_control(&mut self) {
+        if let Some(c) = self.control.take() {
+            let _ = c.stop().await;
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(g) = self.gateway.take() {
             g.shutdown().await;
