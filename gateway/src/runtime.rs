@@ -518,12 +518,24 @@ async fn follow_feed(
     // refuses the `diff` parameter with 400).
     let mut diffs = true;
     let mut backoff = Duration::from_millis(100);
+    // Whether the pre-filter holds the version the mirror holds, so that
+    // the next diff can be applied to it as a diff.
+    let mut filter_synced = false;
     loop {
         let after = desired.next_after(Instant::now());
         match feed::fetch(&client, after, Duration::from_secs(25), diffs).await {
             Ok(update) => {
                 backoff = Duration::from_millis(100);
                 let received = Instant::now();
+                // A diff goes to the pre-filter as a diff: its cost then
+                // follows the change, not the number of admissions.
+                let diff = (!update.is_full() && filter_synced).then(|| {
+                    (
+                        update.admissions.clone(),
+                        update.removed.clone(),
+                        update.server_time,
+                    )
+                });
                 let mut state = match desired.absorb(update, received) {
                     Ok(state) => state,
                     Err(e) => {
@@ -536,10 +548,16 @@ async fn follow_feed(
                 // The kernel first: a version is acknowledged only once
                 // its sources (tunnel and direct) are admitted there.
                 if let Some(filter) = &filter {
-                    let result = filter
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .apply(&state, received);
+                    let result = {
+                        let mut f = filter.lock().unwrap_or_else(|p| p.into_inner());
+                        match &diff {
+                            Some((changed, removed, server_time)) => {
+                                f.apply_diff(changed, removed, *server_time, received)
+                            }
+                            None => f.apply(&state, received),
+                        }
+                    };
+                    filter_synced = result.is_ok();
                     match result {
                         Ok(unrepresentable) => {
                             for e in unrepresentable {

@@ -184,7 +184,14 @@ start_gateway() { # start_gateway NAME STATE LISTEN ENDPOINT [TOKEN [MORE FLAGS.
 }
 # The IPv4 gateway (server home) also offers the media server directly.
 DIRECT=(--direct plex=32401:127.0.0.1:32400 --prefilter required)
-start_gw4() { start_gateway "$1" "$W/gw" 0.0.0.0:51820 203.0.113.18:51820 "${2:-}" "${DIRECT[@]}"; }
+# Each scenario runs in a subshell, so the gateway's current pid (it may
+# have been restarted by an earlier scenario) is kept in a file too.
+start_gw4() {
+  local pid
+  pid=$(start_gateway "$1" "$W/gw" 0.0.0.0:51820 203.0.113.18:51820 "${2:-}" "${DIRECT[@]}")
+  echo "$pid" >"$W/gw.pid"
+  echo "$pid"
+}
 
 wait_gateway_synced() { wait_for "gateway $1 in sync" 15 grep -q "in sync" "$W/$1.log"; }
 
@@ -210,7 +217,7 @@ setup_world() {
   admin grant add bob home >/dev/null
   echo "$PASSWORD" | admin user add carol >/dev/null
   admin grant add carol home --direct >/dev/null
-  GW_PID=$(start_gw4 gw "$TOKEN")
+  start_gw4 gw "$TOKEN" >/dev/null
   # A second gateway for server home6, reached over IPv6 (scenario 9).
   GW6_PID=$(start_gateway gw6 "$W/gw6" "[::]:51821" "[2001:db8:10::2]:51821" "$TOKEN6")
   wait_gateway_synced gw
@@ -240,8 +247,10 @@ check_sha() { [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SHA" ]; }
 # that the capture itself works, it fails unless it also saw the
 # attacker's own probes.
 start_capture() {
-  rm -f "$W/capture.pcap"
-  CAP_PID=$(bg atk "$W/capture.log" tcpdump -i eth0 -n -U -s 96 -w "$W/capture.pcap")
+  # Both files go first: a "listening on" left in the log by the previous
+  # capture would let this one start late.
+  rm -f "$W/capture.pcap" "$W/capture.log"
+  CAP_PID=$(bg atk "$W/capture.log" tcpdump -i eth0 -n -U --immediate-mode -s 96 -w "$W/capture.pcap")
   wait_for "capture" 5 grep -q "listening on" "$W/capture.log"
 }
 stop_capture() {
@@ -443,9 +452,10 @@ scenario_6() { # control plane killed: fail-static, fail-closed; restarted: noth
 scenario_7() { # gateway killed with SIGKILL and restarted: the shim recovers
   local pid; pid=$(start_shim 32407 shim7)
   ns cli curl -sf --max-time 5 http://127.0.0.1:32407/identity >/dev/null
-  kill -9 "$GW_PID"
-  wait_for "the gateway to die" 5 bash -c "! kill -0 $GW_PID 2>/dev/null"
-  GW_PID=$(start_gw4 gw-restart)
+  local gw; gw=$(cat "$W/gw.pid")
+  kill -9 "$gw"
+  wait_for "the gateway to die" 5 bash -c "! kill -0 $gw 2>/dev/null"
+  start_gw4 gw-restart >/dev/null
   wait_gateway_synced gw-restart
   local t0; t0=$(date +%s.%N)
   wait_for "new connections through the shim after the gateway restart" 20 \
@@ -524,8 +534,9 @@ scenario_10() { # with the pre-filter, a flood from an unknown source never reac
 }
 
 scenario_11() { # gateway killed: the port stays dark (no ICMP), until the filter is removed by hand
-  kill -9 "$GW_PID"
-  wait_for "the gateway to die" 5 bash -c "! kill -0 $GW_PID 2>/dev/null"
+  local gw; gw=$(cat "$W/gw.pid")
+  kill -9 "$gw"
+  wait_for "the gateway to die" 5 bash -c "! kill -0 $gw 2>/dev/null"
   start_capture
   junk 300
   ns atk nmap -n -Pn -sU -p 51820 --max-retries 2 203.0.113.18 >"$W/s11-nmap.log" 2>&1
@@ -543,8 +554,9 @@ scenario_11() { # gateway killed: the port stays dark (no ICMP), until the filte
   ns atk nmap -n -Pn -sS -p 32401 --max-retries 1 203.0.113.18 >>"$W/s11-nmap.log" 2>&1
   local control; control=$(stop_capture)
   log "  filter removed by hand, gateway still down: $control packets back (the kernel's usual answers)"
-  [ "$control" != broken ] && [ "$control" -gt 0 ]
-  GW_PID=$(start_gw4 gw-restart11)
+  [ "$control" != broken ]
+  [ "$control" -gt 0 ]
+  start_gw4 gw-restart11 >/dev/null
   wait_gateway_synced gw-restart11
   ns edge nft list table inet hushgate_51820 >/dev/null
 }

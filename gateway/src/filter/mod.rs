@@ -17,13 +17,15 @@
 pub mod nft;
 pub mod plan;
 
-use plan::{Desired, Pins, PlanError, Reconciler};
+use plan::{Context, Desired, Element, Pins, PlanError, Reconciler};
+use proto::feed::FeedAdmission;
 use proto::feed::FeedState;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 
 pub use nft::NftError;
 
@@ -121,41 +123,63 @@ impl Filter {
     }
 
     /// Makes the kernel hold exactly what `state` (received at
-    /// `received`) admits. Returns the admissions it could not represent.
+    /// `received`) admits, comparing every element. Returns the admissions
+    /// it could not represent.
     pub fn apply(
         &mut self,
         state: &FeedState,
         received: Instant,
     ) -> Result<Vec<PlanError>, NftError> {
-        let (desired, errors) = Desired::from_state(
-            state,
-            received,
-            &self.direct_ports,
-            &mut self.pins,
-            self.pinning_window,
-        );
+        let cx = Context {
+            direct_ports: &self.direct_ports,
+            pinning_window: self.pinning_window,
+        };
+        let (desired, errors) = Desired::from_state(state, received, cx, &mut self.pins);
         self.desired = desired;
-        self.converge(Instant::now()).map(|()| errors)
+        self.converge(None, Instant::now()).map(|()| errors)
+    }
+
+    /// Takes in a feed diff (received at `received`) on top of the last
+    /// state applied: `changed` admissions and `removed` ids. Only the
+    /// elements they touch are compared, so the cost does not grow with
+    /// the number of admissions. The caller must have applied the diff's
+    /// base (with [`Filter::apply`] or earlier diffs) successfully.
+    pub fn apply_diff(
+        &mut self,
+        changed: &[FeedAdmission],
+        removed: &[String],
+        server_time: OffsetDateTime,
+        received: Instant,
+    ) -> Result<Vec<PlanError>, NftError> {
+        let cx = Context {
+            direct_ports: &self.direct_ports,
+            pinning_window: self.pinning_window,
+        };
+        let (touched, errors) =
+            self.desired
+                .apply_diff(changed, removed, server_time, received, cx, &mut self.pins);
+        self.converge(Some(&touched), Instant::now())
+            .map(|()| errors)
     }
 
     /// The data path pinned a first-handshake admission to `source`: admit
     /// that source in the kernel before the pinning window closes.
     pub fn pin(&mut self, admission_id: &str, source: IpAddr) -> Result<(), NftError> {
         self.pins.pin(admission_id, source);
-        if !self.desired.pin(admission_id, source) {
+        let Some(e) = self.desired.pin(admission_id, source) else {
             return Ok(());
-        }
-        self.converge(Instant::now())
+        };
+        self.converge(Some(&[e]), Instant::now())
     }
 
-    fn converge(&mut self, now: Instant) -> Result<(), NftError> {
+    fn converge(&mut self, touched: Option<&[Element]>, now: Instant) -> Result<(), NftError> {
         let desired = std::mem::take(&mut self.desired);
         // One retry: a refused transaction leaves the kernel unchanged but
         // the reconciler unsure, and the second plan rebuilds every set.
-        let mut result = self.commit(&desired, now);
+        let mut result = self.commit(&desired, touched, now);
         if result.is_err() {
             self.reconciler.failed();
-            result = self.commit(&desired, now);
+            result = self.commit(&desired, touched, now);
         }
         self.desired = desired;
         match &result {
@@ -168,24 +192,31 @@ impl Filter {
         result
     }
 
-    fn commit(&mut self, desired: &Desired, now: Instant) -> Result<(), NftError> {
-        let changes = self.reconciler.plan(desired, now);
-        if changes.is_empty() {
-            return Ok(());
+    fn commit(
+        &mut self,
+        desired: &Desired,
+        touched: Option<&[Element]>,
+        now: Instant,
+    ) -> Result<(), NftError> {
+        let changes = match touched {
+            None => self.reconciler.plan(desired, now),
+            Some(t) => self.reconciler.plan_touched(desired, t, now),
+        };
+        if !changes.is_empty() {
+            if !changes.new_sets.is_empty() {
+                nft::run_nft(&nft::sets_script(&self.table, &changes.new_sets))?;
+            }
+            self.elements.apply(&changes)?;
+            self.transactions += 1;
+            tracing::debug!(
+                table = %self.table,
+                added = changes.add.len(),
+                deleted = changes.delete.len(),
+                flushed = changes.flush.len(),
+                open = ?changes.open,
+                "pre-filter updated"
+            );
         }
-        if !changes.new_sets.is_empty() {
-            nft::run_nft(&nft::sets_script(&self.table, &changes.new_sets))?;
-        }
-        self.elements.apply(&changes)?;
-        self.transactions += 1;
-        tracing::debug!(
-            table = %self.table,
-            added = changes.add.len(),
-            deleted = changes.delete.len(),
-            flushed = changes.flush.len(),
-            open = ?changes.open,
-            "pre-filter updated"
-        );
         self.reconciler.committed(desired, &changes, now);
         Ok(())
     }

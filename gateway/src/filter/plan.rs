@@ -10,11 +10,12 @@
 //! bindings land in the /32 and /128 sets; `prefix:N` in the /N set.
 
 use proto::api::AccessMode;
-use proto::feed::FeedState;
+use proto::feed::{FeedAdmission, FeedState};
 use proto::BindingPolicy;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
+use time::OffsetDateTime;
 
 /// Which traffic a set admits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -122,8 +123,14 @@ impl std::fmt::Display for Element {
 /// The elements the kernel should hold now, each with the instant it
 /// stops admitting, and until when the UDP port must stay open to every
 /// source (see [`Desired::open_until`]).
+///
+/// It is kept current admission by admission: [`Desired::from_state`]
+/// builds it from a whole feed state, and [`Desired::apply_diff`] takes in
+/// only what a feed diff changed, returning the elements it touched, so a
+/// change costs the same with ten admissions or ten thousand.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Desired {
+    /// Each element with the latest deadline of the admissions holding it.
     pub elements: HashMap<Element, Instant>,
     /// While a first-handshake admission waits for its handshake its
     /// source is not known yet, so the UDP port is open to everyone (the
@@ -133,6 +140,11 @@ pub struct Desired {
     /// First-handshake admissions still waiting for their handshake: id
     /// to (expiry, end of the open port for it).
     pub waiting: HashMap<String, (Instant, Instant)>,
+    /// What each admission holds: its elements and its deadline.
+    by_id: HashMap<String, (Vec<Element>, Instant)>,
+    /// The deadlines of the admissions holding each element (usually one;
+    /// several for players behind one NAT).
+    holders: HashMap<Element, Vec<Instant>>,
 }
 
 /// What the pre-filter must know besides the feed: where first-handshake
@@ -149,8 +161,16 @@ impl Pins {
         self.pinned.insert(id.to_string(), source);
     }
 
+    fn forget(&mut self, id: &str) {
+        self.pinned.remove(id);
+        self.first_seen.remove(id);
+    }
+
     /// Forgets admissions that left the desired set.
     fn retain(&mut self, live: &BTreeSet<&str>) {
+        if self.pinned.is_empty() && self.first_seen.is_empty() {
+            return;
+        }
         self.pinned.retain(|id, _| live.contains(id.as_str()));
         self.first_seen.retain(|id, _| live.contains(id.as_str()));
     }
@@ -163,87 +183,176 @@ pub enum PlanError {
     UnknownDirectService { id: String, service: String },
 }
 
+/// What turns feed admissions into elements besides the admissions.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// Each direct service's public TCP port, by name.
+    pub direct_ports: &'a HashMap<String, u16>,
+    /// The data path's first-handshake pinning window.
+    pub pinning_window: Duration,
+}
+
 impl Desired {
     /// The elements for `state` as of `now` (the instant the state was
-    /// received). `direct_ports` maps each direct service's name to its
-    /// public TCP port; `pinning_window` is the data path's.
+    /// received).
     ///
     /// Admissions the pre-filter cannot represent are returned as errors
     /// and left out, like the data path leaves out what it rejects.
     pub fn from_state(
         state: &FeedState,
         now: Instant,
-        direct_ports: &HashMap<String, u16>,
+        cx: Context<'_>,
         pins: &mut Pins,
-        pinning_window: Duration,
     ) -> (Desired, Vec<PlanError>) {
         let mut desired = Desired::default();
         let mut errors = Vec::new();
         let live: BTreeSet<&str> = state.admissions.iter().map(|a| a.id.as_str()).collect();
         pins.retain(&live);
+        let mut touched = Vec::new();
         for a in &state.admissions {
-            let Ok(remaining) = Duration::try_from(a.expires_at - state.server_time) else {
-                continue;
-            };
-            if remaining.is_zero() {
-                continue;
-            }
-            let deadline = now + remaining;
-            let mut put = |e: Element| {
-                let d = desired.elements.entry(e).or_insert(deadline);
-                *d = (*d).max(deadline);
-            };
-            match (a.mode, a.binding) {
-                (AccessMode::Tunnel, BindingPolicy::FirstHandshake) => {
-                    match pins.pinned.get(&a.id) {
-                        Some(&source) => {
-                            put(element(Kind::Tunnel, BindingPolicy::Exact, source, 0))
-                        }
-                        None => {
-                            let seen = *pins.first_seen.entry(a.id.clone()).or_insert(now);
-                            let until = deadline.min(seen + pinning_window);
-                            if until > now {
-                                desired.waiting.insert(a.id.clone(), (deadline, until));
-                            }
-                        }
-                    }
-                }
-                (AccessMode::Tunnel, binding) => {
-                    put(element(Kind::Tunnel, binding, a.source, 0));
-                }
-                // The control plane refuses direct mode under
-                // first-handshake; a feed that says otherwise is not
-                // trusted to open anything.
-                (AccessMode::Direct, BindingPolicy::FirstHandshake) => {}
-                (AccessMode::Direct, binding) => {
-                    for service in &a.services {
-                        match direct_ports.get(service) {
-                            Some(&port) => put(element(Kind::Direct, binding, a.source, port)),
-                            None => errors.push(PlanError::UnknownDirectService {
-                                id: a.id.clone(),
-                                service: service.clone(),
-                            }),
-                        }
-                    }
-                }
-            }
+            desired.upsert(
+                a,
+                state.server_time,
+                now,
+                cx,
+                pins,
+                &mut errors,
+                &mut touched,
+            );
         }
-        desired.open_until = desired.waiting.values().map(|&(_, until)| until).max();
+        desired.reopen();
         (desired, errors)
+    }
+
+    /// Takes in a feed diff received at `now`: `changed` admissions (new,
+    /// or replacing what is held under their id) and `removed` ids.
+    /// Returns the elements whose deadline changed, appeared or went.
+    pub fn apply_diff(
+        &mut self,
+        changed: &[FeedAdmission],
+        removed: &[String],
+        server_time: OffsetDateTime,
+        now: Instant,
+        cx: Context<'_>,
+        pins: &mut Pins,
+    ) -> (Vec<Element>, Vec<PlanError>) {
+        let mut touched = Vec::new();
+        let mut errors = Vec::new();
+        for id in removed {
+            self.remove(id, &mut touched);
+            pins.forget(id);
+        }
+        for a in changed {
+            self.upsert(a, server_time, now, cx, pins, &mut errors, &mut touched);
+        }
+        self.reopen();
+        (touched, errors)
     }
 
     /// The data path pinned the waiting first-handshake admission `id` to
     /// `source`: admit that source exactly, and close the port if nothing
-    /// else waits. Returns false if `id` was not waiting.
-    pub fn pin(&mut self, id: &str, source: IpAddr) -> bool {
-        let Some((deadline, _)) = self.waiting.remove(id) else {
-            return false;
-        };
+    /// else waits. Returns the element it added, or `None` if `id` was not
+    /// waiting.
+    pub fn pin(&mut self, id: &str, source: IpAddr) -> Option<Element> {
+        let (deadline, _) = self.waiting.remove(id)?;
         let e = element(Kind::Tunnel, BindingPolicy::Exact, source, 0);
+        self.hold(e, deadline);
+        self.by_id.insert(id.to_string(), (vec![e], deadline));
+        self.reopen();
+        Some(e)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upsert(
+        &mut self,
+        a: &FeedAdmission,
+        server_time: OffsetDateTime,
+        now: Instant,
+        cx: Context<'_>,
+        pins: &mut Pins,
+        errors: &mut Vec<PlanError>,
+        touched: &mut Vec<Element>,
+    ) {
+        self.remove(&a.id, touched);
+        let Ok(remaining) = Duration::try_from(a.expires_at - server_time) else {
+            return;
+        };
+        if remaining.is_zero() {
+            return;
+        }
+        let deadline = now + remaining;
+        let mut held = Vec::new();
+        match (a.mode, a.binding) {
+            (AccessMode::Tunnel, BindingPolicy::FirstHandshake) => match pins.pinned.get(&a.id) {
+                Some(&source) => held.push(element(Kind::Tunnel, BindingPolicy::Exact, source, 0)),
+                None => {
+                    let seen = *pins.first_seen.entry(a.id.clone()).or_insert(now);
+                    let until = deadline.min(seen + cx.pinning_window);
+                    if until > now {
+                        self.waiting.insert(a.id.clone(), (deadline, until));
+                    }
+                }
+            },
+            (AccessMode::Tunnel, binding) => {
+                held.push(element(Kind::Tunnel, binding, a.source, 0));
+            }
+            // The control plane refuses direct mode under first-handshake;
+            // a feed that says otherwise is not trusted to open anything.
+            (AccessMode::Direct, BindingPolicy::FirstHandshake) => {}
+            (AccessMode::Direct, binding) => {
+                for service in &a.services {
+                    match cx.direct_ports.get(service) {
+                        Some(&port) => held.push(element(Kind::Direct, binding, a.source, port)),
+                        None => errors.push(PlanError::UnknownDirectService {
+                            id: a.id.clone(),
+                            service: service.clone(),
+                        }),
+                    }
+                }
+            }
+        }
+        for &e in &held {
+            self.hold(e, deadline);
+            touched.push(e);
+        }
+        if !held.is_empty() {
+            self.by_id.insert(a.id.clone(), (held, deadline));
+        }
+    }
+
+    fn remove(&mut self, id: &str, touched: &mut Vec<Element>) {
+        self.waiting.remove(id);
+        let Some((held, deadline)) = self.by_id.remove(id) else {
+            return;
+        };
+        for e in held {
+            touched.push(e);
+            let Some(deadlines) = self.holders.get_mut(&e) else {
+                continue;
+            };
+            if let Some(i) = deadlines.iter().position(|&d| d == deadline) {
+                deadlines.swap_remove(i);
+            }
+            match deadlines.iter().max() {
+                Some(&latest) => {
+                    self.elements.insert(e, latest);
+                }
+                None => {
+                    self.holders.remove(&e);
+                    self.elements.remove(&e);
+                }
+            }
+        }
+    }
+
+    fn hold(&mut self, e: Element, deadline: Instant) {
+        self.holders.entry(e).or_default().push(deadline);
         let d = self.elements.entry(e).or_insert(deadline);
         *d = (*d).max(deadline);
+    }
+
+    fn reopen(&mut self) {
         self.open_until = self.waiting.values().map(|&(_, until)| until).max();
-        true
     }
 }
 
@@ -272,6 +381,8 @@ pub struct Changes {
     /// Elements to add, each with its timeout from now.
     pub add: Vec<(Element, Duration)>,
     pub open: OpenChange,
+    /// The elements compared (`None`: all of them).
+    pub touched: Option<Vec<Element>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -344,17 +455,47 @@ impl Reconciler {
         self.open_until.is_some_and(|u| u > now)
     }
 
-    /// The changes that turn what is installed into `desired` at `now`.
+    /// The changes that turn what is installed into `desired` at `now`,
+    /// comparing every element.
     pub fn plan(&self, desired: &Desired, now: Instant) -> Changes {
+        self.plan_scoped(desired, None, now)
+    }
+
+    /// Like [`Reconciler::plan`], comparing only the `touched` elements (a
+    /// feed diff's, from [`Desired::apply_diff`]); everything else is
+    /// known to be as installed. After a failure it compares everything.
+    pub fn plan_touched(&self, desired: &Desired, touched: &[Element], now: Instant) -> Changes {
+        self.plan_scoped(desired, Some(touched), now)
+    }
+
+    fn plan_scoped(&self, desired: &Desired, touched: Option<&[Element]>, now: Instant) -> Changes {
+        let touched: Option<BTreeSet<Element>> = match touched {
+            Some(t) if !self.dirty => Some(t.iter().copied().collect()),
+            _ => None,
+        };
         let mut ch = Changes::default();
-        let wanted_sets: BTreeSet<SetId> = desired.elements.keys().map(|e| e.set).collect();
+        let wanted_sets: BTreeSet<SetId> = match &touched {
+            None => desired.elements.keys().map(|e| e.set).collect(),
+            Some(t) => t
+                .iter()
+                .filter(|e| desired.elements.contains_key(e))
+                .map(|e| e.set)
+                .collect(),
+        };
         ch.new_sets = wanted_sets.difference(&self.sets).copied().collect();
         if self.dirty {
             ch.flush = self.sets.iter().copied().collect();
         }
         let timeout = |d: Instant| d.saturating_duration_since(now);
         let mut add: Vec<(Element, Duration)> = Vec::new();
-        for (&e, &deadline) in &desired.elements {
+        let candidates: Box<dyn Iterator<Item = (Element, Instant)> + '_> = match &touched {
+            None => Box::new(desired.elements.iter().map(|(&e, &d)| (e, d))),
+            Some(t) => Box::new(
+                t.iter()
+                    .filter_map(|e| desired.elements.get(e).map(|&d| (*e, d))),
+            ),
+        };
+        for (e, deadline) in candidates {
             if deadline <= now {
                 continue;
             }
@@ -375,10 +516,20 @@ impl Reconciler {
             }
         }
         if !self.dirty {
-            for (&e, &held) in &self.installed {
-                if !desired.elements.contains_key(&e) && held > now + NEAR_EXPIRY {
-                    ch.delete.push(e);
-                }
+            let gone = |e: &Element, held: Instant| {
+                !desired.elements.contains_key(e) && held > now + NEAR_EXPIRY
+            };
+            match &touched {
+                None => ch.delete.extend(
+                    self.installed
+                        .iter()
+                        .filter(|(e, &held)| gone(e, held))
+                        .map(|(&e, _)| e),
+                ),
+                Some(t) => ch.delete.extend(
+                    t.iter()
+                        .filter(|e| self.installed.get(e).is_some_and(|&held| gone(e, held))),
+                ),
             }
         }
         add.sort();
@@ -392,18 +543,42 @@ impl Reconciler {
             (None, None) if self.dirty => OpenChange::Close,
             (None, None) => OpenChange::Keep,
         };
+        ch.touched = touched.map(|t| t.into_iter().collect());
         ch
     }
 
-    /// Records that `changes` (planned for `desired`) reached the kernel.
+    /// Records that `changes` (planned for `desired`) reached the kernel;
+    /// also to be called when the plan was empty, so that elements left to
+    /// time out are forgotten.
     pub fn committed(&mut self, desired: &Desired, changes: &Changes, now: Instant) {
         self.sets.extend(changes.new_sets.iter().copied());
-        self.installed = desired
-            .elements
-            .iter()
-            .filter(|(_, &d)| d > now)
-            .map(|(&e, &d)| (e, d))
-            .collect();
+        match &changes.touched {
+            None => {
+                self.installed = desired
+                    .elements
+                    .iter()
+                    .filter(|(_, &d)| d > now)
+                    .map(|(&e, &d)| (e, d))
+                    .collect();
+            }
+            Some(touched) => {
+                for e in touched {
+                    match desired.elements.get(e) {
+                        Some(&d) if d > now => {
+                            // Within the slack the kernel keeps its own
+                            // timeout; the book keeps what it holds.
+                            let held = self.installed.entry(*e).or_insert(d);
+                            if !near(*held, d) {
+                                *held = d;
+                            }
+                        }
+                        _ => {
+                            self.installed.remove(e);
+                        }
+                    }
+                }
+            }
+        }
         self.open_until = desired.open_until.filter(|&u| u > now);
         self.dirty = false;
     }
@@ -464,8 +639,16 @@ mod tests {
         HashMap::from([("plex".to_string(), 32400), ("jf".to_string(), 8096)])
     }
 
+    fn cx(ports: &HashMap<String, u16>) -> Context<'_> {
+        Context {
+            direct_ports: ports,
+            pinning_window: WINDOW,
+        }
+    }
+
     fn desired(s: &FeedState, now: Instant, pins: &mut Pins) -> Desired {
-        let (d, errors) = Desired::from_state(s, now, &ports(), pins, WINDOW);
+        let ports = ports();
+        let (d, errors) = Desired::from_state(s, now, cx(&ports), pins);
         assert!(errors.is_empty(), "{errors:?}");
         d
     }
@@ -725,8 +908,12 @@ mod tests {
         // port closes; pinning the computed state gives the same as
         // computing it again.
         let mut pinned_in_place = d.clone();
-        assert!(pinned_in_place.pin("fh", "192.0.2.50".parse().unwrap()));
-        assert!(!pinned_in_place.pin("fh", "192.0.2.50".parse().unwrap()));
+        assert!(pinned_in_place
+            .pin("fh", "192.0.2.50".parse().unwrap())
+            .is_some());
+        assert!(pinned_in_place
+            .pin("fh", "192.0.2.50".parse().unwrap())
+            .is_none());
         pins.pin("fh", "192.0.2.50".parse().unwrap());
         let d = desired(&s, later, &mut pins);
         assert_eq!(d, pinned_in_place);
@@ -749,7 +936,8 @@ mod tests {
             direct("d1", "192.0.2.9", BindingPolicy::Prefix(24), &["nope"]),
             direct("d2", "192.0.2.9", BindingPolicy::FirstHandshake, &["plex"]),
         ]);
-        let (d, errors) = Desired::from_state(&s, now, &ports(), &mut Pins::default(), WINDOW);
+        let ports = ports();
+        let (d, errors) = Desired::from_state(&s, now, cx(&ports), &mut Pins::default());
         assert!(d.elements.is_empty());
         assert_eq!(d.open_until, None);
         assert_eq!(
@@ -767,5 +955,111 @@ mod tests {
         let s = state(vec![adm("old", "203.0.113.7", BindingPolicy::Exact, 0)]);
         let d = desired(&s, now, &mut Pins::default());
         assert!(d.elements.is_empty());
+    }
+
+    /// Applies `diff` on top of `before` both ways: incrementally, and as
+    /// the whole resulting state; both must agree, and so must a plan over
+    /// the touched elements and a plan over everything.
+    fn diff_agrees(
+        before: Vec<FeedAdmission>,
+        changed: Vec<FeedAdmission>,
+        removed: &[&str],
+    ) -> (Desired, Changes) {
+        let now = Instant::now();
+        let ports = ports();
+        let mut pins = Pins::default();
+        let (mut inc, _) = Desired::from_state(&state(before.clone()), now, cx(&ports), &mut pins);
+        let mut r = Reconciler::new();
+        let ch = r.plan(&inc, now);
+        r.committed(&inc, &ch, now);
+
+        let removed: Vec<String> = removed.iter().map(|s| s.to_string()).collect();
+        let (touched, errors) = inc.apply_diff(
+            &changed,
+            &removed,
+            datetime!(2026-11-25 20:00 UTC),
+            now,
+            cx(&ports),
+            &mut pins,
+        );
+        assert!(errors.is_empty());
+        let mut after: Vec<FeedAdmission> = before
+            .into_iter()
+            .filter(|a| !removed.contains(&a.id) && !changed.iter().any(|c| c.id == a.id))
+            .collect();
+        after.extend(changed);
+        let (whole, _) = Desired::from_state(&state(after), now, cx(&ports), &mut Pins::default());
+        assert_eq!(inc.elements, whole.elements);
+        assert_eq!(inc.open_until, whole.open_until);
+        let scoped = r.plan_touched(&inc, &touched, now);
+        let full = r.plan(&inc, now);
+        assert_eq!(
+            (&scoped.new_sets, &scoped.delete, &scoped.add, scoped.open),
+            (&full.new_sets, &full.delete, &full.add, full.open)
+        );
+        r.committed(&inc, &scoped, now);
+        assert!(r.plan(&inc, now).is_empty(), "the scoped commit left work");
+        (inc, scoped)
+    }
+
+    #[test]
+    fn a_diff_touches_only_what_it_changes_and_agrees_with_the_whole_state() {
+        let many: Vec<FeedAdmission> = (0..500)
+            .map(|i| {
+                adm(
+                    &format!("a{i}"),
+                    &format!("198.51.100.{}", i % 250),
+                    BindingPolicy::Exact,
+                    60,
+                )
+            })
+            .collect();
+        // One new admission: one add.
+        let (_, ch) = diff_agrees(
+            many.clone(),
+            vec![adm("new", "203.0.113.9", BindingPolicy::Prefix(24), 60)],
+            &[],
+        );
+        assert_eq!(names(ch.add.iter().map(|(e, _)| *e)), ["203.0.113.0/24"]);
+        assert_eq!(ch.new_sets.len(), 1);
+        assert_eq!(ch.touched.as_ref().map(Vec::len), Some(1));
+        // A revocation of one of two admissions sharing a source keeps the
+        // element; of the other too, deletes it.
+        let (_, ch) = diff_agrees(many.clone(), vec![], &["a3"]);
+        assert!(ch.is_empty(), "{ch:?}");
+        let (_, ch) = diff_agrees(many.clone(), vec![], &["a3", "a253"]);
+        assert_eq!(names(ch.delete.iter().copied()), ["198.51.100.3/32"]);
+        // A renewal of one of the two sharing a source moves the element.
+        let (_, ch) = diff_agrees(
+            many.clone(),
+            vec![adm("a7", "198.51.100.7", BindingPolicy::Exact, 120)],
+            &[],
+        );
+        assert_eq!(ch.delete.len(), 1);
+        assert_eq!(ch.add, vec![(ch.delete[0], Duration::from_secs(7200))]);
+        // A moved source: one delete, one add.
+        let (_, ch) = diff_agrees(
+            many.clone(),
+            vec![adm("a100", "192.0.2.100", BindingPolicy::Exact, 60)],
+            &["a200"],
+        );
+        assert_eq!(names(ch.add.iter().map(|(e, _)| *e)), ["192.0.2.100/32"]);
+        // 198.51.100.100 was held by a100 and a350; a200 held .200 with a450.
+        assert!(ch.delete.is_empty());
+        // Direct and first-handshake admissions through a diff.
+        let (d, ch) = diff_agrees(
+            many,
+            vec![
+                direct("d", "192.0.2.44", BindingPolicy::Exact, &["plex"]),
+                adm("fh", "203.0.113.7", BindingPolicy::FirstHandshake, 60),
+            ],
+            &[],
+        );
+        assert_eq!(ch.open, OpenChange::Open(WINDOW));
+        assert_eq!(
+            names(ch.add.iter().map(|(e, _)| *e)),
+            ["192.0.2.44/32 port 32400"]
+        );
+        assert!(d.waiting.contains_key("fh"));
     }
 }
