@@ -22,7 +22,9 @@ control:
     cargo run --release -p hushgate -- control --listen 127.0.0.1:8443 --state state/control
 
 # Side by side (issue 6), as root: hushgate vs wireguard-go vs plain TCP on
-# the netns topology; writes its section of docs/benchmarks.md.
+# the netns topology (throughput, tunnel and direct time to access, floods
+# with and without the gateway's kernel pre-filter; about 11 minutes);
+# writes its section of docs/benchmarks.md. Knobs: see bench/run.sh.
 bench:
     cargo build --release -p hushgate --bin hushgate --example flood --example access_time
     HUSHGATE_BIN="${CARGO_TARGET_DIR:-target}/release/hushgate" bench/run.sh

@@ -20,7 +20,10 @@
 //! `--secs` or `--max` datagrams, whichever comes first, and refuses any
 //! destination outside the documentation ranges the harness uses
 //! (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24) and loopback.
-//! It prints one line: `sent N secs S sendmsg C cpu_s U`.
+//! It prints one line: `sent N secs S sendmsg C cpu_s U dropped_overflow D
+//! bytes B`, where B is the payload bytes the kernel accepted: with GSO, a
+//! kernel counter on the path (nftables `counter`) counts one packet per
+//! batch, so the bench converts its byte count into datagrams with B / N.
 
 use netstack::udp::UdpIo;
 use rand::Rng;
@@ -165,12 +168,13 @@ fn main() {
     let wall = t.elapsed().as_secs_f64();
     let st = io.stats();
     println!(
-        "sent {} secs {:.3} sendmsg {} cpu_s {:.2} dropped_overflow {}",
+        "sent {} secs {:.3} sendmsg {} cpu_s {:.2} dropped_overflow {} bytes {}",
         st.tx_datagrams,
         wall,
         st.tx_syscalls,
         cpu_secs() - cpu0,
-        st.tx_dropped_overflow + st.tx_dropped_error
+        st.tx_dropped_overflow + st.tx_dropped_error,
+        st.tx_bytes
     );
 }
 
