@@ -48,6 +48,45 @@ fn drain(rx: &mut broadcast::Receiver<SessionEvent>) -> Vec<SessionEvent> {
     }
 }
 
+/// A player downloading the test file slowly (64 KiB every `pace_ms`)
+/// through `local`, on a thread of its own. Returns its progress in bytes,
+/// updated as it reads, and a channel that receives how the download
+/// ended (bytes, or the error) and when.
+#[allow(clippy::type_complexity)]
+fn paced_download(
+    local: SocketAddr,
+    pace_ms: u64,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::mpsc::Receiver<(std::io::Result<usize>, Instant)>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = progress.clone();
+    std::thread::spawn(move || {
+        let r = (|| -> std::io::Result<usize> {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(local)?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let req =
+                format!("GET /file?pace_ms={pace_ms}&chunk=65536 HTTP/1.1\r\nHost: media\r\n\r\n");
+            s.write_all(req.as_bytes())?;
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = 0;
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(got);
+                }
+                got += n;
+                p.store(got, std::sync::atomic::Ordering::Relaxed);
+            }
+        })();
+        let _ = tx.send((r, Instant::now()));
+    });
+    (progress, rx)
+}
+
 /// A player fetching the file in four ranges over four connections at
 /// once (as players fetch segments in parallel); the ranges put together
 /// must be the file, byte for byte.
@@ -201,28 +240,7 @@ async fn revocation_ends_an_ongoing_download_within_a_second() {
     let local = session.local_addr();
 
     // About 5 s of paced download; note when it ends, however it ends.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let p = progress.clone();
-    std::thread::spawn(move || {
-        let r = (|| -> std::io::Result<usize> {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(local)?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(b"GET /file?pace_ms=50&chunk=65536 HTTP/1.1\r\nHost: media\r\n\r\n")?;
-            let mut buf = vec![0u8; 64 << 10];
-            let mut got = 0;
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(got);
-                }
-                got += n;
-                p.store(got, std::sync::atomic::Ordering::Relaxed);
-            }
-        })();
-        let _ = tx.send((r, Instant::now()));
-    });
+    let (progress, rx) = paced_download(local, 50);
     // Wait until data flows.
     let t = Instant::now();
     while progress.load(std::sync::atomic::Ordering::Relaxed) < 512 << 10 {
@@ -299,28 +317,7 @@ async fn an_admission_expiring_without_the_control_plane_resets_the_download() {
     let expiry = Instant::now() + Duration::try_from(left).unwrap_or_default();
 
     // About 10 s of paced download.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let p = progress.clone();
-    std::thread::spawn(move || {
-        let r = (|| -> std::io::Result<usize> {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(local)?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(b"GET /file?pace_ms=100&chunk=65536 HTTP/1.1\r\nHost: media\r\n\r\n")?;
-            let mut buf = vec![0u8; 64 << 10];
-            let mut got = 0;
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(got);
-                }
-                got += n;
-                p.store(got, std::sync::atomic::Ordering::Relaxed);
-            }
-        })();
-        let _ = tx.send((r, Instant::now()));
-    });
+    let (progress, rx) = paced_download(local, 100);
     let t = Instant::now();
     while progress.load(std::sync::atomic::Ordering::Relaxed) < 256 << 10 {
         assert!(

@@ -240,6 +240,32 @@ fetch() { # fetch PORT OUTFILE [curl args...]: downloads the file through the sh
   ns cli curl -sS --max-time 60 "$@" -o "$out" "http://127.0.0.1:$port/file.bin"
 }
 
+# A player in the client's namespace that downloads the file slowly (64 KiB
+# every 50 ms) from HOST:PORT. Exits 1 when the connection fails (reset,
+# or 10 s without data), 3 at a clean end of the file. Its receive buffer
+# is small (64 KiB), so what it reads after a reset is at most ~50 ms of
+# data already buffered, and the time it ends is when the flow was cut.
+slow_player() { # slow_player HOST PORT
+  ns cli python3 - "$1" "$2" <<'EOF'
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.sendall(b"GET /file.bin HTTP/1.1\r\nHost: media\r\n\r\n")
+s.settimeout(10)
+got = 0
+try:
+    while True:
+        b = s.recv(65536)
+        if not b:
+            print("eof after", got); sys.exit(3)
+        got += len(b)
+        time.sleep(0.05)
+except OSError as e:
+    print("ended after", got, "bytes:", e); sys.exit(1)
+EOF
+}
+
 check_sha() { [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$SHA" ]; }
 
 # Captures everything on the attacker's link; `stop_capture` prints how
@@ -363,23 +389,9 @@ scenario_3() { # the attacker holds the client's admitted key and preshared key
 scenario_4() { # revocation ends an ongoing download within a second
   local pid; pid=$(start_shim 32401 shim4 bob)
   local adm; adm=$(sed -n 's/.*(admission \(adm_[0-9a-f]*\),.*/\1/p' "$W/shim4.log" | head -1)
-  # A player that reads slowly (64 KiB every 50 ms), so the download is
-  # still running when the admission is revoked.
-  ns cli python3 - >"$W/s4-curl.log" 2>&1 <<'EOF' &
-import socket, sys, time
-s = socket.create_connection(("127.0.0.1", 32401))
-s.sendall(b"GET /file.bin HTTP/1.1\r\nHost: media\r\n\r\n")
-got = 0
-try:
-    while True:
-        b = s.recv(65536)
-        if not b:
-            print("eof after", got); sys.exit(3)
-        got += len(b)
-        time.sleep(0.05)
-except OSError as e:
-    print("ended after", got, "bytes:", e, "at", time.time()); sys.exit(1)
-EOF
+  # A player that reads slowly, so the download is still running when the
+  # admission is revoked.
+  slow_player 127.0.0.1 32401 >"$W/s4-curl.log" 2>&1 &
   local curl=$!
   sleep 2
   local t0; t0=$(date +%s.%N)
@@ -609,23 +621,8 @@ scenario_13() { # revocation cuts an ongoing direct download within a second
   local pid; pid=$(start_direct direct13)
   local url; url=$(direct_url direct13)
   local adm; adm=$(sed -n 's/.*admission \(adm_[0-9a-f]*\),.*/\1/p' "$W/direct13.log" | head -1)
-  ns cli python3 - "${url#http://}" >"$W/s13-player.log" 2>&1 <<'EOF' &
-import socket, sys, time
-host, port = sys.argv[1].rsplit(":", 1)
-s = socket.create_connection((host, int(port)))
-s.sendall(b"GET /file.bin HTTP/1.1\r\nHost: media\r\n\r\n")
-got = 0
-s.settimeout(5)
-try:
-    while True:
-        b = s.recv(65536)
-        if not b:
-            print("eof after", got); sys.exit(3)
-        got += len(b)
-        time.sleep(0.05)
-except OSError as e:
-    print("ended after", got, "bytes:", e); sys.exit(1)
-EOF
+  local hostport="${url#http://}"
+  slow_player "${hostport%:*}" "${hostport##*:}" >"$W/s13-player.log" 2>&1 &
   local player=$!
   sleep 2
   local t0; t0=$(date +%s.%N)

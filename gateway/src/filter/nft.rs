@@ -69,37 +69,36 @@ pub fn run_nft(script: &str) -> Result<String, NftError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => NftError::NoTool,
-            _ => NftError::Refused(e.to_string()),
-        })?;
+        .map_err(spawn_error)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
             .map_err(|e| NftError::Refused(e.to_string()))?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NftError::Refused(e.to_string()))?;
-    if out.status.success() {
-        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-    }
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if err.contains("Operation not permitted") {
-        return Err(NftError::NotPermitted);
-    }
-    Err(NftError::Refused(err))
+    outcome(child.wait_with_output().map_err(spawn_error))
 }
 
 /// Runs `nft ARGS...` (listing, deleting).
 pub fn nft(args: &[&str]) -> Result<String, NftError> {
-    let out = Command::new("nft")
-        .args(args)
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => NftError::NoTool,
-            _ => NftError::Refused(e.to_string()),
-        })?;
+    outcome(
+        Command::new("nft")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(spawn_error),
+    )
+}
+
+fn spawn_error(e: std::io::Error) -> NftError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => NftError::NoTool,
+        _ => NftError::Refused(e.to_string()),
+    }
+}
+
+/// What `nft` said: its output, or the error it printed.
+fn outcome(out: Result<std::process::Output, NftError>) -> Result<String, NftError> {
+    let out = out?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }

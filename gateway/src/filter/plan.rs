@@ -653,6 +653,16 @@ mod tests {
         d
     }
 
+    /// A reconciler that has installed `admissions` at `now`, with the
+    /// desired state it installed.
+    fn installed(admissions: Vec<FeedAdmission>, now: Instant) -> (Reconciler, Desired) {
+        let mut r = Reconciler::new();
+        let d = desired(&state(admissions), now, &mut Pins::default());
+        let ch = r.plan(&d, now);
+        r.committed(&d, &ch, now);
+        (r, d)
+    }
+
     fn names(elements: impl IntoIterator<Item = Element>) -> Vec<String> {
         let mut v: Vec<String> = elements.into_iter().map(|e| e.to_string()).collect();
         v.sort();
@@ -791,19 +801,11 @@ mod tests {
     #[test]
     fn a_renewal_replaces_the_element_with_the_new_timeout() {
         let now = Instant::now();
-        let mut r = Reconciler::new();
-        let mut pins = Pins::default();
-        let d = desired(
-            &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 10)]),
-            now,
-            &mut pins,
-        );
-        let ch = r.plan(&d, now);
-        r.committed(&d, &ch, now);
+        let (r, _) = installed(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 10)], now);
         let d = desired(
             &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 20)]),
             now,
-            &mut pins,
+            &mut Pins::default(),
         );
         let ch = r.plan(&d, now);
         assert_eq!(ch.delete.len(), 1);
@@ -839,15 +841,7 @@ mod tests {
     #[test]
     fn elements_about_to_time_out_are_left_to_the_kernel() {
         let now = Instant::now();
-        let mut r = Reconciler::new();
-        let mut pins = Pins::default();
-        let d = desired(
-            &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 1)]),
-            now,
-            &mut pins,
-        );
-        let ch = r.plan(&d, now);
-        r.committed(&d, &ch, now);
+        let (r, _) = installed(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 1)], now);
         let almost = now + Duration::from_millis(59_500);
         let ch = r.plan(&Desired::default(), almost);
         assert!(ch.delete.is_empty(), "{ch:?}");
@@ -859,15 +853,7 @@ mod tests {
     #[test]
     fn after_a_failure_the_next_plan_rebuilds_every_set() {
         let now = Instant::now();
-        let mut r = Reconciler::new();
-        let mut pins = Pins::default();
-        let d = desired(
-            &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 10)]),
-            now,
-            &mut pins,
-        );
-        let ch = r.plan(&d, now);
-        r.committed(&d, &ch, now);
+        let (mut r, d) = installed(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 10)], now);
         r.failed();
         let ch = r.plan(&d, now);
         assert_eq!(ch.flush.len(), 1);
