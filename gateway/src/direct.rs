@@ -158,7 +158,7 @@ impl DirectProxy {
             for s in &a.services {
                 if let Some(&port) = self.ports.get(s) {
                     allowed.push(Allowed {
-                        net: a.binding.network(a.source),
+                        net: a.binding.network(a.source.to_canonical()),
                         port,
                         deadline: received + remaining,
                     });

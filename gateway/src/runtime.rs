@@ -13,7 +13,7 @@ use crate::datapath::{Control, ControlTx, DataPath};
 use crate::direct::{DirectProxy, DirectStatus};
 use crate::dispatch::{Dispatcher, DispatcherConfig, GatewayStats};
 use crate::feed::{self, DesiredSet};
-use crate::filter::{Filter, FilterStatus, PrefilterMode};
+use crate::filter::{Filter, FilterStatus, NftError, PrefilterMode};
 use crate::identity::{Identity, IdentityError};
 use control_client::{ClientError, ControlClient, Trust};
 use netstack::udp::UdpIo;
@@ -192,6 +192,23 @@ impl Gateway {
                 )));
             }
         }
+        for d in &cfg.direct {
+            let clash = cfg.services.iter().chain(&cfg.direct).find(|u| {
+                u.upstream.port() == d.port
+                    && (u.upstream.ip().is_loopback() || u.upstream.ip().is_unspecified())
+            });
+            if let Some(u) = clash {
+                return Err(GatewayError::Config(format!(
+                    "direct service '{}' would take TCP port {} on this host, where upstream {} listens; give it another public port (e.g. {}={}:{})",
+                    d.name,
+                    d.port,
+                    u.upstream,
+                    d.name,
+                    d.port.wrapping_add(1).max(1),
+                    d.upstream
+                )));
+            }
+        }
         if !cfg.direct.is_empty() && cfg.prefilter == PrefilterMode::Off {
             return Err(GatewayError::DirectNeedsPrefilter(
                 "--prefilter off was given".into(),
@@ -208,8 +225,12 @@ impl Gateway {
             .iter()
             .map(|s| (s.name.clone(), s.port))
             .collect();
+        let marker = cfg.state_dir.join("prefilter-table");
         let filter = match cfg.prefilter {
-            PrefilterMode::Off => None,
+            PrefilterMode::Off => {
+                stale_table(&marker, udp_addr.port(), None)?;
+                None
+            }
             mode => match Filter::install(
                 udp_addr.port(),
                 direct_ports,
@@ -217,6 +238,11 @@ impl Gateway {
             ) {
                 Ok(f) => {
                     tracing::info!(table = f.table(), "kernel pre-filter in place: datagrams from sources without an admission are dropped before they reach the gateway");
+                    // Remembered, so that a later run without the
+                    // pre-filter notices the table it would leave behind.
+                    if let Err(e) = std::fs::write(&marker, f.table()) {
+                        tracing::warn!(error = %e, path = %marker.display(), "cannot note the pre-filter's table in the state folder");
+                    }
                     Some(Arc::new(Mutex::new(f)))
                 }
                 Err(e) if mode == PrefilterMode::Required => {
@@ -226,6 +252,7 @@ impl Gateway {
                     return Err(GatewayError::DirectNeedsPrefilter(e.to_string()))
                 }
                 Err(e) => {
+                    stale_table(&marker, udp_addr.port(), Some(&e))?;
                     tracing::warn!(error = %e, "no kernel pre-filter: running with the user-space filter alone (unknown sources still get no answer, but each datagram wakes the gateway); use --prefilter required to refuse to start instead");
                     None
                 }
@@ -314,10 +341,19 @@ impl Gateway {
             let filter = filter.clone();
             tokio::spawn(async move {
                 while let Some((id, source)) = rx.recv().await {
-                    let mut f = filter.lock().unwrap_or_else(|p| p.into_inner());
-                    match f.pin(&id, source) {
-                        Ok(()) => tracing::info!(admission = %id, %source, "pre-filter admits the pinned source"),
-                        Err(e) => tracing::error!(admission = %id, %source, error = %e, "pre-filter could not admit the pinned source"),
+                    let f = filter.clone();
+                    let pinned = id.clone();
+                    let result = tokio::task::spawn_blocking(move || {
+                        f.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .pin(&pinned, source)
+                    })
+                    .await;
+                    match result {
+                        Ok(Ok(true)) => tracing::info!(admission = %id, %source, "pre-filter admits the pinned source"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::error!(admission = %id, %source, error = %e, "pre-filter could not admit the pinned source"),
+                        Err(e) => tracing::error!(admission = %id, error = %e, "pre-filter pin task failed"),
                     }
                 }
             })
@@ -404,6 +440,14 @@ impl Gateway {
         if let Some(d) = &self.direct {
             d.shutdown();
         }
+        if let Some(f) = self.filter.clone() {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Err(e) = f.lock().unwrap_or_else(|p| p.into_inner()).close_open() {
+                    tracing::warn!(error = %e, "could not close the pre-filter's open port");
+                }
+            })
+            .await;
+        }
         if let Some(s) = self.status.take() {
             s.abort();
         }
@@ -488,6 +532,34 @@ async fn status_of(src: &StatusSources) -> Option<StatusReport> {
     })
 }
 
+/// Refuses to run without the pre-filter while a table an earlier run of
+/// this gateway installed is still there: it would drop every client this
+/// run admits. `why` is why this run has no pre-filter (None: `off`).
+fn stale_table(
+    marker: &std::path::Path,
+    port: u16,
+    why: Option<&crate::filter::NftError>,
+) -> Result<(), GatewayError> {
+    if !marker.exists() {
+        return Ok(());
+    }
+    let table = crate::filter::table_name(port);
+    match crate::filter::tables() {
+        Ok(tables) if !tables.contains(&table) => {
+            let _ = std::fs::remove_file(marker);
+            Ok(())
+        }
+        Ok(_) => Err(GatewayError::Config(format!(
+            "the pre-filter table inet {table} from an earlier run is still in place and would drop every client this run admits{}; remove it with 'hushgate gateway filter remove --port {port}' (as root), or run with the pre-filter",
+            why.map(|e| format!(" (this run has no pre-filter: {e})")).unwrap_or_default()
+        ))),
+        Err(e) => Err(GatewayError::Config(format!(
+            "an earlier run of this gateway installed the pre-filter table inet {table}, and this run cannot check whether it is still there ({e}); if it is, it drops every client this run admits: remove it with 'hushgate gateway filter remove --port {port}' as root and then delete {}, or give the gateway CAP_NET_ADMIN",
+            marker.display()
+        ))),
+    }
+}
+
 /// Everything a feed version is applied to.
 #[derive(Debug)]
 struct Appliers {
@@ -529,7 +601,7 @@ async fn follow_feed(
                 let received = Instant::now();
                 // A diff goes to the pre-filter as a diff: its cost then
                 // follows the change, not the number of admissions.
-                let diff = (!update.is_full() && filter_synced).then(|| {
+                let mut diff = (!update.is_full() && filter_synced).then(|| {
                     (
                         update.admissions.clone(),
                         update.removed.clone(),
@@ -546,17 +618,28 @@ async fn follow_feed(
                 let version = state.version;
                 let server = state.server.clone();
                 // The kernel first: a version is acknowledged only once
-                // its sources (tunnel and direct) are admitted there.
+                // its sources (tunnel and direct) are admitted there. The
+                // netlink and `nft` calls block, so they run off the async
+                // workers.
+                let mut kernel_ok = true;
                 if let Some(filter) = &filter {
-                    let result = {
-                        let mut f = filter.lock().unwrap_or_else(|p| p.into_inner());
-                        match &diff {
-                            Some((changed, removed, server_time)) => {
-                                f.apply_diff(changed, removed, *server_time, received)
+                    let f = filter.clone();
+                    let whole = diff.is_none().then(|| state.clone());
+                    let diff = diff.take();
+                    let result = tokio::task::spawn_blocking(move || {
+                        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+                        match (diff, whole) {
+                            (Some((changed, removed, server_time)), _) => {
+                                f.apply_diff(&changed, &removed, server_time, received)
                             }
-                            None => f.apply(&state, received),
+                            (None, Some(state)) => f.apply(&state, received),
+                            (None, None) => Ok(Vec::new()),
                         }
-                    };
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(NftError::Refused(format!("the update panicked: {e}")))
+                    });
                     filter_synced = result.is_ok();
                     match result {
                         Ok(unrepresentable) => {
@@ -565,15 +648,13 @@ async fn follow_feed(
                             }
                         }
                         Err(e) => {
-                            tracing::error!(error = %e, "the pre-filter could not take feed version {version}; not acknowledging it, retrying");
-                            desired.refetch();
-                            let jitter = rand::thread_rng().gen_range(0.5..1.5);
-                            tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(10));
-                            continue;
+                            tracing::error!(error = %e, "the pre-filter could not take feed version {version}; applying it in user space but not acknowledging it, retrying");
+                            kernel_ok = false;
                         }
                     }
                 }
+                // Removals must take effect even when the kernel refused
+                // the version: user space applies every version.
                 if let Some(direct) = &direct {
                     direct.apply(&state, received);
                 }
@@ -584,6 +665,13 @@ async fn follow_feed(
                 if !control.send(Control::Apply(state, tx)) || rx.await.is_err() {
                     tracing::error!("the data path has stopped; the feed stops too");
                     return;
+                }
+                if !kernel_ok {
+                    desired.refetch();
+                    let jitter = rand::thread_rng().gen_range(0.5..1.5);
+                    tokio::time::sleep(backoff.mul_f64(jitter)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
                 }
                 match client.ack(version).await {
                     Ok(()) => {

@@ -111,6 +111,19 @@ impl Probe {
     }
 }
 
+/// Whether a datagram from `source` to UDP `port` is answered with ICMP
+/// port unreachable (seen as a refused connection on a connected socket).
+fn refused(source: &str, port: u16) -> bool {
+    let s = UdpSocket::bind(SocketAddr::new(source.parse().unwrap(), 0)).unwrap();
+    s.connect(SocketAddr::new(GW4.parse().unwrap(), port))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let _ = s.send(b"probe");
+    let mut buf = [0u8; 16];
+    matches!(s.recv(&mut buf), Err(e) if e.kind() == ErrorKind::ConnectionRefused)
+}
+
 /// Whether a TCP connection from `source` to the direct port opens; a
 /// filtered one must time out (no reset, no ICMP).
 fn connects(source: &str, port: u16) -> bool {
@@ -314,7 +327,30 @@ fn inside_a_namespace() {
     feed.apply(&mut f);
     assert!(f.status().open);
     assert!(probe.reaches("192.0.2.77"));
-    f.pin("fh", "198.51.100.8".parse().unwrap()).unwrap();
+    // ...but only while a socket is bound: a stopped gateway's port stays
+    // dark even now (the kernel would answer a closed port with ICMP).
+    let spare = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let closed_port = spare.local_addr().unwrap().port();
+    drop(spare);
+    assert!(
+        refused("192.0.2.77", closed_port),
+        "the ICMP check itself must see a closed port's answer"
+    );
+    let gw_port = probe.gw.local_addr().unwrap().port();
+    let held = std::mem::replace(&mut probe.gw, UdpSocket::bind("0.0.0.0:0").unwrap());
+    drop(held);
+    assert!(
+        !refused("192.0.2.77", gw_port),
+        "the open port answered with the gateway stopped"
+    );
+    probe.gw = UdpSocket::bind(SocketAddr::from(([0u16; 8], gw_port))).unwrap();
+    probe
+        .gw
+        .set_read_timeout(Some(Duration::from_millis(150)))
+        .unwrap();
+    assert!(probe.reaches("192.0.2.77"));
+    assert!(f.pin("fh", "198.51.100.8".parse().unwrap()).unwrap());
+    assert!(!f.pin("fh", "198.51.100.8".parse().unwrap()).unwrap());
     assert!(!f.status().open);
     assert!(!probe.reaches("192.0.2.77"));
     assert!(probe.reaches("198.51.100.8"));
@@ -345,6 +381,29 @@ fn inside_a_namespace() {
     assert!(probe.reaches("198.51.100.8"));
     assert!(probe.reaches("2001:db8::7"));
     assert!(f.status().last_error.is_none());
+
+    // The table deleted under a running gateway (a firewall reload that
+    // flushed the ruleset): the next change creates it again.
+    sh("nft", &["delete", "table", "inet", &table]);
+    assert!(probe.reaches("192.0.2.77"));
+    feed.remove("e");
+    feed.add(
+        "g",
+        AccessMode::Tunnel,
+        "198.51.100.7",
+        BindingPolicy::Exact,
+        60,
+    );
+    let g = feed.admissions.last().unwrap().clone();
+    f.apply_diff(&[g], &[], OffsetDateTime::now_utc(), Instant::now())
+        .expect("the table is created again");
+    assert!(!probe.reaches("192.0.2.77"));
+    assert!(probe.reaches("198.51.100.7"));
+    assert!(probe.reaches("203.0.113.9"));
+    assert!(probe.reaches("2001:db8::7"));
+    assert!(connects("198.51.100.7", tcp_port));
+    feed.remove("g");
+    feed.apply(&mut f);
 
     // The table outlives the filter (and the process); removing it by
     // hand opens the ports to the kernel's usual answers again.

@@ -557,6 +557,14 @@ scenario_11() { # gateway killed: the port stays dark (no ICMP), until the filte
   log "  gateway down: 300 datagrams, a UDP scan and SYNs to the direct port: $seen packets back"
   [ "$seen" = 0 ]
   grep -q "open|filtered" "$W/s11-nmap.log"
+  # Started again without the pre-filter while its table is still there,
+  # the gateway refuses (the table would drop every client it admits).
+  if timeout 20 ip netns exec "$P-edge" "$BIN" gateway --control https://203.0.113.2:8443 \
+      --ca "$W/ctl/ca.pem" --state "$W/gw" --listen-udp 0.0.0.0:51820 \
+      --service plex=32400:127.0.0.1:32400 --prefilter off >"$W/s11-off.log" 2>&1; then
+    echo "a gateway started with --prefilter off over a stale table" >&2; return 1
+  fi
+  grep -q "still in place" "$W/s11-off.log"
   # The control: without the table the kernel answers the same probes
   # (ICMP port unreachable, TCP reset), so the capture above would have
   # seen them.

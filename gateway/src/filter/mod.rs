@@ -17,7 +17,7 @@
 pub mod nft;
 pub mod plan;
 
-use plan::{Context, Desired, Element, Pins, PlanError, Reconciler};
+use plan::{Context, Desired, Element, Pins, PlanError, Reconciler, SetId};
 use proto::feed::FeedAdmission;
 use proto::feed::FeedState;
 use serde::Serialize;
@@ -56,6 +56,13 @@ impl FromStr for PrefilterMode {
     }
 }
 
+fn sorted_ports(direct_ports: &HashMap<String, u16>) -> Vec<u16> {
+    let mut ports: Vec<u16> = direct_ports.values().copied().collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
 /// The table's name for a gateway on `udp_port`.
 pub fn table_name(udp_port: u16) -> String {
     format!("hushgate_{udp_port}")
@@ -78,6 +85,7 @@ pub struct FilterStatus {
 #[derive(Debug)]
 pub struct Filter {
     table: String,
+    udp_port: u16,
     elements: nft::Elements,
     reconciler: Reconciler,
     direct_ports: HashMap<String, u16>,
@@ -100,13 +108,15 @@ impl Filter {
         pinning_window: Duration,
     ) -> Result<Filter, NftError> {
         let table = table_name(udp_port);
-        let mut ports: Vec<u16> = direct_ports.values().copied().collect();
-        ports.sort_unstable();
-        ports.dedup();
-        nft::run_nft(&nft::table_script(&table, udp_port, &ports))?;
+        nft::run_nft(&nft::table_script(
+            &table,
+            udp_port,
+            &sorted_ports(&direct_ports),
+        ))?;
         let elements = nft::Elements::open(&table)?;
         Ok(Filter {
             table,
+            udp_port,
             elements,
             reconciler: Reconciler::new(),
             direct_ports,
@@ -164,22 +174,33 @@ impl Filter {
 
     /// The data path pinned a first-handshake admission to `source`: admit
     /// that source in the kernel before the pinning window closes.
-    pub fn pin(&mut self, admission_id: &str, source: IpAddr) -> Result<(), NftError> {
+    /// Returns whether anything changed (false for a handshake of an
+    /// admission pinned earlier).
+    pub fn pin(&mut self, admission_id: &str, source: IpAddr) -> Result<bool, NftError> {
         self.pins.pin(admission_id, source);
         let Some(e) = self.desired.pin(admission_id, source) else {
-            return Ok(());
+            return Ok(false);
         };
-        self.converge(Some(&[e]), Instant::now())
+        self.converge(Some(&[e]), Instant::now()).map(|()| true)
     }
 
     fn converge(&mut self, touched: Option<&[Element]>, now: Instant) -> Result<(), NftError> {
         let desired = std::mem::take(&mut self.desired);
-        // One retry: a refused transaction leaves the kernel unchanged but
-        // the reconciler unsure, and the second plan rebuilds every set.
+        // A refused transaction leaves the kernel unchanged but the book
+        // unsure: the second try flushes every set and adds everything.
+        // If that fails too, the table itself may be gone (deleted by hand,
+        // or by a firewall reload that flushed the ruleset): the third try
+        // creates it again, empty, and adds everything.
         let mut result = self.commit(&desired, touched, now);
         if result.is_err() {
             self.reconciler.failed();
-            result = self.commit(&desired, touched, now);
+            result = self.commit(&desired, None, now);
+        }
+        if let Err(e) = &result {
+            tracing::warn!(table = %self.table, error = %e, "the pre-filter's table refused a rebuild; creating it again");
+            result = self
+                .reinstall()
+                .and_then(|()| self.commit(&desired, None, now));
         }
         self.desired = desired;
         match &result {
@@ -190,6 +211,22 @@ impl Filter {
             }
         }
         result
+    }
+
+    /// Creates the table again, atomically and empty, with every set the
+    /// book knows of, and a fresh netlink socket.
+    fn reinstall(&mut self) -> Result<(), NftError> {
+        let sets: Vec<SetId> = self.reconciler.sets().iter().copied().collect();
+        let mut script = nft::table_script(
+            &self.table,
+            self.udp_port,
+            &sorted_ports(&self.direct_ports),
+        );
+        script += &nft::sets_script(&self.table, &sets);
+        nft::run_nft(&script)?;
+        self.elements = nft::Elements::open(&self.table)?;
+        self.reconciler.reset(sets.into_iter().collect());
+        Ok(())
     }
 
     fn commit(
@@ -205,6 +242,7 @@ impl Filter {
         if !changes.is_empty() {
             if !changes.new_sets.is_empty() {
                 nft::run_nft(&nft::sets_script(&self.table, &changes.new_sets))?;
+                self.reconciler.sets_created(&changes.new_sets);
             }
             self.elements.apply(&changes)?;
             self.transactions += 1;
@@ -219,6 +257,17 @@ impl Filter {
         }
         self.reconciler.committed(desired, &changes, now);
         Ok(())
+    }
+
+    /// Closes the port to everyone again (the `open` set of waiting
+    /// first-handshake admissions), for a gateway that is stopping; the
+    /// admitted sources stay until their timeouts.
+    pub fn close_open(&mut self) -> Result<(), NftError> {
+        let mut shut = std::mem::take(&mut self.desired);
+        shut.waiting.clear();
+        shut.open_until = None;
+        self.desired = shut;
+        self.converge(Some(&[]), Instant::now())
     }
 
     pub fn status(&self) -> FilterStatus {

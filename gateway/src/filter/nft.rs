@@ -63,7 +63,7 @@ pub enum NftError {
 
 /// Runs `nft -f -` with `script` as one transaction.
 pub fn run_nft(script: &str) -> Result<String, NftError> {
-    let mut child = Command::new("nft")
+    let mut child = Command::new(nft_path())
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -81,12 +81,22 @@ pub fn run_nft(script: &str) -> Result<String, NftError> {
 /// Runs `nft ARGS...` (listing, deleting).
 pub fn nft(args: &[&str]) -> Result<String, NftError> {
     outcome(
-        Command::new("nft")
+        Command::new(nft_path())
             .args(args)
             .stdin(Stdio::null())
             .output()
             .map_err(spawn_error),
     )
+}
+
+/// The `nft` tool: where Debian installs it, not wherever PATH points (a
+/// user's PATH often lacks /usr/sbin, and the gateway may hold
+/// CAP_NET_ADMIN, which the tool inherits).
+fn nft_path() -> &'static str {
+    ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("nft")
 }
 
 fn spawn_error(e: std::io::Error) -> NftError {
@@ -114,7 +124,10 @@ fn outcome(out: Result<std::process::Output, NftError>) -> Result<String, NftErr
 ///
 /// Packets are judged in `prerouting` at raw priority, before connection
 /// tracking: junk costs no conntrack entry, and a stopped gateway's port
-/// stays dark (no ICMP port unreachable, no TCP reset).
+/// stays dark (no ICMP port unreachable, no TCP reset). The `open` set
+/// (a first-handshake admission waiting) lets everyone through only while
+/// a socket is bound to the port (`socket transparent 0`), so even then a
+/// stopped gateway's port stays dark.
 pub fn table_script(table: &str, udp_port: u16, direct_ports: &[u16]) -> String {
     let mut s = format!(
         "add table inet {table}\n\
@@ -135,7 +148,7 @@ pub fn table_script(table: &str, udp_port: u16, direct_ports: &[u16]) -> String 
     }
     s += "\t}\n\
           \tchain tunnel {\n\
-          \t\tudp dport @open accept\n\
+          \t\tudp dport @open socket transparent 0 accept\n\
           \t\tcounter drop comment \"not admitted\"\n\
           \t}\n\
           \tchain direct {\n\
@@ -314,11 +327,25 @@ impl Elements {
         buf.extend_from_slice(&end);
         self.socket.send(&buf, 0).map_err(NftError::Netlink)?;
 
+        // One answer per message (each asks for an ack). An error about
+        // the batch as a whole (no permission, or the commit itself
+        // failing) carries the sequence number of BATCH_BEGIN or END
+        // instead, and may come before or after the messages' answers, so
+        // those are watched for too, and the socket is drained without
+        // waiting once every message has been answered: the kernel has
+        // queued everything by the time `send` returned.
+        let batch = [first, end_seq];
         let mut first_error: Option<std::io::Error> = None;
         let mut rx = Vec::with_capacity(64 * 1024);
-        while !seqs.is_empty() {
+        loop {
+            let waiting = !seqs.is_empty() && first_error.is_none();
             rx.clear();
-            let n = self.socket.recv(&mut rx, 0).map_err(NftError::Netlink)?;
+            let flags = if waiting { 0 } else { libc::MSG_DONTWAIT };
+            let n = match self.socket.recv(&mut rx, flags) {
+                Ok(n) => n,
+                Err(e) if !waiting && e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(NftError::Netlink(e)),
+            };
             let mut at = 0;
             while at + 16 <= n {
                 let len = u32::from_ne_bytes(rx[at..at + 4].try_into().expect("len")) as usize;
@@ -327,18 +354,13 @@ impl Elements {
                 if len < 16 || at + len > n {
                     break;
                 }
-                if kind == NLMSG_ERROR && len >= 20 && seqs.remove(&seq) {
+                if kind == NLMSG_ERROR && len >= 20 && (seqs.remove(&seq) || batch.contains(&seq)) {
                     let code = i32::from_ne_bytes(rx[at + 16..at + 20].try_into().expect("errno"));
                     if code != 0 && first_error.is_none() {
                         first_error = Some(std::io::Error::from_raw_os_error(-code));
                     }
                 }
                 at += (len + 3) & !3;
-            }
-            if first_error.is_some() {
-                // The batch was aborted as a whole; answers still queued
-                // for it carry old sequence numbers and are skipped later.
-                break;
             }
         }
         match first_error {

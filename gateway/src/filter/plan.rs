@@ -357,6 +357,8 @@ impl Desired {
 }
 
 fn element(kind: Kind, binding: BindingPolicy, source: IpAddr, port: u16) -> Element {
+    // An IPv4 client written as ::ffff:a.b.c.d belongs in the IPv4 sets.
+    let source = source.to_canonical();
     let net = binding.network(source);
     Element {
         set: SetId {
@@ -412,11 +414,6 @@ const SLACK: Duration = Duration::from_millis(500);
 fn near(a: Instant, b: Instant) -> bool {
     a.max(b) - a.min(b) < SLACK
 }
-
-/// An element this close to its timeout may already be gone from the
-/// kernel, so it is not deleted (it times out by itself) and a renewal
-/// re-adds it only after a flush.
-const NEAR_EXPIRY: Duration = Duration::from_secs(1);
 
 /// What the kernel holds, as far as this gateway knows; it plans the
 /// minimal changes to reach a desired state.
@@ -505,10 +502,11 @@ impl Reconciler {
                 Some(&held) if near(held, deadline) => {}
                 Some(&held) => {
                     // A renewal (or a shortening): replace the element so
-                    // that it carries the new timeout. One that may have
-                    // timed out already cannot be deleted safely, so it is
-                    // only re-added (harmless if it is gone).
-                    if held > now + NEAR_EXPIRY {
+                    // that it carries the new timeout (re-adding an
+                    // existing element does not move its timeout on every
+                    // kernel). One the kernel has just timed out makes the
+                    // delete fail, and the retry rebuilds every set.
+                    if held > now {
                         ch.delete.push(e);
                     }
                     add.push((e, timeout(deadline)));
@@ -516,9 +514,9 @@ impl Reconciler {
             }
         }
         if !self.dirty {
-            let gone = |e: &Element, held: Instant| {
-                !desired.elements.contains_key(e) && held > now + NEAR_EXPIRY
-            };
+            // Revoked or expired: deleted at once, unless its timeout has
+            // passed (the kernel has dropped it already).
+            let gone = |e: &Element, held: Instant| !desired.elements.contains_key(e) && held > now;
             match &touched {
                 None => ch.delete.extend(
                     self.installed
@@ -554,32 +552,51 @@ impl Reconciler {
         self.sets.extend(changes.new_sets.iter().copied());
         match &changes.touched {
             None => {
-                self.installed = desired
-                    .elements
-                    .iter()
-                    .filter(|(_, &d)| d > now)
-                    .map(|(&e, &d)| (e, d))
-                    .collect();
+                self.installed
+                    .retain(|e, _| desired.elements.contains_key(e));
+                for (&e, &d) in &desired.elements {
+                    self.record(e, Some(d), now);
+                }
             }
             Some(touched) => {
                 for e in touched {
-                    match desired.elements.get(e) {
-                        Some(&d) if d > now => {
-                            // Within the slack the kernel keeps its own
-                            // timeout; the book keeps what it holds.
-                            let held = self.installed.entry(*e).or_insert(d);
-                            if !near(*held, d) {
-                                *held = d;
-                            }
-                        }
-                        _ => {
-                            self.installed.remove(e);
-                        }
-                    }
+                    self.record(*e, desired.elements.get(e).copied(), now);
                 }
             }
         }
         self.open_until = desired.open_until.filter(|&u| u > now);
+        self.dirty = false;
+    }
+
+    /// Records what the kernel holds for `e` after a commit: nothing, or
+    /// an element timing out at `deadline`. Within the slack the kernel
+    /// kept the timeout it had, and so does the book.
+    fn record(&mut self, e: Element, deadline: Option<Instant>, now: Instant) {
+        match deadline {
+            Some(d) if d > now => {
+                let held = self.installed.entry(e).or_insert(d);
+                if !near(*held, d) {
+                    *held = d;
+                }
+            }
+            _ => {
+                self.installed.remove(&e);
+            }
+        }
+    }
+
+    /// Sets that `nft` created, recorded at once: a transaction that then
+    /// fails does not remove them.
+    pub fn sets_created(&mut self, sets: &[SetId]) {
+        self.sets.extend(sets.iter().copied());
+    }
+
+    /// The table was created again, empty, with these sets: nothing is
+    /// installed, nothing is open.
+    pub fn reset(&mut self, sets: BTreeSet<SetId>) {
+        self.installed.clear();
+        self.sets = sets;
+        self.open_until = None;
         self.dirty = false;
     }
 
@@ -839,15 +856,28 @@ mod tests {
     }
 
     #[test]
-    fn elements_about_to_time_out_are_left_to_the_kernel() {
+    fn elements_past_their_timeout_are_left_to_the_kernel() {
         let now = Instant::now();
-        let (r, _) = installed(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 1)], now);
-        let almost = now + Duration::from_millis(59_500);
-        let ch = r.plan(&Desired::default(), almost);
-        assert!(ch.delete.is_empty(), "{ch:?}");
-        // ...but an early revocation deletes it.
-        let ch = r.plan(&Desired::default(), now + Duration::from_secs(5));
+        let (mut r, _) = installed(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 1)], now);
+        // Revoked just before its timeout: still deleted.
+        let ch = r.plan(&Desired::default(), now + Duration::from_millis(59_500));
         assert_eq!(ch.delete.len(), 1);
+        // Past its timeout the kernel has dropped it: nothing to delete,
+        // and the book forgets it.
+        let after = now + Duration::from_millis(60_500);
+        let ch = r.plan(&Desired::default(), after);
+        assert!(ch.is_empty(), "{ch:?}");
+        r.committed(&Desired::default(), &ch, after);
+        assert!(r.is_empty());
+        // A renewal of an element still held replaces it.
+        let (r, _) = installed(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 1)], now);
+        let renewed = desired(
+            &state(vec![adm("a", "203.0.113.7", BindingPolicy::Exact, 2)]),
+            now,
+            &mut Pins::default(),
+        );
+        let ch = r.plan(&renewed, now + Duration::from_millis(59_900));
+        assert_eq!((ch.delete.len(), ch.add.len()), (1, 1));
     }
 
     #[test]

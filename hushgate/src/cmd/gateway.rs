@@ -60,8 +60,9 @@ enum FilterCmd {
     },
     /// Delete the table of the gateway on --port (or every hushgate table
     /// with --all). Its ports then answer like any closed port again (ICMP
-    /// port unreachable, TCP resets) while no gateway runs; a running
-    /// gateway keeps filtering in user space only, until it restarts.
+    /// port unreachable, TCP resets) while no gateway runs. Meant for a
+    /// stopped gateway: a running one creates its table again at its next
+    /// change.
     Remove {
         /// The gateway's UDP port.
         #[arg(long, value_name = "PORT", required_unless_present = "all")]
@@ -105,7 +106,7 @@ struct RunArgs {
     #[serde(default)]
     services: Vec<String>,
     /// A direct (firewall-only) service, for players that cannot run a
-    /// tunnel: NAME=PUBLIC_PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400
+    /// tunnel: NAME=PUBLIC_PORT:UPSTREAM, e.g. plex=32401:127.0.0.1:32400
     /// (repeatable). The gateway listens on TCP PUBLIC_PORT and the
     /// pre-filter opens it only to the source address of each direct
     /// admission, until it ends. Address-only admission: anyone behind the
