@@ -53,7 +53,8 @@ pub const DEFAULT_TIMER_INTERVAL: Duration = Duration::from_millis(250);
 
 /// `HandshakeCompleted` events are informational; past this many undrained
 /// events they are no longer queued, so a driver that ignores them cannot
-/// make memory grow with every handshake. Removals are always queued.
+/// make memory grow with every handshake. Removals, and the handshake that
+/// pins a first-handshake admission, are always queued.
 const MAX_QUEUED_EVENTS: usize = 4096;
 
 const MSG_HANDSHAKE_INIT: u8 = 1;
@@ -973,7 +974,8 @@ impl Dispatcher {
                     _ => return Verdict::Dropped(DropReason::Unauthenticated),
                 }
                 // The handshake is valid: only now may it pin the source.
-                if admission_pins(&self.table, peer_id) {
+                let pins = admission_pins(&self.table, peer_id);
+                if pins {
                     self.table.pin(peer_id, src.ip(), now);
                 }
                 peer.endpoint = Some(src);
@@ -990,13 +992,18 @@ impl Dispatcher {
                     self.config.max_datagram_len,
                     out,
                 );
-                push_informational(
-                    &mut self.events,
-                    PeerEvent::HandshakeCompleted {
-                        peer: peer_id,
-                        endpoint: src,
-                    },
-                );
+                let event = PeerEvent::HandshakeCompleted {
+                    peer: peer_id,
+                    endpoint: src,
+                };
+                if pins {
+                    // The driver must hear of a pinning (the kernel
+                    // pre-filter admits the pinned source from it): always
+                    // queued, like removals; at most once per admission.
+                    self.events.push_back(event);
+                } else {
+                    push_informational(&mut self.events, event);
+                }
                 Verdict::Accepted { peer: peer_id }
             }
             Step::Failed(e) => Verdict::Dropped(reason_for(&e, SessionMessage::HandshakeResponse)),
