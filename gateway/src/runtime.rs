@@ -341,19 +341,28 @@ impl Gateway {
             let filter = filter.clone();
             tokio::spawn(async move {
                 while let Some((id, source)) = rx.recv().await {
-                    let f = filter.clone();
-                    let pinned = id.clone();
-                    let result = tokio::task::spawn_blocking(move || {
-                        f.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .pin(&pinned, source)
-                    })
-                    .await;
-                    match result {
-                        Ok(Ok(true)) => tracing::info!(admission = %id, %source, "pre-filter admits the pinned source"),
-                        Ok(Ok(false)) => {}
-                        Ok(Err(e)) => tracing::error!(admission = %id, %source, error = %e, "pre-filter could not admit the pinned source"),
-                        Err(e) => tracing::error!(admission = %id, error = %e, "pre-filter pin task failed"),
+                    // A pinned client must be admitted before its open
+                    // window closes; a failed update is tried again a few
+                    // times rather than waiting for the next feed answer.
+                    for attempt in 1..=5 {
+                        let f = filter.clone();
+                        let pinned = id.clone();
+                        let result = tokio::task::spawn_blocking(move || {
+                            f.lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .pin(&pinned, source)
+                        })
+                        .await;
+                        match result {
+                            Ok(Ok(true)) => {
+                                tracing::info!(admission = %id, %source, "pre-filter admits the pinned source");
+                                break;
+                            }
+                            Ok(Ok(false)) => break,
+                            Ok(Err(e)) => tracing::error!(admission = %id, %source, attempt, error = %e, "pre-filter could not admit the pinned source"),
+                            Err(e) => tracing::error!(admission = %id, attempt, error = %e, "pre-filter pin task failed"),
+                        }
+                        tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
                     }
                 }
             })

@@ -21,7 +21,8 @@
 #
 # The gateways keep their kernel pre-filter (nftables table
 # inet hushgate_PORT in the edge namespace) as they do by default; scenarios
-# 10-13 check it and the direct (firewall-only) service.
+# 10-14 check it and the direct (firewall-only) service. A third gateway
+# (server homefh, UDP 51822, IPv6) binds on the first handshake.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -134,7 +135,7 @@ table inet home {
     iifname "lan" accept
     iifname "wan" ip daddr 192.0.2.2 udp dport 51820 accept
     iifname "wan" ip daddr 192.0.2.2 tcp dport 32401 accept
-    iifname "wan" ip6 daddr 2001:db8:10::2 udp dport 51821 accept
+    iifname "wan" ip6 daddr 2001:db8:10::2 udp dport { 51821, 51822 } accept
   }
   chain output {
     type filter hook output priority filter; policy accept;
@@ -212,6 +213,8 @@ setup_world() {
   echo "$PASSWORD" | admin user add bob >/dev/null
   TOKEN=$(admin server add home --binding exact --ttl 15 | tail -1)
   TOKEN6=$(admin server add home6 --binding exact --ttl 60 | tail -1)
+  TOKENFH=$(admin server add homefh --binding first-handshake --ttl 60 | tail -1)
+  admin grant add alice homefh >/dev/null
   admin grant add alice home >/dev/null
   admin grant add alice home6 >/dev/null
   admin grant add bob home >/dev/null
@@ -220,8 +223,11 @@ setup_world() {
   start_gw4 gw "$TOKEN" >/dev/null
   # A second gateway for server home6, reached over IPv6 (scenario 9).
   GW6_PID=$(start_gateway gw6 "$W/gw6" "[::]:51821" "[2001:db8:10::2]:51821" "$TOKEN6")
+  # A third, for server homefh (binding first-handshake, scenario 14).
+  start_gateway gwfh "$W/gwfh" "[::]:51822" "[2001:db8:10::2]:51822" "$TOKENFH" >/dev/null
   wait_gateway_synced gw
   wait_gateway_synced gw6
+  wait_gateway_synced gwfh
 }
 
 # The client shim in the client's namespace; its port for the player is
@@ -646,9 +652,38 @@ scenario_13() { # revocation cuts an ongoing direct download within a second
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
 }
 
+scenario_14() { # first-handshake binding: the pre-filter opens the port until the handshake, then admits only the pinned source
+  local pid; pid=$(start_shim 32414 shim14 alice "https://[2001:db8:1::2]:8443" homefh) || {
+    ns edge "$BIN" gateway status --state "$W/gwfh" >&2; return 1; }
+  ns cli curl -sf --max-time 5 http://127.0.0.1:32414/identity >/dev/null
+  # Pinned: the client's address is an element, and the port is closed
+  # to everyone else again.
+  wait_for "the pinned source in the pre-filter" 5 \
+    bash -c "ip netns exec $P-edge nft list set inet hushgate_51822 t6_128 | grep -q 2001:db8:20::2"
+  ns edge nft list set inet hushgate_51822 open >"$W/s14-open.txt"
+  if grep -q "elements" "$W/s14-open.txt"; then
+    echo "the port is still open to everyone after the pinning handshake" >&2; cat "$W/s14-open.txt" >&2; return 1
+  fi
+  local before k_before; before=$(ns edge "$BIN" gateway status --state "$W/gwfh" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["gateway"]["datagrams"])')
+  start_capture
+  ns atk python3 - <<'EOF'
+import os, socket, struct
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for i in range(2000):
+    s.sendto(struct.pack("<I", 1) + os.urandom(144), ("2001:db8:10::2", 51822))
+EOF
+  local seen; seen=$(stop_capture)
+  local after; after=$(ns edge "$BIN" gateway status --state "$W/gwfh" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["gateway"]["datagrams"])')
+  log "  pinned to 2001:db8:20::2; 2000 initiations from the attacker: $seen packets back, the gateway received $((after - before)) datagrams meanwhile (its client's keepalives at most)"
+  [ "$seen" = 0 ]
+  [ $((after - before)) -lt 100 ]
+  fetch 32414 "$W/s14.bin"; check_sha "$W/s14.bin"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 # ---------------------------------------------------------------- main
 
-if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13); fi
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14); fi
 log "building the topology ($P)"
 build_topology
 setup_world

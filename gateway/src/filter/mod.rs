@@ -178,10 +178,13 @@ impl Filter {
     /// admission pinned earlier).
     pub fn pin(&mut self, admission_id: &str, source: IpAddr) -> Result<bool, NftError> {
         self.pins.pin(admission_id, source);
-        let Some(e) = self.desired.pin(admission_id, source) else {
-            return Ok(false);
-        };
-        self.converge(Some(&[e]), Instant::now()).map(|()| true)
+        match self.desired.pin(admission_id, source) {
+            Some(e) => self.converge(Some(&[e]), Instant::now()).map(|()| true),
+            // Pinned already, but the last update failed: the kernel may
+            // lack it, so everything is compared again.
+            None if self.last_error.is_some() => self.converge(None, Instant::now()).map(|()| true),
+            None => Ok(false),
+        }
     }
 
     fn converge(&mut self, touched: Option<&[Element]>, now: Instant) -> Result<(), NftError> {

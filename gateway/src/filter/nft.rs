@@ -38,11 +38,15 @@ const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_TIMEOUT: u16 = 4;
 const NFTA_DATA_VALUE: u16 = 1;
 
-/// Elements per netlink message, and bytes per transaction: a batch is
-/// sent with one `send`, which must fit the socket's send buffer (212 KiB
-/// by default). A larger change is split into several transactions.
+/// Elements per netlink message. A batch (one transaction) is sent with
+/// one `send`, which must fit the socket's send buffer: the gateway asks
+/// for a large one, and the kernel grants up to twice `net.core.wmem_max`
+/// (about 416 KiB by default, some 10,000 elements). A larger change is
+/// split into several transactions.
 const ELEMENTS_PER_MESSAGE: usize = 256;
-const BATCH_BYTES: usize = 128 * 1024;
+const SEND_BUFFER: usize = 8 << 20;
+/// What the kernel keeps of the send buffer for itself, and a margin.
+const SEND_BUFFER_RESERVE: usize = 4096;
 
 /// The set that opens the UDP port to every source for a while.
 pub const OPEN_SET: &str = "open";
@@ -183,6 +187,8 @@ pub struct Elements {
     socket: Socket,
     table: String,
     seq: u32,
+    /// The largest batch one `send` takes.
+    batch_bytes: usize,
 }
 
 impl Elements {
@@ -192,13 +198,21 @@ impl Elements {
         socket
             .connect(&NlAddr::new(0, 0))
             .map_err(NftError::Netlink)?;
-        socket2::SockRef::from(&socket)
-            .set_read_timeout(Some(Duration::from_secs(2)))
+        let sock = socket2::SockRef::from(&socket);
+        sock.set_read_timeout(Some(Duration::from_secs(2)))
             .map_err(NftError::Netlink)?;
+        // As large as the kernel allows; what it granted sets the batch
+        // size (a smaller grant only means more transactions).
+        let _ = sock.set_send_buffer_size(SEND_BUFFER);
+        let granted = sock.send_buffer_size().unwrap_or(0);
+        // Errors answer with the header only, not the whole message back.
+        let _ = socket.set_cap_ack(true);
+        let _ = socket.set_rx_buf_sz(1 << 20);
         Ok(Elements {
             socket,
             table: table.to_string(),
             seq: rand::random::<u32>() >> 1,
+            batch_bytes: granted.saturating_sub(SEND_BUFFER_RESERVE).max(64 * 1024),
         })
     }
 
@@ -232,7 +246,7 @@ impl Elements {
         let mut batch: Vec<Vec<u8>> = Vec::new();
         let mut size = 0;
         for m in msgs {
-            if size + m.len() > BATCH_BYTES && !batch.is_empty() {
+            if size + m.len() > self.batch_bytes && !batch.is_empty() {
                 self.transact(std::mem::take(&mut batch))?;
                 size = 0;
             }
@@ -446,6 +460,7 @@ mod tests {
             socket: Socket::new(NETLINK_NETFILTER).unwrap(),
             table: "hushgate_51820".into(),
             seq: 6,
+            batch_bytes: 64 * 1024,
         };
         let m = e.elem_msg(
             NFT_MSG_NEWSETELEM,
