@@ -73,6 +73,8 @@ done
 CMDLINE="$CMDLINE bench/run.sh"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
+# shellcheck source=tests/netns/lib.sh
+. "$ROOT/tests/netns/lib.sh"
 BIN="${HUSHGATE_BIN:-$ROOT/target/release/hushgate}"
 case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
 EXDIR="${EXAMPLES_DIR:-$(dirname "$BIN")/examples}"
@@ -100,7 +102,6 @@ RES="$W/results.txt"   # key value lines
 : >"$RES"
 
 T0=$(date +%s.%N)
-since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
 log() { printf '[%6ss] %s\n' "$(since "$T0")" "$*" >&2; }
 skip() { case " $SKIP " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 
@@ -131,8 +132,6 @@ done
 # ---------------------------------------------------------------- topology
 # (helpers as in tests/netns/run.sh)
 
-ns() { local n="$1"; shift; ip netns exec "$P-$n" "$@"; }
-bg() { local n="$1" out="$2"; shift 2; ip netns exec "$P-$n" "$@" >"$out" 2>&1 & echo $!; }
 
 link() { # link NS_A IF_A ADDR4_A NS_B IF_B ADDR4_B
   local a="$1" ia="$2" a4="$3" b="$4" ib="$5" b4="$6"
@@ -143,14 +142,6 @@ link() { # link NS_A IF_A ADDR4_A NS_B IF_B ADDR4_B
   ns "$a" ip link set "$ia" up; ns "$b" ip link set "$ib" up
 }
 
-wait_for() { # wait_for WHAT SECONDS CMD...
-  local what="$1" secs="$2"; shift 2
-  local end=$(( $(date +%s) + secs ))
-  until "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$end" ]; then echo "timed out waiting for $what" >&2; return 1; fi
-    sleep 0.1
-  done
-}
 
 build_topology() {
   for n in "${NSES[@]}"; do ip netns add "$P-$n"; ns "$n" ip link set lo up; done

@@ -27,6 +27,8 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=tests/netns/lib.sh
+. "$HERE/lib.sh"
 BIN="${HUSHGATE_BIN:-$ROOT/target/debug/hushgate}"
 P="hg$$"
 W="$(mktemp -d /tmp/hushgate-netns.XXXXXX)"
@@ -36,8 +38,6 @@ FAILED=0
 FAILED_NAMES=()
 
 T0=$(date +%s.%N)
-# Seconds since $1 (a `date +%s.%N` stamp), to one decimal.
-since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.2f", b - a }'; }
 log() { printf '[%6ss] %s\n' "$(since "$T0")" "$*"; }
 
 cleanup() {
@@ -68,9 +68,7 @@ need python3 "apt-get install python3"
 [ -x "$BIN" ] || { echo "netns harness: $BIN is not built (cargo build -p hushgate)" >&2; exit 2; }
 [ -c /dev/net/tun ] || { echo "netns harness: /dev/net/tun is missing (needed by wireguard-go)" >&2; exit 2; }
 
-ns() { local n="$1"; shift; ip netns exec "$P-$n" "$@"; }
 # Runs a command in a namespace in the background; prints its pid.
-bg() { local n="$1" out="$2"; shift 2; ip netns exec "$P-$n" "$@" >"$out" 2>&1 & echo $!; }
 
 link() { # link NS_A IF_A ADDR4_A ADDR6_A NS_B IF_B ADDR4_B ADDR6_B
   local a="$1" ia="$2" a4="$3" a6="$4" b="$5" ib="$6" b4="$7" b6="$8"
@@ -196,14 +194,6 @@ start_gw4() {
 
 wait_gateway_synced() { wait_for "gateway $1 in sync" 15 grep -q "in sync" "$W/$1.log"; }
 
-wait_for() { # wait_for WHAT SECONDS CMD...
-  local what="$1" secs="$2"; shift 2
-  local end=$(( $(date +%s) + secs ))
-  until "$@" >/dev/null 2>&1; do
-    if [ "$(date +%s)" -ge "$end" ]; then echo "timed out waiting for $what" >&2; return 1; fi
-    sleep 0.1
-  done
-}
 
 PASSWORD="netns-$$-password"
 setup_world() {
