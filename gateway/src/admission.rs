@@ -526,55 +526,107 @@ impl AdmissionTable {
         }
 
         for feed in unique {
-            let validated = match validate(feed, state, now) {
-                Ok(v) => v,
-                Err(error) => {
-                    if let Some(&peer) = self.by_id.get(&feed.id) {
-                        if let Some(admission) = self.remove(peer) {
-                            let cause = match error {
-                                AdmissionError::AlreadyExpired { .. } => RemovalCause::Expired,
-                                _ => RemovalCause::Rejected,
-                            };
-                            outcome.removed.push(Removed { admission, cause });
-                        }
-                    }
-                    outcome.rejected.push(error);
-                    continue;
-                }
-            };
-
-            if let Some(&peer) = self.by_id.get(&feed.id) {
-                let Some(existing) = self.get(peer) else {
-                    continue;
-                };
-                if existing.same_tunnel_identity(feed) {
-                    let edited = existing.feed != *feed;
-                    self.update_in_place(peer, feed, validated);
-                    if edited {
-                        outcome.changed.push(Installed {
-                            peer,
-                            id: feed.id.clone(),
-                        });
-                    }
-                    continue;
-                }
-                if let Some(admission) = self.remove(peer) {
-                    outcome.removed.push(Removed {
-                        admission,
-                        cause: RemovalCause::Replaced,
-                    });
-                }
-            }
-
-            match self.insert(feed, validated, now) {
-                Ok(peer) => outcome.added.push(Installed {
-                    peer,
-                    id: feed.id.clone(),
-                }),
-                Err(error) => outcome.rejected.push(error),
-            }
+            self.upsert(feed, state, now, &mut outcome);
         }
         outcome
+    }
+
+    /// Takes in a feed diff: `changed` admissions (new, or replacing what
+    /// is held under their id) and `removed` ids, on top of what the table
+    /// holds. `header` is the answer without its admissions (version,
+    /// server time, service address). The cost follows the change, not
+    /// the number of admissions; the result is what [`AdmissionTable::apply`]
+    /// gives for the whole set the diff leads to.
+    pub fn apply_diff(
+        &mut self,
+        header: &FeedState,
+        changed: &[FeedAdmission],
+        removed: &[String],
+        now: Instant,
+    ) -> ApplyOutcome {
+        let mut outcome = ApplyOutcome {
+            version: header.version,
+            ..ApplyOutcome::default()
+        };
+        self.version = Some(header.version);
+        self.service_address = Some(header.service_address);
+        for id in removed {
+            if let Some(admission) = self.by_id.get(id).copied().and_then(|p| self.remove(p)) {
+                outcome.removed.push(Removed {
+                    admission,
+                    cause: RemovalCause::Revoked,
+                });
+            }
+        }
+        let mut seen: HashSet<&str> = HashSet::with_capacity(changed.len());
+        for feed in changed {
+            if !seen.insert(feed.id.as_str()) {
+                outcome.rejected.push(AdmissionError::DuplicateId {
+                    id: feed.id.clone(),
+                    version: header.version,
+                });
+                continue;
+            }
+            self.upsert(feed, header, now, &mut outcome);
+        }
+        outcome
+    }
+
+    /// Installs `feed`, or updates or replaces what is held under its id.
+    fn upsert(
+        &mut self,
+        feed: &FeedAdmission,
+        state: &FeedState,
+        now: Instant,
+        outcome: &mut ApplyOutcome,
+    ) {
+        let validated = match validate(feed, state, now) {
+            Ok(v) => v,
+            Err(error) => {
+                if let Some(&peer) = self.by_id.get(&feed.id) {
+                    if let Some(admission) = self.remove(peer) {
+                        let cause = match error {
+                            AdmissionError::AlreadyExpired { .. } => RemovalCause::Expired,
+                            _ => RemovalCause::Rejected,
+                        };
+                        outcome.removed.push(Removed { admission, cause });
+                    }
+                }
+                outcome.rejected.push(error);
+                return;
+            }
+        };
+
+        if let Some(&peer) = self.by_id.get(&feed.id) {
+            let Some(existing) = self.get(peer) else {
+                return;
+            };
+            if existing.same_tunnel_identity(feed) {
+                let edited = existing.feed != *feed;
+                self.update_in_place(peer, feed, validated);
+                if edited {
+                    outcome.changed.push(Installed {
+                        peer,
+                        id: feed.id.clone(),
+                    });
+                }
+                return;
+            }
+            if let Some(admission) = self.remove(peer) {
+                outcome.removed.push(Removed {
+                    admission,
+                    cause: RemovalCause::Replaced,
+                });
+            }
+        }
+
+        match self.insert(feed, validated, now) {
+            Ok(peer) => outcome.added.push(Installed {
+                peer,
+                id: feed.id.clone(),
+            }),
+            Err(error) => outcome.rejected.push(error),
+        }
     }
 
     fn insert(
@@ -1192,5 +1244,72 @@ mod tests {
         let peer = PeerId(0x00ab_cdef);
         let session_index = (peer.tunnel_index() << 8) | 0x42;
         assert_eq!(PeerId::from_receiver_index(session_index), peer);
+    }
+
+    /// Whether two tables hold the same admissions (ids, keys, sources,
+    /// tunnel addresses, deadlines).
+    fn same_tables(a: &AdmissionTable, b: &AdmissionTable) {
+        let view = |t: &AdmissionTable| {
+            let mut v: Vec<(String, IpAddr, Ipv4Addr, Instant, [u8; 32])> = t
+                .iter()
+                .map(|x| {
+                    (
+                        x.id().to_string(),
+                        x.source(),
+                        x.client_address(),
+                        x.deadline(),
+                        *x.client_public_key().as_bytes(),
+                    )
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(view(a), view(b));
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.version(), b.version());
+    }
+
+    #[test]
+    fn a_diff_gives_what_the_whole_set_gives() {
+        let now = Instant::now();
+        let many: Vec<FeedAdmission> = (1..=50)
+            .map(|n| admission(n, "203.0.113.7", BindingPolicy::Exact))
+            .collect();
+        let mut inc = AdmissionTable::default();
+        inc.apply(&state(1, many.clone()), now);
+
+        // Version 2: one revoked, one renewed, one replaced by a new key
+        // under the same id, one new.
+        let mut renewed = admission(2, "203.0.113.7", BindingPolicy::Exact);
+        renewed.expires_at += time::Duration::minutes(30);
+        let mut replaced = admission(3, "203.0.113.7", BindingPolicy::Exact);
+        replaced.client_public_key = Some(WgKey(key(999)));
+        let new = admission(60, "198.51.100.9", BindingPolicy::Prefix(24));
+        let changed = vec![renewed.clone(), replaced.clone(), new.clone()];
+        let removed = vec!["adm_1".to_string()];
+        let header = state(2, vec![]);
+        let outcome = inc.apply_diff(&header, &changed, &removed, now);
+        assert_eq!(outcome.added.len(), 2, "{outcome:?}");
+        assert_eq!(outcome.changed.len(), 1);
+        assert_eq!(outcome.removed.len(), 2);
+
+        let mut whole_set: Vec<FeedAdmission> = many
+            .into_iter()
+            .filter(|a| a.id != "adm_1" && a.id != "adm_2" && a.id != "adm_3")
+            .collect();
+        whole_set.extend(changed);
+        let mut whole = AdmissionTable::default();
+        whole.apply(&state(2, whole_set), now);
+        same_tables(&inc, &whole);
+        assert!(inc.by_id("adm_1").is_none());
+        assert_eq!(inc.by_key(&key(999)).map(|a| a.id()), Some("adm_3"));
+
+        // A key taken by a removal in the same diff is free for a new one.
+        let mut heir = admission(70, "203.0.113.7", BindingPolicy::Exact);
+        heir.client_public_key = Some(WgKey(key(4)));
+        let outcome = inc.apply_diff(&state(3, vec![]), &[heir], &["adm_4".to_string()], now);
+        assert_eq!(outcome.added.len(), 1, "{outcome:?}");
+        assert!(outcome.rejected.is_empty());
     }
 }

@@ -34,6 +34,15 @@ const RECV_BATCH: usize = 1024;
 pub enum Control {
     /// Enforce this desired state; answer with the version applied.
     Apply(FeedState, tokio::sync::oneshot::Sender<u64>),
+    /// Take in a feed diff on top of what is held: the answer's header
+    /// (its `admissions` empty), the changed admissions and the removed
+    /// ids; answer with the version applied.
+    ApplyDiff {
+        header: FeedState,
+        changed: Vec<proto::feed::FeedAdmission>,
+        removed: Vec<String>,
+        done: tokio::sync::oneshot::Sender<u64>,
+    },
     /// Report counters.
     Stats(tokio::sync::oneshot::Sender<crate::GatewayStats>),
     Shutdown,
@@ -211,6 +220,28 @@ impl DataPath {
                         "feed applied"
                     );
                     let _ = done.send(state.version);
+                }
+                Ok(Control::ApplyDiff {
+                    header,
+                    changed,
+                    removed,
+                    done,
+                }) => {
+                    self.ensure_stack(&header);
+                    let leaving: Vec<IpAddr> = removed
+                        .iter()
+                        .filter_map(|id| self.dispatcher.admissions().by_id(id))
+                        .map(|a| IpAddr::V4(a.client_address()))
+                        .collect();
+                    self.say_goodbye(leaving, now);
+                    let outcome = self.dispatcher.apply_diff(&header, &changed, &removed, now);
+                    tracing::debug!(
+                        version = header.version,
+                        added = outcome.added.len(),
+                        removed = outcome.removed.len(),
+                        "feed diff applied"
+                    );
+                    let _ = done.send(header.version);
                 }
                 Ok(Control::Stats(reply)) => {
                     let _ = reply.send(self.dispatcher.stats(now));

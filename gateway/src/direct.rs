@@ -15,7 +15,7 @@
 
 use crate::runtime::ServiceSpec;
 use proto::api::AccessMode;
-use proto::feed::FeedState;
+use proto::feed::{FeedAdmission, FeedState};
 use proto::BindingPolicy;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -38,7 +38,8 @@ struct Allowed {
 
 #[derive(Debug, Default)]
 struct Shared {
-    allowed: Vec<Allowed>,
+    /// What each direct admission allows, by admission id.
+    allowed: HashMap<String, Vec<Allowed>>,
     conns: HashMap<u64, Conn>,
     next_conn: u64,
     accepted: u64,
@@ -56,7 +57,8 @@ struct Conn {
 impl Shared {
     fn covers(&self, source: IpAddr, port: u16, now: Instant) -> bool {
         self.allowed
-            .iter()
+            .values()
+            .flatten()
             .any(|a| a.port == port && a.deadline > now && a.net.contains(&source))
     }
 
@@ -144,29 +146,70 @@ impl DirectProxy {
         &self.ports
     }
 
+    /// What admission `a` allows (nothing unless it is a direct one).
+    fn allowance(
+        &self,
+        a: &FeedAdmission,
+        server_time: time::OffsetDateTime,
+        received: Instant,
+    ) -> Vec<Allowed> {
+        if a.mode != AccessMode::Direct || a.binding == BindingPolicy::FirstHandshake {
+            return Vec::new();
+        }
+        let Ok(remaining) = Duration::try_from(a.expires_at - server_time) else {
+            return Vec::new();
+        };
+        a.services
+            .iter()
+            .filter_map(|s| self.ports.get(s))
+            .map(|&port| Allowed {
+                net: a.binding.network(a.source.to_canonical()),
+                port,
+                deadline: received + remaining,
+            })
+            .collect()
+    }
+
     /// Takes the direct admissions of `state` (received at `received`)
     /// and resets the connections none of them covers any more.
     pub fn apply(&self, state: &FeedState, received: Instant) {
-        let mut allowed = Vec::new();
-        for a in &state.admissions {
-            if a.mode != AccessMode::Direct || a.binding == BindingPolicy::FirstHandshake {
-                continue;
-            }
-            let Ok(remaining) = Duration::try_from(a.expires_at - state.server_time) else {
-                continue;
-            };
-            for s in &a.services {
-                if let Some(&port) = self.ports.get(s) {
-                    allowed.push(Allowed {
-                        net: a.binding.network(a.source.to_canonical()),
-                        port,
-                        deadline: received + remaining,
-                    });
-                }
-            }
-        }
+        let allowed: HashMap<String, Vec<Allowed>> = state
+            .admissions
+            .iter()
+            .map(|a| (a.id.clone(), self.allowance(a, state.server_time, received)))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
         let mut sh = lock(&self.shared);
         sh.allowed = allowed;
+        Self::settle(&mut sh);
+    }
+
+    /// Takes in a feed diff (changed admissions and removed ids, received
+    /// at `received`) on top of what is held, and resets the connections
+    /// none of the admissions covers any more.
+    pub fn apply_diff(
+        &self,
+        changed: &[FeedAdmission],
+        removed: &[String],
+        server_time: time::OffsetDateTime,
+        received: Instant,
+    ) {
+        let mut sh = lock(&self.shared);
+        for id in removed {
+            sh.allowed.remove(id);
+        }
+        for a in changed {
+            let v = self.allowance(a, server_time, received);
+            if v.is_empty() {
+                sh.allowed.remove(&a.id);
+            } else {
+                sh.allowed.insert(a.id.clone(), v);
+            }
+        }
+        Self::settle(&mut sh);
+    }
+
+    fn settle(sh: &mut Shared) {
         let n = sh.sweep(Instant::now());
         if n > 0 {
             tracing::info!(reset = n, "direct connections of ended admissions reset");
@@ -180,7 +223,7 @@ impl DirectProxy {
         services.sort();
         DirectStatus {
             services,
-            admitted_sources: sh.allowed.len(),
+            admitted_sources: sh.allowed.values().map(Vec::len).sum(),
             connections: sh.conns.len(),
             accepted: sh.accepted,
             refused: sh.refused,

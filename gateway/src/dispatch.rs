@@ -29,7 +29,7 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{HandshakeInit, Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use proto::feed::FeedState;
+use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, WgKey};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -645,6 +645,24 @@ impl Dispatcher {
     /// [`PeerEvent::Removed`] tells the driver to close their connections.
     pub fn apply(&mut self, state: &FeedState, now: Instant) -> ApplyOutcome {
         let outcome = self.table.apply(state, now);
+        self.settle(outcome)
+    }
+
+    /// Like [`Dispatcher::apply`], for a feed diff on top of what is held
+    /// (see [`AdmissionTable::apply_diff`]): the cost follows the change.
+    pub fn apply_diff(
+        &mut self,
+        header: &FeedState,
+        changed: &[FeedAdmission],
+        removed: &[String],
+        now: Instant,
+    ) -> ApplyOutcome {
+        let outcome = self.table.apply_diff(header, changed, removed, now);
+        self.settle(outcome)
+    }
+
+    /// Acts on what a table change did: peers forgotten, made, updated.
+    fn settle(&mut self, outcome: ApplyOutcome) -> ApplyOutcome {
         for removed in &outcome.removed {
             self.forget_peer(&removed.admission, removed.cause);
         }

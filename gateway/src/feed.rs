@@ -24,7 +24,7 @@
 //! plane leaves them out of a whole answer.
 
 use control_client::{ClientError, ControlClient};
-use proto::feed::{DiffMismatch, FeedMirror, FeedState, FeedUpdate};
+use proto::feed::{DiffMismatch, FeedAdmission, FeedMirror, FeedState, FeedUpdate};
 use std::time::{Duration, Instant};
 
 /// How often the follower asks for the whole set even though diffs keep
@@ -57,6 +57,20 @@ pub async fn fetch(
 }
 
 /// The desired set as the gateway holds it, and what to ask for next.
+/// What one feed answer asks the gateway to apply.
+#[derive(Debug, Clone)]
+pub enum Absorbed {
+    /// The whole desired set.
+    Whole(FeedState),
+    /// Changes on top of the version held before: `header` is the answer
+    /// with no admissions (version, server time, service address).
+    Diff {
+        header: FeedState,
+        changed: Vec<FeedAdmission>,
+        removed: Vec<String>,
+    },
+}
+
 #[derive(Debug, Default)]
 pub struct DesiredSet {
     mirror: FeedMirror,
@@ -98,6 +112,40 @@ impl DesiredSet {
 
     pub fn mirror(&self) -> &FeedMirror {
         &self.mirror
+    }
+
+    /// Takes in one answer. A whole set comes back whole; a diff that fits
+    /// comes back as the diff (the answer's header, its changed admissions
+    /// and removed ids), without building the whole set, so applying it
+    /// costs what the change costs. A diff that does not fit changes
+    /// nothing and asks for the whole set next.
+    pub fn absorb_update(
+        &mut self,
+        update: FeedUpdate,
+        now: Instant,
+    ) -> Result<Absorbed, DiffMismatch> {
+        if update.is_full() {
+            return self.absorb(update, now).map(Absorbed::Whole);
+        }
+        let changed = update.admissions.clone();
+        let removed = update.removed.clone();
+        let header = FeedState {
+            server: update.server.clone(),
+            version: update.version,
+            server_time: update.server_time,
+            service_address: update.service_address,
+            admissions: Vec::new(),
+        };
+        if let Err(e) = self.mirror.apply(update) {
+            self.want_whole = true;
+            return Err(e);
+        }
+        self.want_whole = false;
+        Ok(Absorbed::Diff {
+            header,
+            changed,
+            removed,
+        })
     }
 
     /// Takes in one answer and returns the whole desired set to apply. A

@@ -12,7 +12,7 @@
 use crate::datapath::{Control, ControlTx, DataPath};
 use crate::direct::{DirectProxy, DirectStatus};
 use crate::dispatch::{Dispatcher, DispatcherConfig, GatewayStats};
-use crate::feed::{self, DesiredSet};
+use crate::feed::{self, Absorbed, DesiredSet};
 use crate::filter::{Filter, FilterStatus, NftError, PrefilterMode};
 use crate::identity::{Identity, IdentityError};
 use control_client::{ClientError, ControlClient, Trust};
@@ -608,41 +608,55 @@ async fn follow_feed(
             Ok(update) => {
                 backoff = Duration::from_millis(100);
                 let received = Instant::now();
-                // A diff goes to the pre-filter as a diff: its cost then
-                // follows the change, not the number of admissions.
-                let mut diff = (!update.is_full() && filter_synced).then(|| {
-                    (
-                        update.admissions.clone(),
-                        update.removed.clone(),
-                        update.server_time,
-                    )
-                });
-                let mut state = match desired.absorb(update, received) {
-                    Ok(state) => state,
+                // A diff goes to the pre-filter, the direct proxy and the
+                // data path as a diff: applying it then costs what the
+                // change costs, not what the whole set does.
+                let absorbed = match desired.absorb_update(update, received) {
+                    Ok(a) => a,
                     Err(e) => {
                         tracing::info!(error = %e, "feed diff does not fit");
                         continue;
                     }
                 };
-                let version = state.version;
-                let server = state.server.clone();
+                let (version, server) = match &absorbed {
+                    Absorbed::Whole(state) => (state.version, state.server.clone()),
+                    Absorbed::Diff { header, .. } => (header.version, header.server.clone()),
+                };
                 // The kernel first: a version is acknowledged only once
                 // its sources (tunnel and direct) are admitted there. The
                 // netlink and `nft` calls block, so they run off the async
-                // workers.
+                // workers. A pre-filter that missed a version takes the
+                // whole set next (see `refetch` below), never a diff.
                 let mut kernel_ok = true;
                 if let Some(filter) = &filter {
                     let f = filter.clone();
-                    let whole = diff.is_none().then(|| state.clone());
-                    let diff = diff.take();
+                    let job = match &absorbed {
+                        Absorbed::Diff {
+                            header,
+                            changed,
+                            removed,
+                        } if filter_synced => Absorbed::Diff {
+                            header: header.clone(),
+                            changed: changed.clone(),
+                            removed: removed.clone(),
+                        },
+                        Absorbed::Diff { .. } => Absorbed::Whole(
+                            desired
+                                .mirror()
+                                .state()
+                                .expect("a mirror that took a diff has a state"),
+                        ),
+                        Absorbed::Whole(state) => Absorbed::Whole(state.clone()),
+                    };
                     let result = tokio::task::spawn_blocking(move || {
                         let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
-                        match (diff, whole) {
-                            (Some((changed, removed, server_time)), _) => {
-                                f.apply_diff(&changed, &removed, server_time, received)
-                            }
-                            (None, Some(state)) => f.apply(&state, received),
-                            (None, None) => Ok(Vec::new()),
+                        match job {
+                            Absorbed::Diff {
+                                header,
+                                changed,
+                                removed,
+                            } => f.apply_diff(&changed, &removed, header.server_time, received),
+                            Absorbed::Whole(state) => f.apply(&state, received),
                         }
                     })
                     .await
@@ -664,14 +678,35 @@ async fn follow_feed(
                 }
                 // Removals must take effect even when the kernel refused
                 // the version: user space applies every version.
-                if let Some(direct) = &direct {
-                    direct.apply(&state, received);
-                }
-                state
-                    .admissions
-                    .retain(|a| a.mode == proto::api::AccessMode::Tunnel);
                 let (tx, rx) = oneshot::channel();
-                if !control.send(Control::Apply(state, tx)) || rx.await.is_err() {
+                let sent = match absorbed {
+                    Absorbed::Whole(mut state) => {
+                        if let Some(direct) = &direct {
+                            direct.apply(&state, received);
+                        }
+                        state
+                            .admissions
+                            .retain(|a| a.mode == proto::api::AccessMode::Tunnel);
+                        control.send(Control::Apply(state, tx))
+                    }
+                    Absorbed::Diff {
+                        header,
+                        mut changed,
+                        removed,
+                    } => {
+                        if let Some(direct) = &direct {
+                            direct.apply_diff(&changed, &removed, header.server_time, received);
+                        }
+                        changed.retain(|a| a.mode == proto::api::AccessMode::Tunnel);
+                        control.send(Control::ApplyDiff {
+                            header,
+                            changed,
+                            removed,
+                            done: tx,
+                        })
+                    }
+                };
+                if !sent || rx.await.is_err() {
                     tracing::error!("the data path has stopped; the feed stops too");
                     return;
                 }
