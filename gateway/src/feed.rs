@@ -4,9 +4,11 @@
 //! The feed follower asks `GET /v1/gateway/feed?diff=true&after=V` with the
 //! version `V` it holds; the control plane answers with only the changes
 //! since `V` when it still remembers them, otherwise with the whole set.
-//! [`DesiredSet`] takes in both and always gives the data path the whole
-//! set, so `Dispatcher::apply` converges to the complete desired state as
-//! before. A diff that does not start at the version held, a failed
+//! [`DesiredSet`] takes in both: a whole answer is applied whole
+//! (`Dispatcher::apply` converges to the complete desired state), a diff
+//! that fits the version held is applied as a diff
+//! ([`DesiredSet::absorb_update`], `Dispatcher::apply_diff`), so a change
+//! costs what it changes. A diff that does not start at the version held, a failed
 //! request or acknowledgement, or simply time (every
 //! [`WHOLE_SET_INTERVAL`]) makes the next request ask for the whole set:
 //! the feed stays level-triggered and heals itself.

@@ -5,9 +5,10 @@
 //! answers status requests; every packet is handled on the data-path
 //! thread (`datapath`). They meet through a channel: the feed follower
 //! keeps its copy of the desired set current from the feed's diffs
-//! (`feed::DesiredSet`), hands the whole set to the data path after each
-//! answer, waits until it is applied, and only then acknowledges the
-//! version to the control plane.
+//! (`feed::DesiredSet`), applies each answer (whole, or as a diff) to the
+//! kernel pre-filter, the direct proxy and the data path, waits until it
+//! is applied, and only then acknowledges the version to the control
+//! plane.
 
 use crate::datapath::{Control, ControlTx, DataPath};
 use crate::direct::{DirectProxy, DirectStatus};
@@ -578,8 +579,8 @@ struct Appliers {
 }
 
 /// Follows the control plane's feed for ever: take in each answer (a diff
-/// or the whole set), apply the whole desired set on the data path, then
-/// acknowledge it. On errors it retries with exponential backoff and
+/// or the whole set), apply it (a diff as a diff) to the pre-filter, the
+/// direct proxy and the data path, then acknowledge it. On errors it retries with exponential backoff and
 /// jitter; meanwhile the data path keeps enforcing what it has until each
 /// admission expires (fail-static), and nothing new can be admitted
 /// (fail-closed).
