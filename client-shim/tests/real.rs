@@ -171,10 +171,7 @@ async fn renewal_keeps_a_long_download_alive() {
         ..Default::default()
     })
     .await;
-    let token = w.token().await;
-    let session = Session::connect(w.shim_config(Credentials::Token(token)))
-        .await
-        .expect("the session connects");
+    let session = w.session().await.expect("the session connects");
     let mut ev = session.events();
     let first = session.info();
     let local = session.local_addr();
@@ -232,10 +229,7 @@ async fn renewal_keeps_a_long_download_alive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_ends_an_ongoing_download_within_a_second() {
     let w = World::start(Options::default()).await;
-    let token = w.token().await;
-    let session = Session::connect(w.shim_config(Credentials::Token(token)))
-        .await
-        .expect("the session connects");
+    let session = w.session().await.expect("the session connects");
     let mut ev = session.events();
     let local = session.local_addr();
 
@@ -308,10 +302,7 @@ async fn an_admission_expiring_without_the_control_plane_resets_the_download() {
         ..Default::default()
     })
     .await;
-    let token = w.token().await;
-    let session = Session::connect(w.shim_config(Credentials::Token(token)))
-        .await
-        .expect("the session connects");
+    let session = w.session().await.expect("the session connects");
     let local = session.local_addr();
     let left = session.info().expires_at - time::OffsetDateTime::now_utc();
     let expiry = Instant::now() + Duration::try_from(left).unwrap_or_default();
@@ -357,10 +348,7 @@ async fn an_admission_expiring_without_the_control_plane_resets_the_download() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_of_an_idle_session_is_found_at_the_next_connection() {
     let w = World::start(Options::default()).await;
-    let token = w.token().await;
-    let session = Session::connect(w.shim_config(Credentials::Token(token)))
-        .await
-        .expect("the session connects");
+    let session = w.session().await.expect("the session connects");
     let local = session.local_addr();
     let body = blocking(move || get(local, "/file", Some((0, 65_535)), Reading::Fast))
         .await
@@ -406,8 +394,8 @@ async fn a_changed_source_address_leads_to_readmission() {
         ..Default::default()
     })
     .await;
-    let token = w.token().await;
-    let session = Session::connect(w.shim_config(Credentials::Token(token)))
+    let session = w
+        .session()
         .await
         .expect("the session connects through the NAT");
     let mut ev = session.events();

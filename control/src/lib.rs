@@ -151,6 +151,21 @@ impl ControlPlane {
         self.state.clone()
     }
 
+    /// Opens a control plane with its state (and a private CA) in
+    /// `state_dir` and serves it in the background on 127.0.0.1, on a free
+    /// port: what the demo and the tests run.
+    pub fn spawn_on_loopback(state_dir: PathBuf, settings: Settings) -> anyhow::Result<Serving> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .context("cannot listen on a loopback port")?;
+        ControlPlane::open(Config {
+            state_dir,
+            tls_cert: None,
+            sans: vec![],
+            settings,
+        })?
+        .spawn(listener)
+    }
+
     /// Serves HTTPS on `listener` in a background task of the current
     /// tokio runtime, until [`Serving::stop`] (or until the `Serving` is
     /// dropped). For running a control plane inside another program: the

@@ -209,17 +209,8 @@ impl DataPath {
         loop {
             match self.control.try_recv() {
                 Ok(Control::Apply(state, done)) => {
-                    self.ensure_stack(&state);
                     let leaving = self.leaving(&state);
-                    self.say_goodbye(leaving, now);
-                    let outcome = self.dispatcher.apply(&state, now);
-                    tracing::debug!(
-                        version = state.version,
-                        added = outcome.added.len(),
-                        removed = outcome.removed.len(),
-                        "feed applied"
-                    );
-                    let _ = done.send(state.version);
+                    self.take_feed(&state, leaving, now, done, |d| d.apply(&state, now));
                 }
                 Ok(Control::ApplyDiff {
                     header,
@@ -227,21 +218,14 @@ impl DataPath {
                     removed,
                     done,
                 }) => {
-                    self.ensure_stack(&header);
-                    let leaving: Vec<IpAddr> = removed
+                    let leaving = removed
                         .iter()
                         .filter_map(|id| self.dispatcher.admissions().by_id(id))
                         .map(|a| IpAddr::V4(a.client_address()))
                         .collect();
-                    self.say_goodbye(leaving, now);
-                    let outcome = self.dispatcher.apply_diff(&header, &changed, &removed, now);
-                    tracing::debug!(
-                        version = header.version,
-                        added = outcome.added.len(),
-                        removed = outcome.removed.len(),
-                        "feed diff applied"
-                    );
-                    let _ = done.send(header.version);
+                    self.take_feed(&header, leaving, now, done, |d| {
+                        d.apply_diff(&header, &changed, &removed, now)
+                    });
                 }
                 Ok(Control::Stats(reply)) => {
                     let _ = reply.send(self.dispatcher.stats(now));
@@ -250,6 +234,30 @@ impl DataPath {
                 Err(mpsc::TryRecvError::Empty) => return true,
             }
         }
+    }
+
+    /// Applies one feed version (whole, or a diff, by `apply`): the stack
+    /// for its service address first, then goodbyes to the `leaving`
+    /// clients while their tunnels exist, then the admission table;
+    /// answers with the version.
+    fn take_feed(
+        &mut self,
+        header: &FeedState,
+        leaving: Vec<IpAddr>,
+        now: Instant,
+        done: tokio::sync::oneshot::Sender<u64>,
+        apply: impl FnOnce(&mut Dispatcher) -> crate::ApplyOutcome,
+    ) {
+        self.ensure_stack(header);
+        self.say_goodbye(leaving, now);
+        let outcome = apply(&mut self.dispatcher);
+        tracing::debug!(
+            version = header.version,
+            added = outcome.added.len(),
+            removed = outcome.removed.len(),
+            "feed applied"
+        );
+        let _ = done.send(header.version);
     }
 
     /// The client addresses of admissions that `state` no longer holds.

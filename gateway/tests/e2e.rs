@@ -56,19 +56,14 @@ struct World {
 
 async fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
-    let cp = control::ControlPlane::open(control::Config {
-        state_dir: dir.path().join("control"),
-        tls_cert: None,
-        sans: vec![],
-        settings: control::Settings {
+    let serving = control::ControlPlane::spawn_on_loopback(
+        dir.path().join("control"),
+        control::Settings {
             login_per_minute: 1000,
             ..Default::default()
         },
-    })
+    )
     .unwrap();
-    let serving = cp
-        .spawn(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .unwrap();
     let ca = serving.ca_file.clone().unwrap();
     let url = serving.url.clone();
     let base = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();

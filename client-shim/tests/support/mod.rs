@@ -16,7 +16,7 @@
 
 use control_client::{ControlClient, Trust};
 use gateway::{Gateway, GatewayConfig, ServiceSpec};
-use hushgate_client_shim::{Credentials, ShimConfig};
+use hushgate_client_shim::{Credentials, Session, ShimConfig, ShimError};
 use proto::api::{CreateGrant, CreateServer, CreateUser};
 use proto::BindingPolicy;
 use std::collections::HashMap;
@@ -452,19 +452,14 @@ pub struct World {
 impl World {
     pub async fn start(opts: Options) -> World {
         let dir = tempfile::tempdir().unwrap();
-        let cp = control::ControlPlane::open(control::Config {
-            state_dir: dir.path().join("control"),
-            tls_cert: None,
-            sans: vec![],
-            settings: control::Settings {
+        let serving = control::ControlPlane::spawn_on_loopback(
+            dir.path().join("control"),
+            control::Settings {
                 login_per_minute: 1000,
                 ..Default::default()
             },
-        })
+        )
         .unwrap();
-        let serving = cp
-            .spawn(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-            .unwrap();
         let ca = serving.ca_file.clone().unwrap();
         let control_addr = serving.addr;
         let control_url = serving.url.clone();
@@ -549,6 +544,11 @@ impl World {
     }
 
     /// A shim configuration for server `den`, through the NAT if any.
+    /// A shim session for alice (logged in already: a token).
+    pub async fn session(&self) -> Result<Session, ShimError> {
+        Session::connect(self.shim_config(Credentials::Token(self.token().await))).await
+    }
+
     pub fn shim_config(&self, credentials: Credentials) -> ShimConfig {
         ShimConfig {
             control_url: match &self.nat {

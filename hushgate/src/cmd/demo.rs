@@ -87,16 +87,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     ));
 
     // The control plane.
-    let cp = control::ControlPlane::open(control::Config {
-        state_dir: dir.path().join("control"),
-        tls_cert: None,
-        sans: vec![],
-        settings: control::Settings {
+    let serving = control::ControlPlane::spawn_on_loopback(
+        dir.path().join("control"),
+        control::Settings {
             login_per_minute: 1000,
             ..Default::default()
         },
-    })?;
-    let serving = cp.spawn(std::net::TcpListener::bind("127.0.0.1:0")?)?;
+    )?;
     let ca = serving
         .ca_file
         .clone()
