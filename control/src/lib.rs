@@ -59,6 +59,49 @@ pub struct Settings {
     pub default_admission_ttl: Duration,
     /// Login attempts per minute per source address and per user name.
     pub login_per_minute: u32,
+    /// Where rate limits read the time. [`Clock::System`] in production;
+    /// tests pass a [`Clock::manual`] and move it themselves, so a limit
+    /// holds however slow the machine running them is.
+    pub clock: Clock,
+}
+
+/// The monotonic clock the control plane's rate limits read.
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// `Instant::now()`.
+    #[default]
+    System,
+    /// A clock that moves only when told to ([`ManualClock::advance`]).
+    Manual(Arc<ManualClock>),
+}
+
+impl Clock {
+    /// A manual clock starting now, and the handle that moves it.
+    pub fn manual() -> (Clock, Arc<ManualClock>) {
+        let m = Arc::new(ManualClock {
+            now: std::sync::Mutex::new(std::time::Instant::now()),
+        });
+        (Clock::Manual(m.clone()), m)
+    }
+
+    pub fn now(&self) -> std::time::Instant {
+        match self {
+            Clock::System => std::time::Instant::now(),
+            Clock::Manual(m) => *m.now.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+}
+
+/// See [`Clock::manual`].
+#[derive(Debug)]
+pub struct ManualClock {
+    now: std::sync::Mutex<std::time::Instant>,
+}
+
+impl ManualClock {
+    pub fn advance(&self, by: Duration) {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner()) += by;
+    }
 }
 
 impl Default for Settings {
@@ -70,6 +113,7 @@ impl Default for Settings {
             max_feed_wait: Duration::from_secs(60),
             default_admission_ttl: Duration::from_secs(3600),
             login_per_minute: 10,
+            clock: Clock::System,
         }
     }
 }
@@ -133,6 +177,7 @@ impl ControlPlane {
             argon_slots: tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
+            password_checks: std::sync::atomic::AtomicU64::new(0),
         });
         Ok(ControlPlane {
             state,

@@ -63,15 +63,14 @@ async fn access_is_answered_after_the_gateway_has_the_admission() {
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].state, "active");
 
-    // Revocation by the owner reaches the gateway within a second.
+    // Revocation by the owner is pushed to the gateway (the promise is a
+    // second; see PUSH_BOUND for the margin here).
     alice.revoke(&r.admission_id).await.unwrap();
     let took = gw
-        .wait_until(Duration::from_secs(1), |ids| ids.is_empty())
-        .await;
-    assert!(
-        took.is_some(),
-        "revocation did not reach the gateway within 1 s"
-    );
+        .wait_until(|ids| ids.is_empty())
+        .await
+        .expect("the revocation reached the gateway");
+    assert!(took < PUSH_BOUND, "the revocation took {took:?}");
     let audit = cp.admin.audit(100).await.unwrap();
     let events: Vec<_> = audit.iter().map(|e| e.event.as_str()).collect();
     for e in ["enrolled", "login", "access_granted", "revoked"] {
@@ -138,55 +137,73 @@ async fn offline_or_silent_gateway_gets_503_and_leaves_nothing() {
     let e = alice.access("den", key(1)).await.unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(503), Some("gateway_timeout")));
     assert!(cp.admin.list_admissions().await.unwrap().is_empty());
-    assert!(gw
-        .wait_until(Duration::from_secs(1), |ids| ids.is_empty())
-        .await
-        .is_some());
+    assert!(gw.wait_until(|ids| ids.is_empty()).await.is_some());
     cp.stop().await;
 }
 
+/// Login failures look the same whatever was wrong, each costs one full
+/// argon2 verification (an unknown user too), and the limit holds. Time
+/// comes from a manual clock, so the limit is asserted however slow the
+/// machine is; the failures' equal cost in seconds is measured in
+/// `cargo bench -p hushgate-control --bench access`.
 #[tokio::test]
 async fn login_failures_are_uniform_and_rate_limited() {
+    use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let limit = 10;
+    let (clock, hands) = control::Clock::manual();
     let settings = control::Settings {
         login_per_minute: limit,
+        clock,
         ..fast_settings()
     };
     let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
     seed(&cp.admin, "alice", "den", None).await;
     let c = cp.client();
+    let checks = || cp.state.password_checks.load(Relaxed);
+
+    let before = checks();
     let wrong = c.login("alice", "not-the-password").await.unwrap_err();
+    assert_eq!(
+        checks(),
+        before + 1,
+        "a wrong password runs one verification"
+    );
     let unknown = c.login("mallory", "whatever-password").await.unwrap_err();
+    assert_eq!(
+        checks(),
+        before + 2,
+        "an unknown user runs one verification"
+    );
     assert_eq!(wrong.status(), Some(401));
     assert_eq!(wrong.to_string(), unknown.to_string());
+    assert_eq!(wrong.code(), unknown.code());
 
-    // Same time for both: each runs a full argon2 verification. Compare
-    // the fastest of several tries (scheduling only ever adds time), and
-    // loosely: a 3x gap would mean one path skips the hash.
-    let mut t_wrong = Vec::new();
-    let mut t_unknown = Vec::new();
     for i in 0..(limit - 2) {
-        let t = std::time::Instant::now();
-        if i % 2 == 0 {
-            let _ = c.login("alice", "nope-nope-nope").await;
-            t_wrong.push(t.elapsed());
+        let e = if i % 2 == 0 {
+            c.login("alice", "nope-nope-nope").await.unwrap_err()
         } else {
-            let _ = c.login(&format!("ghost{i}"), "nope-nope-nope").await;
-            t_unknown.push(t.elapsed());
-        }
+            c.login(&format!("ghost{i}"), "nope-nope-nope")
+                .await
+                .unwrap_err()
+        };
+        assert_eq!(e.status(), Some(401));
     }
-    let fastest = |v: &[std::time::Duration]| v.iter().min().unwrap().as_secs_f64();
-    let (w, u) = (fastest(&t_wrong), fastest(&t_unknown));
-    assert!(
-        w < 3.0 * u && u < 3.0 * w,
-        "wrong {w:.4}s vs unknown {u:.4}s"
-    );
+    assert_eq!(checks(), before + u64::from(limit));
 
     // One attempt more than the limit from this address within a minute
-    // is refused, even with the right password.
+    // is refused, even with the right password, and costs no verification.
     let e = c.login("alice", "password-of-alice").await.unwrap_err();
     assert_eq!((e.status(), e.code()), (Some(429), Some("rate_limited")));
+    assert_eq!(checks(), before + u64::from(limit));
+
+    // Seven seconds later one attempt is back (ten a minute), and only one.
+    hands.advance(std::time::Duration::from_secs(7));
+    c.login("alice", "password-of-alice")
+        .await
+        .expect("a token came back");
+    let e = c.login("alice", "password-of-alice").await.unwrap_err();
+    assert_eq!(e.status(), Some(429));
     cp.stop().await;
 }
 
@@ -349,12 +366,18 @@ async fn expiry_and_grant_removal_reach_the_gateway() {
     let r = alice.access("den", key(1)).await.unwrap();
     let id = r.admission_id.clone();
     assert!(gw.admission_ids().contains(&id));
-    // ttl is 1 s: gone from the feed within ~1 s of expiring.
+    // ttl is 1 s: gone from the feed when it expires (not before; after,
+    // within the push bound), not at the next long-poll.
+    let left = r.expires_at - time::OffsetDateTime::now_utc();
     let took = gw
-        .wait_until(Duration::from_secs(3), |ids| !ids.contains(&id))
+        .wait_until(|ids| !ids.contains(&id))
         .await
         .expect("expired admission left the feed");
-    assert!(took < Duration::from_millis(2200), "took {took:?}");
+    assert!(
+        time::Duration::try_from(took).unwrap() >= left - time::Duration::milliseconds(50),
+        "removed {took:?} after the request, before its expiry ({left} later)"
+    );
+    assert!(took < PUSH_BOUND, "took {took:?}");
     let audit = cp.admin.audit(100).await.unwrap();
     assert!(audit
         .iter()
@@ -369,7 +392,7 @@ async fn expiry_and_grant_removal_reach_the_gateway() {
     let r = alice.access("den", key(3)).await.unwrap();
     cp.admin.delete_grant("alice", "den").await.unwrap();
     assert!(gw
-        .wait_until(Duration::from_secs(1), |ids| !ids.contains(&r.admission_id))
+        .wait_until(|ids| !ids.contains(&r.admission_id))
         .await
         .is_some());
     let e = alice.access("den", key(4)).await.unwrap_err();
@@ -543,7 +566,7 @@ async fn the_feed_sends_only_what_changed_since_the_version_held() {
     let whole = gateway_feed(&cp, &gw, None).await;
     assert!(whole.is_full());
     assert!(gw
-        .wait_until(Duration::from_secs(2), |_| gw.version() == whole.version)
+        .wait_until(|_| gw.version() == whole.version)
         .await
         .is_some());
     assert_eq!(gw.state().admissions, whole.admissions);
@@ -623,10 +646,7 @@ async fn an_unknown_old_or_future_version_gets_the_whole_set() {
         .unwrap();
     assert_eq!(u.base, Some(current));
     assert_eq!(u.removed, vec![ids[0].clone()]);
-    assert!(gw
-        .wait_until(Duration::from_secs(1), |got| got == &ids[1..])
-        .await
-        .is_some());
+    assert!(gw.wait_until(|got| got == &ids[1..]).await.is_some());
     cp.stop().await;
 }
 
@@ -662,7 +682,7 @@ async fn every_change_reaches_a_diff_following_gateway() {
         loop {
             let whole = feed_update(&feed, None, Duration::ZERO).await.unwrap();
             assert!(gw
-                .wait_until(Duration::from_secs(2), |_| gw.version() >= whole.version)
+                .wait_until(|_| gw.version() >= whole.version)
                 .await
                 .is_some());
             let st = gw.state();
@@ -686,9 +706,7 @@ async fn every_change_reaches_a_diff_following_gateway() {
     // User deletion removes bob's admissions, one version each.
     cp.admin.delete_user("bob").await.unwrap();
     assert!(gw
-        .wait_until(Duration::from_secs(1), |ids| !ids
-            .contains(&b1.admission_id)
-            && !ids.contains(&b2.admission_id))
+        .wait_until(|ids| !ids.contains(&b1.admission_id) && !ids.contains(&b2.admission_id))
         .await
         .is_some());
     same().await;
@@ -697,8 +715,7 @@ async fn every_change_reaches_a_diff_following_gateway() {
     let a2 = alice.access("den", key(4)).await.unwrap();
     alice.renew(&a2.admission_id).await.unwrap();
     assert!(gw
-        .wait_until(Duration::from_secs(4), |ids| !ids
-            .contains(&a1.admission_id))
+        .wait_until(|ids| !ids.contains(&a1.admission_id))
         .await
         .is_some());
     same().await;
@@ -707,8 +724,7 @@ async fn every_change_reaches_a_diff_following_gateway() {
     let a3 = alice.access("den", key(5)).await.unwrap();
     cp.admin.delete_grant("alice", "den").await.unwrap();
     assert!(gw
-        .wait_until(Duration::from_secs(1), |ids| !ids
-            .contains(&a3.admission_id))
+        .wait_until(|ids| !ids.contains(&a3.admission_id))
         .await
         .is_some());
     same().await;
@@ -732,10 +748,7 @@ async fn a_new_gateway_key_ends_every_admission_in_the_feed() {
         .unwrap();
     assert_eq!((u.base, u.version), (None, held + 1));
     assert!(u.admissions.is_empty());
-    assert!(gw
-        .wait_until(Duration::from_secs(1), |ids| ids.is_empty())
-        .await
-        .is_some());
+    assert!(gw.wait_until(|ids| ids.is_empty()).await.is_some());
     cp.stop().await;
 }
 
@@ -787,7 +800,7 @@ async fn users_cannot_touch_each_others_admissions_and_narrowed_grants_bite() {
         .await
         .unwrap();
     assert!(gw
-        .wait_until(Duration::from_secs(1), |ids| !ids.contains(&r.admission_id))
+        .wait_until(|ids| !ids.contains(&r.admission_id))
         .await
         .is_some());
     assert_eq!(
@@ -946,7 +959,7 @@ async fn direct_access_opens_a_port_to_the_source_only_where_the_grant_allows() 
     assert!(renewed.expires_at >= d.expires_at);
     alice.revoke(&d.admission_id).await.unwrap();
     assert!(gw
-        .wait_until(Duration::from_secs(1), |ids| !ids.contains(&d.admission_id))
+        .wait_until(|ids| !ids.contains(&d.admission_id))
         .await
         .is_some());
 

@@ -349,7 +349,9 @@ async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
 
     // Revocation removes the peer: the client's next download gets nothing.
     alice.revoke(&access.admission_id).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
+    // (Generous: the machine running the tests may be busy; the netns
+    // harness checks the one-second promise with real processes.)
+    let deadline = Instant::now() + Duration::from_secs(20);
     while w.gateway.status().await.unwrap().gateway.peers.len() == 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -463,7 +465,7 @@ async fn a_flood_from_a_stranger_is_drained_and_does_not_silence_the_gateway() {
                 .drops
                 .get(hushgate_gateway::DropReason::UnknownSource)
         };
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = counted().await;
         loop {
             tokio::time::sleep(Duration::from_millis(300)).await;
