@@ -115,7 +115,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(EndReason::Revoked { message }) => {
             anyhow::bail!("access to server '{}' was revoked: {message}", a.server)
         }
-        Some(EndReason::Failed { message }) => anyhow::bail!("the session ended: {message}"),
+        Some(EndReason::Failed { message, .. }) => anyhow::bail!("the session ended: {message}"),
     }
 }
 
