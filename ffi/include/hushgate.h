@@ -6,7 +6,8 @@
  * codes, and who frees what.
  *
  * Link with -lhushgate_ffi (libhushgate_ffi.so or libhushgate_ffi.a;
- * the static library also needs -lpthread -ldl -lm).
+ * the static library also needs what `rustc --print native-static-libs`
+ * lists: -lgcc_s -lutil -lrt -lpthread -lm -ldl).
  */
 
 #ifndef HUSHGATE_H

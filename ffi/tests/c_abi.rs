@@ -13,7 +13,12 @@
 //! - ffprobe and ffmpeg play a real MP4 through a session the C program
 //!   holds: seeks (range requests), connections the media server drops
 //!   mid-body, and a full decode identical frame for frame to the file
-//!   read from disk.
+//!   read from disk;
+//! - the documented example (`examples/player.c`), linked statically,
+//!   serves a download;
+//! - from Rust, through the same functions, what a C program cannot
+//!   provoke here: the device's public address changes, and the session
+//!   announces `HG_EVENT_READMITTED` with the same local address.
 //!
 //! Settings reach the programs through the environment (the password
 //! never goes on a command line). The tools (`cc`, `valgrind`, `ffmpeg`,
@@ -70,26 +75,40 @@ fn require(tool: &str, package: &str) {
     );
 }
 
-/// The C program, compiled once per test run.
+/// Compiles `source` (relative to the workspace) with the header, linked
+/// with the shared library (or the static one), as an app would.
+fn compile(source: &str, name: &str, statically: bool) -> PathBuf {
+    require("cc", "build-essential");
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let lib = lib_dir();
+    let mut cc = std::process::Command::new("cc");
+    cc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
+        .arg(workspace().join(source))
+        .arg(format!("-I{}", workspace().join("ffi/include").display()));
+    if statically {
+        // What `rustc --print native-static-libs` lists for the archive.
+        cc.arg(lib.join("libhushgate_ffi.a")).args([
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lpthread",
+            "-lm",
+            "-ldl",
+        ]);
+    } else {
+        cc.arg(format!("-L{}", lib.display()))
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .args(["-lhushgate_ffi", "-lpthread"]);
+    }
+    let status = cc.arg("-o").arg(&out).status().expect("cc runs");
+    assert!(status.success(), "{source} does not compile");
+    out
+}
+
+/// The C test program, compiled once per test run.
 fn c_program() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| {
-        require("cc", "build-essential");
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("hushgate-session-c");
-        let lib = lib_dir();
-        let status = std::process::Command::new("cc")
-            .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-O1"])
-            .arg(workspace().join("ffi/tests/c/session.c"))
-            .arg(format!("-I{}", workspace().join("ffi/include").display()))
-            .arg(format!("-L{}", lib.display()))
-            .arg(format!("-Wl,-rpath,{}", lib.display()))
-            .args(["-lhushgate_ffi", "-lpthread", "-o"])
-            .arg(&out)
-            .status()
-            .expect("cc runs");
-        assert!(status.success(), "the C test program does not compile");
-        out
-    })
+    EXE.get_or_init(|| compile("ffi/tests/c/session.c", "hushgate-session-c", false))
 }
 
 fn hex(b: &[u8]) -> String {
@@ -476,5 +495,213 @@ async fn ffmpeg_plays_a_real_mp4_through_a_c_session_with_seeks_and_dropped_conn
         status.success() && out.contains("STOPPED"),
         "({status}):\n{out}\nstderr:\n{err}"
     );
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_example_links_statically_and_serves_the_player() {
+    let exe = compile("ffi/examples/player.c", "hushgate-example-player", true);
+    let w = World::start(Options::default()).await;
+    let mut cmd = Command::new(exe);
+    cmd.env("HUSHGATE_CONTROL", &w.control_url)
+        .env("HUSHGATE_CA", &w.ca)
+        .env("HUSHGATE_USER", USER)
+        .env("HUSHGATE_PASSWORD", PASSWORD)
+        .env("HUSHGATE_SERVER", SERVER);
+    let mut p = Running::spawn(cmd);
+    let play = p.line("play http://", PATIENCE).await;
+    let local: std::net::SocketAddr = play
+        .trim_start_matches("play http://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let body = tokio::task::spawn_blocking(move || {
+        support::get(
+            local,
+            "/file",
+            Some((0, (1 << 20) - 1)),
+            support::Reading::Fast,
+        )
+    })
+    .await
+    .unwrap()
+    .expect("the player's download");
+    assert!(body == w.upstream.file[..1 << 20]);
+    p.close_stdin();
+    let (status, out, err) = p.finish(PATIENCE).await;
+    assert!(
+        status.success() && out.contains("stopped"),
+        "({status}):\n{out}\nstderr:\n{err}"
+    );
+    assert!(
+        err.contains("ready: point the player at"),
+        "the callback reported nothing: {err}"
+    );
+    // Stopping revoked the admission.
+    assert!(w.admin.list_admissions().await.unwrap().is_empty());
+    w.stop().await;
+}
+
+/// The C functions called from Rust: a session behind the test NAT,
+/// whose public address then changes. The session must announce the
+/// loss, the re-admission (same local address, new admission) and work
+/// again, all through the ABI's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_address_change_the_session_is_readmitted_on_the_same_local_address() {
+    use hushgate_ffi::*;
+    use std::ffi::{CStr, CString};
+
+    let w = World::start(Options {
+        nat: true,
+        ..Default::default()
+    })
+    .await;
+    let url = CString::new(w.nat.as_ref().unwrap().control_url()).unwrap();
+    let ca = CString::new(std::fs::read(&w.ca).unwrap()).unwrap();
+    let server = CString::new(SERVER).unwrap();
+    let (user, password) = (CString::new(USER).unwrap(), CString::new(PASSWORD).unwrap());
+    struct Handle(*mut hg_session);
+    // SAFETY: the ABI promises a handle is usable from any thread.
+    unsafe impl Send for Handle {}
+    impl Handle {
+        // Closures capture the whole handle through this (a field alone
+        // would be captured as a bare pointer, which is not Send).
+        fn ptr(&self) -> *mut hg_session {
+            self.0
+        }
+    }
+    let mut s = Handle(std::ptr::null_mut());
+    // SAFETY: valid C strings and out-pointer, as the header asks.
+    unsafe {
+        assert_eq!(
+            hg_session_new(url.as_ptr(), ca.as_ptr(), server.as_ptr(), &mut s.0),
+            hg_status::HG_OK
+        );
+        assert_eq!(
+            hg_session_set_credential(
+                s.ptr(),
+                hg_credential_kind::HG_CREDENTIAL_PASSWORD as i32,
+                user.as_ptr(),
+                password.as_ptr()
+            ),
+            hg_status::HG_OK
+        );
+        assert_eq!(hg_session_start(s.ptr()), hg_status::HG_OK);
+    }
+    // Blocking calls run off the test's runtime, as an app's thread would.
+    let (s, events) = tokio::task::spawn_blocking(move || {
+        // SAFETY: a live handle.
+        assert_eq!(
+            unsafe { hg_session_wait_ready(s.ptr(), 60_000) },
+            hg_status::HG_OK
+        );
+        (s, ())
+    })
+    .await
+    .unwrap();
+    let _ = events;
+    let local = {
+        let mut p = std::ptr::null_mut();
+        // SAFETY: a live handle; the string is ours to free.
+        unsafe {
+            assert_eq!(hg_session_local_addr(s.ptr(), &mut p), hg_status::HG_OK);
+            let a: std::net::SocketAddr = CStr::from_ptr(p).to_str().unwrap().parse().unwrap();
+            hg_string_free(p);
+            a
+        }
+    };
+    let first = w.admin.list_admissions().await.unwrap();
+    assert_eq!(first.len(), 1);
+
+    w.nat
+        .as_ref()
+        .unwrap()
+        .change_address("127.0.0.2".parse().unwrap());
+    // The player keeps playing: traffic into the tunnel is what reveals
+    // that the gateway no longer answers (after WireGuard's 15 s). This
+    // download may break.
+    let during =
+        std::thread::spawn(move || support::get(local, "/file", None, support::Reading::Fast));
+    // The events until the re-admission, taken with the poll function.
+    let (s, kinds, readmitted_at) = tokio::task::spawn_blocking(move || {
+        let mut kinds = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            let mut ev = std::ptr::null_mut();
+            // SAFETY: a live handle; each event is freed once.
+            unsafe {
+                assert_eq!(
+                    hg_session_poll_event(s.ptr(), 1000, &mut ev),
+                    hg_status::HG_OK
+                );
+                if ev.is_null() {
+                    continue;
+                }
+                let (kind, addr) = ((*ev).kind, (*ev).local_addr);
+                let addr =
+                    (!addr.is_null()).then(|| CStr::from_ptr(addr).to_str().unwrap().to_string());
+                hg_event_free(ev);
+                kinds.push(kind);
+                if kind == hg_event_kind::HG_EVENT_READMITTED {
+                    return (s, kinds, addr);
+                }
+                assert!(
+                    !matches!(
+                        kind,
+                        hg_event_kind::HG_EVENT_FAILED | hg_event_kind::HG_EVENT_REVOKED
+                    ),
+                    "the session ended: {kinds:?}"
+                );
+            }
+        }
+        panic!("no re-admission within 120 s; events {kinds:?}");
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        readmitted_at,
+        Some(local.to_string()),
+        "the same local address"
+    );
+    assert!(kinds.contains(&hg_event_kind::HG_EVENT_LOST), "{kinds:?}");
+    let mut state = hg_state::HG_STATE_IDLE;
+    // SAFETY: a live handle and a writable out-pointer.
+    assert_eq!(
+        unsafe { hg_session_state(s.ptr(), &mut state) },
+        hg_status::HG_OK
+    );
+    assert_eq!(state, hg_state::HG_STATE_READY);
+    let _ = tokio::task::spawn_blocking(move || during.join()).await;
+    // The session revokes the old admission right after the new one.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let now = loop {
+        let now = w.admin.list_admissions().await.unwrap();
+        if now.len() == 1 || tokio::time::Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(now.len(), 1, "the old admission was revoked: {now:?}");
+    assert_ne!(now[0].id, first[0].id);
+    assert_eq!(now[0].source.to_string(), "127.0.0.2");
+    let body = tokio::task::spawn_blocking(move || {
+        support::get(
+            local,
+            "/file",
+            Some((0, (1 << 20) - 1)),
+            support::Reading::Fast,
+        )
+    })
+    .await
+    .unwrap()
+    .expect("a download after the re-admission");
+    assert!(body == w.upstream.file[..1 << 20]);
+    tokio::task::spawn_blocking(move || {
+        // SAFETY: the live handle, freed once, used by no one else.
+        unsafe { hg_session_free(s.ptr()) }
+    })
+    .await
+    .unwrap();
+    assert!(w.admin.list_admissions().await.unwrap().is_empty());
     w.stop().await;
 }
