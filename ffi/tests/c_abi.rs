@@ -589,17 +589,16 @@ async fn after_an_address_change_the_session_is_readmitted_on_the_same_local_add
         assert_eq!(hg_session_start(s.ptr()), hg_status::HG_OK);
     }
     // Blocking calls run off the test's runtime, as an app's thread would.
-    let (s, events) = tokio::task::spawn_blocking(move || {
+    let s = tokio::task::spawn_blocking(move || {
         // SAFETY: a live handle.
         assert_eq!(
             unsafe { hg_session_wait_ready(s.ptr(), 60_000) },
             hg_status::HG_OK
         );
-        (s, ())
+        s
     })
     .await
     .unwrap();
-    let _ = events;
     let local = {
         let mut p = std::ptr::null_mut();
         // SAFETY: a live handle; the string is ours to free.
