@@ -3,6 +3,7 @@ pub mod connect;
 pub mod control;
 pub mod demo;
 pub mod gateway;
+pub mod qr;
 
 /// Reads a secret from an environment variable or, failing that, the first
 /// line of standard input: never from the command line, where `ps` and
