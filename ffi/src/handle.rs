@@ -118,6 +118,27 @@ impl Shared {
         self.status.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits for the next change, up to `deadline` (`None`: without
+    /// limit). `Err` gives the lock back when the deadline has passed.
+    fn wait<'a>(
+        &'a self,
+        st: MutexGuard<'a, Status>,
+        deadline: Option<Instant>,
+    ) -> Result<MutexGuard<'a, Status>, MutexGuard<'a, Status>> {
+        let Some(d) = deadline else {
+            return Ok(self.changed.wait(st).unwrap_or_else(|p| p.into_inner()));
+        };
+        let left = d.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(st);
+        }
+        Ok(self
+            .changed
+            .wait_timeout(st, left)
+            .unwrap_or_else(|p| p.into_inner())
+            .0)
+    }
+
     /// Applies one step to the tracker and publishes the event it makes.
     fn apply(&self, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
         let mut st = self.lock();
@@ -343,25 +364,18 @@ impl hg_session {
             return Ok(());
         };
         let _ = stop.send(true);
-        let deadline = Instant::now() + STOP_PATIENCE;
+        let deadline = Some(Instant::now() + STOP_PATIENCE);
         let mut st = self.shared.lock();
         while !(st.tracker.is_final() && st.to_deliver.is_empty() && !st.delivering) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::new(
+            st = self.shared.wait(st, deadline).map_err(|_| {
+                Error::new(
                     hg_status::HG_ERR_INTERNAL,
                     format!(
                         "the session did not stop within {} s (please report this)",
                         STOP_PATIENCE.as_secs()
                     ),
-                ));
-            }
-            st = self
-                .shared
-                .changed
-                .wait_timeout(st, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+                )
+            })?;
         }
         Ok(())
     }
@@ -397,30 +411,15 @@ impl hg_session {
             if let Some((code, message)) = t.end() {
                 return Err(Error::new(*code, message.clone()));
             }
-            st = match deadline {
-                None => self
-                    .shared
-                    .changed
-                    .wait(st)
-                    .unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(Error::new(
-                            hg_status::HG_ERR_TIMEOUT,
-                            format!(
-                                "the session is not ready yet (state {:?})",
-                                st.tracker.state()
-                            ),
-                        ));
-                    }
-                    self.shared
-                        .changed
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
+            st = self.shared.wait(st, deadline).map_err(|st| {
+                Error::new(
+                    hg_status::HG_ERR_TIMEOUT,
+                    format!(
+                        "the session is not ready yet (state {:?})",
+                        st.tracker.state()
+                    ),
+                )
+            })?;
         }
     }
 
@@ -433,24 +432,7 @@ impl hg_session {
                 let missed = std::mem::take(&mut st.missed);
                 return Some(OwnedEvent::new(&u, missed));
             }
-            st = match deadline {
-                None => self
-                    .shared
-                    .changed
-                    .wait(st)
-                    .unwrap_or_else(|p| p.into_inner()),
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return None;
-                    }
-                    self.shared
-                        .changed
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
-            };
+            st = self.shared.wait(st, deadline).ok()?;
         }
     }
 }

@@ -226,6 +226,19 @@ impl Running {
     }
 }
 
+/// Downloads the test file's first MiB through `local` (a player's
+/// range request) and checks it byte for byte.
+async fn first_mib_intact(w: &World, local: std::net::SocketAddr, what: &str) {
+    let range = Some((0, (1 << 20) - 1));
+    let body = tokio::task::spawn_blocking(move || {
+        support::get(local, "/file", range, support::Reading::Fast)
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(body == w.upstream.file[..1 << 20], "{what}: bytes differ");
+}
+
 /// Revokes every admission of the test user through the admin API, as an
 /// operator would; returns how many.
 async fn revoke_all(w: &World) -> usize {
@@ -515,18 +528,7 @@ async fn the_documented_example_links_statically_and_serves_the_player() {
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    let body = tokio::task::spawn_blocking(move || {
-        support::get(
-            local,
-            "/file",
-            Some((0, (1 << 20) - 1)),
-            support::Reading::Fast,
-        )
-    })
-    .await
-    .unwrap()
-    .expect("the player's download");
-    assert!(body == w.upstream.file[..1 << 20]);
+    first_mib_intact(&w, local, "the player's download").await;
     p.close_stdin();
     let (status, out, err) = p.finish(PATIENCE).await;
     assert!(
@@ -683,18 +685,7 @@ async fn after_an_address_change_the_session_is_readmitted_on_the_same_local_add
     assert_eq!(now.len(), 1, "the old admission was revoked: {now:?}");
     assert_ne!(now[0].id, first[0].id);
     assert_eq!(now[0].source.to_string(), "127.0.0.2");
-    let body = tokio::task::spawn_blocking(move || {
-        support::get(
-            local,
-            "/file",
-            Some((0, (1 << 20) - 1)),
-            support::Reading::Fast,
-        )
-    })
-    .await
-    .unwrap()
-    .expect("a download after the re-admission");
-    assert!(body == w.upstream.file[..1 << 20]);
+    first_mib_intact(&w, local, "a download after the re-admission").await;
     tokio::task::spawn_blocking(move || {
         // SAFETY: the live handle, freed once, used by no one else.
         unsafe { hg_session_free(s.ptr()) }

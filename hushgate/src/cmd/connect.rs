@@ -198,8 +198,6 @@ async fn write_wg_config(
     password: &str,
     file: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let client = control_client::ControlClient::new(&a.control, trust)?;
     let login = client.login(&a.user, password).await?;
     let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
@@ -235,14 +233,7 @@ async fn write_wg_config(
         "Endpoint = {}\nAllowedIPs = {}/32\nPersistentKeepalive = 25\n",
         access.gateway_endpoint, access.service_address
     ));
-    let _ = std::fs::remove_file(file);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("cannot create {}", file.display()))?;
-    f.write_all(text.as_bytes())?;
+    super::write_private_file(file, text.as_bytes())?;
     show_qr(a, &text)?;
     println!(
         "wrote {}: admission {}, tunnel address {}, service at {}, expires {}",

@@ -81,19 +81,7 @@ pub fn png(text: &str) -> anyhow::Result<Vec<u8>> {
 /// Writes the PNG of `text` to `path`: a new file, mode 0600 (it holds
 /// the private key), replacing an older one.
 pub fn write_png(text: &str, path: &Path) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let bytes = png(text)?;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(&bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    super::write_private_file(path, &png(text)?)
 }
 
 #[cfg(test)]
