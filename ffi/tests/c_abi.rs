@@ -51,16 +51,20 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Where cargo put `libhushgate_ffi.so` for this build: beside the
-/// `deps` folder holding this test's executable.
+/// Where cargo put `libhushgate_ffi.so` and `.a` for this build: the
+/// `deps` folder holding this test's executable (`cargo test` builds them
+/// there with the rlib; only `cargo build` copies them one folder up, so
+/// the copies there may be stale).
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    assert!(
-        dir.join("libhushgate_ffi.so").exists(),
-        "{} has no libhushgate_ffi.so; build the crate (cargo test -p hushgate-ffi builds it)",
-        dir.display()
-    );
+    let dir = exe.parent().unwrap().to_path_buf();
+    for f in ["libhushgate_ffi.so", "libhushgate_ffi.a"] {
+        assert!(
+            dir.join(f).exists(),
+            "{} has no {f}; cargo test -p hushgate-ffi builds it",
+            dir.display()
+        );
+    }
     dir
 }
 
@@ -692,6 +696,124 @@ async fn after_an_address_change_the_session_is_readmitted_on_the_same_local_add
     })
     .await
     .unwrap();
+    assert!(w.admin.list_admissions().await.unwrap().is_empty());
+    w.stop().await;
+}
+
+/// One handle used from several threads at once, as an app's UI, player
+/// and network threads would: readers (state, address, events) run all
+/// along while another thread starts, waits for and stops the session
+/// twice. Every call answers with a status of its own kind, and the
+/// events polled meanwhile are each run's, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_handle_is_usable_from_many_threads_at_once() {
+    use hushgate_ffi::*;
+    use std::ffi::CString;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let w = World::start(Options::default()).await;
+    let url = CString::new(w.control_url.clone()).unwrap();
+    let ca = CString::new(std::fs::read(&w.ca).unwrap()).unwrap();
+    let server = CString::new(SERVER).unwrap();
+    let (user, password) = (CString::new(USER).unwrap(), CString::new(PASSWORD).unwrap());
+    #[derive(Clone, Copy)]
+    struct Handle(*mut hg_session);
+    // SAFETY: the ABI promises a handle is usable from any thread.
+    unsafe impl Send for Handle {}
+    // SAFETY: as above; every function takes the handle by pointer and
+    // locks what it touches.
+    unsafe impl Sync for Handle {}
+    impl Handle {
+        fn ptr(self) -> *mut hg_session {
+            self.0
+        }
+    }
+    let mut raw = std::ptr::null_mut();
+    // SAFETY: valid C strings and out-pointers, as the header asks.
+    unsafe {
+        assert_eq!(
+            hg_session_new(url.as_ptr(), ca.as_ptr(), server.as_ptr(), &mut raw),
+            hg_status::HG_OK
+        );
+        assert_eq!(
+            hg_session_set_credential(
+                raw,
+                hg_credential_kind::HG_CREDENTIAL_PASSWORD as i32,
+                user.as_ptr(),
+                password.as_ptr()
+            ),
+            hg_status::HG_OK
+        );
+    }
+    let h = Handle(raw);
+    let done = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let readers: Vec<_> = (0..4)
+        .map(|i| {
+            let (done, events) = (done.clone(), events.clone());
+            std::thread::spawn(move || {
+                let mut calls = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    // SAFETY: a live handle (freed only after the readers
+                    // are joined), writable out-pointers, events freed once.
+                    unsafe {
+                        let mut st = hg_state::HG_STATE_IDLE;
+                        assert_eq!(hg_session_state(h.ptr(), &mut st), hg_status::HG_OK);
+                        let mut addr = std::ptr::null_mut();
+                        match hg_session_local_addr(h.ptr(), &mut addr) {
+                            hg_status::HG_OK => hg_string_free(addr),
+                            other => assert_eq!(other, hg_status::HG_ERR_BAD_STATE),
+                        }
+                        // One poller, so that the order it records is the
+                        // order it took the events in.
+                        if i == 0 {
+                            let mut ev = std::ptr::null_mut();
+                            assert_eq!(
+                                hg_session_poll_event(h.ptr(), 5, &mut ev),
+                                hg_status::HG_OK
+                            );
+                            if !ev.is_null() {
+                                events.lock().unwrap().push((*ev).kind);
+                                hg_event_free(ev);
+                            }
+                        }
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let h2 = h;
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..2 {
+            // SAFETY: a live handle.
+            unsafe {
+                assert_eq!(hg_session_start(h2.ptr()), hg_status::HG_OK);
+                assert_eq!(hg_session_wait_ready(h2.ptr(), 60_000), hg_status::HG_OK);
+                assert_eq!(hg_session_stop(h2.ptr()), hg_status::HG_OK);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    // Let the readers take what is left, then stop them.
+    std::thread::sleep(Duration::from_millis(100));
+    done.store(true, Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().expect("a reader panicked") > 0);
+    }
+    // SAFETY: the readers are gone; the handle is freed once.
+    unsafe { hg_session_free(h.ptr()) };
+    use hg_event_kind::*;
+    let got = events.lock().unwrap().clone();
+    let run = [HG_EVENT_CONNECTING, HG_EVENT_READY, HG_EVENT_STOPPED];
+    assert_eq!(
+        got,
+        [run, run].concat(),
+        "events in order, none lost or doubled"
+    );
     assert!(w.admin.list_admissions().await.unwrap().is_empty());
     w.stop().await;
 }
