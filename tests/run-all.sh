@@ -17,17 +17,21 @@ command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain
 command -v cc >/dev/null || die "a C compiler is missing (Debian: apt-get install build-essential); SQLite is built from source"
 [ "$(id -u)" = 0 ] || die "the netns harness needs root (network namespaces, veth, nftables); run as root"
 
-# Debian package providing each command the netns harness uses.
+# Debian package providing each command the suite uses: the netns
+# harness's tools, then those of the C ABI's tests (ffi/tests/c_abi.rs:
+# memcheck, a real player, the Python binding).
 declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
   [python3]=python3 [sysctl]=procps
+  [valgrind]=valgrind [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
 )
 missing=()
 for cmd in "${!PKG[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${PKG[$cmd]}")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   command -v apt-get >/dev/null || die "missing packages: ${missing[*]} (and no apt-get to install them)"
   say "installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -67,6 +67,33 @@ pub enum ShimError {
     Control(ClientError),
 }
 
+/// The kind of a [`ShimError`], as a plain value: for callers that must
+/// hand the reason across a boundary (the C ABI's numeric error codes in
+/// `hushgate-ffi`) or keep it after the error itself is gone
+/// ([`EndReason::Failed`](crate::EndReason::Failed)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    WrongPassword,
+    TokenRejected,
+    RateLimited,
+    NoAccess,
+    GatewayOffline,
+    GatewayUnreachable,
+    ControlUnreachable,
+    CertificateNotTrusted,
+    ListenInUse,
+    Listen,
+    BadAnswer,
+    Revoked,
+    /// The tunnel's own socket or thread failed.
+    DataPath,
+    /// The session's settings cannot work (e.g. a URL that is not https).
+    Config,
+    /// Any other control plane answer.
+    Control,
+}
+
 /// What the shim was doing when a control plane call failed, so that an
 /// API error turns into the variant a user can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +154,29 @@ impl ShimError {
                 }
             }
             other => ShimError::Control(other),
+        }
+    }
+
+    /// Which kind of error this is.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ShimError::WrongPassword { .. } => ErrorKind::WrongPassword,
+            ShimError::TokenRejected { .. } => ErrorKind::TokenRejected,
+            ShimError::RateLimited { .. } => ErrorKind::RateLimited,
+            ShimError::NoAccess { .. } => ErrorKind::NoAccess,
+            ShimError::GatewayOffline { .. } => ErrorKind::GatewayOffline,
+            ShimError::GatewayUnreachable { .. } => ErrorKind::GatewayUnreachable,
+            ShimError::ControlUnreachable { .. } => ErrorKind::ControlUnreachable,
+            ShimError::CertificateNotTrusted { .. } => ErrorKind::CertificateNotTrusted,
+            ShimError::ListenInUse { .. } => ErrorKind::ListenInUse,
+            ShimError::Listen { .. } => ErrorKind::Listen,
+            ShimError::BadAnswer(_) | ShimError::Control(ClientError::BadAnswer(_)) => {
+                ErrorKind::BadAnswer
+            }
+            ShimError::Revoked { .. } => ErrorKind::Revoked,
+            ShimError::DataPath(_) => ErrorKind::DataPath,
+            ShimError::Control(ClientError::Config(_)) => ErrorKind::Config,
+            ShimError::Control(_) => ErrorKind::Control,
         }
     }
 

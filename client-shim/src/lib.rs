@@ -43,5 +43,5 @@ mod tests;
 pub use answer::{AnswerError, TunnelParams};
 pub use control::Credentials;
 pub use control_client::Trust;
-pub use error::ShimError;
+pub use error::{ErrorKind, ShimError};
 pub use session::{EndReason, Session, SessionEvent, SessionInfo, ShimConfig};

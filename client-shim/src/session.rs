@@ -18,7 +18,7 @@ use crate::control::{ControlApi, Credentials, HttpControl};
 use crate::datapath::{
     Command, DataPathConfig, DataPathControl, DataPathHandle, Install, PathEvent,
 };
-use crate::error::ShimError;
+use crate::error::{ErrorKind, ShimError};
 use crate::schedule::{renew_delay, Backoff};
 
 /// Everything a session needs.
@@ -69,14 +69,16 @@ pub enum EndReason {
     /// Revoked at the control plane.
     Revoked { message: String },
     /// Something that retrying cannot fix.
-    Failed { message: String },
+    Failed { message: String, kind: ErrorKind },
 }
 
 impl std::fmt::Display for EndReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             EndReason::Closed => f.write_str("closed"),
-            EndReason::Revoked { message } | EndReason::Failed { message } => f.write_str(message),
+            EndReason::Revoked { message } | EndReason::Failed { message, .. } => {
+                f.write_str(message)
+            }
         }
     }
 }
@@ -405,6 +407,7 @@ impl<C: ControlApi> Supervisor<C> {
                 Wake::Path(Some(ev)) => self.on_path_event(ev).await,
                 Wake::Path(None) => Some(EndReason::Failed {
                     message: "the tunnel thread stopped".into(),
+                    kind: ErrorKind::DataPath,
                 }),
                 Wake::Timer if self.probe_at.is_some_and(|p| p <= Instant::now()) => {
                     self.probe_at = None;
@@ -445,7 +448,7 @@ impl<C: ControlApi> Supervisor<C> {
                     message: message.clone(),
                 });
             }
-            EndReason::Failed { message } => {
+            EndReason::Failed { message, .. } => {
                 tracing::warn!(server = %self.server, %message, "session failed");
             }
         }
@@ -455,7 +458,12 @@ impl<C: ControlApi> Supervisor<C> {
 
     async fn on_path_event(&mut self, ev: PathEvent) -> Option<EndReason> {
         match ev {
-            PathEvent::Failed(message) => return Some(EndReason::Failed { message }),
+            PathEvent::Failed(message) => {
+                return Some(EndReason::Failed {
+                    message,
+                    kind: ErrorKind::DataPath,
+                })
+            }
             PathEvent::Connected { generation } | PathEvent::Recovered { generation }
                 if generation == self.generation =>
             {
@@ -556,6 +564,7 @@ impl<C: ControlApi> Supervisor<C> {
             }
             Some(Err(e)) => Some(EndReason::Failed {
                 message: e.to_string(),
+                kind: e.kind(),
             }),
         }
     }
@@ -586,6 +595,7 @@ impl<C: ControlApi> Supervisor<C> {
                 if !sent {
                     return Some(EndReason::Failed {
                         message: "the tunnel thread stopped".into(),
+                        kind: ErrorKind::DataPath,
                     });
                 }
                 // Wait for the new tunnel's handshake; a new loss restarts
@@ -616,6 +626,7 @@ impl<C: ControlApi> Supervisor<C> {
             }
             Some(Err(e)) => Some(EndReason::Failed {
                 message: e.to_string(),
+                kind: e.kind(),
             }),
         }
     }

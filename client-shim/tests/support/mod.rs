@@ -54,14 +54,32 @@ pub fn test_file() -> Vec<u8> {
 /// connection.
 ///
 /// - `GET /file[?pace_ms=P&chunk=C]` serves [`test_file`] (a `Range:
-///   bytes=A-B` header gives 206 and that slice); with `pace_ms` it writes
-///   `chunk` bytes (default 64 KiB) every `P` ms, like a slow disk or a
-///   transcoder.
+///   bytes=A-B` or `bytes=A-` header gives 206 with `Content-Range` and
+///   that slice); with `pace_ms` it writes `chunk` bytes (default 64 KiB)
+///   every `P` ms, like a slow disk or a transcoder.
+/// - `GET /PATH` serves a file added with [`Upstream::add_file`], the
+///   same way (e.g. a real MP4 for a real player).
+/// - `?cut=N` on either: the server closes the connection after N bytes
+///   of the body, as a media server that drops a connection mid-body.
 /// - `GET /bytes/N` streams N bytes as fast as the socket takes them.
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
     pub file: Arc<Vec<u8>>,
+    files: Files,
+    pub stats: Arc<UpstreamStats>,
+}
+
+type Files = Arc<Mutex<HashMap<String, Arc<Vec<u8>>>>>;
+
+/// What the upstream served, for tests that must show a player used
+/// ranges and lived through dropped connections.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    /// Answers to a `Range` request that did not start at byte 0.
+    pub ranged: AtomicU64,
+    /// Connections closed mid-body (`cut`).
+    pub cut: AtomicU64,
 }
 
 impl Upstream {
@@ -69,24 +87,42 @@ impl Upstream {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let file = Arc::new(test_file());
-        let f = file.clone();
+        let files: Files = Arc::new(Mutex::new(HashMap::from([(
+            "/file".to_string(),
+            file.clone(),
+        )])));
+        let stats = Arc::new(UpstreamStats::default());
+        let (f, st) = (files.clone(), stats.clone());
         std::thread::Builder::new()
             .name("upstream".into())
             .spawn(move || {
                 for c in l.incoming() {
                     let Ok(c) = c else { continue };
-                    let f = f.clone();
+                    let (f, st) = (f.clone(), st.clone());
                     std::thread::spawn(move || {
-                        let _ = serve_http(c, &f);
+                        let _ = serve_http(c, &f, &st);
                     });
                 }
             })
             .unwrap();
-        Upstream { addr, file }
+        Upstream {
+            addr,
+            file,
+            files,
+            stats,
+        }
+    }
+
+    /// Serves `bytes` at `path` (e.g. "/movie.mp4") from now on.
+    pub fn add_file(&self, path: &str, bytes: Vec<u8>) {
+        self.files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), Arc::new(bytes));
     }
 }
 
-fn serve_http(mut c: TcpStream, file: &[u8]) -> io::Result<()> {
+fn serve_http(mut c: TcpStream, files: &Files, stats: &UpstreamStats) -> io::Result<()> {
     c.set_nodelay(true)?;
     let block: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 + 3) as u8).collect();
     let mut buf = Vec::with_capacity(4096);
@@ -117,25 +153,41 @@ fn serve_http(mut c: TcpStream, file: &[u8]) -> io::Result<()> {
         let range = lines
             .filter_map(|l| l.split_once(':'))
             .find(|(k, _)| k.trim().eq_ignore_ascii_case("range"))
-            .and_then(|(_, v)| parse_range(v.trim(), file.len()));
+            .map(|(_, v)| v.trim().to_string());
         let (path, query) = target.split_once('?').unwrap_or((&target, ""));
         let q: HashMap<&str, u64> = query
             .split('&')
             .filter_map(|kv| kv.split_once('='))
             .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
             .collect();
-        if path == "/file" {
-            let (status, body) = match range {
-                Some((a, b)) => ("206 Partial Content", &file[a..=b]),
-                None => ("200 OK", file),
+        let file = files.lock().unwrap().get(path).cloned();
+        if let Some(file) = file {
+            let range = range.and_then(|r| parse_range(&r, file.len()));
+            let (status, body, content_range) = match range {
+                Some((a, b)) => {
+                    if a > 0 {
+                        stats.ranged.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (
+                        "206 Partial Content",
+                        &file[a..=b],
+                        format!("Content-Range: bytes {a}-{b}/{}\r\n", file.len()),
+                    )
+                }
+                None => ("200 OK", &file[..], String::new()),
             };
             let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: video/mp4\r\nContent-Length: {}\r\n\r\n",
+                "HTTP/1.1 {status}\r\nContent-Type: video/mp4\r\nAccept-Ranges: bytes\r\n{content_range}Content-Length: {}\r\n\r\n",
                 body.len()
             );
             c.write_all(head.as_bytes())?;
             let pace = q.get("pace_ms").copied().unwrap_or(0);
             let chunk = q.get("chunk").copied().unwrap_or(64 << 10).max(1) as usize;
+            if let Some(&cut) = q.get("cut").filter(|&&n| (n as usize) < body.len()) {
+                c.write_all(&body[..cut as usize])?;
+                stats.cut.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
             if pace == 0 {
                 c.write_all(body)?;
             } else {

@@ -37,6 +37,15 @@ pub struct Args {
     /// the private key; the admission is not renewed and ends at its expiry.
     #[arg(long, value_name = "FILE", conflicts_with = "direct")]
     wg_config: Option<PathBuf>,
+    /// With --wg-config: also draw the configuration as a QR code on
+    /// standard output for a phone's WireGuard app to scan (the default
+    /// when standard output is a terminal). The code holds the private key.
+    #[arg(long, requires = "wg_config")]
+    qr: bool,
+    /// With --wg-config: also write the QR code as a PNG image to FILE
+    /// (mode 0600: it holds the private key).
+    #[arg(long, value_name = "FILE", requires = "wg_config")]
+    qr_png: Option<PathBuf>,
     /// Direct (firewall-only) mode, for players that cannot run a tunnel
     /// (smart TVs, consoles): ask the gateway to open the media server's
     /// port to the public address this command runs from, print where the
@@ -115,7 +124,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(EndReason::Revoked { message }) => {
             anyhow::bail!("access to server '{}' was revoked: {message}", a.server)
         }
-        Some(EndReason::Failed { message }) => anyhow::bail!("the session ended: {message}"),
+        Some(EndReason::Failed { message, .. }) => anyhow::bail!("the session ended: {message}"),
     }
 }
 
@@ -189,8 +198,6 @@ async fn write_wg_config(
     password: &str,
     file: &std::path::Path,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let client = control_client::ControlClient::new(&a.control, trust)?;
     let login = client.login(&a.user, password).await?;
     let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
@@ -226,14 +233,8 @@ async fn write_wg_config(
         "Endpoint = {}\nAllowedIPs = {}/32\nPersistentKeepalive = 25\n",
         access.gateway_endpoint, access.service_address
     ));
-    let _ = std::fs::remove_file(file);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-        .with_context(|| format!("cannot create {}", file.display()))?;
-    f.write_all(text.as_bytes())?;
+    super::write_private_file(file, text.as_bytes())?;
+    show_qr(a, &text)?;
     println!(
         "wrote {}: admission {}, tunnel address {}, service at {}, expires {}",
         file.display(),
@@ -242,5 +243,23 @@ async fn write_wg_config(
         params.service_socket(),
         when(access.expires_at)
     );
+    Ok(())
+}
+
+/// The configuration as a QR code, for the official phone apps: drawn on
+/// a terminal (or with --qr), written as a PNG with --qr-png.
+fn show_qr(a: &Args, text: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if let Some(png) = &a.qr_png {
+        super::qr::write_png(text, png)?;
+        println!(
+            "wrote {} (QR code; it holds the private key)",
+            png.display()
+        );
+    }
+    if a.qr || std::io::stdout().is_terminal() {
+        print!("{}", super::qr::terminal(text)?);
+        println!("scan it with the WireGuard app: add a tunnel, scan from QR code");
+    }
     Ok(())
 }
