@@ -324,7 +324,10 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .iter()
         .map(|e| e.event.clone())
         .collect();
-    assert_eq!(new, vec!["server_created", "enrolled"]);
+    assert_eq!(
+        new,
+        vec!["server_created", "enrollment_token_created", "enrolled"]
+    );
     cp.stop().await;
 }
 
@@ -790,6 +793,16 @@ async fn users_cannot_touch_each_others_admissions_and_narrowed_grants_bite() {
 
     // Narrowing alice's grant to a service her admission does not hold
     // ends the admission at once, and it cannot be renewed back.
+    let mut two = report(key(200));
+    two.services.push(ServiceInfo {
+        name: "jellyfin".into(),
+        port: 8096,
+    });
+    cp.client()
+        .with_bearer(&gw.credential)
+        .report(&two)
+        .await
+        .unwrap();
     cp.admin
         .create_grant(&CreateGrant {
             username: "alice".into(),

@@ -18,7 +18,9 @@ ephemeral WireGuard key, bound to its source address, to the gateway beside the 
 Only then does the client learn how to reach the gateway.\n\nRoles: `control` (the control \
 plane), `admin` (manage it), `gateway` (beside the media server), `connect` (the client \
 shim); `demo` shows them all working together on loopback.",
-    after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug). Docs: docs/ in the repository."
+    after_help = "Passwords and tokens never go on the command line: they are typed when asked \
+(not shown), piped on standard input, or set in HUSHGATE_PASSWORD / HUSHGATE_ENROLL_TOKEN. \
+Logging: set RUST_LOG (e.g. RUST_LOG=debug). Docs: README.md and docs/ in the repository."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,16 +45,26 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo narrates on its own; its components' logs would only
     // interleave with the story unless asked for with RUST_LOG.
-    let default_level = match cli.command {
+    let default_filter = match cli.command {
         Command::Demo(_) => "error",
+        // A client user needs hushgate's own messages, not the internals of
+        // the libraries under it (boringtun's timer warnings, TCP stack
+        // traces): RUST_LOG shows those when asked.
+        Command::Connect(_) => {
+            "warn,hushgate=info,hushgate_client_shim=info,boringtun=off,smoltcp=off,hushgate_netstack=error"
+        }
         _ => "info",
     };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in journald,
+        // files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
