@@ -1237,9 +1237,9 @@ const MAX_ADMISSIONS_PER_USER_CAP: u32 = 1024;
 fn enrollment_ttl(st: &AppState, asked: Option<u64>) -> ApiResult<Duration> {
     match asked {
         None => Ok(st.settings.enrollment_ttl),
-        Some(s) if (60..=30 * 86_400).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(s) if (1..=30 * 86_400).contains(&s) => Ok(Duration::from_secs(s)),
         Some(_) => Err(AppError::bad_request(
-            "an enrollment token's validity must be between 60 seconds and 30 days",
+            "an enrollment token's validity must be between 1 second and 30 days",
         )),
     }
 }

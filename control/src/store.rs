@@ -1278,3 +1278,222 @@ pub fn list_audit(tx: &Connection, limit: u32) -> Result<Vec<AuditEntry>> {
     rows.reverse();
     Ok(rows)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn open() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("control.sqlite")).unwrap();
+        (dir, db)
+    }
+
+    fn new_admission(n: u32, user_id: i64, server_id: i64) -> NewAdmission {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&n.to_le_bytes());
+        let t = OffsetDateTime::now_utc();
+        NewAdmission {
+            id: format!("adm_{n}"),
+            user_id,
+            server_id,
+            mode: AccessMode::Tunnel,
+            client_key: Some(WgKey(key)),
+            psk: None,
+            source: "192.0.2.1".parse().unwrap(),
+            binding: BindingPolicy::Exact,
+            services: vec!["plex".into()],
+            created_at: t,
+            expires_at: t + time::Duration::hours(1),
+        }
+    }
+
+    fn world(db: &Db) -> (i64, i64) {
+        db.tx_blocking(|tx| {
+            let now = OffsetDateTime::now_utc();
+            let u = create_user(tx, "alice", "x", false, now)?;
+            let s = create_server(tx, "den", BindingPolicy::Exact, 3600, 100_000, now)?;
+            Ok((u.id, s.id))
+        })
+        .unwrap()
+    }
+
+    /// SQLite VM instructions that one admission's insertion runs
+    /// (allocation of its tunnel address included): a count of work that
+    /// does not depend on how fast or busy the machine is.
+    fn steps_of_one_insert(db: &Db, n: u32, user: i64, server: i64) -> (u64, u32) {
+        let steps = Arc::new(AtomicU64::new(0));
+        let s = steps.clone();
+        db.conn.lock().unwrap().progress_handler(
+            1,
+            Some(move || {
+                s.fetch_add(1, Ordering::Relaxed);
+                false
+            }),
+        );
+        let index = db
+            .tx_feed_blocking(|tx, feed| {
+                insert_admission(tx, feed, new_admission(n, user, server))
+                    .map(|(a, _)| a.tunnel_index.unwrap())
+            })
+            .unwrap();
+        db.conn
+            .lock()
+            .unwrap()
+            .progress_handler(0, None::<fn() -> bool>);
+        (steps.load(Ordering::Relaxed), index)
+    }
+
+    /// Finding a free tunnel address used to read every admission of the
+    /// server; now it is two index lookups, so admission number 20,001
+    /// costs what number 11 did.
+    #[test]
+    fn a_tunnel_address_costs_the_same_at_20000_admissions() {
+        let (_dir, db) = open();
+        let (user, server) = world(&db);
+        db.tx_feed_blocking(|tx, feed| {
+            for n in 0..10 {
+                insert_admission(tx, feed, new_admission(n, user, server))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let (few, index) = steps_of_one_insert(&db, 10, user, server);
+        assert_eq!(index, SERVICE_INDEX + 11);
+        db.tx_feed_blocking(|tx, feed| {
+            for n in 11..20_000 {
+                insert_admission(tx, feed, new_admission(n, user, server))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let (many, index) = steps_of_one_insert(&db, 20_000, user, server);
+        assert_eq!(index, SERVICE_INDEX + 20_001);
+        println!("VM steps for one admission: {few} at 10 admissions, {many} at 20,000");
+        assert!(
+            many < few * 2,
+            "one admission took {many} SQLite steps at 20,000 admissions and {few} at 10"
+        );
+
+        // Released addresses are reused lowest first, at the same cost.
+        db.tx_feed_blocking(|tx, feed| {
+            for id in ["adm_15000", "adm_7", "adm_900"] {
+                let a = admission(tx, id)?.unwrap();
+                delete_admission(tx, feed, &a)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let (reuse, index) = steps_of_one_insert(&db, 30_001, user, server);
+        assert_eq!(index, SERVICE_INDEX + 8);
+        assert!(reuse < few * 2, "{reuse} steps to reuse an address");
+        let (_, index) = steps_of_one_insert(&db, 30_002, user, server);
+        assert_eq!(index, SERVICE_INDEX + 901);
+    }
+
+    #[test]
+    fn tunnel_addresses_run_out_with_a_clear_error_and_come_back() {
+        let (_dir, db) = open();
+        let (user, server) = world(&db);
+        db.tx_blocking(|tx| {
+            tx.execute(
+                "UPDATE servers SET next_tunnel_index = ?1",
+                [MAX_TUNNEL_INDEX],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let last = db
+            .tx_feed_blocking(|tx, feed| insert_admission(tx, feed, new_admission(1, user, server)))
+            .unwrap()
+            .0;
+        assert_eq!(last.tunnel_index, Some(MAX_TUNNEL_INDEX));
+        let e = db
+            .tx_feed_blocking(|tx, feed| insert_admission(tx, feed, new_admission(2, user, server)))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Exhausted(_)), "{e}");
+        // An expired admission gives its address back.
+        db.tx_feed_blocking(|tx, feed| {
+            expire(
+                tx,
+                feed,
+                OffsetDateTime::now_utc() + time::Duration::hours(2),
+            )
+        })
+        .unwrap();
+        let again = db
+            .tx_feed_blocking(|tx, feed| insert_admission(tx, feed, new_admission(3, user, server)))
+            .unwrap()
+            .0;
+        assert_eq!(again.tunnel_index, Some(MAX_TUNNEL_INDEX));
+    }
+
+    /// A database written by the previous control plane (schema version
+    /// 0: no free list, enrollment hashes on the server row) is brought up
+    /// to date: addresses in use stay, the gaps below them are free, and
+    /// an unused enrollment token still works.
+    #[test]
+    fn an_older_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users(id, username, pw_hash, admin, created_at) VALUES (1, 'alice', 'x', 0, 0);
+                 INSERT INTO servers(id, name, binding, ttl_secs, enroll_hash, created_at)
+                     VALUES (1, 'den', 'exact', 3600, x'0102', 0);
+                 INSERT INTO admissions(id, user_id, server_id, mode, source, binding, tunnel_index,
+                     services, state, created_at, expires_at)
+                     VALUES ('a', 1, 1, 'tunnel', '192.0.2.1', 'exact', 2, '[]', 'active', 0, 99999999999999),
+                            ('b', 1, 1, 'tunnel', '192.0.2.1', 'exact', 5, '[]', 'active', 0, 99999999999999);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let got: Vec<u32> = (0..4)
+            .map(|n| {
+                db.tx_feed_blocking(|tx, feed| insert_admission(tx, feed, new_admission(n, 1, 1)))
+                    .unwrap()
+                    .0
+                    .tunnel_index
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(got, vec![3, 4, 6, 7]);
+        let enrolled = db
+            .tx_blocking(|tx| enroll(tx, &[1, 2], b"cred", OffsetDateTime::now_utc()))
+            .unwrap();
+        assert!(matches!(
+            enrolled,
+            Enrollment::Enrolled {
+                replaced: false,
+                ..
+            }
+        ));
+        // Opening it again changes nothing.
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        let server = db.tx_blocking(|tx| server_named(tx, "den")).unwrap();
+        assert_eq!(
+            server.max_admissions_per_user,
+            DEFAULT_MAX_ADMISSIONS_PER_USER
+        );
+        assert!(server.enrolled);
+    }
+
+    #[test]
+    fn removed_server_ids_are_never_reused() {
+        let (_dir, db) = open();
+        let (_, first) = world(&db);
+        let second = db
+            .tx_blocking(|tx| {
+                delete_server(tx, first)?;
+                let now = OffsetDateTime::now_utc();
+                Ok(create_server(tx, "den", BindingPolicy::Exact, 3600, 8, now)?.id)
+            })
+            .unwrap();
+        assert!(second > first);
+    }
+}

@@ -100,7 +100,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             token_ttl: Duration::from_secs(a.token_ttl),
             ack_timeout: Duration::from_secs_f64(a.ack_timeout.max(0.1)),
             default_admission_ttl: Duration::from_secs(a.admission_ttl),
-            enrollment_ttl: Duration::from_secs(a.enrollment_ttl.max(60)),
+            enrollment_ttl: Duration::from_secs(a.enrollment_ttl.max(1)),
             login_per_minute: a.login_rate,
             max_connections: a.max_connections.max(16),
             max_connections_per_source: a.max_connections_per_source.max(1),
