@@ -289,7 +289,9 @@ async fn login(
         .limiter
         .check(source, &req.username, st.settings.clock.now())
     {
-        tracing::info!(user = %req.username, %source, wait_secs = wait.as_secs(), "login refused: too many attempts");
+        // Debug, not info: refusals cost nothing and come as fast as a
+        // guesser sends them; the failures they follow are at info.
+        tracing::debug!(user = %req.username, %source, wait_secs = wait.as_secs(), "login refused: too many attempts");
         let mut e = AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -1345,6 +1347,14 @@ async fn update_server(
     let by = admin(&st, &headers).await?.name().to_string();
     let Path(name) = name?;
     let Json(req) = body?;
+    if req.name.is_none()
+        && req.admission_ttl_secs.is_none()
+        && req.max_admissions_per_user.is_none()
+    {
+        return Err(AppError::bad_request(
+            "say what to change: name, admission_ttl_secs and/or max_admissions_per_user",
+        ));
+    }
     if let Some(n) = &req.name {
         check_name("server name", n)?;
     }

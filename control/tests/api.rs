@@ -1233,23 +1233,7 @@ async fn admissions_per_user_are_limited_per_server() {
         Some("admission_limit")
     );
     // Another user is not affected by alice's admissions.
-    cp.admin
-        .create_user(&CreateUser {
-            username: "bob".into(),
-            password: "password-of-bob".into(),
-            admin: false,
-        })
-        .await
-        .unwrap();
-    cp.admin
-        .create_grant(&CreateGrant {
-            username: "bob".into(),
-            server: "den".into(),
-            services: None,
-            direct: false,
-        })
-        .await
-        .unwrap();
+    add_user_with_grant(&cp.admin, "bob", "den").await;
     login(&cp.client(), "bob")
         .await
         .access("den", key(14))
