@@ -25,6 +25,8 @@ use time::OffsetDateTime;
 pub const TUNNEL_BASE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
 pub const SERVICE_INDEX: u32 = 1;
 const MAX_TUNNEL_INDEX: u32 = 65_534;
+/// How many client tunnel addresses a server has (65,533).
+pub const TUNNEL_ADDRESSES: u32 = MAX_TUNNEL_INDEX - SERVICE_INDEX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
