@@ -15,18 +15,21 @@ pub enum ShimError {
     #[error("wrong user name or password for the control plane at {url}")]
     WrongPassword { url: String },
     /// A saved user token was rejected (expired, or logged out).
-    #[error("the control plane at {url} no longer accepts this token ({message}); log in again with your password")]
+    #[error("{message} (the control plane at {url} no longer accepts this login)")]
     TokenRejected { url: String, message: String },
-    /// Too many logins from this address or for this user.
-    #[error("too many login attempts: {message}; wait a minute and try again")]
+    /// Too many logins from this address or for this user. The control
+    /// plane's message says so and how long to wait; it is shown as is
+    /// (each variant that carries a control plane message shows it once,
+    /// adding only what it does not say).
+    #[error("{message}")]
     RateLimited { message: String },
     /// No grant on that server (or no such server: the control plane does
     /// not tell the two apart).
-    #[error("you have no access to server '{server}' ({message}); check the name or ask its owner for a grant")]
+    #[error("{message}")]
     NoAccess { server: String, message: String },
     /// The server's gateway is not connected to the control plane, or did
     /// not confirm the admission in time.
-    #[error("the gateway of server '{server}' is offline ({message}); is it running and online?")]
+    #[error("{message}")]
     GatewayOffline { server: String, message: String },
     /// The control plane admitted us but the gateway never answered the
     /// WireGuard handshake.
@@ -55,9 +58,7 @@ pub enum ShimError {
     #[error("the control plane sent an access answer this client cannot use: {0}")]
     BadAnswer(#[from] AnswerError),
     /// The admission was revoked (or the grant removed) while in use.
-    #[error(
-        "access to server '{server}' was revoked ({message}); ask its owner if this is unexpected"
-    )]
+    #[error("{message}")]
     Revoked { server: String, message: String },
     /// The tunnel's own socket or thread failed.
     #[error("the tunnel failed: {0}")]
@@ -131,9 +132,18 @@ impl ShimError {
             } => ShimError::RateLimited { message },
             ClientError::Api {
                 status, message, ..
-            } if (status == 403 || status == 404) && call == Call::Renew => ShimError::Revoked {
+            } if status == 403 && call == Call::Renew => ShimError::Revoked {
                 server: server.into(),
                 message,
+            },
+            ClientError::Api {
+                status: 404,
+                message,
+                ..
+            } if call == Call::Renew => ShimError::Revoked {
+                server: server.into(),
+                // "no such admission; ...": say which server it was for.
+                message: format!("your admission to server '{server}' is gone: {message}"),
             },
             ClientError::Api {
                 status: 403,
@@ -238,6 +248,78 @@ mod tests {
         assert!(matches!(e, ShimError::Control(_)) && !e.is_transient());
         assert!(m(api(503, "exhausted"), Call::Access).is_transient());
         let text = m(api(403, "no_access"), Call::Access).to_string();
-        assert!(text.contains("'den'") && text.contains("grant"), "{text}");
+        assert_eq!(text, "msg no_access");
+    }
+
+    /// Each message the control plane writes is shown once, with only
+    /// what it does not say added: no "too many login attempts: too many
+    /// login attempts", no "no access ... (you have no access ...)".
+    #[test]
+    fn control_plane_messages_are_shown_once() {
+        let m = |status, code: &str, message: &str, call| {
+            ShimError::from_client(
+                ClientError::Api {
+                    status,
+                    code: code.into(),
+                    message: message.into(),
+                },
+                call,
+                "den",
+                "https://cp.example:8443",
+            )
+            .to_string()
+        };
+        let cases = [
+            (
+                429,
+                "rate_limited",
+                "too many login attempts; wait 6 seconds and try again",
+                Call::Login,
+                "too many login attempts",
+            ),
+            (
+                403,
+                "no_access",
+                "you have no access to server 'den'; ask its owner for a grant",
+                Call::Access,
+                "no access",
+            ),
+            (
+                503,
+                "gateway_offline",
+                "the gateway of server 'den' has not connected to the control plane since 12:03; is it running?",
+                Call::Access,
+                "gateway of server",
+            ),
+            (
+                403,
+                "no_access",
+                "your access to server 'den' has ended: its owner removed or narrowed your grant, or the admission expired; ask the owner if this is unexpected",
+                Call::Renew,
+                "server 'den'",
+            ),
+            (
+                404,
+                "not_found",
+                "no such admission; it may have expired or been revoked",
+                Call::Renew,
+                "server 'den'",
+            ),
+            (
+                401,
+                "unauthorized",
+                "the token is not valid or has expired; log in again",
+                Call::Access,
+                "log in again",
+            ),
+        ];
+        for (status, code, message, call, once) in cases {
+            let text = m(status, code, message, call);
+            assert_eq!(text.matches(once).count(), 1, "{once:?} in {text:?}");
+            assert!(
+                text.contains(message.split(';').next().unwrap()),
+                "{text:?} lost the control plane's message {message:?}"
+            );
+        }
     }
 }

@@ -115,6 +115,76 @@ impl ControlClient {
             .await
     }
 
+    /// `create_server` with the options beyond [`CreateServer`]'s, in the
+    /// same request.
+    pub async fn create_server_with(
+        &self,
+        req: &CreateServer,
+        options: &ServerOptions,
+    ) -> R<CreatedServer> {
+        let mut body = serde_json::to_value(req).map_err(|e| ClientError::Config(e.to_string()))?;
+        if let (Some(b), serde_json::Value::Object(o)) = (
+            body.as_object_mut(),
+            serde_json::to_value(options).map_err(|e| ClientError::Config(e.to_string()))?,
+        ) {
+            b.extend(o);
+        }
+        self.call(Method::POST, "/v1/admin/servers", Some(&body), CALL)
+            .await
+    }
+
+    /// Renames a server or changes its settings (only the fields given).
+    pub async fn update_server(&self, name: &str, req: &UpdateServer) -> R<ServerInfo> {
+        let path = format!("/v1/admin/servers/{name}");
+        self.call(Method::PATCH, &path, Some(req), CALL).await
+    }
+
+    /// Ends the server's admissions (waiting for its gateway to confirm),
+    /// then removes it with its grants and enrollment tokens.
+    pub async fn remove_server(&self, name: &str) -> R<RemovedServer> {
+        let path = format!("/v1/admin/servers/{name}");
+        self.call(Method::DELETE, &path, None::<&()>, ACCESS).await
+    }
+
+    /// A new one-time enrollment token for an existing server.
+    pub async fn create_enrollment_token(
+        &self,
+        server: &str,
+        req: &NewEnrollmentToken,
+    ) -> R<IssuedEnrollmentToken> {
+        let path = format!("/v1/admin/servers/{server}/enrollment-tokens");
+        self.call(Method::POST, &path, Some(req), CALL).await
+    }
+
+    /// Makes the server's gateway credential stop working now.
+    pub async fn revoke_credential(&self, server: &str) -> R<()> {
+        let path = format!("/v1/admin/servers/{server}/credential");
+        self.call(Method::DELETE, &path, None::<&()>, CALL).await
+    }
+
+    pub async fn list_enrollment_tokens(&self) -> R<Vec<EnrollmentTokenInfo>> {
+        self.call(
+            Method::GET,
+            "/v1/admin/enrollment-tokens",
+            None::<&()>,
+            CALL,
+        )
+        .await
+    }
+
+    pub async fn revoke_enrollment_token(&self, id: &str) -> R<()> {
+        let path = format!("/v1/admin/enrollment-tokens/{id}");
+        self.call(Method::DELETE, &path, None::<&()>, CALL).await
+    }
+
+    pub async fn set_password(&self, username: &str, password: &str) -> R<()> {
+        let path = format!("/v1/admin/users/{username}/password");
+        let body = SetPassword {
+            password: password.into(),
+        };
+        self.call(Method::PUT, &path, Some(&body), CALL).await
+    }
+
     pub async fn list_servers(&self) -> R<Vec<ServerInfo>> {
         self.call(Method::GET, "/v1/admin/servers", None::<&()>, CALL)
             .await

@@ -13,6 +13,7 @@ use reqwest::{Method, StatusCode};
 use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,14 @@ pub enum ClientError {
     Config(String),
     #[error("the control plane at {url} presented a certificate that is not trusted ({detail}); pass the CA file it printed at first start with --ca, or check the URL")]
     CertificateNotTrusted { url: String, detail: String },
+    /// The certificate is trusted but does not name the host in the URL:
+    /// the control plane was started without that name.
+    #[error("the control plane at {url} presented a certificate that is not valid for the name '{host}' ({detail}); on the control plane's host, add '--san {host}' to 'hushgate control' and restart it (clients keep the same ca.pem), or use a URL with a name its certificate covers")]
+    CertificateWrongName {
+        url: String,
+        host: String,
+        detail: String,
+    },
     #[error("cannot reach the control plane at {url}: {detail}; is it running and is the address right?")]
     Unreachable { url: String, detail: String },
     #[error("{message} ({status}, {code})")]
@@ -120,6 +129,21 @@ impl ControlClient {
     /// `base` is the control plane's URL, e.g. `https://control.example:8443`.
     /// Only `https://` is accepted.
     pub fn new(base: &str, trust: Trust) -> Result<ControlClient, ClientError> {
+        Self::build(base, trust, None)
+    }
+
+    /// The same, with connections made from the local address `local`
+    /// (a host with several addresses choosing the one the control plane
+    /// sees, and tests playing several clients on loopback).
+    pub fn new_from(base: &str, trust: Trust, local: IpAddr) -> Result<ControlClient, ClientError> {
+        Self::build(base, trust, Some(local))
+    }
+
+    fn build(
+        base: &str,
+        trust: Trust,
+        local: Option<IpAddr>,
+    ) -> Result<ControlClient, ClientError> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("https://") {
             return Err(ClientError::Config(format!(
@@ -146,6 +170,10 @@ impl ControlClient {
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(5))
+            .local_address(local)
+            // Below the control plane's idle timeout (10 s by default), so
+            // a pooled connection is rarely picked just as it is closed.
+            .pool_idle_timeout(Duration::from_secs(5))
             .no_proxy()
             // A redirect could lead a request (and its password or token)
             // to another host or to plaintext: the API never redirects.
@@ -223,16 +251,33 @@ impl ControlClient {
         let mut detail = e.to_string();
         let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
         let mut cert = false;
+        let mut wrong_name = false;
         while let Some(s) = src {
             let text = s.to_string();
             if text.contains("certificate") || text.contains("UnknownIssuer") {
                 cert = true;
             }
+            if let Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) = s.downcast_ref::<rustls::Error>()
+            {
+                wrong_name = true;
+            }
+            if text.contains("not valid for name") {
+                wrong_name = true;
+            }
             detail = text;
             src = s.source();
         }
         let url = self.base.clone();
-        if cert {
+        if wrong_name {
+            let host = reqwest::Url::parse(&url)
+                .ok()
+                .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+                .unwrap_or_default();
+            ClientError::CertificateWrongName { url, host, detail }
+        } else if cert {
             ClientError::CertificateNotTrusted { url, detail }
         } else if e.is_timeout() {
             ClientError::Unreachable {

@@ -34,6 +34,17 @@ async fn main() {
     };
     let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
     let token = seed(&cp.admin, "alice", "den", None).await;
+    // One user makes every access request here: lift the per-user limit.
+    cp.admin
+        .update_server(
+            "den",
+            &proto::api::UpdateServer {
+                max_admissions_per_user: Some(65_533),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
 
     // Login latency (argon2id verification dominates).

@@ -9,7 +9,7 @@ use crate::{hub::Hub, Settings};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use proto::api::*;
 use proto::feed::*;
@@ -59,7 +59,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/gateway/ack", post(ack))
         .route("/v1/admin/users", post(create_user).get(list_users))
         .route("/v1/admin/users/{name}", delete(delete_user))
+        .route("/v1/admin/users/{name}/password", put(set_password))
         .route("/v1/admin/servers", post(create_server).get(list_servers))
+        .route(
+            "/v1/admin/servers/{name}",
+            patch(update_server).delete(remove_server),
+        )
+        .route(
+            "/v1/admin/servers/{name}/enrollment-tokens",
+            post(create_enrollment_token),
+        )
+        .route(
+            "/v1/admin/servers/{name}/credential",
+            delete(revoke_credential),
+        )
+        .route("/v1/admin/enrollment-tokens", get(list_enrollment_tokens))
+        .route(
+            "/v1/admin/enrollment-tokens/{id}",
+            delete(revoke_enrollment_token),
+        )
         .route("/v1/admin/grants", post(create_grant).get(list_grants))
         .route("/v1/admin/grants/{user}/{server}", delete(delete_grant))
         .route("/v1/admin/admissions", get(list_admissions))
@@ -146,40 +164,108 @@ async fn gateway(st: &AppState, headers: &HeaderMap) -> ApiResult<store::Server>
         .await?
         .ok_or_else(|| {
             AppError::unauthorized(
-                "this gateway credential is not valid; enroll the gateway again with a new enrollment token",
+                "this gateway credential is not valid: it was revoked or replaced, or its server was removed; on the control plane run 'hushgate admin server reenroll NAME' and start the gateway with the new enrollment token",
             )
         })
 }
 
+/// The header in which trusted proxies name the client they forward for.
+/// Only that one is read: a client may send either header itself, and a
+/// proxy that appends to one passes the other through untouched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the common one).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for="[2001:db8::1]:4711"` (RFC 7239).
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(ForwardedHeader::XForwardedFor),
+            "forwarded" => Ok(ForwardedHeader::Forwarded),
+            _ => Err(format!(
+                "'{s}' is not a forwarding header hushgate reads: use 'x-forwarded-for' or 'forwarded'"
+            )),
+        }
+    }
+}
+
 /// The client's address as the control plane sees it: the TCP peer, or,
-/// when the peer is a configured trusted proxy, the last address in
-/// X-Forwarded-For that is not itself a trusted proxy.
+/// when the peer is a configured trusted proxy, the nearest address in the
+/// forwarding header that is not itself a trusted proxy. Every line of the
+/// header counts, in order: a proxy may append its own line after the one
+/// the client sent, and only the right end of the whole list was written
+/// by proxies we trust.
 fn observed_source(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> ApiResult<IpAddr> {
     let peer_ip = peer.ip().to_canonical();
     let trusted = |ip: &IpAddr| st.settings.trusted_proxies.iter().any(|n| n.contains(ip));
     if !trusted(&peer_ip) {
         return Ok(peer_ip);
     }
-    let Some(xff) = headers.get("x-forwarded-for") else {
-        return Ok(peer_ip);
+    let header = st.settings.forwarded_header;
+    let name = match header {
+        ForwardedHeader::XForwardedFor => "X-Forwarded-For",
+        ForwardedHeader::Forwarded => "Forwarded",
     };
-    let xff = xff
-        .to_str()
-        .map_err(|_| AppError::bad_request("X-Forwarded-For is not readable text"))?;
+    let mut hops = Vec::new();
+    for line in headers.get_all(name) {
+        let line = line
+            .to_str()
+            .map_err(|_| AppError::bad_request(format!("{name} is not readable text")))?;
+        for element in line.split(',') {
+            let hop = match header {
+                ForwardedHeader::XForwardedFor => Some(element.trim()),
+                ForwardedHeader::Forwarded => forwarded_for(element),
+            };
+            hops.push(hop);
+        }
+    }
     let mut chosen = peer_ip;
-    for part in xff.rsplit(',') {
-        let ip: IpAddr = part.trim().parse().map_err(|_| {
+    for hop in hops.into_iter().rev() {
+        let Some(text) = hop else {
+            return Err(AppError::bad_request(format!(
+                "an entry of {name} names no client ('for=' missing); the proxy must name the address it forwards for"
+            )));
+        };
+        chosen = parse_hop(text).ok_or_else(|| {
             AppError::bad_request(format!(
-                "X-Forwarded-For holds '{}', which is not an IP address",
-                part.trim()
+                "{name} holds '{text}', which is not an IP address; the proxy must name the address it forwards for"
             ))
         })?;
-        chosen = ip.to_canonical();
         if !trusted(&chosen) {
             break;
         }
     }
     Ok(chosen)
+}
+
+/// The `for=` value of one RFC 7239 element, unquoted.
+fn forwarded_for(element: &str) -> Option<&str> {
+    element.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        k.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| v.trim().trim_matches('"'))
+    })
+}
+
+/// An address in a forwarding header: `192.0.2.1`, `192.0.2.1:4711`,
+/// `2001:db8::1` or `[2001:db8::1]:4711`.
+fn parse_hop(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = text.parse::<SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    text.strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
 }
 
 // ---------- login ----------
@@ -203,6 +289,9 @@ async fn login(
         .limiter
         .check(source, &req.username, st.settings.clock.now())
     {
+        // Debug, not info: refusals cost nothing and come as fast as a
+        // guesser sends them; the failures they follow are at info.
+        tracing::debug!(user = %req.username, %source, wait_secs = wait.as_secs(), "login refused: too many attempts");
         let mut e = AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -234,6 +323,9 @@ async fn login(
     st.password_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(user) = user.filter(|_| ok) else {
+        st.limiter
+            .failed(source, &req.username, st.settings.clock.now());
+        tracing::info!(user = %req.username, %source, "login failed: wrong user name or password");
         let name = req.username;
         st.db
             .tx(move |tx| {
@@ -252,6 +344,8 @@ async fn login(
             .await?;
         return Err(AppError::unauthorized("wrong user name or password"));
     };
+    st.limiter.succeeded(source, &user.username);
+    tracing::info!(user = %user.username, %source, "login");
     let (token, hash) = auth::new_secret(SecretKind::UserToken);
     let expires_at = now() + st.settings.token_ttl;
     st.db
@@ -276,6 +370,7 @@ async fn login(
 
 /// Writes an `access_denied` audit line and returns the error to send.
 async fn deny(st: &AppState, user: &str, server: &str, source: IpAddr, err: AppError) -> AppError {
+    tracing::info!(%user, %server, %source, code = err.code, reason = %err.message, "access denied");
     let (user, server, detail) = (user.to_string(), server.to_string(), err.message.clone());
     let written = st
         .db
@@ -437,10 +532,28 @@ async fn access(
         created_at: created,
         expires_at: created + Duration::from_secs(server.ttl_secs),
     };
-    let (adm, version) = st
+    let limit = server.max_admissions_per_user;
+    let server_name = server.name.clone();
+    let inserted = st
         .db
-        .tx_feed(move |tx, feed| store::insert_admission(tx, feed, new))
-        .await?;
+        .tx_feed(move |tx, feed| {
+            let held = store::live_admissions_of(tx, new.user_id, new.server_id, new.created_at)?;
+            if held >= limit {
+                return Err(store::StoreError::AdmissionLimit(format!(
+                    "you already hold {held} live admissions on server '{server_name}', as many as it allows one user; \
+                     end a session you no longer use (stop its 'hushgate connect', or revoke it), or ask the server's owner to raise the limit"
+                )));
+            }
+            store::insert_admission(tx, feed, new)
+        })
+        .await;
+    let (adm, version) = match inserted {
+        Ok(x) => x,
+        Err(e @ store::StoreError::AdmissionLimit(_)) => {
+            return Err(deny(&st, &user.username, &server.name, source, e.into()).await)
+        }
+        Err(e) => return Err(e.into()),
+    };
     st.hub.publish(server.id, version);
     st.expiry_wake.notify_one();
 
@@ -502,9 +615,13 @@ async fn access(
     if !still_there {
         return Err(AppError::forbidden(
             "revoked",
-            "the admission was revoked while it was being set up",
+            format!(
+                "your admission to server '{}' was revoked while it was being set up",
+                server.name
+            ),
         ));
     }
+    tracing::info!(user = %user.username, server = %server.name, %source, admission = %adm.id, "access granted");
     match req.mode {
         AccessMode::Tunnel => Ok(Json(AccessResponse {
             admission_id: adm.id.clone(),
@@ -571,7 +688,15 @@ async fn renew(
         })
         .await?;
     let Some((expires_at, version)) = renewed else {
-        return Err(no_access(&adm.server));
+        // The caller owns this admission, so the server's existence is no
+        // secret here: say what happened rather than "no access".
+        return Err(AppError::forbidden(
+            "no_access",
+            format!(
+                "your access to server '{}' has ended: its owner removed or narrowed your grant, or the admission expired; ask the owner if this is unexpected",
+                adm.server
+            ),
+        ));
     };
     st.hub.publish(adm.server_id, version);
     let live = st.hub.server(adm.server_id, version);
@@ -605,6 +730,7 @@ fn end_admission(
     detail: String,
 ) -> store::Result<u64> {
     let v = store::delete_admission(tx, feed, a)?;
+    tracing::info!(user = %a.username, server = %a.server, admission = %a.id, %detail, "admission revoked");
     store::audit(
         tx,
         now(),
@@ -674,11 +800,12 @@ async fn enroll(
     let (credential, cred_hash) = auth::new_secret(SecretKind::GatewayCredential);
     let endpoint = gateway_endpoint(&req.report, source);
     let report = req.report;
-    let server = st
+    let outcome = st
         .db
         .tx_feed(move |tx, feed| {
-            let Some(server) = store::enroll(tx, &enroll_hash, &cred_hash)? else {
-                return Ok(None);
+            let outcome = store::enroll(tx, &enroll_hash, &cred_hash, now())?;
+            let store::Enrollment::Enrolled { server, replaced } = &outcome else {
+                return Ok(outcome);
             };
             store::update_gateway(
                 tx,
@@ -697,24 +824,54 @@ async fn enroll(
                     server: Some(&server.name),
                     source: Some(source),
                     detail: format!(
-                        "gateway key {}, endpoint {endpoint}",
-                        report.public_key.fingerprint()
+                        "gateway key {}, endpoint {endpoint}{}",
+                        report.public_key.fingerprint(),
+                        if *replaced {
+                            "; the earlier gateway credential no longer works"
+                        } else {
+                            ""
+                        }
                     ),
                     ..Default::default()
                 },
             )?;
-            Ok(Some(server))
+            Ok(outcome)
         })
         .await?;
-    let server = server.ok_or_else(|| {
-        AppError::unauthorized(
-            "this enrollment token is not valid: it was already used or never issued; create a new one with 'hushgate admin server add'",
-        )
-    })?;
-    Ok(Json(EnrollResponse {
-        server: server.name,
-        credential,
-    }))
+    match outcome {
+        store::Enrollment::Enrolled { server, replaced } => {
+            tracing::info!(server = %server.name, %source, replaced, "gateway enrolled");
+            if replaced {
+                // The gateway holding the old credential must hear at
+                // once that it no longer works.
+                st.hub
+                    .server(server.id, server.version)
+                    .credential_changed();
+            }
+            Ok(Json(EnrollResponse {
+                server: server.name,
+                credential,
+            }))
+        }
+        store::Enrollment::Expired { server, expired_at } => {
+            tracing::info!(%server, %source, "enrollment refused: the token has expired");
+            Err(AppError::unauthorized(format!(
+                "this enrollment token for server '{server}' expired at {}; create a new one with 'hushgate admin server reenroll {server}'",
+                rfc3339(expired_at)
+            )))
+        }
+        store::Enrollment::Unknown => {
+            tracing::info!(%source, "enrollment refused: unknown token");
+            Err(AppError::unauthorized(
+                "this enrollment token is not valid: it was already used, revoked or never issued; create a new one with 'hushgate admin server reenroll NAME'",
+            ))
+        }
+    }
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 async fn report(
@@ -791,7 +948,18 @@ async fn feed(
             let wait =
                 Duration::from_millis(q.wait_ms.unwrap_or(25_000)).min(st.settings.max_feed_wait);
             let mut rx = live.version.subscribe();
-            let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != after)).await;
+            let mut cred = live.credential.subscribe();
+            cred.mark_unchanged();
+            let _ = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    _ = rx.wait_for(|v| *v != after) => {}
+                    _ = cred.changed() => {}
+                }
+            })
+            .await;
+            // The credential may have been revoked or replaced, or the
+            // server removed, while the poll was held.
+            gateway(&st, &headers).await?;
         }
     }
     let id = server.id;
@@ -900,11 +1068,7 @@ async fn create_user(
     let by = admin(&st, &headers).await?.name().to_string();
     let Json(req) = body?;
     check_name("user name", &req.username)?;
-    if req.password.chars().count() < 8 {
-        return Err(AppError::bad_request(
-            "the password must have at least 8 characters",
-        ));
-    }
+    check_password(&req.password)?;
     let password = req.password;
     let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
         .await
@@ -934,6 +1098,53 @@ async fn create_user(
             created_at: user.created_at,
         }),
     ))
+}
+
+async fn set_password(
+    State(st): Shared,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<SetPassword>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Path(name) = name?;
+    let Json(req) = body?;
+    check_password(&req.password)?;
+    let password = req.password;
+    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await
+        .map_err(|e| AppError::bad_request(e.to_string()))?;
+    let n = name.clone();
+    st.db
+        .tx(move |tx| {
+            let user = store::user_by_name(tx, &n)?
+                .ok_or_else(|| store::StoreError::NotFound(format!("no user named '{n}'")))?;
+            store::set_password_hash(tx, user.id, &hash)?;
+            // Whoever logged in with the old password must log in again.
+            let ended = store::delete_user_tokens(tx, user.id)?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "password_changed",
+                    username: Some(&user.username),
+                    detail: format!("{ended} logins ended, by {by}"),
+                    ..Default::default()
+                },
+            )
+        })
+        .await?;
+    tracing::info!(user = %name, "password changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn check_password(password: &str) -> ApiResult<()> {
+    if password.chars().count() < 8 || password.len() > 1024 {
+        return Err(AppError::bad_request(
+            "the password must have at least 8 characters (and at most 1024 bytes)",
+        ));
+    }
+    Ok(())
 }
 
 async fn list_users(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<UserInfo>>> {
@@ -989,10 +1200,89 @@ async fn delete_user(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The body of `POST /v1/admin/servers`: [`CreateServer`] and
+/// [`ServerOptions`] in one object.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateServerBody {
+    name: String,
+    #[serde(default)]
+    binding: BindingPolicy,
+    admission_ttl_secs: Option<u64>,
+    max_admissions_per_user: Option<u32>,
+    enrollment_ttl_secs: Option<u64>,
+}
+
+fn check_ttl(ttl: u64) -> ApiResult<()> {
+    if !(1..=7 * 86_400).contains(&ttl) {
+        return Err(AppError::bad_request(
+            "admission_ttl_secs must be between 1 second and 7 days",
+        ));
+    }
+    Ok(())
+}
+
+fn check_max_admissions(n: u32) -> ApiResult<()> {
+    if !(1..=MAX_ADMISSIONS_PER_USER_CAP).contains(&n) {
+        return Err(AppError::bad_request(format!(
+            "max_admissions_per_user must be between 1 and {MAX_ADMISSIONS_PER_USER_CAP}"
+        )));
+    }
+    Ok(())
+}
+
+/// The most a server may allow one user: every tunnel address it has
+/// (benchmarks admit thousands of keys for one user).
+const MAX_ADMISSIONS_PER_USER_CAP: u32 = store::TUNNEL_ADDRESSES;
+
+/// The validity of a new enrollment token: asked for, or the default.
+fn enrollment_ttl(st: &AppState, asked: Option<u64>) -> ApiResult<Duration> {
+    match asked {
+        None => Ok(st.settings.enrollment_ttl),
+        Some(s) if (1..=30 * 86_400).contains(&s) => Ok(Duration::from_secs(s)),
+        Some(_) => Err(AppError::bad_request(
+            "an enrollment token's validity must be between 1 second and 30 days",
+        )),
+    }
+}
+
+/// Issues an enrollment token for a server, in the caller's transaction.
+fn issue_enrollment_token(
+    tx: &rusqlite::Transaction,
+    server: &store::Server,
+    ttl: Duration,
+    by: &str,
+) -> store::Result<(IssuedEnrollmentToken, [u8; 32])> {
+    let (token, hash) = auth::new_secret(SecretKind::Enrollment);
+    let id = auth::random_id("enr_");
+    let created = now();
+    let expires_at = created + ttl;
+    store::insert_enrollment_token(tx, &id, server.id, &hash, created, expires_at)?;
+    store::audit(
+        tx,
+        created,
+        Audit {
+            event: "enrollment_token_created",
+            server: Some(&server.name),
+            detail: format!("token {id}, valid until {}, by {by}", rfc3339(expires_at)),
+            ..Default::default()
+        },
+    )?;
+    Ok((
+        IssuedEnrollmentToken {
+            id,
+            server: server.name.clone(),
+            token,
+            expires_at,
+        },
+        hash,
+    ))
+}
+
 async fn create_server(
     State(st): Shared,
     headers: HeaderMap,
-    body: Result<Json<CreateServer>, JsonRejection>,
+    body: Result<Json<CreateServerBody>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CreatedServer>)> {
     let by = admin(&st, &headers).await?.name().to_string();
     let Json(req) = body?;
@@ -1000,11 +1290,12 @@ async fn create_server(
     let ttl = req
         .admission_ttl_secs
         .unwrap_or(st.settings.default_admission_ttl.as_secs());
-    if !(1..=7 * 86_400).contains(&ttl) {
-        return Err(AppError::bad_request(
-            "admission_ttl_secs must be between 1 second and 7 days",
-        ));
-    }
+    check_ttl(ttl)?;
+    let max = req
+        .max_admissions_per_user
+        .unwrap_or(store::DEFAULT_MAX_ADMISSIONS_PER_USER);
+    check_max_admissions(max)?;
+    let token_ttl = enrollment_ttl(&st, req.enrollment_ttl_secs)?;
     if let BindingPolicy::Prefix(n) = req.binding {
         // A very short prefix admits most of the Internet: the source
         // check would mean nothing and admission would be key-only.
@@ -1014,30 +1305,318 @@ async fn create_server(
             ));
         }
     }
-    let (token, hash) = auth::new_secret(SecretKind::Enrollment);
     let name = req.name.clone();
-    st.db
+    let issued = st
+        .db
         .tx(move |tx| {
-            store::create_server(tx, &name, req.binding, ttl, &hash, now())?;
+            let server = store::create_server(tx, &name, req.binding, ttl, max, now())?;
             store::audit(
                 tx,
                 now(),
                 Audit {
                     event: "server_created",
                     server: Some(&name),
-                    detail: format!("binding {}, admission ttl {ttl} s, by {by}", req.binding),
+                    detail: format!(
+                        "binding {}, admission ttl {ttl} s, at most {max} admissions per user, by {by}",
+                        req.binding
+                    ),
+                    ..Default::default()
+                },
+            )?;
+            Ok(issue_enrollment_token(tx, &server, token_ttl, &by)?.0)
+        })
+        .await?;
+    tracing::info!(server = %req.name, "server created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedServer {
+            name: req.name,
+            enrollment_token: issued.token,
+            enrollment_token_id: issued.id,
+            enrollment_expires_at: Some(issued.expires_at),
+        }),
+    ))
+}
+
+async fn update_server(
+    State(st): Shared,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<UpdateServer>, JsonRejection>,
+) -> ApiResult<Json<ServerInfo>> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Path(name) = name?;
+    let Json(req) = body?;
+    if req.name.is_none()
+        && req.admission_ttl_secs.is_none()
+        && req.max_admissions_per_user.is_none()
+    {
+        return Err(AppError::bad_request(
+            "say what to change: name, admission_ttl_secs and/or max_admissions_per_user",
+        ));
+    }
+    if let Some(n) = &req.name {
+        check_name("server name", n)?;
+    }
+    if let Some(t) = req.admission_ttl_secs {
+        check_ttl(t)?;
+    }
+    if let Some(m) = req.max_admissions_per_user {
+        check_max_admissions(m)?;
+    }
+    let server = st
+        .db
+        .tx(move |tx| {
+            let server = store::server_named(tx, &name)?;
+            store::update_server_settings(
+                tx,
+                server.id,
+                req.admission_ttl_secs,
+                req.max_admissions_per_user,
+            )?;
+            let mut changes = Vec::new();
+            if let Some(t) = req.admission_ttl_secs {
+                changes.push(format!("admission ttl {t} s"));
+            }
+            if let Some(m) = req.max_admissions_per_user {
+                changes.push(format!("at most {m} admissions per user"));
+            }
+            if let Some(new) = req.name.as_deref().filter(|n| *n != name) {
+                store::rename_server(tx, server.id, new)?;
+                changes.push(format!("renamed from '{name}' to '{new}'"));
+            }
+            let server = store::server_by_id(tx, server.id)?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "server_changed",
+                    server: Some(&server.name),
+                    detail: format!("{}, by {by}", changes.join(", ")),
+                    ..Default::default()
+                },
+            )?;
+            Ok(server)
+        })
+        .await?;
+    tracing::info!(server = %server.name, "server changed");
+    Ok(Json(server_info(&st, server, Instant::now())))
+}
+
+async fn remove_server(
+    State(st): Shared,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<RemovedServer>> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Path(name) = name?;
+    // First end the admissions like any revocation, so the gateway drops
+    // them while its credential still works; then remove the server.
+    let n = name.clone();
+    let who = by.clone();
+    let (server, ended, version) = st
+        .db
+        .tx_feed(move |tx, feed| {
+            let server = store::server_named(tx, &n)?;
+            let adms = store::server_admissions(tx, server.id)?;
+            let mut version = None;
+            for a in &adms {
+                version = Some(end_admission(
+                    tx,
+                    feed,
+                    a,
+                    format!("server removed by {who}"),
+                )?);
+            }
+            Ok((server, adms.len(), version))
+        })
+        .await?;
+    let mut confirmed = true;
+    if let Some(v) = version {
+        st.hub.publish(server.id, v);
+        let live = st.hub.server(server.id, v);
+        confirmed =
+            live.connected(Instant::now()) && live.wait_ack(v, st.settings.ack_timeout).await;
+    }
+    let id = server.id;
+    let n = name.clone();
+    st.db
+        .tx(move |tx| {
+            store::delete_server(tx, id)?;
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "server_removed",
+                    server: Some(&n),
+                    detail: format!(
+                        "{ended} admissions ended{}, by {by}",
+                        if confirmed {
+                            ""
+                        } else {
+                            " (the gateway did not confirm; it keeps them at most until they expire)"
+                        }
+                    ),
                     ..Default::default()
                 },
             )
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedServer {
-            name: req.name,
-            enrollment_token: token,
-        }),
+    st.hub.forget(id);
+    tracing::info!(server = %name, admissions_ended = ended, gateway_confirmed = confirmed, "server removed");
+    Ok(Json(RemovedServer {
+        name,
+        admissions_ended: ended,
+        gateway_confirmed: confirmed,
+    }))
+}
+
+/// A new enrollment token for an existing server: for a gateway that lost
+/// its state, a credential to rotate, or a first token that expired.
+async fn create_enrollment_token(
+    State(st): Shared,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    body: Result<Json<NewEnrollmentToken>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<IssuedEnrollmentToken>)> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Path(name) = name?;
+    let Json(req) = body?;
+    let ttl = enrollment_ttl(&st, req.ttl_secs)?;
+    let (issued, revoked, server) = st
+        .db
+        .tx(move |tx| {
+            let server = store::server_named(tx, &name)?;
+            let revoked = req.revoke_credential && store::revoke_credential(tx, server.id)?;
+            if revoked {
+                credential_revoked_audit(tx, &server.name, &by)?;
+            }
+            let (issued, _) = issue_enrollment_token(tx, &server, ttl, &by)?;
+            Ok((issued, revoked, server))
+        })
+        .await?;
+    if revoked {
+        st.hub
+            .server(server.id, server.version)
+            .credential_changed();
+    }
+    tracing::info!(server = %issued.server, token = %issued.id, credential_revoked = revoked, "enrollment token created");
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+fn credential_revoked_audit(
+    tx: &rusqlite::Transaction,
+    server: &str,
+    by: &str,
+) -> store::Result<()> {
+    store::audit(
+        tx,
+        now(),
+        Audit {
+            event: "credential_revoked",
+            server: Some(server),
+            detail: format!("the gateway credential no longer works, by {by}"),
+            ..Default::default()
+        },
+    )
+}
+
+async fn revoke_credential(
+    State(st): Shared,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Path(name) = name?;
+    let server = st
+        .db
+        .tx(move |tx| {
+            let server = store::server_named(tx, &name)?;
+            if !store::revoke_credential(tx, server.id)? {
+                return Err(store::StoreError::NotFound(format!(
+                    "server '{name}' has no gateway credential to revoke (no gateway is enrolled)"
+                )));
+            }
+            credential_revoked_audit(tx, &server.name, &by)?;
+            Ok(server)
+        })
+        .await?;
+    st.hub
+        .server(server.id, server.version)
+        .credential_changed();
+    tracing::info!(server = %server.name, "gateway credential revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_enrollment_tokens(
+    State(st): Shared,
+    headers: HeaderMap,
+) -> ApiResult<Json<Vec<EnrollmentTokenInfo>>> {
+    admin(&st, &headers).await?;
+    let tokens = st
+        .db
+        .tx(|tx| store::list_enrollment_tokens(tx, now()))
+        .await?;
+    Ok(Json(
+        tokens
+            .into_iter()
+            .map(|t| EnrollmentTokenInfo {
+                id: t.id,
+                server: t.server,
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+            })
+            .collect(),
     ))
+}
+
+async fn revoke_enrollment_token(
+    State(st): Shared,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let by = admin(&st, &headers).await?.name().to_string();
+    let Path(id) = id?;
+    let token = id.clone();
+    st.db
+        .tx(move |tx| {
+            let Some(server) = store::delete_enrollment_token(tx, &token)? else {
+                return Err(store::StoreError::NotFound(format!(
+                    "no enrollment token '{token}'; it may have been used or have expired"
+                )));
+            };
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "enrollment_token_revoked",
+                    server: Some(&server),
+                    detail: format!("token {token}, by {by}"),
+                    ..Default::default()
+                },
+            )
+        })
+        .await?;
+    tracing::info!(token = %id, "enrollment token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn server_info(st: &AppState, s: store::Server, at: Instant) -> ServerInfo {
+    let live = st.hub.get(s.id);
+    ServerInfo {
+        gateway_connected: live.as_ref().is_some_and(|l| l.connected(at)),
+        gateway_last_seen: live.as_ref().and_then(|l| l.last_seen()),
+        acked_version: live.as_ref().map(|l| *l.acked.borrow()).unwrap_or(0),
+        name: s.name,
+        binding: s.binding,
+        admission_ttl_secs: s.ttl_secs,
+        enrolled: s.enrolled,
+        gateway_public_key: s.gateway_key,
+        gateway_endpoint: s.endpoint,
+        services: s.services,
+        feed_version: s.version,
+        max_admissions_per_user: s.max_admissions_per_user,
+    }
 }
 
 async fn list_servers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<ServerInfo>>> {
@@ -1047,22 +1626,7 @@ async fn list_servers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<V
     Ok(Json(
         servers
             .into_iter()
-            .map(|s| {
-                let live = st.hub.get(s.id);
-                ServerInfo {
-                    gateway_connected: live.as_ref().is_some_and(|l| l.connected(at)),
-                    gateway_last_seen: live.as_ref().and_then(|l| l.last_seen()),
-                    acked_version: live.as_ref().map(|l| *l.acked.borrow()).unwrap_or(0),
-                    name: s.name,
-                    binding: s.binding,
-                    admission_ttl_secs: s.ttl_secs,
-                    enrolled: s.enrolled,
-                    gateway_public_key: s.gateway_key,
-                    gateway_endpoint: s.endpoint,
-                    services: s.services,
-                    feed_version: s.version,
-                }
-            })
+            .map(|s| server_info(&st, s, at))
             .collect(),
     ))
 }
@@ -1084,15 +1648,16 @@ async fn create_grant(
             let server = store::server_by_name(tx, &r.server)?.ok_or_else(|| {
                 store::StoreError::NotFound(format!("no server named '{}'", r.server))
             })?;
+            let warnings = check_granted_services(&server, r.services.as_deref())?;
             store::upsert_grant(tx, user.id, server.id, r.services.as_deref(), r.direct)?;
             // A narrowed grant ends the admissions it no longer covers.
             let grant = store::grant_for(tx, user.id, server.id)?
                 .ok_or_else(|| store::StoreError::NotFound("grant vanished".into()))?;
-            let mut bumped = None;
+            let mut bumped = (None, warnings);
             for a in store::user_server_admissions(tx, user.id, Some(server.id))? {
                 if !grant_covers(&grant, &a) {
                     let why = format!("grant narrowed by {by}");
-                    bumped = Some((server.id, end_admission(tx, feed, &a, why)?));
+                    bumped.0 = Some((server.id, end_admission(tx, feed, &a, why)?));
                 }
             }
             store::audit(
@@ -1116,6 +1681,7 @@ async fn create_grant(
             Ok(bumped)
         })
         .await?;
+    let (bumped, warnings) = bumped;
     if let Some((s, v)) = bumped {
         st.hub.publish(s, v);
     }
@@ -1126,8 +1692,52 @@ async fn create_grant(
             server: req.server,
             services: req.services,
             direct: req.direct,
+            warnings,
         }),
     ))
+}
+
+/// Refuses a grant naming a service the server's gateway does not offer
+/// (it would fail later, at access time, far from its cause). A gateway
+/// that has not reported yet cannot be checked: that is a warning.
+fn check_granted_services(
+    server: &store::Server,
+    services: Option<&[String]>,
+) -> store::Result<Vec<String>> {
+    let Some(services) = services else {
+        return Ok(Vec::new());
+    };
+    if server.gateway_key.is_none() {
+        return Ok(vec![format!(
+            "the gateway of server '{}' has not reported its services yet, so '{}' could not be checked; the grant gives nothing until the gateway offers a service by that name",
+            server.name,
+            services.join("', '")
+        )]);
+    }
+    let offered: Vec<&str> = server
+        .services
+        .iter()
+        .chain(&server.direct_services)
+        .map(|s| s.name.as_str())
+        .collect();
+    let unknown: Vec<&str> = services
+        .iter()
+        .map(String::as_str)
+        .filter(|s| !offered.contains(s))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(store::StoreError::Invalid(format!(
+            "the gateway of server '{}' offers no service named '{}' (it offers: {}); grant one of those, or add the service to the gateway (--service NAME=...) first",
+            server.name,
+            unknown.join("', '"),
+            if offered.is_empty() {
+                "none".to_string()
+            } else {
+                offered.join(", ")
+            }
+        )));
+    }
+    Ok(Vec::new())
 }
 
 async fn list_grants(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<GrantInfo>>> {
@@ -1141,6 +1751,7 @@ async fn list_grants(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Ve
                 server: g.server,
                 services: g.services,
                 direct: g.direct,
+                warnings: Vec::new(),
             })
             .collect(),
     ))

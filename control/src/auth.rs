@@ -85,74 +85,164 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     }
 }
 
-/// Token buckets for login attempts, per source address and per user
-/// name, so neither a single host nor a botnet aimed at one account can
-/// guess passwords quickly.
+/// The login limiter: it slows password guessing without letting a
+/// guesser lock the real user out.
+///
+/// - Every attempt is charged to its **source** (an IPv4 address, or the
+///   /64 of an IPv6 one, which one host usually holds whole), before the
+///   password is checked: one host gets `per_minute` attempts a minute,
+///   whatever names it tries, so it cannot make the control plane run
+///   argon2 without end either.
+/// - Only **failures** are charged to the user name, and a user whose
+///   failure budget is spent is refused only from sources that themselves
+///   failed for that name recently. The real user, from an address that
+///   has not been guessing, still gets in with the right password;
+///   a botnet gets one guess per address while the budget is spent.
+///
+/// Names are counted whether or not the user exists, so the limiter's
+/// answers tell nothing about which accounts exist. Time comes in as an
+/// argument; the state is three small maps, kept behind these methods.
 #[derive(Debug)]
 pub struct LoginLimiter {
-    /// Attempts allowed in a burst.
+    /// Attempts (per source) and failures (per user) allowed in a burst.
     burst: f64,
     /// Attempts regained per second.
     refill_per_sec: f64,
-    buckets: Mutex<HashMap<LimitKey, (f64, Instant)>>,
+    state: Mutex<LimiterState>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum LimitKey {
-    Source(IpAddr),
-    User(String),
+/// How long a source that failed for a user stays suspect for that user:
+/// refused while the user's failure budget is spent.
+pub const SUSPECT_FOR: Duration = Duration::from_secs(15 * 60);
+
+/// Entries kept before the maps are swept of what no longer matters.
+const SWEEP_ABOVE: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct LimiterState {
+    sources: HashMap<IpAddr, Bucket>,
+    user_failures: HashMap<String, Bucket>,
+    /// (user name, source) -> when that source last failed for that name.
+    suspects: HashMap<(String, IpAddr), Instant>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 impl LoginLimiter {
-    /// `per_minute` attempts per minute, with bursts of the same size.
+    /// `per_minute` attempts per source and failures per user a minute,
+    /// with bursts of the same size.
     pub fn new(per_minute: u32) -> Self {
         LoginLimiter {
             burst: f64::from(per_minute.max(1)),
             refill_per_sec: f64::from(per_minute.max(1)) / 60.0,
-            buckets: Mutex::new(HashMap::new()),
+            state: Mutex::new(LimiterState::default()),
         }
     }
 
-    /// Takes one attempt for this source and user, or says how long to
-    /// wait. Both buckets must have room; neither is charged otherwise.
+    fn level(&self, b: Option<&Bucket>, now: Instant) -> f64 {
+        match b {
+            None => self.burst,
+            Some(b) => (b.tokens
+                + now.saturating_duration_since(b.at).as_secs_f64() * self.refill_per_sec)
+                .min(self.burst),
+        }
+    }
+
+    fn wait_for_one(&self, level: f64) -> Duration {
+        Duration::from_secs_f64(((1.0 - level) / self.refill_per_sec).max(1.0))
+    }
+
+    /// Takes one attempt for this source and user name before the
+    /// password is checked, or says how long to wait. Nothing is charged
+    /// when the attempt is refused.
     pub fn check(&self, source: IpAddr, username: &str, now: Instant) -> Result<(), Duration> {
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        if b.len() > 100_000 {
-            // Forget full buckets so a spray of sources cannot grow this map
-            // without bound.
-            let burst = self.burst;
-            let rate = self.refill_per_sec;
-            b.retain(|_, (tokens, at)| {
-                *tokens + now.duration_since(*at).as_secs_f64() * rate < burst
+        let source = source_key(source);
+        let user = username.to_lowercase();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.sweep(&mut st, now);
+        let user_level = self.level(st.user_failures.get(&user), now);
+        if user_level < 1.0 {
+            let suspect = st
+                .suspects
+                .get(&(user, source))
+                .is_some_and(|at| now.saturating_duration_since(*at) < SUSPECT_FOR);
+            if suspect {
+                return Err(self.wait_for_one(user_level));
+            }
+        }
+        let source_level = self.level(st.sources.get(&source), now);
+        if source_level < 1.0 {
+            return Err(self.wait_for_one(source_level));
+        }
+        st.sources.insert(
+            source,
+            Bucket {
+                tokens: source_level - 1.0,
+                at: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// Records a failed attempt (wrong password or unknown name).
+    pub fn failed(&self, source: IpAddr, username: &str, now: Instant) {
+        let source = source_key(source);
+        let user = username.to_lowercase();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let level = self.level(st.user_failures.get(&user), now);
+        st.user_failures.insert(
+            user.clone(),
+            Bucket {
+                tokens: (level - 1.0).max(0.0),
+                at: now,
+            },
+        );
+        st.suspects.insert((user, source), now);
+    }
+
+    /// Records a successful login: the source is no longer suspect for
+    /// this user.
+    pub fn succeeded(&self, source: IpAddr, username: &str) {
+        let key = (username.to_lowercase(), source_key(source));
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.suspects.remove(&key);
+    }
+
+    /// Forgets full buckets and old suspects once the maps grow large, so
+    /// a spray of sources or names cannot grow them without bound.
+    fn sweep(&self, st: &mut LimiterState, now: Instant) {
+        let big = |n: usize| n > SWEEP_ABOVE;
+        if big(st.sources.len()) {
+            st.sources.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.refill_per_sec
+                    < self.burst
             });
         }
-        // One IPv6 host usually holds a whole /64: count it as one source.
-        let source = match source {
-            IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
-                u128::from(v6) & !((1u128 << 64) - 1),
-            )),
-            v4 => v4,
-        };
-        let keys = [
-            LimitKey::Source(source),
-            LimitKey::User(username.to_lowercase()),
-        ];
-        let mut levels = [0.0; 2];
-        for (i, k) in keys.iter().enumerate() {
-            let (tokens, at) = b.get(k).copied().unwrap_or((self.burst, now));
-            let level = (tokens + now.duration_since(at).as_secs_f64() * self.refill_per_sec)
-                .min(self.burst);
-            levels[i] = level;
+        if big(st.user_failures.len()) {
+            st.user_failures.retain(|_, b| {
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.refill_per_sec
+                    < self.burst
+            });
         }
-        let lowest = levels.iter().cloned().fold(f64::INFINITY, f64::min);
-        if lowest < 1.0 {
-            let wait = (1.0 - lowest) / self.refill_per_sec;
-            return Err(Duration::from_secs_f64(wait.max(1.0)));
+        if big(st.suspects.len()) {
+            st.suspects
+                .retain(|_, at| now.saturating_duration_since(*at) < SUSPECT_FOR);
         }
-        for (k, level) in keys.into_iter().zip(levels) {
-            b.insert(k, (level - 1.0, now));
-        }
-        Ok(())
+    }
+}
+
+/// The unit a source is counted in: an IPv4 address, or an IPv6 /64 (one
+/// host usually holds a whole /64). IPv4-mapped IPv6 counts as IPv4.
+pub fn source_key(source: IpAddr) -> IpAddr {
+    match source.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
     }
 }
 
@@ -170,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn limiter_per_source_and_user() {
+    fn limiter_charges_sources_for_attempts() {
         let l = LoginLimiter::new(3);
         let t = Instant::now();
         let a: IpAddr = "192.0.2.1".parse().unwrap();
@@ -178,13 +268,58 @@ mod tests {
         for _ in 0..3 {
             assert!(l.check(a, "alice", t).is_ok());
         }
-        // Same source, other user: the source bucket is empty.
+        // Same source, any user: the source's attempts are spent.
         assert!(l.check(a, "bob", t).is_err());
-        // Other source, same user: the user bucket is empty.
-        assert!(l.check(b, "ALICE", t).is_err());
-        assert!(l.check(b, "carol", t).is_ok());
-        // A minute later the buckets are full again.
+        // Another source is not affected.
+        assert!(l.check(b, "bob", t).is_ok());
+        // A minute later the source has its attempts back.
         assert!(l.check(a, "alice", t + Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn ipv6_sources_count_by_64() {
+        let l = LoginLimiter::new(2);
+        let t = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l.check(a, "x", t).is_ok());
+        assert!(l.check(b, "y", t).is_ok());
+        assert!(l.check(a, "z", t).is_err(), "same /64");
+        assert!(l.check(c, "z", t).is_ok(), "another /64");
+    }
+
+    #[test]
+    fn a_spent_user_budget_stops_only_the_sources_that_failed() {
+        let l = LoginLimiter::new(3);
+        let t = Instant::now();
+        let guesser: IpAddr = "198.51.100.7".parse().unwrap();
+        let others: Vec<IpAddr> = (1..=3)
+            .map(|i| format!("203.0.113.{i}").parse().unwrap())
+            .collect();
+        // Three failures for alice from three addresses spend her budget.
+        for s in &others {
+            assert!(l.check(*s, "alice", t).is_ok());
+            l.failed(*s, "Alice", t);
+        }
+        // Those addresses are refused for alice now (not for others)...
+        assert!(l.check(others[0], "alice", t).is_err());
+        assert!(l.check(others[0], "bob", t).is_ok());
+        // ...while an address that never failed for her may still try.
+        let home: IpAddr = "192.0.2.50".parse().unwrap();
+        assert!(l.check(home, "alice", t).is_ok());
+        l.succeeded(home, "alice");
+        assert!(l.check(home, "alice", t).is_ok());
+        // A fresh guesser gets one try, then is refused while the budget
+        // is spent.
+        assert!(l.check(guesser, "alice", t).is_ok());
+        l.failed(guesser, "alice", t);
+        assert!(l.check(guesser, "alice", t).is_err());
+        // Once a failure's worth has come back (20 s at 3 a minute), a
+        // suspect address gets its next try.
+        assert!(l
+            .check(guesser, "alice", t + Duration::from_secs(21))
+            .is_ok());
     }
 
     #[test]

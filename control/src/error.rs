@@ -64,7 +64,11 @@ impl From<StoreError> for AppError {
         match e {
             StoreError::Conflict(m) => AppError::new(StatusCode::CONFLICT, "conflict", m),
             StoreError::NotFound(m) => AppError::not_found(m),
+            StoreError::Invalid(m) => AppError::bad_request(m),
             StoreError::Exhausted(m) => AppError::unavailable("exhausted", m),
+            StoreError::AdmissionLimit(m) => {
+                AppError::new(StatusCode::CONFLICT, "admission_limit", m)
+            }
             other => {
                 tracing::error!(error = %other, "database failure");
                 AppError::new(

@@ -23,6 +23,9 @@ pub struct ServerLive {
     pub version: watch::Sender<u64>,
     /// The highest version the gateway acknowledged.
     pub acked: watch::Sender<u64>,
+    /// Moves when the server's gateway credential is revoked or replaced,
+    /// or the server removed: a held feed poll answers at once (with 401).
+    pub credential: watch::Sender<u64>,
     open_polls: AtomicUsize,
     last_seen: Mutex<Option<(Instant, OffsetDateTime)>>,
 }
@@ -32,6 +35,7 @@ impl ServerLive {
         ServerLive {
             version: watch::channel(version).0,
             acked: watch::channel(0).0,
+            credential: watch::channel(0).0,
             open_polls: AtomicUsize::new(0),
             last_seen: Mutex::new(None),
         }
@@ -87,6 +91,11 @@ impl ServerLive {
         });
     }
 
+    /// Wakes held feed polls to check their credential again.
+    pub fn credential_changed(&self) {
+        self.credential.send_modify(|n| *n += 1);
+    }
+
     /// Waits until the gateway acknowledged `version` (or a later one).
     pub async fn wait_ack(&self, version: u64, timeout: Duration) -> bool {
         let mut rx = self.acked.subscribe();
@@ -127,6 +136,19 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .get(&id)
             .cloned()
+    }
+
+    /// Drops what is known about a removed server, after waking its held
+    /// feed polls (which then find the credential gone).
+    pub fn forget(&self, id: i64) {
+        let gone = self
+            .servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some(live) = gone {
+            live.credential_changed();
+        }
     }
 
     /// Announces a new desired-state version of a server.

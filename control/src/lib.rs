@@ -18,6 +18,7 @@ pub mod auth;
 mod error;
 pub mod feedlog;
 pub mod hub;
+pub mod listener;
 pub mod state;
 pub mod store;
 pub mod tls;
@@ -44,11 +45,13 @@ pub struct Config {
     pub settings: Settings,
 }
 
-/// Tunables that request handlers read.
+/// Tunables that request handlers and the listener read.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Proxies whose X-Forwarded-For is believed.
+    /// Proxies whose forwarding header is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Which header trusted proxies name the client in.
+    pub forwarded_header: app::ForwardedHeader,
     /// How long a login token lives.
     pub token_ttl: Duration,
     /// How long an access request waits for the gateway's acknowledgement.
@@ -57,8 +60,25 @@ pub struct Settings {
     pub max_feed_wait: Duration,
     /// Admission lifetime for servers created without one.
     pub default_admission_ttl: Duration,
-    /// Login attempts per minute per source address and per user name.
+    /// Login attempts per minute per source address, and failed logins
+    /// per minute per user name (see [`auth::LoginLimiter`]).
     pub login_per_minute: u32,
+    /// Connections open at once, all sources together (lowered to what
+    /// the open-files limit allows).
+    pub max_connections: usize,
+    /// Connections open at once from one address (IPv6: one /64), except
+    /// admin sources and trusted proxies.
+    pub max_connections_per_source: usize,
+    /// Connections kept for admin sources only, out of `max_connections`.
+    pub admin_connections: usize,
+    /// Where the admin reserve may be used from (loopback by default:
+    /// `hushgate admin --state DIR` connects from there).
+    pub admin_sources: Vec<ipnet::IpNet>,
+    /// Time for the TLS handshake, for each request head, and the longest
+    /// a kept-alive connection may sit idle between requests.
+    pub header_timeout: Duration,
+    /// How long an enrollment token lives when none is asked for.
+    pub enrollment_ttl: Duration,
     /// Where rate limits read the time. [`Clock::System`] in production;
     /// tests pass a [`Clock::manual`] and move it themselves, so a limit
     /// holds however slow the machine running them is.
@@ -108,11 +128,24 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             trusted_proxies: Vec::new(),
+            forwarded_header: app::ForwardedHeader::default(),
             token_ttl: Duration::from_secs(12 * 3600),
             ack_timeout: Duration::from_secs(5),
             max_feed_wait: Duration::from_secs(60),
             default_admission_ttl: Duration::from_secs(3600),
             login_per_minute: 10,
+            max_connections: 4096,
+            max_connections_per_source: 64,
+            admin_connections: 32,
+            admin_sources: vec![
+                ipnet::IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::LOCALHOST, 8)),
+                ipnet::IpNet::V6(ipnet::Ipv6Net::new_assert(
+                    std::net::Ipv6Addr::LOCALHOST,
+                    128,
+                )),
+            ],
+            header_timeout: Duration::from_secs(10),
+            enrollment_ttl: Duration::from_secs(24 * 3600),
             clock: Clock::System,
         }
     }
@@ -247,27 +280,40 @@ impl ControlPlane {
         state::write_public_file(&self.state_dir.join("control-url"), url.as_bytes())?;
 
         let expiry = tokio::spawn(expiry_task(self.state.clone()));
-        let handle = axum_server::Handle::new();
-        let h = handle.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            h.graceful_shutdown(Some(Duration::from_secs(2)));
-        });
-        let rustls =
-            axum_server::tls_rustls::RustlsConfig::from_config(self.tls.server_config.clone());
-        let app = app::router(self.state.clone());
-        // TCP_NODELAY: answers are small and latency-bound (an access
-        // request is a few round trips); Nagle's algorithm would hold the
-        // last segment of an answer for an ACK, about 40 ms.
-        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(rustls)
-            .acceptor(axum_server::accept::NoDelayAcceptor::new());
-        let result = axum_server::Server::from_tcp(listener)
-            .acceptor(acceptor)
-            .handle(handle)
-            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-            .await;
+        let st = &self.state.settings;
+        let caps = listener::ConnectionCaps {
+            total: st.max_connections,
+            per_source: st.max_connections_per_source,
+            admin_reserve: st.admin_connections,
+            admin_sources: st.admin_sources.clone(),
+            trusted_proxies: st.trusted_proxies.clone(),
+        }
+        .fit_open_files(listener::open_files_limit());
+        tracing::info!(
+            total = caps.total,
+            per_source = caps.per_source,
+            admin_reserve = caps.admin_reserve,
+            header_timeout_secs = st.header_timeout.as_secs_f32(),
+            "connection limits"
+        );
+        let timeouts = listener::Timeouts {
+            header: st.header_timeout,
+            // The longest legitimate request is a feed long-poll, then an
+            // access request waiting for its acknowledgement.
+            request: st.max_feed_wait + st.ack_timeout + Duration::from_secs(30),
+        };
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        listener::serve(
+            listener,
+            self.tls.server_config.clone(),
+            app::router(self.state.clone()),
+            listener::ConnectionTable::new(caps),
+            timeouts,
+            shutdown,
+        )
+        .await;
         expiry.abort();
-        result.context("the HTTPS server stopped")
+        Ok(())
     }
 }
 

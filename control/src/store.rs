@@ -25,6 +25,8 @@ use time::OffsetDateTime;
 pub const TUNNEL_BASE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
 pub const SERVICE_INDEX: u32 = 1;
 const MAX_TUNNEL_INDEX: u32 = 65_534;
+/// How many client tunnel addresses a server has (65,533).
+pub const TUNNEL_ADDRESSES: u32 = MAX_TUNNEL_INDEX - SERVICE_INDEX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,8 +34,14 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     NotFound(String),
+    /// A request that cannot be carried out as asked.
+    #[error("{0}")]
+    Invalid(String),
     #[error("{0}")]
     Exhausted(String),
+    /// A user holds as many admissions on a server as it allows.
+    #[error("{0}")]
+    AdmissionLimit(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("database task failed: {0}")]
@@ -54,12 +62,13 @@ pub struct Db {
 
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
-        let conn = Connection::open(path)?;
+        let mut conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
             log: Arc::default(),
@@ -208,6 +217,93 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 "#;
 
+/// The schema version `migrate` brings a database to (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
+/// Default for `servers.max_admissions_per_user` (see `DEFAULT_MAX_ADMISSIONS_PER_USER`).
+pub const DEFAULT_MAX_ADMISSIONS_PER_USER: u32 = 8;
+
+/// Brings a database made by an older control plane (or just made from
+/// `SCHEMA`, which is the first version) to `SCHEMA_VERSION`, in one
+/// transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    if version < 2 {
+        // Version 2: a limit of admissions per user and server; tunnel
+        // addresses from a free list (O(log n) instead of a scan);
+        // enrollment tokens that expire, several per server, revocable.
+        tx.execute_batch(&format!(
+            "ALTER TABLE servers ADD COLUMN max_admissions_per_user INTEGER NOT NULL DEFAULT {DEFAULT_MAX_ADMISSIONS_PER_USER};
+             ALTER TABLE servers ADD COLUMN next_tunnel_index INTEGER NOT NULL DEFAULT {};
+             CREATE TABLE enrollment_tokens (
+                 id TEXT PRIMARY KEY,
+                 server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+                 token_hash BLOB NOT NULL UNIQUE,
+                 created_at INTEGER NOT NULL,
+                 expires_at INTEGER NOT NULL
+             );
+             CREATE INDEX enrollment_tokens_server ON enrollment_tokens(server_id);
+             CREATE TABLE tunnel_free (
+                 server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+                 tunnel_index INTEGER NOT NULL,
+                 PRIMARY KEY (server_id, tunnel_index)
+             ) WITHOUT ROWID;
+             CREATE INDEX admissions_user ON admissions(user_id, server_id);",
+            SERVICE_INDEX + 1
+        ))?;
+        // Tunnel addresses already in use: the free list is every gap
+        // below the highest one.
+        let servers: Vec<i64> = tx
+            .prepare("SELECT id FROM servers")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        for id in servers {
+            let used: Vec<i64> = tx
+                .prepare(
+                    "SELECT tunnel_index FROM admissions
+                     WHERE server_id = ?1 AND tunnel_index IS NOT NULL ORDER BY tunnel_index",
+                )?
+                .query_map([id], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut next = i64::from(SERVICE_INDEX + 1);
+            for u in used {
+                for gap in next..u {
+                    release_tunnel_index(&tx, id, gap as u32)?;
+                }
+                next = u + 1;
+            }
+            tx.execute(
+                "UPDATE servers SET next_tunnel_index = ?2 WHERE id = ?1",
+                params![id, next],
+            )?;
+        }
+        // A token issued before tokens expired gets a day from now.
+        let now = OffsetDateTime::now_utc();
+        let pending: Vec<(i64, Vec<u8>)> = tx
+            .prepare("SELECT id, enroll_hash FROM servers WHERE enroll_hash IS NOT NULL")?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        for (id, hash) in pending {
+            insert_enrollment_token(
+                &tx,
+                &crate::auth::random_id("enr_"),
+                id,
+                &hash,
+                now,
+                now + time::Duration::days(1),
+            )?;
+        }
+        tx.execute("UPDATE servers SET enroll_hash = NULL", [])?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
 pub fn millis(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
@@ -296,7 +392,13 @@ pub fn list_users(tx: &Connection) -> Result<Vec<User>> {
     Ok(rows)
 }
 
+/// Deletes a user with their tokens and grants. End their admissions
+/// first ([`delete_admission`]); any left are removed here too, their
+/// tunnel addresses freed.
 pub fn delete_user(tx: &Connection, user_id: i64) -> Result<()> {
+    for a in user_server_admissions(tx, user_id, None)? {
+        remove_admission_row(tx, &a)?;
+    }
     tx.execute("DELETE FROM users WHERE id = ?1", [user_id])?;
     Ok(())
 }
@@ -327,8 +429,28 @@ pub fn token_user(tx: &Connection, hash: &[u8], now: OffsetDateTime) -> Result<O
         .optional()?)
 }
 
+/// Forgets expired login and enrollment tokens.
 pub fn purge_tokens(tx: &Connection, now: OffsetDateTime) -> Result<usize> {
-    Ok(tx.execute("DELETE FROM tokens WHERE expires_at <= ?1", [millis(now)])?)
+    Ok(
+        tx.execute("DELETE FROM tokens WHERE expires_at <= ?1", [millis(now)])?
+            + tx.execute(
+                "DELETE FROM enrollment_tokens WHERE expires_at <= ?1",
+                [millis(now)],
+            )?,
+    )
+}
+
+/// Ends every login of a user (after a password change).
+pub fn delete_user_tokens(tx: &Connection, user_id: i64) -> Result<usize> {
+    Ok(tx.execute("DELETE FROM tokens WHERE user_id = ?1", [user_id])?)
+}
+
+pub fn set_password_hash(tx: &Connection, user_id: i64, pw_hash: &str) -> Result<()> {
+    tx.execute(
+        "UPDATE users SET pw_hash = ?2 WHERE id = ?1",
+        params![user_id, pw_hash],
+    )?;
+    Ok(())
 }
 
 // ---------- servers ----------
@@ -345,10 +467,12 @@ pub struct Server {
     pub services: Vec<ServiceInfo>,
     pub direct_services: Vec<ServiceInfo>,
     pub version: u64,
+    /// Live admissions one user may hold on this server at once.
+    pub max_admissions_per_user: u32,
 }
 
 const SERVER_COLS: &str =
-    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version";
+    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user";
 
 fn server_row(r: &rusqlite::Row) -> rusqlite::Result<Server> {
     let binding: String = r.get(2)?;
@@ -367,34 +491,44 @@ fn server_row(r: &rusqlite::Row) -> rusqlite::Result<Server> {
         services: serde_json::from_str(&services).unwrap_or_default(),
         direct_services: serde_json::from_str(&direct).unwrap_or_default(),
         version: r.get::<_, i64>(9)? as u64,
+        max_admissions_per_user: r.get::<_, i64>(10)?.clamp(0, i64::from(u32::MAX)) as u32,
     })
 }
 
+/// Registers a server; its gateway enrolls with a token from
+/// [`insert_enrollment_token`].
 pub fn create_server(
     tx: &Connection,
     name: &str,
     binding: BindingPolicy,
     ttl_secs: u64,
-    enroll_hash: &[u8],
+    max_admissions_per_user: u32,
     now: OffsetDateTime,
-) -> Result<()> {
+) -> Result<Server> {
     if server_by_name(tx, name)?.is_some() {
         return Err(StoreError::Conflict(format!(
             "a server named '{name}' already exists"
         )));
     }
+    // Ids are never reused: the in-memory feed state (hub, feed log) of a
+    // removed server must not become a new server's.
+    let high = setting(tx, "server_id_high")?
+        .and_then(|v| String::from_utf8(v).ok()?.parse::<i64>().ok())
+        .unwrap_or(0);
+    let max: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) FROM servers", [], |r| r.get(0))?;
     tx.execute(
-        "INSERT INTO servers(name, binding, ttl_secs, enroll_hash, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO servers(id, name, binding, ttl_secs, max_admissions_per_user, created_at)
+         VALUES (?6, ?1, ?2, ?3, ?4, ?5)",
         params![
             name,
             binding.to_string(),
             ttl_secs as i64,
-            enroll_hash,
-            millis(now)
+            max_admissions_per_user,
+            millis(now),
+            high.max(max) + 1
         ],
     )?;
-    Ok(())
+    server_by_name(tx, name)?.ok_or_else(|| StoreError::NotFound("server vanished".into()))
 }
 
 pub fn server_by_name(tx: &Connection, name: &str) -> Result<Option<Server>> {
@@ -405,6 +539,12 @@ pub fn server_by_name(tx: &Connection, name: &str) -> Result<Option<Server>> {
             server_row,
         )
         .optional()?)
+}
+
+/// The server named `name`, or a `NotFound` that says so.
+pub fn server_named(tx: &Connection, name: &str) -> Result<Server> {
+    server_by_name(tx, name)?
+        .ok_or_else(|| StoreError::NotFound(format!("no server named '{name}'")))
 }
 
 pub fn server_by_id(tx: &Connection, id: i64) -> Result<Server> {
@@ -433,22 +573,182 @@ pub fn list_servers(tx: &Connection) -> Result<Vec<Server>> {
     Ok(rows)
 }
 
-/// Consumes a one-time enrollment token: the server it names gets the
-/// gateway's credential and the token can never be used again.
-pub fn enroll(tx: &Connection, enroll_hash: &[u8], cred_hash: &[u8]) -> Result<Option<Server>> {
-    let id: Option<i64> = tx
+/// Changes a server's admission lifetime and per-user admission limit
+/// (for new admissions and renewals; live ones keep their expiry).
+pub fn update_server_settings(
+    tx: &Connection,
+    server_id: i64,
+    ttl_secs: Option<u64>,
+    max_admissions_per_user: Option<u32>,
+) -> Result<()> {
+    if let Some(ttl) = ttl_secs {
+        tx.execute(
+            "UPDATE servers SET ttl_secs = ?2 WHERE id = ?1",
+            params![server_id, ttl as i64],
+        )?;
+    }
+    if let Some(max) = max_admissions_per_user {
+        tx.execute(
+            "UPDATE servers SET max_admissions_per_user = ?2 WHERE id = ?1",
+            params![server_id, max],
+        )?;
+    }
+    Ok(())
+}
+
+pub fn rename_server(tx: &Connection, server_id: i64, new_name: &str) -> Result<()> {
+    if server_by_name(tx, new_name)?.is_some() {
+        return Err(StoreError::Conflict(format!(
+            "a server named '{new_name}' already exists"
+        )));
+    }
+    tx.execute(
+        "UPDATE servers SET name = ?2 WHERE id = ?1",
+        params![server_id, new_name],
+    )?;
+    Ok(())
+}
+
+/// Deletes a server with its grants, enrollment tokens and tunnel
+/// address bookkeeping. End its admissions first ([`delete_admission`]),
+/// so that each one is audited and reaches the feed.
+pub fn delete_server(tx: &Connection, server_id: i64) -> Result<()> {
+    let high = setting(tx, "server_id_high")?
+        .and_then(|v| String::from_utf8(v).ok()?.parse::<i64>().ok())
+        .unwrap_or(0);
+    set_setting(
+        tx,
+        "server_id_high",
+        high.max(server_id).to_string().as_bytes(),
+    )?;
+    for a in server_admissions(tx, server_id)? {
+        remove_admission_row(tx, &a)?;
+    }
+    tx.execute("DELETE FROM servers WHERE id = ?1", [server_id])?;
+    Ok(())
+}
+
+/// Makes the server's gateway credential stop working at once. Returns
+/// whether there was one.
+pub fn revoke_credential(tx: &Connection, server_id: i64) -> Result<bool> {
+    Ok(tx.execute(
+        "UPDATE servers SET cred_hash = NULL WHERE id = ?1 AND cred_hash IS NOT NULL",
+        [server_id],
+    )? > 0)
+}
+
+// ---------- enrollment tokens ----------
+
+/// A one-time enrollment token as an admin sees it (never the secret).
+#[derive(Debug, Clone)]
+pub struct EnrollmentToken {
+    pub id: String,
+    pub server: String,
+    pub created_at: OffsetDateTime,
+    pub expires_at: OffsetDateTime,
+}
+
+pub fn insert_enrollment_token(
+    tx: &Connection,
+    id: &str,
+    server_id: i64,
+    hash: &[u8],
+    now: OffsetDateTime,
+    expires_at: OffsetDateTime,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO enrollment_tokens(id, server_id, token_hash, created_at, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, server_id, hash, millis(now), millis(expires_at)],
+    )?;
+    Ok(())
+}
+
+/// Live enrollment tokens, oldest first.
+pub fn list_enrollment_tokens(
+    tx: &Connection,
+    now: OffsetDateTime,
+) -> Result<Vec<EnrollmentToken>> {
+    let mut st = tx.prepare(
+        "SELECT e.id, s.name, e.created_at, e.expires_at FROM enrollment_tokens e
+         JOIN servers s ON s.id = e.server_id WHERE e.expires_at > ?1
+         ORDER BY e.created_at, e.id",
+    )?;
+    let rows = st
+        .query_map([millis(now)], |r| {
+            Ok(EnrollmentToken {
+                id: r.get(0)?,
+                server: r.get(1)?,
+                created_at: from_millis(r.get(2)?),
+                expires_at: from_millis(r.get(3)?),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Deletes one enrollment token; returns its server's name if it existed.
+pub fn delete_enrollment_token(tx: &Connection, id: &str) -> Result<Option<String>> {
+    Ok(tx
         .query_row(
-            "SELECT id FROM servers WHERE enroll_hash = ?1",
-            [enroll_hash],
+            "DELETE FROM enrollment_tokens WHERE id = ?1
+             RETURNING (SELECT name FROM servers WHERE servers.id = enrollment_tokens.server_id)",
+            [id],
             |r| r.get(0),
         )
+        .optional()?)
+}
+
+/// What became of an enrollment attempt.
+#[derive(Debug)]
+pub enum Enrollment {
+    /// The gateway holds the server's credential now; `replaced` when it
+    /// took the place of an earlier one (re-enrollment).
+    Enrolled { server: Server, replaced: bool },
+    /// The token existed but its time was up (it is deleted now).
+    Expired {
+        server: String,
+        expired_at: OffsetDateTime,
+    },
+    /// No such token: never issued, used, or revoked.
+    Unknown,
+}
+
+/// Consumes a one-time enrollment token: its server gets the gateway's
+/// new credential (replacing any earlier one) and the token can never be
+/// used again.
+pub fn enroll(
+    tx: &Connection,
+    enroll_hash: &[u8],
+    cred_hash: &[u8],
+    now: OffsetDateTime,
+) -> Result<Enrollment> {
+    let found: Option<(String, i64, i64)> = tx
+        .query_row(
+            "SELECT id, server_id, expires_at FROM enrollment_tokens WHERE token_hash = ?1",
+            [enroll_hash],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .optional()?;
-    let Some(id) = id else { return Ok(None) };
+    let Some((token_id, server_id, expires_at)) = found else {
+        return Ok(Enrollment::Unknown);
+    };
+    tx.execute("DELETE FROM enrollment_tokens WHERE id = ?1", [&token_id])?;
+    let server = server_by_id(tx, server_id)?;
+    if expires_at <= millis(now) {
+        return Ok(Enrollment::Expired {
+            server: server.name,
+            expired_at: from_millis(expires_at),
+        });
+    }
     tx.execute(
-        "UPDATE servers SET enroll_hash = NULL, cred_hash = ?2 WHERE id = ?1",
-        params![id, cred_hash],
+        "UPDATE servers SET cred_hash = ?2 WHERE id = ?1",
+        params![server_id, cred_hash],
     )?;
-    Ok(Some(server_by_id(tx, id)?))
+    Ok(Enrollment::Enrolled {
+        replaced: server.enrolled,
+        server: server_by_id(tx, server_id)?,
+    })
 }
 
 /// Records what the gateway reported about itself.
@@ -477,6 +777,7 @@ pub fn update_gateway(
     // clients pinned the old key. They must ask again.
     if old.gateway_key.is_some() && old.gateway_key.as_ref() != Some(key) {
         tx.execute("DELETE FROM admissions WHERE server_id = ?1", [server_id])?;
+        reset_tunnel_indexes(tx, server_id)?;
         let v = bump_version(tx, server_id)?;
         feed.record(server_id, v, Change::Reset);
     }
@@ -679,7 +980,7 @@ pub fn insert_admission(
         }
     }
     let index = match new.mode {
-        AccessMode::Tunnel => Some(free_tunnel_index(tx, new.server_id)?),
+        AccessMode::Tunnel => Some(allocate_tunnel_index(tx, new.server_id)?),
         AccessMode::Direct => None,
     };
     tx.execute(
@@ -711,28 +1012,85 @@ pub fn insert_admission(
     Ok((adm, version))
 }
 
-fn free_tunnel_index(tx: &Connection, server_id: i64) -> Result<u32> {
-    let mut st = tx.prepare_cached(
-        "SELECT tunnel_index FROM admissions
-         WHERE server_id = ?1 AND tunnel_index IS NOT NULL ORDER BY tunnel_index",
-    )?;
-    let mut want = SERVICE_INDEX + 1;
-    let mut rows = st.query([server_id])?;
-    while let Some(r) = rows.next()? {
-        let used: i64 = r.get(0)?;
-        if used as u32 > want {
-            break;
-        }
-        if used as u32 == want {
-            want += 1;
-        }
+/// How many admissions (pending or active, not past their expiry) a
+/// user holds on a server.
+pub fn live_admissions_of(
+    tx: &Connection,
+    user_id: i64,
+    server_id: i64,
+    now: OffsetDateTime,
+) -> Result<u32> {
+    let n: i64 = tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM admissions
+             WHERE server_id = ?1 AND user_id = ?2 AND expires_at > ?3",
+        )?
+        .query_row(params![server_id, user_id, millis(now)], |r| r.get(0))?;
+    Ok(n as u32)
+}
+
+// Tunnel addresses. The free ones of a server are the indexes in
+// `tunnel_free` (each released below the high-water mark) and every index
+// from `servers.next_tunnel_index` up: the lowest free one is the first
+// row of `tunnel_free` or else the mark, each found through an index, so
+// taking or returning one costs O(log n) however many admissions exist.
+// Every path that deletes an admission row returns its index here.
+
+/// The SQL that finds the lowest released index (see the query-plan test).
+const LOWEST_RELEASED: &str =
+    "SELECT tunnel_index FROM tunnel_free WHERE server_id = ?1 ORDER BY tunnel_index LIMIT 1";
+
+/// Takes the lowest free tunnel index of a server.
+fn allocate_tunnel_index(tx: &Connection, server_id: i64) -> Result<u32> {
+    let released: Option<i64> = tx
+        .prepare_cached(LOWEST_RELEASED)?
+        .query_row([server_id], |r| r.get(0))
+        .optional()?;
+    if let Some(i) = released {
+        tx.prepare_cached("DELETE FROM tunnel_free WHERE server_id = ?1 AND tunnel_index = ?2")?
+            .execute(params![server_id, i])?;
+        return Ok(i as u32);
     }
-    if want > MAX_TUNNEL_INDEX {
+    let next: i64 = tx
+        .prepare_cached("SELECT next_tunnel_index FROM servers WHERE id = ?1")?
+        .query_row([server_id], |r| r.get(0))?;
+    if next > i64::from(MAX_TUNNEL_INDEX) {
         return Err(StoreError::Exhausted(
             "this server has no free tunnel address left (65,533 live admissions)".into(),
         ));
     }
-    Ok(want)
+    tx.prepare_cached("UPDATE servers SET next_tunnel_index = ?2 WHERE id = ?1")?
+        .execute(params![server_id, next + 1])?;
+    Ok(next as u32)
+}
+
+/// Returns a tunnel index to its server's free list.
+fn release_tunnel_index(tx: &Connection, server_id: i64, index: u32) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO tunnel_free(server_id, tunnel_index) VALUES (?1, ?2)",
+    )?
+    .execute(params![server_id, index])?;
+    Ok(())
+}
+
+/// Every tunnel index of a server is free again (its admissions are gone).
+fn reset_tunnel_indexes(tx: &Connection, server_id: i64) -> Result<()> {
+    tx.execute("DELETE FROM tunnel_free WHERE server_id = ?1", [server_id])?;
+    tx.execute(
+        "UPDATE servers SET next_tunnel_index = ?2 WHERE id = ?1",
+        params![server_id, SERVICE_INDEX + 1],
+    )?;
+    Ok(())
+}
+
+/// Deletes one admission row and frees its tunnel address.
+fn remove_admission_row(tx: &Connection, adm: &Admission) -> Result<()> {
+    tx.prepare_cached("DELETE FROM admissions WHERE id = ?1")?
+        .execute([&adm.id])?;
+    if let Some(i) = adm.tunnel_index {
+        release_tunnel_index(tx, adm.server_id, i)?;
+    }
+    Ok(())
 }
 
 pub fn admission(tx: &Connection, id: &str) -> Result<Option<Admission>> {
@@ -752,7 +1110,7 @@ pub fn activate(tx: &Connection, id: &str) -> Result<()> {
 
 /// Removes an admission; returns the server's new version.
 pub fn delete_admission(tx: &Connection, feed: &mut FeedChanges, adm: &Admission) -> Result<u64> {
-    tx.execute("DELETE FROM admissions WHERE id = ?1", [&adm.id])?;
+    remove_admission_row(tx, adm)?;
     let v = bump_version(tx, adm.server_id)?;
     feed.record(adm.server_id, v, Change::Remove(adm.id.clone()));
     Ok(v)
@@ -803,10 +1161,14 @@ pub fn user_server_admissions(
     user_id: i64,
     server_id: Option<i64>,
 ) -> Result<Vec<Admission>> {
-    Ok(list_admissions(tx)?
-        .into_iter()
-        .filter(|a| a.user_id == user_id && server_id.is_none_or(|s| s == a.server_id))
-        .collect())
+    let mut st = tx.prepare_cached(&format!(
+        "SELECT {ADMISSION_COLS} {ADMISSION_FROM}
+         WHERE a.user_id = ?1 AND (?2 IS NULL OR a.server_id = ?2) ORDER BY a.created_at"
+    ))?;
+    let rows = st
+        .query_map(params![user_id, server_id], admission_row)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
 }
 
 /// (server id, new feed version) of each server a change touched.
@@ -829,7 +1191,7 @@ pub fn expire(
     drop(st);
     let mut servers = std::collections::BTreeSet::new();
     for a in &gone {
-        tx.execute("DELETE FROM admissions WHERE id = ?1", [&a.id])?;
+        remove_admission_row(tx, a)?;
         servers.insert(a.server_id);
     }
     let mut versions = Vec::with_capacity(servers.len());
@@ -917,4 +1279,223 @@ pub fn list_audit(tx: &Connection, limit: u32) -> Result<Vec<AuditEntry>> {
         .collect::<rusqlite::Result<_>>()?;
     rows.reverse();
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn open() -> (tempfile::TempDir, Db) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("control.sqlite")).unwrap();
+        (dir, db)
+    }
+
+    fn new_admission(n: u32, user_id: i64, server_id: i64) -> NewAdmission {
+        let mut key = [0u8; 32];
+        key[..4].copy_from_slice(&n.to_le_bytes());
+        let t = OffsetDateTime::now_utc();
+        NewAdmission {
+            id: format!("adm_{n}"),
+            user_id,
+            server_id,
+            mode: AccessMode::Tunnel,
+            client_key: Some(WgKey(key)),
+            psk: None,
+            source: "192.0.2.1".parse().unwrap(),
+            binding: BindingPolicy::Exact,
+            services: vec!["plex".into()],
+            created_at: t,
+            expires_at: t + time::Duration::hours(1),
+        }
+    }
+
+    fn world(db: &Db) -> (i64, i64) {
+        db.tx_blocking(|tx| {
+            let now = OffsetDateTime::now_utc();
+            let u = create_user(tx, "alice", "x", false, now)?;
+            let s = create_server(tx, "den", BindingPolicy::Exact, 3600, 100_000, now)?;
+            Ok((u.id, s.id))
+        })
+        .unwrap()
+    }
+
+    /// SQLite VM instructions that one admission's insertion runs
+    /// (allocation of its tunnel address included): a count of work that
+    /// does not depend on how fast or busy the machine is.
+    fn steps_of_one_insert(db: &Db, n: u32, user: i64, server: i64) -> (u64, u32) {
+        let steps = Arc::new(AtomicU64::new(0));
+        let s = steps.clone();
+        db.conn.lock().unwrap().progress_handler(
+            1,
+            Some(move || {
+                s.fetch_add(1, Ordering::Relaxed);
+                false
+            }),
+        );
+        let index = db
+            .tx_feed_blocking(|tx, feed| {
+                insert_admission(tx, feed, new_admission(n, user, server))
+                    .map(|(a, _)| a.tunnel_index.unwrap())
+            })
+            .unwrap();
+        db.conn
+            .lock()
+            .unwrap()
+            .progress_handler(0, None::<fn() -> bool>);
+        (steps.load(Ordering::Relaxed), index)
+    }
+
+    /// Finding a free tunnel address used to read every admission of the
+    /// server; now it is two index lookups, so admission number 20,001
+    /// costs what number 11 did.
+    #[test]
+    fn a_tunnel_address_costs_the_same_at_20000_admissions() {
+        let (_dir, db) = open();
+        let (user, server) = world(&db);
+        db.tx_feed_blocking(|tx, feed| {
+            for n in 0..10 {
+                insert_admission(tx, feed, new_admission(n, user, server))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let (few, index) = steps_of_one_insert(&db, 10, user, server);
+        assert_eq!(index, SERVICE_INDEX + 11);
+        db.tx_feed_blocking(|tx, feed| {
+            for n in 11..20_000 {
+                insert_admission(tx, feed, new_admission(n, user, server))?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let (many, index) = steps_of_one_insert(&db, 20_000, user, server);
+        assert_eq!(index, SERVICE_INDEX + 20_001);
+        println!("VM steps for one admission: {few} at 10 admissions, {many} at 20,000");
+        assert!(
+            many < few * 2,
+            "one admission took {many} SQLite steps at 20,000 admissions and {few} at 10"
+        );
+
+        // Released addresses are reused lowest first, at the same cost.
+        db.tx_feed_blocking(|tx, feed| {
+            for id in ["adm_15000", "adm_7", "adm_900"] {
+                let a = admission(tx, id)?.unwrap();
+                delete_admission(tx, feed, &a)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let (reuse, index) = steps_of_one_insert(&db, 30_001, user, server);
+        assert_eq!(index, SERVICE_INDEX + 8);
+        assert!(reuse < few * 2, "{reuse} steps to reuse an address");
+        let (_, index) = steps_of_one_insert(&db, 30_002, user, server);
+        assert_eq!(index, SERVICE_INDEX + 901);
+    }
+
+    #[test]
+    fn tunnel_addresses_run_out_with_a_clear_error_and_come_back() {
+        let (_dir, db) = open();
+        let (user, server) = world(&db);
+        db.tx_blocking(|tx| {
+            tx.execute(
+                "UPDATE servers SET next_tunnel_index = ?1",
+                [MAX_TUNNEL_INDEX],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+        let last = db
+            .tx_feed_blocking(|tx, feed| insert_admission(tx, feed, new_admission(1, user, server)))
+            .unwrap()
+            .0;
+        assert_eq!(last.tunnel_index, Some(MAX_TUNNEL_INDEX));
+        let e = db
+            .tx_feed_blocking(|tx, feed| insert_admission(tx, feed, new_admission(2, user, server)))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Exhausted(_)), "{e}");
+        // An expired admission gives its address back.
+        db.tx_feed_blocking(|tx, feed| {
+            expire(
+                tx,
+                feed,
+                OffsetDateTime::now_utc() + time::Duration::hours(2),
+            )
+        })
+        .unwrap();
+        let again = db
+            .tx_feed_blocking(|tx, feed| insert_admission(tx, feed, new_admission(3, user, server)))
+            .unwrap()
+            .0;
+        assert_eq!(again.tunnel_index, Some(MAX_TUNNEL_INDEX));
+    }
+
+    /// A database written by the previous control plane (schema version
+    /// 0: no free list, enrollment hashes on the server row) is brought up
+    /// to date: addresses in use stay, the gaps below them are free, and
+    /// an unused enrollment token still works.
+    #[test]
+    fn an_older_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "INSERT INTO users(id, username, pw_hash, admin, created_at) VALUES (1, 'alice', 'x', 0, 0);
+                 INSERT INTO servers(id, name, binding, ttl_secs, enroll_hash, created_at)
+                     VALUES (1, 'den', 'exact', 3600, x'0102', 0);
+                 INSERT INTO admissions(id, user_id, server_id, mode, source, binding, tunnel_index,
+                     services, state, created_at, expires_at)
+                     VALUES ('a', 1, 1, 'tunnel', '192.0.2.1', 'exact', 2, '[]', 'active', 0, 99999999999999),
+                            ('b', 1, 1, 'tunnel', '192.0.2.1', 'exact', 5, '[]', 'active', 0, 99999999999999);",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let got: Vec<u32> = (0..4)
+            .map(|n| {
+                db.tx_feed_blocking(|tx, feed| insert_admission(tx, feed, new_admission(n, 1, 1)))
+                    .unwrap()
+                    .0
+                    .tunnel_index
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(got, vec![3, 4, 6, 7]);
+        let enrolled = db
+            .tx_blocking(|tx| enroll(tx, &[1, 2], b"cred", OffsetDateTime::now_utc()))
+            .unwrap();
+        assert!(matches!(
+            enrolled,
+            Enrollment::Enrolled {
+                replaced: false,
+                ..
+            }
+        ));
+        // Opening it again changes nothing.
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        let server = db.tx_blocking(|tx| server_named(tx, "den")).unwrap();
+        assert_eq!(
+            server.max_admissions_per_user,
+            DEFAULT_MAX_ADMISSIONS_PER_USER
+        );
+        assert!(server.enrolled);
+    }
+
+    #[test]
+    fn removed_server_ids_are_never_reused() {
+        let (_dir, db) = open();
+        let (_, first) = world(&db);
+        let second = db
+            .tx_blocking(|tx| {
+                delete_server(tx, first)?;
+                let now = OffsetDateTime::now_utc();
+                Ok(create_server(tx, "den", BindingPolicy::Exact, 3600, 8, now)?.id)
+            })
+            .unwrap();
+        assert!(second > first);
+    }
 }

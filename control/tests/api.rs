@@ -324,7 +324,10 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .iter()
         .map(|e| e.event.clone())
         .collect();
-    assert_eq!(new, vec!["server_created", "enrolled"]);
+    assert_eq!(
+        new,
+        vec!["server_created", "enrollment_token_created", "enrolled"]
+    );
     cp.stop().await;
 }
 
@@ -790,6 +793,16 @@ async fn users_cannot_touch_each_others_admissions_and_narrowed_grants_bite() {
 
     // Narrowing alice's grant to a service her admission does not hold
     // ends the admission at once, and it cannot be renewed back.
+    let mut two = report(key(200));
+    two.services.push(ServiceInfo {
+        name: "jellyfin".into(),
+        port: 8096,
+    });
+    cp.client()
+        .with_bearer(&gw.credential)
+        .report(&two)
+        .await
+        .unwrap();
     cp.admin
         .create_grant(&CreateGrant {
             username: "alice".into(),
@@ -986,5 +999,594 @@ async fn direct_access_opens_a_port_to_the_source_only_where_the_grant_allows() 
         (e.status(), e.code()),
         (Some(403), Some("direct_not_possible"))
     );
+    cp.stop().await;
+}
+
+/// `POST /v1/login` with these forwarding header lines, as a proxy on
+/// loopback would send it; (status, error code).
+async fn login_via_proxy(
+    cp: &Running,
+    header: &str,
+    lines: &[&str],
+    user: &str,
+    password: &str,
+) -> (u16, String) {
+    let mut r = cp
+        .client()
+        .http()
+        .post(format!("{}/v1/login", cp.url))
+        .json(&serde_json::json!({"username": user, "password": password}));
+    for l in lines {
+        r = r.header(header, *l);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    (
+        status,
+        v["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// The source a login was recorded from, in the audit log.
+async fn last_login_source(cp: &Running) -> String {
+    let audit = cp.admin.audit(100).await.unwrap();
+    audit
+        .iter()
+        .rev()
+        .find(|e| e.event == "login" || e.event == "login_failed")
+        .and_then(|e| e.source.clone())
+        .unwrap()
+}
+
+/// A proxy that appends its own X-Forwarded-For line after the one the
+/// client sent: only the right end of the whole list (the proxy's line)
+/// is the client's real address. Reading only the first line let a
+/// client choose the source its admission is bound to.
+#[tokio::test]
+async fn forwarded_for_is_read_across_every_header_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = control::Settings {
+        trusted_proxies: vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ],
+        ..fast_settings()
+    };
+    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    seed(&cp.admin, "alice", "den", None).await;
+    for (lines, want) in [
+        // The client's own line first, the proxy's appended one last.
+        (&["203.0.113.66", "198.51.100.7"][..], "198.51.100.7"),
+        // A chain of trusted proxies on their own lines.
+        (
+            &["203.0.113.66, 198.51.100.8", "10.1.2.3", "10.9.9.9"][..],
+            "198.51.100.8",
+        ),
+        // Ports and brackets as some proxies write them.
+        (
+            &["[2001:db8::5]:4711", "198.51.100.9:5000"][..],
+            "198.51.100.9",
+        ),
+    ] {
+        let (status, _) =
+            login_via_proxy(&cp, "x-forwarded-for", lines, "alice", "password-of-alice").await;
+        assert_eq!(status, 200);
+        assert_eq!(last_login_source(&cp).await, want, "{lines:?}");
+    }
+    // With the RFC 7239 header configured, X-Forwarded-For is ignored and
+    // Forwarded is read the same way.
+    cp.stop().await;
+    let settings = control::Settings {
+        trusted_proxies: vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ],
+        forwarded_header: control::app::ForwardedHeader::Forwarded,
+        ..fast_settings()
+    };
+    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    for (header, lines, want) in [
+        (
+            "forwarded",
+            &[
+                r#"for=203.0.113.66"#,
+                r#"for="[2001:db8::7]:4711";proto=https, for=10.0.0.2"#,
+            ][..],
+            "2001:db8::7",
+        ),
+        (
+            "forwarded",
+            &["For=198.51.100.20;by=10.0.0.1"][..],
+            "198.51.100.20",
+        ),
+        // A client's own X-Forwarded-For means nothing here.
+        ("x-forwarded-for", &["203.0.113.66"][..], "127.0.0.1"),
+    ] {
+        let (status, _) = login_via_proxy(&cp, header, lines, "alice", "password-of-alice").await;
+        assert_eq!(status, 200);
+        assert_eq!(last_login_source(&cp).await, want, "{header}: {lines:?}");
+    }
+    let (status, _) = login_via_proxy(&cp, "forwarded", &["for=unknown"], "alice", "x").await;
+    assert_eq!(status, 400, "an obfuscated client cannot be bound to");
+    cp.stop().await;
+}
+
+/// A guesser who fails alice's password over and over, from one address
+/// or many, must not keep alice out: her right password from an address
+/// that has not been guessing still logs her in. Time is a manual clock.
+#[tokio::test]
+async fn a_guesser_cannot_lock_the_user_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (clock, hands) = control::Clock::manual();
+    let settings = control::Settings {
+        trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
+        login_per_minute: 10,
+        clock,
+        ..fast_settings()
+    };
+    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    seed(&cp.admin, "alice", "den", None).await;
+    let xff = "x-forwarded-for";
+
+    // A guesser with two addresses, a wrong guess every second (faster
+    // than the ten a minute that come back), for ten minutes.
+    for i in 0..600 {
+        let from = ["203.0.113.66", "203.0.113.67"][i % 2];
+        let (status, _) = login_via_proxy(&cp, xff, &[from], "alice", "guess").await;
+        assert!(status == 401 || status == 429, "{status}");
+        hands.advance(Duration::from_secs(1));
+    }
+    let (status, _) =
+        login_via_proxy(&cp, xff, &["198.51.100.7"], "alice", "password-of-alice").await;
+    assert_eq!(status, 200, "alice is locked out by a guesser");
+
+    // The guesser's own address is held to its limit meanwhile.
+    let mut refused = 0;
+    for _ in 0..11 {
+        let (status, code) = login_via_proxy(&cp, xff, &["203.0.113.66"], "alice", "guess").await;
+        if status == 429 {
+            assert_eq!(code, "rate_limited");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "a guessing address is not limited");
+
+    // Many addresses, one guess each: alice's failure budget is spent,
+    // and every address that failed is refused for her...
+    for i in 1..=30 {
+        let (status, _) =
+            login_via_proxy(&cp, xff, &[&format!("192.0.2.{i}")], "alice", "guess").await;
+        assert!(status == 401 || status == 429, "{status}");
+    }
+    let (status, code) = login_via_proxy(&cp, xff, &["192.0.2.1"], "alice", "guess").await;
+    assert_eq!((status, code.as_str()), (429, "rate_limited"));
+    // ...with the same answer whoever the name belongs to (the limiter
+    // does not tell which accounts exist).
+    for i in 1..=30 {
+        login_via_proxy(&cp, xff, &[&format!("192.0.2.{i}")], "nobody", "guess").await;
+    }
+    let (status2, code2) = login_via_proxy(&cp, xff, &["192.0.2.1"], "nobody", "guess").await;
+    assert_eq!((status2, code2), (status, code));
+    // ...but alice herself, from home, gets in at once.
+    let (status, _) =
+        login_via_proxy(&cp, xff, &["198.51.100.7"], "alice", "password-of-alice").await;
+    assert_eq!(status, 200, "alice is locked out by a spray of guesses");
+    // An IPv6 guesser counts per /64: hopping addresses within it does not
+    // earn more attempts.
+    let mut v6_refused = 0;
+    for i in 0..12 {
+        let (status, _) =
+            login_via_proxy(&cp, xff, &[&format!("2001:db8:0:1::{i:x}")], "bob", "guess").await;
+        if status == 429 {
+            v6_refused += 1;
+        }
+    }
+    assert_eq!(v6_refused, 2, "ten attempts a minute per /64");
+    cp.stop().await;
+}
+
+/// One user cannot take every tunnel address of a server: the ninth
+/// admission (the default allows eight) gets a clear 409 that says what to
+/// do, and the owner can change the limit per server.
+#[tokio::test]
+async fn admissions_per_user_are_limited_per_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(alice.access("den", key(i + 1)).await.unwrap().admission_id);
+    }
+    let e = alice.access("den", key(9)).await.unwrap_err();
+    assert_eq!((e.status(), e.code()), (Some(409), Some("admission_limit")));
+    let text = e.to_string();
+    assert!(
+        text.contains("server 'den'")
+            && text.contains("8 live admissions")
+            && text.contains("owner"),
+        "{text}"
+    );
+    assert_eq!(cp.admin.list_admissions().await.unwrap().len(), 8);
+    let audit = cp.admin.audit(10).await.unwrap();
+    assert_eq!(audit.last().unwrap().event, "access_denied");
+
+    // Ending one makes room for one.
+    alice.revoke(&ids[0]).await.unwrap();
+    alice.access("den", key(10)).await.unwrap();
+    assert!(alice.access("den", key(11)).await.is_err());
+
+    // The owner raises the limit for this server.
+    let s = cp
+        .admin
+        .update_server(
+            "den",
+            &UpdateServer {
+                max_admissions_per_user: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.max_admissions_per_user, 10);
+    alice.access("den", key(11)).await.unwrap();
+    alice.access("den", key(12)).await.unwrap();
+    assert_eq!(
+        alice.access("den", key(13)).await.unwrap_err().code(),
+        Some("admission_limit")
+    );
+    // Another user is not affected by alice's admissions.
+    add_user_with_grant(&cp.admin, "bob", "den").await;
+    login(&cp.client(), "bob")
+        .await
+        .access("den", key(14))
+        .await
+        .unwrap();
+    // Set at creation too.
+    let created = cp
+        .admin
+        .create_server_with(
+            &CreateServer {
+                name: "attic".into(),
+                binding: Default::default(),
+                admission_ttl_secs: None,
+            },
+            &ServerOptions {
+                max_admissions_per_user: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(created.enrollment_token.starts_with("hge_"));
+    let listed = cp.admin.list_servers().await.unwrap();
+    assert_eq!(
+        listed
+            .iter()
+            .find(|s| s.name == "attic")
+            .unwrap()
+            .max_admissions_per_user,
+        2
+    );
+    drop(gw);
+    cp.stop().await;
+}
+
+/// The follower's credential is refused now (a held poll included).
+async fn credential_refused(cp: &Running, credential: &str) -> String {
+    let e = feed_update(&cp.client().with_bearer(credential), None, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401), "{e}");
+    e.to_string()
+}
+
+/// A stolen gateway credential can be revoked at once; a lost one does not
+/// make the server unusable: a new one-time token re-enrolls it, and the
+/// old credential stops working when the new one is issued.
+#[tokio::test]
+async fn gateway_credentials_can_be_revoked_and_servers_reenrolled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    let adm = alice.access("den", key(1)).await.unwrap();
+
+    // A poll held with the credential ends as soon as it is revoked.
+    let c = cp.client().with_bearer(&gw.credential);
+    let version = gw.version();
+    let held =
+        tokio::spawn(async move { feed_update(&c, Some(version), Duration::from_secs(60)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t = std::time::Instant::now();
+    cp.admin.revoke_credential("den").await.unwrap();
+    let e = tokio::time::timeout(PATIENCE, held)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    assert!(
+        t.elapsed() < PUSH_BOUND,
+        "the held poll lasted {:?}",
+        t.elapsed()
+    );
+    let text = credential_refused(&cp, &gw.credential).await;
+    assert!(text.contains("hushgate admin server reenroll"), "{text}");
+    drop(gw);
+
+    // Re-enrollment of the same server with a new token.
+    let token = cp
+        .admin
+        .create_enrollment_token("den", &NewEnrollmentToken::default())
+        .await
+        .unwrap();
+    assert!(token.token.starts_with("hge_"));
+    let listed = cp.admin.list_enrollment_tokens().await.unwrap();
+    assert!(listed.iter().any(|t| t.id == token.id && t.server == "den"));
+    let gw2 = FeedFollower::enroll(&cp.client(), &token.token, key(200)).await;
+    // Same gateway key: alice's admission is still there.
+    assert!(gw2.admission_ids().contains(&adm.admission_id));
+    assert!(cp.admin.list_enrollment_tokens().await.unwrap().is_empty());
+
+    // A token issued without --revoke-now leaves the current credential
+    // working until it is used; using it replaces the credential.
+    let next = cp
+        .admin
+        .create_enrollment_token("den", &NewEnrollmentToken::default())
+        .await
+        .unwrap();
+    alice.access("den", key(2)).await.expect("gw2 still serves");
+    let gw3 = FeedFollower::enroll(&cp.client(), &next.token, key(200)).await;
+    credential_refused(&cp, &gw2.credential).await;
+    drop(gw2);
+    alice.access("den", key(3)).await.expect("gw3 serves");
+
+    // --revoke-now: the current credential stops at once.
+    let third = cp
+        .admin
+        .create_enrollment_token(
+            "den",
+            &NewEnrollmentToken {
+                revoke_credential: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    credential_refused(&cp, &gw3.credential).await;
+    drop(gw3);
+
+    // A revoked token cannot be used.
+    cp.admin.revoke_enrollment_token(&third.id).await.unwrap();
+    let e = cp
+        .client()
+        .enroll(&EnrollRequest {
+            enrollment_token: third.token.clone(),
+            report: report(key(200)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+
+    // Tokens expire (a second here; a day by default).
+    let short = cp
+        .admin
+        .create_enrollment_token(
+            "den",
+            &NewEnrollmentToken {
+                ttl_secs: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let e = cp
+        .client()
+        .enroll(&EnrollRequest {
+            enrollment_token: short.token.clone(),
+            report: report(key(200)),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(401));
+    assert!(e.to_string().contains("expired"), "{e}");
+
+    let events: Vec<String> = cp
+        .admin
+        .audit(200)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    for want in [
+        "credential_revoked",
+        "enrollment_token_created",
+        "enrollment_token_revoked",
+        "enrolled",
+    ] {
+        assert!(events.iter().any(|e| e == want), "no {want} in {events:?}");
+    }
+    cp.stop().await;
+}
+
+/// Rename keeps everything; remove ends the admissions at the gateway
+/// first, then frees the name, and a new server of that name starts clean.
+#[tokio::test]
+async fn servers_can_be_renamed_and_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, gw, alice) = world(dir.path()).await;
+    let adm = alice.access("den", key(1)).await.unwrap();
+    let s = cp
+        .admin
+        .update_server(
+            "den",
+            &UpdateServer {
+                name: Some("living-room".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.name, "living-room");
+    assert_eq!(
+        alice.access("den", key(2)).await.unwrap_err().code(),
+        Some("no_access")
+    );
+    alice.access("living-room", key(3)).await.unwrap();
+    assert!(gw.admission_ids().contains(&adm.admission_id));
+    assert_eq!(gw.state().server, "living-room");
+    let grants = cp.admin.list_grants().await.unwrap();
+    assert_eq!(grants[0].server, "living-room");
+
+    let removed = cp.admin.remove_server("living-room").await.unwrap();
+    assert_eq!(removed.admissions_ended, 2);
+    assert!(removed.gateway_confirmed);
+    assert!(gw.admission_ids().is_empty());
+    credential_refused(&cp, &gw.credential).await;
+    assert!(cp.admin.list_grants().await.unwrap().is_empty());
+    assert!(cp.admin.list_admissions().await.unwrap().is_empty());
+    drop(gw);
+
+    // The name is free; the new server shares nothing with the old one
+    // (an access is answered only after the new gateway acknowledged).
+    let token = cp
+        .admin
+        .create_server(&CreateServer {
+            name: "living-room".into(),
+            binding: Default::default(),
+            admission_ttl_secs: None,
+        })
+        .await
+        .unwrap()
+        .enrollment_token;
+    cp.admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "living-room".into(),
+            services: None,
+            direct: false,
+        })
+        .await
+        .unwrap();
+    let enrolled = cp
+        .client()
+        .enroll(&EnrollRequest {
+            enrollment_token: token,
+            report: report(key(201)),
+        })
+        .await
+        .unwrap();
+    let silent = FeedFollower::follow(&cp.client(), &enrolled.credential, false).await;
+    let e = alice.access("living-room", key(4)).await.unwrap_err();
+    assert_eq!(e.code(), Some("gateway_timeout"));
+    drop(silent);
+    let _gw = FeedFollower::follow(&cp.client(), &enrolled.credential, true).await;
+    let r = alice.access("living-room", key(5)).await.unwrap();
+    assert_eq!(r.client_address.to_string(), "100.64.0.2");
+    let e = cp.admin.remove_server("nowhere").await.unwrap_err();
+    assert_eq!(e.status(), Some(404));
+    cp.stop().await;
+}
+
+/// A grant naming a service the gateway does not offer is refused when it
+/// is made, naming what the gateway does offer; before the gateway has
+/// reported, the grant is kept with a warning.
+#[tokio::test]
+async fn grants_for_services_the_gateway_does_not_offer_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, _gw, _alice) = world(dir.path()).await;
+    let e = cp
+        .admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "den".into(),
+            services: Some(vec!["emby".into()]),
+            direct: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.status(), Some(400));
+    let text = e.to_string();
+    assert!(text.contains("'emby'") && text.contains("plex"), "{text}");
+    assert_eq!(cp.admin.list_grants().await.unwrap()[0].services, None);
+
+    cp.admin
+        .create_server(&CreateServer {
+            name: "attic".into(),
+            binding: Default::default(),
+            admission_ttl_secs: None,
+        })
+        .await
+        .unwrap();
+    let g = cp
+        .admin
+        .create_grant(&CreateGrant {
+            username: "alice".into(),
+            server: "attic".into(),
+            services: Some(vec!["emby".into()]),
+            direct: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.warnings.len(), 1);
+    assert!(g.warnings[0].contains("not reported"), "{:?}", g.warnings);
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn an_admin_sets_a_new_password_and_old_logins_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cp, _gw, alice) = world(dir.path()).await;
+    cp.admin
+        .set_password("alice", "a-new-long-password")
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.access("den", key(1)).await.unwrap_err().status(),
+        Some(401),
+        "the old login still works"
+    );
+    let c = cp.client();
+    assert_eq!(
+        c.login("alice", "password-of-alice")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(401)
+    );
+    c.login("alice", "a-new-long-password").await.unwrap();
+    assert_eq!(
+        cp.admin
+            .set_password("alice", "short")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(400)
+    );
+    assert_eq!(
+        cp.admin
+            .set_password("nobody", "long-enough-password")
+            .await
+            .unwrap_err()
+            .status(),
+        Some(404)
+    );
+    cp.stop().await;
+}
+
+/// A client that reaches the control plane by a name its certificate
+/// does not carry is told to add that name with --san (not to pass --ca,
+/// which it already did).
+#[tokio::test]
+async fn a_certificate_without_the_name_asks_for_san() {
+    let dir = tempfile::tempdir().unwrap();
+    let cp = Running::start(dir.path(), "127.0.0.2:0", fast_settings()).await;
+    let e = cp
+        .client()
+        .login("alice", "whatever-password")
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::CertificateWrongName { .. }), "{e}");
+    assert!(e.to_string().contains("--san 127.0.0.2"), "{e}");
     cp.stop().await;
 }

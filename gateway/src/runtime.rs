@@ -100,7 +100,7 @@ pub enum GatewayError {
     },
     #[error("enrollment failed: {0}")]
     Enroll(ClientError),
-    #[error("the control plane refused this gateway's credential ({0}); if the server was re-created, remove {1} and enroll again with a new token")]
+    #[error("the control plane refused this gateway's credential ({0}); it was revoked or replaced, or the server removed: get a new token with 'hushgate admin server reenroll NAME' on the control plane and start the gateway with it (HUSHGATE_ENROLL_TOKEN or --enroll-file); {1} is replaced when it is used")]
     CredentialRefused(ClientError, PathBuf),
     #[error("cannot reach the control plane: {0}")]
     Control(ClientError),
@@ -292,19 +292,29 @@ impl Gateway {
                 .collect(),
         };
         let mut server = None;
-        let credential = match identity.credential.clone() {
-            Some(c) => {
-                client
-                    .with_bearer(&c)
-                    .report(&report)
-                    .await
-                    .map_err(|e| match e.status() {
-                        Some(401) => GatewayError::CredentialRefused(e, identity.credential_path()),
-                        _ => GatewayError::Control(e),
-                    })?;
-                c
-            }
-            None => {
+        let refused = match identity.credential.clone() {
+            Some(c) => match client.with_bearer(&c).report(&report).await {
+                Ok(()) => Ok(c),
+                // Revoked or replaced on the control plane. An enrollment
+                // token given now is the operator's answer to that
+                // ('hushgate admin server reenroll'); without one, say so.
+                Err(e) if e.status() == Some(401) && cfg.enroll_token.is_some() => {
+                    tracing::warn!(error = %e, "the control plane refused this gateway's credential; enrolling again with the enrollment token given");
+                    Err(())
+                }
+                Err(e) if e.status() == Some(401) => {
+                    return Err(GatewayError::CredentialRefused(
+                        e,
+                        identity.credential_path(),
+                    ))
+                }
+                Err(e) => return Err(GatewayError::Control(e)),
+            },
+            None => Err(()),
+        };
+        let credential = match refused {
+            Ok(c) => c,
+            Err(()) => {
                 let token = cfg.enroll_token.clone().ok_or_else(|| {
                     GatewayError::Config(format!(
                         "this gateway is not enrolled yet ({} has no credential): give the enrollment token from 'hushgate admin server add' in HUSHGATE_ENROLL_TOKEN or with --enroll-file",
@@ -741,7 +751,9 @@ async fn follow_feed(
             Err(e) => {
                 {
                     let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
-                    if h.connected || h.last_error.is_none() {
+                    if e.status() == Some(401) && (h.connected || h.last_error.is_none()) {
+                        tracing::error!(error = %e, "the control plane no longer accepts this gateway's credential (revoked, replaced, or the server removed); existing admissions stay until they expire; re-enroll: run 'hushgate admin server reenroll NAME' on the control plane and restart the gateway with the new token");
+                    } else if h.connected || h.last_error.is_none() {
                         tracing::warn!(error = %e, "lost the control plane feed; existing admissions stay until they expire, retrying");
                     }
                     h.connected = false;

@@ -492,3 +492,63 @@ async fn a_flood_from_a_stranger_is_drained_and_does_not_silence_the_gateway() {
     assert_eq!(body.map(|b| b.len()), Some(FILE_LEN));
     w.gateway.shutdown().await;
 }
+
+/// A gateway whose credential was revoked on the control plane says how
+/// to re-enroll, and a new enrollment token for its server (given at the
+/// next start) brings it back with its admissions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_gateway_reenrolls_with_a_new_token() {
+    let w = world().await;
+    let (secret, access, _alice) = admitted(&w).await;
+    let url = w.base.base_url().to_string();
+    let ca = w._dir.path().join("control/ca.pem");
+    let dir = w._dir.path().join("gateway");
+    let udp = w.gateway.udp_addr();
+    let World {
+        gateway,
+        _dir,
+        control: serving,
+        admin,
+        ..
+    } = w;
+    gateway.shutdown().await;
+    admin.revoke_credential("den").await.unwrap();
+    let config = |enroll_token: Option<String>| GatewayConfig {
+        control_url: url.clone(),
+        trust: Trust::from_ca_file(&ca).unwrap(),
+        state_dir: dir.clone(),
+        listen_udp: udp,
+        public_endpoint: None,
+        services: vec![ServiceSpec {
+            name: "plex".into(),
+            port: 32400,
+            upstream: upstream(),
+        }],
+        direct: vec![],
+        prefilter: hushgate_gateway::PrefilterMode::Off,
+        enroll_token,
+    };
+    let Err(e) = Gateway::start(config(None)).await else {
+        panic!("a gateway with a revoked credential started");
+    };
+    let text = e.to_string();
+    assert!(text.contains("hushgate admin server reenroll"), "{text}");
+    let token = admin
+        .create_enrollment_token("den", &proto::api::NewEnrollmentToken::default())
+        .await
+        .unwrap();
+    let gateway = Gateway::start(config(Some(token.token)))
+        .await
+        .expect("re-enrolls with the new token");
+    assert!(gateway.wait_synced(Duration::from_secs(10)).await);
+    let body = tokio::task::spawn_blocking(move || {
+        TestClient::new(secret, &access, "127.0.0.1:0").download(Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(body.map(|b| b.len()), Some(FILE_LEN));
+    gateway.shutdown().await;
+    if let Some(c) = serving {
+        let _ = c.stop().await;
+    }
+}

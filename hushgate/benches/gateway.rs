@@ -555,7 +555,17 @@ fn main() {
     let ca = cp_dir.join("ca.pem");
 
     admin(&cp_dir, &["user", "add", "alice"]);
-    let out = admin(&cp_dir, &["server", "add", SERVER]);
+    // One user holds every admission here: lift the per-user limit.
+    let out = admin(
+        &cp_dir,
+        &[
+            "server",
+            "add",
+            SERVER,
+            "--max-admissions-per-user",
+            "65533",
+        ],
+    );
     let token = out
         .lines()
         .rev()

@@ -18,7 +18,9 @@ ephemeral WireGuard key, bound to its source address, to the gateway beside the 
 Only then does the client learn how to reach the gateway.\n\nRoles: `control` (the control \
 plane), `admin` (manage it), `gateway` (beside the media server), `connect` (the client \
 shim); `demo` shows them all working together on loopback.",
-    after_help = "Logging: set RUST_LOG (e.g. RUST_LOG=debug). Docs: docs/ in the repository."
+    after_help = "Passwords and tokens never go on the command line: they are typed when asked \
+(not shown), piped on standard input, or set in HUSHGATE_PASSWORD / HUSHGATE_ENROLL_TOKEN. \
+Logging: set RUST_LOG (e.g. RUST_LOG=debug). Docs: README.md and docs/ in the repository."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -39,20 +41,31 @@ enum Command {
     Connect(cmd::connect::Args),
 }
 
+/// What `hushgate connect` logs unless RUST_LOG says otherwise: a client
+/// user needs hushgate's own messages, not the internals of the libraries
+/// under it (boringtun's timer warnings, TCP stack traces).
+const CLIENT_LOG: &str =
+    "warn,hushgate=info,hushgate_client_shim=info,boringtun=off,smoltcp=off,hushgate_netstack=error";
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The demo narrates on its own; its components' logs would only
     // interleave with the story unless asked for with RUST_LOG.
-    let default_level = match cli.command {
+    let default_filter = match cli.command {
         Command::Demo(_) => "error",
+        Command::Connect(_) => CLIENT_LOG,
         _ => "info",
     };
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in journald,
+        // files or pipes.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,5 +92,47 @@ fn main() -> std::process::ExitCode {
             eprintln!("hushgate: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_client_log_leaves_library_internals_out() {
+        let out = Captured::default();
+        let w = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(super::CLIENT_LOG))
+            .with_writer(move || w.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "boringtun::noise::timers", "CONNECTION_EXPIRED(REKEY_ATTEMPT_TIME)");
+            tracing::warn!(target: "boringtun::noise::timers", "HANDSHAKE(REKEY_TIMEOUT)");
+            tracing::warn!(target: "smoltcp::iface", "a stack trace");
+            tracing::info!(target: "hushgate_client_shim::session", "renewed the admission");
+            tracing::warn!(target: "hushgate_client_shim::session", "admission revoked");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("REKEY"), "{text}");
+        assert!(!text.contains("stack trace"), "{text}");
+        assert!(text.contains("renewed the admission"), "{text}");
+        assert!(text.contains("admission revoked"), "{text}");
     }
 }

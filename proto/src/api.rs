@@ -163,11 +163,117 @@ pub struct CreateServer {
     pub admission_ttl_secs: Option<u64>,
 }
 
+/// More of `POST /v1/admin/servers`, sent in the same JSON object as
+/// [`CreateServer`]'s fields (see `ControlClient::create_server_with`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerOptions {
+    /// Live admissions one user may hold on the server at once (default 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_admissions_per_user: Option<u32>,
+    /// How long the enrollment token is valid, in seconds (default a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_ttl_secs: Option<u64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreatedServer {
     pub name: String,
     /// One-time token the gateway exchanges for its credential.
     pub enrollment_token: String,
+    /// The token's id, to list or revoke it (never the secret).
+    #[serde(default)]
+    pub enrollment_token_id: String,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub enrollment_expires_at: Option<OffsetDateTime>,
+}
+
+/// `PATCH /v1/admin/servers/{name}`: only the fields present change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateServer {
+    /// A new name (rename); admissions, grants and the gateway stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_ttl_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_admissions_per_user: Option<u32>,
+}
+
+/// `DELETE /v1/admin/servers/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RemovedServer {
+    pub name: String,
+    /// Admissions that ended with the server.
+    pub admissions_ended: usize,
+    /// Whether the gateway confirmed it dropped them (false when it is
+    /// offline: it then keeps them at most until they expire).
+    pub gateway_confirmed: bool,
+}
+
+/// `POST /v1/admin/servers/{name}/enrollment-tokens`: a new one-time
+/// token; the gateway that uses it gets a new credential, which replaces
+/// the server's current one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEnrollmentToken {
+    /// Validity in seconds (default a day).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// Also make the current gateway credential stop working now, not
+    /// only when the token is used (for a credential that leaked).
+    #[serde(default)]
+    pub revoke_credential: bool,
+}
+
+/// A freshly issued enrollment token (the secret is shown only here).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IssuedEnrollmentToken {
+    pub id: String,
+    pub server: String,
+    pub token: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedEnrollmentToken {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedEnrollmentToken")
+            .field("id", &self.id)
+            .field("server", &self.server)
+            .field("expires_at", &self.expires_at)
+            .field("token", &"<hidden>")
+            .finish()
+    }
+}
+
+/// A live enrollment token as listed (no secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnrollmentTokenInfo {
+    pub id: String,
+    pub server: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `PUT /v1/admin/users/{name}/password`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetPassword {
+    pub password: String,
+}
+
+impl std::fmt::Debug for SetPassword {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetPassword")
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,6 +291,8 @@ pub struct ServerInfo {
     pub gateway_last_seen: Option<OffsetDateTime>,
     pub feed_version: u64,
     pub acked_version: u64,
+    #[serde(default)]
+    pub max_admissions_per_user: u32,
 }
 
 /// `POST /v1/admin/grants`.
@@ -207,6 +315,10 @@ pub struct GrantInfo {
     pub server: String,
     pub services: Option<Vec<String>>,
     pub direct: bool,
+    /// Things the admin should know about the grant (e.g. the gateway has
+    /// not reported its services yet, so the names could not be checked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One admission as shown to an admin (no preshared key).

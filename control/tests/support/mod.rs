@@ -123,6 +123,28 @@ pub async fn seed(admin: &ControlClient, user: &str, server: &str, ttl: Option<u
     s.enrollment_token
 }
 
+/// Creates user `user` (password "password-of-USER") with a grant on the
+/// existing server `server`.
+pub async fn add_user_with_grant(admin: &ControlClient, user: &str, server: &str) {
+    admin
+        .create_user(&CreateUser {
+            username: user.into(),
+            password: format!("password-of-{user}"),
+            admin: false,
+        })
+        .await
+        .unwrap();
+    admin
+        .create_grant(&CreateGrant {
+            username: user.into(),
+            server: server.into(),
+            services: None,
+            direct: false,
+        })
+        .await
+        .unwrap();
+}
+
 pub fn report(k: WgKey) -> GatewayReport {
     GatewayReport {
         public_key: k,

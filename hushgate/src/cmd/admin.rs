@@ -44,6 +44,9 @@ enum What {
     /// Live admissions (authorized client sessions).
     #[command(subcommand)]
     Admission(AdmissionCmd),
+    /// One-time enrollment tokens not used yet.
+    #[command(subcommand)]
+    Enrollment(EnrollmentCmd),
     /// Show the audit log, oldest first.
     Audit {
         /// How many of the latest entries.
@@ -54,12 +57,19 @@ enum What {
 
 #[derive(Debug, clap::Subcommand)]
 enum UserCmd {
-    /// Create a user; the password is read from standard input (or HUSHGATE_PASSWORD).
+    /// Create a user. You choose their password: on a terminal it is asked
+    /// for twice and not shown; a script may pipe it on standard input or
+    /// set HUSHGATE_PASSWORD. At least 8 characters.
     Add {
         name: String,
         /// May use the admin API with their own login.
         #[arg(long)]
         admin: bool,
+    },
+    /// Set a new password for a user (asked for like `user add`'s); their
+    /// current logins end, their admissions stay.
+    Passwd {
+        name: String,
     },
     List,
     /// Delete a user, ending all their admissions.
@@ -80,8 +90,64 @@ enum ServerCmd {
         /// Admission lifetime in seconds (default: the control plane's --admission-ttl).
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
+        /// Live admissions one user may hold on this server at once
+        /// (default 8: every device of a household at once, with room for
+        /// sessions that moved network and have not expired yet).
+        #[arg(long, value_name = "N")]
+        max_admissions_per_user: Option<u32>,
+        /// How long the enrollment token is valid, in seconds (default: a day).
+        #[arg(long, value_name = "SECS")]
+        enrollment_ttl: Option<u64>,
     },
     List,
+    /// Change a server's settings (for new admissions and renewals).
+    Set {
+        name: String,
+        /// Admission lifetime in seconds.
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u64>,
+        /// Live admissions one user may hold on this server at once.
+        #[arg(long, value_name = "N")]
+        max_admissions_per_user: Option<u32>,
+    },
+    /// Rename a server; its gateway, grants and admissions stay.
+    Rename {
+        name: String,
+        new_name: String,
+    },
+    /// Remove a server: its admissions end (the gateway drops them), then
+    /// its grants, enrollment tokens and gateway credential are deleted.
+    Remove {
+        name: String,
+    },
+    /// Print a new one-time enrollment token for an existing server: for a
+    /// gateway that lost its state folder, a new host, or a credential to
+    /// replace. The gateway that uses it gets a new credential, and the
+    /// old one stops working.
+    Reenroll {
+        name: String,
+        /// Make the current credential stop working now rather than when
+        /// the token is used (for a credential that leaked).
+        #[arg(long)]
+        revoke_now: bool,
+        /// How long the token is valid, in seconds (default: a day).
+        #[arg(long, value_name = "SECS")]
+        enrollment_ttl: Option<u64>,
+    },
+    /// Make the server's gateway credential stop working now. The gateway
+    /// keeps its admissions until they expire but gets no changes until it
+    /// is enrolled again (`server reenroll`).
+    RevokeCredential {
+        name: String,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum EnrollmentCmd {
+    /// Enrollment tokens not used yet, with their expiry.
+    List,
+    /// Make an enrollment token unusable.
+    Revoke { id: String },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -155,6 +221,16 @@ fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_enrollment_token(token: &str, expires: Option<time::OffsetDateTime>) {
+    println!(
+        "enrollment token (one use{}; give it to the gateway via HUSHGATE_ENROLL_TOKEN or its --enroll-file):",
+        expires
+            .map(|t| format!(", valid until {}", ts(t)))
+            .unwrap_or_default()
+    );
+    println!("{token}");
+}
+
 fn ts(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
@@ -164,7 +240,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let c = client(&a)?;
     match &a.what {
         What::User(UserCmd::Add { name, admin }) => {
-            let password = super::read_secret("HUSHGATE_PASSWORD", "password")?;
+            let password = super::read_new_secret("HUSHGATE_PASSWORD", "password")?;
             let u = c
                 .create_user(&CreateUser {
                     username: name.clone(),
@@ -181,6 +257,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 if u.admin { " (admin)" } else { "" }
             );
         }
+        What::User(UserCmd::Passwd { name }) => {
+            let password = super::read_new_secret("HUSHGATE_PASSWORD", "new password")?;
+            c.set_password(name, &password).await?;
+            println!("password of '{name}' changed; their current logins have ended");
+        }
         What::User(UserCmd::List) => {
             let users = c.list_users().await?;
             if a.json {
@@ -195,20 +276,140 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             c.delete_user(name).await?;
             println!("user '{name}' removed; their admissions have ended");
         }
-        What::Server(ServerCmd::Add { name, binding, ttl }) => {
+        What::Server(ServerCmd::Add {
+            name,
+            binding,
+            ttl,
+            max_admissions_per_user,
+            enrollment_ttl,
+        }) => {
             let s = c
-                .create_server(&CreateServer {
-                    name: name.clone(),
-                    binding: *binding,
-                    admission_ttl_secs: *ttl,
-                })
+                .create_server_with(
+                    &CreateServer {
+                        name: name.clone(),
+                        binding: *binding,
+                        admission_ttl_secs: *ttl,
+                    },
+                    &ServerOptions {
+                        max_admissions_per_user: *max_admissions_per_user,
+                        enrollment_ttl_secs: *enrollment_ttl,
+                    },
+                )
                 .await?;
             if a.json {
                 return print_json(&s);
             }
             println!("server '{}' created (binding {binding})", s.name);
-            println!("enrollment token (one use; give it to the gateway via HUSHGATE_ENROLL_TOKEN or its --enroll-file):");
-            println!("{}", s.enrollment_token);
+            print_enrollment_token(&s.enrollment_token, s.enrollment_expires_at);
+        }
+        What::Server(ServerCmd::Set {
+            name,
+            ttl,
+            max_admissions_per_user,
+        }) => {
+            if ttl.is_none() && max_admissions_per_user.is_none() {
+                bail!("say what to change: --ttl SECS and/or --max-admissions-per-user N");
+            }
+            let s = c
+                .update_server(
+                    name,
+                    &UpdateServer {
+                        admission_ttl_secs: *ttl,
+                        max_admissions_per_user: *max_admissions_per_user,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            if a.json {
+                return print_json(&s);
+            }
+            println!(
+                "server '{}': admissions last {} s, at most {} per user",
+                s.name, s.admission_ttl_secs, s.max_admissions_per_user
+            );
+        }
+        What::Server(ServerCmd::Rename { name, new_name }) => {
+            let s = c
+                .update_server(
+                    name,
+                    &UpdateServer {
+                        name: Some(new_name.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            if a.json {
+                return print_json(&s);
+            }
+            println!(
+                "server '{name}' is now '{}'; clients must use the new name",
+                s.name
+            );
+        }
+        What::Server(ServerCmd::Remove { name }) => {
+            let r = c.remove_server(name).await?;
+            if a.json {
+                return print_json(&r);
+            }
+            println!(
+                "server '{}' removed; {} admissions ended{}",
+                r.name,
+                r.admissions_ended,
+                if r.gateway_confirmed {
+                    ""
+                } else {
+                    " (its gateway did not confirm: it keeps them at most until they expire)"
+                }
+            );
+        }
+        What::Server(ServerCmd::Reenroll {
+            name,
+            revoke_now,
+            enrollment_ttl,
+        }) => {
+            let t = c
+                .create_enrollment_token(
+                    name,
+                    &NewEnrollmentToken {
+                        ttl_secs: *enrollment_ttl,
+                        revoke_credential: *revoke_now,
+                    },
+                )
+                .await?;
+            if a.json {
+                return print_json(&t);
+            }
+            if *revoke_now {
+                println!("the gateway credential of '{name}' no longer works");
+            }
+            println!(
+                "when the gateway enrolls with this token, its new credential replaces the current one"
+            );
+            print_enrollment_token(&t.token, Some(t.expires_at));
+        }
+        What::Server(ServerCmd::RevokeCredential { name }) => {
+            c.revoke_credential(name).await?;
+            println!("the gateway credential of '{name}' no longer works; enroll the gateway again with a token from 'hushgate admin server reenroll {name}'");
+        }
+        What::Enrollment(EnrollmentCmd::List) => {
+            let tokens = c.list_enrollment_tokens().await?;
+            if a.json {
+                return print_json(&tokens);
+            }
+            println!("{:<29} {:<20} {:<21} EXPIRES", "ID", "SERVER", "CREATED");
+            for t in tokens {
+                println!(
+                    "{:<29} {:<20} {:<21} {}",
+                    t.id,
+                    t.server,
+                    ts(t.created_at),
+                    ts(t.expires_at)
+                );
+            }
+        }
+        What::Enrollment(EnrollmentCmd::Revoke { id }) => {
+            c.revoke_enrollment_token(id).await?;
+            println!("enrollment token {id} revoked");
         }
         What::Server(ServerCmd::List) => {
             let servers = c.list_servers().await?;
@@ -216,8 +417,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 return print_json(&servers);
             }
             println!(
-                "{:<20} {:<16} {:<9} {:<10} {:<24} SERVICES",
-                "SERVER", "BINDING", "ENROLLED", "GATEWAY", "ENDPOINT"
+                "{:<20} {:<16} {:<9} {:<10} {:<24} {:<8} SERVICES",
+                "SERVER", "BINDING", "ENROLLED", "GATEWAY", "ENDPOINT", "PER USER"
             );
             for s in servers {
                 let services: Vec<String> = s
@@ -226,7 +427,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     .map(|x| format!("{}:{}", x.name, x.port))
                     .collect();
                 println!(
-                    "{:<20} {:<16} {:<9} {:<10} {:<24} {}",
+                    "{:<20} {:<16} {:<9} {:<10} {:<24} {:<8} {}",
                     s.name,
                     s.binding.to_string(),
                     s.enrolled,
@@ -238,6 +439,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     s.gateway_endpoint
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| "-".into()),
+                    s.max_admissions_per_user,
                     services.join(",")
                 );
             }
@@ -258,6 +460,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 .await?;
             if a.json {
                 return print_json(&g);
+            }
+            for w in &g.warnings {
+                eprintln!("warning: {w}");
             }
             println!(
                 "'{}' may now reach '{}' ({})",

@@ -121,9 +121,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Some(EndReason::Closed) => Ok(()),
-        Some(EndReason::Revoked { message }) => {
-            anyhow::bail!("access to server '{}' was revoked: {message}", a.server)
-        }
+        // The message names the server and what happened (and ends in
+        // what to do): repeating it here would say it twice.
+        Some(EndReason::Revoked { message }) => anyhow::bail!("{message}"),
         Some(EndReason::Failed { message, .. }) => anyhow::bail!("the session ended: {message}"),
     }
 }

@@ -1,14 +1,19 @@
 use anyhow::Context;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Run the control plane.
+/// Run the control plane. It stays in the foreground (under systemd, see
+/// deploy/hushgate-control.service); stop it with Ctrl-C or SIGTERM.
 ///
-/// It serves HTTPS only. Without --tls-cert/--tls-key it makes a private CA
-/// in the state folder on first start (ca.pem) and prints its path: give
-/// that file to gateways and clients with --ca. The admin token for
-/// `hushgate admin` is written to STATE/admin-token (mode 0600).
+/// It serves HTTPS only: open TCP 8443 (or your --listen port) to the
+/// gateways and clients. Without --tls-cert/--tls-key it makes a private CA
+/// in the state folder on first start (ca.pem) and prints its path: copy
+/// that file to gateways and clients and pass it with --ca. Its certificate
+/// names localhost, the --listen address and every --san; without --san it
+/// also names this host's name, its FQDN from /etc/hosts and its
+/// non-loopback addresses. The admin token for `hushgate admin` is written
+/// to STATE/admin-token (mode 0600).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Address to serve HTTPS on.
@@ -23,13 +28,20 @@ pub struct Args {
     /// Private key (PEM) for --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Extra DNS name or IP address for the self-issued certificate
-    /// (repeatable; localhost, 127.0.0.1 and ::1 are always included).
+    /// DNS name or IP address gateways and clients use to reach this
+    /// control plane, for the self-issued certificate (repeatable).
+    /// Without it the certificate names this host's name, FQDN and
+    /// addresses; with it, only what you list (plus localhost and the
+    /// --listen address).
     #[arg(long, value_name = "NAME")]
     san: Vec<String>,
-    /// Believe X-Forwarded-For only from proxies in this range (repeatable).
+    /// Believe the forwarding header only from proxies in this range (repeatable).
     #[arg(long, value_name = "CIDR")]
     trusted_proxy: Vec<ipnet::IpNet>,
+    /// The header trusted proxies name the client in: x-forwarded-for or
+    /// forwarded (RFC 7239). Only that one is read.
+    #[arg(long, value_name = "HEADER", default_value = "x-forwarded-for")]
+    forwarded_header: control::app::ForwardedHeader,
     /// Seconds an access request waits for the gateway to confirm.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     ack_timeout: f64,
@@ -39,33 +51,88 @@ pub struct Args {
     /// Lifetime of login tokens, in seconds.
     #[arg(long, default_value_t = 12 * 3600, value_name = "SECS")]
     token_ttl: u64,
-    /// Login attempts allowed per minute per source address and per user.
+    /// Default validity of enrollment tokens, in seconds.
+    #[arg(long, default_value_t = 24 * 3600, value_name = "SECS")]
+    enrollment_ttl: u64,
+    /// Login attempts allowed per minute per source address, and failed
+    /// logins per minute per user name (a user whose failures are spent is
+    /// refused only from the addresses that failed).
     #[arg(long, default_value_t = 10, value_name = "N")]
     login_rate: u32,
+    /// Connections open at once, all sources together (lowered to fit the
+    /// open-files limit, which is raised to its hard limit at start).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    max_connections: usize,
+    /// Connections open at once from one address (IPv6: one /64), except
+    /// admin sources and trusted proxies.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_connections_per_source: usize,
+    /// Connections kept for admin sources, out of --max-connections.
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    admin_connections: usize,
+    /// Where the reserved admin connections may come from (repeatable;
+    /// default loopback, where `hushgate admin --state DIR` connects from).
+    #[arg(long, value_name = "CIDR")]
+    admin_source: Vec<ipnet::IpNet>,
+    /// Seconds a connection has for its TLS handshake and for each request
+    /// head; also how long an idle connection is kept open.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    header_timeout: f64,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    let nofile = control::listener::raise_open_files_limit();
+    let mut sans = a.san.clone();
+    if !a.listen.ip().is_unspecified() {
+        sans.push(a.listen.ip().to_string());
+    }
+    if a.san.is_empty() && a.tls_cert.is_none() {
+        sans.extend(host_names(a.listen.ip()));
+    }
+    let defaults = control::Settings::default();
     let cfg = control::Config {
         state_dir: a.state.clone(),
         tls_cert: a.tls_cert.zip(a.tls_key),
-        sans: a.san,
+        sans: sans.clone(),
         settings: control::Settings {
             trusted_proxies: a.trusted_proxy,
+            forwarded_header: a.forwarded_header,
             token_ttl: Duration::from_secs(a.token_ttl),
             ack_timeout: Duration::from_secs_f64(a.ack_timeout.max(0.1)),
             default_admission_ttl: Duration::from_secs(a.admission_ttl),
+            enrollment_ttl: Duration::from_secs(a.enrollment_ttl.max(1)),
             login_per_minute: a.login_rate,
-            ..Default::default()
+            max_connections: a.max_connections.max(16),
+            max_connections_per_source: a.max_connections_per_source.max(1),
+            admin_connections: a.admin_connections,
+            admin_sources: if a.admin_source.is_empty() {
+                defaults.admin_sources.clone()
+            } else {
+                a.admin_source
+            },
+            header_timeout: Duration::from_secs_f64(a.header_timeout.max(0.5)),
+            ..defaults
         },
     };
+    let own_cert = cfg.tls_cert.is_some();
     let cp = control::ControlPlane::open(cfg)?;
     let listener = std::net::TcpListener::bind(a.listen)
         .with_context(|| format!("cannot listen on {}; is the port in use?", a.listen))?;
     let local = listener.local_addr()?;
-    println!("control plane listening on https://{local}");
+    println!(
+        "control plane listening on https://{local} (open TCP {} to gateways and clients)",
+        local.port()
+    );
+    if !own_cert {
+        println!(
+            "certificate names: localhost, 127.0.0.1, ::1{}{} (gateways and clients must use one of these in --control; add others with --san)",
+            if sans.is_empty() { "" } else { ", " },
+            sans.join(", ")
+        );
+    }
     if let Some(ca) = cp.ca_file() {
         println!(
-            "CA certificate: {} (give it to gateways and clients with --ca)",
+            "CA certificate: {} (copy it to gateways and clients and pass it with --ca)",
             ca.display()
         );
     }
@@ -74,8 +141,106 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         cp.admin_token_file.display(),
         a.state.display()
     );
+    tracing::info!(open_files = nofile, "open-files limit");
     cp.serve(listener, async {
-        let _ = tokio::signal::ctrl_c().await;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
     })
     .await
+}
+
+/// The names a certificate should carry when the operator named none:
+/// this host's name, its fully qualified name if /etc/hosts gives one (no
+/// network lookup: a control plane must start without DNS), and every
+/// address of the host that others could use (no loopback, no link-local:
+/// localhost is always in the certificate, and link-local addresses need
+/// a zone that URLs rarely carry).
+fn host_names(listen: IpAddr) -> Vec<String> {
+    let mut names = Vec::new();
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    if !host.is_empty() && host != "localhost" {
+        names.push(host.clone());
+        if let Some(fqdn) = std::fs::read_to_string("/etc/hosts")
+            .ok()
+            .and_then(|hosts| fqdn_from_hosts(&hosts, &host))
+        {
+            names.push(fqdn);
+        }
+    }
+    for iface in if_addrs::get_if_addrs().unwrap_or_default() {
+        let ip = iface.ip();
+        let link_local = match ip {
+            IpAddr::V4(v4) => v4.is_link_local(),
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        // An IPv4 listener is not reachable on the host's IPv6 addresses.
+        let family_ok = !(listen.is_ipv4() && !listen.is_unspecified() && ip.is_ipv6());
+        if !ip.is_loopback() && !link_local && family_ok {
+            names.push(ip.to_string());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The fully qualified name of `host` in an /etc/hosts text: on a line
+/// naming `host` (or a name starting with `host.`), the first name with a
+/// dot in it.
+fn fqdn_from_hosts(hosts: &str, host: &str) -> Option<String> {
+    let short = host.split('.').next().unwrap_or(host);
+    hosts
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or(""))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            fields.next()?.parse::<IpAddr>().ok()?;
+            let names: Vec<&str> = fields.collect();
+            names
+                .iter()
+                .any(|n| *n == host || *n == short || n.starts_with(&format!("{short}.")))
+                .then(|| {
+                    names
+                        .into_iter()
+                        .find(|n| n.contains('.') && n.starts_with(short))
+                })
+                .flatten()
+        })
+        .next()
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fqdn_comes_from_the_hosts_file() {
+        let hosts = "127.0.0.1 localhost\n# 10.0.0.1 media.wrong.example media\n127.0.1.1 media.home.example media\n::1 localhost ip6-localhost\n";
+        assert_eq!(
+            fqdn_from_hosts(hosts, "media").as_deref(),
+            Some("media.home.example")
+        );
+        assert_eq!(fqdn_from_hosts(hosts, "other"), None);
+        assert_eq!(fqdn_from_hosts("127.0.1.1 media\n", "media"), None);
+    }
+
+    #[test]
+    fn host_names_leave_out_loopback_and_link_local() {
+        for n in host_names("0.0.0.0".parse().unwrap()) {
+            if let Ok(ip) = n.parse::<IpAddr>() {
+                assert!(!ip.is_loopback(), "{n}");
+                assert!(!n.starts_with("fe80") && !n.starts_with("169.254."), "{n}");
+            }
+        }
+    }
 }
