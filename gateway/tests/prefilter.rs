@@ -203,7 +203,13 @@ fn inside_a_namespace() {
     ] {
         sh("ip", &["addr", "add", a, "dev", "lo"]);
     }
-    for a in ["2001:db8::1/128", "2001:db8::7/128", "2001:db8::8/128"] {
+    for a in [
+        "2001:db8::1/128",
+        "2001:db8::7/128",
+        "2001:db8::8/128",
+        "2001:db8:1:ff::9/128",
+        "2001:db8:1:100::9/128",
+    ] {
         sh("ip", &["addr", "add", a, "dev", "lo", "nodad"]);
     }
     let gw = UdpSocket::bind("[::]:0").unwrap();
@@ -250,7 +256,7 @@ fn inside_a_namespace() {
         "b",
         AccessMode::Tunnel,
         "203.0.113.200",
-        BindingPolicy::Prefix(24),
+        BindingPolicy::prefix(24, 56).unwrap(),
         600,
     );
     feed.add(
@@ -260,12 +266,26 @@ fn inside_a_namespace() {
         BindingPolicy::Exact,
         600,
     );
+    // One server's `prefix:24,56` for an IPv6 client: its /56, not a /24.
+    feed.add(
+        "v6p",
+        AccessMode::Tunnel,
+        "2001:db8:1:2::5",
+        "prefix:24,56".parse().unwrap(),
+        600,
+    );
     feed.apply(&mut f);
     assert!(probe.reaches("198.51.100.7"));
     assert!(!probe.reaches("198.51.100.8"));
     assert!(probe.reaches("203.0.113.9"));
     assert!(probe.reaches("2001:db8::7"));
     assert!(!probe.reaches("2001:db8::8"));
+    assert!(probe.reaches("2001:db8:1:ff::9"));
+    assert!(
+        !probe.reaches("2001:db8:1:100::9"),
+        "an IPv6 source outside the client's /56 reached the port"
+    );
+    feed.remove("v6p");
     // Tunnel admissions do not open the direct port.
     assert!(!connects("198.51.100.7", tcp_port));
 
@@ -276,7 +296,7 @@ fn inside_a_namespace() {
         "b",
         AccessMode::Tunnel,
         "203.0.113.200",
-        BindingPolicy::Prefix(24),
+        BindingPolicy::prefix(24, 56).unwrap(),
         1200,
     );
     feed.apply(&mut f);
@@ -373,7 +393,7 @@ fn inside_a_namespace() {
         "b",
         AccessMode::Tunnel,
         "203.0.113.200",
-        BindingPolicy::Prefix(24),
+        BindingPolicy::prefix(24, 56).unwrap(),
         1800,
     );
     feed.apply(&mut f);
