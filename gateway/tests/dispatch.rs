@@ -996,6 +996,62 @@ fn handshake_flood_from_an_admitted_source_meets_cookies() {
 }
 
 #[test]
+fn under_load_a_neighbour_behind_the_same_nat_gets_no_cookie() {
+    let mut config = DispatcherConfig::new([("plex", PLEX)]);
+    config.handshakes_per_second = 1;
+    config.cookie_checks_per_second = 3;
+    let mut net = Net::with_config(config);
+    let mut alice = net.client(1, "203.0.113.7:51820");
+    net.apply(vec![alice.admission("adm_alice", BindingPolicy::Exact)]);
+    net.handshake(&mut alice);
+
+    // Mallory shares alice's public address (one NAT), knows the gateway's
+    // key (a former guest), but holds no admission. Under load, her valid
+    // initiations get nothing at all: no cookie, no handshake.
+    let mut mallory = net.client(66, "203.0.113.7:40000");
+    let init = mallory.initiation();
+    net.send(mallory.addr, &init)
+        .assert_silent_drop(DropReason::WrongKey);
+    assert_eq!(net.gateway.drops().rate_limited, 0);
+    // An admitted key from a source its admission does not bind is no
+    // better, even if another admission binds that source.
+    let mut bob = net.client(2, "198.51.100.9:51820");
+    net.apply(vec![
+        alice.admission("adm_alice", BindingPolicy::Exact),
+        bob.admission("adm_bob", BindingPolicy::Exact),
+    ]);
+    let init = bob.initiation();
+    net.send(sock("203.0.113.7:40002"), &init)
+        .assert_silent_drop(DropReason::WrongSource);
+
+    // Alice, from the same address, gets her cookie (each check costs one
+    // X25519, so they are counted)...
+    net.clock.advance(Duration::from_millis(1));
+    let init = alice.initiation();
+    let r = net.send(alice.addr, &init);
+    assert_eq!(r.verdict, Verdict::Dropped(DropReason::RateLimited));
+    assert_eq!(r.transmits.len(), 1);
+    assert_eq!(r.transmits[0].1[0], 3, "a cookie reply");
+    // ...until this second's checks are spent: then silence, even for
+    // her, and mallory's flood costs no more DH work.
+    let init = alice.initiation();
+    net.send(alice.addr, &init)
+        .assert_silent_drop(DropReason::RateLimited);
+    // A second later (on the dispatcher's clock) there are checks again.
+    net.clock.advance(Duration::from_secs(1));
+    let init = mallory.initiation();
+    net.send(mallory.addr, &init)
+        .assert_silent_drop(DropReason::WrongKey);
+    let init = alice.initiation();
+    let r = net.send(alice.addr, &init);
+    assert_eq!(r.transmits.len(), 1, "{r:?}");
+    assert_eq!(alice.receive(&r.transmits[0].1), ClientGot::Done);
+    // With the cookie, alice's next initiation proves her address and is
+    // answered even under load.
+    net.handshake(&mut alice);
+}
+
+#[test]
 fn under_load_an_open_pinning_window_answers_no_cookies() {
     let mut config = DispatcherConfig::new([("plex", PLEX)]);
     config.handshakes_per_second = 1;
