@@ -62,6 +62,8 @@ pub enum NftError {
     NoTool,
     #[error("not permitted to change nftables: the gateway needs CAP_NET_ADMIN (run it as root or grant the capability)")]
     NotPermitted,
+    #[error("not permitted to read nftables: listing the kernel's tables needs CAP_NET_ADMIN too (run this as root, e.g. with sudo)")]
+    NotPermittedToRead,
     #[error("nft refused the table: {0}")]
     Refused(String),
     #[error("nf_tables netlink: {0}")]
@@ -84,10 +86,11 @@ pub fn run_nft(script: &str) -> Result<String, NftError> {
             .write_all(script.as_bytes())
             .map_err(|e| NftError::Refused(e.to_string()))?;
     }
-    outcome(child.wait_with_output().map_err(spawn_error))
+    outcome(child.wait_with_output().map_err(spawn_error), false)
 }
 
-/// Runs `nft ARGS...` (listing, deleting).
+/// Runs `nft ARGS...` (listing, deleting). A refusal of `list` says that
+/// reading was refused: `hushgate gateway filter show` changes nothing.
 pub fn nft(args: &[&str]) -> Result<String, NftError> {
     outcome(
         Command::new(nft_path())
@@ -95,6 +98,7 @@ pub fn nft(args: &[&str]) -> Result<String, NftError> {
             .stdin(Stdio::null())
             .output()
             .map_err(spawn_error),
+        args.first() == Some(&"list"),
     )
 }
 
@@ -115,15 +119,20 @@ fn spawn_error(e: std::io::Error) -> NftError {
     }
 }
 
-/// What `nft` said: its output, or the error it printed.
-fn outcome(out: Result<std::process::Output, NftError>) -> Result<String, NftError> {
+/// What `nft` said: its output, or the error it printed (`reading`: the
+/// command only lists).
+fn outcome(out: Result<std::process::Output, NftError>, reading: bool) -> Result<String, NftError> {
     let out = out?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if err.contains("Operation not permitted") {
-        return Err(NftError::NotPermitted);
+        return Err(if reading {
+            NftError::NotPermittedToRead
+        } else {
+            NftError::NotPermitted
+        });
     }
     Err(NftError::Refused(err))
 }
@@ -501,6 +510,23 @@ mod tests {
         );
         assert!(m.windows(8).any(|w| w == 1500u64.to_be_bytes()));
         assert_eq!(m.len() % 4, 0);
+    }
+
+    #[test]
+    fn a_refused_listing_does_not_claim_a_change() {
+        use std::os::unix::process::ExitStatusExt;
+        let refused = || {
+            Ok(std::process::Output {
+                status: std::process::ExitStatus::from_raw(1 << 8),
+                stdout: Vec::new(),
+                stderr: b"Error: Could not process rule: Operation not permitted".to_vec(),
+            })
+        };
+        let e = outcome(refused(), true).unwrap_err().to_string();
+        assert!(e.contains("not permitted to read"), "{e}");
+        assert!(!e.contains("change"), "{e}");
+        let e = outcome(refused(), false).unwrap_err().to_string();
+        assert!(e.contains("not permitted to change"), "{e}");
     }
 
     #[test]
