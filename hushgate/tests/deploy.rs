@@ -90,6 +90,18 @@ fn refused(out: Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// Starts `cmd` while `holder` runs on `state`: it must refuse at once,
+/// naming the folder and the holder.
+fn refused_by(cmd: &mut Command, state: &Path, role: &str, holder: &Running) {
+    let e = refused(run_to_end(cmd));
+    let expected = format!(
+        "the state folder {} is in use by {role} (pid {})",
+        state.display(),
+        holder.pid()
+    );
+    assert!(e.contains(&expected), "{e}");
+}
+
 /// Runs `hushgate` to its end, bounded: a second process on a locked
 /// folder must refuse at once, not hang.
 fn run_to_end(cmd: &mut Command) -> Output {
@@ -121,6 +133,13 @@ fn control_plane(state: &Path) -> Running {
         state.to_str().unwrap(),
     ]));
     cp.wait_for("listening on https://");
+    // `hushgate admin --state` finds it by this file, written as it
+    // starts serving (after the line above).
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !state.join("control-url").exists() {
+        assert!(std::time::Instant::now() < deadline, "no control-url");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     cp
 }
 
@@ -183,20 +202,17 @@ fn one_control_plane_per_state_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("control");
     let first = control_plane(&state);
-    let e = refused(run_to_end(hushgate().args([
-        "control",
-        "--listen",
-        "127.0.0.1:0",
-        "--state",
-        state.to_str().unwrap(),
-    ])));
-    assert!(
-        e.contains(&format!(
-            "the state folder {} is in use by a hushgate control plane (pid {})",
-            state.display(),
-            first.pid()
-        )),
-        "{e}"
+    refused_by(
+        hushgate().args([
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ]),
+        &state,
+        "a hushgate control plane",
+        &first,
     );
     // The first one still serves.
     new_server(&state, "den");
@@ -223,18 +239,11 @@ fn the_gateway_as_deployed_enrolls_once_and_owns_its_state_folder() {
     gw.wait_for("in sync with the control plane");
 
     // A second gateway on the same folder is refused, naming the first.
-    let e = refused(run_to_end(hushgate().args([
-        "gateway",
-        "--config",
-        config.to_str().unwrap(),
-    ])));
-    assert!(
-        e.contains(&format!(
-            "the state folder {} is in use by a hushgate gateway (pid {})",
-            state.display(),
-            gw.pid()
-        )),
-        "{e}"
+    refused_by(
+        hushgate().args(["gateway", "--config", config.to_str().unwrap()]),
+        &state,
+        "a hushgate gateway",
+        &gw,
     );
 
     // The status reads like `wg show`, and says the upstream is down.
