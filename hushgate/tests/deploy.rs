@@ -197,6 +197,19 @@ fn gateway_toml(
     path
 }
 
+/// Starts `hushgate gateway --config CONFIG` (with CREDENTIALS_DIRECTORY
+/// set to `creds`, as systemd would) and waits until it is in sync.
+fn gateway_in_sync(config: &Path, creds: Option<&Path>) -> Running {
+    let mut cmd = hushgate();
+    cmd.args(["gateway", "--config", config.to_str().unwrap()]);
+    if let Some(creds) = creds {
+        cmd.env("CREDENTIALS_DIRECTORY", creds);
+    }
+    let mut gw = Running::start(&mut cmd);
+    gw.wait_for("in sync with the control plane");
+    gw
+}
+
 #[test]
 fn one_control_plane_per_state_folder() {
     let tmp = tempfile::tempdir().unwrap();
@@ -235,8 +248,7 @@ fn the_gateway_as_deployed_enrolls_once_and_owns_its_state_folder() {
     );
     let state = tmp.path().join("gateway");
     let config = gateway_toml(tmp.path(), &control_state, &state, Some(&token_file));
-    let mut gw = Running::start(hushgate().args(["gateway", "--config", config.to_str().unwrap()]));
-    gw.wait_for("in sync with the control plane");
+    let gw = gateway_in_sync(&config, None);
 
     // A second gateway on the same folder is refused, naming the first.
     refused_by(
@@ -279,8 +291,7 @@ fn the_gateway_as_deployed_enrolls_once_and_owns_its_state_folder() {
     // Restarted (as Restart=always would), the gateway must not need it.
     gw.stop();
     std::fs::remove_file(&token_file).unwrap();
-    let mut gw = Running::start(hushgate().args(["gateway", "--config", config.to_str().unwrap()]));
-    gw.wait_for("in sync with the control plane");
+    let gw = gateway_in_sync(&config, None);
     gw.stop();
 }
 
@@ -299,22 +310,12 @@ fn the_gateway_takes_its_token_as_a_systemd_credential() {
     );
     let state = tmp.path().join("gateway");
     let config = gateway_toml(tmp.path(), &control_state, &state, None);
-    let mut gw = Running::start(
-        hushgate()
-            .args(["gateway", "--config", config.to_str().unwrap()])
-            .env("CREDENTIALS_DIRECTORY", &creds),
-    );
-    gw.wait_for("in sync with the control plane");
+    let gw = gateway_in_sync(&config, Some(&creds));
     gw.stop();
     // Once enrolled, the unit's empty fallback credential (SetCredential=
     // after the token file was deleted) is ignored.
     write_private(&creds.join("enroll-token"), "");
-    let mut gw = Running::start(
-        hushgate()
-            .args(["gateway", "--config", config.to_str().unwrap()])
-            .env("CREDENTIALS_DIRECTORY", &creds),
-    );
-    gw.wait_for("in sync with the control plane");
+    let gw = gateway_in_sync(&config, Some(&creds));
     gw.stop();
     // A gateway never enrolled, given an empty credential, says so.
     let fresh = tmp.path().join("fresh");
