@@ -159,6 +159,9 @@ pub struct ControlPlane {
     /// Where the admin token was written (only on the start that made it).
     pub admin_token_file: PathBuf,
     pub state_dir: PathBuf,
+    /// Held while this control plane lives: a second one on the same
+    /// folder is refused instead of serving the same database beside it.
+    _lock: statelock::StateLock,
 }
 
 impl ControlPlane {
@@ -169,6 +172,7 @@ impl ControlPlane {
         state::ensure_private_dir(&cfg.state_dir).with_context(|| {
             format!("cannot create the state folder {}", cfg.state_dir.display())
         })?;
+        let lock = statelock::StateLock::acquire(&cfg.state_dir, "a hushgate control plane")?;
         let db_path = cfg.state_dir.join("control.sqlite");
         let db = store::Db::open(&db_path)
             .with_context(|| format!("cannot open the database {}", db_path.display()))?;
@@ -217,6 +221,7 @@ impl ControlPlane {
             tls,
             admin_token_file,
             state_dir: cfg.state_dir,
+            _lock: lock,
         })
     }
 
