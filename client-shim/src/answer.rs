@@ -175,6 +175,7 @@ mod tests {
             ],
             preshared_key: Some(WgKey([9; 32])),
             expires_at: time::macros::datetime!(2026-11-25 21:00 UTC),
+            gateway_reachability: None,
         }
     }
 

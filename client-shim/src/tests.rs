@@ -385,6 +385,7 @@ impl ControlApi for FakeControl {
             }],
             preshared_key: Some(adm.psk),
             expires_at: adm.expires_at,
+            gateway_reachability: None,
         })
     }
 

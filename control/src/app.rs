@@ -38,6 +38,8 @@ pub struct AppState {
     /// Full argon2 verifications run so far, whatever their outcome: a
     /// login for an unknown user must cost one, like a wrong password.
     pub password_checks: std::sync::atomic::AtomicU64,
+    /// Reachability checks in progress (issue 17).
+    pub prober: crate::reachability::Prober,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -73,6 +75,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/admin/servers/{name}/credential",
             delete(revoke_credential),
         )
+        .route("/v1/admin/servers/{name}/check", post(check_server))
         .route("/v1/admin/enrollment-tokens", get(list_enrollment_tokens))
         .route(
             "/v1/admin/enrollment-tokens/{id}",
@@ -632,6 +635,12 @@ async fn access(
             services,
             preshared_key: adm.psk,
             expires_at: adm.expires_at,
+            // issue 17: the tunnel will probably not come up; say why.
+            gateway_reachability: server
+                .reachability
+                .as_ref()
+                .filter(|c| !c.reachable)
+                .map(|_| crate::reachability::view(&server)),
         })
         .into_response()),
         AccessMode::Direct => Ok(Json(DirectAccessResponse {
@@ -816,6 +825,16 @@ async fn enroll(
                 &report.services,
                 &report.direct_services,
             )?;
+            if let Some(network) = &report.network {
+                store::set_network(
+                    tx,
+                    server.id,
+                    &crate::reachability::StoredNetwork {
+                        report: network.clone(),
+                        observed: source,
+                    },
+                )?;
+            }
             store::audit(
                 tx,
                 now(),
@@ -841,6 +860,7 @@ async fn enroll(
     match outcome {
         store::Enrollment::Enrolled { server, replaced } => {
             tracing::info!(server = %server.name, %source, replaced, "gateway enrolled");
+            crate::reachability::request(&st, server.id);
             if replaced {
                 // The gateway holding the old credential must hear at
                 // once that it no longer works.
@@ -898,10 +918,25 @@ async fn report(
                 &report.services,
                 &report.direct_services,
             )?;
+            if let Some(network) = &report.network {
+                store::set_network(
+                    tx,
+                    id,
+                    &crate::reachability::StoredNetwork {
+                        report: network.clone(),
+                        observed: source,
+                    },
+                )?;
+            }
             Ok(store::server_by_id(tx, id)?.version)
         })
         .await?;
     st.hub.server(id, version).publish(version);
+    if server.endpoint != Some(endpoint) {
+        tracing::info!(server = %server.name, %endpoint, "gateway endpoint changed; new admissions use it");
+    }
+    // issue 17: check the endpoint as reported now.
+    crate::reachability::request(&st, id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -991,7 +1026,7 @@ async fn feed(
     let service_address = store::tunnel_address(store::SERVICE_INDEX);
     let update = match answer {
         FeedAnswer::Whole(server, admissions) => FeedUpdate {
-            server: server.name,
+            reachability: Some(crate::reachability::view(&server)),
             version: server.version,
             server_time: t,
             service_address,
@@ -1000,10 +1035,14 @@ async fn feed(
                 .iter()
                 .filter(|a| a.expires_at > t)
                 .map(store::Admission::to_feed)
+                // A reachability check's one-off admission, while it runs.
+                .chain(st.prober.admissions(server.id))
                 .collect(),
             removed: Vec::new(),
+            server: server.name,
         },
         FeedAnswer::Diff(server, after, diff) => FeedUpdate {
+            reachability: Some(crate::reachability::view(&server)),
             server: server.name,
             version: server.version,
             server_time: t,
@@ -1601,6 +1640,7 @@ async fn revoke_enrollment_token(
 
 fn server_info(st: &AppState, s: store::Server, at: Instant) -> ServerInfo {
     let live = st.hub.get(s.id);
+    let reachability = crate::reachability::view(&s);
     ServerInfo {
         gateway_connected: live.as_ref().is_some_and(|l| l.connected(at)),
         gateway_last_seen: live.as_ref().and_then(|l| l.last_seen()),
@@ -1614,7 +1654,32 @@ fn server_info(st: &AppState, s: store::Server, at: Instant) -> ServerInfo {
         services: s.services,
         feed_version: s.version,
         max_admissions_per_user: s.max_admissions_per_user,
+        port_mapping: s.network.as_ref().map(|n| n.report.port_mapping.clone()),
+        reachability,
     }
+}
+
+/// `POST /v1/admin/servers/{name}/check`: checks the gateway's endpoint
+/// now (a WireGuard handshake from the control plane through the real
+/// path) and answers with the result and its diagnosis.
+async fn check_server(
+    State(st): Shared,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<proto::reach::ReachabilityView>> {
+    admin(&st, &headers).await?;
+    let Path(name) = name?;
+    let n = name.clone();
+    let server = st.db.tx(move |tx| store::server_named(tx, &n)).await?;
+    if crate::reachability::check(&st, server.id).await?.is_none() {
+        return Err(AppError::unavailable(
+            "gateway_offline",
+            format!("server '{name}' has no gateway with an endpoint yet; start its gateway first"),
+        ));
+    }
+    let id = server.id;
+    let server = st.db.tx(move |tx| store::server_by_id(tx, id)).await?;
+    Ok(Json(crate::reachability::view(&server)))
 }
 
 async fn list_servers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<ServerInfo>>> {

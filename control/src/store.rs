@@ -218,7 +218,7 @@ CREATE TABLE IF NOT EXISTS audit (
 "#;
 
 /// The schema version `migrate` brings a database to (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Default for `servers.max_admissions_per_user` (see `DEFAULT_MAX_ADMISSIONS_PER_USER`).
 pub const DEFAULT_MAX_ADMISSIONS_PER_USER: u32 = 8;
@@ -298,6 +298,15 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             )?;
         }
         tx.execute("UPDATE servers SET enroll_hash = NULL", [])?;
+    }
+    if version < 3 {
+        // Version 3 (issue 17): what the gateway reported about its
+        // network (port mapping, IPv6, the address it was seen from) and
+        // the last reachability check, each as JSON.
+        tx.execute_batch(
+            "ALTER TABLE servers ADD COLUMN network TEXT;
+             ALTER TABLE servers ADD COLUMN reachability TEXT;",
+        )?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
@@ -469,10 +478,14 @@ pub struct Server {
     pub version: u64,
     /// Live admissions one user may hold on this server at once.
     pub max_admissions_per_user: u32,
+    /// The gateway's last network report and where it came from.
+    pub network: Option<crate::reachability::StoredNetwork>,
+    /// The last reachability check of its endpoint.
+    pub reachability: Option<proto::reach::Reachability>,
 }
 
 const SERVER_COLS: &str =
-    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user";
+    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user, network, reachability";
 
 fn server_row(r: &rusqlite::Row) -> rusqlite::Result<Server> {
     let binding: String = r.get(2)?;
@@ -492,6 +505,12 @@ fn server_row(r: &rusqlite::Row) -> rusqlite::Result<Server> {
         direct_services: serde_json::from_str(&direct).unwrap_or_default(),
         version: r.get::<_, i64>(9)? as u64,
         max_admissions_per_user: r.get::<_, i64>(10)?.clamp(0, i64::from(u32::MAX)) as u32,
+        network: r
+            .get::<_, Option<String>>(11)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
+        reachability: r
+            .get::<_, Option<String>>(12)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -704,7 +723,7 @@ pub fn delete_enrollment_token(tx: &Connection, id: &str) -> Result<Option<Strin
 pub enum Enrollment {
     /// The gateway holds the server's credential now; `replaced` when it
     /// took the place of an earlier one (re-enrollment).
-    Enrolled { server: Server, replaced: bool },
+    Enrolled { server: Box<Server>, replaced: bool },
     /// The token existed but its time was up (it is deleted now).
     Expired {
         server: String,
@@ -747,7 +766,7 @@ pub fn enroll(
     )?;
     Ok(Enrollment::Enrolled {
         replaced: server.enrolled,
-        server: server_by_id(tx, server_id)?,
+        server: Box::new(server_by_id(tx, server_id)?),
     })
 }
 
@@ -782,6 +801,48 @@ pub fn update_gateway(
         feed.record(server_id, v, Change::Reset);
     }
     Ok(())
+}
+
+/// Records the gateway's network report (issue 17).
+pub fn set_network(
+    tx: &Connection,
+    server_id: i64,
+    network: &crate::reachability::StoredNetwork,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE servers SET network = ?2 WHERE id = ?1",
+        params![
+            server_id,
+            serde_json::to_string(network).unwrap_or_default()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Records the last reachability check of a server's endpoint (issue 17).
+pub fn set_reachability(
+    tx: &Connection,
+    server_id: i64,
+    check: &proto::reach::Reachability,
+) -> Result<()> {
+    tx.execute(
+        "UPDATE servers SET reachability = ?2 WHERE id = ?1",
+        params![server_id, serde_json::to_string(check).unwrap_or_default()],
+    )?;
+    Ok(())
+}
+
+/// A feed change that is not a stored admission (a reachability check's
+/// one-off admission): bumps the version and logs the change.
+pub fn bump_feed(
+    tx: &Connection,
+    feed: &mut FeedChanges,
+    server_id: i64,
+    change: Change,
+) -> Result<u64> {
+    let v = bump_version(tx, server_id)?;
+    feed.record(server_id, v, change);
+    Ok(v)
 }
 
 /// Marks a change to a server's desired state; returns the new version.

@@ -108,6 +108,11 @@ async fn world() -> World {
         direct: vec![],
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: Some(server.enrollment_token.into()),
+        // Tests and the demo run on loopback: never ask the host's real router.
+        port_mapping: hushgate_gateway::PortMapConfig {
+            mode: hushgate_gateway::PortMappingMode::Off,
+            ..Default::default()
+        },
     })
     .await
     .expect("gateway starts and enrolls");
@@ -398,6 +403,11 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
         direct: vec![],
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: token,
+        // Tests and the demo run on loopback: never ask the host's real router.
+        port_mapping: hushgate_gateway::PortMapConfig {
+            mode: hushgate_gateway::PortMappingMode::Off,
+            ..Default::default()
+        },
     };
     // A second gateway on the same state folder is refused, naming it.
     let e = Gateway::start(config(None, "127.0.0.1:0".parse().unwrap()))
@@ -571,6 +581,11 @@ async fn a_revoked_gateway_reenrolls_with_a_new_token() {
         direct: vec![],
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: enroll_token.map(Into::into),
+        // Tests and the demo run on loopback: never ask the host's real router.
+        port_mapping: hushgate_gateway::PortMapConfig {
+            mode: hushgate_gateway::PortMappingMode::Off,
+            ..Default::default()
+        },
     };
     let Err(e) = Gateway::start(config(None)).await else {
         panic!("a gateway with a revoked credential started");

@@ -181,7 +181,8 @@ fn gateway_toml(
     let url = std::fs::read_to_string(control_state.join("control-url")).unwrap();
     let mut toml = format!(
         "control = \"{}\"\nca = \"{}\"\nstate = \"{}\"\nlisten_udp = \"127.0.0.1:0\"\n\
-         services = [\"plex=32400:127.0.0.1:9\"]\nprefilter = \"off\"\n",
+         services = [\"plex=32400:127.0.0.1:9\"]\nprefilter = \"off\"\n\
+         port_mapping = \"off\"\n",
         url.trim(),
         control_state.join("ca.pem").display(),
         state.display(),

@@ -155,6 +155,7 @@ pub fn report(k: WgKey) -> GatewayReport {
             port: 32400,
         }],
         direct_services: vec![],
+        network: None,
     }
 }
 
