@@ -23,7 +23,7 @@ command -v cc >/dev/null || die "a C compiler is missing (Debian: apt-get instal
 declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
-  [python3]=python3 [sysctl]=procps
+  [python3]=python3 [sysctl]=procps [miniupnpd]=miniupnpd-nftables
   [valgrind]=valgrind [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
 )
 missing=()

@@ -4,10 +4,11 @@
 //! that the check never makes the port answer anyone else.
 //!
 //! A check, for one server:
-//! 1. picks the address it will send from: the control plane's address of
-//!    the endpoint's family as the gateway reaches it (the gateway reports
-//!    it; a control plane behind a NAT of its own names its outgoing
-//!    address with `--probe-source`). That is where the datagrams come
+//! 1. picks the address it will send from: a `--probe-source` of the
+//!    endpoint's family (a control plane behind a NAT of its own names its
+//!    public address so), else the control plane's address as the gateway
+//!    reaches it (the gateway reports it), else the address this host
+//!    sends from towards the endpoint. That is where the datagrams come
 //!    from, so that is what the gateway's kernel pre-filter and admission
 //!    table will see.
 //! 2. makes a fresh X25519 key pair that exists only in this function,
@@ -219,15 +220,32 @@ fn probe_source(st: &AppState, server: &store::Server, endpoint: SocketAddr) -> 
         .iter()
         .find(|a| a.is_ipv4() == v4)
         .copied();
-    configured.or_else(|| {
-        server.network.as_ref().and_then(|n| {
-            n.report
-                .control_addresses
-                .iter()
-                .map(|a| a.to_canonical())
-                .find(|a| a.is_ipv4() == v4)
+    configured
+        .or_else(|| {
+            server.network.as_ref().and_then(|n| {
+                n.report
+                    .control_addresses
+                    .iter()
+                    .map(|a| a.to_canonical())
+                    .find(|a| a.is_ipv4() == v4)
+            })
         })
-    })
+        .or_else(|| local_address_towards(endpoint))
+}
+
+/// The address this host's kernel sends from towards `endpoint` (a
+/// connected UDP socket sends nothing): right for a control plane with
+/// its own public address, before the gateway has said how it reaches it.
+fn local_address_towards(endpoint: SocketAddr) -> Option<IpAddr> {
+    let any: SocketAddr = if endpoint.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(endpoint).ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback() || endpoint.ip().is_loopback()).then_some(ip)
 }
 
 fn finish(

@@ -243,7 +243,12 @@ pub fn diagnose(
     check: Option<&Reachability>,
 ) -> Vec<Diagnosis> {
     let mut out = Vec::new();
-    let failed = check.is_some_and(|c| !c.reachable);
+    // Only silence says something about the network; the other reasons
+    // (the gateway did not confirm, nothing to send from) are told by the
+    // check's own summary.
+    let failed = check.is_some_and(|c| {
+        !c.reachable && matches!(c.reason, None | Some(UnreachableReason::NoAnswer))
+    });
     let reached = check.is_some_and(|c| c.reachable);
     let port = check.map(|c| c.endpoint.port());
     let port_words = port
