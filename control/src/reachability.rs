@@ -150,7 +150,7 @@ pub async fn periodic(st: Arc<AppState>, interval: Duration) {
         let now = Instant::now();
         for s in servers {
             let connected = st.hub.get(s.id).is_some_and(|l| l.connected(now));
-            if connected && s.endpoint.is_some() {
+            if connected && s.endpoint.is_some() && s.network.is_some() {
                 request(&st, s.id);
             }
         }
