@@ -388,6 +388,33 @@ mod tests {
     }
 
     #[test]
+    fn only_silence_is_read_as_a_network_problem() {
+        let o = Some("203.0.113.18".parse().unwrap());
+        for n in [
+            Some(net(MappingState::Mapped, Some("203.0.113.18"))),
+            Some(net(MappingState::Off, None)),
+            None,
+        ] {
+            for reason in [
+                UnreachableReason::GatewayDidNotConfirm,
+                UnreachableReason::NoProbeAddress,
+            ] {
+                let mut c = check(false);
+                c.reason = Some(reason);
+                assert!(
+                    diagnose(n.as_ref(), o, Some(&c)).is_empty(),
+                    "{n:?} {reason:?}"
+                );
+            }
+            // The same network with a check that got no answer is diagnosed.
+            assert!(
+                !diagnose(n.as_ref(), o, Some(&check(false))).is_empty(),
+                "{n:?}"
+            );
+        }
+    }
+
+    #[test]
     fn each_network_gets_its_diagnosis() {
         let o: Option<IpAddr> = Some("203.0.113.18".parse().unwrap());
         let cases = [
