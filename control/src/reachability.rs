@@ -55,6 +55,10 @@ const PROBE_LIFETIME: Duration = Duration::from_secs(30);
 /// Handshake attempts and the wait for each answer.
 const ATTEMPTS: u32 = 3;
 const ANSWER_WAIT: Duration = Duration::from_secs(1);
+/// Checks the gateway did not confirm are tried again this many times,
+/// this long apart.
+const UNCONFIRMED_RETRIES: u32 = 3;
+const UNCONFIRMED_WAIT: Duration = Duration::from_secs(10);
 
 /// What the gateway reported about its network, and the address the
 /// control plane saw the report come from (for the double-NAT rule).
@@ -121,9 +125,23 @@ pub fn request(st: &Arc<AppState>, server_id: i64) {
     }
     let st = st.clone();
     tokio::spawn(async move {
+        let mut unconfirmed = 0;
         loop {
-            if let Err(e) = check(&st, server_id).await {
-                tracing::warn!(server_id, error = %e, "reachability check failed to run");
+            match check(&st, server_id).await {
+                Err(e) => tracing::warn!(server_id, error = %e, "reachability check failed to run"),
+                // The gateway did not confirm the one-off admission: it is
+                // probably reconnecting its feed (a new external address
+                // breaks its connection through the router). Try again a
+                // few times rather than leave that as the last word.
+                Ok(Some(r))
+                    if r.reason == Some(UnreachableReason::GatewayDidNotConfirm)
+                        && unconfirmed < UNCONFIRMED_RETRIES =>
+                {
+                    unconfirmed += 1;
+                    tokio::time::sleep(UNCONFIRMED_WAIT).await;
+                    continue;
+                }
+                Ok(_) => {}
             }
             let mut again = st.prober.again.lock().unwrap_or_else(|p| p.into_inner());
             if again.get(&server_id) == Some(&true) {

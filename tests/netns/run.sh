@@ -966,6 +966,23 @@ EOF
   wait_for "the client through the mapping made again" 30 ns cli curl -sf --max-time 2 -o /dev/null http://127.0.0.1:32417/identity
   kill "$shim"; wait "$shim" 2>/dev/null || true
 
+  # The provider gives the router another address: miniupnpd sees it (and
+  # runs STUN again), the gateway's mapping shows the new external
+  # address, it reports the new endpoint, and a new client uses it.
+  ns mrt sysctl -qw net.ipv4.conf.wan.promote_secondaries=1
+  ns mrt ip addr add 203.0.113.99/28 dev wan
+  ns mrt ip addr del 203.0.113.98/28 dev wan
+  ns mrt ip route replace default via 203.0.113.97
+  kill -USR1 "$(cat "$W/upnp.pid")"
+  wait_for "the new endpoint checked" 40 upnp_view_has 'reachability: reachable at 203.0.113.99:51820' ||
+    { upnp_view >&2; tail -20 "$W/gwu.log" >&2; return 1; }
+  grep -q "external address changed" "$W/gwu.log"
+  shim=$(start_shim 32418 shim17b alice https://203.0.113.2:8443 upnp)
+  fetch 32418 "$W/s17b.bin"; check_sha "$W/s17b.bin"
+  # (203.0.113.98 exists nowhere any more: the download came through .99.)
+  log "  the router's address changed to 203.0.113.99: reported, checked, and a new client downloads through it"
+  kill "$shim"; wait "$shim" 2>/dev/null || true
+
   # A clean stop deletes the mapping.
   stop_gwu
   upnp_forwards && { echo "the mapping outlived the gateway" >&2; return 1; }
@@ -977,7 +994,7 @@ EOF
   start_gwu
   wait_for "the gateway to give up on mapping" 30 grep -q "no router answered PCP, NAT-PMP or UPnP" "$W/gwu.log"
   local rc=0; admin server check upnp >"$W/check-none.log" || rc=$?
-  [ "$rc" = 1 ] && grep -q "NOT reachable at 203.0.113.98:51820" "$W/check-none.log" &&
+  [ "$rc" = 1 ] && grep -q "NOT reachable at 203.0.113.99:51820" "$W/check-none.log" &&
     grep -q "answers none of PCP, NAT-PMP and UPnP" "$W/check-none.log" ||
     { cat "$W/check-none.log" >&2; return 1; }
   log "  no protocol: $(grep -m1 'problem:' "$W/check-none.log" | sed 's/^ *//')"
