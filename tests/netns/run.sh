@@ -955,6 +955,22 @@ EOF
   log "  attacker: 1500 datagrams and a UDP scan of the router: $seen packets back ($own sent)"
   [ "$own" -gt 0 ] && [ "$seen" = 0 ]
 
+  # A firewall in front of the gateway (here the host's own) drops what
+  # the mapping lets in: the check fails and says so.
+  ns mgw nft -f - <<'EOF'
+table inet hostfw {
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname "eth0" udp dport 51820 drop
+  }
+}
+EOF
+  local rc=0; admin server check upnp >"$W/check-fw.log" || rc=$?
+  ns mgw nft delete table inet hostfw
+  [ "$rc" = 1 ] && grep -q "but the check from the Internet got no answer: another firewall drops it" "$W/check-fw.log" ||
+    { cat "$W/check-fw.log" >&2; return 1; }
+  log "  host firewall: $(grep -m1 'problem:' "$W/check-fw.log" | sed 's/^ *//')"
+
   # The router restarts and forgets every mapping: the gateway's next
   # check notices (PCP's epoch went back) and maps again.
   stop_upnp
@@ -993,11 +1009,16 @@ EOF
   stop_upnp
   start_gwu
   wait_for "the gateway to give up on mapping" 30 grep -q "no router answered PCP, NAT-PMP or UPnP" "$W/gwu.log"
-  local rc=0; admin server check upnp >"$W/check-none.log" || rc=$?
+  rc=0; admin server check upnp >"$W/check-none.log" || rc=$?
   [ "$rc" = 1 ] && grep -q "NOT reachable at 203.0.113.99:51820" "$W/check-none.log" &&
     grep -q "answers none of PCP, NAT-PMP and UPnP" "$W/check-none.log" ||
     { cat "$W/check-none.log" >&2; return 1; }
   log "  no protocol: $(grep -m1 'problem:' "$W/check-none.log" | sed 's/^ *//')"
+  # A client asking now is told why its tunnel will not come up.
+  HUSHGATE_PASSWORD="$PASSWORD" ns cli "$BIN" connect --control https://203.0.113.2:8443 \
+    --ca "$W/ctl/ca.pem" --user alice --server upnp --wg-config "$W/s17.conf" >"$W/s17-wg.log" 2>&1
+  grep -q "^warning: .*answers none of PCP, NAT-PMP and UPnP" "$W/s17-wg.log" ||
+    { cat "$W/s17-wg.log" >&2; return 1; }
   stop_gwu
 
   # A router that answers but has no public address of its own (miniupnpd
