@@ -370,14 +370,15 @@ scenario_1() { # authorized download through hushgate connect
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-scenario_2() { # the attacker gets zero packets from the home address
-  start_capture
-  # Random UDP and WireGuard-shaped datagrams (handshake initiations with
-  # its own keys, data packets) to the gateway's port.
-  ns atk python3 - <<'EOF'
-import os, socket, struct
+# junk_datagrams HOST PORT N: the attacker sends N datagrams to HOST:PORT,
+# a third random bytes, a third shaped like handshake initiations with
+# its own keys, a third like data packets.
+junk_datagrams() {
+  ns atk python3 - "$@" <<'EOF'
+import os, socket, struct, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(3000):
+for i in range(n):
     kind = i % 3
     if kind == 0:
         d = os.urandom(1 + i % 1400)
@@ -385,7 +386,17 @@ for i in range(3000):
         d = struct.pack("<I", 1) + os.urandom(144)     # handshake initiation shape
     else:
         d = struct.pack("<I", 4) + os.urandom(28 + i % 1000)  # data packet shape
-    s.sendto(d, ("203.0.113.18", 51820))
+    s.sendto(d, (host, port))
+EOF
+}
+
+scenario_2() { # the attacker gets zero packets from the home address
+  start_capture
+  # Random UDP and WireGuard-shaped datagrams (handshake initiations with
+  # its own keys, data packets) to the gateway's port.
+  junk_datagrams 203.0.113.18 51820 3000
+  ns atk python3 - <<'EOF'
+import os, socket, struct
 s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 for i in range(300):
     s6.sendto(struct.pack("<I", 1) + os.urandom(144), ("2001:db8:10::2", 51821))
@@ -934,19 +945,7 @@ scenario_17() { # a router running miniupnpd: the gateway maps its port, is chec
   rm -f "$W/capture.pcap" "$W/capture.log"
   local cap; cap=$(bg atk "$W/capture.log" tcpdump -i eth0 -n -U --immediate-mode -s 96 -w "$W/capture17.pcap")
   wait_for "capture" 5 grep -q "listening on" "$W/capture.log"
-  ns atk python3 - <<'EOF'
-import os, socket, struct
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(1500):
-    kind = i % 3
-    if kind == 0:
-        d = os.urandom(1 + i % 1400)
-    elif kind == 1:
-        d = struct.pack("<I", 1) + os.urandom(144)
-    else:
-        d = struct.pack("<I", 4) + os.urandom(28 + i % 1000)
-    s.sendto(d, ("203.0.113.98", 51820))
-EOF
+  junk_datagrams 203.0.113.98 51820 1500
   ns atk nmap -n -Pn -sU -p 51820,5351,1900 --max-retries 1 203.0.113.98 >"$W/nmap17.log" 2>&1
   sleep 0.5; kill -INT "$cap"; wait_for "the capture to end" 5 bash -c "! kill -0 $cap 2>/dev/null"
   local own seen

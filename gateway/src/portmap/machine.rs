@@ -1,7 +1,7 @@
 //! The port mapping's decisions as a plain state machine: which protocol
 //! to ask next, when to renew, when to check that the router still holds
 //! the mapping, when to give up and try again later. No sockets and no
-//! clock: the driver (`portmap::driver`) passes in `now` and each answer,
+//! clock: the driver (the task `PortMap` runs) passes in `now` and each answer,
 //! performs the [`Request`]s that come out, and sleeps until
 //! [`Mapper::poll_timeout`].
 //!
