@@ -853,17 +853,17 @@ EOF
   bg inet "$W/stun.log" python3 "$W/stun.py" >/dev/null
 }
 
-# start_upnp [stun|nostun]: Debian's miniupnpd (nftables backend) on the
-# router with UPnP IGD, NAT-PMP and PCP; `nostun` leaves its (reserved)
-# WAN address unchecked, so it refuses every mapping as a router behind
-# another NAT does.
+# start_upnp [stun|nostun] [all|igd]: Debian's miniupnpd (nftables
+# backend) on the router with UPnP IGD, NAT-PMP and PCP (`igd`: UPnP IGD
+# only); `nostun` leaves its (reserved) WAN address unchecked, so it
+# refuses every mapping as a router behind another NAT does.
 start_upnp() {
-  local mode="${1:-stun}" conf="$W/miniupnpd.conf"
+  local mode="${1:-stun}" protocols="${2:-all}" conf="$W/miniupnpd.conf"
   cat >"$conf" <<EOF
 ext_ifname=wan
 listening_ip=lan
 http_port=0
-enable_natpmp=yes
+enable_natpmp=$([ "$protocols" = igd ] && echo no || echo yes)
 enable_upnp=yes
 secure_mode=yes
 system_uptime=no
@@ -878,7 +878,9 @@ EOF
   fi
   : >"$W/miniupnpd.log"
   bg mrt "$W/miniupnpd.log" miniupnpd -d -f "$conf" -P "$W/miniupnpd.pid" >"$W/upnp.pid"
-  wait_for "miniupnpd" 20 grep -q "Listening for NAT-PMP/PCP" "$W/miniupnpd.log" ||
+  local ready="Listening for NAT-PMP/PCP"
+  [ "$protocols" = igd ] && ready="HTTP listening on port"
+  wait_for "miniupnpd" 20 grep -q "$ready" "$W/miniupnpd.log" ||
     { cat "$W/miniupnpd.log" >&2; return 1; }
 }
 # stop_upnp: stops miniupnpd and empties its chains, as a router's reboot
@@ -1003,6 +1005,21 @@ EOF
   upnp_forwards && { echo "the mapping outlived the gateway" >&2; return 1; }
   grep -q "port mapping deleted" "$W/gwu.log"
   log "  gateway stopped: the router forwards nothing any more"
+
+  # A router with UPnP IGD only (NAT-PMP and PCP off): mapped with UPnP,
+  # reachable, and deleted again at a clean stop.
+  stop_upnp
+  start_upnp stun igd
+  start_gwu
+  wait_for "the port mapped with UPnP" 30 grep -q "port mapped on the router.*protocol=UPnP IGD" "$W/gwu.log" ||
+    { tail -5 "$W/gwu.log" >&2; tail -20 "$W/miniupnpd.log" >&2; return 1; }
+  wait_for "the router's forwarding" 10 upnp_forwards ||
+    { ns mrt nft list table inet miniupnpd >&2; return 1; }
+  wait_for "the check of the UPnP mapping" 30 upnp_view_has 'reachability: reachable at 203.0.113.99:51820' ||
+    { upnp_view >&2; return 1; }
+  stop_gwu
+  upnp_forwards && { echo "the UPnP mapping outlived the gateway" >&2; return 1; }
+  log "  UPnP IGD only: mapped, reachable, deleted at the stop"
 
   # No mapping protocol on the router: not reachable, and why.
   stop_upnp
