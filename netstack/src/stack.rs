@@ -224,6 +224,9 @@ pub struct Stack {
     dev: QueueDevice,
     cfg: StackConfig,
     epoch: Instant,
+    /// The latest time the owner passed in: deadlines set outside a poll
+    /// (release, unlisten) count from it rather than from the real clock.
+    now: Instant,
     pools: Vec<Pool>,
     listen_ports: PortSet,
     out_ports: PortSet,
@@ -254,6 +257,14 @@ impl Stack {
     /// non-unicast address, or holds more addresses than smoltcp's build
     /// allows (2 by default).
     pub fn new(cfg: StackConfig) -> Stack {
+        Stack::new_at(cfg, Instant::now())
+    }
+
+    /// Builds a stack whose clock starts at `epoch`. Every operation takes
+    /// the time as an argument and the stack never reads the clock itself,
+    /// so a simulation can drive it with a virtual clock (an `epoch` and
+    /// later instants computed from it) and get the same run every time.
+    pub fn new_at(cfg: StackConfig, epoch: Instant) -> Stack {
         assert!(!cfg.addresses.is_empty(), "a stack needs an address");
         let mut dev = QueueDevice::new(cfg.mtu, cfg.max_queued_packets.max(1));
         let mut config = Config::new(HardwareAddress::Ip);
@@ -263,7 +274,6 @@ impl Stack {
             h.write_u64(0x6875_7368_6761_7465);
             h.finish()
         };
-        let epoch = Instant::now();
         let mut iface = Interface::new(config, &mut dev, smoltcp::time::Instant::ZERO);
         iface.set_any_ip(cfg.any_ip);
         iface.update_ip_addrs(|addrs| {
@@ -303,6 +313,7 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             dev,
             epoch,
+            now: epoch,
             pools: Vec::new(),
             listen_ports: PortSet::new(),
             out_ports: PortSet::new(),
@@ -327,7 +338,8 @@ impl Stack {
         self.stats
     }
 
-    fn ts(&self, now: Instant) -> smoltcp::time::Instant {
+    fn ts(&mut self, now: Instant) -> smoltcp::time::Instant {
+        self.now = self.now.max(now);
         let micros = now.saturating_duration_since(self.epoch).as_micros();
         smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
     }
@@ -369,7 +381,7 @@ impl Stack {
             self.sockets.remove(h);
             self.socket_count -= 1;
         }
-        let deadline = Instant::now() + self.cfg.linger;
+        let deadline = self.now + self.cfg.linger;
         for h in pool.embryonic {
             self.sockets.get_mut::<tcp::Socket>(h).abort();
             self.lingering.push(Lingering {
@@ -412,6 +424,7 @@ impl Stack {
             next_id,
             cfg,
             socket_count,
+            now,
             ..
         } = self;
         let pool = &mut pools[i];
@@ -448,7 +461,7 @@ impl Stack {
                         lingering.push(Lingering {
                             handle: h,
                             out_port: None,
-                            deadline: Instant::now() + cfg.linger,
+                            deadline: *now + cfg.linger,
                         });
                     }
                 }
@@ -620,7 +633,7 @@ impl Stack {
             self.lingering.push(Lingering {
                 handle: c.handle,
                 out_port: c.out_port,
-                deadline: Instant::now() + self.cfg.linger,
+                deadline: self.now + self.cfg.linger,
             });
         }
     }

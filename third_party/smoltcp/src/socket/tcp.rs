@@ -19,6 +19,9 @@ use crate::wire::{
 };
 
 mod congestion;
+mod info;
+
+pub use info::TcpInfo;
 
 macro_rules! tcp_trace {
     ($($arg:expr),*) => (net_log!(trace, $($arg),*));
@@ -542,6 +545,12 @@ pub struct Socket<'a> {
     /// tsval generator - if some, tcp timestamp is enabled
     tsval_generator: Option<TcpTimestampGenerator>,
 
+    /// hushgate: counters behind [`Socket::info`].
+    counters: info::Counters,
+    /// hushgate: one past the highest sequence number ever sent; a data
+    /// segment that starts below it is a retransmission.
+    snd_max: Option<TcpSeqNumber>,
+
     /// 0 if not seen or timestamp not enabled
     last_remote_tsval: u32,
 
@@ -620,6 +629,8 @@ impl<'a> Socket<'a> {
             nagle: true,
             tsval_generator: None,
             last_remote_tsval: 0,
+            counters: info::Counters::default(),
+            snd_max: None,
             congestion_controller: congestion::AnyController::new(),
 
             #[cfg(feature = "async")]
@@ -689,6 +700,21 @@ impl<'a> Socket<'a> {
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(_) => CongestionControl::Cubic,
         }
+    }
+
+    /// Counters and congestion state of the connection (hushgate addition).
+    pub fn info(&self) -> TcpInfo {
+        let mut info = TcpInfo::from_counters(&self.counters);
+        info.cwnd = self.congestion_controller.inner().window();
+        if self.rtte.have_measurement {
+            info.srtt = Duration::from_millis(self.rtte.srtt as u64);
+        }
+        info.rto = self.rtte.retransmission_timeout();
+        info.bytes_in_flight = self.flight_size();
+        info.send_queue = self.tx_buffer.len();
+        info.send_capacity = self.tx_buffer.capacity();
+        info.recv_capacity = self.rx_buffer.capacity();
+        info
     }
 
     /// Register a waker for receive operations.
@@ -926,6 +952,8 @@ impl<'a> Socket<'a> {
         self.remote_last_ts = None;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
+        self.counters = info::Counters::default();
+        self.snd_max = None;
 
         #[cfg(feature = "async")]
         {
@@ -2104,6 +2132,7 @@ impl<'a> Socket<'a> {
                 {
                     // Increment duplicate ACK count
                     self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
+                    self.counters.dup_acks_in += 1;
 
                     net_debug!(
                         "received duplicate ACK for seq {} (duplicate nr {}{})",
@@ -2117,6 +2146,7 @@ impl<'a> Socket<'a> {
                     );
 
                     if self.local_rx_dup_acks == 3 {
+                        self.counters.recoveries += 1;
                         self.timer.set_for_fast_retransmit();
                         net_debug!("started fast retransmit");
                     }
@@ -2209,12 +2239,17 @@ impl<'a> Socket<'a> {
         }
 
         let assembler_was_empty = self.assembler.is_empty();
+        self.counters.data_segs_in += 1;
+        if payload_offset > 0 {
+            self.counters.ooo_segs_in += 1;
+        }
 
         // Try adding payload octets to the assembler.
         let Ok(contig_len) = self
             .assembler
             .add_then_remove_front(payload_offset, payload_len)
         else {
+            self.counters.dropped_segs_in += 1;
             net_debug!(
                 "assembler: too many holes to add {} octets at offset {}",
                 payload_len,
@@ -2475,6 +2510,7 @@ impl<'a> Socket<'a> {
             if let Timer::Retransmit { .. } = self.timer {
                 // If a retransmit timer expired, we should resend data starting at the last ACK.
                 net_debug!("retransmitting after rto");
+                self.counters.rto_events += 1;
 
                 // Inform the congestion controller that we're retransmitting and should enter the slow start state
                 let in_flight = self.flight_size();
@@ -2575,6 +2611,7 @@ impl<'a> Socket<'a> {
         };
 
         let mut is_zero_window_probe = false;
+        let mut fast_retransmit = false;
 
         #[cfg_attr(
             not(feature = "segmentation-offload"),
@@ -2631,6 +2668,7 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
+                fast_retransmit = self.pending_fast_retransmit;
                 let offset = if self.pending_fast_retransmit {
                     let size = effective_mss.min(self.tx_buffer.len());
                     repr.seq_number = self.local_seq_no;
@@ -2818,6 +2856,13 @@ impl<'a> Socket<'a> {
             return Ok(());
         }
 
+        Self::count_sent(
+            &mut self.counters,
+            &mut self.snd_max,
+            &repr,
+            fast_retransmit,
+        );
+
         // We've sent a packet successfully, so we can update the internal state now.
         // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
         // behind the current frontier) doesn't rewind the tracked "highest sent" sequence.
@@ -2854,6 +2899,38 @@ impl<'a> Socket<'a> {
         }
 
         Ok(())
+    }
+
+    /// Counts one emitted segment (hushgate addition).
+    fn count_sent(
+        c: &mut info::Counters,
+        snd_max: &mut Option<TcpSeqNumber>,
+        repr: &TcpRepr,
+        fast_retransmit: bool,
+    ) {
+        if repr.payload.is_empty() {
+            if repr.control == TcpControl::None {
+                c.acks_out += 1;
+            }
+            return;
+        }
+        c.data_segs_out += 1;
+        c.data_bytes_out += repr.payload.len() as u64;
+        let end = repr.seq_number + repr.segment_len();
+        match *snd_max {
+            Some(max) if repr.seq_number < max => {
+                c.retrans_segs += 1;
+                if fast_retransmit {
+                    c.retrans_recovery += 1;
+                } else {
+                    c.retrans_rto += 1;
+                }
+                if end > max {
+                    *snd_max = Some(end);
+                }
+            }
+            _ => *snd_max = Some(end),
+        }
     }
 
     #[allow(clippy::if_same_then_else)]
