@@ -13,9 +13,14 @@
 //!                          one scenario with that bottleneck (no loss unless
 //!                          --loss is given)
 //!   --csv                  with one scenario: the sender's time series
+//!   --verbose              with one scenario: both sockets' counters and
+//!                          the path's
 //!   --secs N               virtual seconds per run (default 10)
 //!   --seed N               random seed (default 1)
 //!   --cc bbr|cubic|reno|none   congestion controller of both stacks
+//!   --coalesce US          the receiver handles arrivals in batches this
+//!                          many microseconds apart (a loaded machine, GRO)
+//!   --ack-every N          StackConfig::ack_every of both stacks
 //! ```
 
 #[path = "../tests/sim/mod.rs"]
@@ -33,9 +38,12 @@ struct Args {
     bottleneck: Option<u64>,
     queue: Option<usize>,
     csv: bool,
+    verbose: bool,
     secs: Option<u64>,
     seed: Option<u64>,
     cc: Option<Congestion>,
+    coalesce: Option<u64>,
+    ack_every: Option<u8>,
 }
 
 fn parse() -> Args {
@@ -49,6 +57,9 @@ fn parse() -> Args {
             "--bottleneck" => a.bottleneck = Some(v().parse().expect("--bottleneck MBIT")),
             "--queue" => a.queue = Some(v().parse().expect("--queue KIB")),
             "--csv" => a.csv = true,
+            "--coalesce" => a.coalesce = Some(v().parse().expect("--coalesce US")),
+            "--ack-every" => a.ack_every = Some(v().parse().expect("--ack-every N")),
+            "--verbose" => a.verbose = true,
             "--secs" => a.secs = Some(v().parse().expect("--secs N")),
             "--seed" => a.seed = Some(v().parse().expect("--seed N")),
             "--cc" => {
@@ -56,7 +67,8 @@ fn parse() -> Args {
                     "cubic" => Congestion::Cubic,
                     "reno" => Congestion::Reno,
                     "none" => Congestion::None,
-                    other => cc_named(other),
+                    "bbr" => Congestion::Bbr,
+                    other => panic!("unknown congestion controller {other}"),
                 })
             }
             other => panic!("unknown option {other}"),
@@ -65,17 +77,19 @@ fn parse() -> Args {
     a
 }
 
-#[allow(unreachable_code, unused_variables)]
-fn cc_named(name: &str) -> Congestion {
-    panic!("unknown congestion controller {name}")
-}
-
 fn apply(a: &Args, mut s: Scenario) -> Scenario {
     if let Some(secs) = a.secs {
         s.duration = Duration::from_secs(secs);
     }
     if let Some(seed) = a.seed {
         s.seed = seed;
+    }
+    if let Some(us) = a.coalesce {
+        s.receiver_coalesce = Duration::from_micros(us);
+    }
+    if let Some(n) = a.ack_every {
+        s.sender.ack_every = n;
+        s.receiver.ack_every = n;
     }
     if let Some(cc) = a.cc {
         s.sender.congestion = cc;
@@ -128,6 +142,19 @@ fn main() {
         let s = apply(&a, s);
         header();
         let r = row(&format!("{} ms, {} %", rtt.as_millis(), loss * 100.0), &s);
+        if a.verbose {
+            println!("\nsender (gateway): {:#?}", r.sender);
+            println!("receiver (shim): {:#?}", r.receiver);
+            let mut f = r.forward.clone();
+            f.queue_delays_us.clear();
+            let mut b = r.reverse.clone();
+            b.queue_delays_us.clear();
+            println!("data direction: {f:?}\nack direction: {b:?}");
+            println!(
+                "wire retransmissions {}, wake-ups {:?} (idle {}), handshake {:?}",
+                r.wire_retransmissions, r.wakeups, r.idle_wakeups, r.handshake
+            );
+        }
         if a.csv {
             println!();
             println!("t_ms,delivered,cwnd,pacing_Bps,delivery_Bps,srtt_ms,min_rtt_ms,inflight,queue,retrans,rtos");

@@ -5,7 +5,8 @@
 //! ```text
 //! cargo run --release -p hushgate-netstack --example pair_throughput -- [MiB] [buffer MiB] [ack_every]
 //! ```
-//! Defaults: 2048 MiB, the stack's default buffers (4 MiB), ack_every 16.
+//! Defaults: 2048 MiB, the stack's default buffers, the stack's default
+//! `ack_every` (segments per ACK sent from ingress; 0: ACK at egress only).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -32,7 +33,7 @@ fn main() {
             c.tcp_tx_buffer = b << 20;
         }
         if let Some(a) = ack_every {
-            c.ack_every = a;
+            c.ack_every = u8::try_from(a).expect("ack_every fits in a u8");
         }
         c
     };

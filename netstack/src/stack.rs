@@ -18,10 +18,15 @@ use crate::device::{parse_tcp, PortSet, QueueDevice, TcpMeta};
 pub enum Congestion {
     /// No congestion control: only the peer's receive window limits sending.
     None,
-    /// NewReno.
+    /// NewReno, with byte counting.
     Reno,
-    /// CUBIC (smoltcp's best choice for long fat paths).
+    /// CUBIC, with byte counting.
     Cubic,
+    /// BBR: paces at the measured bottleneck bandwidth and keeps about two
+    /// bandwidth-delay products in flight; random loss does not cut its
+    /// rate and it builds no standing queue (see docs/architecture.md,
+    /// "TCP over lossy paths").
+    Bbr,
 }
 
 impl From<Congestion> for tcp::CongestionControl {
@@ -30,6 +35,7 @@ impl From<Congestion> for tcp::CongestionControl {
             Congestion::None => tcp::CongestionControl::None,
             Congestion::Reno => tcp::CongestionControl::Reno,
             Congestion::Cubic => tcp::CongestionControl::Cubic,
+            Congestion::Bbr => tcp::CongestionControl::Bbr,
         }
     }
 }
@@ -62,17 +68,31 @@ pub struct StackConfig {
     /// connections, closing ones). A SYN beyond it is answered with RST.
     /// Default 1024.
     pub max_sockets: usize,
-    /// Run an egress pass after this many inbound segments during ingress,
-    /// so the peer gets an ACK at least every N segments even when a whole
-    /// batch arrives at once. CUBIC/Reno grow the window per ACK, not per
-    /// byte; one ACK per batch stalls the ramp. 0 disables. Default 16.
-    pub ack_every: usize,
+    /// Each socket acknowledges, while the inbound batch is processed, as
+    /// soon as this many full-sized segments are unacknowledged (and the
+    /// first segments of a connection one by one, like Linux's quick-ack),
+    /// rather than once per egress pass: RFC 9293 asks for an ACK at least
+    /// every second segment, and the sender's loss detection and pacing
+    /// need a steady ACK clock. Whatever is left unacknowledged at the end
+    /// of a batch is acknowledged by the egress pass. 0: only at egress.
+    /// Default 2.
+    pub ack_every: u8,
     /// smoltcp's delayed-ACK timer. Default `None`: batching already
     /// coalesces ACKs (one per socket per egress pass), and a delayed ACK
     /// would only add latency.
     pub ack_delay: Option<Duration>,
-    /// Default [`Congestion::Cubic`].
+    /// Default [`Congestion::Bbr`].
     pub congestion: Congestion,
+    /// Floor of the retransmission timeout. Default 200 ms (Linux's; RFC
+    /// 6298's 1 s turns every tail loss into a second of silence).
+    pub rto_min: Duration,
+    /// Pace transmissions at the congestion controller's rate, in quanta
+    /// of about 1 ms of data. Default true.
+    pub pacing: bool,
+    /// Tail loss probes (RFC 8985): a lost tail is found two round trips
+    /// after the last ACK rather than at the retransmission timeout.
+    /// Default true.
+    pub tail_loss_probe: bool,
     /// TCP keep-alive interval. Default 30 s.
     pub keep_alive: Option<Duration>,
     /// Abort a connection whose peer stays silent this long (keep-alives
@@ -101,9 +121,12 @@ impl StackConfig {
             tcp_tx_buffer: 4 << 20,
             listener_pool: 8,
             max_sockets: 1024,
-            ack_every: 16,
+            ack_every: 2,
             ack_delay: None,
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Bbr,
+            rto_min: Duration::from_millis(200),
+            pacing: true,
+            tail_loss_probe: true,
             keep_alive: Some(Duration::from_secs(30)),
             timeout: Some(Duration::from_secs(120)),
             linger: Duration::from_secs(30),
@@ -778,17 +801,15 @@ impl Stack {
     // ----- polling ---------------------------------------------------------
 
     /// Feeds every queued inbound packet to smoltcp, one at a time
-    /// (`poll_ingress_single`), running an egress pass every `ack_every`
-    /// segments so senders see regular ACKs. Then accepts finished
-    /// handshakes and refills listener pools. Returns true if any packet
-    /// was processed.
+    /// (`poll_ingress_single`); sockets acknowledge from here every
+    /// `ack_every` segments. Then accepts finished handshakes and refills
+    /// listener pools. Returns true if any packet was processed.
     ///
     /// Call [`poll_egress`](Self::poll_egress) after moving application
     /// data, so the ACKs it sends advertise the window freed by reading.
     pub fn poll_ingress(&mut self, now: Instant) -> bool {
         let ts = self.ts(now);
         let mut processed = false;
-        let mut since_egress = 0usize;
         while let Some(front) = self.dev.rx.front() {
             let mut syn_pool = None;
             if let Some(m) = parse_tcp(front) {
@@ -814,11 +835,6 @@ impl Stack {
                 // Refill at once, not after the batch: a burst of SYNs
                 // larger than the pool would otherwise be reset.
                 self.refill(i);
-            }
-            since_egress += 1;
-            if self.cfg.ack_every > 0 && since_egress >= self.cfg.ack_every {
-                since_egress = 0;
-                let _ = self.iface.poll_egress(ts, &mut self.dev, &mut self.sockets);
             }
         }
         if processed {
@@ -925,6 +941,10 @@ fn new_socket(cfg: &StackConfig) -> tcp::Socket<'static> {
     s.set_nagle_enabled(false);
     s.set_ack_delay(cfg.ack_delay.map(to_smol));
     s.set_congestion_control(cfg.congestion.into());
+    s.set_ack_every((cfg.ack_every > 0).then_some(cfg.ack_every));
+    s.set_rto_min(to_smol(cfg.rto_min));
+    s.set_pacing(cfg.pacing);
+    s.set_tail_loss_probe(cfg.tail_loss_probe);
     s.set_keep_alive(cfg.keep_alive.map(to_smol));
     s.set_timeout(cfg.timeout.map(to_smol));
     s

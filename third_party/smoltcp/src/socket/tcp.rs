@@ -20,6 +20,10 @@ use crate::wire::{
 
 mod congestion;
 mod info;
+mod pacing;
+mod rate;
+mod sack;
+mod scoreboard;
 
 pub use info::TcpInfo;
 
@@ -155,11 +159,20 @@ const RTTE_K: u32 = 4;
 
 // RFC 6298 (2.4): Whenever RTO is computed, if it is less than 1 second, then the
 // RTO SHOULD be rounded up to 1 second.
+// hushgate: this is only the default; `Socket::set_rto_min` lowers it (Linux
+// uses 200 ms: a 1 s floor turns every tail loss into a second of silence).
 const RTTE_MIN_RTO: u32 = 1000;
 
 // RFC 6298 (2.5) A maximum value MAY be placed on RTO provided it is at least 60
 // seconds
 const RTTE_MAX_RTO: u32 = 60_000;
+
+/// hushgate: how long a minimum RTT sample stays the minimum (as BBR's).
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
+
+/// hushgate: segments acknowledged one by one at the start of a connection
+/// when `ack_every` is set (Linux's quick-ack mode).
+const QUICK_ACKS: u8 = 16;
 
 #[derive(Debug, Clone, Copy)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -176,6 +189,8 @@ struct RttEstimator {
     timestamp: Option<(Instant, TcpSeqNumber)>,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// hushgate: the RTO floor, milliseconds.
+    min_rto: u32,
 }
 
 impl Default for RttEstimator {
@@ -188,6 +203,7 @@ impl Default for RttEstimator {
             timestamp: None,
             max_seq_sent: None,
             rto_count: 0,
+            min_rto: RTTE_MIN_RTO,
         }
     }
 }
@@ -195,11 +211,6 @@ impl Default for RttEstimator {
 impl RttEstimator {
     fn retransmission_timeout(&self) -> Duration {
         Duration::from_millis(self.rto as _)
-    }
-
-    #[cfg(feature = "socket-tcp-cubic")]
-    fn smoothed_rtt(&self) -> u32 {
-        if self.have_measurement { self.srtt } else { 0 }
     }
 
     fn sample(&mut self, new_rtt: u32) {
@@ -217,7 +228,7 @@ impl RttEstimator {
 
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
-        self.rto = (self.srtt + margin).clamp(RTTE_MIN_RTO, RTTE_MAX_RTO);
+        self.rto = (self.srtt + margin).clamp(self.min_rto, RTTE_MAX_RTO);
 
         self.rto_count = 0;
 
@@ -290,7 +301,6 @@ enum Timer {
     Retransmit {
         expires_at: Instant,
     },
-    FastRetransmit,
     ZeroWindowProbe {
         expires_at: Instant,
         delay: Duration,
@@ -322,7 +332,6 @@ impl Timer {
     fn should_retransmit(&self, timestamp: Instant) -> bool {
         match *self {
             Timer::Retransmit { expires_at } if timestamp >= expires_at => true,
-            Timer::FastRetransmit => true,
             _ => false,
         }
     }
@@ -351,7 +360,6 @@ impl Timer {
             } => PollAt::Ingress,
             Timer::ZeroWindowProbe { expires_at, .. } => PollAt::Time(expires_at),
             Timer::Retransmit { expires_at, .. } => PollAt::Time(expires_at),
-            Timer::FastRetransmit => PollAt::Now,
             Timer::Close { expires_at } => PollAt::Time(expires_at),
         }
     }
@@ -378,20 +386,13 @@ impl Timer {
 
     fn set_for_retransmit(&mut self, timestamp: Instant, delay: Duration) {
         match *self {
-            Timer::Idle { .. }
-            | Timer::FastRetransmit
-            | Timer::Retransmit { .. }
-            | Timer::ZeroWindowProbe { .. } => {
+            Timer::Idle { .. } | Timer::Retransmit { .. } | Timer::ZeroWindowProbe { .. } => {
                 *self = Timer::Retransmit {
                     expires_at: timestamp + delay,
                 }
             }
             Timer::Close { .. } => (),
         }
-    }
-
-    fn set_for_fast_retransmit(&mut self) {
-        *self = Timer::FastRetransmit
     }
 
     fn set_for_close(&mut self, timestamp: Instant) {
@@ -426,8 +427,31 @@ impl Timer {
     }
 
     fn is_retransmit(&self) -> bool {
-        matches!(self, Timer::Retransmit { .. } | Timer::FastRetransmit)
+        matches!(self, Timer::Retransmit { .. })
     }
+}
+
+/// What a data segment leaving `dispatch` is (hushgate).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum SendKind {
+    New,
+    /// A segment found lost by SACK, RACK or duplicate ACKs.
+    Retransmit,
+    /// A segment resent after a retransmission timeout.
+    RetransmitRto,
+    /// A tail loss probe carrying new data.
+    ProbeNew,
+    /// A tail loss probe resending the last segment.
+    ProbeRetransmit,
+}
+
+/// Whether a socket has a segment to send (see `Socket::send_readiness`).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+enum Readiness {
+    Now,
+    /// Data waits for the pacer until then.
+    Paced(Instant),
+    No,
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -461,6 +485,11 @@ pub enum CongestionControl {
 
     #[cfg(feature = "socket-tcp-cubic")]
     Cubic,
+
+    /// BBR (model-based: delivery rate and minimum RTT, paced); see
+    /// `congestion/bbr.rs`. A hushgate addition.
+    #[cfg(feature = "socket-tcp-bbr")]
+    Bbr,
 }
 
 /// A Transmission Control Protocol socket.
@@ -517,15 +546,11 @@ pub struct Socket<'a> {
     remote_mss: usize,
     /// The timestamp of the last packet received.
     remote_last_ts: Option<Instant>,
-    /// The sequence number of the last packet received, used for sACK
-    local_rx_last_seq: Option<TcpSeqNumber>,
     /// The ACK number of the last packet received.
     local_rx_last_ack: Option<TcpSeqNumber>,
     /// The number of packets received directly after
     /// each other which have the same ACK number.
     local_rx_dup_acks: u8,
-    /// If a fast retransmit needs to occur
-    pending_fast_retransmit: bool,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -550,6 +575,57 @@ pub struct Socket<'a> {
     /// hushgate: one past the highest sequence number ever sent; a data
     /// segment that starts below it is a retransmission.
     snd_max: Option<TcpSeqNumber>,
+
+    // ----- hushgate: loss recovery, pacing, receiver ACK policy ---------
+    /// Every data segment in flight, SACK state and RACK (scoreboard.rs).
+    scoreboard: scoreboard::Scoreboard,
+    /// Delivery counters for rate samples (rate.rs).
+    delivery: rate::Delivery,
+    /// Latest valid delivery rate sample, bytes per second.
+    last_delivery_rate: u64,
+    /// Windowed minimum RTT (10 s) and when it was measured.
+    min_rtt: Option<(Duration, Instant)>,
+    /// Smoothed RTT in microseconds (the RFC 6298 estimator above works in
+    /// milliseconds, too coarse to derive a pacing rate on a LAN).
+    srtt_us: Option<u64>,
+    /// In loss recovery until everything sent before it began (the
+    /// recovery point, RFC 6675) is acknowledged.
+    recovery_point: Option<TcpSeqNumber>,
+    /// The current recovery began with a retransmission timeout.
+    rto_recovery: bool,
+    /// Since the last ACK the sender had data it could not send because of
+    /// the congestion window (RFC 7661: only a used window grows).
+    cwnd_limited: bool,
+    /// Tail loss probe (RFC 8985 7): when the probe timeout expires, a
+    /// probe is due, and the sequence number it was sent at (no second
+    /// probe until an ACK passes it).
+    tlp_at: Option<Instant>,
+    tlp_due: bool,
+    tlp_high: Option<TcpSeqNumber>,
+    /// Send tail loss probes (`Socket::set_tail_loss_probe`).
+    tlp_enabled: bool,
+    /// RACK's reordering timer: a suspect segment is judged at this time.
+    rack_at: Option<Instant>,
+    /// Pace transmissions (`Socket::set_pacing`).
+    pacing: bool,
+    pacer: pacing::Pacer,
+    /// ACK from the ingress path once this many full-sized segments are
+    /// unacknowledged (`Socket::set_ack_every`); None: upstream behaviour
+    /// (ACKs leave at dispatch).
+    ack_every: Option<u8>,
+    /// Segments still to ACK one by one at the start of the connection
+    /// and after a hole was filled (Linux's quick-ack mode), so a sender
+    /// in slow start or recovery gets its ACK clock at once.
+    quick_acks: u8,
+    /// Largest segment received: the peer's effective MSS.
+    rcv_mss: usize,
+    /// Recently updated SACK blocks, reported newest first.
+    recent_sacks: sack::RecentBlocks,
+    /// The furthest right edge of the receive window ever advertised.
+    rcv_edge: Option<TcpSeqNumber>,
+    /// The first retransmission of a recovery leaves whatever the window
+    /// and the pacer say (upstream's fast retransmit did the same).
+    retransmit_now: bool,
 
     /// 0 if not seen or timestamp not enabled
     last_remote_tsval: u32,
@@ -620,9 +696,7 @@ impl<'a> Socket<'a> {
             remote_mss: DEFAULT_MSS,
             remote_last_ts: None,
             local_rx_last_ack: None,
-            local_rx_last_seq: None,
             local_rx_dup_acks: 0,
-            pending_fast_retransmit: false,
             ack_delay: Some(ACK_DELAY_DEFAULT),
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -631,6 +705,27 @@ impl<'a> Socket<'a> {
             last_remote_tsval: 0,
             counters: info::Counters::default(),
             snd_max: None,
+            scoreboard: scoreboard::Scoreboard::default(),
+            delivery: rate::Delivery::new(Instant::ZERO),
+            last_delivery_rate: 0,
+            min_rtt: None,
+            srtt_us: None,
+            recovery_point: None,
+            rto_recovery: false,
+            cwnd_limited: false,
+            tlp_at: None,
+            tlp_due: false,
+            tlp_high: None,
+            tlp_enabled: false,
+            rack_at: None,
+            pacing: false,
+            pacer: pacing::Pacer::default(),
+            ack_every: None,
+            quick_acks: 0,
+            rcv_mss: DEFAULT_MSS,
+            recent_sacks: sack::RecentBlocks::default(),
+            rcv_edge: None,
+            retransmit_now: false,
             congestion_controller: congestion::AnyController::new(),
 
             #[cfg(feature = "async")]
@@ -684,7 +779,13 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             CongestionControl::Cubic => AnyController::Cubic(cubic::Cubic::new()),
-        }
+
+            #[cfg(feature = "socket-tcp-bbr")]
+            CongestionControl::Bbr => AnyController::Bbr(bbr::Bbr::new()),
+        };
+        self.congestion_controller
+            .inner_mut()
+            .set_mss(self.remote_mss);
     }
 
     /// Return the current congestion control algorithm.
@@ -699,6 +800,9 @@ impl<'a> Socket<'a> {
 
             #[cfg(feature = "socket-tcp-cubic")]
             AnyController::Cubic(_) => CongestionControl::Cubic,
+
+            #[cfg(feature = "socket-tcp-bbr")]
+            AnyController::Bbr(_) => CongestionControl::Bbr,
         }
     }
 
@@ -706,11 +810,16 @@ impl<'a> Socket<'a> {
     pub fn info(&self) -> TcpInfo {
         let mut info = TcpInfo::from_counters(&self.counters);
         info.cwnd = self.congestion_controller.inner().window();
-        if self.rtte.have_measurement {
+        info.pacing_rate = if self.pacing { self.pacer.rate() } else { 0 };
+        info.delivery_rate = self.last_delivery_rate;
+        if let Some(us) = self.srtt_us {
+            info.srtt = Duration::from_micros(us);
+        } else if self.rtte.have_measurement {
             info.srtt = Duration::from_millis(self.rtte.srtt as u64);
         }
+        info.min_rtt = self.min_rtt.map_or(Duration::ZERO, |(d, _)| d);
         info.rto = self.rtte.retransmission_timeout();
-        info.bytes_in_flight = self.flight_size();
+        info.bytes_in_flight = self.pipe();
         info.send_queue = self.tx_buffer.len();
         info.send_capacity = self.tx_buffer.capacity();
         info.recv_capacity = self.rx_buffer.capacity();
@@ -832,6 +941,87 @@ impl<'a> Socket<'a> {
         self.ack_delay = duration
     }
 
+    /// Set the floor of the retransmission timeout (hushgate addition).
+    ///
+    /// RFC 6298 recommends 1 second, the default here as upstream; Linux
+    /// uses 200 ms. With tail loss probes and RACK most losses are repaired
+    /// long before a timeout, so a lower floor only shortens the stalls
+    /// that remain. Values below 10 ms are raised to 10 ms.
+    pub fn set_rto_min(&mut self, duration: Duration) {
+        self.rtte.min_rto = (duration.total_millis() as u32).clamp(10, RTTE_MAX_RTO);
+        if !self.rtte.have_measurement {
+            self.rtte.rto = self.rtte.rto.max(self.rtte.min_rto);
+        }
+    }
+
+    /// Return the floor of the retransmission timeout.
+    pub fn rto_min(&self) -> Duration {
+        Duration::from_millis(self.rtte.min_rto as u64)
+    }
+
+    /// Enable or disable tail loss probes (RFC 8985 7; hushgate addition,
+    /// off by default as upstream).
+    ///
+    /// When the last segments of a flight are lost, no later segment
+    /// reveals the loss and only the retransmission timeout would. A probe
+    /// sent two round trips after the last ACK (new data if there is any,
+    /// else the last segment again) draws a SACK that lets RACK find the
+    /// loss at once.
+    pub fn set_tail_loss_probe(&mut self, enabled: bool) {
+        self.tlp_enabled = enabled;
+        if !enabled {
+            self.tlp_at = None;
+            self.tlp_due = false;
+        }
+    }
+
+    /// Return whether tail loss probes are enabled.
+    pub fn tail_loss_probe(&self) -> bool {
+        self.tlp_enabled
+    }
+
+    /// Enable or disable pacing (hushgate addition; off by default, as
+    /// upstream).
+    ///
+    /// A paced socket spreads its segments at the congestion controller's
+    /// pacing rate (BBR's model; for the others, the window over the
+    /// smoothed RTT, doubled in slow start), releasing them in quanta of
+    /// about 1 ms of data. [`poll_at`](crate::iface::Interface::poll_at)
+    /// then reports when the next quantum may leave.
+    pub fn set_pacing(&mut self, enabled: bool) {
+        self.pacing = enabled;
+    }
+
+    /// Return whether pacing is enabled.
+    pub fn pacing(&self) -> bool {
+        self.pacing
+    }
+
+    /// Acknowledge from the ingress path as soon as `segments` full-sized
+    /// segments are unacknowledged (hushgate addition; `None`, the
+    /// default, keeps upstream's behaviour: ACKs leave at the next
+    /// dispatch, or when the delayed-ACK timer says).
+    ///
+    /// An application that processes a batch of inbound packets before
+    /// each egress pass otherwise acknowledges once per batch; RFC 9293
+    /// asks for an ACK at least every second full-sized segment. With it
+    /// the socket also acknowledges the first segments of a connection one
+    /// by one (quick-ack, as Linux does), so the sender's slow start is
+    /// not held back by a delayed ACK.
+    pub fn set_ack_every(&mut self, segments: Option<u8>) {
+        self.ack_every = segments.filter(|n| *n > 0);
+        self.quick_acks = if self.ack_every.is_some() {
+            QUICK_ACKS
+        } else {
+            0
+        };
+    }
+
+    /// Return the ingress ACK frequency (see [`set_ack_every`](Self::set_ack_every)).
+    pub fn ack_every(&self) -> Option<u8> {
+        self.ack_every
+    }
+
     /// Enable or disable Nagle's Algorithm.
     ///
     /// Also known as "tinygram prevention". By default, it is enabled.
@@ -933,7 +1123,11 @@ impl<'a> Socket<'a> {
 
         self.state = State::Closed;
         self.timer = Timer::new();
-        self.rtte = RttEstimator::default();
+        // The RTO floor is a setting, not connection state.
+        self.rtte = RttEstimator {
+            min_rto: self.rtte.min_rto,
+            ..RttEstimator::default()
+        };
         self.assembler = Assembler::new();
         self.tx_buffer.clear();
         self.rx_buffer.clear();
@@ -954,6 +1148,33 @@ impl<'a> Socket<'a> {
         self.challenge_ack_timer = Instant::from_secs(0);
         self.counters = info::Counters::default();
         self.snd_max = None;
+        self.scoreboard.clear();
+        self.delivery = rate::Delivery::new(Instant::ZERO);
+        self.last_delivery_rate = 0;
+        self.min_rtt = None;
+        self.srtt_us = None;
+        self.recovery_point = None;
+        self.rto_recovery = false;
+        self.cwnd_limited = false;
+        self.tlp_at = None;
+        self.tlp_due = false;
+        self.tlp_high = None;
+        self.rack_at = None;
+        self.pacer = pacing::Pacer::default();
+        self.quick_acks = if self.ack_every.is_some() {
+            QUICK_ACKS
+        } else {
+            0
+        };
+        self.rcv_mss = DEFAULT_MSS;
+        self.recent_sacks.clear();
+        self.rcv_edge = None;
+        self.retransmit_now = false;
+        self.local_rx_dup_acks = 0;
+        self.local_rx_last_ack = None;
+        // The congestion controller starts afresh, of the same kind.
+        let kind = self.congestion_control();
+        self.set_congestion_control(kind);
 
         #[cfg(feature = "async")]
         {
@@ -1426,11 +1647,25 @@ impl<'a> Socket<'a> {
         self.remote_last_seq - self.local_seq_no
     }
 
+    /// Bytes in flight (RFC 6675's pipe): sent and not acknowledged,
+    /// minus what the receiver holds (SACKed) and what is known lost, plus
+    /// retransmissions on their way. Without SACK, each duplicate ACK
+    /// stands for one segment that left the network (as Linux counts).
+    fn pipe(&self) -> usize {
+        let pipe = self.scoreboard.pipe(self.flight_size());
+        if self.remote_has_sack {
+            pipe
+        } else {
+            let dup = self.local_rx_dup_acks as usize * self.remote_mss;
+            pipe.saturating_sub(dup.min(self.scoreboard.len() * self.remote_mss))
+        }
+    }
+
     fn cwnd_remaining(&self) -> usize {
         self.congestion_controller
             .inner()
             .window()
-            .saturating_sub(self.flight_size())
+            .saturating_sub(self.pipe())
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -1519,45 +1754,16 @@ impl<'a> Socket<'a> {
         // segments, is right-shifted by [advertised scale value] bits[...]
         reply_repr.window_len = self.scaled_window();
         self.remote_last_win = reply_repr.window_len;
+        self.note_rcv_edge();
 
         // If the remote supports selective acknowledgement, add the option to the outgoing
-        // segment.
+        // segment: the block holding the latest out-of-order segment first,
+        // then the other recently reported ones (RFC 2018 4; see sack.rs).
         if self.remote_has_sack {
-            net_debug!("sending sACK option with current assembler ranges");
-
-            // RFC 2018: The first SACK block (i.e., the one immediately following the kind and
-            // length fields in the option) MUST specify the contiguous block of data containing
-            // the segment which triggered this ACK, unless that segment advanced the
-            // Acknowledgment Number field in the header.
-            reply_repr.sack_ranges[0] = None;
-
             let ack = reply_repr.ack_number.unwrap_or(TcpSeqNumber(0));
-
-            if let Some(last_seg_seq) = self.local_rx_last_seq {
-                reply_repr.sack_ranges[0] = self
-                    .assembler
-                    .iter_data()
-                    .map(|(left, right)| (ack + left, ack + right))
-                    .find(|&(left, right)| left <= last_seg_seq && right >= last_seg_seq)
-                    .map(|(left, right)| (left.0 as u32, right.0 as u32));
-            }
-
-            if reply_repr.sack_ranges[0].is_none() {
-                // The matching segment was removed from the assembler, meaning the acknowledgement
-                // number has advanced, or there was no previous sACK.
-                //
-                // While the RFC says we SHOULD keep a list of reported sACK ranges, and iterate
-                // through those, that is currently infeasible. Instead, we offer the range with
-                // the lowest sequence number (if one exists) to hint at what segments would
-                // most quickly advance the acknowledgement number.
-                reply_repr.sack_ranges[0] = self
-                    .assembler
-                    .iter_data()
-                    .map(|(left, right)| (ack + left, ack + right))
-                    .next()
-                    .map(|(left, right)| (left.0 as u32, right.0 as u32));
-            }
+            reply_repr.sack_ranges = self.recent_sacks.blocks(&self.assembler, ack);
         }
+        self.counters.acks_out += 1;
 
         // Since the sACK option may have changed the length of the payload, update that.
         ip_reply_repr.set_payload_len(reply_repr.buffer_len());
@@ -1733,7 +1939,17 @@ impl<'a> Socket<'a> {
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
         let window_end = if let Some(last_ack) = self.remote_last_ack {
-            last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
+            let edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+            // hushgate: accept up to the furthest edge ever advertised. With
+            // window scaling the advertised window is rounded down, so the
+            // edge of a later ACK can be left of an earlier one (RFC 7323
+            // 2.4); a sender that saw the earlier ACK may fill it, and
+            // dropping that data would open a hole. The earlier edge always
+            // fits in the buffer: only the data it covered has arrived since.
+            match self.rcv_edge {
+                Some(max) if max > edge && self.state != State::SynReceived => max,
+                _ => edge,
+            }
         } else {
             window_start
         };
@@ -1803,8 +2019,6 @@ impl<'a> Socket<'a> {
 
                     // the checks done above imply this.
                     debug_assert!(overlap_start <= overlap_end);
-
-                    self.local_rx_last_seq = Some(repr.seq_number);
 
                     (
                         &repr.payload[overlap_start - segment_start..overlap_end - segment_start],
@@ -2117,82 +2331,7 @@ impl<'a> Socket<'a> {
         }
 
         if let Some(ack_number) = repr.ack_number {
-            // TODO: When flow control is implemented,
-            // refractor the following block within that implementation
-
-            match self.local_rx_last_ack {
-                // Duplicate ACK if payload empty and ACK doesn't move send window ->
-                // Increment duplicate ACK count, notify congestion controller and
-                // set for retransmit if we just received the third duplicate ACK
-                Some(last_rx_ack)
-                    if repr.payload.is_empty()
-                        && last_rx_ack == ack_number
-                        && ack_number < self.remote_last_seq
-                        && !is_window_update =>
-                {
-                    // Increment duplicate ACK count
-                    self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
-                    self.counters.dup_acks_in += 1;
-
-                    net_debug!(
-                        "received duplicate ACK for seq {} (duplicate nr {}{})",
-                        ack_number,
-                        self.local_rx_dup_acks,
-                        if self.local_rx_dup_acks == u8::MAX {
-                            "+"
-                        } else {
-                            ""
-                        }
-                    );
-
-                    if self.local_rx_dup_acks == 3 {
-                        self.counters.recoveries += 1;
-                        self.timer.set_for_fast_retransmit();
-                        net_debug!("started fast retransmit");
-                    }
-
-                    // Notify of duplicate ACK
-                    let in_flight = self.flight_size();
-                    self.congestion_controller.inner_mut().on_dup_ack(
-                        cx.now(),
-                        self.remote_mss,
-                        in_flight,
-                    );
-                }
-
-                // No duplicate ACK means we reset the duplicate ACK count
-                // and notify the congestion controller of the fresh ACK
-                _ => {
-                    if self.local_rx_dup_acks > 0 {
-                        self.local_rx_dup_acks = 0;
-                        net_debug!("reset duplicate ACK count");
-                    }
-                    self.local_rx_last_ack = Some(ack_number);
-
-                    // Notify of fresh ACK
-                    self.rtte.on_ack(cx.now(), ack_number);
-                    let new_flight_size = self.flight_size().saturating_sub(ack_len);
-                    self.congestion_controller.inner_mut().on_ack(
-                        cx.now(),
-                        ack_len,
-                        new_flight_size,
-                        &self.rtte,
-                    );
-                }
-            };
-
-            // We've processed everything in the incoming segment, so advance the local
-            // sequence number past it.
-            self.local_seq_no = ack_number;
-
-            // During retransmission, if an earlier segment got lost but later was
-            // successfully received, self.local_seq_no can move past self.remote_last_seq.
-            // Do not attempt to retransmit the latter segments; not only this is pointless
-            // in theory but also impossible in practice, since they have been already
-            // deallocated from the buffer.
-            if self.remote_last_seq < self.local_seq_no {
-                self.remote_last_seq = self.local_seq_no
-            }
+            self.on_ack_received(cx.now(), ack_number, repr, ack_len, is_window_update);
         }
 
         // update last remote tsval
@@ -2201,8 +2340,14 @@ impl<'a> Socket<'a> {
         }
 
         // update timers.
+        if ack_all {
+            // Nothing outstanding: no probe, no reordering to wait for.
+            self.tlp_at = None;
+            self.tlp_due = false;
+            self.rack_at = None;
+        }
         match self.timer {
-            Timer::Retransmit { .. } | Timer::FastRetransmit => {
+            Timer::Retransmit { .. } => {
                 if ack_all {
                     // RFC 6298: (5.2) ACK of all outstanding data turn off the retransmit timer.
                     self.timer.set_for_idle(cx.now(), self.keep_alive);
@@ -2243,6 +2388,7 @@ impl<'a> Socket<'a> {
         if payload_offset > 0 {
             self.counters.ooo_segs_in += 1;
         }
+        self.rcv_mss = self.rcv_mss.max(payload_len);
 
         // Try adding payload octets to the assembler.
         let Ok(contig_len) = self
@@ -2284,6 +2430,11 @@ impl<'a> Socket<'a> {
         if !self.assembler.is_empty() {
             // Print the ranges recorded in the assembler.
             tcp_trace!("assembler: {}", self.assembler);
+            if payload_offset > 0 {
+                // Report this block first in the next SACK option.
+                self.recent_sacks
+                    .on_segment(self.remote_seq_no + self.rx_buffer.len() + payload_offset);
+            }
         }
 
         // Handle delayed acks
@@ -2310,10 +2461,27 @@ impl<'a> Socket<'a> {
             };
         }
 
+        // hushgate: with `ack_every`, acknowledge from here as soon as that
+        // many full-sized segments are unacknowledged, and every segment
+        // while in quick-ack mode, instead of once per dispatch.
+        let ingress_ack = match self.ack_every {
+            Some(_) if self.quick_acks > 0 => {
+                self.quick_acks -= 1;
+                true
+            }
+            Some(n) => self.unacked_rx() >= n as usize * self.rcv_mss,
+            None => false,
+        };
+        if !assembler_was_empty && self.assembler.is_empty() && self.ack_every.is_some() {
+            // A hole was filled: the sender is (or was) in recovery; keep
+            // its ACK clock running one segment at a time for a while.
+            self.quick_acks = self.quick_acks.max(QUICK_ACKS / 2);
+        }
+
         // Per RFC 5681, we should send an immediate ACK when either:
         //  1) an out-of-order segment is received, or
         //  2) a segment arrives that fills in all or part of a gap in sequence space.
-        if !self.assembler.is_empty() || !assembler_was_empty {
+        if !self.assembler.is_empty() || !assembler_was_empty || ingress_ack {
             // Note that we change the transmitter state here.
             // This is fine because smoltcp assumes that it can always transmit zero or one
             // packets for every packet it receives.
@@ -2321,6 +2489,320 @@ impl<'a> Socket<'a> {
             Some(self.ack_reply(ip_repr, repr))
         } else {
             None
+        }
+    }
+
+    /// hushgate: everything an acceptable ACK does on the sending side:
+    /// the scoreboard (cumulative ACK and SACK blocks), RTT samples, loss
+    /// detection (RACK with SACK, three duplicate ACKs and NewReno partial
+    /// ACKs without), recovery episodes, the congestion controller (bytes
+    /// delivered and lost, a delivery-rate sample) and the pacing rate.
+    fn on_ack_received(
+        &mut self,
+        now: Instant,
+        ack_number: TcpSeqNumber,
+        repr: &TcpRepr,
+        ack_len: usize,
+        is_window_update: bool,
+    ) {
+        let prior_in_flight = self.pipe();
+
+        // Duplicate ACK if payload empty and ACK doesn't move send window.
+        let is_dup = match self.local_rx_last_ack {
+            Some(last_rx_ack) => {
+                repr.payload.is_empty()
+                    && last_rx_ack == ack_number
+                    && ack_number < self.remote_last_seq
+                    && !is_window_update
+            }
+            None => false,
+        };
+        if is_dup {
+            self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
+            self.counters.dup_acks_in += 1;
+            net_debug!(
+                "received duplicate ACK for seq {} (duplicate nr {}{})",
+                ack_number,
+                self.local_rx_dup_acks,
+                if self.local_rx_dup_acks == u8::MAX {
+                    "+"
+                } else {
+                    ""
+                }
+            );
+        } else {
+            if self.local_rx_dup_acks > 0 {
+                self.local_rx_dup_acks = 0;
+                net_debug!("reset duplicate ACK count");
+            }
+            self.local_rx_last_ack = Some(ack_number);
+            // The handshake's RTT (data segments are sampled below).
+            self.rtte.on_ack(now, ack_number);
+        }
+
+        // The scoreboard: what left the network, and the RTT it took.
+        let mut rs = rate::RateSample::default();
+        let no_blocks = [None; 3];
+        let blocks = if self.remote_has_sack {
+            &repr.sack_ranges
+        } else {
+            &no_blocks
+        };
+        let outcome = self
+            .scoreboard
+            .on_ack(ack_number, blocks, now, &mut self.delivery, &mut rs);
+        if let Some(rtt) = outcome.rtt {
+            self.on_rtt_sample(now, rtt);
+        }
+
+        // We've processed everything in the incoming segment, so advance the local
+        // sequence number past it.
+        self.local_seq_no = ack_number;
+
+        // During retransmission, if an earlier segment got lost but later was
+        // successfully received, self.local_seq_no can move past self.remote_last_seq.
+        // Do not attempt to retransmit the latter segments; not only this is pointless
+        // in theory but also impossible in practice, since they have been already
+        // deallocated from the buffer.
+        if self.remote_last_seq < self.local_seq_no {
+            self.remote_last_seq = self.local_seq_no
+        }
+
+        // Loss detection.
+        let mut lost = 0;
+        if self.remote_has_sack {
+            let reo_wnd = self.reo_wnd();
+            let (n, timer) = self.scoreboard.detect_losses(now, reo_wnd);
+            lost += n;
+            self.rack_at = timer;
+        } else {
+            if is_dup && self.local_rx_dup_acks == 3 {
+                // RFC 5681: the third duplicate ACK.
+                lost += self.scoreboard.mark_first_lost();
+            }
+            if ack_len > 0 && self.recovery_point.is_some_and(|p| ack_number < p) {
+                // RFC 6582 (NewReno): a partial ACK in recovery points at
+                // the next hole.
+                lost += self.scoreboard.mark_first_lost();
+            }
+        }
+        rs.newly_lost = lost;
+
+        // Recovery episodes (RFC 6675): one window reduction per episode.
+        if self.recovery_point.is_some_and(|p| ack_number >= p) {
+            self.recovery_point = None;
+            self.rto_recovery = false;
+            self.congestion_controller.inner_mut().on_recovery_end(now);
+        }
+        if lost > 0 && self.recovery_point.is_none() {
+            self.enter_recovery(now);
+        }
+        if self.tlp_high.is_some_and(|h| ack_number >= h) {
+            self.tlp_high = None;
+        }
+
+        let min_rtt = self.min_rtt.map(|(d, _)| d);
+        self.delivery.finish(&mut rs, min_rtt);
+        if let Some(rate) = rs.rate() {
+            self.last_delivery_rate = rate;
+        }
+        if rs.newly_delivered > 0 || lost > 0 {
+            let ack = congestion::Ack {
+                now,
+                delivered: rs.newly_delivered,
+                lost,
+                prior_in_flight,
+                in_flight: self.pipe(),
+                cwnd_limited: self.cwnd_limited,
+                in_recovery: self.recovery_point.is_some(),
+                rtt: outcome.rtt,
+                srtt: self.srtt_us.map(Duration::from_micros),
+                min_rtt,
+                total_delivered: self.delivery.delivered,
+                rate: &rs,
+            };
+            self.congestion_controller.inner_mut().on_ack(&ack);
+            self.cwnd_limited = false;
+        }
+        self.update_pacing_rate();
+
+        // RFC 8985 7.2: after an ACK, a tail loss probe is scheduled if data
+        // is outstanding and neither recovery nor a probe is under way.
+        self.arm_tlp(now);
+    }
+
+    /// One RTT measurement: the RFC 6298 estimator, the microsecond SRTT
+    /// and the windowed minimum.
+    fn on_rtt_sample(&mut self, now: Instant, rtt: Duration) {
+        self.rtte.sample(rtt.total_millis() as u32);
+        let us = rtt.total_micros();
+        self.srtt_us = Some(match self.srtt_us {
+            Some(s) => (7 * s + us) / 8,
+            None => us,
+        });
+        let expired = self
+            .min_rtt
+            .is_none_or(|(m, at)| rtt <= m || now > at + MIN_RTT_WINDOW);
+        if expired {
+            self.min_rtt = Some((rtt, now));
+        }
+    }
+
+    /// RACK's reordering window (RFC 8985 6.2): none while no reordering
+    /// has been seen and recovery is under way or three segments are
+    /// SACKed above a hole (as fast as duplicate-ACK counting); otherwise a
+    /// quarter of the minimum RTT, at most the smoothed RTT.
+    fn reo_wnd(&self) -> Duration {
+        if !self.scoreboard.reordering_seen
+            && (self.recovery_point.is_some() || self.scoreboard.sacked_segs >= 3)
+        {
+            return Duration::ZERO;
+        }
+        let quarter = self.min_rtt.map_or(Duration::ZERO, |(m, _)| m / 4);
+        match self.srtt_us {
+            Some(s) => quarter.min(Duration::from_micros(s)),
+            None => quarter,
+        }
+    }
+
+    fn enter_recovery(&mut self, now: Instant) {
+        self.recovery_point = Some(self.remote_last_seq);
+        self.rto_recovery = false;
+        self.retransmit_now = true;
+        self.tlp_at = None;
+        self.tlp_due = false;
+        self.counters.recoveries += 1;
+        let in_flight = self.pipe();
+        self.congestion_controller
+            .inner_mut()
+            .on_recovery_start(now, in_flight);
+        net_debug!("entering loss recovery, pipe {}", in_flight);
+    }
+
+    /// The probe timeout (RFC 8985 7.2): two smoothed RTTs, plus the
+    /// worst-case delayed ACK when a single segment is outstanding, never
+    /// beyond the retransmission timeout.
+    fn pto(&self) -> Duration {
+        let rto = self.rtte.retransmission_timeout();
+        let Some(srtt) = self.srtt_us else {
+            return rto;
+        };
+        let mut pto = Duration::from_micros(2 * srtt);
+        pto += if self.scoreboard.len() <= 1 {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_millis(2)
+        };
+        pto.max(Duration::from_millis(10)).min(rto)
+    }
+
+    fn arm_tlp(&mut self, now: Instant) {
+        if !self.tlp_enabled
+            || self.scoreboard.is_empty()
+            || self.recovery_point.is_some()
+            || self.tlp_high.is_some()
+            || self.tlp_due
+        {
+            self.tlp_at = None;
+            return;
+        }
+        self.tlp_at = Some(now + self.pto());
+    }
+
+    /// Pacing rate: the controller's (BBR), or the window over the smoothed
+    /// RTT, doubled in slow start and 1.2 times otherwise (as Linux paces
+    /// Reno and CUBIC).
+    fn update_pacing_rate(&mut self) {
+        if !self.pacing {
+            return;
+        }
+        let cc = self.congestion_controller.inner();
+        let rate = match cc.pacing_rate() {
+            Some(r) => r,
+            None => match self.srtt_us {
+                Some(srtt) if cc.window() < usize::MAX / 2 => {
+                    let per_sec = cc.window() as u64 * 1_000_000 / srtt.max(1);
+                    if cc.in_slow_start() {
+                        per_sec * 2
+                    } else {
+                        per_sec * 6 / 5
+                    }
+                }
+                _ => 0,
+            },
+        };
+        self.pacer.set_rate(rate, self.remote_mss);
+    }
+
+    /// A retransmission timeout fired with data (or a SYN/FIN) outstanding
+    /// (hushgate: upstream always went back to the first unacknowledged
+    /// byte and resent everything after it, SACKed or not). Every segment
+    /// the receiver does not hold is marked lost and resent in order as
+    /// the window reopens; only when nothing is recorded (a SYN or a FIN
+    /// alone) does the socket go back, as upstream.
+    fn on_retransmit_timeout(&mut self, now: Instant) {
+        self.counters.rto_events += 1;
+        let flight = self.flight_size();
+        self.congestion_controller.inner_mut().on_rto(now, flight);
+        let snd_nxt = self.remote_last_seq;
+        self.scoreboard.mark_all_lost();
+        if !self.scoreboard.has_lost() {
+            // Nothing recorded to resend: a SYN or a FIN alone, or a
+            // receiver that dropped what it had SACKed. Go back.
+            self.scoreboard.clear();
+            self.remote_last_seq = self.local_seq_no;
+        }
+        self.recovery_point = Some(snd_nxt);
+        self.rto_recovery = true;
+        self.retransmit_now = true;
+        self.tlp_at = None;
+        self.tlp_due = false;
+        self.tlp_high = None;
+        self.rack_at = None;
+        self.local_rx_dup_acks = 0;
+        self.update_pacing_rate();
+    }
+
+    /// hushgate: the timers that do not change the connection's state but
+    /// what it sends: the tail loss probe, RACK's reordering timer, and the
+    /// app-limited mark of the delivery-rate estimator.
+    fn on_send_timers(&mut self, now: Instant) {
+        let sending = matches!(
+            self.state,
+            State::Established
+                | State::CloseWait
+                | State::FinWait1
+                | State::Closing
+                | State::LastAck
+        );
+        if self.tlp_at.is_some_and(|t| t <= now) {
+            self.tlp_at = None;
+            if sending
+                && self.recovery_point.is_none()
+                && self.tlp_high.is_none()
+                && !self.scoreboard.is_empty()
+            {
+                net_debug!("tail loss probe due");
+                self.tlp_due = true;
+            }
+        }
+        if self.rack_at.is_some_and(|t| t <= now) {
+            self.rack_at = None;
+            let reo_wnd = self.reo_wnd();
+            let (lost, timer) = self.scoreboard.detect_losses(now, reo_wnd);
+            self.rack_at = timer;
+            if lost > 0 && self.recovery_point.is_none() {
+                self.enter_recovery(now);
+            }
+        }
+        // Nothing new to send and room in the window: rate samples taken
+        // now measure the application, not the path.
+        if sending
+            && self.tx_buffer.len() <= self.flight_size()
+            && self.pipe() < self.congestion_controller.inner().window()
+        {
+            let pipe = self.pipe();
+            self.delivery.set_app_limited(pipe);
         }
     }
 
@@ -2332,9 +2814,17 @@ impl<'a> Socket<'a> {
     }
 
     fn seq_to_transmit(&self, cx: &mut Context) -> bool {
-        // Fast retransmits should always send, even if later congestion checks would disallow
-        if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
-            return true;
+        self.send_readiness(cx) == Readiness::Now
+    }
+
+    /// Whether a segment that occupies sequence space (data, SYN, FIN) can
+    /// leave now, or only once pacing allows (hushgate: upstream's
+    /// `seq_to_transmit`, plus retransmissions from the scoreboard, tail
+    /// loss probes, the pipe instead of the flight size, and pacing).
+    fn send_readiness(&self, cx: &mut Context) -> Readiness {
+        // A tail loss probe goes whatever the window and the pacer say.
+        if self.tlp_due {
+            return Readiness::Now;
         }
 
         let ip_header_len = match self.tuple.unwrap().local.addr {
@@ -2359,8 +2849,17 @@ impl<'a> Socket<'a> {
 
         // If we want to send a SYN and we haven't done so, do it!
         if matches!(self.state, State::SynSent | State::SynReceived) && !data_in_flight {
-            return true;
+            return Readiness::Now;
         }
+
+        let cwnd_remaining = self.cwnd_remaining();
+
+        // A segment judged lost goes first, when the window has room for it
+        // (the first one of a recovery goes at once, RFC 6675 5).
+        let retransmit = self
+            .scoreboard
+            .peek_lost()
+            .is_some_and(|(_, len)| self.retransmit_now || cwnd_remaining >= len);
 
         // max sequence number we can send.
         let max_send_seq =
@@ -2374,7 +2873,7 @@ impl<'a> Socket<'a> {
         };
 
         // compare max bytes allowed by cwnd with max bytes allowed by remote
-        let max_send = capped_send_seq.min(self.cwnd_remaining());
+        let max_send = capped_send_seq.min(cwnd_remaining);
 
         // Can we send at least 1 octet?
         let mut can_send = max_send != 0;
@@ -2404,7 +2903,23 @@ impl<'a> Socket<'a> {
         // This condition matches only if #2, because #1 is already covered by can_data and we're ORing them.
         let can_fin = want_fin && self.remote_last_seq == self.local_seq_no + self.tx_buffer.len();
 
-        can_send || can_fin
+        if retransmit || can_send {
+            // Data: the pacer decides when (a FIN alone is not paced).
+            if self.pacing && !(retransmit && self.retransmit_now) && !self.pacer.can_send(cx.now())
+            {
+                return if can_fin {
+                    Readiness::Now
+                } else {
+                    Readiness::Paced(self.pacer.next_send(cx.now()))
+                };
+            }
+            return Readiness::Now;
+        }
+        if can_fin {
+            Readiness::Now
+        } else {
+            Readiness::No
+        }
     }
 
     fn delayed_ack_expired(&self, timestamp: Instant) -> bool {
@@ -2412,6 +2927,25 @@ impl<'a> Socket<'a> {
             AckDelayTimer::Idle => true,
             AckDelayTimer::Waiting(t) => t <= timestamp,
             AckDelayTimer::Immediate => true,
+        }
+    }
+
+    /// Remembers the right edge of the window just advertised.
+    fn note_rcv_edge(&mut self) {
+        if let Some(ack) = self.remote_last_ack {
+            let edge = ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+            if self.rcv_edge.is_none_or(|e| edge > e) {
+                self.rcv_edge = Some(edge);
+            }
+        }
+    }
+
+    /// Bytes received in order and not yet acknowledged.
+    fn unacked_rx(&self) -> usize {
+        let next = self.remote_seq_no + self.rx_buffer.len();
+        match self.remote_last_ack {
+            Some(last) if next > last => next - last,
+            _ => 0,
         }
     }
 
@@ -2497,46 +3031,19 @@ impl<'a> Socket<'a> {
             self.remote_last_ts = Some(cx.now());
         }
 
-        self.congestion_controller
-            .inner_mut()
-            .pre_transmit(cx.now());
-
         // Check if any state needs to be changed because of a timer.
         if self.timed_out(cx.now()) {
             // If a timeout expires, we should abort the connection.
             net_debug!("timeout exceeded");
             self.set_state(State::Closed);
         } else if self.timer.should_retransmit(cx.now()) {
-            if let Timer::Retransmit { .. } = self.timer {
-                // If a retransmit timer expired, we should resend data starting at the last ACK.
-                net_debug!("retransmitting after rto");
-                self.counters.rto_events += 1;
+            // A retransmit timer expired: everything unacknowledged and not
+            // SACKed is presumed lost (see `on_retransmit_timeout`).
+            net_debug!("retransmitting after rto");
+            self.on_retransmit_timeout(cx.now());
 
-                // Inform the congestion controller that we're retransmitting and should enter the slow start state
-                let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_rto(cx.now(), in_flight);
-
-                // Rewind "last sequence number sent", as if we never
-                // had sent them. This will cause all data in the queue
-                // to be sent again.
-                self.remote_last_seq = self.local_seq_no;
-
-                // Inform RTTE, so that it can can handle RTO backoff
-                self.rtte.on_rto();
-            } else {
-                // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
-                net_debug!("retransmitting for fast-retransmit");
-
-                // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
-                let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_loss(cx.now(), in_flight);
-
-                self.pending_fast_retransmit = true;
-            }
+            // Inform RTTE, so that it can can handle RTO backoff
+            self.rtte.on_rto();
 
             // Clear the `should_retransmit` state. If we can't retransmit right
             // now for whatever reason (like zero window), this avoids an
@@ -2547,6 +3054,7 @@ impl<'a> Socket<'a> {
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
         }
+        self.on_send_timers(cx.now());
 
         #[cfg(feature = "socket-tcp-pause-synack")]
         if matches!(self.state, State::SynReceived) && self.synack_paused {
@@ -2610,8 +3118,21 @@ impl<'a> Socket<'a> {
             payload: &[],
         };
 
+        // hushgate: ACKs sent from here carry SACK blocks too (upstream put
+        // them only on ACKs sent while processing a segment).
+        if self.remote_has_sack
+            && !self.assembler.is_empty()
+            && !matches!(
+                self.state,
+                State::SynSent | State::SynReceived | State::Closed
+            )
+        {
+            let ack = self.remote_seq_no + self.rx_buffer.len();
+            repr.sack_ranges = self.recent_sacks.blocks(&self.assembler, ack);
+        }
+
         let mut is_zero_window_probe = false;
-        let mut fast_retransmit = false;
+        let mut kind = SendKind::New;
 
         #[cfg_attr(
             not(feature = "segmentation-offload"),
@@ -2668,15 +3189,31 @@ impl<'a> Socket<'a> {
                 let local_mss = cx.ip_mtu() - ip_repr.header_len() - TCP_HEADER_LEN;
                 let effective_mss = local_mss.min(self.remote_mss).saturating_sub(options_len);
 
-                fast_retransmit = self.pending_fast_retransmit;
-                let offset = if self.pending_fast_retransmit {
-                    let size = effective_mss.min(self.tx_buffer.len());
-                    repr.seq_number = self.local_seq_no;
-                    repr.payload = self.tx_buffer.get_allocated(0, size);
-
-                    self.pending_fast_retransmit = false;
-
-                    0
+                // hushgate: a segment judged lost goes before new data, when
+                // the window and the pacer allow (the first of a recovery at
+                // once); it is resent exactly as it was first cut.
+                let now = cx.now();
+                let retransmit = self.scoreboard.next_lost().filter(|&(start, len)| {
+                    start >= self.local_seq_no
+                        && (self.retransmit_now
+                            || (self.cwnd_remaining() >= len
+                                && (!self.pacing || self.pacer.can_send(now))))
+                });
+                let offset = if let Some((start, len)) = retransmit {
+                    kind = if self.rto_recovery {
+                        SendKind::RetransmitRto
+                    } else {
+                        SendKind::Retransmit
+                    };
+                    let offset = start - self.local_seq_no;
+                    repr.seq_number = start;
+                    repr.payload = self.tx_buffer.get_allocated(offset, len);
+                    if repr.payload.len() < len {
+                        // The ring wraps inside the segment: resend the
+                        // part that is contiguous now, the rest next.
+                        self.scoreboard.split(start + repr.payload.len());
+                    }
+                    offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
@@ -2732,19 +3269,41 @@ impl<'a> Socket<'a> {
                         .unwrap_or(effective_mss)
                     };
 
-                    let size = if is_zero_window_probe {
+                    let size = if is_zero_window_probe || self.tlp_due {
                         // Zero-window probes are exempt from the congestion window: they
                         // are sent precisely when normal transmission is impossible, and
                         // an empty segment elicits no reply, so capping the probe to a
                         // zero length would stall the connection if a window update from
                         // the remote got lost.
+                        // hushgate: so are tail loss probes (RFC 8985 7.3).
                         win_limit.min(device_limit)
+                    } else if self.pacing && !self.pacer.can_send(now) {
+                        0
                     } else {
                         win_limit.min(device_limit).min(self.cwnd_remaining())
                     };
 
-                    let offset = self.flight_size();
+                    let mut offset = self.flight_size();
                     repr.payload = self.tx_buffer.get_allocated(offset, size);
+                    if self.tlp_due {
+                        kind = SendKind::ProbeNew;
+                        if repr.payload.is_empty() {
+                            // No new data for the probe: resend the last
+                            // segment (RFC 8985 7.3).
+                            if let Some(last) = self.scoreboard.last().copied()
+                                && last.start >= self.local_seq_no
+                            {
+                                kind = SendKind::ProbeRetransmit;
+                                offset = last.start - self.local_seq_no;
+                                repr.seq_number = last.start;
+                                repr.payload =
+                                    self.tx_buffer.get_allocated(offset, last.len as usize);
+                                if repr.payload.len() < last.len as usize {
+                                    self.scoreboard.split(last.start + repr.payload.len());
+                                }
+                            }
+                        }
+                    }
 
                     #[cfg(feature = "segmentation-offload")]
                     if repr.payload.len() > effective_mss {
@@ -2856,12 +3415,7 @@ impl<'a> Socket<'a> {
             return Ok(());
         }
 
-        Self::count_sent(
-            &mut self.counters,
-            &mut self.snd_max,
-            &repr,
-            fast_retransmit,
-        );
+        Self::count_sent(&mut self.counters, &mut self.snd_max, &repr, kind);
 
         // We've sent a packet successfully, so we can update the internal state now.
         // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
@@ -2872,15 +3426,27 @@ impl<'a> Socket<'a> {
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
 
-        if repr.segment_len() > 0 {
+        if repr.control == TcpControl::Syn {
+            // The handshake's RTT sample; data segments are sampled from
+            // the scoreboard, one sample per ACK.
             self.rtte
                 .on_send(cx.now(), repr.seq_number + repr.segment_len());
-            self.congestion_controller
-                .inner_mut()
-                .post_transmit(cx.now(), repr.segment_len());
         }
 
-        if repr.segment_len() > 0 && !self.timer.is_retransmit() {
+        let (seq, data_len, segment_len, is_syn) = (
+            repr.seq_number,
+            repr.payload.len(),
+            repr.segment_len(),
+            repr.control == TcpControl::Syn,
+        );
+        if !is_syn {
+            self.note_rcv_edge();
+        }
+        if data_len > 0 {
+            self.on_data_sent(cx.now(), seq, data_len, kind);
+        }
+
+        if segment_len > 0 && !self.timer.is_retransmit() {
             // RFC 6298 (5.1) Every time a packet containing data is sent (including a
             // retransmission), if the timer is not running, start it running
             // so that it will expire after RTO seconds.
@@ -2901,12 +3467,54 @@ impl<'a> Socket<'a> {
         Ok(())
     }
 
+    /// hushgate: the bookkeeping of a data segment that left: the
+    /// scoreboard, the delivery stamp, the pacer, the controller, probes.
+    fn on_data_sent(&mut self, now: Instant, seq: TcpSeqNumber, len: usize, kind: SendKind) {
+        let pipe = self.pipe();
+        let stamp = self.delivery.stamp(now, pipe);
+        match kind {
+            SendKind::New | SendKind::ProbeNew => {
+                if self.scoreboard.end().is_some_and(|end| end != seq) {
+                    // Only after a peer moved the window backwards and we
+                    // resent from an older point: start the record afresh.
+                    self.scoreboard.clear();
+                }
+                self.scoreboard.on_send(seq, len, now, stamp);
+            }
+            SendKind::Retransmit | SendKind::RetransmitRto | SendKind::ProbeRetransmit => {
+                self.scoreboard.on_retransmit(seq, now, stamp);
+                self.retransmit_now = false;
+            }
+        }
+        if self.pacing {
+            self.pacer.on_send(now, len);
+        }
+        let pipe = self.pipe();
+        self.congestion_controller
+            .inner_mut()
+            .on_send(now, len, pipe);
+        if pipe + self.remote_mss > self.congestion_controller.inner().window() {
+            self.cwnd_limited = true;
+        }
+        if matches!(kind, SendKind::ProbeNew | SendKind::ProbeRetransmit) {
+            self.counters.tlp_probes += 1;
+            self.tlp_due = false;
+            self.tlp_high = Some(self.remote_last_seq);
+            self.tlp_at = None;
+            // RFC 8985 7.3: after the probe, the retransmission timer.
+            let rto = self.rtte.retransmission_timeout();
+            self.timer.set_for_retransmit(now, rto);
+        } else if kind == SendKind::New && self.tlp_at.is_none() {
+            self.arm_tlp(now);
+        }
+    }
+
     /// Counts one emitted segment (hushgate addition).
     fn count_sent(
         c: &mut info::Counters,
         snd_max: &mut Option<TcpSeqNumber>,
         repr: &TcpRepr,
-        fast_retransmit: bool,
+        kind: SendKind,
     ) {
         if repr.payload.is_empty() {
             if repr.control == TcpControl::None {
@@ -2920,10 +3528,12 @@ impl<'a> Socket<'a> {
         match *snd_max {
             Some(max) if repr.seq_number < max => {
                 c.retrans_segs += 1;
-                if fast_retransmit {
-                    c.retrans_recovery += 1;
-                } else {
-                    c.retrans_rto += 1;
+                match kind {
+                    SendKind::Retransmit => c.retrans_recovery += 1,
+                    SendKind::ProbeRetransmit => c.retrans_tlp += 1,
+                    // A resend after a go-back (a timeout with nothing
+                    // recorded) is a timeout's retransmission too.
+                    _ => c.retrans_rto += 1,
                 }
                 if end > max {
                     *snd_max = Some(end);
@@ -2945,7 +3555,7 @@ impl<'a> Socket<'a> {
         } else if self.state == State::Closed {
             // Socket was aborted, we have an RST packet to transmit.
             PollAt::Now
-        } else if self.seq_to_transmit(cx) {
+        } else if self.send_readiness(cx) == Readiness::Now {
             // We have a data or flag packet to transmit.
             PollAt::Now
         } else if self.window_to_update() {
@@ -2953,6 +3563,18 @@ impl<'a> Socket<'a> {
             PollAt::Now
         } else {
             let want_ack = self.ack_to_transmit();
+
+            // hushgate: data held by the pacer, the tail loss probe and
+            // RACK's reordering timer.
+            let paced_poll_at = match self.send_readiness(cx) {
+                Readiness::Paced(t) => PollAt::Time(t),
+                _ => PollAt::Ingress,
+            };
+            let probe_poll_at = [self.tlp_at, self.rack_at]
+                .into_iter()
+                .flatten()
+                .min()
+                .map_or(PollAt::Ingress, PollAt::Time);
 
             let delayed_ack_poll_at = match (want_ack, self.ack_delay_timer) {
                 (false, _) => PollAt::Ingress,
@@ -2970,10 +3592,16 @@ impl<'a> Socket<'a> {
             };
 
             // We wait for the earliest of our timers to fire.
-            *[self.timer.poll_at(), timeout_poll_at, delayed_ack_poll_at]
-                .iter()
-                .min()
-                .unwrap_or(&PollAt::Ingress)
+            *[
+                self.timer.poll_at(),
+                timeout_poll_at,
+                delayed_ack_poll_at,
+                paced_poll_at,
+                probe_poll_at,
+            ]
+            .iter()
+            .min()
+            .unwrap_or(&PollAt::Ingress)
         }
     }
 }

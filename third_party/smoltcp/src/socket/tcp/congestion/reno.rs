@@ -1,9 +1,15 @@
-use crate::{socket::tcp::RttEstimator, time::Instant};
+use crate::time::Instant;
 
-use super::Controller;
+use super::{Ack, Controller};
 
 const DEFAULT_MSS: usize = 1024;
 
+/// NewReno (RFC 5681) with byte counting (RFC 3465): the window grows by
+/// the bytes an ACK delivers, so one ACK covering many segments (a
+/// receiver that ACKs per batch, a stretch ACK) grows it as much as the
+/// ACKs it replaces. During loss recovery the socket sends by RFC 6675's
+/// pipe rule against `cwnd = ssthresh`, so there is no window inflation
+/// per duplicate ACK.
 #[derive(Debug)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Reno {
@@ -11,8 +17,11 @@ pub struct Reno {
     mss: usize,
     ssthresh: usize,
     rwnd: usize,
+    /// Bytes acknowledged in congestion avoidance not yet turned into
+    /// window growth.
+    bytes_acked: usize,
 
-    in_fast_recovery: bool,
+    in_recovery: bool,
     // Set on RTO, cleared when new data is ACKed. While set, further RTOs
     // are retransmissions of the same segment and must not reduce ssthresh
     // again (RFC 5681 section 3.1).
@@ -26,7 +35,8 @@ impl Reno {
             mss: DEFAULT_MSS,
             ssthresh: usize::MAX,
             rwnd: 64 * DEFAULT_MSS,
-            in_fast_recovery: false,
+            bytes_acked: 0,
+            in_recovery: false,
             in_rto_recovery: false,
         }
     }
@@ -37,50 +47,53 @@ impl Controller for Reno {
         self.cwnd
     }
 
-    fn on_ack(&mut self, _now: Instant, len: usize, _in_flight: usize, _rtt: &RttEstimator) {
-        // RFC 5681 only acts on ACKs of new data. The socket also notifies us
-        // of accepted segments that acknowledge nothing (window updates, data
-        // segments from the remote): those must not exit fast recovery nor
-        // grow the window.
-        if len == 0 {
+    fn in_slow_start(&self) -> bool {
+        self.cwnd < self.ssthresh
+    }
+
+    fn on_ack(&mut self, ack: &Ack) {
+        // RFC 5681 only acts on ACKs of new data.
+        if ack.delivered == 0 {
             return;
         }
 
-        // New data was ACKed: a timer-based loss episode, if any, is over.
+        // New data was delivered: a timer-based loss episode, if any, is over.
         self.in_rto_recovery = false;
 
-        // First new-data-ack exits fast recovery and deflates `cwnd`
-        if self.in_fast_recovery {
-            self.in_fast_recovery = false;
-            self.cwnd = self.ssthresh;
+        // The window holds during recovery; a window that was not used does
+        // not grow (RFC 7661).
+        if ack.in_recovery || self.in_recovery || !ack.cwnd_limited {
             return;
         }
 
-        let inc = if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            len.min(self.mss)
+        if self.cwnd < self.ssthresh {
+            // Slow start: grow by what was delivered, up to ssthresh.
+            self.cwnd = self
+                .cwnd
+                .saturating_add(ack.delivered)
+                .min(self.ssthresh.max(self.cwnd));
         } else {
-            // Congestion avoidance: increase by ~1 MSS per RTT.
-            (self.mss * self.mss / self.cwnd).max(1)
-        };
-
-        self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
+            // Congestion avoidance: one MSS per window delivered.
+            self.bytes_acked += ack.delivered;
+            while self.bytes_acked >= self.cwnd {
+                self.bytes_acked -= self.cwnd;
+                self.cwnd += self.mss;
+            }
+        }
+        self.cwnd = self.cwnd.min(self.rwnd).max(self.mss);
     }
 
-    fn on_dup_ack(&mut self, _now: Instant, len: usize, _in_flight: usize) {
-        if self.in_fast_recovery {
-            self.cwnd = self.cwnd.saturating_add(len).min(self.rwnd).max(self.mss);
-        }
+    fn on_recovery_start(&mut self, _now: Instant, _in_flight: usize) {
+        // Half the window (as Linux; `in_flight` is the pipe after the
+        // losses were taken out, which would halve twice).
+        self.ssthresh = (self.cwnd >> 1).max(2 * self.mss);
+        self.cwnd = self.ssthresh.min(self.rwnd).max(self.mss);
+        self.bytes_acked = 0;
+        self.in_recovery = true;
     }
 
-    fn on_loss(&mut self, _now: Instant, in_flight: usize) {
-        // Only cut window size on first entrance to fast recovery.
-        if !self.in_fast_recovery {
-            self.ssthresh = (in_flight >> 1).max(2 * self.mss);
-            self.cwnd = self.ssthresh.min(self.rwnd).saturating_add(3 * self.mss);
-
-            self.in_fast_recovery = true;
-        }
+    fn on_recovery_end(&mut self, _now: Instant) {
+        self.in_recovery = false;
     }
 
     fn on_rto(&mut self, _now: Instant, in_flight: usize) {
@@ -94,9 +107,10 @@ impl Controller for Reno {
 
         // cwnd collapses to the loss window (1 MSS) and we re-enter slow start.
         self.cwnd = self.mss;
-
-        // Major loss has occurred, ensure we move from fast recovery (if in it) to slow start.
-        self.in_fast_recovery = false
+        self.bytes_acked = 0;
+        // The socket ends the timeout's recovery like a fast recovery; slow
+        // start must run meanwhile, so this is not `in_recovery`.
+        self.in_recovery = false;
     }
 
     fn set_mss(&mut self, mss: usize) {
@@ -112,18 +126,15 @@ impl Controller for Reno {
 
 #[cfg(test)]
 mod test {
-    use crate::time::Instant;
-
+    use super::super::test_ack;
     use super::*;
+    use crate::socket::tcp::rate::RateSample;
 
     const MSS: usize = 1024;
 
     fn ack(reno: &mut Reno, len: usize, now: Instant) {
-        reno.on_ack(now, len, reno.window().saturating_sub(MSS), &rtte())
-    }
-
-    fn rtte() -> RttEstimator {
-        RttEstimator::default()
+        let rs = RateSample::default();
+        reno.on_ack(&test_ack(now, len, reno.window().saturating_sub(MSS), &rs))
     }
 
     #[test]
@@ -140,63 +151,60 @@ mod test {
             assert!(reno.window() < initial_cwnd + MSS);
         }
 
+        // One window's worth of delivered bytes grows it by one MSS, in one
+        // stretch ACK or in many.
+        let initial_cwnd = reno.window();
+        ack(&mut reno, initial_cwnd, Instant::from_millis(15));
+        assert_eq!(reno.window(), initial_cwnd + MSS);
+
         // CA should cap at the receive window
         reno.cwnd = reno.rwnd - 1;
-        ack(&mut reno, MSS, Instant::from_millis(20));
+        let rwnd = reno.rwnd;
+        ack(&mut reno, 2 * rwnd, Instant::from_millis(20));
         assert_eq!(reno.window(), reno.rwnd);
     }
 
     #[test]
-    fn fast_recovery_works() {
+    fn slow_start_counts_bytes_not_acks() {
+        let mut reno = Reno::new();
+        reno.set_mss(MSS);
+        reno.set_remote_window(1 << 20);
+        let initial = reno.window();
+        // One ACK for 16 segments grows the window by 16 segments.
+        ack(&mut reno, 16 * MSS, Instant::from_millis(1));
+        assert_eq!(reno.window(), initial + 16 * MSS);
+        // ... but never past ssthresh in one step.
+        reno.ssthresh = reno.window() + MSS;
+        ack(&mut reno, 16 * MSS, Instant::from_millis(2));
+        assert_eq!(reno.window(), reno.ssthresh);
+    }
+
+    #[test]
+    fn recovery_halves_once_and_holds() {
         let mut reno = Reno::new();
         reno.set_mss(MSS);
         reno.cwnd = MSS * 32;
 
-        // duplicate ACKs before fast recovery should do nothing
-        let initial_cwnd = reno.window();
-        for _ in 0..3 {
-            reno.on_dup_ack(Instant::from_millis(0), MSS, initial_cwnd);
+        let in_flight = MSS * 32;
+        reno.on_recovery_start(Instant::from_millis(0), in_flight);
+        assert_eq!(reno.ssthresh, in_flight / 2);
+        assert_eq!(reno.window(), in_flight / 2);
+
+        // Deliveries during recovery do not grow the window.
+        for i in 0..10 {
+            ack(&mut reno, MSS, Instant::from_millis(i));
+            assert_eq!(reno.window(), in_flight / 2);
         }
-        assert_eq!(reno.window(), initial_cwnd);
 
-        // we enter fast recovery upon minor loss (three duplicate ACKs)
-        // window should become half the in-flight bytes
-        // sstresh should be the reduced cwnd, advanced by MSS for the 3 dup ACKs
-        let inflight = initial_cwnd / 2;
-        reno.on_loss(Instant::from_millis(0), inflight);
-        assert_eq!(reno.ssthresh, inflight / 2);
-        assert_eq!(reno.cwnd, inflight / 2 + 3 * MSS);
-
-        // in fast recovery, each dup-ACK should increase  the cwnd by 1 MSS
-        let initial_cwnd = reno.window();
-        for i in 0..3 {
-            for _ in 0..3 {
-                let initial_cwnd = reno.window();
-                reno.on_dup_ack(Instant::from_millis(i), MSS, initial_cwnd);
-                assert_eq!(reno.window(), initial_cwnd + MSS);
-            }
-
-            // multiple loss events (trip-dup-ack) should not trigger additional fast recovery reductions
-            let initial_cwnd = reno.window();
-            let initial_ssthresh = reno.ssthresh;
-            reno.on_loss(Instant::from_millis(i), initial_cwnd);
-            assert_eq!(reno.window(), initial_cwnd);
-            assert_eq!(reno.ssthresh, initial_ssthresh);
-        }
-        assert_eq!(reno.window(), initial_cwnd + MSS * 9);
-
-        // a non-duplicate ACK exits fast recovery and enters congestion avoidance
-        ack(&mut reno, MSS, Instant::from_millis(10));
-        assert_eq!(reno.window(), reno.ssthresh);
-
-        // CA is slower growth so should be less than 1MSS per ACK
+        // After recovery, congestion avoidance.
+        reno.on_recovery_end(Instant::from_millis(20));
         let initial_cwnd = reno.window();
         ack(&mut reno, MSS, Instant::from_millis(30));
         assert!(reno.window() < initial_cwnd + MSS);
     }
 
     #[test]
-    fn slow_start_works() {
+    fn slow_start_after_rto() {
         let mut reno = Reno::new();
         reno.set_mss(MSS);
         reno.cwnd = MSS * 32;
@@ -205,156 +213,27 @@ mod test {
         // we enter recovery upon major loss (an RTO)
         // window should become to 1MSS
         // sstresh should become half the in-flight bytes
-        let initial_cwnd = reno.window();
-        let inflight = initial_cwnd;
-        reno.on_rto(Instant::from_millis(0), initial_cwnd);
+        let inflight = reno.window();
+        reno.on_rto(Instant::from_millis(0), inflight);
         assert_eq!(reno.ssthresh, inflight / 2);
         assert_eq!(reno.window(), MSS);
 
-        // slow start grows by at most the MSS per ack
-        let initial_cwnd = reno.window();
-        for i in 0..10 {
+        // slow start grows by the bytes delivered
+        for i in 0..7 {
             let initial_cwnd = reno.window();
-            let now = Instant::from_millis(i);
-            ack(&mut reno, MSS * 2, now);
-            assert_eq!(reno.window(), initial_cwnd + MSS);
+            ack(&mut reno, MSS * 2, Instant::from_millis(i));
+            assert_eq!(reno.window(), initial_cwnd + 2 * MSS);
         }
-        assert_eq!(reno.window(), initial_cwnd + MSS * 10);
-
-        // slow start uses the number of ACKed bytes if they're less than the MSS
-        let initial_cwnd = reno.window();
-        for i in 0..10 {
-            let initial_cwnd = reno.window();
-            let now = Instant::from_millis(10 + i);
-            ack(&mut reno, MSS / 2, now);
-            assert_eq!(reno.window(), initial_cwnd + MSS / 2);
-        }
-        assert_eq!(reno.window(), initial_cwnd + MSS / 2 * 10);
+        assert_eq!(reno.window(), 15 * MSS);
 
         // slow start transitions to congestion avoidance at ssthresh
-        let initial_cwnd = reno.window();
-        reno.ssthresh = initial_cwnd + MSS;
-        ack(&mut reno, MSS, Instant::from_millis(30));
-        assert_eq!(reno.window(), initial_cwnd + MSS);
-        assert_eq!(reno.ssthresh, initial_cwnd + MSS);
-
-        // slow start transitions to congestion avoidance at ssthresh
-        // CA is slower growth so should be less than 1MSS per ACK
-        let initial_cwnd = reno.window();
-        ack(&mut reno, MSS, Instant::from_millis(30));
-        assert!(reno.window() < initial_cwnd + MSS);
-    }
-
-    #[test]
-    fn progress_to_ca_via_rto() {
-        let mut reno = Reno::new();
-        reno.set_mss(MSS);
-
-        let mut time = 0;
-
-        // slow start from default state
-        let initial_cwnd = reno.window();
-        for _ in 0..30 {
-            time += 1;
-            ack(&mut reno, MSS, Instant::from_millis(time));
-        }
-        assert_eq!(reno.window(), initial_cwnd + MSS * 30);
-        assert!(reno.window() < reno.ssthresh);
-
-        // rto: cwnd resets to MSS, ssthresh becomes half in-flight bytes
-        let rto_cwnd = reno.window();
-        reno.on_rto(Instant::from_millis(time), rto_cwnd);
-        assert_eq!(reno.window(), MSS);
-        assert_eq!(reno.ssthresh, rto_cwnd / 2);
-
-        // slow start again until cwnd reaches new ssthresh
-        while reno.window() < reno.ssthresh {
-            time += 1;
-            let initial_cwnd = reno.window();
-            ack(&mut reno, MSS, Instant::from_millis(time));
-            assert_eq!(reno.window(), initial_cwnd + MSS);
-        }
+        ack(&mut reno, MSS * 2, Instant::from_millis(30));
         assert_eq!(reno.window(), reno.ssthresh);
 
-        // ca: each ack at or above ssthresh grows by less than MSS
-        time += 1;
+        // CA is slower growth so should be less than 1MSS per ACK
         let initial_cwnd = reno.window();
-        ack(&mut reno, MSS, Instant::from_millis(time));
-        assert!(reno.window() > initial_cwnd);
+        ack(&mut reno, MSS, Instant::from_millis(31));
         assert!(reno.window() < initial_cwnd + MSS);
-    }
-
-    #[test]
-    fn progress_to_ca_via_loss() {
-        let mut reno = Reno::new();
-        reno.set_mss(MSS);
-
-        let mut time = 0;
-
-        // slow start from default state
-        let initial_cwnd = reno.window();
-        for _ in 0..30 {
-            time += 1;
-            ack(&mut reno, MSS, Instant::from_millis(time));
-        }
-        assert_eq!(reno.window(), initial_cwnd + MSS * 30);
-        assert!(reno.window() < reno.ssthresh);
-
-        // dup ACKs: cwnd and sstresh become half in-flight bytes AND cwnd gets advanced for each dup-ack it had received
-        time += 1;
-        let loss_cwnd = reno.window();
-        let expected_ssthresh = loss_cwnd / 2;
-        reno.on_loss(Instant::from_millis(time), loss_cwnd);
-        assert_eq!(reno.ssthresh, expected_ssthresh);
-        assert_eq!(reno.window(), expected_ssthresh + 3 * MSS);
-        assert!(reno.in_fast_recovery);
-
-        // inflate cwnd until on each duplicate ACK
-        for _ in 0..9 {
-            time += 1;
-            let initial_cwnd = reno.window();
-            reno.on_dup_ack(Instant::from_millis(time), MSS, reno.cwnd);
-            assert_eq!(reno.window(), initial_cwnd + MSS);
-        }
-
-        // non-duplicate ACK deflates cwnd to ssthresh
-        time += 1;
-        ack(&mut reno, MSS, Instant::from_millis(time));
-        assert_eq!(reno.window(), expected_ssthresh);
-        assert!(!reno.in_fast_recovery);
-
-        // ca: each ack at or above ssthresh grows by less than MSS
-        time += 1;
-        let initial_cwnd = reno.window();
-        ack(&mut reno, MSS, Instant::from_millis(time));
-        assert!(reno.window() > initial_cwnd);
-        assert!(reno.window() < initial_cwnd + MSS);
-    }
-
-    #[test]
-    fn zero_length_ack_does_not_exit_fast_recovery() {
-        let mut reno = Reno::new();
-        reno.set_mss(MSS);
-        reno.cwnd = MSS * 32;
-
-        reno.on_loss(Instant::from_millis(0), reno.cwnd);
-        assert!(reno.in_fast_recovery);
-
-        let cwnd = reno.window();
-        let ssthresh = reno.ssthresh;
-
-        // Accepted segments that acknowledge no new data (window updates,
-        // data segments from the remote) must not end fast recovery or
-        // change the window.
-        ack(&mut reno, 0, Instant::from_millis(1));
-        assert!(reno.in_fast_recovery);
-        assert_eq!(reno.window(), cwnd);
-        assert_eq!(reno.ssthresh, ssthresh);
-
-        // The first ACK of new data still exits and deflates.
-        ack(&mut reno, MSS, Instant::from_millis(2));
-        assert!(!reno.in_fast_recovery);
-        assert_eq!(reno.window(), ssthresh);
     }
 
     #[test]
@@ -372,6 +251,18 @@ mod test {
         reno.ssthresh = MSS * 16;
         ack(&mut reno, 0, Instant::from_millis(1));
         assert_eq!(reno.window(), MSS * 32);
+    }
+
+    #[test]
+    fn unused_window_does_not_grow() {
+        let mut reno = Reno::new();
+        reno.set_mss(MSS);
+        let cwnd = reno.window();
+        let rs = RateSample::default();
+        let mut a = test_ack(Instant::from_millis(1), MSS, 0, &rs);
+        a.cwnd_limited = false;
+        reno.on_ack(&a);
+        assert_eq!(reno.window(), cwnd);
     }
 
     #[test]
@@ -400,62 +291,15 @@ mod test {
     }
 
     #[test]
-    fn test_reno() {
-        let remote_window = 64 * 1024;
-        let now = Instant::from_millis(0);
-
-        for i in 0..10 {
-            for j in 0..9 {
-                let mut reno = Reno::new();
-                reno.set_mss(1480);
-
-                // Set remote window.
-                reno.set_remote_window(remote_window);
-
-                reno.on_ack(now, 4096, reno.window(), &RttEstimator::default());
-
-                let mut n = i;
-                for _ in 0..j {
-                    n *= i;
-                }
-
-                if i & 1 == 0 {
-                    reno.on_rto(now, reno.window());
-                } else {
-                    reno.on_loss(now, reno.window());
-                }
-
-                let elapsed = Instant::from_millis(1000);
-                reno.on_ack(elapsed, n, reno.window(), &RttEstimator::default());
-
-                let cwnd = reno.window();
-                println!("Reno: elapsed = {}, cwnd = {}", elapsed, cwnd);
-
-                assert!(cwnd >= reno.mss);
-                assert!(reno.window() <= remote_window);
-            }
-        }
-    }
-
-    #[test]
     fn reno_min_cwnd() {
-        let remote_window = 64 * 1024;
-        let now = Instant::from_millis(0);
-
         let mut reno = Reno::new();
-        reno.set_remote_window(remote_window);
+        reno.set_remote_window(64 * 1024);
 
         for _ in 0..100 {
-            reno.on_rto(now, reno.window());
+            reno.on_rto(Instant::from_millis(0), reno.window());
+            assert!(reno.window() >= reno.mss);
+            reno.on_recovery_start(Instant::from_millis(0), 0);
             assert!(reno.window() >= reno.mss);
         }
-    }
-
-    #[test]
-    fn reno_set_rwnd() {
-        let mut reno = Reno::new();
-        reno.set_remote_window(64 * 1024 * 1024);
-
-        println!("{reno:?}");
     }
 }
