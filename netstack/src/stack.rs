@@ -53,14 +53,27 @@ pub struct StackConfig {
     pub any_ip: bool,
     /// IP MTU of the tunnel. Default 1420 (WireGuard's usual inner MTU).
     pub mtu: usize,
-    /// Receive buffer per TCP connection. It fixes the window-scale factor
-    /// when the socket is created, so it is applied before listen/connect.
-    /// Default 4 MiB (about 670 Mbit/s at 50 ms RTT; pages are touched only
-    /// as data flows through them).
+    /// Initial receive buffer per TCP connection. Default 256 KiB.
     pub tcp_rx_buffer: usize,
-    /// Send buffer per TCP connection; bounds the bytes in flight.
-    /// Default 4 MiB.
+    /// Initial send buffer per TCP connection; it bounds the bytes in
+    /// flight until it grows. Default 256 KiB.
     pub tcp_tx_buffer: usize,
+    /// The receive buffer of a connection doubles, up to this size, while
+    /// its peer fills the window it is offered and the application keeps
+    /// the buffer drained (buffer autotuning). The window scale is chosen
+    /// for this size when the socket is created. Default 32 MiB: one
+    /// stream can keep 1 Gbit/s in flight over a 250 ms round trip.
+    pub tcp_rx_buffer_max: usize,
+    /// The send buffer of a connection doubles, up to this size, while all
+    /// of it is in flight and the congestion and peer windows would take
+    /// more. Default 32 MiB.
+    pub tcp_tx_buffer_max: usize,
+    /// Bytes all the buffer growth of this stack may take together (beyond
+    /// the initial sizes); a connection gives its share back when it is
+    /// freed. With the defaults a stack's TCP buffers never exceed
+    /// `max_sockets` x 512 KiB (the initial sizes; pages are touched only
+    /// as data flows through them) plus this. Default 256 MiB.
+    pub tcp_buffer_budget: usize,
     /// Idle listening sockets kept per listened port (a smoltcp listener
     /// accepts exactly one connection). Default 8.
     pub listener_pool: usize,
@@ -117,8 +130,11 @@ impl StackConfig {
             addresses: vec![address],
             any_ip: false,
             mtu: 1420,
-            tcp_rx_buffer: 4 << 20,
-            tcp_tx_buffer: 4 << 20,
+            tcp_rx_buffer: 256 << 10,
+            tcp_tx_buffer: 256 << 10,
+            tcp_rx_buffer_max: 32 << 20,
+            tcp_tx_buffer_max: 32 << 20,
+            tcp_buffer_budget: 256 << 20,
             listener_pool: 8,
             max_sockets: 1024,
             ack_every: 2,
@@ -258,6 +274,8 @@ pub struct Stack {
     lingering: Vec<Lingering>,
     /// Sockets of every kind, for `max_sockets`.
     socket_count: usize,
+    /// What the buffer growth of all sockets may take together.
+    budget: tcp::BufferBudget,
     next_id: u64,
     next_port: u16,
     stats: StackStats,
@@ -344,6 +362,7 @@ impl Stack {
             accepted: VecDeque::new(),
             lingering: Vec::new(),
             socket_count: 0,
+            budget: tcp::BufferBudget::new(cfg.tcp_buffer_budget),
             next_id: 1,
             next_port: EPHEMERAL_FIRST,
             stats: StackStats::default(),
@@ -448,6 +467,7 @@ impl Stack {
             cfg,
             socket_count,
             now,
+            budget,
             ..
         } = self;
         let pool = &mut pools[i];
@@ -507,7 +527,7 @@ impl Stack {
         }
         let port = pool.port;
         while pool.idle.len() < cfg.listener_pool && *socket_count < cfg.max_sockets {
-            let mut s = new_socket(cfg);
+            let mut s = new_socket(cfg, budget);
             s.listen(IpListenEndpoint { addr: None, port })
                 .expect("fresh socket listens");
             pool.idle.push(sockets.add(s));
@@ -543,7 +563,7 @@ impl Stack {
         if self.socket_count >= self.cfg.max_sockets {
             return Err(Error::TooManySockets);
         }
-        let mut s = new_socket(&self.cfg);
+        let mut s = new_socket(&self.cfg, &self.budget);
         s.connect(self.iface.context(), remote, local_port)
             .map_err(|_| Error::Unaddressable)?;
         let handle = self.sockets.add(s);
@@ -931,13 +951,18 @@ impl Stack {
     }
 }
 
-/// A socket with all the settings applied. Buffers are sized here, before
-/// any listen/connect, because smoltcp fixes the window-scale factor from
-/// the receive buffer when the socket is created.
-fn new_socket(cfg: &StackConfig) -> tcp::Socket<'static> {
+/// A socket with all the settings applied. Autotuning is set here, before
+/// any listen/connect, because smoltcp fixes the window-scale factor (from
+/// the largest the receive buffer may grow to) when the connection opens.
+fn new_socket(cfg: &StackConfig, budget: &tcp::BufferBudget) -> tcp::Socket<'static> {
     let rx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_rx_buffer]);
     let tx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_tx_buffer]);
     let mut s = tcp::Socket::new(rx, tx);
+    s.set_buffer_autotune(
+        cfg.tcp_rx_buffer_max,
+        cfg.tcp_tx_buffer_max,
+        Some(budget.clone()),
+    );
     s.set_nagle_enabled(false);
     s.set_ack_delay(cfg.ack_delay.map(to_smol));
     s.set_congestion_control(cfg.congestion.into());

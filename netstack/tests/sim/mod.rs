@@ -439,10 +439,45 @@ struct Endpoint {
     wakeups: u64,
 }
 
-/// Byte `i` of the simulated film: position-dependent, so a lost,
-/// duplicated or misplaced byte is caught where it happens.
-fn pattern(i: u64) -> u8 {
-    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (i as u8)
+/// The simulated film repeats a block of this many bytes (a prime, so it
+/// never lines up with segment or buffer sizes).
+const FILM_BLOCK: usize = 65_521;
+
+/// One block of the film: position-dependent bytes, so a lost, duplicated
+/// or misplaced byte is caught where it happens (unless misplaced by a
+/// multiple of the block). Copied and compared with memcpy/memcmp, so the
+/// check costs little next to the stacks.
+fn film_block() -> Vec<u8> {
+    (0..FILM_BLOCK as u64)
+        .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (i as u8))
+        .collect()
+}
+
+/// Copies the film from byte `offset` into `buf`.
+fn film_fill(block: &[u8], offset: u64, buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = ((offset + done as u64) % FILM_BLOCK as u64) as usize;
+        let n = (FILM_BLOCK - at).min(buf.len() - done);
+        buf[done..done + n].copy_from_slice(&block[at..at + n]);
+        done += n;
+    }
+}
+
+/// Panics if `buf` is not the film from byte `offset`.
+fn film_check(block: &[u8], offset: u64, buf: &[u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = ((offset + done as u64) % FILM_BLOCK as u64) as usize;
+        let n = (FILM_BLOCK - at).min(buf.len() - done);
+        assert!(
+            buf[done..done + n] == block[at..at + n],
+            "the film differs in bytes {}..{}",
+            offset + done as u64,
+            offset + (done + n) as u64
+        );
+        done += n;
+    }
 }
 
 fn round_up(d: Duration, granularity: Duration) -> Duration {
@@ -504,6 +539,7 @@ pub fn run(s: &Scenario) -> Report {
     let mut idle_wakeups = 0u64;
     let mut spins = 0u32;
     let mut spare: Vec<Vec<u8>> = Vec::new();
+    let film = film_block();
 
     loop {
         // The next event: an endpoint's wake-up, a datagram arriving (the
@@ -590,9 +626,7 @@ pub fn run(s: &Scenario) -> Report {
                             let n = sock
                                 .send(|buf| {
                                     let n = buf.len().min((limit - off) as usize);
-                                    for (k, b) in buf[..n].iter_mut().enumerate() {
-                                        *b = pattern(off + k as u64);
-                                    }
+                                    film_fill(&film, off, &mut buf[..n]);
                                     (n, n)
                                 })
                                 .unwrap_or(0);
@@ -620,14 +654,7 @@ pub fn run(s: &Scenario) -> Report {
                         let off = got;
                         let n = sock
                             .recv(|buf| {
-                                for (k, b) in buf.iter().enumerate() {
-                                    assert_eq!(
-                                        *b,
-                                        pattern(off + k as u64),
-                                        "byte {} differs",
-                                        off + k as u64
-                                    );
-                                }
+                                film_check(&film, off, buf);
                                 (buf.len(), buf.len())
                             })
                             .expect("recv");

@@ -18,6 +18,7 @@ use crate::wire::{
     TcpRepr, TcpSeqNumber, TcpTimestampGenerator, TcpTimestampRepr,
 };
 
+mod autotune;
 mod congestion;
 mod info;
 mod pacing;
@@ -25,6 +26,7 @@ mod rate;
 mod sack;
 mod scoreboard;
 
+pub use autotune::BufferBudget;
 pub use info::TcpInfo;
 
 macro_rules! tcp_trace {
@@ -191,6 +193,9 @@ struct RttEstimator {
     rto_count: u8,
     /// hushgate: the RTO floor, milliseconds.
     min_rto: u32,
+    /// hushgate: the floor also bounds the variance term (set by
+    /// `Socket::set_rto_min`).
+    linux_floor: bool,
 }
 
 impl Default for RttEstimator {
@@ -204,6 +209,7 @@ impl Default for RttEstimator {
             max_seq_sent: None,
             rto_count: 0,
             min_rto: RTTE_MIN_RTO,
+            linux_floor: false,
         }
     }
 }
@@ -228,6 +234,16 @@ impl RttEstimator {
 
         // RFC 6298 (2.2), (2.3)
         let margin = RTTE_MIN_MARGIN.max(self.rttvar * RTTE_K);
+        // hushgate: with a lowered floor (`set_rto_min`), the floor bounds
+        // the variance term as in Linux (RTO = SRTT + max(4 RTTVAR, floor)):
+        // sampled on every ACK, RTTVAR of a steady path falls to nothing, and
+        // an RTO a few milliseconds above SRTT fires on any ACK that is a
+        // little late (a paced sender's next segment, a delayed ACK).
+        let margin = if self.linux_floor {
+            margin.max(self.min_rto)
+        } else {
+            margin
+        };
         self.rto = (self.srtt + margin).clamp(self.min_rto, RTTE_MAX_RTO);
 
         self.rto_count = 0;
@@ -617,12 +633,21 @@ pub struct Socket<'a> {
     /// and after a hole was filled (Linux's quick-ack mode), so a sender
     /// in slow start or recovery gets its ACK clock at once.
     quick_acks: u8,
-    /// Largest segment received: the peer's effective MSS.
+    /// Largest segment received: the peer's effective MSS (0 before any).
     rcv_mss: usize,
     /// Recently updated SACK blocks, reported newest first.
     recent_sacks: sack::RecentBlocks,
     /// The furthest right edge of the receive window ever advertised.
     rcv_edge: Option<TcpSeqNumber>,
+    /// Buffer autotuning (`Socket::set_buffer_autotune`): how large each
+    /// buffer may grow, the budget growth draws from, what this socket
+    /// took from it, and when the current measurement round trip of the
+    /// receive side began (and at which sequence number).
+    rx_max: usize,
+    tx_max: usize,
+    budget: Option<BufferBudget>,
+    budget_taken: usize,
+    rcv_space: Option<(Instant, TcpSeqNumber)>,
     /// The first retransmission of a recovery leaves whatever the window
     /// and the pacer say (upstream's fast retransmit did the same).
     retransmit_now: bool,
@@ -722,9 +747,14 @@ impl<'a> Socket<'a> {
             pacer: pacing::Pacer::default(),
             ack_every: None,
             quick_acks: 0,
-            rcv_mss: DEFAULT_MSS,
+            rcv_mss: 0,
             recent_sacks: sack::RecentBlocks::default(),
             rcv_edge: None,
+            rx_max: 0,
+            tx_max: 0,
+            budget: None,
+            budget_taken: 0,
+            rcv_space: None,
             retransmit_now: false,
             congestion_controller: congestion::AnyController::new(),
 
@@ -946,8 +976,12 @@ impl<'a> Socket<'a> {
     /// RFC 6298 recommends 1 second, the default here as upstream; Linux
     /// uses 200 ms. With tail loss probes and RACK most losses are repaired
     /// long before a timeout, so a lower floor only shortens the stalls
-    /// that remain. Values below 10 ms are raised to 10 ms.
+    /// that remain. Once set, the timeout is computed as Linux does,
+    /// `SRTT + max(4 RTTVAR, floor)`, so a steady path's shrinking variance
+    /// does not make it fire on every slightly late ACK. Values below 10 ms
+    /// are raised to 10 ms.
     pub fn set_rto_min(&mut self, duration: Duration) {
+        self.rtte.linux_floor = true;
         self.rtte.min_rto = (duration.total_millis() as u32).clamp(10, RTTE_MAX_RTO);
         if !self.rtte.have_measurement {
             self.rtte.rto = self.rtte.rto.max(self.rtte.min_rto);
@@ -957,6 +991,122 @@ impl<'a> Socket<'a> {
     /// Return the floor of the retransmission timeout.
     pub fn rto_min(&self) -> Duration {
         Duration::from_millis(self.rtte.min_rto as u64)
+    }
+
+    /// Let the buffers grow while the connection needs it (hushgate
+    /// addition; off by default, as upstream).
+    ///
+    /// The receive buffer doubles when more than half of it arrived within
+    /// one round trip while the application keeps it drained (the window,
+    /// not the application, may be the limit); the send buffer doubles when
+    /// all of it is in flight and the congestion and peer windows would
+    /// allow more. Neither grows past its maximum, and growth takes its bytes
+    /// from `budget` (if any) and gives them back when the socket is
+    /// dropped. Only buffers on the heap (owned `Vec`s) can grow.
+    ///
+    /// Call this before [`listen`](Self::listen) or
+    /// [`connect`](Self::connect): the window scale, fixed for the
+    /// connection's life, is chosen for `rx_max`. At most 1 GiB.
+    pub fn set_buffer_autotune(
+        &mut self,
+        rx_max: usize,
+        tx_max: usize,
+        budget: Option<BufferBudget>,
+    ) {
+        self.rx_max = rx_max.min(1 << 30);
+        self.tx_max = tx_max;
+        self.budget = budget;
+        let rx_cap_log2 = mem::size_of::<usize>() * 8
+            - self.rx_buffer.capacity().max(self.rx_max).leading_zeros() as usize;
+        if self.state == State::Closed {
+            self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
+        }
+    }
+
+    /// Takes `bytes` for buffer growth from the budget, if any.
+    fn take_budget(&mut self, bytes: usize) -> bool {
+        if let Some(b) = &self.budget
+            && !b.take(bytes)
+        {
+            return false;
+        }
+        self.budget_taken += bytes;
+        true
+    }
+
+    /// The receive side of autotuning (after Linux's dynamic right-sizing):
+    /// once per round trip, the buffer must hold twice what arrived in
+    /// that round trip, so the window never limits a sender that is still
+    /// speeding up. A sender limited by the window delivers a full window
+    /// per round trip, so the buffer doubles every round trip until the
+    /// window is no longer the limit. The round trip is the socket's own
+    /// estimate (the handshake's for a pure receiver), at least 1 ms.
+    fn maybe_grow_rx(&mut self, now: Instant, just_arrived: usize) {
+        let cap = self.rx_buffer.capacity();
+        if cap >= self.rx_max {
+            return;
+        }
+        let rcv_nxt = self.remote_seq_no + self.rx_buffer.len();
+        let rtt = match self.srtt_us {
+            Some(us) => Duration::from_micros(us),
+            None if self.rtte.have_measurement => Duration::from_millis(self.rtte.srtt as u64),
+            None => return,
+        }
+        .max(Duration::from_millis(1));
+        let Some((start, from)) = self.rcv_space else {
+            self.rcv_space = Some((now, rcv_nxt));
+            return;
+        };
+        if now < start + rtt {
+            return;
+        }
+        self.rcv_space = Some((now, rcv_nxt));
+        let arrived = if rcv_nxt > from { rcv_nxt - from } else { 0 };
+        // The application must keep up too (what it left unread before
+        // this segment): a full buffer is flow control doing its job, not a
+        // window that is too small.
+        if 2 * arrived <= cap || self.rx_buffer.len() - just_arrived > cap / 2 {
+            return;
+        }
+        let new = (cap * 2).min(self.rx_max);
+        if self.take_budget(new - cap) {
+            if self.rx_buffer.grow(new) {
+                net_debug!("rx buffer grown to {}", new);
+            } else {
+                self.give_budget(new - cap);
+            }
+        }
+    }
+
+    /// The send side of autotuning: called before choosing what to send.
+    fn maybe_grow_tx(&mut self) {
+        let cap = self.tx_buffer.capacity();
+        if cap >= self.tx_max || self.tx_buffer.window() >= self.remote_mss {
+            return;
+        }
+        // Everything buffered is in flight, and both windows have room.
+        let flight = self.flight_size();
+        if self.tx_buffer.len() > flight
+            || self.pipe() + self.remote_mss > self.congestion_controller.inner().window()
+            || self.remote_win_len < flight + self.remote_mss
+        {
+            return;
+        }
+        let new = (cap * 2).min(self.tx_max);
+        if self.take_budget(new - cap) {
+            if self.tx_buffer.grow(new) {
+                net_debug!("tx buffer grown to {}", new);
+            } else {
+                self.give_budget(new - cap);
+            }
+        }
+    }
+
+    fn give_budget(&mut self, bytes: usize) {
+        self.budget_taken -= bytes;
+        if let Some(b) = &self.budget {
+            b.give(bytes);
+        }
     }
 
     /// Enable or disable tail loss probes (RFC 8985 7; hushgate addition,
@@ -1118,14 +1268,16 @@ impl<'a> Socket<'a> {
     }
 
     fn reset(&mut self) {
-        let rx_cap_log2 =
-            mem::size_of::<usize>() * 8 - self.rx_buffer.capacity().leading_zeros() as usize;
+        // hushgate: the window scale covers what the buffer may grow to.
+        let rx_cap_log2 = mem::size_of::<usize>() * 8
+            - self.rx_buffer.capacity().max(self.rx_max).leading_zeros() as usize;
 
         self.state = State::Closed;
         self.timer = Timer::new();
         // The RTO floor is a setting, not connection state.
         self.rtte = RttEstimator {
             min_rto: self.rtte.min_rto,
+            linux_floor: self.rtte.linux_floor,
             ..RttEstimator::default()
         };
         self.assembler = Assembler::new();
@@ -1166,9 +1318,10 @@ impl<'a> Socket<'a> {
         } else {
             0
         };
-        self.rcv_mss = DEFAULT_MSS;
+        self.rcv_mss = 0;
         self.recent_sacks.clear();
         self.rcv_edge = None;
+        self.rcv_space = None;
         self.retransmit_now = false;
         self.local_rx_dup_acks = 0;
         self.local_rx_last_ack = None;
@@ -2426,6 +2579,9 @@ impl<'a> Socket<'a> {
             #[cfg(feature = "async")]
             self.rx_waker.wake();
         }
+        if contig_len != 0 {
+            self.maybe_grow_rx(cx.now(), contig_len);
+        }
 
         if !self.assembler.is_empty() {
             // Print the ranges recorded in the assembler.
@@ -3036,6 +3192,15 @@ impl<'a> Socket<'a> {
             // If a timeout expires, we should abort the connection.
             net_debug!("timeout exceeded");
             self.set_state(State::Closed);
+        } else if self.tlp_at.is_some_and(|t| t <= cx.now())
+            && self.timer.should_retransmit(cx.now())
+        {
+            // hushgate: the probe timer and the retransmission timer are due
+            // together (a long path, where two SRTTs exceed the timeout): the
+            // probe goes first, and the timeout waits another RTO, as in
+            // Linux where the probe timer replaces the retransmission timer.
+            let rto = self.rtte.retransmission_timeout();
+            self.timer.set_for_retransmit(cx.now(), rto);
         } else if self.timer.should_retransmit(cx.now()) {
             // A retransmit timer expired: everything unacknowledged and not
             // SACKed is presumed lost (see `on_retransmit_timeout`).
@@ -3055,6 +3220,9 @@ impl<'a> Socket<'a> {
             self.rtte.on_retransmit();
         }
         self.on_send_timers(cx.now());
+        if matches!(self.state, State::Established | State::CloseWait) {
+            self.maybe_grow_tx();
+        }
 
         #[cfg(feature = "socket-tcp-pause-synack")]
         if matches!(self.state, State::SynReceived) && self.synack_paused {
@@ -3602,6 +3770,15 @@ impl<'a> Socket<'a> {
             .iter()
             .min()
             .unwrap_or(&PollAt::Ingress)
+        }
+    }
+}
+
+/// hushgate: buffer growth gives its bytes back to the shared budget.
+impl Drop for Socket<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give(self.budget_taken);
         }
     }
 }
@@ -10576,5 +10753,419 @@ mod test {
         s.send_slice(b"def").unwrap();
         recv_nothing!(s);
         assert_eq!(s.state, State::Closed);
+    }
+
+    // =========================================================================================//
+    // hushgate: loss recovery, probes, pacing, receiver ACKs, autotuning
+    // =========================================================================================//
+
+    /// An established socket whose peer negotiated SACK, with small
+    /// segments so a few bytes make several of them.
+    fn hg_socket(tx_len: usize, rx_len: usize, mss: usize) -> TestSocket {
+        let mut s = socket_established_with_buffer_sizes(tx_len, rx_len);
+        s.remote_has_sack = true;
+        s.remote_mss = mss;
+        s.remote_win_len = 4096;
+        s
+    }
+
+    /// Sends `n` segments of `mss` bytes at `time` and returns their
+    /// payload (letters, one per segment).
+    fn hg_send_segments(s: &mut TestSocket, n: usize, mss: usize, time: i64) -> Vec<u8> {
+        let data: Vec<u8> = (0..n * mss).map(|i| b'a' + (i / mss) as u8).collect();
+        assert_eq!(s.send_slice(&data), Ok(data.len()));
+        for k in 0..n {
+            recv(s, Instant::from_millis(time), |r| {
+                let r = r.unwrap();
+                assert_eq!(r.seq_number, LOCAL_SEQ + 1 + k * mss);
+                assert_eq!(r.payload.len(), mss);
+            });
+        }
+        data
+    }
+
+    fn hg_poll_at(s: &mut TestSocket, time: i64) -> PollAt {
+        s.cx.set_now(Instant::from_millis(time));
+        s.socket.poll_at(&mut s.cx)
+    }
+
+    fn hg_ack(s: &mut TestSocket, time: i64, ack: usize, sacks: &[(usize, usize)]) {
+        let mut ranges = [None; 3];
+        for (k, &(l, r)) in sacks.iter().enumerate() {
+            ranges[k] = Some(((LOCAL_SEQ + 1 + l).0 as u32, (LOCAL_SEQ + 1 + r).0 as u32));
+        }
+        send(
+            s,
+            Instant::from_millis(time),
+            &TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1 + ack),
+                window_len: 4096,
+                sack_ranges: ranges,
+                ..SEND_TEMPL
+            },
+        );
+    }
+
+    #[test]
+    fn test_hushgate_sack_resends_only_the_hole() {
+        let mss = 10;
+        let mut s = hg_socket(200, 64, mss);
+        let data = hg_send_segments(&mut s, 6, mss, 0);
+        // Segment 1 is lost; 0 and 2..6 arrive: ACK 10, SACK 20..60.
+        hg_ack(&mut s, 20, mss, &[(2 * mss, 6 * mss)]);
+        // Only segment 1 goes again, at once (three segments above it:
+        // no reordering window), and nothing else follows.
+        recv!(s, time 20, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + mss,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[mss..2 * mss],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time 21);
+        let info = s.info();
+        assert_eq!((info.retrans_segs, info.retrans_recovery), (1, 1));
+        assert_eq!(info.recoveries, 1);
+        assert_eq!(info.rto_events, 0);
+        // The retransmission arrives: everything is acknowledged, recovery
+        // ends and no timer is left.
+        hg_ack(&mut s, 40, 6 * mss, &[]);
+        assert!(s.recovery_point.is_none());
+        assert!(s.scoreboard.is_empty());
+        recv_nothing!(s, time 2000);
+    }
+
+    #[test]
+    fn test_hushgate_rack_waits_a_reordering_window() {
+        let mss = 10;
+        let mut s = hg_socket(200, 64, mss);
+        hg_send_segments(&mut s, 2, mss, 0);
+        // An RTT sample of 40 ms from a first ACK.
+        hg_ack(&mut s, 40, 0, &[]);
+        hg_send_segments(&mut s, 0, mss, 40);
+        // Segment 0 missing, segment 1 SACKed at 40 ms: only one segment
+        // above the hole, so RACK waits min_rtt/4 = 10 ms more.
+        hg_ack(&mut s, 40, 0, &[(mss, 2 * mss)]);
+        recv_nothing!(s, time 45);
+        assert_eq!(
+            hg_poll_at(&mut s, 45),
+            PollAt::Time(Instant::from_millis(50))
+        );
+        recv!(s, time 50, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"aaaaaaaaaa"[..],
+            ..RECV_TEMPL
+        }));
+    }
+
+    #[test]
+    fn test_hushgate_tail_loss_probe_before_the_timeout() {
+        let mss = 10;
+        let mut s = hg_socket(200, 64, mss);
+        s.set_tail_loss_probe(true);
+        s.set_rto_min(Duration::from_millis(200));
+        let data = hg_send_segments(&mut s, 3, mss, 0);
+        // An RTT of 20 ms from the first segment; the other two (the tail)
+        // are lost, and nothing follows them to reveal that.
+        hg_ack(&mut s, 20, mss, &[]);
+        let rto = s.rtte.retransmission_timeout();
+        assert!(rto >= Duration::from_millis(220), "{rto}");
+        // The probe: two SRTTs (+2 ms) after the ACK, well before the RTO;
+        // it resends the last segment since there is nothing new to send.
+        recv_nothing!(s, time 61);
+        recv!(s, time 62, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 2 * mss,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[2 * mss..],
+            ..RECV_TEMPL
+        }));
+        let info = s.info();
+        assert_eq!(
+            (info.tlp_probes, info.retrans_tlp, info.rto_events),
+            (1, 1, 0)
+        );
+        // The probe is SACKed: RACK finds segment 1 lost at once, and it
+        // goes without waiting for the timeout.
+        hg_ack(&mut s, 82, mss, &[(2 * mss, 3 * mss)]);
+        recv!(s, time 82, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + mss,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[mss..2 * mss],
+            ..RECV_TEMPL
+        }));
+        // Its ACK ends it all.
+        hg_ack(&mut s, 102, 3 * mss, &[]);
+        recv_nothing!(s, time 5000);
+        assert_eq!(s.info().rto_events, 0);
+    }
+
+    #[test]
+    fn test_hushgate_rto_floor_bounds_the_variance_term() {
+        let mss = 10;
+        let mut s = hg_socket(200, 64, mss);
+        s.set_rto_min(Duration::from_millis(200));
+        hg_send_segments(&mut s, 2, mss, 0);
+        // Steady 20 ms samples: RTO = SRTT + max(4 RTTVAR, 200 ms).
+        hg_ack(&mut s, 20, mss, &[]);
+        for t in 0..20 {
+            assert_eq!(s.send_slice(&[b'x'; 10]), Ok(10));
+            recv(&mut s, Instant::from_millis(100 + t * 50), |r| {
+                assert!(r.is_ok())
+            });
+            hg_ack(&mut s, 120 + t * 50, (3 + t as usize) * mss, &[]);
+        }
+        assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(220));
+        // Without the floor setting the RFC 6298 bounds still apply.
+        let mut u = hg_socket(200, 64, mss);
+        assert_eq!(u.rto_min(), Duration::from_millis(1000));
+        u.rtte.sample(20);
+        assert_eq!(u.rtte.retransmission_timeout(), Duration::from_millis(1000));
+    }
+
+    #[test]
+    fn test_hushgate_timeout_resends_only_what_is_not_sacked() {
+        let mss = 10;
+        let mut s = hg_socket(200, 64, mss);
+        let data = hg_send_segments(&mut s, 4, mss, 0);
+        // The receiver holds segment 2 only; ACK and the rest are lost.
+        hg_ack(&mut s, 20, 0, &[(2 * mss, 3 * mss)]);
+        // RACK would need three segments SACKed: let the timeout fire.
+        s.rack_at = None;
+        s.scoreboard.reordering_seen = true;
+        let t = 20 + s.rtte.retransmission_timeout().total_millis() as i64;
+        recv!(s, time t, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[..mss],
+            ..RECV_TEMPL
+        }));
+        assert_eq!(s.info().rto_events, 1);
+        // cwnd is one segment after a timeout: the next goes when the
+        // first is acknowledged, and segment 2 is skipped.
+        hg_ack(&mut s, t + 20, mss, &[(2 * mss, 3 * mss)]);
+        recv!(s, time t + 20, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + mss,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[mss..2 * mss],
+            ..RECV_TEMPL
+        }));
+        recv!(s, time t + 20, Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 3 * mss,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[3 * mss..],
+            ..RECV_TEMPL
+        }));
+        recv_nothing!(s, time t + 21);
+    }
+
+    #[test]
+    fn test_hushgate_malformed_sack_blocks_change_nothing() {
+        let mss = 10;
+        let mut s = hg_socket(200, 64, mss);
+        hg_send_segments(&mut s, 4, mss, 0);
+        let wild: [[Option<(u32, u32)>; 3]; 5] = [
+            // inverted, empty, beyond what was sent
+            [
+                Some(((LOCAL_SEQ + 31).0 as u32, (LOCAL_SEQ + 11).0 as u32)),
+                None,
+                None,
+            ],
+            [
+                Some(((LOCAL_SEQ + 11).0 as u32, (LOCAL_SEQ + 11).0 as u32)),
+                None,
+                None,
+            ],
+            [
+                Some(((LOCAL_SEQ + 11).0 as u32, (LOCAL_SEQ + 999).0 as u32)),
+                None,
+                None,
+            ],
+            // below the ACK, and a wrapped range of the whole space
+            [
+                Some(((LOCAL_SEQ - 100).0 as u32, (LOCAL_SEQ - 50).0 as u32)),
+                None,
+                None,
+            ],
+            [Some((0, u32::MAX)), Some((u32::MAX, 0)), Some((1, 0))],
+        ];
+        for ranges in wild {
+            send(
+                &mut s,
+                Instant::from_millis(20),
+                &TcpRepr {
+                    seq_number: REMOTE_SEQ + 1,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    window_len: 4096,
+                    sack_ranges: ranges,
+                    ..SEND_TEMPL
+                },
+            );
+            assert_eq!(s.scoreboard.sacked, 0, "{ranges:?}");
+            assert_eq!(s.scoreboard.lost, 0, "{ranges:?}");
+        }
+        assert_eq!(s.info().retrans_segs, 0);
+    }
+
+    #[test]
+    fn test_hushgate_sack_blocks_newest_first_on_every_ack() {
+        let mut s = socket_established_with_buffer_sizes(64, 256);
+        s.remote_has_sack = true;
+        // Holes at 0..2, 4..6; segments 2..4, 6..8, 10..12 arrive in the
+        // order 6, 2, 10.
+        let seg = |s: &mut TestSocket, off: usize| {
+            send(
+                s,
+                Instant::from_millis(0),
+                &TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + off,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &b"xx"[..],
+                    ..SEND_TEMPL
+                },
+            )
+            .expect("out-of-order data is acknowledged at once")
+        };
+        let b = |l: usize, r: usize| {
+            Some(((REMOTE_SEQ + 1 + l).0 as u32, (REMOTE_SEQ + 1 + r).0 as u32))
+        };
+        assert_eq!(seg(&mut s, 6).sack_ranges, [b(6, 8), None, None]);
+        assert_eq!(seg(&mut s, 2).sack_ranges, [b(2, 4), b(6, 8), None]);
+        assert_eq!(seg(&mut s, 10).sack_ranges, [b(10, 12), b(2, 4), b(6, 8)]);
+        // An ACK sent at dispatch (not in reply) carries them too.
+        s.remote_last_ack = Some(REMOTE_SEQ);
+        recv(&mut s, Instant::from_millis(1), |r| {
+            assert_eq!(r.unwrap().sack_ranges, [b(10, 12), b(2, 4), b(6, 8)])
+        });
+    }
+
+    #[test]
+    fn test_hushgate_ack_every_two_segments_from_ingress() {
+        let mut s = socket_established_with_buffer_sizes(64, 1024);
+        s.set_ack_every(Some(2));
+        let seg = |s: &mut TestSocket, n: usize| {
+            send(
+                s,
+                Instant::from_millis(0),
+                &TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + n * 10,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &[b'y'; 10][..],
+                    ..SEND_TEMPL
+                },
+            )
+        };
+        // Quick-ack: the first segments are acknowledged one by one.
+        for n in 0..QUICK_ACKS as usize {
+            assert!(seg(&mut s, n).is_some(), "segment {n}");
+        }
+        // Then every second one.
+        let n0 = QUICK_ACKS as usize;
+        assert!(seg(&mut s, n0).is_none());
+        let ack = seg(&mut s, n0 + 1).expect("second segment acknowledged");
+        assert_eq!(ack.ack_number, Some(REMOTE_SEQ + 1 + (n0 + 2) * 10));
+        assert!(seg(&mut s, n0 + 2).is_none());
+        // Without the setting, ACKs wait for dispatch (upstream).
+        let mut u = socket_established_with_buffer_sizes(64, 1024);
+        u.rcv_mss = 10;
+        assert!(seg(&mut u, 0).is_none());
+        assert!(seg(&mut u, 1).is_none());
+    }
+
+    #[test]
+    fn test_hushgate_window_edge_never_moves_left() {
+        // A 100 kB receive buffer: window scale 1, the advertised window is
+        // rounded down to an even number of bytes.
+        let mut s = socket_established_with_buffer_sizes(64, 100_000);
+        s.remote_win_shift = 1;
+        s.remote_last_win = s.scaled_window();
+        s.note_rcv_edge();
+        let edge = s.rcv_edge.unwrap();
+        // One byte arrives and is not read: the new window (odd bytes left)
+        // rounds down, and its edge would be one byte left of the first.
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: &b"z"[..],
+                ..SEND_TEMPL
+            }
+        );
+        recv(&mut s, Instant::from_millis(0), |r| assert!(r.is_ok()));
+        let later = REMOTE_SEQ + 2 + ((s.remote_last_win as usize) << 1);
+        assert!(later < edge);
+        // The peer, which saw the first edge, fills up to it: all accepted.
+        let fill = vec![b'w'; edge - (REMOTE_SEQ + 2)];
+        let tail = &fill[fill.len() - 100..];
+        send(
+            &mut s,
+            Instant::from_millis(1),
+            &TcpRepr {
+                seq_number: edge - 100,
+                ack_number: Some(LOCAL_SEQ + 1),
+                payload: tail,
+                ..SEND_TEMPL
+            },
+        );
+        assert_eq!(
+            s.assembler.iter_data().last().map(|(_, r)| r),
+            Some(edge - (REMOTE_SEQ + 2))
+        );
+    }
+
+    #[test]
+    fn test_hushgate_pacing_holds_data_and_reports_when() {
+        let mss = 10;
+        let mut s = hg_socket(400, 64, mss);
+        s.set_pacing(true);
+        // 10 kB/s: a quantum is two segments (20 bytes), the bucket four.
+        s.pacer.set_rate(10_000, mss);
+        assert_eq!(s.send_slice(&[b'p'; 100]), Ok(100));
+        for _ in 0..4 {
+            recv(&mut s, Instant::from_millis(0), |r| assert!(r.is_ok()));
+        }
+        recv_nothing!(s, time 0);
+        // The next quantum (20 bytes) is due 2 ms later.
+        match hg_poll_at(&mut s, 0) {
+            PollAt::Time(t) => assert_eq!(t, Instant::from_millis(2)),
+            other => panic!("{other:?}"),
+        }
+        // Then a quantum goes at once (an earlier wake-up, by an ACK for
+        // instance, would send what has accrued by then).
+        recv(&mut s, Instant::from_millis(2), |r| assert!(r.is_ok()));
+        recv(&mut s, Instant::from_millis(2), |r| assert!(r.is_ok()));
+        recv_nothing!(s, time 2);
+    }
+
+    #[test]
+    fn test_hushgate_receive_buffer_grows_within_its_budget() {
+        let mut s = socket_established_with_buffer_sizes(64, 64);
+        let budget = BufferBudget::new(64);
+        s.set_buffer_autotune(1024, 64, Some(budget.clone()));
+        s.rtte.sample(10);
+        // A window's worth in one round trip, read at once: grow.
+        for (t, round) in [(0i64, 0usize), (11, 1), (22, 2)] {
+            let chunk = vec![b'g'; 60];
+            send(
+                &mut s,
+                Instant::from_millis(t),
+                &TcpRepr {
+                    seq_number: REMOTE_SEQ + 1 + round * 60,
+                    ack_number: Some(LOCAL_SEQ + 1),
+                    payload: &chunk,
+                    ..SEND_TEMPL
+                },
+            );
+            let mut out = [0u8; 64];
+            assert_eq!(s.recv_slice(&mut out), Ok(60));
+            s.remote_last_ack = Some(REMOTE_SEQ + 1 + (round + 1) * 60);
+            s.remote_last_win = s.scaled_window();
+        }
+        // 64 -> 128 took the whole budget; 256 would need 128 more.
+        assert_eq!(s.recv_capacity(), 128);
+        assert_eq!(budget.available(), 0);
+        drop(s);
+        assert_eq!(budget.available(), 64, "given back when dropped");
     }
 }

@@ -183,7 +183,15 @@ impl Assembler {
             return Err(TooManyHolesError);
         }
 
-        for i in (at + 1..self.contigs.len()).rev() {
+        // hushgate: shift only the contigs in use (all unused ones are at
+        // the end), not the whole array: with hundreds of contigs allowed,
+        // most of it is empty.
+        let used = self
+            .contigs
+            .iter()
+            .position(|c| !c.has_data())
+            .unwrap_or(self.contigs.len());
+        for i in (at + 1..=used.min(self.contigs.len() - 1)).rev() {
             self.contigs[i] = self.contigs[i - 1];
         }
 
@@ -324,7 +332,9 @@ impl Assembler {
     /// Would return the ranges: ``(0, 100), (300, 400)``
     pub fn iter_data(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         let mut offset = 0;
-        self.contigs.iter().filter_map(move |contig| {
+        // hushgate: unused contigs are all at the end; stop at the first.
+        let used = self.contigs.iter().take_while(|c| c.has_data());
+        used.filter_map(move |contig| {
             offset += contig.hole_size;
             let left = offset;
             offset += contig.data_size;

@@ -45,6 +45,30 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
         }
     }
 
+    /// Grow the buffer to `capacity` elements, keeping its contents: the
+    /// allocated elements and also the unallocated ones after them (a TCP
+    /// receive buffer keeps out-of-order data there), in order, from the
+    /// start of the new storage. Only owned (heap) storage can grow;
+    /// returns false, changing nothing, for borrowed storage or a capacity
+    /// that is not larger (hushgate addition, for buffer autotuning).
+    #[cfg(feature = "alloc")]
+    pub fn grow(&mut self, capacity: usize) -> bool
+    where
+        T: Copy + Default,
+    {
+        let old = self.capacity();
+        if capacity <= old || !matches!(self.storage, ManagedSlice::Owned(_)) {
+            return false;
+        }
+        let mut storage = alloc::vec![T::default(); capacity];
+        let (tail, head) = self.storage.split_at(self.read_at);
+        storage[..head.len()].copy_from_slice(head);
+        storage[head.len()..old].copy_from_slice(tail);
+        self.storage = ManagedSlice::Owned(storage);
+        self.read_at = 0;
+        true
+    }
+
     /// Clear the ring buffer.
     pub fn clear(&mut self) {
         self.read_at = 0;
@@ -410,6 +434,30 @@ impl<'a, T: 'a> From<ManagedSlice<'a, T>> for RingBuffer<'a, T> {
 #[cfg(test)]
 mod test {
     use super::*;
+
+    #[test]
+    #[cfg(feature = "alloc")]
+    fn test_grow_keeps_allocated_and_unallocated_contents() {
+        let mut ring = RingBuffer::new(alloc::vec![0u8; 8]);
+        // Wrap: read position at 6, 4 bytes allocated (6, 7, 0, 1), and
+        // bytes written ahead of them at offset 1 past the allocation.
+        ring.enqueue_slice(b"xxxxxx");
+        ring.dequeue_allocated(6);
+        ring.enqueue_slice(b"abcd");
+        ring.write_unallocated(1, b"Z");
+        assert!(ring.grow(16));
+        assert_eq!(ring.capacity(), 16);
+        assert_eq!(ring.len(), 4);
+        let mut out = [0u8; 4];
+        assert_eq!(ring.read_allocated(0, &mut out), 4);
+        assert_eq!(&out, b"abcd");
+        ring.enqueue_unallocated(2);
+        assert_eq!(ring.get_allocated(5, 1), b"Z");
+        assert!(!ring.grow(16));
+        let mut borrowed = [0u8; 4];
+        let mut ring = RingBuffer::new(&mut borrowed[..]);
+        assert!(!ring.grow(8));
+    }
 
     #[test]
     fn test_buffer_length_changes() {

@@ -113,6 +113,12 @@ pub(super) struct Scoreboard {
     /// A segment sent once was delivered after a later one: the path
     /// reorders, so RACK waits a reordering window before judging.
     pub reordering_seen: bool,
+    /// The SACK blocks of the previous ACK, already applied. A receiver
+    /// repeats its blocks in every ACK while they grow by a segment or
+    /// two at their right edge; only the parts not applied yet are walked
+    /// (as Linux's `recv_sack_cache`), so an ACK costs what it adds, not
+    /// the size of the blocks.
+    sack_cache: [Option<(TcpSeqNumber, TcpSeqNumber)>; 3],
 }
 
 impl Scoreboard {
@@ -136,6 +142,7 @@ impl Scoreboard {
         self.scan_from = None;
         self.rack = None;
         self.highest_sacked = None;
+        self.sack_cache = [None; 3];
     }
 
     /// Sequence number right after the last recorded byte.
@@ -372,7 +379,8 @@ impl Scoreboard {
 
         // SACK blocks: only those within what we sent and above the ACK
         // count (a malformed or stale block is ignored, never trusted).
-        for &(left, right) in sack.iter().flatten() {
+        let mut cache: [Option<(TcpSeqNumber, TcpSeqNumber)>; 3] = [None; 3];
+        for (k, &(left, right)) in sack.iter().flatten().enumerate() {
             let (l, r) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
             let (Some(first), Some(end)) = (self.segs.front(), self.end()) else {
                 break;
@@ -380,36 +388,22 @@ impl Scoreboard {
             if !(l < r && l >= first.start && r <= end) {
                 continue;
             }
-            let mut i = self.segs.partition_point(|s| s.end() <= l);
-            while i < self.segs.len() && self.segs[i].start < r {
-                let s = self.segs[i];
-                // Only whole segments: we resend exactly what we sent, so
-                // a receiver's blocks fall on segment edges.
-                if s.start >= l && s.end() <= r && !s.has(SACKED) {
-                    // Held by the receiver: no longer lost nor in flight
-                    // (the flags go, so a later cumulative ACK does not
-                    // count them out a second time).
-                    let seg = &mut self.segs[i];
-                    seg.flags = (seg.flags & !(LOST | RETRANS)) | SACKED;
-                    self.sacked += s.len as usize;
-                    self.sacked_segs += 1;
-                    out.newly_sacked += s.len as usize;
-                    if s.has(LOST) {
-                        self.lost -= s.len as usize;
-                    }
-                    if s.has(RETRANS) {
-                        self.retrans -= s.len as usize;
-                    }
-                    delivery.on_delivered(now, s.len as usize, s.sent, &s.stamp, rs);
-                    self.note_reordering(&s);
-                    note_newest(&mut newest, &s);
-                    if self.highest_sacked.is_none_or(|h| s.end() > h) {
-                        self.highest_sacked = Some(s.end());
-                    }
+            cache[k] = Some((l, r));
+            // The part of the block the previous ACK's blocks did not cover.
+            let (mut from, mut to) = (l, r);
+            for (cl, cr) in self.sack_cache.iter().flatten().copied() {
+                if cl <= from && from < cr {
+                    from = cr.min(to);
                 }
-                i += 1;
+                if cl < to && to <= cr {
+                    to = cl.max(from);
+                }
+            }
+            if from < to {
+                self.apply_sack(from, to, now, delivery, rs, &mut out, &mut newest);
             }
         }
+        self.sack_cache = cache;
 
         if let Some((sent, end, ever_retrans)) = newest {
             let rtt = now - sent;
@@ -425,6 +419,49 @@ impl Scoreboard {
             }
         }
         out
+    }
+
+    /// Marks every whole segment within `[l, r)` SACKed.
+    #[allow(clippy::too_many_arguments)]
+    fn apply_sack(
+        &mut self,
+        l: TcpSeqNumber,
+        r: TcpSeqNumber,
+        now: Instant,
+        delivery: &mut Delivery,
+        rs: &mut RateSample,
+        out: &mut AckOutcome,
+        newest: &mut Option<(Instant, TcpSeqNumber, bool)>,
+    ) {
+        let mut i = self.segs.partition_point(|s| s.end() <= l);
+        while i < self.segs.len() && self.segs[i].start < r {
+            let s = self.segs[i];
+            // Only whole segments: we resend exactly what we sent, so a
+            // receiver's blocks fall on segment edges.
+            if s.start >= l && s.end() <= r && !s.has(SACKED) {
+                // Held by the receiver: no longer lost nor in flight (the
+                // flags go, so a later cumulative ACK does not count them
+                // out a second time).
+                let seg = &mut self.segs[i];
+                seg.flags = (seg.flags & !(LOST | RETRANS)) | SACKED;
+                self.sacked += s.len as usize;
+                self.sacked_segs += 1;
+                out.newly_sacked += s.len as usize;
+                if s.has(LOST) {
+                    self.lost -= s.len as usize;
+                }
+                if s.has(RETRANS) {
+                    self.retrans -= s.len as usize;
+                }
+                delivery.on_delivered(now, s.len as usize, s.sent, &s.stamp, rs);
+                self.note_reordering(&s);
+                note_newest(newest, &s);
+                if self.highest_sacked.is_none_or(|h| s.end() > h) {
+                    self.highest_sacked = Some(s.end());
+                }
+            }
+            i += 1;
+        }
     }
 
     fn note_reordering(&mut self, s: &Segment) {
