@@ -21,6 +21,7 @@
 //!   --coalesce US          the receiver handles arrivals in batches this
 //!                          many microseconds apart (a loaded machine, GRO)
 //!   --ack-every N          StackConfig::ack_every of both stacks
+//!   --no-pacing            StackConfig::pacing off
 //! ```
 
 #[path = "../tests/sim/mod.rs"]
@@ -44,6 +45,7 @@ struct Args {
     cc: Option<Congestion>,
     coalesce: Option<u64>,
     ack_every: Option<u8>,
+    no_pacing: bool,
 }
 
 fn parse() -> Args {
@@ -57,6 +59,7 @@ fn parse() -> Args {
             "--bottleneck" => a.bottleneck = Some(v().parse().expect("--bottleneck MBIT")),
             "--queue" => a.queue = Some(v().parse().expect("--queue KIB")),
             "--csv" => a.csv = true,
+            "--no-pacing" => a.no_pacing = true,
             "--coalesce" => a.coalesce = Some(v().parse().expect("--coalesce US")),
             "--ack-every" => a.ack_every = Some(v().parse().expect("--ack-every N")),
             "--verbose" => a.verbose = true,
@@ -91,6 +94,10 @@ fn apply(a: &Args, mut s: Scenario) -> Scenario {
         s.sender.ack_every = n;
         s.receiver.ack_every = n;
     }
+    if a.no_pacing {
+        s.sender.pacing = false;
+        s.receiver.pacing = false;
+    }
     if let Some(cc) = a.cc {
         s.sender.congestion = cc;
         s.receiver.congestion = cc;
@@ -100,9 +107,9 @@ fn apply(a: &Args, mut s: Scenario) -> Scenario {
 
 fn header() {
     println!(
-        "| path | Mbit/s | retrans (rto/recovery/tlp) | RTOs | stalls (total, longest) | queue delay p50/p95 | wall ms |"
+        "| path | Mbit/s | after 2 s | retrans (rto/recovery/tlp) | RTOs | stalls (total, longest) | queue delay p50/p95 after 2 s | wall ms |"
     );
-    println!("| --- | ---: | --- | ---: | --- | --- | ---: |");
+    println!("| --- | ---: | ---: | --- | ---: | --- | --- | ---: |");
 }
 
 fn row(name: &str, s: &Scenario) -> Report {
@@ -111,8 +118,9 @@ fn row(name: &str, s: &Scenario) -> Report {
     let wall = t.elapsed();
     let i = &r.sender;
     println!(
-        "| {name} | {:.1} | {} ({}/{}/{}) | {} | {} ({:.2} s, {:.2} s) | {:.1}/{:.1} ms | {} |",
+        "| {name} | {:.1} | {:.1} | {} ({}/{}/{}) | {} | {} ({:.2} s, {:.2} s) | {:.1}/{:.1} ms | {} |",
         r.goodput_mbps(),
+        r.steady_mbps(),
         i.retrans_segs,
         i.retrans_rto,
         i.retrans_recovery,

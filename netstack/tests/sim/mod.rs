@@ -98,6 +98,10 @@ pub struct Path {
     pub rate: Option<u64>,
     /// Bottleneck queue limit, bytes of outer datagrams (drop-tail).
     pub queue: usize,
+    /// Datagrams to drop by their position on this path (0 = the first
+    /// sent), on top of any random loss: a loss exactly where a test wants
+    /// it.
+    pub drop: Vec<u64>,
 }
 
 impl Path {
@@ -116,6 +120,7 @@ impl Path {
             reorder_delay: Duration::ZERO,
             rate: Some(rate),
             queue: bdp.max(256 << 10),
+            drop: Vec::new(),
         }
     }
 }
@@ -155,6 +160,11 @@ pub struct Scenario {
     /// (default: two round trips plus 100 ms, longer than any fast
     /// recovery takes to fill a hole).
     pub stall_threshold: Duration,
+    /// Steady-state figures ([`Report::steady_mbps`], the queueing delays
+    /// in [`PathStats`]) count from this long after establishment, so the
+    /// start-up's overshoot is not mistaken for a standing queue. Default
+    /// 2 s.
+    pub warmup: Duration,
 }
 
 impl Scenario {
@@ -181,6 +191,7 @@ impl Scenario {
             receiver: StackConfig::new(CLIENT_IP),
             sample_every: Duration::from_millis(100),
             stall_threshold: 2 * (2 * one_way) + Duration::from_millis(100),
+            warmup: Duration::from_secs(2),
         }
     }
 
@@ -210,7 +221,10 @@ pub struct PathStats {
     pub lost_queue: u64,
     pub reordered: u64,
     pub delivered: u64,
-    /// Time each delivered datagram waited in the bottleneck queue, us.
+    /// Dropped because the scenario said so ([`Path::drop`]).
+    pub lost_chosen: u64,
+    /// Time each datagram sent after the warm-up waited in the bottleneck
+    /// queue, us.
     pub queue_delays_us: Vec<u32>,
 }
 
@@ -261,6 +275,9 @@ pub struct Report {
     pub bytes: u64,
     /// From establishment to the end of the run.
     pub elapsed: Duration,
+    /// Bytes that reached the player after the warm-up, and over how long.
+    pub steady_bytes: u64,
+    pub steady_elapsed: Duration,
     /// The sender's (gateway's) socket at the end.
     pub sender: TcpInfo,
     /// The receiver's (shim's) socket at the end.
@@ -292,6 +309,14 @@ impl Report {
             return 0.0;
         }
         self.bytes as f64 * 8.0 / self.elapsed.as_secs_f64() / 1e6
+    }
+
+    /// Goodput after the warm-up, Mbit/s.
+    pub fn steady_mbps(&self) -> f64 {
+        if self.steady_elapsed.is_zero() {
+            return 0.0;
+        }
+        self.steady_bytes as f64 * 8.0 / self.steady_elapsed.as_secs_f64() / 1e6
     }
 }
 
@@ -325,6 +350,8 @@ impl Ord for Flight {
 /// is busy until, so it costs nothing per queued packet.
 struct Link {
     cfg: Path,
+    /// Record queueing delays from this instant on.
+    measure_from: Option<Instant>,
     bad: bool,
     busy_until: Instant,
     last_delivery: Instant,
@@ -337,6 +364,7 @@ impl Link {
     fn new(cfg: Path, start: Instant) -> Link {
         Link {
             cfg,
+            measure_from: None,
             bad: false,
             busy_until: start,
             last_delivery: start,
@@ -358,7 +386,12 @@ impl Link {
     /// Offers `pkt` (an inner IP packet) to the path at `now`. Returns the
     /// buffer back when the path drops it.
     fn send(&mut self, now: Instant, pkt: Vec<u8>, rng: &mut StdRng) -> Option<Vec<u8>> {
+        let position = self.stats.sent;
         self.stats.sent += 1;
+        if self.cfg.drop.contains(&position) {
+            self.stats.lost_chosen += 1;
+            return Some(pkt);
+        }
         if let Some(ge) = self.cfg.bursts {
             self.bad = if self.bad {
                 !rng.gen_bool(ge.bad_to_good)
@@ -403,9 +436,11 @@ impl Link {
         } else {
             self.last_delivery = self.last_delivery.max(at);
         }
-        self.stats
-            .queue_delays_us
-            .push(u32::try_from(waited.as_micros()).unwrap_or(u32::MAX));
+        if self.measure_from.is_some_and(|t| now >= t) {
+            self.stats
+                .queue_delays_us
+                .push(u32::try_from(waited.as_micros()).unwrap_or(u32::MAX));
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.in_flight.push(Reverse(Flight { at, seq, pkt }));
@@ -531,6 +566,7 @@ pub fn run(s: &Scenario) -> Report {
     let mut end = start + Duration::from_secs(60);
     let (mut sent, mut got) = (0u64, 0u64);
     let mut last_progress = start;
+    let mut steady_from: Option<(Instant, u64)> = None;
     let (mut stalls, mut stalled, mut longest) = (0u32, Duration::ZERO, Duration::ZERO);
     let mut samples = Vec::new();
     let mut next_sample: Option<Instant> = None;
@@ -648,6 +684,13 @@ pub fn run(s: &Scenario) -> Report {
                         last_progress = now;
                         end = now + s.duration;
                         next_sample = Some(now);
+                        // On the receiver's side: inbox is the data
+                        // direction, outbox the ACK direction.
+                        inbox.measure_from = Some(now + s.warmup);
+                        outbox.measure_from = Some(now + s.warmup);
+                    }
+                    if steady_from.is_none() && established.is_some_and(|t| now >= t + s.warmup) {
+                        steady_from = Some((now, got));
                     }
                     let before = got;
                     while sock.recv_queue() > 0 {
@@ -731,9 +774,15 @@ pub fn run(s: &Scenario) -> Report {
             .map(|s| s.info())
             .unwrap_or_default()
     };
+    let (steady_bytes, steady_elapsed) = match steady_from {
+        Some((t, b)) => (got - b, now - t),
+        None => (0, Duration::ZERO),
+    };
     Report {
         bytes: got,
         elapsed: now - t0,
+        steady_bytes,
+        steady_elapsed,
         sender: info(&sender),
         receiver: info(&receiver),
         forward: fwd.stats,

@@ -447,6 +447,15 @@ impl Timer {
     }
 }
 
+/// hushgate: how much of the congestion window's room `room` may be used
+/// for `want` bytes in segments of `mss`: all of it if it holds a whole
+/// segment or everything that is left to send, else nothing. A window
+/// counted in bytes (byte counting, BBR) rarely ends on a segment edge, and
+/// without this the remainder would leave as a runt segment on every ACK.
+fn cwnd_allowance(room: usize, mss: usize, want: usize) -> usize {
+    if room >= mss || want <= room { room } else { 0 }
+}
+
 /// What a data segment leaving `dispatch` is (hushgate).
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
 enum SendKind {
@@ -609,9 +618,11 @@ pub struct Socket<'a> {
     recovery_point: Option<TcpSeqNumber>,
     /// The current recovery began with a retransmission timeout.
     rto_recovery: bool,
-    /// Since the last ACK the sender had data it could not send because of
-    /// the congestion window (RFC 7661: only a used window grows).
-    cwnd_limited: bool,
+    /// The congestion window limited the sender when this was snd.nxt: it
+    /// counts as window-limited until that point is acknowledged (one round
+    /// trip, as Linux's `is_cwnd_limited`: a paced sender fills its window
+    /// only now and then; RFC 7661: only a used window grows).
+    cwnd_limited_until: Option<TcpSeqNumber>,
     /// Tail loss probe (RFC 8985 7): when the probe timeout expires, a
     /// probe is due, and the sequence number it was sent at (no second
     /// probe until an ACK passes it).
@@ -648,6 +659,11 @@ pub struct Socket<'a> {
     budget: Option<BufferBudget>,
     budget_taken: usize,
     rcv_space: Option<(Instant, TcpSeqNumber)>,
+    /// Receiver RTT: the shortest time the peer took to fill one window,
+    /// and the current measurement (the sequence number that completes the
+    /// window, and when it was offered).
+    rcv_rtt: Option<Duration>,
+    rcv_fill: Option<(TcpSeqNumber, Instant)>,
     /// The first retransmission of a recovery leaves whatever the window
     /// and the pacer say (upstream's fast retransmit did the same).
     retransmit_now: bool,
@@ -737,7 +753,7 @@ impl<'a> Socket<'a> {
             srtt_us: None,
             recovery_point: None,
             rto_recovery: false,
-            cwnd_limited: false,
+            cwnd_limited_until: None,
             tlp_at: None,
             tlp_due: false,
             tlp_high: None,
@@ -755,6 +771,8 @@ impl<'a> Socket<'a> {
             budget: None,
             budget_taken: 0,
             rcv_space: None,
+            rcv_rtt: None,
+            rcv_fill: None,
             retransmit_now: false,
             congestion_controller: congestion::AnyController::new(),
 
@@ -1034,30 +1052,46 @@ impl<'a> Socket<'a> {
         true
     }
 
-    /// The receive side of autotuning (after Linux's dynamic right-sizing):
-    /// once per round trip, the buffer must hold twice what arrived in
-    /// that round trip, so the window never limits a sender that is still
-    /// speeding up. A sender limited by the window delivers a full window
-    /// per round trip, so the buffer doubles every round trip until the
-    /// window is no longer the limit. The round trip is the socket's own
-    /// estimate (the handshake's for a pure receiver), at least 1 ms.
+    /// The receive side of autotuning, after Linux's dynamic right-sizing
+    /// (`tcp_rcv_rtt_measure`, `tcp_rcv_space_adjust`).
+    ///
+    /// The receiver's round trip is measured as the time its peer takes to
+    /// fill one window, keeping the minimum: when the window limits the
+    /// sender that is one round trip (host latency included, which a
+    /// handshake sample on a LAN misses); when it does not, the minimum
+    /// stays at the shortest fill seen. Once per such round trip, the
+    /// buffer doubles if more than half of it arrived during it (and the
+    /// application keeps it drained): a window-limited sender delivers a
+    /// full window per round trip, so the buffer doubles until the window
+    /// no longer limits, then stops.
     fn maybe_grow_rx(&mut self, now: Instant, just_arrived: usize) {
         let cap = self.rx_buffer.capacity();
         if cap >= self.rx_max {
             return;
         }
         let rcv_nxt = self.remote_seq_no + self.rx_buffer.len();
-        let rtt = match self.srtt_us {
-            Some(us) => Duration::from_micros(us),
-            None if self.rtte.have_measurement => Duration::from_millis(self.rtte.srtt as u64),
-            None => return,
+        let window = match self.rcv_edge {
+            Some(edge) if edge > rcv_nxt => edge - rcv_nxt,
+            _ => self.rx_buffer.window(),
+        };
+        match self.rcv_fill {
+            Some((target, _)) if rcv_nxt < target => {}
+            probe => {
+                if let Some((_, since)) = probe {
+                    let sample = now - since;
+                    self.rcv_rtt = Some(self.rcv_rtt.map_or(sample, |r| r.min(sample)));
+                }
+                self.rcv_fill = Some((rcv_nxt + window.max(1), now));
+            }
         }
-        .max(Duration::from_millis(1));
+        let Some(rtt) = self.rcv_rtt else {
+            return;
+        };
         let Some((start, from)) = self.rcv_space else {
             self.rcv_space = Some((now, rcv_nxt));
             return;
         };
-        if now < start + rtt {
+        if now < start + rtt.max(Duration::from_micros(100)) {
             return;
         }
         self.rcv_space = Some((now, rcv_nxt));
@@ -1307,7 +1341,7 @@ impl<'a> Socket<'a> {
         self.srtt_us = None;
         self.recovery_point = None;
         self.rto_recovery = false;
-        self.cwnd_limited = false;
+        self.cwnd_limited_until = None;
         self.tlp_at = None;
         self.tlp_due = false;
         self.tlp_high = None;
@@ -1322,6 +1356,8 @@ impl<'a> Socket<'a> {
         self.recent_sacks.clear();
         self.rcv_edge = None;
         self.rcv_space = None;
+        self.rcv_rtt = None;
+        self.rcv_fill = None;
         self.retransmit_now = false;
         self.local_rx_dup_acks = 0;
         self.local_rx_last_ack = None;
@@ -2769,7 +2805,9 @@ impl<'a> Socket<'a> {
                 lost,
                 prior_in_flight,
                 in_flight: self.pipe(),
-                cwnd_limited: self.cwnd_limited,
+                cwnd_limited: self
+                    .cwnd_limited_until
+                    .is_some_and(|until| until >= ack_number),
                 in_recovery: self.recovery_point.is_some(),
                 rtt: outcome.rtt,
                 srtt: self.srtt_us.map(Duration::from_micros),
@@ -2778,7 +2816,6 @@ impl<'a> Socket<'a> {
                 rate: &rs,
             };
             self.congestion_controller.inner_mut().on_ack(&ack);
-            self.cwnd_limited = false;
         }
         self.update_pacing_rate();
 
@@ -3029,7 +3066,11 @@ impl<'a> Socket<'a> {
         };
 
         // compare max bytes allowed by cwnd with max bytes allowed by remote
-        let max_send = capped_send_seq.min(cwnd_remaining);
+        let max_send = capped_send_seq.min(cwnd_allowance(
+            cwnd_remaining,
+            effective_mss,
+            capped_send_seq,
+        ));
 
         // Can we send at least 1 octet?
         let mut can_send = max_send != 0;
@@ -3448,7 +3489,9 @@ impl<'a> Socket<'a> {
                     } else if self.pacing && !self.pacer.can_send(now) {
                         0
                     } else {
-                        win_limit.min(device_limit).min(self.cwnd_remaining())
+                        let unsent = self.tx_buffer.len().saturating_sub(self.flight_size());
+                        let want = win_limit.min(device_limit).min(unsent);
+                        want.min(cwnd_allowance(self.cwnd_remaining(), effective_mss, want))
                     };
 
                     let mut offset = self.flight_size();
@@ -3662,7 +3705,7 @@ impl<'a> Socket<'a> {
             .inner_mut()
             .on_send(now, len, pipe);
         if pipe + self.remote_mss > self.congestion_controller.inner().window() {
-            self.cwnd_limited = true;
+            self.cwnd_limited_until = Some(self.remote_last_seq);
         }
         if matches!(kind, SendKind::ProbeNew | SendKind::ProbeRetransmit) {
             self.counters.tlp_probes += 1;
@@ -11143,9 +11186,9 @@ mod test {
         let mut s = socket_established_with_buffer_sizes(64, 64);
         let budget = BufferBudget::new(64);
         s.set_buffer_autotune(1024, 64, Some(budget.clone()));
-        s.rtte.sample(10);
-        // A window's worth in one round trip, read at once: grow.
-        for (t, round) in [(0i64, 0usize), (11, 1), (22, 2)] {
+        // The peer fills the 64-byte window every 10 ms (one round trip),
+        // and the application reads it at once: the window is the limit.
+        for (t, round) in [(0i64, 0usize), (10, 1), (20, 2), (30, 3), (40, 4)] {
             let chunk = vec![b'g'; 60];
             send(
                 &mut s,

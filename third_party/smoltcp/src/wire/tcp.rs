@@ -1447,6 +1447,74 @@ mod test {
         assert_eq!(TcpOption::parse(&[0x3, 0x02]), Err(Error));
     }
 
+    /// hushgate: SACK options come from peers that may be hostile (an
+    /// admitted tunnel client is not a trusted one). Every malformed shape
+    /// must be an error or a bounded set of ranges, never a panic or a read
+    /// past the option.
+    #[test]
+    fn test_malformed_sack_options() {
+        // Lengths that are not 2 + 8n, or shorter than one block.
+        for len in [0u8, 1, 2, 3, 9, 11, 17, 25, 33] {
+            let mut opt = vec![field::OPT_SACKRNG, len];
+            opt.resize(40, 0xab);
+            assert!(
+                !matches!(TcpOption::parse(&opt), Ok((_, TcpOption::SackRange(_)))),
+                "length {len}"
+            );
+        }
+        // A length running past the options area.
+        let opt = [field::OPT_SACKRNG, 18, 0, 0, 0, 1, 0, 0, 0, 2];
+        assert_eq!(TcpOption::parse(&opt), Err(Error));
+        // Four blocks (34 bytes, legal without timestamps): three are kept.
+        let mut opt = vec![field::OPT_SACKRNG, 34];
+        for i in 0..8u32 {
+            opt.extend_from_slice(&(i * 100).to_be_bytes());
+        }
+        let (rest, parsed) = TcpOption::parse(&opt).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(
+            parsed,
+            TcpOption::SackRange([Some((0, 100)), Some((200, 300)), Some((400, 500))])
+        );
+    }
+
+    /// hushgate: whole segments with arbitrary option bytes after a valid
+    /// header: parsing returns, whatever the bytes.
+    #[test]
+    #[cfg(feature = "proto-ipv4")]
+    fn test_arbitrary_option_bytes_never_panic() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let header_len = 20 + 4 * (next() % 11) as usize;
+            let mut bytes = vec![0u8; header_len + (next() % 8) as usize];
+            for b in bytes.iter_mut().skip(20) {
+                *b = next() as u8;
+            }
+            // Bias towards the SACK option.
+            if header_len > 20 && next() % 2 == 0 {
+                bytes[20] = field::OPT_SACKRNG;
+            }
+            let mut packet = Packet::new_unchecked(&mut bytes);
+            packet.set_header_len(header_len as u8);
+            packet.set_ack(true);
+            let packet = Packet::new_checked(&bytes[..]).unwrap();
+            let _ = Repr::parse(
+                &packet,
+                &SRC_ADDR.into(),
+                &DST_ADDR.into(),
+                &ChecksumCapabilities::ignored(),
+            );
+            let _ = packet.selective_ack_ranges();
+            let _ = packet.options_summary();
+        }
+    }
+
     #[test]
     fn test_tcp_options_summary() {
         let mut bytes = vec![0; 32];
