@@ -13,6 +13,7 @@
 //!                          one scenario with that bottleneck (no loss unless
 //!                          --loss is given)
 //!   --csv                  with one scenario: the sender's time series
+//!   --sample MS            period of the time series (default 100 ms)
 //!   --verbose              with one scenario: both sockets' counters and
 //!                          the path's
 //!   --secs N               virtual seconds per run (default 10)
@@ -39,6 +40,7 @@ struct Args {
     bottleneck: Option<u64>,
     queue: Option<usize>,
     csv: bool,
+    sample: Option<u64>,
     verbose: bool,
     secs: Option<u64>,
     seed: Option<u64>,
@@ -59,6 +61,7 @@ fn parse() -> Args {
             "--bottleneck" => a.bottleneck = Some(v().parse().expect("--bottleneck MBIT")),
             "--queue" => a.queue = Some(v().parse().expect("--queue KIB")),
             "--csv" => a.csv = true,
+            "--sample" => a.sample = Some(v().parse().expect("--sample MS")),
             "--no-pacing" => a.no_pacing = true,
             "--coalesce" => a.coalesce = Some(v().parse().expect("--coalesce US")),
             "--ack-every" => a.ack_every = Some(v().parse().expect("--ack-every N")),
@@ -93,6 +96,9 @@ fn apply(a: &Args, mut s: Scenario) -> Scenario {
     if let Some(n) = a.ack_every {
         s.sender.ack_every = n;
         s.receiver.ack_every = n;
+    }
+    if let Some(ms) = a.sample {
+        s.sample_every = Duration::from_millis(ms);
     }
     if a.no_pacing {
         s.sender.pacing = false;

@@ -933,7 +933,9 @@ impl Stack {
 
     /// How long the owner may sleep before the next poll, if nothing
     /// arrives: zero when packets are queued, `None` when only new packets
-    /// can change anything.
+    /// can change anything. It covers every timer of every socket: delayed
+    /// ACKs, retransmission, tail loss probe and reordering timers, and the
+    /// pacer (data held back until its next quantum may leave).
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
         if !self.dev.rx.is_empty() {
             return Some(Duration::ZERO);

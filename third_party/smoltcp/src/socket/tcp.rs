@@ -623,6 +623,10 @@ pub struct Socket<'a> {
     /// trip, as Linux's `is_cwnd_limited`: a paced sender fills its window
     /// only now and then; RFC 7661: only a used window grows).
     cwnd_limited_until: Option<TcpSeqNumber>,
+    /// Likewise for the buffers: the send buffer was full with all of it
+    /// in flight, or the peer's window held data back (BBR must not take a
+    /// plateau caused by buffers for a full pipe).
+    buffer_limited_until: Option<TcpSeqNumber>,
     /// Tail loss probe (RFC 8985 7): when the probe timeout expires, a
     /// probe is due, and the sequence number it was sent at (no second
     /// probe until an ACK passes it).
@@ -664,6 +668,8 @@ pub struct Socket<'a> {
     /// window, and when it was offered).
     rcv_rtt: Option<Duration>,
     rcv_fill: Option<(TcpSeqNumber, Instant)>,
+    /// The highest sequence number received (above holes too).
+    rcv_high: Option<TcpSeqNumber>,
     /// The first retransmission of a recovery leaves whatever the window
     /// and the pacer say (upstream's fast retransmit did the same).
     retransmit_now: bool,
@@ -754,6 +760,7 @@ impl<'a> Socket<'a> {
             recovery_point: None,
             rto_recovery: false,
             cwnd_limited_until: None,
+            buffer_limited_until: None,
             tlp_at: None,
             tlp_due: false,
             tlp_high: None,
@@ -773,6 +780,7 @@ impl<'a> Socket<'a> {
             rcv_space: None,
             rcv_rtt: None,
             rcv_fill: None,
+            rcv_high: None,
             retransmit_now: false,
             congestion_controller: congestion::AnyController::new(),
 
@@ -1053,61 +1061,77 @@ impl<'a> Socket<'a> {
     }
 
     /// The receive side of autotuning, after Linux's dynamic right-sizing
-    /// (`tcp_rcv_rtt_measure`, `tcp_rcv_space_adjust`).
+    /// (`tcp_rcv_rtt_measure`, `tcp_rcv_space_adjust`). Called with the
+    /// end of every accepted data segment.
     ///
     /// The receiver's round trip is measured as the time its peer takes to
     /// fill one window, keeping the minimum: when the window limits the
     /// sender that is one round trip (host latency included, which a
     /// handshake sample on a LAN misses); when it does not, the minimum
-    /// stays at the shortest fill seen. Once per such round trip, the
-    /// buffer doubles if more than half of it arrived during it (and the
-    /// application keeps it drained): a window-limited sender delivers a
-    /// full window per round trip, so the buffer doubles until the window
-    /// no longer limits, then stops.
-    fn maybe_grow_rx(&mut self, now: Instant, just_arrived: usize) {
+    /// stays at the shortest fill seen. Once per such round trip, if more
+    /// than half the buffer arrived during it (and the application keeps it
+    /// drained), the buffer grows to hold four times what arrived: a sender
+    /// in slow start doubles its flight every round trip, and a window
+    /// that merely doubled would hold it back. What arrived counts data
+    /// above holes too (the highest sequence number received), so losses do
+    /// not stall growth while recovery fills them.
+    fn maybe_grow_rx(&mut self, now: Instant, segment_end: TcpSeqNumber, just_arrived: usize) {
         let cap = self.rx_buffer.capacity();
         if cap >= self.rx_max {
             return;
         }
+        let high = match self.rcv_high {
+            Some(h) if h > segment_end => h,
+            _ => segment_end,
+        };
+        self.rcv_high = Some(high);
         let rcv_nxt = self.remote_seq_no + self.rx_buffer.len();
         let window = match self.rcv_edge {
             Some(edge) if edge > rcv_nxt => edge - rcv_nxt,
             _ => self.rx_buffer.window(),
         };
         match self.rcv_fill {
-            Some((target, _)) if rcv_nxt < target => {}
+            Some((target, _)) if high < target => {}
             probe => {
                 if let Some((_, since)) = probe {
                     let sample = now - since;
                     self.rcv_rtt = Some(self.rcv_rtt.map_or(sample, |r| r.min(sample)));
                 }
-                self.rcv_fill = Some((rcv_nxt + window.max(1), now));
+                self.rcv_fill = Some((high + window.max(1), now));
             }
         }
         let Some(rtt) = self.rcv_rtt else {
             return;
         };
         let Some((start, from)) = self.rcv_space else {
-            self.rcv_space = Some((now, rcv_nxt));
+            self.rcv_space = Some((now, high));
             return;
         };
         if now < start + rtt.max(Duration::from_micros(100)) {
             return;
         }
-        self.rcv_space = Some((now, rcv_nxt));
-        let arrived = if rcv_nxt > from { rcv_nxt - from } else { 0 };
+        self.rcv_space = Some((now, high));
+        let arrived = if high > from { high - from } else { 0 };
         // The application must keep up too (what it left unread before
         // this segment): a full buffer is flow control doing its job, not a
         // window that is too small.
-        if 2 * arrived <= cap || self.rx_buffer.len() - just_arrived > cap / 2 {
+        if 2 * arrived <= cap || self.rx_buffer.len().saturating_sub(just_arrived) > cap / 2 {
             return;
         }
-        let new = (cap * 2).min(self.rx_max);
-        if self.take_budget(new - cap) {
-            if self.rx_buffer.grow(new) {
-                net_debug!("rx buffer grown to {}", new);
-            } else {
-                self.give_budget(new - cap);
+        let want = (4 * arrived)
+            .checked_next_power_of_two()
+            .unwrap_or(usize::MAX)
+            .max(2 * cap)
+            .min(self.rx_max);
+        // If the budget cannot pay for that, doubling may still fit.
+        for new in [want, (2 * cap).min(self.rx_max)] {
+            if new > cap && self.take_budget(new - cap) {
+                if self.rx_buffer.grow(new) {
+                    net_debug!("rx buffer grown to {}", new);
+                } else {
+                    self.give_budget(new - cap);
+                }
+                return;
             }
         }
     }
@@ -1342,6 +1366,7 @@ impl<'a> Socket<'a> {
         self.recovery_point = None;
         self.rto_recovery = false;
         self.cwnd_limited_until = None;
+        self.buffer_limited_until = None;
         self.tlp_at = None;
         self.tlp_due = false;
         self.tlp_high = None;
@@ -1358,6 +1383,7 @@ impl<'a> Socket<'a> {
         self.rcv_space = None;
         self.rcv_rtt = None;
         self.rcv_fill = None;
+        self.rcv_high = None;
         self.retransmit_now = false;
         self.local_rx_dup_acks = 0;
         self.local_rx_last_ack = None;
@@ -2615,9 +2641,9 @@ impl<'a> Socket<'a> {
             #[cfg(feature = "async")]
             self.rx_waker.wake();
         }
-        if contig_len != 0 {
-            self.maybe_grow_rx(cx.now(), contig_len);
-        }
+        let segment_end =
+            self.remote_seq_no + self.rx_buffer.len() - contig_len + payload_offset + payload_len;
+        self.maybe_grow_rx(cx.now(), segment_end, contig_len);
 
         if !self.assembler.is_empty() {
             // Print the ranges recorded in the assembler.
@@ -2808,6 +2834,9 @@ impl<'a> Socket<'a> {
                 cwnd_limited: self
                     .cwnd_limited_until
                     .is_some_and(|until| until >= ack_number),
+                buffer_limited: self
+                    .buffer_limited_until
+                    .is_some_and(|until| until >= ack_number),
                 in_recovery: self.recovery_point.is_some(),
                 rtt: outcome.rtt,
                 srtt: self.srtt_us.map(Duration::from_micros),
@@ -2988,10 +3017,21 @@ impl<'a> Socket<'a> {
                 self.enter_recovery(now);
             }
         }
-        // Nothing new to send and room in the window: rate samples taken
-        // now measure the application, not the path.
+        let unsent = self.tx_buffer.len().saturating_sub(self.flight_size());
+        let sndbuf_limited = unsent == 0 && self.tx_buffer.window() < self.remote_mss;
+        let rwnd_limited = unsent > 0 && self.flight_size() + self.remote_mss > self.remote_win_len;
+        if sending && (sndbuf_limited || rwnd_limited) {
+            self.buffer_limited_until = Some(self.remote_last_seq);
+        }
+        // Nothing new to send although the application had room to write
+        // it, and room in both windows: rate samples taken now measure the
+        // application, not the path. (A full send buffer or the peer's
+        // window is a limit of the connection, not of the application: a
+        // sender held there must still see its pipe as full.)
         if sending
             && self.tx_buffer.len() <= self.flight_size()
+            && self.tx_buffer.window() >= self.remote_mss
+            && self.flight_size() + self.remote_mss <= self.remote_win_len
             && self.pipe() < self.congestion_controller.inner().window()
         {
             let pipe = self.pipe();

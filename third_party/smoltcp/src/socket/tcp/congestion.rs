@@ -30,6 +30,9 @@ pub(super) struct Ack<'a> {
     /// The sender was limited by the congestion window since the last ACK
     /// (a window that is not used must not grow: RFC 7661).
     pub cwnd_limited: bool,
+    /// The send buffer or the peer's window held the sender back since the
+    /// data this ACK covers was sent.
+    pub buffer_limited: bool,
     /// In fast recovery or timeout recovery.
     pub in_recovery: bool,
     /// Round-trip time sample of this ACK, the smoothed RTT and the
@@ -176,6 +179,7 @@ pub(super) fn test_ack(
         prior_in_flight: in_flight + delivered,
         in_flight,
         cwnd_limited: true,
+        buffer_limited: false,
         in_recovery: false,
         rtt: None,
         srtt: None,

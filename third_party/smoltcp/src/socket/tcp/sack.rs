@@ -41,6 +41,9 @@ impl RecentBlocks {
     /// first, each at most once), then the lowest others.
     pub fn blocks(&self, assembler: &Assembler, ack: TcpSeqNumber) -> [Option<(u32, u32)>; 3] {
         let mut out: [Option<(u32, u32)>; 3] = [None; 3];
+        if assembler.is_empty() {
+            return out;
+        }
         let mut n = 0;
         let mut push = |l: TcpSeqNumber, r: TcpSeqNumber, out: &mut [Option<(u32, u32)>; 3]| {
             let b = Some((l.0 as u32, r.0 as u32));

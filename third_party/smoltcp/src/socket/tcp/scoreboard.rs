@@ -176,9 +176,18 @@ impl Scoreboard {
     }
 
     fn index_of(&self, seq: TcpSeqNumber) -> Option<usize> {
-        // Segments are contiguous and in order: find the one holding seq.
-        let i = self.segs.partition_point(|s| s.end() <= seq);
+        // Segments are contiguous and in order: find the one holding seq
+        // (the first one, most of the time).
+        let i = self.first_at_or_after(seq);
         (i < self.segs.len() && self.segs[i].start <= seq).then_some(i)
+    }
+
+    /// Index of the first segment that ends after `seq`.
+    fn first_at_or_after(&self, seq: TcpSeqNumber) -> usize {
+        match self.segs.front() {
+            Some(f) if f.end() > seq => 0,
+            _ => self.segs.partition_point(|s| s.end() <= seq),
+        }
     }
 
     /// Bytes in flight (RFC 6675's pipe): sent, minus SACKed, minus lost,
@@ -433,7 +442,7 @@ impl Scoreboard {
         out: &mut AckOutcome,
         newest: &mut Option<(Instant, TcpSeqNumber, bool)>,
     ) {
-        let mut i = self.segs.partition_point(|s| s.end() <= l);
+        let mut i = self.first_at_or_after(l);
         while i < self.segs.len() && self.segs[i].start < r {
             let s = self.segs[i];
             // Only whole segments: we resend exactly what we sent, so a
@@ -487,7 +496,7 @@ impl Scoreboard {
 
         // Segments sent once, in sequence (= sending) order.
         if let Some(from) = self.scan_from {
-            let mut i = self.segs.partition_point(|s| s.end() <= from);
+            let mut i = self.first_at_or_after(from);
             let mut advance = true;
             while i < self.segs.len() {
                 let s = self.segs[i];
