@@ -624,9 +624,15 @@ pub struct Socket<'a> {
     /// only now and then; RFC 7661: only a used window grows).
     cwnd_limited_until: Option<TcpSeqNumber>,
     /// Likewise for the buffers: the send buffer was full with all of it
-    /// in flight, or the peer's window held data back (BBR must not take a
-    /// plateau caused by buffers for a full pipe).
+    /// in flight, or the peer's window held data back; and the buffers were
+    /// still growing (our send buffer, or the largest window the peer
+    /// offered). BBR must not take a plateau caused by buffers that are
+    /// still being sized for a full pipe; a buffer that stopped growing is
+    /// as large as it will get, and its plateau counts.
     buffer_limited_until: Option<TcpSeqNumber>,
+    buffers_grew_until: Option<TcpSeqNumber>,
+    /// The largest window the peer has offered.
+    max_remote_win: usize,
     /// Tail loss probe (RFC 8985 7): when the probe timeout expires, a
     /// probe is due, and the sequence number it was sent at (no second
     /// probe until an ACK passes it).
@@ -761,6 +767,8 @@ impl<'a> Socket<'a> {
             rto_recovery: false,
             cwnd_limited_until: None,
             buffer_limited_until: None,
+            buffers_grew_until: None,
+            max_remote_win: 0,
             tlp_at: None,
             tlp_due: false,
             tlp_high: None,
@@ -1154,6 +1162,7 @@ impl<'a> Socket<'a> {
         if self.take_budget(new - cap) {
             if self.tx_buffer.grow(new) {
                 net_debug!("tx buffer grown to {}", new);
+                self.buffers_grew_until = Some(self.remote_last_seq);
             } else {
                 self.give_budget(new - cap);
             }
@@ -1367,6 +1376,8 @@ impl<'a> Socket<'a> {
         self.rto_recovery = false;
         self.cwnd_limited_until = None;
         self.buffer_limited_until = None;
+        self.buffers_grew_until = None;
+        self.max_remote_win = 0;
         self.tlp_at = None;
         self.tlp_due = false;
         self.tlp_high = None;
@@ -2523,6 +2534,13 @@ impl<'a> Socket<'a> {
             _ => self.remote_win_scale.unwrap_or(0),
         };
         let new_remote_win_len = (repr.window_len as usize) << (scale as usize);
+        if new_remote_win_len > self.max_remote_win {
+            if self.max_remote_win > 0 {
+                // The peer's receive buffer grew.
+                self.buffers_grew_until = Some(self.remote_last_seq);
+            }
+            self.max_remote_win = new_remote_win_len;
+        }
         let is_window_update = new_remote_win_len != self.remote_win_len;
         self.remote_win_len = new_remote_win_len;
 
@@ -2836,7 +2854,10 @@ impl<'a> Socket<'a> {
                     .is_some_and(|until| until >= ack_number),
                 buffer_limited: self
                     .buffer_limited_until
-                    .is_some_and(|until| until >= ack_number),
+                    .is_some_and(|until| until >= ack_number)
+                    && self
+                        .buffers_grew_until
+                        .is_some_and(|until| until >= ack_number),
                 in_recovery: self.recovery_point.is_some(),
                 rtt: outcome.rtt,
                 srtt: self.srtt_us.map(Duration::from_micros),

@@ -62,6 +62,15 @@ const MIN_CWND_SEGMENTS: usize = 4;
 /// early: on a 200 ms path, PROBE_BW then takes seconds to find the rate.
 const STARTUP_LOSS_PERCENT: u64 = 15;
 const STARTUP_LOSS_EVENTS: u32 = 8;
+/// STARTUP also ends when, at the end of a round, the smoothed RTT is this
+/// much above the minimum (in 1/256) and at least `STARTUP_QUEUE_MIN`
+/// above it: a queue is building, so the pipe is full. Pacing at 2.89 times the
+/// delivery rate fills a deep bottleneck queue within a round, and the
+/// three rounds BBR v1 waits for a bandwidth plateau overflow it (on a
+/// gigabit path with a bandwidth-delay product of queue: megabytes lost
+/// and a timeout). As HyStart does for CUBIC.
+const STARTUP_QUEUE_GAIN: u64 = UNIT * 5 / 4;
+const STARTUP_QUEUE_MIN: Duration = Duration::from_millis(4);
 const INITIAL_CWND_SEGMENTS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,12 +281,20 @@ impl Bbr {
         }
     }
 
-    /// STARTUP's exit on heavy loss, judged once per round.
+    /// STARTUP's exits on heavy loss and on a building queue, judged once
+    /// per round.
     fn check_startup_loss(&mut self, ack: &Ack) {
         if self.round_start {
             let heavy = self.round_lost * 100 > self.round_delivered * STARTUP_LOSS_PERCENT
                 && self.round_loss_events >= STARTUP_LOSS_EVENTS;
-            if self.mode == Mode::Startup && heavy {
+            let queue = match (ack.srtt, self.min_rtt) {
+                (Some(srtt), Some(min)) => {
+                    srtt.total_micros() * UNIT > min.total_micros() * STARTUP_QUEUE_GAIN
+                        && srtt > min + STARTUP_QUEUE_MIN
+                }
+                _ => false,
+            };
+            if self.mode == Mode::Startup && (heavy || queue) {
                 self.filled_pipe = true;
             }
             self.round_delivered = 0;
@@ -293,9 +310,18 @@ impl Bbr {
 
     fn check_full_pipe(&mut self, ack: &Ack) {
         // hushgate: a round held back by buffers (the peer's window, or
-        // our send buffer while autotuning grows them) says nothing about
-        // the path either.
-        if self.filled_pipe || !self.round_start || ack.rate.app_limited || ack.buffer_limited {
+        // our send buffer, while autotuning grows them) says nothing about
+        // the path either, unless a queue is building (the RTT is a quarter
+        // above its minimum): then the path is full whatever held us back.
+        let queueing = match (ack.rtt.or(ack.srtt), self.min_rtt) {
+            (Some(rtt), Some(min)) => rtt.total_micros() * 4 > min.total_micros() * 5,
+            _ => false,
+        };
+        if self.filled_pipe
+            || !self.round_start
+            || ack.rate.app_limited
+            || (ack.buffer_limited && !queueing)
+        {
             return;
         }
         let bw = self.btl_bw.get();
@@ -600,7 +626,7 @@ mod test {
     }
 
     #[test]
-    fn startup_finds_the_bandwidth_then_drains_and_cruises() {
+    fn startup_finds_the_bandwidth_then_cruises() {
         let mut bbr = Bbr::new();
         bbr.set_mss(MSS);
         let mut p = path(10_000_000, 20); // 80 Mbit/s, 20 ms
@@ -612,7 +638,9 @@ mod test {
             }
         }
         assert_eq!(modes[0], Mode::Startup);
-        assert!(modes.contains(&Mode::Drain), "{modes:?}");
+        // DRAIN may pass within one ACK when the queue STARTUP built is
+        // small (its exit on a growing RTT comes early).
+        assert!(modes.len() <= 3, "{modes:?}");
         assert_eq!(bbr.mode(), Mode::ProbeBw);
         let bw = bbr.bandwidth();
         assert!((9_000_000..=10_500_000).contains(&bw), "{bw}");
