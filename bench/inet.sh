@@ -240,7 +240,7 @@ emu_ceiling() {
 # long, sent every 10 ms; after a stall it catches up (a player refilling
 # its buffer).
 start_paced() {
-  bg edge "$W/paced.log" python3 - <<'EOF' >/dev/null
+  cat >"$W/paced.py" <<'EOF'
 import asyncio
 CHUNK = bytes(1 << 20)
 async def serve(reader, writer):
@@ -264,6 +264,7 @@ async def main():
         await srv.serve_forever()
 asyncio.run(main())
 EOF
+  bg edge "$W/paced.log" python3 "$W/paced.py" >/dev/null
   wait_for "the paced sender" 5 bash -c "ip netns exec $P-edge ss -ltn | grep -q '127.0.0.1:5204'"
 }
 
