@@ -759,6 +759,22 @@ scenario_15() { # a real film through the shim over a lossy path (1 % loss, 40 m
   local url; url=$(direct_url direct15)
   trap 'emu_stop; ip netns exec $P-edge sysctl -qw net.ipv4.tcp_congestion_control='"$cc" EXIT
   emu_start inet emu15 --seed 15 --both delay=20ms,loss=1%
+  # The path now has its round trip: a TCP handshake to the direct port
+  # takes at least 40 ms (the best of three, so a lost SYN does not count).
+  local hostport="${url#http://}"
+  local rtt_ms; rtt_ms=$(ns cli python3 - "${hostport%:*}" "${hostport##*:}" <<'EOF'
+import socket, sys, time
+best = None
+for _ in range(3):
+    t = time.monotonic()
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10).close()
+    ms = (time.monotonic() - t) * 1000
+    best = ms if best is None else min(best, ms)
+print("%.1f" % best)
+EOF
+)
+  log "  through the emulator: TCP handshake to $hostport in $rtt_ms ms"
+  awk -v t="$rtt_ms" 'BEGIN { exit !(t >= 40) }'
   # Both players at once (4 Mbit/s each, no rate limit on the path: they
   # do not compete for it), to keep the scenario near one film's length.
   film_player "http://127.0.0.1:32415/film.mp4" $((FILM_SECS + 15)) >"$W/s15-shim.json" &
@@ -767,7 +783,18 @@ scenario_15() { # a real film through the shim over a lossy path (1 % loss, 40 m
   local p2=$!
   wait "$p1" "$p2" || true
   emu_stop
-  log "  emulator: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("; ".join("%s %d packets, %d lost" % (k, d[k]["packets_in"], d[k]["lost"]) for k in ("up", "down")))' "$W/emu15.json")"
+  # Both films went through the emulator, which lost about 1 % each way.
+  local st
+  st=$(python3 - "$W/emu15.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k in ("up", "down"):
+    print("  emulator %s: %d packets, %d lost (%.2f %%)" % (k, d[k]["packets_in"], d[k]["lost"], 100 * d[k]["lost"] / max(1, d[k]["packets_in"])))
+    assert 0.005 <= d[k]["lost"] / max(1, d[k]["packets_in"]) <= 0.02, "the emulator's loss is off"
+assert d["down"]["packets_in"] > 20000, "the films did not go through the emulator"
+EOF
+) || { echo "$st" >&2; return 1; }
+  while IFS= read -r l; do log "$l"; done <<<"$st"
   local rc=0 v
   v=$(film_verdict "plain TCP (control, kernel BBR)" "$(cat "$W/s15-plain.json")") || rc=1
   log "  $v"
