@@ -52,7 +52,7 @@ say "unit and integration tests (cargo test)"
 cargo test --workspace --locked
 
 say "netns harness (tests/netns/run.sh)"
-cargo build -p hushgate --locked
+cargo build -p hushgate -p hushgate-netem --locked
 tests/netns/run.sh
 
 echo

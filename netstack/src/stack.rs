@@ -18,10 +18,15 @@ use crate::device::{parse_tcp, PortSet, QueueDevice, TcpMeta};
 pub enum Congestion {
     /// No congestion control: only the peer's receive window limits sending.
     None,
-    /// NewReno.
+    /// NewReno, with byte counting.
     Reno,
-    /// CUBIC (smoltcp's best choice for long fat paths).
+    /// CUBIC, with byte counting.
     Cubic,
+    /// BBR: paces at the measured bottleneck bandwidth and keeps about two
+    /// bandwidth-delay products in flight; random loss does not cut its
+    /// rate and it builds no standing queue (see docs/architecture.md,
+    /// "TCP over lossy paths").
+    Bbr,
 }
 
 impl From<Congestion> for tcp::CongestionControl {
@@ -30,6 +35,7 @@ impl From<Congestion> for tcp::CongestionControl {
             Congestion::None => tcp::CongestionControl::None,
             Congestion::Reno => tcp::CongestionControl::Reno,
             Congestion::Cubic => tcp::CongestionControl::Cubic,
+            Congestion::Bbr => tcp::CongestionControl::Bbr,
         }
     }
 }
@@ -47,14 +53,27 @@ pub struct StackConfig {
     pub any_ip: bool,
     /// IP MTU of the tunnel. Default 1420 (WireGuard's usual inner MTU).
     pub mtu: usize,
-    /// Receive buffer per TCP connection. It fixes the window-scale factor
-    /// when the socket is created, so it is applied before listen/connect.
-    /// Default 4 MiB (about 670 Mbit/s at 50 ms RTT; pages are touched only
-    /// as data flows through them).
+    /// Initial receive buffer per TCP connection. Default 256 KiB.
     pub tcp_rx_buffer: usize,
-    /// Send buffer per TCP connection; bounds the bytes in flight.
-    /// Default 4 MiB.
+    /// Initial send buffer per TCP connection; it bounds the bytes in
+    /// flight until it grows. Default 256 KiB.
     pub tcp_tx_buffer: usize,
+    /// The receive buffer of a connection doubles, up to this size, while
+    /// its peer fills the window it is offered and the application keeps
+    /// the buffer drained (buffer autotuning). The window scale is chosen
+    /// for this size when the socket is created. Default 32 MiB: one
+    /// stream can keep 1 Gbit/s in flight over a 250 ms round trip.
+    pub tcp_rx_buffer_max: usize,
+    /// The send buffer of a connection doubles, up to this size, while all
+    /// of it is in flight and the congestion and peer windows would take
+    /// more. Default 32 MiB.
+    pub tcp_tx_buffer_max: usize,
+    /// Bytes all the buffer growth of this stack may take together (beyond
+    /// the initial sizes); a connection gives its share back when it is
+    /// freed. With the defaults a stack's TCP buffers never exceed
+    /// `max_sockets` x 512 KiB (the initial sizes; pages are touched only
+    /// as data flows through them) plus this. Default 256 MiB.
+    pub tcp_buffer_budget: usize,
     /// Idle listening sockets kept per listened port (a smoltcp listener
     /// accepts exactly one connection). Default 8.
     pub listener_pool: usize,
@@ -62,17 +81,36 @@ pub struct StackConfig {
     /// connections, closing ones). A SYN beyond it is answered with RST.
     /// Default 1024.
     pub max_sockets: usize,
-    /// Run an egress pass after this many inbound segments during ingress,
-    /// so the peer gets an ACK at least every N segments even when a whole
-    /// batch arrives at once. CUBIC/Reno grow the window per ACK, not per
-    /// byte; one ACK per batch stalls the ramp. 0 disables. Default 16.
-    pub ack_every: usize,
+    /// Each socket acknowledges, while an inbound batch is processed, as
+    /// soon as this many full-sized segments are unacknowledged (and the
+    /// first segments of a connection one by one, like Linux's quick-ack);
+    /// whatever is left is acknowledged by the egress pass that ends every
+    /// wake-up. At Internet rates a wake-up carries one or two segments, so
+    /// the peer gets an ACK every one or two segments, as RFC 9293 asks.
+    /// Within a large batch (a LAN, a busy machine) ACKs made during
+    /// ingress leave with the batch anyway, so more of them only cost CPU
+    /// (each is encrypted and sent): this bounds how much one ACK covers,
+    /// like Linux acknowledging per GRO batch. 0: only at egress.
+    /// Default 16 (measured: `client-shim/benches/shim.rs` carried one
+    /// stream 15-25 % slower with 2, and the simulations in
+    /// `tests/lossy.rs` did not improve).
+    pub ack_every: u8,
     /// smoltcp's delayed-ACK timer. Default `None`: batching already
     /// coalesces ACKs (one per socket per egress pass), and a delayed ACK
     /// would only add latency.
     pub ack_delay: Option<Duration>,
-    /// Default [`Congestion::Cubic`].
+    /// Default [`Congestion::Bbr`].
     pub congestion: Congestion,
+    /// Floor of the retransmission timeout. Default 200 ms (Linux's; RFC
+    /// 6298's 1 s turns every tail loss into a second of silence).
+    pub rto_min: Duration,
+    /// Pace transmissions at the congestion controller's rate, in quanta
+    /// of about 1 ms of data. Default true.
+    pub pacing: bool,
+    /// Tail loss probes (RFC 8985): a lost tail is found two round trips
+    /// after the last ACK rather than at the retransmission timeout.
+    /// Default true.
+    pub tail_loss_probe: bool,
     /// TCP keep-alive interval. Default 30 s.
     pub keep_alive: Option<Duration>,
     /// Abort a connection whose peer stays silent this long (keep-alives
@@ -97,13 +135,19 @@ impl StackConfig {
             addresses: vec![address],
             any_ip: false,
             mtu: 1420,
-            tcp_rx_buffer: 4 << 20,
-            tcp_tx_buffer: 4 << 20,
+            tcp_rx_buffer: 256 << 10,
+            tcp_tx_buffer: 256 << 10,
+            tcp_rx_buffer_max: 32 << 20,
+            tcp_tx_buffer_max: 32 << 20,
+            tcp_buffer_budget: 256 << 20,
             listener_pool: 8,
             max_sockets: 1024,
             ack_every: 16,
             ack_delay: None,
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Bbr,
+            rto_min: Duration::from_millis(200),
+            pacing: true,
+            tail_loss_probe: true,
             keep_alive: Some(Duration::from_secs(30)),
             timeout: Some(Duration::from_secs(120)),
             linger: Duration::from_secs(30),
@@ -224,6 +268,9 @@ pub struct Stack {
     dev: QueueDevice,
     cfg: StackConfig,
     epoch: Instant,
+    /// The latest time the owner passed in: deadlines set outside a poll
+    /// (release, unlisten) count from it rather than from the real clock.
+    now: Instant,
     pools: Vec<Pool>,
     listen_ports: PortSet,
     out_ports: PortSet,
@@ -232,6 +279,8 @@ pub struct Stack {
     lingering: Vec<Lingering>,
     /// Sockets of every kind, for `max_sockets`.
     socket_count: usize,
+    /// What the buffer growth of all sockets may take together.
+    budget: tcp::BufferBudget,
     next_id: u64,
     next_port: u16,
     stats: StackStats,
@@ -254,6 +303,14 @@ impl Stack {
     /// non-unicast address, or holds more addresses than smoltcp's build
     /// allows (2 by default).
     pub fn new(cfg: StackConfig) -> Stack {
+        Stack::new_at(cfg, Instant::now())
+    }
+
+    /// Builds a stack whose clock starts at `epoch`. Every operation takes
+    /// the time as an argument and the stack never reads the clock itself,
+    /// so a simulation can drive it with a virtual clock (an `epoch` and
+    /// later instants computed from it) and get the same run every time.
+    pub fn new_at(cfg: StackConfig, epoch: Instant) -> Stack {
         assert!(!cfg.addresses.is_empty(), "a stack needs an address");
         let mut dev = QueueDevice::new(cfg.mtu, cfg.max_queued_packets.max(1));
         let mut config = Config::new(HardwareAddress::Ip);
@@ -263,7 +320,6 @@ impl Stack {
             h.write_u64(0x6875_7368_6761_7465);
             h.finish()
         };
-        let epoch = Instant::now();
         let mut iface = Interface::new(config, &mut dev, smoltcp::time::Instant::ZERO);
         iface.set_any_ip(cfg.any_ip);
         iface.update_ip_addrs(|addrs| {
@@ -303,6 +359,7 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             dev,
             epoch,
+            now: epoch,
             pools: Vec::new(),
             listen_ports: PortSet::new(),
             out_ports: PortSet::new(),
@@ -310,6 +367,7 @@ impl Stack {
             accepted: VecDeque::new(),
             lingering: Vec::new(),
             socket_count: 0,
+            budget: tcp::BufferBudget::new(cfg.tcp_buffer_budget),
             next_id: 1,
             next_port: EPHEMERAL_FIRST,
             stats: StackStats::default(),
@@ -327,7 +385,8 @@ impl Stack {
         self.stats
     }
 
-    fn ts(&self, now: Instant) -> smoltcp::time::Instant {
+    fn ts(&mut self, now: Instant) -> smoltcp::time::Instant {
+        self.now = self.now.max(now);
         let micros = now.saturating_duration_since(self.epoch).as_micros();
         smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
     }
@@ -369,7 +428,7 @@ impl Stack {
             self.sockets.remove(h);
             self.socket_count -= 1;
         }
-        let deadline = Instant::now() + self.cfg.linger;
+        let deadline = self.now + self.cfg.linger;
         for h in pool.embryonic {
             self.sockets.get_mut::<tcp::Socket>(h).abort();
             self.lingering.push(Lingering {
@@ -412,6 +471,8 @@ impl Stack {
             next_id,
             cfg,
             socket_count,
+            now,
+            budget,
             ..
         } = self;
         let pool = &mut pools[i];
@@ -448,7 +509,7 @@ impl Stack {
                         lingering.push(Lingering {
                             handle: h,
                             out_port: None,
-                            deadline: Instant::now() + cfg.linger,
+                            deadline: *now + cfg.linger,
                         });
                     }
                 }
@@ -471,7 +532,7 @@ impl Stack {
         }
         let port = pool.port;
         while pool.idle.len() < cfg.listener_pool && *socket_count < cfg.max_sockets {
-            let mut s = new_socket(cfg);
+            let mut s = new_socket(cfg, budget);
             s.listen(IpListenEndpoint { addr: None, port })
                 .expect("fresh socket listens");
             pool.idle.push(sockets.add(s));
@@ -507,7 +568,7 @@ impl Stack {
         if self.socket_count >= self.cfg.max_sockets {
             return Err(Error::TooManySockets);
         }
-        let mut s = new_socket(&self.cfg);
+        let mut s = new_socket(&self.cfg, &self.budget);
         s.connect(self.iface.context(), remote, local_port)
             .map_err(|_| Error::Unaddressable)?;
         let handle = self.sockets.add(s);
@@ -620,7 +681,7 @@ impl Stack {
             self.lingering.push(Lingering {
                 handle: c.handle,
                 out_port: c.out_port,
-                deadline: Instant::now() + self.cfg.linger,
+                deadline: self.now + self.cfg.linger,
             });
         }
     }
@@ -765,17 +826,15 @@ impl Stack {
     // ----- polling ---------------------------------------------------------
 
     /// Feeds every queued inbound packet to smoltcp, one at a time
-    /// (`poll_ingress_single`), running an egress pass every `ack_every`
-    /// segments so senders see regular ACKs. Then accepts finished
-    /// handshakes and refills listener pools. Returns true if any packet
-    /// was processed.
+    /// (`poll_ingress_single`); sockets acknowledge from here every
+    /// `ack_every` segments. Then accepts finished handshakes and refills
+    /// listener pools. Returns true if any packet was processed.
     ///
     /// Call [`poll_egress`](Self::poll_egress) after moving application
     /// data, so the ACKs it sends advertise the window freed by reading.
     pub fn poll_ingress(&mut self, now: Instant) -> bool {
         let ts = self.ts(now);
         let mut processed = false;
-        let mut since_egress = 0usize;
         while let Some(front) = self.dev.rx.front() {
             let mut syn_pool = None;
             if let Some(m) = parse_tcp(front) {
@@ -801,11 +860,6 @@ impl Stack {
                 // Refill at once, not after the batch: a burst of SYNs
                 // larger than the pool would otherwise be reset.
                 self.refill(i);
-            }
-            since_egress += 1;
-            if self.cfg.ack_every > 0 && since_egress >= self.cfg.ack_every {
-                since_egress = 0;
-                let _ = self.iface.poll_egress(ts, &mut self.dev, &mut self.sockets);
             }
         }
         if processed {
@@ -884,7 +938,9 @@ impl Stack {
 
     /// How long the owner may sleep before the next poll, if nothing
     /// arrives: zero when packets are queued, `None` when only new packets
-    /// can change anything.
+    /// can change anything. It covers every timer of every socket: delayed
+    /// ACKs, retransmission, tail loss probe and reordering timers, and the
+    /// pacer (data held back until its next quantum may leave).
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
         if !self.dev.rx.is_empty() {
             return Some(Duration::ZERO);
@@ -902,16 +958,25 @@ impl Stack {
     }
 }
 
-/// A socket with all the settings applied. Buffers are sized here, before
-/// any listen/connect, because smoltcp fixes the window-scale factor from
-/// the receive buffer when the socket is created.
-fn new_socket(cfg: &StackConfig) -> tcp::Socket<'static> {
+/// A socket with all the settings applied. Autotuning is set here, before
+/// any listen/connect, because smoltcp fixes the window-scale factor (from
+/// the largest the receive buffer may grow to) when the connection opens.
+fn new_socket(cfg: &StackConfig, budget: &tcp::BufferBudget) -> tcp::Socket<'static> {
     let rx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_rx_buffer]);
     let tx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_tx_buffer]);
     let mut s = tcp::Socket::new(rx, tx);
+    s.set_buffer_autotune(
+        cfg.tcp_rx_buffer_max,
+        cfg.tcp_tx_buffer_max,
+        Some(budget.clone()),
+    );
     s.set_nagle_enabled(false);
     s.set_ack_delay(cfg.ack_delay.map(to_smol));
     s.set_congestion_control(cfg.congestion.into());
+    s.set_ack_every((cfg.ack_every > 0).then_some(cfg.ack_every));
+    s.set_rto_min(to_smol(cfg.rto_min));
+    s.set_pacing(cfg.pacing);
+    s.set_tail_loss_probe(cfg.tail_loss_probe);
     s.set_keep_alive(cfg.keep_alive.map(to_smol));
     s.set_timeout(cfg.timeout.map(to_smol));
     s
