@@ -76,5 +76,5 @@ pub mod udp;
 /// The smoltcp version this crate is built on, for `Stack::socket` users.
 pub use smoltcp;
 pub use splice::{PumpStats, Splice};
-pub use stack::{Congestion, ConnId, Error, Stack, StackConfig, StackStats};
+pub use stack::{Congestion, ConnId, Error, PeerUsage, Stack, StackConfig, StackStats};
 pub use udp::{UdpIo, UdpStats};
