@@ -31,6 +31,9 @@
 //! table that drops datagrams from sources without a live admission
 //! before they wake the process, and [`direct`] serves direct
 //! (firewall-only) admissions: a TCP port opened to admitted sources only.
+//!
+//! One admitted client cannot exhaust the TCP stack: [`limits`] gives each
+//! a share of its sockets, handshake slots and buffer budget.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -41,6 +44,7 @@ pub mod feed;
 pub mod filter;
 pub mod identity;
 pub mod inner;
+pub mod limits;
 mod runtime;
 
 pub use admission::{
@@ -52,4 +56,5 @@ pub use dispatch::{
     PeerCounters, PeerEvent, PeerStats, Verdict,
 };
 pub use filter::PrefilterMode;
+pub use limits::{PeerLimits, PeerTcp, TcpStats};
 pub use runtime::{Gateway, GatewayConfig, GatewayError, ServiceSpec, StatusReport};

@@ -83,6 +83,8 @@ pub struct GatewayConfig {
     pub direct: Vec<ServiceSpec>,
     /// Whether to keep the kernel pre-filter (nftables).
     pub prefilter: PrefilterMode,
+    /// What each client may hold in the user-space TCP stack.
+    pub peer_limits: crate::limits::PeerLimits,
     /// Needed on the first start only.
     pub enroll_token: Option<String>,
 }
@@ -167,6 +169,11 @@ impl Gateway {
                 "no services: give at least one --service NAME=PORT:UPSTREAM".into(),
             ));
         }
+        cfg.peer_limits
+            .check(&netstack::StackConfig::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+            ))
+            .map_err(GatewayError::Config)?;
         let mut ports = HashMap::new();
         for s in &cfg.services {
             if ports.insert(s.port, s.upstream).is_some() {
@@ -332,6 +339,7 @@ impl Gateway {
         );
         let (mut dp, control) =
             DataPath::new(udp, dispatcher, ports).map_err(GatewayError::DataPath)?;
+        dp.set_peer_limits(cfg.peer_limits);
         let pins = filter.as_ref().map(|filter| {
             // Pinnings arrive on the data-path thread; the kernel update
             // happens here, off that thread.

@@ -1021,7 +1021,18 @@ impl Stack {
                     // One peer may not hold every socket nor flood the
                     // handshake slots (see `max_connections_per_peer`,
                     // `max_pending_per_peer` for why RST vs. drop).
-                    let u = self.peers.usage(m.src);
+                    let mut u = self.peers.usage(m.src);
+                    let full = |u: &PeerUsage, c: &StackConfig| {
+                        u.connections >= c.max_connections_per_peer
+                            || u.pending >= c.max_pending_per_peer
+                    };
+                    if full(&u, &self.cfg) {
+                        // Handshakes completed (or failed) by segments
+                        // earlier in this batch are counted at the next
+                        // refill; do it now before refusing anything.
+                        self.refill_all();
+                        u = self.peers.usage(m.src);
+                    }
                     if u.connections >= self.cfg.max_connections_per_peer {
                         self.dev.refuse_front_rx();
                         self.stats.syn_over_connection_limit += 1;

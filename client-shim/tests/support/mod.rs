@@ -516,6 +516,7 @@ impl World {
             }],
             direct: vec![],
             prefilter: gateway::PrefilterMode::Off,
+            peer_limits: Default::default(),
             enroll_token: Some(server.enrollment_token),
         })
         .await

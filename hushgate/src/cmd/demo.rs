@@ -144,6 +144,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }],
         direct: vec![],
         prefilter: gateway::PrefilterMode::Off,
+        peer_limits: Default::default(),
         enroll_token: Some(server.enrollment_token),
     })
     .await?;

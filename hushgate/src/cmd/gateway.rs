@@ -1,6 +1,6 @@
 use anyhow::{bail, Context};
 use control_client::Trust;
-use gateway::{Gateway, GatewayConfig, PrefilterMode, ServiceSpec};
+use gateway::{Gateway, GatewayConfig, PeerLimits, PrefilterMode, ServiceSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -119,6 +119,19 @@ struct RunArgs {
     /// (refuse to start without it) or off [default: auto].
     #[arg(long, value_name = "MODE")]
     prefilter: Option<String>,
+    /// Connections one client may hold at once (open, opening or
+    /// closing); one more is refused with a TCP reset inside its tunnel
+    /// [default: 128].
+    #[arg(long, value_name = "N")]
+    max_connections_per_client: Option<usize>,
+    /// TCP handshakes one client may have in progress; further SYNs are
+    /// dropped and its TCP sends them again [default: 16].
+    #[arg(long, value_name = "N")]
+    max_pending_per_client: Option<usize>,
+    /// MiB by which the TCP buffers of one client's connections may grow
+    /// together, out of the gateway's 256 MiB [default: 64].
+    #[arg(long, value_name = "MIB")]
+    buffer_growth_per_client_mib: Option<usize>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -156,6 +169,13 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
             cli.direct
         },
         prefilter: cli.prefilter.or(file.prefilter),
+        max_connections_per_client: cli
+            .max_connections_per_client
+            .or(file.max_connections_per_client),
+        max_pending_per_client: cli.max_pending_per_client.or(file.max_pending_per_client),
+        buffer_growth_per_client_mib: cli
+            .buffer_growth_per_client_mib
+            .or(file.buffer_growth_per_client_mib),
     })
 }
 
@@ -203,6 +223,16 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         .unwrap_or("auto")
         .parse()
         .map_err(anyhow::Error::msg)?;
+    let defaults = PeerLimits::default();
+    let peer_limits = PeerLimits {
+        max_connections: a
+            .max_connections_per_client
+            .unwrap_or(defaults.max_connections),
+        max_pending: a.max_pending_per_client.unwrap_or(defaults.max_pending),
+        buffer_growth: a
+            .buffer_growth_per_client_mib
+            .map_or(defaults.buffer_growth, |m| m.saturating_mul(1 << 20)),
+    };
     let trust = match &a.ca {
         Some(ca) => Trust::from_ca_file(ca)?,
         None => Trust::PublicRoots,
@@ -216,6 +246,7 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         services: services.clone(),
         direct: direct.clone(),
         prefilter,
+        peer_limits,
         enroll_token: enroll_token(a.enroll_file.as_deref())?,
     })
     .await?;
@@ -269,6 +300,44 @@ async fn wait_for_stop() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// The TCP stack's use and limits, and each client's share of it.
+fn print_tcp(g: &serde_json::Value) {
+    let t = &g["tcp"];
+    if t.is_null() {
+        println!("tcp: no stack yet (no feed)");
+        return;
+    }
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let mib = |v: &serde_json::Value| n(v) >> 20;
+    let l = &t["limits_per_client"];
+    println!(
+        "tcp: sockets {}/{}  connections {}  buffer growth budget {} of {} MiB free  per client: {} connections, {} handshakes, {} MiB growth  refused connections {}  dropped SYNs {}",
+        n(&t["sockets"]),
+        n(&t["max_sockets"]),
+        n(&t["connections"]),
+        mib(&t["buffer_budget_available"]),
+        mib(&t["buffer_budget"]),
+        n(&l["max_connections"]),
+        n(&l["max_pending"]),
+        mib(&l["buffer_growth"]),
+        n(&t["refused_connections"]),
+        n(&t["dropped_syns"]),
+    );
+    for p in g["peers"].as_array().into_iter().flatten() {
+        let c = &p["tcp"];
+        if n(&c["connections"]) > 0 {
+            println!(
+                "  {} {}: {} connections, {} handshakes, buffers grown by {} KiB",
+                p["admission_id"].as_str().unwrap_or("-"),
+                p["client_address"].as_str().unwrap_or("-"),
+                n(&c["connections"]),
+                n(&c["pending"]),
+                n(&c["buffer_growth"]) >> 10,
+            );
+        }
     }
 }
 
@@ -342,6 +411,7 @@ async fn status(state: &Path, json: bool) -> anyhow::Result<()> {
     }
     println!("datagrams received: {}", text(&r["gateway"]["datagrams"]));
     println!("drops: {}", r["gateway"]["drops"]);
+    print_tcp(&r["gateway"]);
     match &r["prefilter"] {
         serde_json::Value::Null => println!("pre-filter: off (user-space filter only)"),
         f => println!(
