@@ -356,3 +356,27 @@ fn one_peer_cannot_take_the_whole_buffer_budget() {
     );
     assert!(available >= (1 << 20) - (256 << 10));
 }
+
+#[test]
+fn handshakes_finished_earlier_in_a_batch_do_not_count_against_a_syn() {
+    let mut cfg = config(SERVER_IP);
+    cfg.max_pending_per_peer = 2;
+    let mut net = Net::new(cfg);
+    let first: Vec<ConnId> = (0..2).map(|_| net.a.connect(service()).unwrap()).collect();
+    let mut second: Vec<ConnId> = Vec::new();
+    let mut accepted = Vec::new();
+    net.run(|n| {
+        let established =
+            |s: &Stack, ids: &[ConnId]| ids.iter().all(|c| state(s, *c) == State::Established);
+        // The client's ACKs for the first two handshakes and the SYNs of
+        // the next two leave together and arrive in one batch.
+        if second.is_empty() && established(&n.a, &first) {
+            second = (0..2).map(|_| n.a.connect(service()).unwrap()).collect();
+        }
+        let k = accept_all(&mut n.server, &mut accepted);
+        let done = second.len() == 2 && established(&n.a, &second) && accepted.len() == 4;
+        (k, done)
+    });
+    assert_eq!(net.server.stats().syn_over_pending_limit, 0);
+    assert_eq!(net.server.peer_usage(PEER_A).connections, 4);
+}
