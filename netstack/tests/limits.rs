@@ -78,28 +78,18 @@ impl Net {
 
     /// Steps until `app` says done; sleeps only for the stacks' timers.
     fn run(&mut self, mut app: impl FnMut(&mut Net) -> (usize, bool)) {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            assert!(Instant::now() < deadline, "did not finish in {LIMIT:?}");
-            let (moved, progress, done) = self.step(&mut app);
-            if done {
-                return;
-            }
-            if moved || progress > 0 {
-                continue;
-            }
-            let now = Instant::now();
-            let d = [
-                self.server.poll_delay(now),
-                self.a.poll_delay(now),
-                self.b.poll_delay(now),
-            ]
-            .into_iter()
-            .flatten()
-            .min()
-            .expect("nothing can happen any more");
-            std::thread::sleep(d.min(Duration::from_millis(50)));
-        }
+        drive(
+            self,
+            LIMIT,
+            |n| n.step(&mut app),
+            |n, now| {
+                [
+                    n.server.poll_delay(now),
+                    n.a.poll_delay(now),
+                    n.b.poll_delay(now),
+                ]
+            },
+        );
     }
 
     fn settle(&mut self) {
