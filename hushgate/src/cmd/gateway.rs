@@ -486,3 +486,23 @@ fn filter(cmd: FilterCmd) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_per_client_limits_in_deploy_gateway_toml_are_the_defaults() {
+        let text = include_str!("../../../deploy/gateway.toml")
+            .replace("# max_", "max_")
+            .replace("# buffer_growth", "buffer_growth");
+        let a: RunArgs = toml::from_str(&text).unwrap();
+        let d = PeerLimits::default();
+        assert_eq!(a.max_connections_per_client, Some(d.max_connections));
+        assert_eq!(a.max_pending_per_client, Some(d.max_pending));
+        assert_eq!(
+            a.buffer_growth_per_client_mib.map(|m| m << 20),
+            Some(d.buffer_growth)
+        );
+    }
+}
