@@ -1004,6 +1004,9 @@ impl Stack {
     pub fn poll_ingress(&mut self, now: Instant) -> bool {
         let ts = self.ts(now);
         let mut processed = false;
+        // Segments processed since the pools were last looked at: one of
+        // them may have finished (or failed) a handshake.
+        let mut unrefilled = false;
         while let Some(front) = self.dev.rx.front() {
             let mut syn_pool = None;
             if let Some(m) = parse_tcp(front) {
@@ -1026,11 +1029,14 @@ impl Stack {
                         u.connections >= c.max_connections_per_peer
                             || u.pending >= c.max_pending_per_peer
                     };
-                    if full(&u, &self.cfg) {
+                    if full(&u, &self.cfg) && unrefilled {
                         // Handshakes completed (or failed) by segments
                         // earlier in this batch are counted at the next
-                        // refill; do it now before refusing anything.
+                        // refill; do it now before refusing anything. (At
+                        // most once per other segment: a SYN flood alone
+                        // costs no scans.)
                         self.refill_all();
+                        unrefilled = false;
                         u = self.peers.usage(m.src);
                     }
                     if u.connections >= self.cfg.max_connections_per_peer {
@@ -1054,6 +1060,8 @@ impl Stack {
                 // Refill at once, not after the batch: a burst of SYNs
                 // larger than the pool would otherwise be reset.
                 self.refill(i);
+            } else {
+                unrefilled = true;
             }
         }
         if processed {
