@@ -21,10 +21,12 @@ bench-control:
 control:
     cargo run --release -p hushgate -- control --listen 127.0.0.1:8443 --state state/control
 
-# Side by side (issue 6), as root: hushgate vs wireguard-go vs plain TCP on
-# the netns topology (throughput, tunnel and direct time to access, floods
-# with and without the gateway's kernel pre-filter; about 11 minutes);
-# writes its section of docs/benchmarks.md. Knobs: see bench/run.sh.
+# Side by side, as root: hushgate vs wireguard-go vs plain TCP on the netns
+# topology: issue 6 (throughput, tunnel and direct time to access, floods
+# with and without the gateway's kernel pre-filter; about 11 minutes) and
+# issue 12 (round trips x losses x paths, a bottleneck, 50 players, through
+# the user-space Internet emulator; about 2.5 hours); writes its sections
+# of docs/benchmarks.md. Knobs (SKIP, INET_*, ...): see bench/run.sh.
 bench:
-    cargo build --release -p hushgate --bin hushgate --example flood --example access_time
+    cargo build --release -p hushgate --bin hushgate --example flood --example access_time -p hushgate-netem
     HUSHGATE_BIN="${CARGO_TARGET_DIR:-target}/release/hushgate" bench/run.sh

@@ -21,7 +21,7 @@ command -v cc >/dev/null || die "a C compiler is missing (Debian: apt-get instal
 declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
-  [python3]=python3 [sysctl]=procps
+  [python3]=python3 [sysctl]=procps [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
 )
 missing=()
 for cmd in "${!PKG[@]}"; do
@@ -50,7 +50,7 @@ say "unit and integration tests (cargo test)"
 cargo test --workspace --locked -- --test-threads=1
 
 say "netns harness (tests/netns/run.sh)"
-cargo build -p hushgate --locked
+cargo build -p hushgate -p hushgate-netem --locked
 tests/netns/run.sh
 
 echo

@@ -33,9 +33,6 @@ fn main() {
             c.tcp_rx_buffer = b << 20;
             c.tcp_tx_buffer = b << 20;
         }
-        if std::env::var_os("HG_NO_PACING").is_some() {
-            c.pacing = false;
-        }
         if let Some(a) = ack_every {
             c.ack_every = u8::try_from(a).expect("ack_every fits in a u8");
         }
