@@ -134,3 +134,51 @@ impl TcpStats {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_that_would_make_the_share_meaningless_are_refused() {
+        let cfg = StackConfig::new([100, 64, 0, 1].into());
+        let ok = PeerLimits::default();
+        assert_eq!(ok.check(&cfg), Ok(()));
+        let bad = [
+            PeerLimits {
+                max_connections: 0,
+                ..ok
+            },
+            PeerLimits {
+                max_pending: 0,
+                ..ok
+            },
+            PeerLimits {
+                max_connections: cfg.max_sockets + 1,
+                ..ok
+            },
+            PeerLimits {
+                buffer_growth: cfg.tcp_buffer_budget + 1,
+                ..ok
+            },
+        ];
+        for l in bad {
+            assert!(l.check(&cfg).is_err(), "{l:?}");
+        }
+        let mut applied = StackConfig::new([100, 64, 0, 1].into());
+        PeerLimits {
+            max_connections: 3,
+            max_pending: 2,
+            buffer_growth: 1,
+        }
+        .apply(&mut applied);
+        assert_eq!(
+            (
+                applied.max_connections_per_peer,
+                applied.max_pending_per_peer,
+                applied.tcp_buffer_budget_per_peer
+            ),
+            (3, 2, 1)
+        );
+    }
+}
