@@ -303,17 +303,17 @@ async fn wait_for_stop() {
     }
 }
 
-/// The TCP stack's use and limits, and each client's share of it.
-fn print_tcp(g: &serde_json::Value) {
+/// The TCP stack's use and limits, and each client's share of it, as
+/// `hushgate gateway status` prints them (from the status JSON's `gateway`).
+fn tcp_lines(g: &serde_json::Value) -> Vec<String> {
     let t = &g["tcp"];
     if t.is_null() {
-        println!("tcp: no stack yet (no feed)");
-        return;
+        return vec!["tcp: no stack yet (no feed)".into()];
     }
     let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
     let mib = |v: &serde_json::Value| n(v) >> 20;
     let l = &t["limits_per_client"];
-    println!(
+    let mut lines = vec![format!(
         "tcp: sockets {}/{}  connections {}  buffer growth budget {} of {} MiB free  per client: {} connections, {} handshakes, {} MiB growth  refused connections {}  dropped SYNs {}",
         n(&t["sockets"]),
         n(&t["max_sockets"]),
@@ -325,20 +325,21 @@ fn print_tcp(g: &serde_json::Value) {
         mib(&l["buffer_growth"]),
         n(&t["refused_connections"]),
         n(&t["dropped_syns"]),
-    );
+    )];
     for p in g["peers"].as_array().into_iter().flatten() {
         let c = &p["tcp"];
         if n(&c["connections"]) > 0 {
-            println!(
+            lines.push(format!(
                 "  {} {}: {} connections, {} handshakes, buffers grown by {} KiB",
                 p["admission_id"].as_str().unwrap_or("-"),
                 p["client_address"].as_str().unwrap_or("-"),
                 n(&c["connections"]),
                 n(&c["pending"]),
                 n(&c["buffer_growth"]) >> 10,
-            );
+            ));
         }
     }
+    lines
 }
 
 async fn status(state: &Path, json: bool) -> anyhow::Result<()> {
@@ -411,7 +412,9 @@ async fn status(state: &Path, json: bool) -> anyhow::Result<()> {
     }
     println!("datagrams received: {}", text(&r["gateway"]["datagrams"]));
     println!("drops: {}", r["gateway"]["drops"]);
-    print_tcp(&r["gateway"]);
+    for line in tcp_lines(&r["gateway"]) {
+        println!("{line}");
+    }
     match &r["prefilter"] {
         serde_json::Value::Null => println!("pre-filter: off (user-space filter only)"),
         f => println!(
@@ -490,6 +493,35 @@ fn filter(cmd: FilterCmd) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_the_tcp_stack_and_each_client_holding_connections() {
+        let g = serde_json::json!({
+            "tcp": {
+                "sockets": 30, "max_sockets": 1024, "connections": 20,
+                "buffer_budget": 256 << 20, "buffer_budget_available": 200 << 20,
+                "limits_per_client": {"max_connections": 128, "max_pending": 16, "buffer_growth": 64 << 20},
+                "refused_connections": 12, "dropped_syns": 196
+            },
+            "peers": [
+                {"admission_id": "adm_a", "client_address": "100.64.0.2",
+                 "tcp": {"connections": 20, "pending": 4, "buffer_growth": 2 << 20}},
+                {"admission_id": "adm_b", "client_address": "100.64.0.3",
+                 "tcp": {"connections": 0, "pending": 0, "buffer_growth": 0}}
+            ]
+        });
+        assert_eq!(
+            tcp_lines(&g),
+            [
+                "tcp: sockets 30/1024  connections 20  buffer growth budget 200 of 256 MiB free  per client: 128 connections, 16 handshakes, 64 MiB growth  refused connections 12  dropped SYNs 196",
+                "  adm_a 100.64.0.2: 20 connections, 4 handshakes, buffers grown by 2048 KiB",
+            ]
+        );
+        assert_eq!(
+            tcp_lines(&serde_json::json!({"tcp": null})),
+            ["tcp: no stack yet (no feed)"]
+        );
+    }
 
     #[test]
     fn the_per_client_limits_in_deploy_gateway_toml_are_the_defaults() {
