@@ -25,15 +25,14 @@
 //! and credential in the state folder ([`identity`]), enrolls or reports
 //! to the control plane, follows the feed (apply on the data path, then
 //! acknowledge; [`feed`] keeps the desired set current from diffs), and
-//! answers `hushgate gateway status` on a Unix socket.
+//! answers `hushgate gateway status` on a Unix socket. One admitted client
+//! cannot exhaust the TCP stack: [`limits`] gives each a share of its
+//! sockets, handshake slots and buffer budget.
 //!
 //! In front of all of it, in the kernel, [`filter`] keeps an nftables
 //! table that drops datagrams from sources without a live admission
 //! before they wake the process, and [`direct`] serves direct
 //! (firewall-only) admissions: a TCP port opened to admitted sources only.
-//!
-//! One admitted client cannot exhaust the TCP stack: [`limits`] gives each
-//! a share of its sockets, handshake slots and buffer budget.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -47,6 +46,8 @@ pub mod inner;
 pub mod limits;
 mod runtime;
 
+pub use limits::{PeerLimits, PeerTcp, TcpStats};
+
 pub use admission::{
     Admission, AdmissionError, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause,
     SourceStatus,
@@ -56,5 +57,4 @@ pub use dispatch::{
     PeerCounters, PeerEvent, PeerStats, Verdict,
 };
 pub use filter::PrefilterMode;
-pub use limits::{PeerLimits, PeerTcp, TcpStats};
 pub use runtime::{Gateway, GatewayConfig, GatewayError, ServiceSpec, StatusReport};

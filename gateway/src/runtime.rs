@@ -81,10 +81,10 @@ pub struct GatewayConfig {
     /// Direct (firewall-only) services: `NAME=PUBLIC_PORT:UPSTREAM`, the
     /// TCP port opened to direct admissions' sources. Needs the pre-filter.
     pub direct: Vec<ServiceSpec>,
-    /// Whether to keep the kernel pre-filter (nftables).
-    pub prefilter: PrefilterMode,
     /// What each client may hold in the user-space TCP stack.
     pub peer_limits: crate::limits::PeerLimits,
+    /// Whether to keep the kernel pre-filter (nftables).
+    pub prefilter: PrefilterMode,
     /// Needed on the first start only.
     pub enroll_token: Option<String>,
 }

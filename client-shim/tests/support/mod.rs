@@ -515,8 +515,8 @@ impl World {
                 upstream: upstream.addr,
             }],
             direct: vec![],
-            prefilter: gateway::PrefilterMode::Off,
             peer_limits: Default::default(),
+            prefilter: gateway::PrefilterMode::Off,
             enroll_token: Some(server.enrollment_token),
         })
         .await

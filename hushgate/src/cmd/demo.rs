@@ -143,8 +143,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             upstream: media.addr,
         }],
         direct: vec![],
-        prefilter: gateway::PrefilterMode::Off,
         peer_limits: Default::default(),
+        prefilter: gateway::PrefilterMode::Off,
         enroll_token: Some(server.enrollment_token),
     })
     .await?;

@@ -1,6 +1,6 @@
 use anyhow::{bail, Context};
 use control_client::Trust;
-use gateway::{Gateway, GatewayConfig, PeerLimits, PrefilterMode, ServiceSpec};
+use gateway::{Gateway, GatewayConfig, PrefilterMode, ServiceSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -223,8 +223,8 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         .unwrap_or("auto")
         .parse()
         .map_err(anyhow::Error::msg)?;
-    let defaults = PeerLimits::default();
-    let peer_limits = PeerLimits {
+    let defaults = gateway::PeerLimits::default();
+    let peer_limits = gateway::PeerLimits {
         max_connections: a
             .max_connections_per_client
             .unwrap_or(defaults.max_connections),
@@ -245,8 +245,8 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         public_endpoint: a.public_endpoint,
         services: services.clone(),
         direct: direct.clone(),
-        prefilter,
         peer_limits,
+        prefilter,
         enroll_token: enroll_token(a.enroll_file.as_deref())?,
     })
     .await?;
@@ -491,7 +491,7 @@ fn filter(cmd: FilterCmd) -> anyhow::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+mod tcp_limits_tests {
     use super::*;
 
     #[test]
@@ -529,7 +529,7 @@ mod tests {
             .replace("# max_", "max_")
             .replace("# buffer_growth", "buffer_growth");
         let a: RunArgs = toml::from_str(&text).unwrap();
-        let d = PeerLimits::default();
+        let d = gateway::PeerLimits::default();
         assert_eq!(a.max_connections_per_client, Some(d.max_connections));
         assert_eq!(a.max_pending_per_client, Some(d.max_pending));
         assert_eq!(
