@@ -491,6 +491,9 @@ pub struct GatewayStats {
     /// anyone (with the kernel pre-filter, only admitted sources' reach it).
     pub datagrams: u64,
     pub drops: DropCounters,
+    /// The user-space TCP stack (filled in by the data path once the feed
+    /// has named the service address).
+    pub tcp: Option<crate::limits::TcpStats>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -513,6 +516,9 @@ pub struct PeerStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub last_handshake_secs_ago: Option<u64>,
+    /// What it holds in the user-space TCP stack (filled in by the data
+    /// path).
+    pub tcp: crate::limits::PeerTcp,
 }
 
 /// Tunnel state of one admitted peer.
@@ -844,6 +850,7 @@ impl Dispatcher {
                     last_handshake_secs_ago: counters
                         .last_handshake
                         .map(|t| now.saturating_duration_since(t).as_secs()),
+                    tcp: Default::default(),
                 }
             })
             .collect();
@@ -853,6 +860,7 @@ impl Dispatcher {
             peers,
             datagrams: self.datagrams,
             drops: self.drops,
+            tcp: None,
         }
     }
 

@@ -25,7 +25,9 @@
 //! and credential in the state folder ([`identity`]), enrolls or reports
 //! to the control plane, follows the feed (apply on the data path, then
 //! acknowledge; [`feed`] keeps the desired set current from diffs), and
-//! answers `hushgate gateway status` on a Unix socket.
+//! answers `hushgate gateway status` on a Unix socket. One admitted client
+//! cannot exhaust the TCP stack: [`limits`] gives each a share of its
+//! sockets, handshake slots and buffer budget.
 //!
 //! In front of all of it, in the kernel, [`filter`] keeps an nftables
 //! table that drops datagrams from sources without a live admission
@@ -44,7 +46,10 @@ pub mod filter;
 pub mod health;
 pub mod identity;
 pub mod inner;
+pub mod limits;
 mod runtime;
+
+pub use limits::{PeerLimits, PeerTcp, TcpStats};
 
 pub use admission::{
     Admission, AdmissionError, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause,

@@ -8,8 +8,12 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+use smoltcp::wire::{
+    IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl,
+    TcpPacket, TcpRepr,
+};
 
 /// Two bounded packet queues plus free lists of spare buffers.
 #[derive(Debug)]
@@ -60,6 +64,26 @@ impl QueueDevice {
         if let Some(buf) = self.rx.pop_front() {
             recycle(&mut self.rx_free, buf, self.limit);
         }
+    }
+
+    /// Answers the SYN at the front of the rx queue with a reset, as a
+    /// port that takes no more connections would, and discards the SYN.
+    /// Like the replies smoltcp makes while receiving, the reset may take
+    /// the tx queue one past `limit`.
+    pub(crate) fn refuse_front_rx(&mut self) {
+        let Some(syn) = self.rx.pop_front() else {
+            return;
+        };
+        let mut buf = self
+            .tx_free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.mtu));
+        if rst_for(&syn, &mut buf) {
+            self.tx.push_back(buf);
+        } else {
+            recycle(&mut self.tx_free, buf, self.limit);
+        }
+        recycle(&mut self.rx_free, syn, self.limit);
     }
 
     pub(crate) fn pop_tx(&mut self) -> Option<Vec<u8>> {
@@ -235,6 +259,74 @@ pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
     })
 }
 
+/// Writes into `out` the reset that answers the segment `pkt` (a SYN in
+/// practice): RST|ACK acknowledging what it carried, sequence number zero,
+/// from the address and port it was sent to. False if `pkt` is not a valid
+/// TCP segment.
+fn rst_for(pkt: &[u8], out: &mut Vec<u8>) -> bool {
+    let caps = ChecksumCapabilities::default();
+    let (src, dst, l4) = match pkt.first().map(|b| b >> 4) {
+        Some(4) => {
+            let Ok(p) = Ipv4Packet::new_checked(pkt) else {
+                return false;
+            };
+            let Ok(ip) = Ipv4Repr::parse(&p, &caps) else {
+                return false;
+            };
+            (
+                IpAddress::Ipv4(ip.src_addr),
+                IpAddress::Ipv4(ip.dst_addr),
+                p.payload(),
+            )
+        }
+        Some(6) => {
+            let Ok(p) = Ipv6Packet::new_checked(pkt) else {
+                return false;
+            };
+            let Ok(ip) = Ipv6Repr::parse(&p) else {
+                return false;
+            };
+            (
+                IpAddress::Ipv6(ip.src_addr),
+                IpAddress::Ipv6(ip.dst_addr),
+                p.payload(),
+            )
+        }
+        _ => return false,
+    };
+    let Ok(seg) = TcpPacket::new_checked(l4) else {
+        return false;
+    };
+    let Ok(seg) = TcpRepr::parse(&seg, &src, &dst, &caps) else {
+        return false;
+    };
+    let rst = TcpRepr {
+        src_port: seg.dst_port,
+        dst_port: seg.src_port,
+        control: TcpControl::Rst,
+        seq_number: seg.ack_number.unwrap_or_default(),
+        ack_number: Some(seg.seq_number + seg.segment_len()),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = IpRepr::new(dst, src, IpProtocol::Tcp, rst.buffer_len(), 64);
+    out.clear();
+    out.resize(ip.buffer_len(), 0);
+    ip.emit(&mut out[..ip.header_len()], &caps);
+    rst.emit(
+        &mut TcpPacket::new_unchecked(&mut out[ip.header_len()..]),
+        &dst,
+        &src,
+        &caps,
+    );
+    true
+}
+
 /// A set of TCP ports as a 64 Kibit bitmap: constant-time membership on
 /// every inbound packet, no hashing.
 #[derive(Clone)]
@@ -302,6 +394,32 @@ mod tests {
         assert!(parse_tcp(&ipv4_tcp(0, 80)[..30]).is_none());
         assert!(parse_tcp(&[]).is_none());
         assert!(parse_tcp(&[0x75; 60]).is_none());
+    }
+
+    #[test]
+    fn a_refused_syn_gets_a_reset_from_the_port_it_was_sent_to() {
+        let mut syn = ipv4_tcp(TCP_FLAG_SYN, 32400);
+        syn[24..28].copy_from_slice(&1000u32.to_be_bytes()); // sequence number
+        let caps = ChecksumCapabilities::default();
+        let (s, d) = (IpAddress::v4(100, 64, 0, 2), IpAddress::v4(100, 64, 0, 1));
+        // Valid checksums, as a real peer sends them.
+        Ipv4Packet::new_unchecked(&mut syn[..]).fill_checksum();
+        TcpPacket::new_unchecked(&mut syn[20..]).fill_checksum(&s, &d);
+        let mut dev = QueueDevice::new(1420, 8);
+        assert!(dev.push_rx(&syn));
+        dev.refuse_front_rx();
+        assert!(dev.rx.is_empty());
+        let rst = dev.pop_tx().expect("a reset");
+        let ip = Ipv4Repr::parse(&Ipv4Packet::new_checked(&rst[..]).unwrap(), &caps).unwrap();
+        assert_eq!(
+            (IpAddress::Ipv4(ip.src_addr), IpAddress::Ipv4(ip.dst_addr)),
+            (d, s)
+        );
+        let t =
+            TcpRepr::parse(&TcpPacket::new_checked(&rst[20..]).unwrap(), &d, &s, &caps).unwrap();
+        assert_eq!(t.control, TcpControl::Rst);
+        assert_eq!((t.src_port, t.dst_port), (32400, 50000));
+        assert_eq!(t.ack_number, Some(smoltcp::wire::TcpSeqNumber(1001)));
     }
 
     #[test]

@@ -25,6 +25,13 @@
 //!   connection needs them, within a per-connection maximum and a budget
 //!   shared by the stack. Nagle is off. Packets that are not TCP to a port
 //!   of ours are dropped without a reply.
+//!
+//!   Each peer address gets a share of the stack: at most
+//!   `max_connections_per_peer` sockets (a SYN beyond gets an RST),
+//!   `max_pending_per_peer` handshakes (a SYN beyond is dropped) and
+//!   `tcp_buffer_budget_per_peer` of the buffer budget, so one tunnel
+//!   client cannot hold every socket or all the memory
+//!   ([`Stack::peer_usage`] shows what each holds).
 //! - [`Splice`] joins each connection to a `mio::net::TcpStream` and moves
 //!   bytes both ways directly between smoltcp's rings and the kernel, with
 //!   backpressure both ways, FIN propagation, and reset propagation. Its
@@ -76,5 +83,5 @@ pub mod udp;
 /// The smoltcp version this crate is built on, for `Stack::socket` users.
 pub use smoltcp;
 pub use splice::{PumpStats, Splice};
-pub use stack::{Congestion, ConnId, Error, Stack, StackConfig, StackStats};
+pub use stack::{Congestion, ConnId, Error, PeerUsage, Stack, StackConfig, StackStats};
 pub use udp::{UdpIo, UdpStats};

@@ -74,6 +74,24 @@ pub struct StackConfig {
     /// `max_sockets` x 512 KiB (the initial sizes; pages are touched only
     /// as data flows through them) plus this. Default 256 MiB.
     pub tcp_buffer_budget: usize,
+    /// Growth one peer address's connections may take together, out of
+    /// `tcp_buffer_budget`, so one client cannot take all of it (see
+    /// [`Stack::peer_usage`]). Default 64 MiB: two streams at the full
+    /// 32 MiB each, a quarter of the stack's budget.
+    pub tcp_buffer_budget_per_peer: usize,
+    /// Connections one peer address may hold at once, counting every
+    /// state the stack keeps a socket for: handshakes in progress, open
+    /// connections, and released ones still closing. A SYN beyond it is
+    /// answered with RST, the way a port that takes no more connections
+    /// answers, so the peer's connect fails at once instead of hanging
+    /// through SYN retransmissions. Connections this stack opens itself
+    /// ([`Stack::connect`]) are not counted. Default 128.
+    pub max_connections_per_peer: usize,
+    /// Handshakes one peer address may have in progress (SYN received,
+    /// final ACK not yet). A SYN beyond it is dropped without a reply, like
+    /// a server whose SYN queue is full: the peer sends it again a second
+    /// later, when its earlier handshakes have finished. Default 16.
+    pub max_pending_per_peer: usize,
     /// Idle listening sockets kept per listened port (a smoltcp listener
     /// accepts exactly one connection). Default 8.
     pub listener_pool: usize,
@@ -140,6 +158,9 @@ impl StackConfig {
             tcp_rx_buffer_max: 32 << 20,
             tcp_tx_buffer_max: 32 << 20,
             tcp_buffer_budget: 256 << 20,
+            tcp_buffer_budget_per_peer: 64 << 20,
+            max_connections_per_peer: 128,
+            max_pending_per_peer: 16,
             listener_pool: 8,
             max_sockets: 1024,
             ack_every: 16,
@@ -217,6 +238,98 @@ pub struct StackStats {
     pub rx_dup_syn: u64,
     /// Packets handed to the caller.
     pub tx_packets: u64,
+    /// SYNs answered with RST because their peer held
+    /// `max_connections_per_peer` connections.
+    pub syn_over_connection_limit: u64,
+    /// SYNs dropped because their peer had `max_pending_per_peer`
+    /// handshakes in progress.
+    pub syn_over_pending_limit: u64,
+}
+
+/// What one peer address holds in a [`Stack`] ([`Stack::peer_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerUsage {
+    /// Sockets held for the peer: handshakes, open connections and
+    /// released ones still closing (the count `max_connections_per_peer`
+    /// bounds).
+    pub connections: usize,
+    /// Handshakes in progress (bounded by `max_pending_per_peer`).
+    pub pending: usize,
+    /// Bytes its connections' buffers have grown by beyond their initial
+    /// sizes (bounded by `tcp_buffer_budget_per_peer`).
+    pub buffer_growth: usize,
+}
+
+/// Accepted connections per peer address, so that one peer cannot take
+/// every socket, every handshake slot or the whole buffer budget. Touched
+/// only by SYNs and by sockets changing hands, never by other packets.
+#[derive(Debug, Default)]
+struct Peers {
+    map: HashMap<IpAddr, PeerUse>,
+}
+
+#[derive(Debug)]
+struct PeerUse {
+    held: usize,
+    pending: usize,
+    /// The peer's share of the stack's budget; its sockets draw on it.
+    budget: tcp::BufferBudget,
+    share: usize,
+}
+
+impl Peers {
+    fn usage(&self, peer: IpAddr) -> PeerUsage {
+        self.map
+            .get(&peer)
+            .map_or(PeerUsage::default(), |u| PeerUsage {
+                connections: u.held,
+                pending: u.pending,
+                buffer_growth: u.share.saturating_sub(u.budget.available()),
+            })
+    }
+
+    /// A handshake from `peer` began: one more socket and handshake held.
+    /// Returns the budget its socket's growth must draw on.
+    fn begin(
+        &mut self,
+        peer: IpAddr,
+        whole: &tcp::BufferBudget,
+        share: usize,
+    ) -> tcp::BufferBudget {
+        let u = self.map.entry(peer).or_insert_with(|| PeerUse {
+            held: 0,
+            pending: 0,
+            budget: whole.share(share),
+            share,
+        });
+        u.held += 1;
+        u.pending += 1;
+        u.budget.clone()
+    }
+
+    /// A handshake of `peer` ended, with a connection (or a socket still
+    /// closing) that stays held, or not.
+    fn end_handshake(&mut self, peer: Option<IpAddr>, still_held: bool) {
+        if let Some(u) = peer.and_then(|p| self.map.get_mut(&p)) {
+            u.pending -= 1;
+        }
+        if !still_held {
+            self.release(peer);
+        }
+    }
+
+    /// A socket of `peer` was freed.
+    fn release(&mut self, peer: Option<IpAddr>) {
+        let Some(p) = peer else {
+            return;
+        };
+        if let Some(u) = self.map.get_mut(&p) {
+            u.held -= 1;
+            if u.held == 0 {
+                self.map.remove(&p);
+            }
+        }
+    }
 }
 
 /// Listening sockets for one port.
@@ -226,7 +339,14 @@ struct Pool {
     /// Sockets in LISTEN.
     idle: Vec<SocketHandle>,
     /// Sockets that got a SYN and are in the middle of the handshake.
-    embryonic: Vec<SocketHandle>,
+    embryonic: Vec<Embryo>,
+}
+
+/// A listener that received a SYN, and from which peer.
+#[derive(Debug, Clone, Copy)]
+struct Embryo {
+    handle: SocketHandle,
+    peer: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -234,6 +354,8 @@ struct Conn {
     handle: SocketHandle,
     /// The local port to give back when this was an outbound connection.
     out_port: Option<u16>,
+    /// The peer it is counted against (accepted connections only).
+    peer: Option<IpAddr>,
 }
 
 /// A released socket finishing its close handshake in the background.
@@ -241,6 +363,7 @@ struct Conn {
 struct Lingering {
     handle: SocketHandle,
     out_port: Option<u16>,
+    peer: Option<IpAddr>,
     deadline: Instant,
 }
 
@@ -262,6 +385,13 @@ const EPHEMERAL_FIRST: u16 = 49152;
 /// the stack behaves like ordinary TCP: a stray segment for a closed
 /// connection, or a SYN beyond `max_sockets`, gets an RST. That is
 /// acceptable because only admitted peers reach the stack at all.
+///
+/// Per-peer limits: the peer address of an accepted connection is counted
+/// against `max_connections_per_peer` (a SYN beyond it gets an RST),
+/// `max_pending_per_peer` (a SYN beyond it is dropped) and
+/// `tcp_buffer_budget_per_peer` (its buffers stop growing), so one client
+/// cannot hold every socket or the whole budget. The checks cost a hash
+/// lookup per SYN and nothing for other segments.
 pub struct Stack {
     iface: Interface,
     sockets: SocketSet<'static>,
@@ -281,6 +411,7 @@ pub struct Stack {
     socket_count: usize,
     /// What the buffer growth of all sockets may take together.
     budget: tcp::BufferBudget,
+    peers: Peers,
     next_id: u64,
     next_port: u16,
     stats: StackStats,
@@ -368,6 +499,7 @@ impl Stack {
             lingering: Vec::new(),
             socket_count: 0,
             budget: tcp::BufferBudget::new(cfg.tcp_buffer_budget),
+            peers: Peers::default(),
             next_id: 1,
             next_port: EPHEMERAL_FIRST,
             stats: StackStats::default(),
@@ -383,6 +515,22 @@ impl Stack {
     /// Packet counters.
     pub fn stats(&self) -> StackStats {
         self.stats
+    }
+
+    /// What `peer` holds now: sockets, handshakes, buffer growth.
+    pub fn peer_usage(&self, peer: IpAddr) -> PeerUsage {
+        self.peers.usage(peer)
+    }
+
+    /// Every peer address holding at least one socket, with its usage.
+    pub fn peers(&self) -> impl Iterator<Item = (IpAddr, PeerUsage)> + '_ {
+        self.peers.map.keys().map(|&p| (p, self.peers.usage(p)))
+    }
+
+    /// Bytes of the stack's buffer budget (`tcp_buffer_budget`) not taken
+    /// by buffer growth.
+    pub fn buffer_budget_available(&self) -> usize {
+        self.budget.available()
     }
 
     fn ts(&mut self, now: Instant) -> smoltcp::time::Instant {
@@ -429,11 +577,13 @@ impl Stack {
             self.socket_count -= 1;
         }
         let deadline = self.now + self.cfg.linger;
-        for h in pool.embryonic {
-            self.sockets.get_mut::<tcp::Socket>(h).abort();
+        for e in pool.embryonic {
+            self.sockets.get_mut::<tcp::Socket>(e.handle).abort();
+            self.peers.end_handshake(e.peer, true);
             self.lingering.push(Lingering {
-                handle: h,
+                handle: e.handle,
                 out_port: None,
+                peer: e.peer,
                 deadline,
             });
         }
@@ -473,30 +623,41 @@ impl Stack {
             socket_count,
             now,
             budget,
+            peers,
             ..
         } = self;
         let pool = &mut pools[i];
-        // Listeners that received a SYN are no longer available.
+        // Listeners that received a SYN are no longer available; they now
+        // count against their peer, and grow from its share of the budget.
         let mut k = 0;
         while k < pool.idle.len() {
-            if sockets.get::<tcp::Socket>(pool.idle[k]).state() == tcp::State::Listen {
+            let s = sockets.get_mut::<tcp::Socket>(pool.idle[k]);
+            if s.state() == tcp::State::Listen {
                 k += 1;
             } else {
-                let h = pool.idle.swap_remove(k);
-                pool.embryonic.push(h);
+                let handle = pool.idle.swap_remove(k);
+                let peer = s.remote_endpoint().map(|e| IpAddr::from(e.addr));
+                if let Some(p) = peer {
+                    let share = peers.begin(p, budget, cfg.tcp_buffer_budget_per_peer);
+                    // A listener has not grown, so this cannot fail.
+                    s.set_buffer_budget(Some(share));
+                }
+                pool.embryonic.push(Embryo { handle, peer });
             }
         }
         // Handshakes that finished (or failed).
         let mut k = 0;
         while k < pool.embryonic.len() {
-            let h = pool.embryonic[k];
-            let s = sockets.get::<tcp::Socket>(h);
+            let Embryo { handle: h, peer } = pool.embryonic[k];
+            let s = sockets.get_mut::<tcp::Socket>(h);
             match s.state() {
                 tcp::State::SynReceived => k += 1,
                 // An RST during the handshake puts smoltcp's socket back in
                 // LISTEN: it is an ordinary idle listener again.
                 tcp::State::Listen => {
                     pool.embryonic.swap_remove(k);
+                    peers.end_handshake(peer, false);
+                    s.set_buffer_budget(Some(budget.clone()));
                     pool.idle.push(h);
                 }
                 tcp::State::Closed => {
@@ -504,11 +665,14 @@ impl Stack {
                     if s.local_endpoint().is_none() {
                         sockets.remove(h);
                         *socket_count -= 1;
+                        peers.end_handshake(peer, false);
                     } else {
                         // An RST is still queued; let egress send it.
+                        peers.end_handshake(peer, true);
                         lingering.push(Lingering {
                             handle: h,
                             out_port: None,
+                            peer,
                             deadline: *now + cfg.linger,
                         });
                     }
@@ -517,6 +681,7 @@ impl Stack {
                 // with the handshake's last ACK): hand it to the owner.
                 _ => {
                     pool.embryonic.swap_remove(k);
+                    peers.end_handshake(peer, true);
                     let id = ConnId(*next_id);
                     *next_id += 1;
                     conns.insert(
@@ -524,6 +689,7 @@ impl Stack {
                         Conn {
                             handle: h,
                             out_port: None,
+                            peer,
                         },
                     );
                     accepted.push_back(id);
@@ -580,6 +746,7 @@ impl Stack {
             Conn {
                 handle,
                 out_port: Some(local_port),
+                peer: None,
             },
         );
         Ok(id)
@@ -676,19 +843,21 @@ impl Stack {
         let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
         s.close();
         if s.state() == tcp::State::Closed && s.local_endpoint().is_none() {
-            self.free_socket(c.handle, c.out_port);
+            self.free_socket(c.handle, c.out_port, c.peer);
         } else {
             self.lingering.push(Lingering {
                 handle: c.handle,
                 out_port: c.out_port,
+                peer: c.peer,
                 deadline: self.now + self.cfg.linger,
             });
         }
     }
 
-    fn free_socket(&mut self, h: SocketHandle, out_port: Option<u16>) {
+    fn free_socket(&mut self, h: SocketHandle, out_port: Option<u16>, peer: Option<IpAddr>) {
         self.sockets.remove(h);
         self.socket_count -= 1;
+        self.peers.release(peer);
         if let Some(p) = out_port {
             self.out_ports.remove(p);
         }
@@ -723,8 +892,8 @@ impl Stack {
             self.release(id);
         }
         for pool in &mut self.pools {
-            for &h in &pool.embryonic {
-                let s = self.sockets.get_mut::<tcp::Socket>(h);
+            for e in &pool.embryonic {
+                let s = self.sockets.get_mut::<tcp::Socket>(e.handle);
                 if is_peer(s) {
                     s.abort();
                 }
@@ -835,6 +1004,9 @@ impl Stack {
     pub fn poll_ingress(&mut self, now: Instant) -> bool {
         let ts = self.ts(now);
         let mut processed = false;
+        // Segments processed since the pools were last looked at: one of
+        // them may have finished (or failed) a handshake.
+        let mut unrefilled = false;
         while let Some(front) = self.dev.rx.front() {
             let mut syn_pool = None;
             if let Some(m) = parse_tcp(front) {
@@ -849,6 +1021,34 @@ impl Stack {
                         self.stats.rx_dup_syn += 1;
                         continue;
                     }
+                    // One peer may not hold every socket nor flood the
+                    // handshake slots (see `max_connections_per_peer`,
+                    // `max_pending_per_peer` for why RST vs. drop).
+                    let mut u = self.peers.usage(m.src);
+                    let full = |u: &PeerUsage, c: &StackConfig| {
+                        u.connections >= c.max_connections_per_peer
+                            || u.pending >= c.max_pending_per_peer
+                    };
+                    if full(&u, &self.cfg) && unrefilled {
+                        // Handshakes completed (or failed) by segments
+                        // earlier in this batch are counted at the next
+                        // refill; do it now before refusing anything. (At
+                        // most once per other segment: a SYN flood alone
+                        // costs no scans.)
+                        self.refill_all();
+                        unrefilled = false;
+                        u = self.peers.usage(m.src);
+                    }
+                    if u.connections >= self.cfg.max_connections_per_peer {
+                        self.dev.refuse_front_rx();
+                        self.stats.syn_over_connection_limit += 1;
+                        continue;
+                    }
+                    if u.pending >= self.cfg.max_pending_per_peer {
+                        self.dev.drop_front_rx();
+                        self.stats.syn_over_pending_limit += 1;
+                        continue;
+                    }
                     syn_pool = self.pools.iter().position(|p| p.port == m.dst_port);
                 }
             }
@@ -860,6 +1060,8 @@ impl Stack {
                 // Refill at once, not after the batch: a burst of SYNs
                 // larger than the pool would otherwise be reset.
                 self.refill(i);
+            } else {
+                unrefilled = true;
             }
         }
         if processed {
@@ -880,7 +1082,7 @@ impl Stack {
         self.pools
             .iter()
             .filter(|p| p.port == m.dst_port)
-            .any(|p| p.embryonic.iter().any(|&h| same(h)))
+            .any(|p| p.embryonic.iter().any(|e| same(e.handle)))
             || self.conns.values().any(|c| same(c.handle))
             || self.lingering.iter().any(|l| same(l.handle))
     }
@@ -929,7 +1131,7 @@ impl Stack {
             };
             if done {
                 let l = self.lingering.swap_remove(k);
-                self.free_socket(l.handle, l.out_port);
+                self.free_socket(l.handle, l.out_port, l.peer);
             } else {
                 k += 1;
             }

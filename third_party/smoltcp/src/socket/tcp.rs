@@ -1057,6 +1057,18 @@ impl<'a> Socket<'a> {
         }
     }
 
+    /// Changes the budget buffer growth draws from (hushgate addition),
+    /// e.g. to a share for the peer once a listener has received its SYN.
+    /// Only before the buffers have grown: returns false, and keeps the
+    /// budget they were paid from, once they have.
+    pub fn set_buffer_budget(&mut self, budget: Option<BufferBudget>) -> bool {
+        if self.budget_taken > 0 {
+            return false;
+        }
+        self.budget = budget;
+        true
+    }
+
     /// Takes `bytes` for buffer growth from the budget, if any.
     fn take_budget(&mut self, bytes: usize) -> bool {
         if let Some(b) = &self.budget
