@@ -26,13 +26,13 @@ fn env(name: &str, default: usize) -> usize {
 async fn main() {
     let requests = env("ACCESS_REQUESTS", 3000);
     let concurrency = env("CONCURRENCY", 64);
-    let dir = tempfile::tempdir().unwrap();
+    let store = Engine::Sqlite.store();
     let settings = control::Settings {
         login_per_minute: 100_000,
         ack_timeout: Duration::from_secs(10),
         ..Default::default()
     };
-    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    let cp = Running::start(&store, "127.0.0.1:0", settings).await;
     let token = seed(&cp.admin, "alice", "den", None).await;
     // One user makes every access request here: lift the per-user limit.
     cp.admin

@@ -92,6 +92,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let defaults = control::Settings::default();
     let cfg = control::Config {
         state_dir: a.state.clone(),
+        database: None,
         tls_cert: a.tls_cert.zip(a.tls_key),
         sans: sans.clone(),
         settings: control::Settings {
