@@ -34,3 +34,9 @@ control:
 bench:
     cargo build --release -p hushgate --bin hushgate --example flood --example access_time
     HUSHGATE_BIN="${CARGO_TARGET_DIR:-target}/release/hushgate" bench/run.sh
+
+# Where the data-path threads spend their time (bench/run.sh PROFILE=1), as
+# root, on the `profiling` build: the release one is stripped of symbols.
+bench-profile:
+    cargo build --profile profiling -p hushgate --bin hushgate --example flood --example access_time
+    HUSHGATE_BIN="${CARGO_TARGET_DIR:-target}/profiling/hushgate" PROFILE=1 bench/run.sh

@@ -62,7 +62,11 @@
 # NO_DOC=1 (do not touch docs/benchmarks.md), KEEP_LOGS=1, PROFILE=1
 # (only profile: `perf record -g` of the gateway's and the shim's data-path
 # threads during one 8 s stream each way through the shim; reports in the
-# log folder, nothing else measured).
+# log folder, nothing else measured). The release binary is stripped, so
+# profile the `profiling` build, which keeps symbols and line tables:
+# cargo build --profile profiling -p hushgate --bin hushgate --example flood
+# --example access_time, then HUSHGATE_BIN=target/profiling/hushgate
+# PROFILE=1 bench/run.sh (or `just bench-profile`).
 set -euo pipefail
 
 # The exact command, with the knobs set by the caller (before defaults).

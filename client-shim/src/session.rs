@@ -398,6 +398,9 @@ impl<C: ControlApi> Supervisor<C> {
                 Timer,
             }
             let wake = tokio::select! {
+                // A stop first: closing also shuts the data path down, and
+                // its end must not be taken for a failure.
+                biased;
                 _ = self.stop.wait_for(|s| *s) => Wake::Stop,
                 ev = self.path.recv() => Wake::Path(ev),
                 _ = tokio::time::sleep_until(wake) => Wake::Timer,
@@ -419,6 +422,12 @@ impl<C: ControlApi> Supervisor<C> {
             if let Some(reason) = step {
                 break reason;
             }
+        };
+        // However the loop ended, a session the app closed ends as closed
+        // (and its admission is revoked), unless it was revoked already.
+        let reason = match reason {
+            EndReason::Failed { .. } if *self.stop.borrow() => EndReason::Closed,
+            r => r,
         };
         self.finish(reason).await;
     }

@@ -631,6 +631,24 @@ async fn close_revokes_and_frees_the_port() {
     assert!(w.control.live_ids().is_empty());
 }
 
+/// Closing shuts the data path down too; its end used to race the stop
+/// in the supervisor, and when it won the session "failed" and kept its
+/// admission. Many closes in a row make the race show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_close_revokes() {
+    for _ in 0..40 {
+        let w = world(3600).await;
+        let id = w.session.info().admission_id;
+        w.session.close().await;
+        let st = w.control.state.lock().unwrap();
+        assert!(
+            st.revoked_by_client.contains(&id),
+            "admission kept at close"
+        );
+        assert!(st.live.is_empty());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_that_never_answers_is_reported_and_its_admission_revoked() {
     let gateway = Arc::new(TestGateway::start(upstream()));

@@ -1390,14 +1390,12 @@ async fn create_server(
         .unwrap_or(store::DEFAULT_MAX_ADMISSIONS_PER_USER);
     check_max_admissions(max)?;
     let token_ttl = enrollment_ttl(&st, req.enrollment_ttl_secs)?;
-    if let BindingPolicy::Prefix(n) = req.binding {
+    if let BindingPolicy::Prefix { v4, v6 } = req.binding {
         // A very short prefix admits most of the Internet: the source
-        // check would mean nothing and admission would be key-only.
-        if !(16..=128).contains(&n) {
-            return Err(AppError::bad_request(
-                "a binding prefix must be between 16 and 128 bits long (e.g. prefix:24 for IPv4 pools, prefix:64 for IPv6)",
-            ));
-        }
+        // check would mean nothing and admission would be key-only. Each
+        // family has its own length and minimum; reading the JSON checked
+        // them already, this keeps any other path from storing one.
+        BindingPolicy::prefix(v4, v6).map_err(|e| AppError::bad_request(e.to_string()))?;
     }
     let name = req.name.clone();
     let issued = st

@@ -188,6 +188,9 @@ pub struct ControlPlane {
     /// Where the admin token was written (only on the start that made it).
     pub admin_token_file: PathBuf,
     pub state_dir: PathBuf,
+    /// Held while this control plane lives: a second one on the same
+    /// folder is refused instead of serving the same database beside it.
+    _lock: statelock::StateLock,
 }
 
 impl ControlPlane {
@@ -200,6 +203,9 @@ impl ControlPlane {
         state::ensure_private_dir(&cfg.state_dir).with_context(|| {
             format!("cannot create the state folder {}", cfg.state_dir.display())
         })?;
+        // One process per state folder, whatever the engine: replicas on
+        // PostgreSQL each have their own folder (a copy of the identity).
+        let lock = statelock::StateLock::acquire(&cfg.state_dir, "a hushgate control plane")?;
         let database = match &cfg.database {
             Some(url) => store::Database::Postgres(Box::new(url.clone())),
             None => store::Database::Sqlite(cfg.state_dir.join("control.sqlite")),
@@ -267,6 +273,7 @@ impl ControlPlane {
             tls,
             admin_token_file,
             state_dir: cfg.state_dir,
+            _lock: lock,
         })
     }
 

@@ -826,10 +826,10 @@ async fn users_cannot_touch_each_others_admissions_and_narrowed_grants_bite(engi
 async fn a_binding_prefix_too_short_to_mean_anything_is_refused(engine: Engine) {
     let store = engine.store();
     let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
-    for bad in ["prefix:0", "prefix:8"] {
-        let body = serde_json::json!({"name": "wide", "binding": bad});
-        let e = cp
-            .admin
+    // The binding as text, as any client may send it.
+    let create = async |name: &str, binding: &str| {
+        let body = serde_json::json!({"name": name, "binding": binding});
+        cp.admin
             .call::<_, CreatedServer>(
                 reqwest::Method::POST,
                 "/v1/admin/servers",
@@ -837,10 +837,31 @@ async fn a_binding_prefix_too_short_to_mean_anything_is_refused(engine: Engine) 
                 Duration::from_secs(5),
             )
             .await
-            .unwrap_err();
+    };
+    // Each family has its own minimum (IPv4 /16, IPv6 /48); one length
+    // between the two is refused as ambiguous rather than guessed.
+    for bad in [
+        "prefix:0",
+        "prefix:8",
+        "prefix:40",
+        "prefix:24,32",
+        "prefix:8,64",
+    ] {
+        let e = create("wide", bad).await.unwrap_err();
         assert_eq!(e.status(), Some(400), "{bad}: {e}");
     }
     assert!(cp.admin.list_servers().await.unwrap().is_empty());
+    // Accepted: both lengths, or the short form, which gives IPv6 a /64
+    // instead of reusing the IPv4 length.
+    for (name, given, stored) in [
+        ("pool", "prefix:24,56", "prefix:24,56"),
+        ("old", "prefix:24", "prefix:24,64"),
+    ] {
+        create(name, given).await.unwrap();
+        let servers = cp.admin.list_servers().await.unwrap();
+        let s = servers.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(s.binding.to_string(), stored);
+    }
     cp.stop().await;
 }
 

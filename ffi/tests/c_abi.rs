@@ -814,6 +814,7 @@ async fn one_handle_is_usable_from_many_threads_at_once() {
         [run, run].concat(),
         "events in order, none lost or doubled"
     );
-    assert!(w.admin.list_admissions().await.unwrap().is_empty());
+    let left = w.admin.list_admissions().await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
     w.stop().await;
 }

@@ -181,13 +181,20 @@ impl Admission {
     /// current state so that indexing and unindexing always agree.
     fn source_key(&self) -> SourceKey {
         match self.pinning {
-            Pinning::NotApplicable => match self.feed.binding {
-                BindingPolicy::Prefix(len) if len < host_bits(self.source) => SourceKey::Prefix {
-                    len,
-                    network: mask(self.source, len),
-                },
-                _ => SourceKey::Exact(self.source),
-            },
+            Pinning::NotApplicable => {
+                // The binding's length for the source's family: an IPv4
+                // client of a `prefix:24,56` server is indexed by its /24,
+                // an IPv6 one by its /56.
+                let len = self.feed.binding.prefix_len(self.source);
+                if len < host_bits(self.source) {
+                    SourceKey::Prefix {
+                        len,
+                        network: mask(self.source, len),
+                    }
+                } else {
+                    SourceKey::Exact(self.source)
+                }
+            }
             Pinning::Open { .. } => SourceKey::Pinning,
             Pinning::Pinned(ip) => SourceKey::Exact(ip),
             Pinning::Closed => SourceKey::None,
@@ -951,8 +958,8 @@ mod tests {
                 1,
                 vec![
                     admission(1, "203.0.113.7", BindingPolicy::Exact),
-                    admission(2, "198.51.100.9", BindingPolicy::Prefix(24)),
-                    admission(3, "2001:db8:1:2::5", BindingPolicy::Prefix(64)),
+                    admission(2, "198.51.100.9", BindingPolicy::prefix(24, 56).unwrap()),
+                    admission(3, "2001:db8:1:2::5", BindingPolicy::prefix(24, 56).unwrap()),
                 ],
             ),
             now,
@@ -974,14 +981,14 @@ mod tests {
             table.source_status(ip("198.51.101.9")),
             SourceStatus::Unknown
         );
-        assert_eq!(
-            table.source_status(ip("2001:db8:1:2::99")),
-            SourceStatus::Bound
-        );
-        assert_eq!(
-            table.source_status(ip("2001:db8:1:3::5")),
-            SourceStatus::Unknown
-        );
+        // `prefix:24,56`: an IPv6 source is bound by its /56, not by the
+        // IPv4 length (an IPv6 /24 would be a whole provider).
+        for inside in ["2001:db8:1:2::99", "2001:db8:1:ff::5"] {
+            assert_eq!(table.source_status(ip(inside)), SourceStatus::Bound);
+        }
+        for outside in ["2001:db8:1:100::5", "2001:db8:ff::1", "2001:dff::1"] {
+            assert_eq!(table.source_status(ip(outside)), SourceStatus::Unknown);
+        }
         assert_eq!(table.by_key(&key(2)).unwrap().id(), "adm_2");
         assert!(table.by_key(&key(9)).is_none());
         assert_eq!(
@@ -1163,7 +1170,7 @@ mod tests {
     fn expiry_removes_and_unindexes() {
         let now = Instant::now();
         let mut table = AdmissionTable::default();
-        let mut short = admission(1, "203.0.113.7", BindingPolicy::Prefix(24));
+        let mut short = admission(1, "203.0.113.7", BindingPolicy::prefix(24, 56).unwrap());
         short.expires_at = datetime!(2026-11-25 20:01 UTC);
         table.apply(
             &state(
@@ -1197,7 +1204,7 @@ mod tests {
                 let binding = if n % 2 == 0 {
                     BindingPolicy::Exact
                 } else {
-                    BindingPolicy::Prefix(24)
+                    BindingPolicy::prefix(24, 56).unwrap()
                 };
                 admission(n, &source, binding)
             })
@@ -1285,7 +1292,7 @@ mod tests {
         renewed.expires_at += time::Duration::minutes(30);
         let mut replaced = admission(3, "203.0.113.7", BindingPolicy::Exact);
         replaced.client_public_key = Some(WgKey(key(999)));
-        let new = admission(60, "198.51.100.9", BindingPolicy::Prefix(24));
+        let new = admission(60, "198.51.100.9", BindingPolicy::prefix(24, 56).unwrap());
         let changed = vec![renewed.clone(), replaced.clone(), new.clone()];
         let removed = vec!["adm_1".to_string()];
         let header = state(2, vec![]);

@@ -10,7 +10,7 @@
 //! anything further from that source.
 //!
 //! Direct mode admits by address alone: every device behind the same NAT
-//! (or in the same prefix, under `prefix:N`) is admitted too. The tunnel
+//! (or in the same prefix, under `prefix:V4,V6`) is admitted too. The tunnel
 //! admits by key and address.
 
 use crate::runtime::ServiceSpec;
@@ -343,4 +343,62 @@ async fn splice(mut client: TcpStream, upstream: SocketAddr, stop: oneshot::Rece
 /// which does not block).
 fn reset_on_close(s: &TcpStream) {
     let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::WgKey;
+    use std::net::Ipv4Addr;
+
+    fn proxy() -> DirectProxy {
+        DirectProxy {
+            shared: Arc::new(Mutex::new(Shared::default())),
+            ports: HashMap::from([("plex".to_string(), 32401)]),
+            tasks: Vec::new(),
+        }
+    }
+
+    fn direct(id: &str, source: &str, binding: &str) -> FeedAdmission {
+        FeedAdmission {
+            id: id.into(),
+            mode: AccessMode::Direct,
+            client_public_key: None::<WgKey>,
+            preshared_key: None,
+            source: source.parse().unwrap(),
+            binding: binding.parse().unwrap(),
+            client_address: None,
+            services: vec!["plex".into()],
+            expires_at: time::macros::datetime!(2026-11-25 21:00 UTC),
+        }
+    }
+
+    #[test]
+    fn each_family_is_opened_to_its_own_prefix_length() {
+        let p = proxy();
+        let now = Instant::now();
+        p.apply(
+            &FeedState {
+                server: "den".into(),
+                version: 1,
+                server_time: time::macros::datetime!(2026-11-25 20:00 UTC),
+                service_address: Ipv4Addr::new(100, 64, 0, 1),
+                admissions: vec![
+                    direct("tv4", "203.0.113.7", "prefix:24,56"),
+                    direct("tv6", "2001:db8:1:2::5", "prefix:24,56"),
+                ],
+            },
+            now,
+        );
+        let sh = lock(&p.shared);
+        let covers = |ip: &str| sh.covers(ip.parse().unwrap(), 32401, now);
+        assert!(covers("203.0.113.200"));
+        assert!(!covers("203.0.114.7"));
+        assert!(covers("2001:db8:1:ff::1"));
+        // Outside the client's /56 but inside the IPv4 length's /24: the
+        // TV's port must not open to a large part of a provider.
+        assert!(!covers("2001:db8:1:100::1"));
+        assert!(!covers("2001:db8:ff::1"));
+        assert!(!sh.covers("2001:db8:1:2::5".parse().unwrap(), 32400, now));
+    }
 }

@@ -14,7 +14,9 @@
 //! Order of checks on a datagram, cheapest and most discriminating first:
 //! source address (one hash lookup, no reply to the unknown), shape, then
 //! for handshake initiations the MAC and load check, the static-key lookup
-//! (the first DH) and the source binding of that key's admission; for
+//! (the first DH) and the source binding of that key's admission (under
+//! load, the same key check, within its own budget, decides whether a
+//! cookie reply is sent at all); for
 //! everything else the receiver index (an array index) and the source
 //! binding of that peer. Decrypted packets then pass the inner checks of
 //! [`crate::inner`].
@@ -45,6 +47,14 @@ pub const MAX_DATAGRAM_LEN: usize = 65_535;
 /// before it asks initiators to prove their address with a cookie first.
 /// At ~218 us per responder handshake this caps handshakes at ~5% of a core.
 pub const DEFAULT_HANDSHAKES_PER_SECOND: u64 = 250;
+
+/// Under load, how many initiations per second may have their claimed
+/// static key decrypted (one X25519, about a quarter of a responder
+/// handshake) to decide whether they deserve a cookie reply. Beyond it an
+/// initiation without a valid cookie gets silence; its sender retries in
+/// 5 s. About as much work as [`DEFAULT_HANDSHAKES_PER_SECOND`] full
+/// handshakes.
+pub const DEFAULT_COOKIE_CHECKS_PER_SECOND: u64 = 4 * DEFAULT_HANDSHAKES_PER_SECOND;
 
 /// How often boringtun's per-session timers (rekey, keepalive, session
 /// expiry) are run. WireGuard's timers are specified in whole seconds; a
@@ -79,6 +89,8 @@ pub struct DispatcherConfig {
     pub pinning_window: Duration,
     /// See [`DEFAULT_HANDSHAKES_PER_SECOND`].
     pub handshakes_per_second: u64,
+    /// See [`DEFAULT_COOKIE_CHECKS_PER_SECOND`].
+    pub cookie_checks_per_second: u64,
     /// See [`DEFAULT_TIMER_INTERVAL`].
     pub timer_interval: Duration,
     /// Datagrams longer than this are dropped as malformed, and outbound
@@ -105,6 +117,7 @@ impl Default for DispatcherConfig {
             services: HashMap::new(),
             pinning_window: DEFAULT_PINNING_WINDOW,
             handshakes_per_second: DEFAULT_HANDSHAKES_PER_SECOND,
+            cookie_checks_per_second: DEFAULT_COOKIE_CHECKS_PER_SECOND,
             timer_interval: DEFAULT_TIMER_INTERVAL,
             max_datagram_len: MAX_DATAGRAM_LEN,
         }
@@ -113,8 +126,8 @@ impl Default for DispatcherConfig {
 
 /// Why a datagram or outbound packet was dropped. Every drop is silent:
 /// the only reply the gateway ever sends to a packet it does not process
-/// is a cookie reply ([`DropReason::RateLimited`]), and only to a source
-/// some admission binds.
+/// is a cookie reply ([`DropReason::RateLimited`]), and only to an
+/// initiation whose key and source an admission binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
@@ -130,7 +143,10 @@ pub enum DropReason {
     /// address to one of its allowed services.
     InnerViolation,
     /// Handshake load is above the limit and the initiator has not proven
-    /// its address yet; answered with a cookie reply instead of DH work.
+    /// its address yet; answered with a cookie reply instead of a
+    /// handshake, if its source is bound and the key it claims is the one
+    /// an admission binds there (else dropped under that reason), while
+    /// the cookie checks' budget lasts (else silence).
     RateLimited,
     /// Not shaped like a WireGuard message, or too long.
     Malformed,
@@ -262,7 +278,8 @@ pub enum Verdict {
     /// outbox.
     Accepted { peer: PeerId },
     /// Dropped and counted. Nothing was added to the outbox, except a
-    /// cookie reply for [`DropReason::RateLimited`] to a bound source.
+    /// cookie reply for [`DropReason::RateLimited`] to an admitted key
+    /// from a source its admission binds.
     Dropped(DropReason),
 }
 
@@ -564,6 +581,10 @@ pub struct Dispatcher {
     datagrams: u64,
     events: VecDeque<PeerEvent>,
     next_tick: Instant,
+    /// Cookie checks (see [`Dispatcher::deserves_cookie`]) in the second
+    /// that began at `cookie_window`, on the caller's clock.
+    cookie_checks: u64,
+    cookie_window: Instant,
 }
 
 impl fmt::Debug for Dispatcher {
@@ -597,6 +618,8 @@ impl Dispatcher {
             drops: DropCounters::default(),
             datagrams: 0,
             events: VecDeque::new(),
+            cookie_checks: 0,
+            cookie_window: now,
         }
     }
 
@@ -915,7 +938,8 @@ impl Dispatcher {
         out: &mut Outbox,
     ) -> Verdict {
         // mac1 (a keyed hash) and the load check come before any DH, so a
-        // flood from an admitted source costs hashes and cookie replies.
+        // flood from an admitted source costs hashes, a bounded number of
+        // cookie checks, and cookie replies to admitted keys only.
         let mut cookie = [0u8; COOKIE_REPLY_LEN];
         match self
             .rate_limiter
@@ -926,10 +950,16 @@ impl Dispatcher {
                 // A source that only an open pinning window lets in is not
                 // bound to anything yet: it gets silence, not a cookie. A
                 // genuine first-handshake client retries in 5 s anyway.
-                if source == SourceStatus::Bound {
-                    out.push_transmit(src, reply);
+                if source != SourceStatus::Bound {
+                    return Verdict::Dropped(DropReason::RateLimited);
                 }
-                return Verdict::Dropped(DropReason::RateLimited);
+                return match self.deserves_cookie(src, init, now) {
+                    Ok(()) => {
+                        out.push_transmit(src, reply);
+                        Verdict::Dropped(DropReason::RateLimited)
+                    }
+                    Err(reason) => Verdict::Dropped(reason),
+                };
             }
             Err(TunnResult::Err(e)) => {
                 return Verdict::Dropped(reason_for(&e, SessionMessage::HandshakeResponse))
@@ -980,10 +1010,10 @@ impl Dispatcher {
                 match out.staged(offset, len).and_then(|b| b.first().copied()) {
                     Some(MSG_HANDSHAKE_RESPONSE) => {}
                     // Load rose between our check and the tunnel's: the
-                    // tunnel answered with a cookie instead.
+                    // tunnel answered with a cookie instead. The key was
+                    // checked above, so the cookie is deserved; as above,
+                    // none to a source only an open pinning window lets in.
                     Some(MSG_COOKIE_REPLY) => {
-                        // Same rule as above: no cookie to a source that
-                        // only an open pinning window lets in.
                         if source == SourceStatus::Bound {
                             out.commit(OutputKind::Transmit(src), offset, len);
                         }
@@ -1029,6 +1059,56 @@ impl Dispatcher {
                 Verdict::Dropped(DropReason::Unauthenticated)
             }
         }
+    }
+
+    /// Whether an initiation that arrived under load, without a valid
+    /// cookie, from a bound source, may be answered with a cookie reply.
+    ///
+    /// The source being bound is not enough: behind one NAT, a neighbour
+    /// of an admitted client shares its address but holds another key,
+    /// and rule 1 says a source not admitted gets zero bytes. A valid mac1
+    /// is not enough either: it is keyed by the gateway's public key
+    /// alone, which every client ever admitted has seen. Only the static
+    /// key the initiation carries tells them apart, and WireGuard sends it
+    /// encrypted to the gateway's static key: learning it costs one
+    /// X25519 (`parse_handshake_anon`), a quarter of a responder
+    /// handshake, which is the work the cookie exists to spare. So the
+    /// check is spent only on bound sources, and at most
+    /// `cookie_checks_per_second` times a second; beyond that the
+    /// initiation gets silence and its sender retries. The key is then
+    /// the one an admission binds to this source (the same rule as for a
+    /// handshake). This proves the initiator *claims* that key: proving
+    /// it holds the private half needs the static-static DH as well, and
+    /// the claimed key never travels in the clear (the client sends it
+    /// only inside the initiation and in its HTTPS access request), so a
+    /// neighbour cannot claim a key it has never seen.
+    fn deserves_cookie(
+        &mut self,
+        src: SocketAddr,
+        init: &HandshakeInit<'_>,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        if now.saturating_duration_since(self.cookie_window) >= Duration::from_secs(1) {
+            self.cookie_window = now;
+            self.cookie_checks = 0;
+        }
+        if self.cookie_checks >= self.config.cookie_checks_per_second {
+            return Err(DropReason::RateLimited);
+        }
+        self.cookie_checks += 1;
+        let half = parse_handshake_anon(&self.static_secret, &self.static_public, init)
+            .map_err(|_| DropReason::Unauthenticated)?;
+        let admission = self
+            .table
+            .by_key(&half.peer_static_public)
+            .ok_or(DropReason::WrongKey)?;
+        if admission.is_expired(now) {
+            return Err(DropReason::Expired);
+        }
+        if !admission.admits_handshake(src.ip(), now) {
+            return Err(DropReason::WrongSource);
+        }
+        Ok(())
     }
 
     fn handle_session_message(

@@ -31,6 +31,8 @@
 //! table that drops datagrams from sources without a live admission
 //! before they wake the process, and [`direct`] serves direct
 //! (firewall-only) admissions: a TCP port opened to admitted sources only.
+//! Behind it, [`health`] records whether each service's upstream answers
+//! (checked at start and periodically) for the status.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -39,6 +41,7 @@ pub mod direct;
 pub mod dispatch;
 pub mod feed;
 pub mod filter;
+pub mod health;
 pub mod identity;
 pub mod inner;
 mod runtime;
@@ -52,4 +55,4 @@ pub use dispatch::{
     PeerCounters, PeerEvent, PeerStats, Verdict,
 };
 pub use filter::PrefilterMode;
-pub use runtime::{Gateway, GatewayConfig, GatewayError, ServiceSpec, StatusReport};
+pub use runtime::{EnrollToken, Gateway, GatewayConfig, GatewayError, ServiceSpec, StatusReport};

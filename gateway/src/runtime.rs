@@ -15,6 +15,7 @@ use crate::direct::{DirectProxy, DirectStatus};
 use crate::dispatch::{Dispatcher, DispatcherConfig, GatewayStats};
 use crate::feed::{self, Absorbed, DesiredSet};
 use crate::filter::{Filter, FilterStatus, NftError, PrefilterMode};
+use crate::health::{ServiceHealth, UpstreamHealth, CHECK_INTERVAL, CHECK_TIMEOUT};
 use crate::identity::{Identity, IdentityError};
 use control_client::{ClientError, ControlClient, Trust};
 use netstack::udp::UdpIo;
@@ -83,8 +84,64 @@ pub struct GatewayConfig {
     pub direct: Vec<ServiceSpec>,
     /// Whether to keep the kernel pre-filter (nftables).
     pub prefilter: PrefilterMode,
-    /// Needed on the first start only.
-    pub enroll_token: Option<String>,
+    /// Where the one-time enrollment token comes from. Read on the first
+    /// start only: once the state folder holds a credential it is
+    /// ignored, so its file may be removed after enrolling.
+    pub enroll_token: Option<EnrollToken>,
+}
+
+/// Where a gateway finds its one-time enrollment token.
+#[derive(Clone)]
+pub enum EnrollToken {
+    /// The token itself (from the environment or standard input).
+    Given(String),
+    /// A file holding it, read only when the token is needed: e.g.
+    /// `$CREDENTIALS_DIRECTORY/enroll-token` under systemd, or a file the
+    /// operator deletes once the gateway has enrolled.
+    File(PathBuf),
+}
+
+impl EnrollToken {
+    fn read(&self) -> Result<String, GatewayError> {
+        let token = match self {
+            EnrollToken::Given(t) => t.trim().to_string(),
+            EnrollToken::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| {
+                    GatewayError::Config(format!(
+                        "this gateway is not enrolled yet and its enrollment token cannot be read from {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_string(),
+        };
+        if token.is_empty() {
+            return Err(GatewayError::Config(format!(
+                "the enrollment token {} is empty: give the token 'hushgate admin server add' printed",
+                match self {
+                    EnrollToken::Given(_) => "given".to_string(),
+                    EnrollToken::File(p) => format!("in {}", p.display()),
+                }
+            )));
+        }
+        Ok(token)
+    }
+}
+
+impl From<String> for EnrollToken {
+    fn from(token: String) -> Self {
+        EnrollToken::Given(token)
+    }
+}
+
+/// Never shows the token itself: configurations end up in logs.
+impl std::fmt::Debug for EnrollToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EnrollToken::Given(_) => f.write_str("EnrollToken::Given(..)"),
+            EnrollToken::File(p) => f.debug_tuple("EnrollToken::File").field(p).finish(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +150,8 @@ pub enum GatewayError {
     Config(String),
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    #[error(transparent)]
+    StateLocked(#[from] statelock::LockError),
     #[error("cannot listen on UDP {addr}: {source}; is another gateway running there?")]
     Bind {
         addr: SocketAddr,
@@ -129,6 +188,11 @@ pub struct StatusReport {
     /// The kernel pre-filter, when it is in place.
     pub prefilter: Option<FilterStatus>,
     pub direct: Option<DirectStatus>,
+    /// Every service (tunnel and direct) and whether its upstream answers.
+    pub services: Vec<ServiceHealth>,
+    pub uptime_secs: u64,
+    /// The gateway's version (`hushgate --version`).
+    pub version: String,
 }
 
 #[derive(Debug, Default)]
@@ -153,9 +217,14 @@ pub struct Gateway {
     direct: Option<Arc<DirectProxy>>,
     feed: tokio::task::JoinHandle<()>,
     pins: Option<tokio::task::JoinHandle<()>>,
+    upstreams: Arc<Mutex<UpstreamHealth>>,
+    upstream_checks: tokio::task::JoinHandle<()>,
+    started: Instant,
     status: Option<tokio::task::JoinHandle<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     status_path: PathBuf,
+    /// The state folder, this gateway's while it lives.
+    _lock: statelock::StateLock,
 }
 
 impl Gateway {
@@ -215,6 +284,10 @@ impl Gateway {
                 "--prefilter off was given".into(),
             ));
         }
+        // First of all: a second gateway on this folder would share the
+        // key and credential and fight this one over the feed and the
+        // pre-filter.
+        let lock = statelock::StateLock::acquire(&cfg.state_dir, "a hushgate gateway")?;
         let mut identity = Identity::load_or_create(&cfg.state_dir)?;
         let udp = UdpIo::bind(cfg.listen_udp).map_err(|source| GatewayError::Bind {
             addr: cfg.listen_udp,
@@ -259,6 +332,26 @@ impl Gateway {
                 }
             },
         };
+        // The upstreams are checked now, so a dead media server is in the
+        // log from the start, and then every CHECK_INTERVAL.
+        let mut book = UpstreamHealth::default();
+        for s in &cfg.services {
+            book.watch(&s.name, "tunnel", s.port, s.upstream);
+        }
+        for s in &cfg.direct {
+            book.watch(&s.name, "direct", s.port, s.upstream);
+        }
+        let upstreams = Arc::new(Mutex::new(book));
+        check_upstreams(&upstreams).await;
+        let upstream_checks = {
+            let book = upstreams.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(CHECK_INTERVAL).await;
+                    check_upstreams(&book).await;
+                }
+            })
+        };
         let direct = if cfg.direct.is_empty() {
             None
         } else {
@@ -294,33 +387,51 @@ impl Gateway {
         let mut server = None;
         let refused = match identity.credential.clone() {
             Some(c) => match client.with_bearer(&c).report(&report).await {
-                Ok(()) => Ok(c),
-                // Revoked or replaced on the control plane. An enrollment
-                // token given now is the operator's answer to that
-                // ('hushgate admin server reenroll'); without one, say so.
-                Err(e) if e.status() == Some(401) && cfg.enroll_token.is_some() => {
-                    tracing::warn!(error = %e, "the control plane refused this gateway's credential; enrolling again with the enrollment token given");
-                    Err(())
+                Ok(()) => {
+                    if cfg.enroll_token.is_some() {
+                        // Enrolled on an earlier start: the token was spent
+                        // then, and its file may well be gone now.
+                        tracing::info!(
+                            credential = %identity.credential_path().display(),
+                            "already enrolled; the enrollment token setting is ignored (it may be removed)"
+                        );
+                    }
+                    Ok(c)
                 }
+                // Revoked or replaced on the control plane. A readable
+                // enrollment token given now is the operator's answer to
+                // that ('hushgate admin server reenroll'); without one, say
+                // so.
                 Err(e) if e.status() == Some(401) => {
-                    return Err(GatewayError::CredentialRefused(
-                        e,
-                        identity.credential_path(),
-                    ))
+                    match cfg.enroll_token.as_ref().map(EnrollToken::read) {
+                        Some(Ok(token)) => {
+                            tracing::warn!(error = %e, "the control plane refused this gateway's credential; enrolling again with the enrollment token given");
+                            Err(token)
+                        }
+                        _ => {
+                            return Err(GatewayError::CredentialRefused(
+                                e,
+                                identity.credential_path(),
+                            ))
+                        }
+                    }
                 }
                 Err(e) => return Err(GatewayError::Control(e)),
             },
-            None => Err(()),
+            None => Err(cfg
+                .enroll_token
+                .as_ref()
+                .ok_or_else(|| {
+                    GatewayError::Config(format!(
+                        "this gateway is not enrolled yet ({} has no credential): give the enrollment token from 'hushgate admin server add' in HUSHGATE_ENROLL_TOKEN, with --enroll-file, or as the systemd credential 'enroll-token'",
+                        cfg.state_dir.display()
+                    ))
+                })?
+                .read()?),
         };
         let credential = match refused {
             Ok(c) => c,
-            Err(()) => {
-                let token = cfg.enroll_token.clone().ok_or_else(|| {
-                    GatewayError::Config(format!(
-                        "this gateway is not enrolled yet ({} has no credential): give the enrollment token from 'hushgate admin server add' in HUSHGATE_ENROLL_TOKEN or with --enroll-file",
-                        cfg.state_dir.display()
-                    ))
-                })?;
+            Err(token) => {
                 let resp = client
                     .enroll(&EnrollRequest {
                         enrollment_token: token,
@@ -409,9 +520,13 @@ impl Gateway {
             direct,
             feed,
             pins,
+            upstreams,
+            upstream_checks,
+            started: Instant::now(),
             status: None,
             thread: Some(thread),
             status_path: cfg.state_dir.join("status.sock"),
+            _lock: lock,
         };
         gw.status = Some(gw.serve_status()?);
         Ok(gw)
@@ -438,6 +553,12 @@ impl Gateway {
         status_of(&self.status_sources()).await
     }
 
+    /// Checks every upstream now (as the periodic check does), logging
+    /// what changed; `status` then shows the result.
+    pub async fn check_upstreams(&self) {
+        check_upstreams(&self.upstreams).await;
+    }
+
     /// Stops the feed, closes every spliced connection and ends the data
     /// path thread.
     /// The kernel pre-filter's table, when it is in place.
@@ -454,6 +575,7 @@ impl Gateway {
     /// path thread. The pre-filter's table stays: the port stays dark.
     pub async fn shutdown(mut self) {
         self.feed.abort();
+        self.upstream_checks.abort();
         if let Some(p) = self.pins.take() {
             p.abort();
         }
@@ -508,6 +630,53 @@ impl Gateway {
             url: self.control_url.clone(),
             filter: self.filter.clone(),
             direct: self.direct.clone(),
+            upstreams: self.upstreams.clone(),
+            started: self.started,
+        }
+    }
+}
+
+/// One round of upstream checks, all at once: a TCP connect each, closed
+/// at once, bounded by CHECK_TIMEOUT. Each change is logged once.
+async fn check_upstreams(book: &Mutex<UpstreamHealth>) {
+    let targets = book.lock().unwrap_or_else(|p| p.into_inner()).upstreams();
+    let mut checks = tokio::task::JoinSet::new();
+    for (i, upstream) in targets.into_iter().enumerate() {
+        checks.spawn(async move {
+            let outcome =
+                match tokio::time::timeout(CHECK_TIMEOUT, tokio::net::TcpStream::connect(upstream))
+                    .await
+                {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {} s", CHECK_TIMEOUT.as_secs())),
+                };
+            (i, outcome)
+        });
+    }
+    while let Some(Ok((i, outcome))) = checks.join_next().await {
+        let change =
+            book.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(i, outcome, Instant::now());
+        let Some(c) = change else { continue };
+        match (&c.was, &c.now) {
+            (_, crate::health::Health::Down(error)) => tracing::warn!(
+                service = %c.name,
+                kind = c.kind,
+                upstream = %c.upstream,
+                %error,
+                "the service's upstream does not answer: clients get in, but their connections to it fail; is the media server running?"
+            ),
+            (crate::health::Health::Down(_), _) => tracing::info!(
+                service = %c.name,
+                kind = c.kind,
+                upstream = %c.upstream,
+                "the service's upstream answers again"
+            ),
+            _ => {
+                tracing::debug!(service = %c.name, upstream = %c.upstream, "the service's upstream answers")
+            }
         }
     }
 }
@@ -522,6 +691,8 @@ struct StatusSources {
     url: String,
     filter: Option<Arc<Mutex<Filter>>>,
     direct: Option<Arc<DirectProxy>>,
+    upstreams: Arc<Mutex<UpstreamHealth>>,
+    started: Instant,
 }
 
 async fn status_of(src: &StatusSources) -> Option<StatusReport> {
@@ -549,6 +720,13 @@ async fn status_of(src: &StatusSources) -> Option<StatusReport> {
         gateway,
         prefilter,
         direct: src.direct.as_ref().map(|d| d.status()),
+        services: src
+            .upstreams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot(Instant::now()),
+        uptime_secs: src.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
     })
 }
 

@@ -776,7 +776,9 @@ fn prefix_24_binding_admits_the_neighbourhood_only() {
     let mut net = Net::new();
     // The control plane saw .7; the client's UDP leaves from .200 (CGNAT).
     let mut alice = net.client(1, "203.0.113.7:51820");
-    net.apply(vec![alice.admission("adm_alice", BindingPolicy::Prefix(24))]);
+    net.apply(vec![
+        alice.admission("adm_alice", BindingPolicy::prefix(24, 56).unwrap())
+    ]);
     let peer = net.handshake_from(&mut alice, sock("203.0.113.200:61000"));
 
     // A NAT rebinding inside the prefix keeps working, and replies follow.
@@ -798,10 +800,41 @@ fn prefix_24_binding_admits_the_neighbourhood_only() {
 }
 
 #[test]
+fn an_ipv6_client_under_prefix_24_56_is_admitted_within_its_56_only() {
+    let mut net = Net::new();
+    let mut alice = net.client(1, "[2001:db8:1:2::5]:51820");
+    // The server's binding names an IPv4 length for carrier pools and an
+    // IPv6 one for a home's delegated prefix; the IPv4 length must never
+    // apply to IPv6 (a /24 there is a large part of a provider).
+    let binding: BindingPolicy = "prefix:24,56".parse().unwrap();
+    net.apply(vec![alice.admission("adm_alice", binding)]);
+    // Another LAN of the same home (same /56): admitted.
+    let peer = net.handshake_from(&mut alice, sock("[2001:db8:1:ff::99]:51820"));
+    let syn = alice.syn(PLEX);
+    let sealed = alice.seal(&syn);
+    assert_eq!(
+        net.send(sock("[2001:db8:1:80::7]:40000"), &sealed)
+            .deliveries,
+        vec![(peer, syn)]
+    );
+    // The neighbouring /56, and the rest of the /24: nothing.
+    for stranger in ["[2001:db8:1:100::5]:51820", "[2001:db8:ff::1]:51820"] {
+        let init = alice.initiation();
+        net.send(sock(stranger), &init)
+            .assert_silent_drop(DropReason::UnknownSource);
+        let sealed = alice.seal(&alice.syn(PLEX));
+        net.send(sock(stranger), &sealed)
+            .assert_silent_drop(DropReason::UnknownSource);
+    }
+}
+
+#[test]
 fn prefix_64_binding_for_ipv6() {
     let mut net = Net::new();
     let mut alice = net.client(1, "[2001:db8:1:2::5]:51820");
-    net.apply(vec![alice.admission("adm_alice", BindingPolicy::Prefix(64))]);
+    // The short form a server created before per-family lengths holds.
+    let binding: BindingPolicy = "prefix:64".parse().unwrap();
+    net.apply(vec![alice.admission("adm_alice", binding)]);
     let peer = net.handshake_from(&mut alice, sock("[2001:db8:1:2:aaaa::99]:51820"));
     let syn = alice.syn(PLEX);
     let sealed = alice.seal(&syn);
@@ -963,6 +996,62 @@ fn handshake_flood_from_an_admitted_source_meets_cookies() {
 }
 
 #[test]
+fn under_load_a_neighbour_behind_the_same_nat_gets_no_cookie() {
+    let mut config = DispatcherConfig::new([("plex", PLEX)]);
+    config.handshakes_per_second = 1;
+    config.cookie_checks_per_second = 3;
+    let mut net = Net::with_config(config);
+    let mut alice = net.client(1, "203.0.113.7:51820");
+    net.apply(vec![alice.admission("adm_alice", BindingPolicy::Exact)]);
+    net.handshake(&mut alice);
+
+    // Mallory shares alice's public address (one NAT), knows the gateway's
+    // key (a former guest), but holds no admission. Under load, her valid
+    // initiations get nothing at all: no cookie, no handshake.
+    let mut mallory = net.client(66, "203.0.113.7:40000");
+    let init = mallory.initiation();
+    net.send(mallory.addr, &init)
+        .assert_silent_drop(DropReason::WrongKey);
+    assert_eq!(net.gateway.drops().rate_limited, 0);
+    // An admitted key from a source its admission does not bind is no
+    // better, even if another admission binds that source.
+    let mut bob = net.client(2, "198.51.100.9:51820");
+    net.apply(vec![
+        alice.admission("adm_alice", BindingPolicy::Exact),
+        bob.admission("adm_bob", BindingPolicy::Exact),
+    ]);
+    let init = bob.initiation();
+    net.send(sock("203.0.113.7:40002"), &init)
+        .assert_silent_drop(DropReason::WrongSource);
+
+    // Alice, from the same address, gets her cookie (each check costs one
+    // X25519, so they are counted)...
+    net.clock.advance(Duration::from_millis(1));
+    let init = alice.initiation();
+    let r = net.send(alice.addr, &init);
+    assert_eq!(r.verdict, Verdict::Dropped(DropReason::RateLimited));
+    assert_eq!(r.transmits.len(), 1);
+    assert_eq!(r.transmits[0].1[0], 3, "a cookie reply");
+    // ...until this second's checks are spent: then silence, even for
+    // her, and mallory's flood costs no more DH work.
+    let init = alice.initiation();
+    net.send(alice.addr, &init)
+        .assert_silent_drop(DropReason::RateLimited);
+    // A second later (on the dispatcher's clock) there are checks again.
+    net.clock.advance(Duration::from_secs(1));
+    let init = mallory.initiation();
+    net.send(mallory.addr, &init)
+        .assert_silent_drop(DropReason::WrongKey);
+    let init = alice.initiation();
+    let r = net.send(alice.addr, &init);
+    assert_eq!(r.transmits.len(), 1, "{r:?}");
+    assert_eq!(alice.receive(&r.transmits[0].1), ClientGot::Done);
+    // With the cookie, alice's next initiation proves her address and is
+    // answered even under load.
+    net.handshake(&mut alice);
+}
+
+#[test]
 fn under_load_an_open_pinning_window_answers_no_cookies() {
     let mut config = DispatcherConfig::new([("plex", PLEX)]);
     config.handshakes_per_second = 1;
@@ -1072,7 +1161,7 @@ fn ten_thousand_admissions_route_correctly() {
                 preshared_key: None,
                 source: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)),
                 binding: if n % 3 == 0 {
-                    BindingPolicy::Prefix(24)
+                    BindingPolicy::prefix(24, 56).unwrap()
                 } else {
                     BindingPolicy::Exact
                 },
@@ -1117,7 +1206,9 @@ fn ten_thousand_admissions_route_correctly() {
 fn status_snapshot_serializes_counters_by_reason() {
     let mut net = Net::new();
     let mut alice = net.client(1, "203.0.113.7:51820");
-    net.apply(vec![alice.admission("adm_alice", BindingPolicy::Prefix(24))]);
+    net.apply(vec![
+        alice.admission("adm_alice", BindingPolicy::prefix(24, 56).unwrap())
+    ]);
     net.handshake(&mut alice);
     net.send(sock("192.0.2.1:1"), &[1, 2, 3]);
     let stats = net.gateway.stats(net.clock.now);
@@ -1127,7 +1218,7 @@ fn status_snapshot_serializes_counters_by_reason() {
     assert_eq!(json["drops"]["wrong_key"], 0);
     let peer = &json["peers"][0];
     assert_eq!(peer["admission_id"], "adm_alice");
-    assert_eq!(peer["binding"], "prefix:24");
+    assert_eq!(peer["binding"], "prefix:24,56");
     assert_eq!(peer["handshakes"], 1);
     assert_eq!(peer["client_address"], alice.inner.to_string());
     assert_eq!(peer["endpoint"], alice.addr.to_string());

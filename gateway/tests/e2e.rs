@@ -6,7 +6,7 @@
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use control_client::{ControlClient, Trust};
-use hushgate_gateway::{Gateway, GatewayConfig, ServiceSpec};
+use hushgate_gateway::{EnrollToken, Gateway, GatewayConfig, GatewayError, ServiceSpec};
 use netstack::{Stack, StackConfig};
 use proto::api::{AccessResponse, CreateGrant, CreateServer, CreateUser};
 use proto::WgKey;
@@ -107,7 +107,7 @@ async fn world() -> World {
         }],
         direct: vec![],
         prefilter: hushgate_gateway::PrefilterMode::Off,
-        enroll_token: Some(server.enrollment_token),
+        enroll_token: Some(server.enrollment_token.into()),
     })
     .await
     .expect("gateway starts and enrolls");
@@ -388,6 +388,26 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
         upstream: upstream(),
     }];
     let udp = w.gateway.udp_addr();
+    let config = |token: Option<EnrollToken>, listen: SocketAddr| GatewayConfig {
+        control_url: url.clone(),
+        trust: Trust::from_ca_file(&ca).unwrap(),
+        state_dir: dir.clone(),
+        listen_udp: listen,
+        public_endpoint: None,
+        services: services.clone(),
+        direct: vec![],
+        prefilter: hushgate_gateway::PrefilterMode::Off,
+        enroll_token: token,
+    };
+    // A second gateway on the same state folder is refused, naming it.
+    let e = Gateway::start(config(None, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .expect_err("two gateways on one state folder");
+    assert!(
+        matches!(e, GatewayError::StateLocked(_))
+            && e.to_string().contains(&*dir.to_string_lossy()),
+        "{e}"
+    );
     let World {
         gateway,
         _dir,
@@ -395,21 +415,45 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
         ..
     } = w;
     gateway.shutdown().await;
-    // Restart on the same port without an enrollment token: it reuses its
-    // key and credential, and the feed gives it back the admission.
-    let gateway = Gateway::start(GatewayConfig {
-        control_url: url,
-        trust: Trust::from_ca_file(&ca).unwrap(),
-        state_dir: dir,
-        listen_udp: udp,
-        public_endpoint: None,
-        services,
-        direct: vec![],
-        prefilter: hushgate_gateway::PrefilterMode::Off,
-        enroll_token: None,
-    })
-    .await
-    .expect("restarts without a token");
+    // Restart on the same port: it reuses its key and credential, and the
+    // feed gives it back the admission. The enrollment token's file was
+    // removed after the first start, as the deploy notes say: enrolled,
+    // the gateway does not read it.
+    let gone = _dir.path().join("enroll-token-removed-after-enrolling");
+    // One more service this time, whose upstream is not running yet.
+    let spare = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let jf_upstream = spare.local_addr().unwrap();
+    drop(spare);
+    let mut restarted = config(Some(EnrollToken::File(gone)), udp);
+    restarted.services.push(ServiceSpec {
+        name: "jf".into(),
+        port: 8096,
+        upstream: jf_upstream,
+    });
+    let gateway = Gateway::start(restarted)
+        .await
+        .expect("restarts with its token file gone");
+    // Upstreams were checked at start: the one not running shows so.
+    let health = |s: &hushgate_gateway::StatusReport| -> Vec<(String, &'static str)> {
+        s.services
+            .iter()
+            .map(|h| (h.name.clone(), h.health))
+            .collect()
+    };
+    let status = gateway.status().await.unwrap();
+    assert_eq!(
+        health(&status),
+        [("plex".to_string(), "up"), ("jf".to_string(), "down")]
+    );
+    assert!(status.services[1].error.is_some());
+    // It starts; the next check (periodic, or now) sees it.
+    let _jf = std::net::TcpListener::bind(jf_upstream).unwrap();
+    gateway.check_upstreams().await;
+    let status = gateway.status().await.unwrap();
+    assert_eq!(
+        health(&status),
+        [("plex".to_string(), "up"), ("jf".to_string(), "up")]
+    );
     assert_eq!(gateway.public_key(), key);
     assert!(gateway.wait_synced(Duration::from_secs(10)).await);
     let body = tokio::task::spawn_blocking(move || {
@@ -526,7 +570,7 @@ async fn a_revoked_gateway_reenrolls_with_a_new_token() {
         }],
         direct: vec![],
         prefilter: hushgate_gateway::PrefilterMode::Off,
-        enroll_token,
+        enroll_token: enroll_token.map(Into::into),
     };
     let Err(e) = Gateway::start(config(None)).await else {
         panic!("a gateway with a revoked credential started");

@@ -95,7 +95,7 @@ pub struct AccessResponse {
 
 /// The answer to a direct-mode access request: the media server's port,
 /// opened at the gateway to the client's source address only (and, under
-/// `prefix:N`, to its whole prefix), until `expires_at`.
+/// `prefix:V4,V6`, to its whole prefix), until `expires_at`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DirectAccessResponse {
     pub admission_id: String,

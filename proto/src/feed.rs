@@ -315,7 +315,11 @@ mod tests {
             }]
         }"#;
         let state: FeedState = serde_json::from_str(json).unwrap();
-        assert_eq!(state.admissions[0].binding, BindingPolicy::Prefix(24));
+        // The short form of older control planes still reads.
+        assert_eq!(
+            state.admissions[0].binding,
+            BindingPolicy::prefix(24, 64).unwrap()
+        );
         let again: FeedState =
             serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
         assert_eq!(again.admissions, state.admissions);

@@ -15,7 +15,7 @@ mod key;
 mod policy;
 
 pub use key::{KeyError, WgKey};
-pub use policy::{BindingPolicy, PolicyError};
+pub use policy::{BindingPolicy, PolicyError, DEFAULT_PREFIX_V6, MIN_PREFIX_V4, MIN_PREFIX_V6};
 
 /// Serde helpers for RFC 3339 timestamps, re-exported so every crate
 /// formats time the same way.

@@ -19,6 +19,11 @@
 # IPv6: every link also has a 2001:db8:N::/64; the client and the edge
 # host have routed global addresses (no NAT), and scenario 9 uses them.
 #
+# Scenario 16 deploys as README and deploy/ say, on two more hosts of
+# their own: dctl 203.0.113.66 (control plane) and dgw 203.0.113.82
+# (gateway with its media server), both on the "Internet".
+
+#
 # The gateways keep their kernel pre-filter (nftables table
 # inet hushgate_PORT in the edge namespace) as they do by default; scenarios
 # 10-14 check it and the direct (firewall-only) service. A third gateway
@@ -32,7 +37,7 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 BIN="${HUSHGATE_BIN:-$ROOT/target/debug/hushgate}"
 P="hg$$"
 W="$(mktemp -d /tmp/hushgate-netns.XXXXXX)"
-NSES=(inet ctl home edge cnat cli atk)
+NSES=(inet ctl home edge cnat cli atk dctl dgw)
 PASSED=0
 FAILED=0
 FAILED_NAMES=()
@@ -93,11 +98,15 @@ build_topology() {
   link inet i-home 203.0.113.17/28 2001:db8:2::1/64 home wan 203.0.113.18/28 2001:db8:2::2/64
   link inet i-cnat 203.0.113.33/28 2001:db8:3::1/64 cnat wan 203.0.113.34/28 2001:db8:3::2/64
   link inet i-atk 203.0.113.49/28 2001:db8:4::1/64  atk eth0 203.0.113.50/28 2001:db8:4::2/64
+  link inet i-dctl 203.0.113.65/28 2001:db8:5::1/64 dctl eth0 203.0.113.66/28 2001:db8:5::2/64
+  link inet i-dgw 203.0.113.81/28 2001:db8:6::1/64  dgw eth0 203.0.113.82/28 2001:db8:6::2/64
   link home lan 192.0.2.1/24 2001:db8:10::1/64      edge eth0 192.0.2.2/24 2001:db8:10::2/64
   link cnat lan 198.51.100.1/24 2001:db8:20::1/64   cli eth0 198.51.100.2/24 2001:db8:20::2/64
   ns cnat ip addr add 203.0.113.35/28 dev wan
   ns ctl ip route add default via 203.0.113.1;   ns ctl ip -6 route add default via 2001:db8:1::1
   ns atk ip route add default via 203.0.113.49;  ns atk ip -6 route add default via 2001:db8:4::1
+  ns dctl ip route add default via 203.0.113.65; ns dctl ip -6 route add default via 2001:db8:5::1
+  ns dgw ip route add default via 203.0.113.81;  ns dgw ip -6 route add default via 2001:db8:6::1
   ns home ip route add default via 203.0.113.17; ns home ip -6 route add default via 2001:db8:2::1
   ns cnat ip route add default via 203.0.113.33; ns cnat ip -6 route add default via 2001:db8:3::1
   ns edge ip route add default via 192.0.2.1;    ns edge ip -6 route add default via 2001:db8:10::1
@@ -671,9 +680,103 @@ EOF
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
+# A deploy/ unit's ExecStart as systemd would run it on a host whose
+# files this test keeps under ROOTDIR: /usr/local/bin/hushgate is $BIN,
+# /etc/hushgate and /var/lib/hushgate are under ROOTDIR, %H is the host
+# name. It prints one argument per line (ExecStart has no quoting).
+unit_exec() { # unit_exec UNIT ROOTDIR
+  sed -n 's/^ExecStart=//p' "$ROOT/deploy/$1" | head -1 | tr ' ' '\n' | grep -v '^$' |
+    sed -e "s#^/usr/local/bin/hushgate\$#$BIN#" -e "s#/etc/hushgate#$2/etc/hushgate#g" \
+        -e "s#/var/lib/hushgate#$2/var/lib/hushgate#g" -e "s#%H#$(hostname)#g"
+}
+# Emulates the unit's LoadCredential=ID:PATH (and its SetCredential=ID:VALUE
+# fallback when PATH is missing): the credential directory systemd would
+# make, whose path goes to the service in CREDENTIALS_DIRECTORY.
+unit_credentials() { # unit_credentials UNIT ROOTDIR CREDDIR
+  local line id path value
+  mkdir -p "$3"; chmod 700 "$3"; rm -f "$3"/*
+  while read -r line; do
+    id="${line%%:*}"; path="${line#*:}"
+    if [ -f "$2$path" ]; then cp "$2$path" "$3/$id"; continue; fi
+    value=$(sed -n "s/^SetCredential=$id://p" "$ROOT/deploy/$1" | head -1)
+    printf '%b' "$value" >"$3/$id"
+  done < <(sed -n 's/^LoadCredential=//p' "$ROOT/deploy/$1")
+}
+
+scenario_16() { # the README's deploy steps and deploy/ files, followed literally on hosts of their own
+  # The control plane host (dctl): the unit's command line, its state in
+  # StateDirectory=hushgate/control.
+  local cr="$W/dctl-root" gr="$W/dgw-root" cred="$W/dgw-root/run/credentials"
+  mkdir -p "$cr/var/lib/hushgate/control" "$gr/etc/hushgate" "$gr/var/lib/hushgate/gateway"
+  chmod 700 "$cr/var/lib/hushgate/control" "$gr/var/lib/hushgate/gateway"
+  local -a ctl_cmd gw_cmd
+  mapfile -t ctl_cmd < <(unit_exec hushgate-control.service "$cr")
+  mapfile -t gw_cmd < <(unit_exec hushgate-gateway.service "$gr")
+  log "  control unit: ${ctl_cmd[*]#$W/}"
+  log "  gateway unit: ${gw_cmd[*]#$W/}"
+  bg dctl "$W/d-control.log" "${ctl_cmd[@]}" >/dev/null
+  local cstate="$cr/var/lib/hushgate/control"
+  wait_for "the deployed control plane" 15 test -s "$cstate/control-url"
+  # The admin steps of the README, on the control plane's host.
+  local dadmin=(ns dctl "$BIN" admin --state "$cstate")
+  HUSHGATE_PASSWORD="$PASSWORD" "${dadmin[@]}" user add alice >/dev/null
+  local token; token=$("${dadmin[@]}" server add living-room | grep '^hge_')
+  "${dadmin[@]}" grant add alice living-room >/dev/null
+
+  # The gateway host (dgw): ca.pem copied over from the control plane, the
+  # token in a root-only file, deploy/gateway.toml with only its
+  # addresses (and the paths under this host's root) changed.
+  cp "$cstate/ca.pem" "$gr/etc/hushgate/ca.pem"
+  (umask 077; echo "$token" >"$gr/etc/hushgate/enroll-token")
+  sed -e 's#control\.example\.net#203.0.113.66#g' -e 's#198\.51\.100\.10#203.0.113.82#g' \
+      -e "s#/etc/hushgate#$gr/etc/hushgate#g" -e "s#/var/lib/hushgate#$gr/var/lib/hushgate#g" \
+      "$ROOT/deploy/gateway.toml" >"$gr/etc/hushgate/gateway.toml"
+  if ! ns dgw curl -sf --max-time 5 --cacert "$gr/etc/hushgate/ca.pem" https://203.0.113.66:8443/v1/health -o /dev/null; then
+    echo "the gateway's host cannot reach the deployed control plane over verified HTTPS (its certificate must name 203.0.113.66: the control unit's defaults, see --san)" >&2
+    ns dgw curl -sS --max-time 5 --cacert "$gr/etc/hushgate/ca.pem" https://203.0.113.66:8443/v1/health -o /dev/null >&2 || true
+    return 1
+  fi
+  bg dgw "$W/d-media.log" python3 -m http.server 32400 --bind 127.0.0.1 --directory "$W/media" >/dev/null
+  wait_for "the media server on the gateway's host" 10 ns dgw curl -sf -o /dev/null http://127.0.0.1:32400/identity
+  unit_credentials hushgate-gateway.service "$gr" "$cred"
+  local gw
+  gw=$(CREDENTIALS_DIRECTORY="$cred" bg dgw "$W/d-gw.log" "${gw_cmd[@]}")
+  wait_for "the deployed gateway in sync" 20 grep -q "in sync" "$W/d-gw.log" || { cat "$W/d-gw.log" >&2; return 1; }
+
+  # The client, as the README says, on its own network behind its NAT.
+  cp "$cstate/ca.pem" "$W/d-client-ca.pem"
+  local shim
+  shim=$(HUSHGATE_PASSWORD="$PASSWORD" bg cli "$W/d-shim.log" "$BIN" connect --control https://203.0.113.66:8443 \
+    --ca "$W/d-client-ca.pem" --user alice --server living-room --listen 127.0.0.1:32400)
+  wait_for "the deployed client ready" 20 grep -q "^ready:" "$W/d-shim.log" || { cat "$W/d-shim.log" >&2; return 1; }
+  fetch 32400 "$W/s16.bin"; check_sha "$W/s16.bin"
+  log "  $FILE_MIB MiB through the deployed gateway, sha256 matches"
+  local status; status=$(ns dgw "$BIN" gateway status --state "$gr/var/lib/hushgate/gateway")
+  echo "$status" | grep -q "health: up"
+  echo "$status" | grep -q "^peer: "
+
+  # A second gateway on the same state folder is refused.
+  local out rc=0
+  out=$(CREDENTIALS_DIRECTORY="$cred" ns dgw timeout 20 "${gw_cmd[@]}" 2>&1) || rc=$?
+  [ "$rc" != 0 ] && echo "$out" | grep -q "is in use by a hushgate gateway (pid $gw)" ||
+    { echo "a second gateway on the same state folder was not refused: $out" >&2; return 1; }
+
+  # As deploy/gateway.toml says, the token file goes once enrolled; the
+  # unit restarts the gateway (Restart=always), systemd falling back to
+  # SetCredential=: it must start and serve again.
+  rm "$gr/etc/hushgate/enroll-token"
+  kill "$gw"; wait_for "the deployed gateway to stop" 10 bash -c "! kill -0 $gw 2>/dev/null"
+  unit_credentials hushgate-gateway.service "$gr" "$cred"
+  gw=$(CREDENTIALS_DIRECTORY="$cred" bg dgw "$W/d-gw2.log" "${gw_cmd[@]}")
+  wait_for "the restarted gateway in sync" 20 grep -q "in sync" "$W/d-gw2.log" || { cat "$W/d-gw2.log" >&2; return 1; }
+  wait_for "the client through the restarted gateway" 20 ns cli curl -sf --max-time 2 -o /dev/null http://127.0.0.1:32400/identity
+  log "  restarted without its token file: in sync, the client gets through"
+  kill "$shim" "$gw"; wait "$shim" "$gw" 2>/dev/null || true
+}
+
 # ---------------------------------------------------------------- main
 
-if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14); fi
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 16); fi
 log "building the topology ($P)"
 build_topology
 setup_world

@@ -568,7 +568,7 @@ impl World {
             }],
             direct: vec![],
             prefilter: gateway::PrefilterMode::Off,
-            enroll_token: Some(server.enrollment_token),
+            enroll_token: Some(server.enrollment_token.into()),
         })
         .await
         .expect("the gateway starts and enrolls");

@@ -51,12 +51,19 @@ const SEND_BUFFER_RESERVE: usize = 4096;
 /// The set that opens the UDP port to every source for a while.
 pub const OPEN_SET: &str = "open";
 
+/// The gate chain's priority: below NF_IP_PRI_CONNTRACK_DEFRAG (-400), so
+/// packets are judged before the kernel reassembles fragments; the value
+/// the kernel calls NF_IP_PRI_RAW_BEFORE_DEFRAG.
+pub const GATE_PRIORITY: i32 = -450;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
     #[error("the 'nft' tool is not installed (Debian: apt install nftables)")]
     NoTool,
     #[error("not permitted to change nftables: the gateway needs CAP_NET_ADMIN (run it as root or grant the capability)")]
     NotPermitted,
+    #[error("not permitted to read nftables: listing the kernel's tables needs CAP_NET_ADMIN too (run this as root, e.g. with sudo)")]
+    NotPermittedToRead,
     #[error("nft refused the table: {0}")]
     Refused(String),
     #[error("nf_tables netlink: {0}")]
@@ -79,10 +86,11 @@ pub fn run_nft(script: &str) -> Result<String, NftError> {
             .write_all(script.as_bytes())
             .map_err(|e| NftError::Refused(e.to_string()))?;
     }
-    outcome(child.wait_with_output().map_err(spawn_error))
+    outcome(child.wait_with_output().map_err(spawn_error), false)
 }
 
-/// Runs `nft ARGS...` (listing, deleting).
+/// Runs `nft ARGS...` (listing, deleting). A refusal of `list` says that
+/// reading was refused: `hushgate gateway filter show` changes nothing.
 pub fn nft(args: &[&str]) -> Result<String, NftError> {
     outcome(
         Command::new(nft_path())
@@ -90,6 +98,7 @@ pub fn nft(args: &[&str]) -> Result<String, NftError> {
             .stdin(Stdio::null())
             .output()
             .map_err(spawn_error),
+        args.first() == Some(&"list"),
     )
 }
 
@@ -110,15 +119,20 @@ fn spawn_error(e: std::io::Error) -> NftError {
     }
 }
 
-/// What `nft` said: its output, or the error it printed.
-fn outcome(out: Result<std::process::Output, NftError>) -> Result<String, NftError> {
+/// What `nft` said: its output, or the error it printed (`reading`: the
+/// command only lists).
+fn outcome(out: Result<std::process::Output, NftError>, reading: bool) -> Result<String, NftError> {
     let out = out?;
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if err.contains("Operation not permitted") {
-        return Err(NftError::NotPermitted);
+        return Err(if reading {
+            NftError::NotPermittedToRead
+        } else {
+            NftError::NotPermitted
+        });
     }
     Err(NftError::Refused(err))
 }
@@ -126,12 +140,24 @@ fn outcome(out: Result<std::process::Output, NftError>) -> Result<String, NftErr
 /// The script that (re)creates the table in one transaction: it replaces
 /// any table of the same name atomically, so the drop rules never lapse.
 ///
-/// Packets are judged in `prerouting` at raw priority, before connection
-/// tracking: junk costs no conntrack entry, and a stopped gateway's port
-/// stays dark (no ICMP port unreachable, no TCP reset). The `open` set
-/// (a first-handshake admission waiting) lets everyone through only while
-/// a socket is bound to the port (`socket transparent 0`), so even then a
-/// stopped gateway's port stays dark.
+/// Packets are judged in `prerouting` at priority -450, before connection
+/// tracking and before its defragmentation (-400): junk costs no conntrack
+/// entry, and a stopped gateway's port stays dark (no ICMP port
+/// unreachable, no TCP reset). Being ahead of defragmentation matters
+/// where conntrack is loaded (Docker, ufw, firewalld): there, a first
+/// fragment that never completes draws ICMP "reassembly time exceeded"
+/// when the kernel gives up on it. Here a fragment is seen as it arrives:
+/// the first one carries the UDP or TCP header, so it meets the same
+/// rules as a whole datagram and a stranger's is dropped; later ones
+/// carry no ports, match nothing and pass, but a reassembly that never
+/// saw its first fragment expires without a word (Linux answers only
+/// when fragment zero arrived), and the pieces never reach a socket.
+///
+/// The `open` set (a first-handshake admission waiting) lets everyone
+/// through only while a socket is bound to the port (`socket transparent
+/// 0`), so even then a stopped gateway's port stays dark; and it lets no
+/// fragment through, since a handshake initiation (148 bytes) never is
+/// one, so a stranger's first fragment cannot time out into an answer.
 pub fn table_script(table: &str, udp_port: u16, direct_ports: &[u16]) -> String {
     let mut s = format!(
         "add table inet {table}\n\
@@ -140,7 +166,7 @@ pub fn table_script(table: &str, udp_port: u16, direct_ports: &[u16]) -> String 
          \tcomment \"hushgate gateway pre-filter; remove with: hushgate gateway filter remove --port {udp_port}\"\n\
          \tset {OPEN_SET} {{ type inet_service; flags timeout; }}\n\
          \tchain gate {{\n\
-         \t\ttype filter hook prerouting priority raw; policy accept;\n\
+         \t\ttype filter hook prerouting priority {GATE_PRIORITY}; policy accept;\n\
          \t\tudp dport {udp_port} fib daddr type local jump tunnel\n"
     );
     if !direct_ports.is_empty() {
@@ -152,7 +178,8 @@ pub fn table_script(table: &str, udp_port: u16, direct_ports: &[u16]) -> String 
     }
     s += "\t}\n\
           \tchain tunnel {\n\
-          \t\tudp dport @open socket transparent 0 accept\n\
+          \t\tip frag-off & 0x3fff == 0 udp dport @open socket transparent 0 accept\n\
+          \t\texthdr frag missing udp dport @open socket transparent 0 accept\n\
           \t\tcounter drop comment \"not admitted\"\n\
           \t}\n\
           \tchain direct {\n\
@@ -486,10 +513,31 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_listing_does_not_claim_a_change() {
+        use std::os::unix::process::ExitStatusExt;
+        let refused = || {
+            Ok(std::process::Output {
+                status: std::process::ExitStatus::from_raw(1 << 8),
+                stdout: Vec::new(),
+                stderr: b"Error: Could not process rule: Operation not permitted".to_vec(),
+            })
+        };
+        let e = outcome(refused(), true).unwrap_err().to_string();
+        assert!(e.contains("not permitted to read"), "{e}");
+        assert!(!e.contains("change"), "{e}");
+        let e = outcome(refused(), false).unwrap_err().to_string();
+        assert!(e.contains("not permitted to change"), "{e}");
+    }
+
+    #[test]
     fn scripts_name_every_set_and_rule() {
         let s = table_script("hushgate_51820", 51820, &[8096]);
         assert!(s.starts_with("add table inet hushgate_51820\ndelete table inet hushgate_51820\n"));
         assert!(s.contains("udp dport 51820 fib daddr type local jump tunnel"));
+        // Before defragmentation, and no fragment through the open port.
+        assert!(s.contains("hook prerouting priority -450;"));
+        assert!(s.contains("ip frag-off & 0x3fff == 0 udp dport @open"));
+        assert!(s.contains("exthdr frag missing udp dport @open"));
         assert!(s.contains("tcp dport { 8096 } fib daddr type local jump direct"));
         let s = table_script("hushgate_51820", 51820, &[]);
         assert!(!s.contains("jump direct"));

@@ -7,7 +7,8 @@
 //! The table holds one set per kind (tunnel or direct), address family and
 //! prefix length in use, because a lookup compares the masked source
 //! address with the set (`ip saddr & 255.255.255.0 @t4_24`). Exact
-//! bindings land in the /32 and /128 sets; `prefix:N` in the /N set.
+//! bindings land in the /32 and /128 sets; `prefix:V4,V6` in the /V4 set
+//! for IPv4 sources and the /V6 set for IPv6 ones.
 
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
@@ -691,9 +692,32 @@ mod tests {
         let now = Instant::now();
         let s = state(vec![
             adm("a", "203.0.113.7", BindingPolicy::Exact, 60),
-            adm("b", "198.51.100.77", BindingPolicy::Prefix(24), 60),
-            adm("c", "2001:db8:1:2:3::9", BindingPolicy::Prefix(64), 60),
+            adm(
+                "b",
+                "198.51.100.77",
+                BindingPolicy::prefix(24, 56).unwrap(),
+                60,
+            ),
+            adm(
+                "c",
+                "2001:db8:1:2:3::9",
+                BindingPolicy::prefix(32, 64).unwrap(),
+                60,
+            ),
+            // One server's `prefix:24,56`: each family gets its own length.
+            adm(
+                "e",
+                "2001:db8:7:8::1",
+                BindingPolicy::prefix(24, 56).unwrap(),
+                60,
+            ),
             direct("d", "192.0.2.44", BindingPolicy::Exact, &["plex", "jf"]),
+            direct(
+                "f",
+                "2001:db8:9:a::1",
+                BindingPolicy::prefix(24, 56).unwrap(),
+                &["plex"],
+            ),
         ]);
         let d = desired(&s, now, &mut Pins::default());
         assert_eq!(
@@ -703,13 +727,15 @@ mod tests {
                 "192.0.2.44/32 port 8096",
                 "198.51.100.0/24",
                 "2001:db8:1:2::/64",
+                "2001:db8:7::/56",
+                "2001:db8:9::/56 port 32400",
                 "203.0.113.7/32"
             ]
         );
         let sets: BTreeSet<String> = d.elements.keys().map(|e| e.set.name()).collect();
         assert_eq!(
             sets.into_iter().collect::<Vec<_>>(),
-            ["d4_32", "t4_24", "t4_32", "t6_64"]
+            ["d4_32", "d6_56", "t4_24", "t4_32", "t6_56", "t6_64"]
         );
         for deadline in d.elements.values() {
             assert_eq!(*deadline, now + Duration::from_secs(3600));
@@ -839,7 +865,12 @@ mod tests {
         let two = vec![
             adm("a", "203.0.113.7", BindingPolicy::Exact, 10),
             adm("b", "203.0.113.7", BindingPolicy::Exact, 30),
-            adm("c", "203.0.113.99", BindingPolicy::Prefix(24), 30),
+            adm(
+                "c",
+                "203.0.113.99",
+                BindingPolicy::prefix(24, 56).unwrap(),
+                30,
+            ),
         ];
         let d = desired(&state(two.clone()), now, &mut pins);
         assert_eq!(d.elements.len(), 2);
@@ -949,7 +980,12 @@ mod tests {
     fn direct_admissions_need_a_known_service_and_never_first_handshake() {
         let now = Instant::now();
         let s = state(vec![
-            direct("d1", "192.0.2.9", BindingPolicy::Prefix(24), &["nope"]),
+            direct(
+                "d1",
+                "192.0.2.9",
+                BindingPolicy::prefix(24, 56).unwrap(),
+                &["nope"],
+            ),
             direct("d2", "192.0.2.9", BindingPolicy::FirstHandshake, &["plex"]),
         ]);
         let ports = ports();
@@ -1033,7 +1069,12 @@ mod tests {
         // One new admission: one add.
         let (_, ch) = diff_agrees(
             many.clone(),
-            vec![adm("new", "203.0.113.9", BindingPolicy::Prefix(24), 60)],
+            vec![adm(
+                "new",
+                "203.0.113.9",
+                BindingPolicy::prefix(24, 56).unwrap(),
+                60,
+            )],
             &[],
         );
         assert_eq!(names(ch.add.iter().map(|(e, _)| *e)), ["203.0.113.0/24"]);

@@ -83,8 +83,12 @@ enum ServerCmd {
     /// Register a server; prints the one-time enrollment token for its gateway.
     Add {
         name: String,
-        /// exact | prefix:N | first-handshake: how strictly the UDP source
-        /// must match the address the control plane saw.
+        /// exact | prefix:V4,V6 | first-handshake: how strictly the UDP
+        /// source must match the address the control plane saw.
+        /// prefix:24,56 admits an IPv4 client's /24 and an IPv6 client's
+        /// /56 (IPv4 16-32, IPv6 48-128 bits); prefix:N alone is IPv4's
+        /// length with IPv6 /64 (or, for N of 48 or more, IPv6's length
+        /// with IPv4 exact).
         #[arg(long, default_value = "exact")]
         binding: BindingPolicy,
         /// Admission lifetime in seconds (default: the control plane's --admission-ttl).
@@ -543,4 +547,36 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        admin: Args,
+    }
+
+    fn binding(given: &str) -> Result<BindingPolicy, String> {
+        let cli = Cli::try_parse_from(["admin", "server", "add", "den", "--binding", given])
+            .map_err(|e| e.to_string())?;
+        match cli.admin.what {
+            What::Server(ServerCmd::Add { binding, .. }) => Ok(binding),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn server_add_takes_a_binding_length_per_family() {
+        assert_eq!(binding("prefix:24,56").unwrap().to_string(), "prefix:24,56");
+        assert_eq!(binding("prefix:24").unwrap().to_string(), "prefix:24,64");
+        assert_eq!(binding("exact").unwrap(), BindingPolicy::Exact);
+        let e = binding("prefix:24,32").unwrap_err();
+        assert!(e.contains("IPv6 binding prefix must be 48-128"), "{e}");
+        let e = binding("prefix:40").unwrap_err();
+        assert!(e.contains("ambiguous") && e.contains("prefix:24,56"), "{e}");
+    }
 }

@@ -54,7 +54,7 @@ pub struct Args {
     /// address-only admission: every device behind the same NAT is
     /// admitted too, whereas the tunnel admits only this key. The grant
     /// must allow direct mode, and the server must bind 'exact' or
-    /// 'prefix:N'.
+    /// 'prefix:V4,V6'.
     #[arg(long)]
     direct: bool,
 }

@@ -144,7 +144,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }],
         direct: vec![],
         prefilter: gateway::PrefilterMode::Off,
-        enroll_token: Some(server.enrollment_token),
+        enroll_token: Some(server.enrollment_token.into()),
     })
     .await?;
     if !gw.wait_synced(Duration::from_secs(10)).await {

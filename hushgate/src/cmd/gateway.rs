@@ -1,6 +1,6 @@
 use anyhow::{bail, Context};
 use control_client::Trust;
-use gateway::{Gateway, GatewayConfig, PrefilterMode, ServiceSpec};
+use gateway::{EnrollToken, Gateway, GatewayConfig, PrefilterMode, ServiceSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 /// and answers nobody the control plane has not admitted. It needs no
 /// inbound TCP port: it keeps an outbound HTTPS connection to the control
 /// plane. On the first start it enrolls with the one-time token from
-/// 'hushgate admin server add' (HUSHGATE_ENROLL_TOKEN or --enroll-file);
-/// its key and credential then live in --state (mode 0600).
+/// 'hushgate admin server add' (HUSHGATE_ENROLL_TOKEN, --enroll-file, or
+/// the systemd credential 'enroll-token'); its key and credential then
+/// live in --state (mode 0600), and later starts ignore the token. One
+/// gateway per state folder: a second one on the same folder is refused.
 ///
 /// In front of the port, the gateway keeps a kernel pre-filter: an
 /// nftables table of its own (`inet hushgate_PORT`) that drops datagrams
@@ -91,7 +93,10 @@ struct RunArgs {
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// File holding the one-time enrollment token ('-' for standard input);
-    /// or set HUSHGATE_ENROLL_TOKEN. Needed on the first start only.
+    /// or set HUSHGATE_ENROLL_TOKEN, or pass it as the systemd credential
+    /// 'enroll-token' (LoadCredential=). Read on the first start only:
+    /// once enrolled (a credential in --state) it is ignored, and the file
+    /// may be removed.
     #[arg(long, value_name = "FILE")]
     enroll_file: Option<PathBuf>,
     /// UDP address to listen on [default: 0.0.0.0:51820].
@@ -159,23 +164,30 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
     })
 }
 
-fn enroll_token(file: Option<&Path>) -> anyhow::Result<Option<String>> {
+/// The systemd credential the unit passes the token as
+/// (`LoadCredential=enroll-token:/etc/hushgate/enroll-token`).
+const ENROLL_CREDENTIAL: &str = "enroll-token";
+
+/// Where the enrollment token comes from, in order: HUSHGATE_ENROLL_TOKEN,
+/// --enroll-file (`-`: standard input), the systemd credential
+/// `enroll-token` ($CREDENTIALS_DIRECTORY). A file is read only if the
+/// gateway turns out not to be enrolled yet, so it may be gone once it is.
+fn enroll_token(file: Option<&Path>) -> anyhow::Result<Option<EnrollToken>> {
     if let Ok(t) = std::env::var("HUSHGATE_ENROLL_TOKEN") {
         if !t.trim().is_empty() {
-            return Ok(Some(t.trim().to_string()));
+            return Ok(Some(EnrollToken::Given(t.trim().to_string())));
         }
     }
     match file {
-        None => Ok(None),
         Some(p) if p == Path::new("-") => {
-            super::read_secret("HUSHGATE_ENROLL_TOKEN", "enrollment token").map(Some)
+            super::read_secret("HUSHGATE_ENROLL_TOKEN", "enrollment token")
+                .map(|t| Some(EnrollToken::Given(t)))
         }
-        Some(p) => Ok(Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read the enrollment token from {}", p.display()))?
-                .trim()
-                .to_string(),
-        )),
+        Some(p) => Ok(Some(EnrollToken::File(p.to_path_buf()))),
+        None => Ok(std::env::var_os("CREDENTIALS_DIRECTORY")
+            .map(|d| Path::new(&d).join(ENROLL_CREDENTIAL))
+            .filter(|p| p.exists())
+            .map(EnrollToken::File)),
     }
 }
 
@@ -295,73 +307,184 @@ async fn status(state: &Path, json: bool) -> anyhow::Result<()> {
     if r.is_null() {
         bail!("the gateway's data path did not answer");
     }
-    let text = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
+    print!("{}", status_table(&r));
+    Ok(())
+}
+
+/// The status as a person reads it, in the manner of `wg show`: the
+/// gateway, its services with their upstreams' health, each peer, the
+/// drops by reason. Built from the JSON the gateway's socket answers with
+/// (also what `--json` prints), so that an older or newer gateway's
+/// status still shows, with "-" for what it does not say.
+fn status_table(r: &serde_json::Value) -> String {
+    use serde_json::Value;
+    use std::fmt::Write;
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
         other => other.to_string(),
     };
-    println!(
-        "server {}  udp {}  key {}  control {} ({})  feed version {}",
-        text(&r["server"]),
-        text(&r["udp"]),
-        text(&r["public_key"]),
+    let mut o = String::new();
+    let _ = writeln!(o, "gateway: {}", text(&r["server"]));
+    let _ = writeln!(o, "  public key: {}", text(&r["public_key"]));
+    let _ = writeln!(o, "  listening: udp {}", text(&r["udp"]));
+    let _ = writeln!(o, "  version: {}", text(&r["version"]));
+    if let Some(up) = r["uptime_secs"].as_u64() {
+        let _ = writeln!(o, "  uptime: {}", duration(up));
+    }
+    let _ = writeln!(
+        o,
+        "  control plane: {} ({}), feed version {}",
         text(&r["control_url"]),
         if r["control_connected"] == true {
             "connected"
         } else {
             "DISCONNECTED"
         },
-        text(&r["acked_version"]),
+        text(&r["acked_version"])
     );
     if !r["last_control_error"].is_null() {
-        println!(
+        let _ = writeln!(
+            o,
             "  last control plane error: {}",
             text(&r["last_control_error"])
         );
     }
-    let peers = r["gateway"]["peers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    println!("peers: {}", peers.len());
-    for p in &peers {
-        println!(
-            "  {} {} from {} ({}) endpoint {}  handshakes {}  rx {} pkts/{} B  tx {} pkts/{} B  expires in {} s",
+    match &r["prefilter"] {
+        Value::Null => {
+            let _ = writeln!(o, "  pre-filter: off (user-space filter only)");
+        }
+        f => {
+            let sets: Vec<String> = f["sets"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "  pre-filter: table inet {}, {} elements{}{}, {} transactions",
+                text(&f["table"]),
+                text(&f["elements"]),
+                if sets.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in {}", sets.join(" "))
+                },
+                if f["open"] == true {
+                    ", OPEN to all (a first-handshake admission waits)"
+                } else {
+                    ""
+                },
+                text(&f["transactions"]),
+            );
+            if !f["last_error"].is_null() {
+                let _ = writeln!(o, "  pre-filter LAST ERROR: {}", text(&f["last_error"]));
+            }
+        }
+    }
+    let _ = writeln!(
+        o,
+        "  datagrams received: {}",
+        text(&r["gateway"]["datagrams"])
+    );
+
+    for svc in r["services"].as_array().into_iter().flatten() {
+        let direct = svc["kind"] == "direct";
+        let _ = writeln!(
+            o,
+            "\nservice: {}{}",
+            text(&svc["name"]),
+            if direct { " (direct)" } else { "" }
+        );
+        let _ = writeln!(
+            o,
+            "  port: {}",
+            if direct {
+                format!("tcp {} (admitted sources only)", text(&svc["port"]))
+            } else {
+                format!("{} (inside the tunnel)", text(&svc["port"]))
+            }
+        );
+        let _ = writeln!(o, "  upstream: {}", text(&svc["upstream"]));
+        let checked = svc["checked_secs_ago"]
+            .as_u64()
+            .map(|s| format!(" (checked {} ago)", duration(s)))
+            .unwrap_or_default();
+        let since = svc["since_secs"]
+            .as_u64()
+            .map(|s| format!(" for {}", duration(s)))
+            .unwrap_or_default();
+        let health = match svc["health"].as_str() {
+            Some("up") => format!("up{since}{checked}"),
+            Some("down") => format!("DOWN{since}: {}{checked}", text(&svc["error"])),
+            _ => "not checked yet".to_string(),
+        };
+        let _ = writeln!(o, "  health: {health}");
+    }
+
+    for p in r["gateway"]["peers"].as_array().into_iter().flatten() {
+        let _ = writeln!(o, "\npeer: {}", text(&p["client_public_key"]));
+        let _ = writeln!(
+            o,
+            "  admission: {} (expires in {})",
             text(&p["admission_id"]),
-            text(&p["client_address"]),
+            p["expires_in_secs"].as_u64().map_or("-".into(), duration)
+        );
+        let _ = writeln!(o, "  tunnel address: {}", text(&p["client_address"]));
+        let pinned = match &p["pinned_source"] {
+            Value::Null => String::new(),
+            ip => format!(", pinned to {}", text(ip)),
+        };
+        let _ = writeln!(
+            o,
+            "  allowed source: {} ({}{pinned})",
             text(&p["source"]),
-            text(&p["binding"]),
-            text(&p["endpoint"]),
+            text(&p["binding"])
+        );
+        let _ = writeln!(o, "  endpoint: {}", text(&p["endpoint"]));
+        let _ = writeln!(
+            o,
+            "  latest handshake: {}",
+            p["last_handshake_secs_ago"]
+                .as_u64()
+                .map_or("none yet".into(), |s| format!("{} ago", duration(s)))
+        );
+        let _ = writeln!(
+            o,
+            "  transfer: {} received, {} sent ({} handshakes)",
+            bytes(p["rx_bytes"].as_u64().unwrap_or(0)),
+            bytes(p["tx_bytes"].as_u64().unwrap_or(0)),
             text(&p["handshakes"]),
-            text(&p["rx_packets"]),
-            text(&p["rx_bytes"]),
-            text(&p["tx_packets"]),
-            text(&p["tx_bytes"]),
-            text(&p["expires_in_secs"]),
         );
     }
-    println!("datagrams received: {}", text(&r["gateway"]["datagrams"]));
-    println!("drops: {}", r["gateway"]["drops"]);
-    match &r["prefilter"] {
-        serde_json::Value::Null => println!("pre-filter: off (user-space filter only)"),
-        f => println!(
-            "pre-filter: table inet {}  elements {}  sets {}  open to all: {}  transactions {}{}",
-            text(&f["table"]),
-            text(&f["elements"]),
-            text(&f["sets"]),
-            text(&f["open"]),
-            text(&f["transactions"]),
-            match &f["last_error"] {
-                serde_json::Value::Null => String::new(),
-                e => format!("  LAST ERROR: {}", text(e)),
-            }
-        ),
+    if r["gateway"]["peers"]
+        .as_array()
+        .is_some_and(|a| a.is_empty())
+    {
+        let _ = writeln!(o, "\npeers: none");
+    }
+
+    let drops: Vec<(String, u64)> = r["gateway"]["drops"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| v.as_u64().filter(|&n| n > 0).map(|n| (k.clone(), n)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if drops.is_empty() {
+        let _ = writeln!(o, "\ndrops: none");
+    } else {
+        let _ = writeln!(o, "\ndrops:");
+        let width = drops.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        for (reason, n) in drops {
+            let _ = writeln!(o, "  {reason:<width$}  {n}");
+        }
     }
     if !r["direct"].is_null() {
         let d = &r["direct"];
-        println!(
-            "direct: services {}  admitted sources {}  connections {}  accepted {}  refused {}  reset {}",
-            text(&d["services"]),
+        let _ = writeln!(
+            o,
+            "\ndirect: {} admitted sources, {} connections; accepted {}, refused {}, reset {}",
             text(&d["admitted_sources"]),
             text(&d["connections"]),
             text(&d["accepted"]),
@@ -369,20 +492,64 @@ async fn status(state: &Path, json: bool) -> anyhow::Result<()> {
             text(&d["reset"]),
         );
     }
-    Ok(())
+    o
+}
+
+/// "1 hour, 3 minutes" (two largest units), like `wg show`.
+fn duration(secs: u64) -> String {
+    let units = [
+        ("day", 86_400),
+        ("hour", 3600),
+        ("minute", 60),
+        ("second", 1),
+    ];
+    let mut parts = Vec::new();
+    let mut left = secs;
+    for (name, size) in units {
+        let n = left / size;
+        left %= size;
+        if n > 0 && parts.len() < 2 {
+            parts.push(format!("{n} {name}{}", if n == 1 { "" } else { "s" }));
+        } else if !parts.is_empty() {
+            // Only adjacent units: "1 hour, 3 minutes", not "1 hour, 3 seconds".
+            break;
+        }
+    }
+    if parts.is_empty() {
+        "0 seconds".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+/// Bytes in binary units, like `wg show`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.2} {}", UNITS[unit])
 }
 
 fn filter(cmd: FilterCmd) -> anyhow::Result<()> {
     use gateway::filter;
     match cmd {
-        FilterCmd::Show { port: Some(port) } => {
-            let text = filter::show_table(port).with_context(|| {
-                format!(
-                    "no pre-filter table for UDP port {port} (see: hushgate gateway filter show)"
-                )
-            })?;
-            print!("{text}");
-        }
+        FilterCmd::Show { port: Some(port) } => match filter::show_table(port) {
+            Ok(text) => print!("{text}"),
+            // Only a table that is not there is "no table"; a refusal to
+            // read says so itself.
+            Err(filter::NftError::Refused(_)) => bail!(
+                "no pre-filter table for UDP port {port} (no table inet {}); list them with: hushgate gateway filter show",
+                filter::table_name(port)
+            ),
+            Err(e) => return Err(e.into()),
+        },
         FilterCmd::Show { port: None } => {
             let tables = filter::tables()?;
             if tables.is_empty() {
@@ -415,4 +582,90 @@ fn filter(cmd: FilterCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_reads_like_wg_show() {
+        let r = serde_json::json!({
+            "server": "living-room",
+            "public_key": "GATEWAYKEY=",
+            "udp": "0.0.0.0:51820",
+            "control_url": "https://control.example.net:8443",
+            "control_connected": true,
+            "last_control_error": null,
+            "acked_version": 12,
+            "version": "0.1.0",
+            "uptime_secs": 7_380,
+            "gateway": {
+                "feed_version": 12,
+                "service_address": "100.64.0.1",
+                "datagrams": 4_242,
+                "peers": [{
+                    "peer": 0,
+                    "admission_id": "adm_1",
+                    "client_public_key": "CLIENTKEY=",
+                    "client_address": "100.64.0.2",
+                    "source": "203.0.113.7",
+                    "binding": "prefix:24,56",
+                    "pinned_source": null,
+                    "endpoint": "203.0.113.7:40000",
+                    "expires_in_secs": 3_300,
+                    "handshakes": 2,
+                    "rx_packets": 10,
+                    "rx_bytes": 1_258_291,
+                    "tx_packets": 20,
+                    "tx_bytes": 31_981_568,
+                    "last_handshake_secs_ago": 63
+                }],
+                "drops": {"unknown_source": 1_234, "wrong_key": 2, "replayed": 0}
+            },
+            "prefilter": {
+                "table": "hushgate_51820", "elements": 1, "sets": ["t4_24"],
+                "open": false, "transactions": 3, "last_error": null
+            },
+            "direct": null,
+            "services": [
+                {"name": "plex", "kind": "tunnel", "port": 32400, "upstream": "127.0.0.1:32400",
+                 "health": "up", "error": null, "since_secs": 7_380, "checked_secs_ago": 12},
+                {"name": "plex", "kind": "direct", "port": 32401, "upstream": "127.0.0.1:32401",
+                 "health": "down", "error": "Connection refused (os error 111)",
+                 "since_secs": 200, "checked_secs_ago": 5}
+            ]
+        });
+        let t = status_table(&r);
+        for line in [
+            "gateway: living-room",
+            "  uptime: 2 hours, 3 minutes",
+            "  version: 0.1.0",
+            "  control plane: https://control.example.net:8443 (connected), feed version 12",
+            "  pre-filter: table inet hushgate_51820, 1 elements in t4_24, 3 transactions",
+            "service: plex\n  port: 32400 (inside the tunnel)\n  upstream: 127.0.0.1:32400\n  health: up for 2 hours, 3 minutes (checked 12 seconds ago)",
+            "service: plex (direct)\n  port: tcp 32401 (admitted sources only)",
+            "  health: DOWN for 3 minutes, 20 seconds: Connection refused (os error 111) (checked 5 seconds ago)",
+            "peer: CLIENTKEY=\n  admission: adm_1 (expires in 55 minutes)",
+            "  allowed source: 203.0.113.7 (prefix:24,56)",
+            "  endpoint: 203.0.113.7:40000",
+            "  latest handshake: 1 minute, 3 seconds ago",
+            "  transfer: 1.20 MiB received, 30.50 MiB sent (2 handshakes)",
+            "drops:\n  unknown_source  1234\n  wrong_key       2\n",
+        ] {
+            assert!(t.contains(line), "{line:?} missing from:\n{t}");
+        }
+        assert!(!t.contains("replayed"), "zero counters are left out:\n{t}");
+        assert!(!t.contains('{'), "no raw JSON:\n{t}");
+    }
+
+    #[test]
+    fn durations_and_sizes_are_short() {
+        assert_eq!(duration(0), "0 seconds");
+        assert_eq!(duration(1), "1 second");
+        assert_eq!(duration(3_603), "1 hour");
+        assert_eq!(duration(90_061), "1 day, 1 hour");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1536), "1.50 KiB");
+    }
 }

@@ -1,0 +1,332 @@
+//! The `hushgate` binary as a service manager runs it: one process per
+//! role and state folder, the gateway configured from a TOML file, its
+//! enrollment token in a file or a systemd credential. Real processes on
+//! loopback: a control plane, gateways, the admin command.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long to wait for something that should happen (it normally takes
+/// well under a second; the machine may be busy).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn hushgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_hushgate"));
+    c.env_remove("HUSHGATE_ENROLL_TOKEN")
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .env("RUST_LOG", "error");
+    c
+}
+
+/// A running `hushgate` process whose standard output is read line by
+/// line; killed when dropped.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Running {
+    fn start(cmd: &mut Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for an output line containing `what`.
+    fn wait_for(&mut self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(line) => self.seen.push(line),
+                Err(_) => panic!("no line with {what:?}; saw {:?}", self.seen),
+            }
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops it as a service manager does (SIGTERM) and waits.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn refused(out: Output) -> String {
+    assert!(!out.status.success(), "it should have refused to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Starts `cmd` while `holder` runs on `state`: it must refuse at once,
+/// naming the folder and the holder.
+fn refused_by(cmd: &mut Command, state: &Path, role: &str, holder: &Running) {
+    let e = refused(run_to_end(cmd));
+    let expected = format!(
+        "the state folder {} is in use by {role} (pid {})",
+        state.display(),
+        holder.pid()
+    );
+    assert!(e.contains(&expected), "{e}");
+}
+
+/// Runs `hushgate` to its end, bounded: a second process on a locked
+/// folder must refuse at once, not hang.
+fn run_to_end(cmd: &mut Command) -> Output {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("hushgate did not finish");
+        }
+    }
+}
+
+fn control_plane(state: &Path) -> Running {
+    let mut cp = Running::start(hushgate().args([
+        "control",
+        "--listen",
+        "127.0.0.1:0",
+        "--state",
+        state.to_str().unwrap(),
+    ]));
+    cp.wait_for("listening on https://");
+    // `hushgate admin --state` finds it by this file, written as it
+    // starts serving (after the line above).
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !state.join("control-url").exists() {
+        assert!(std::time::Instant::now() < deadline, "no control-url");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cp
+}
+
+/// `hushgate admin server add NAME`: the enrollment token it prints.
+fn new_server(control_state: &Path, name: &str) -> String {
+    let out = run_to_end(hushgate().args([
+        "admin",
+        "--state",
+        control_state.to_str().unwrap(),
+        "server",
+        "add",
+        name,
+    ]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("hge_"))
+        .expect("an enrollment token")
+        .to_string()
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A gateway configuration file like deploy/gateway.toml, on loopback.
+fn gateway_toml(
+    dir: &Path,
+    control_state: &Path,
+    state: &Path,
+    enroll_file: Option<&Path>,
+) -> PathBuf {
+    let url = std::fs::read_to_string(control_state.join("control-url")).unwrap();
+    let mut toml = format!(
+        "control = \"{}\"\nca = \"{}\"\nstate = \"{}\"\nlisten_udp = \"127.0.0.1:0\"\n\
+         services = [\"plex=32400:127.0.0.1:9\"]\nprefilter = \"off\"\n",
+        url.trim(),
+        control_state.join("ca.pem").display(),
+        state.display(),
+    );
+    if let Some(f) = enroll_file {
+        toml += &format!("enroll_file = \"{}\"\n", f.display());
+    }
+    let path = dir.join(format!(
+        "{}.toml",
+        state.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// Starts `hushgate gateway --config CONFIG` (with CREDENTIALS_DIRECTORY
+/// set to `creds`, as systemd would) and waits until it is in sync.
+fn gateway_in_sync(config: &Path, creds: Option<&Path>) -> Running {
+    let mut cmd = hushgate();
+    cmd.args(["gateway", "--config", config.to_str().unwrap()]);
+    if let Some(creds) = creds {
+        cmd.env("CREDENTIALS_DIRECTORY", creds);
+    }
+    let mut gw = Running::start(&mut cmd);
+    gw.wait_for("in sync with the control plane");
+    gw
+}
+
+#[test]
+fn one_control_plane_per_state_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("control");
+    let first = control_plane(&state);
+    refused_by(
+        hushgate().args([
+            "control",
+            "--listen",
+            "127.0.0.1:0",
+            "--state",
+            state.to_str().unwrap(),
+        ]),
+        &state,
+        "a hushgate control plane",
+        &first,
+    );
+    // The first one still serves.
+    new_server(&state, "den");
+    first.stop();
+    // Stopped, the folder is free again.
+    control_plane(&state).stop();
+}
+
+#[test]
+fn the_gateway_as_deployed_enrolls_once_and_owns_its_state_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let control_state = tmp.path().join("control");
+    let _cp = control_plane(&control_state);
+
+    // First start with the token in a root-only file named by the config.
+    let token_file = tmp.path().join("enroll-token");
+    write_private(
+        &token_file,
+        &format!("{}\n", new_server(&control_state, "den")),
+    );
+    let state = tmp.path().join("gateway");
+    let config = gateway_toml(tmp.path(), &control_state, &state, Some(&token_file));
+    let gw = gateway_in_sync(&config, None);
+
+    // A second gateway on the same folder is refused, naming the first.
+    refused_by(
+        hushgate().args(["gateway", "--config", config.to_str().unwrap()]),
+        &state,
+        "a hushgate gateway",
+        &gw,
+    );
+
+    // The status reads like `wg show`, and says the upstream is down.
+    let out =
+        run_to_end(hushgate().args(["gateway", "status", "--state", state.to_str().unwrap()]));
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{status}");
+    for line in [
+        "gateway: den",
+        "service: plex",
+        "  upstream: 127.0.0.1:9",
+        "  health: DOWN",
+        "peers: none",
+        "drops: none",
+    ] {
+        assert!(status.contains(line), "{line:?} missing from:\n{status}");
+    }
+    assert!(
+        !status.contains('{'),
+        "raw JSON in the status table:\n{status}"
+    );
+    let out = run_to_end(hushgate().args([
+        "gateway",
+        "status",
+        "--state",
+        state.to_str().unwrap(),
+        "--json",
+    ]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["services"][0]["health"], "down");
+
+    // As deploy/gateway.toml says: once enrolled, remove the token file.
+    // Restarted (as Restart=always would), the gateway must not need it.
+    gw.stop();
+    std::fs::remove_file(&token_file).unwrap();
+    let gw = gateway_in_sync(&config, None);
+    gw.stop();
+}
+
+#[test]
+fn the_gateway_takes_its_token_as_a_systemd_credential() {
+    let tmp = tempfile::tempdir().unwrap();
+    let control_state = tmp.path().join("control");
+    let _cp = control_plane(&control_state);
+    // systemd's LoadCredential=enroll-token:FILE puts a private copy in
+    // $CREDENTIALS_DIRECTORY, readable by the service's dynamic user.
+    let creds = tmp.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    write_private(
+        &creds.join("enroll-token"),
+        &new_server(&control_state, "attic"),
+    );
+    let state = tmp.path().join("gateway");
+    let config = gateway_toml(tmp.path(), &control_state, &state, None);
+    let gw = gateway_in_sync(&config, Some(&creds));
+    gw.stop();
+    // Once enrolled, the unit's empty fallback credential (SetCredential=
+    // after the token file was deleted) is ignored.
+    write_private(&creds.join("enroll-token"), "");
+    let gw = gateway_in_sync(&config, Some(&creds));
+    gw.stop();
+    // A gateway never enrolled, given an empty credential, says so.
+    let fresh = tmp.path().join("fresh");
+    let config = gateway_toml(tmp.path(), &control_state, &fresh, None);
+    let e = refused(run_to_end(
+        hushgate()
+            .args(["gateway", "--config", config.to_str().unwrap()])
+            .env("CREDENTIALS_DIRECTORY", &creds),
+    ));
+    assert!(
+        e.contains("enrollment token") && e.contains("is empty"),
+        "{e}"
+    );
+}
