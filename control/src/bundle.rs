@@ -10,9 +10,9 @@
 //!   machine that ran `init` instead of going to the replicas.
 //!
 //! `hushgate control init --state BUNDLE --san NAME...` writes them
-//! ([`init`]); each replica starts from a copy of the folder (or from a
-//! shared read-only copy of it mounted as its state folder, see
-//! docs/operating.md). With a `--database`, `init` also records the CA and
+//! ([`init`]); each replica starts from a copy of the folder as its own
+//! state folder (a process holds its folder's lock, see `statelock`, so
+//! two replicas on one host need two folders; docs/operating.md). With a `--database`, `init` also records the CA and
 //! the admin token's hash in it, and every replica checks at start that
 //! its copy matches what the database holds: a replica started from
 //! another folder by mistake refuses to start instead of presenting a

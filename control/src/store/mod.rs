@@ -160,9 +160,11 @@ struct DbInner {
     hub: Arc<Hub>,
 }
 
+/// Both boxed: which variant is larger depends on the features the
+/// drivers are built with, and the engine is reached once per transaction.
 enum EngineImpl {
-    Sqlite(sqlite::Sqlite),
-    Postgres(postgres::Postgres),
+    Sqlite(Box<sqlite::Sqlite>),
+    Postgres(Box<postgres::Postgres>),
 }
 
 impl std::fmt::Debug for Db {
@@ -178,9 +180,9 @@ impl Db {
     /// transactions go to `hub`.
     pub fn open(database: &Database, hub: Arc<Hub>) -> Result<Db> {
         let engine = match database {
-            Database::Sqlite(path) => EngineImpl::Sqlite(sqlite::Sqlite::open(path)?),
+            Database::Sqlite(path) => EngineImpl::Sqlite(Box::new(sqlite::Sqlite::open(path)?)),
             Database::Postgres(url) => {
-                EngineImpl::Postgres(postgres::Postgres::open(url, hub.clone())?)
+                EngineImpl::Postgres(Box::new(postgres::Postgres::open(url, hub.clone())?))
             }
         };
         Ok(Db {

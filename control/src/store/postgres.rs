@@ -434,16 +434,23 @@ fn pg_error(e: tokio_postgres::Error) -> StoreError {
         }
         return StoreError::Database(db.message().to_string());
     }
+    // The driver's own text is only the kind ("error connecting to
+    // server"); the reason (refused, no such socket) is in its sources.
+    let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);
     let mut io = e.is_closed();
     while let Some(s) = source {
         io |= s.downcast_ref::<std::io::Error>().is_some();
+        let reason = s.to_string();
+        if !text.contains(&reason) {
+            text = format!("{text}: {reason}");
+        }
         source = s.source();
     }
-    if io || e.to_string().contains("timed out") {
-        StoreError::Unavailable(e.to_string())
+    if io || text.contains("timed out") {
+        StoreError::Unavailable(text)
     } else {
-        StoreError::Database(e.to_string())
+        StoreError::Database(text)
     }
 }
 

@@ -281,30 +281,32 @@ pub fn start(options: Options) -> Result<PgServer, String> {
 impl PgServer {
     /// The connection string of database `name` on this server.
     pub fn url(&self, name: &str) -> DatabaseUrl {
-        DatabaseUrl::parse(&format!(
+        DatabaseUrl::parse(&self.url_text(name)).expect("a valid connection string")
+    }
+
+    /// The connection string of database `name`, as an operator gives it
+    /// (`hushgate control --database`).
+    pub fn url_text(&self, name: &str) -> String {
+        format!(
             "host={} port={} user=hushgate dbname={name}",
             self.socket_dir.display(),
             self.port
-        ))
-        .expect("a valid connection string")
+        )
     }
 
     /// Runs one SQL command on the `postgres` database (as the superuser).
     pub fn admin_sql(&self, sql: &str) {
+        self.sql("postgres", sql);
+    }
+
+    /// Runs one SQL command on database `db` (as the superuser).
+    pub fn sql(&self, db: &str, sql: &str) {
         let out = Command::new(self.bin.join("psql"))
             .arg("-h")
             .arg(&self.socket_dir)
             .arg("-p")
             .arg(self.port.to_string())
-            .args([
-                "-U",
-                "hushgate",
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-qc",
-            ])
+            .args(["-U", "hushgate", "-d", db, "-v", "ON_ERROR_STOP=1", "-qc"])
             .arg(sql)
             .output()
             .expect("psql runs");
@@ -317,12 +319,17 @@ impl PgServer {
 
     /// A new, empty database.
     pub fn fresh_database(&self) -> DatabaseUrl {
+        self.url(&self.fresh_database_name())
+    }
+
+    /// A new, empty database; its name.
+    pub fn fresh_database_name(&self) -> String {
         let name = format!(
             "t{}_{}",
             std::process::id(),
             NEXT_DB.fetch_add(1, Ordering::Relaxed)
         );
         self.admin_sql(&format!("CREATE DATABASE {name}"));
-        self.url(&name)
+        name
     }
 }
