@@ -171,7 +171,8 @@ async fn wait_for_peers(state: &Path, ok: impl Fn(&[String]) -> bool) -> Vec<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_share_one_database_and_survive_a_kill() {
     let server = pg::server();
-    let database = server.url_text(&server.fresh_database_name());
+    let db_name = server.fresh_database_name();
+    let database = server.url_text(&db_name);
     let tmp = tempfile::tempdir().unwrap();
 
     // The shared identity, recorded in the database.
@@ -314,5 +315,35 @@ async fn three_replicas_share_one_database_and_survive_a_kill() {
     wait_for_peers(&gw_state, |p| p.contains(&third.admission_id)).await;
     alice.revoke(&second.admission_id).await.unwrap();
     wait_for_peers(&gw_state, |p| p == [third.admission_id.clone()]).await;
+
+    // The database goes away (every connection cut, no new one allowed):
+    // a request is answered 503 saying so, and the gateway keeps what it
+    // has.
+    server.admin_sql(&format!("ALTER DATABASE {db_name} ALLOW_CONNECTIONS false"));
+    server.admin_sql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db_name}'"
+    ));
+    let e = alice.renew(&third.admission_id).await.unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(503), Some("database_unavailable")),
+        "{e}"
+    );
+    assert_eq!(gateway_peers(&gw_state), vec![third.admission_id.clone()]);
+    // It comes back: the replica reconnects by itself, and a replica
+    // started now from the same bundle serves a change that reaches the
+    // gateway through replica 3.
+    server.admin_sql(&format!("ALTER DATABASE {db_name} ALLOW_CONNECTIONS true"));
+    let deadline = Instant::now() + PATIENCE;
+    while let Err(e) = alice.renew(&third.admission_id).await {
+        assert!(Instant::now() < deadline, "no recovery: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r4 = start_replica(&replica_folder(&bundle, &tmp.path().join("r4")), &database);
+    let alice4 = ControlClient::new(&r4.url, trust())
+        .unwrap()
+        .with_bearer(&login.token);
+    let fourth = alice4.access("den", WgKey([4; 32])).await.unwrap();
+    wait_for_peers(&gw_state, |p| p.contains(&fourth.admission_id)).await;
     drop(gw);
 }
