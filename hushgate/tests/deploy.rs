@@ -231,3 +231,64 @@ fn the_gateway_takes_its_token_as_a_systemd_credential() {
         "{e}"
     );
 }
+
+#[test]
+fn a_sqlite_control_plane_is_backed_up_while_it_runs_and_restored() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("control");
+    let cp = control_plane(&state);
+    new_server(&state, "den");
+    let copy = tmp.path().join("backup.sqlite");
+    let backup = || {
+        run_to_end(
+            hushgate()
+                .args(["control", "backup", "--state"])
+                .arg(&state)
+                .arg(&copy),
+        )
+    };
+    // While it serves.
+    let out = backup();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the copy holds preshared keys");
+    // A backup never overwrites a file.
+    let e = refused(backup());
+    assert!(e.contains("exists already"), "{e}");
+    cp.stop();
+
+    // Restored into a new state folder (with the identity kept beside
+    // the database), the control plane has what it had.
+    let restored = tmp.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    std::fs::set_permissions(&restored, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for f in ["ca.pem", "ca-key.pem", "admin-token"] {
+        std::fs::copy(state.join(f), restored.join(f)).unwrap();
+    }
+    std::fs::copy(&copy, restored.join("control.sqlite")).unwrap();
+    let _cp = control_plane(&restored);
+    let out = run_to_end(hushgate().args([
+        "admin",
+        "--state",
+        restored.to_str().unwrap(),
+        "server",
+        "list",
+    ]));
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && list.contains("den"), "{list}");
+
+    // A folder without SQLite (a replica on PostgreSQL) is told to use
+    // pg_dump.
+    let e = refused(run_to_end(
+        hushgate()
+            .args(["control", "backup", "--state"])
+            .arg(tmp.path())
+            .arg(tmp.path().join("x.sqlite")),
+    ));
+    assert!(e.contains("pg_dump"), "{e}");
+}
