@@ -186,7 +186,8 @@ async fn main() {
         .iter()
         .map(|r| r.client().with_bearer(&bearer))
         .collect();
-    let cpu_before = own_cpu() + pg.as_ref().map_or(0.0, |s| pg_cpu(&s.base.join("data")));
+    let pg_cpu_now = || pg.as_ref().map_or(0.0, |s| pg_cpu(&s.base.join("data")));
+    let (own_before, pg_before) = (own_cpu(), pg_cpu_now());
     let t = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
@@ -227,7 +228,8 @@ async fn main() {
     }
     done.sort();
     let elapsed = t.elapsed();
-    let cpu = own_cpu() + pg.as_ref().map_or(0.0, |s| pg_cpu(&s.base.join("data"))) - cpu_before;
+    let (own, pg_used) = (own_cpu() - own_before, pg_cpu_now() - pg_before);
+    let cpu = own + pg_used;
     lat.sort();
     println!(
         "access: {} requests, {} concurrent clients, {:.2} s: {:.0} requests/s; latency p50 {:.1} ms, p99 {:.1} ms",
@@ -250,10 +252,12 @@ async fn main() {
         );
     }
     println!(
-        "access CPU: {:.2} s in all ({:.0}% of one core), {:.2} ms per request (control planes, clients and gateway in this process, plus the PostgreSQL server)",
+        "access CPU: {:.2} s in all ({:.0}% of one core), {:.2} ms per request: {:.2} ms in this process (control planes, clients, gateway), {:.2} ms in the PostgreSQL server",
         cpu,
         100.0 * cpu / elapsed.as_secs_f64(),
-        1e3 * cpu / lat.len() as f64
+        1e3 * cpu / lat.len() as f64,
+        1e3 * own / lat.len() as f64,
+        1e3 * pg_used / lat.len() as f64
     );
     // The rate as the number of live admissions grows: each tenth of the
     // run, by completion time (the last one is the rate near `requests`
