@@ -29,6 +29,10 @@
 # 10-14 check it and the direct (firewall-only) service. A third gateway
 # (server homefh, UDP 51822, IPv6) binds on the first handshake.
 set -euo pipefail
+# With pipefail, `producer | grep -q X` fails whenever grep exits at its
+# match while the producer still writes (SIGPIPE, or EPIPE for Rust's
+# line-buffered stdout): a failure that depends on scheduling. Checks on a
+# command's output read it whole first: grep -q X <<<"$(producer)".
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -493,7 +497,7 @@ scenario_8() { # the client's NAT changes its public address: re-admission
   wait_for "the shim to resume from the new address" 45 \
     ns cli curl -sf --max-time 3 http://127.0.0.1:32408/identity
   log "  NAT moved 203.0.113.34 -> .35: resumed $(since "$t0") s later"
-  admin admission list | grep -q "203.0.113.35"
+  grep -q "203.0.113.35" <<<"$(admin admission list)"
   fetch 32408 "$W/s8.bin"; check_sha "$W/s8.bin"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   ns cnat nft flush chain ip cnat post
@@ -505,7 +509,7 @@ scenario_9() { # IPv6 only: control plane, gateway and client over IPv6
   local pid; pid=$(start_shim 32409 shim9 alice "https://[2001:db8:1::2]:8443" home6) || {
     ns edge "$BIN" gateway status --state "$W/gw6" >&2; admin admission list >&2; return 1; }
   fetch 32409 "$W/s9.bin"; check_sha "$W/s9.bin"
-  admin admission list | grep -q "2001:db8:20::2"
+  grep -q "2001:db8:20::2" <<<"$(admin admission list)"
   log "  $FILE_MIB MiB over IPv6 only, sha256 matches"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -546,7 +550,7 @@ scenario_10() { # with the pre-filter, a flood from an unknown source never reac
   # An admitted client still gets through (its source is in the set).
   local pid; pid=$(start_shim 32410 shim10)
   ns cli curl -sf --max-time 5 http://127.0.0.1:32410/identity >/dev/null
-  ns edge nft list set inet hushgate_51820 t4_32 | grep -q "203.0.113.34"
+  grep -q "203.0.113.34" <<<"$(ns edge nft list set inet hushgate_51820 t4_32)"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -573,7 +577,7 @@ scenario_11() { # gateway killed: the port stays dark (no ICMP), until the filte
   # The control: without the table the kernel answers the same probes
   # (ICMP port unreachable, TCP reset), so the capture above would have
   # seen them.
-  ns edge "$BIN" gateway filter remove --port 51820 | grep -q "removed table inet hushgate_51820"
+  grep -q "removed table inet hushgate_51820" <<<"$(ns edge "$BIN" gateway filter remove --port 51820)"
   start_capture
   junk 30
   ns atk nmap -n -Pn -sS -p 32401 --max-retries 1 203.0.113.18 >>"$W/s11-nmap.log" 2>&1
@@ -605,7 +609,7 @@ scenario_12() { # direct mode: plain TCP download for the admitted address, noth
   ns cli curl -sS --max-time 60 -o "$W/s12.bin" "$url/file.bin"
   check_sha "$W/s12.bin"
   log "  $FILE_MIB MiB over plain TCP in $(since "$t0") s, sha256 matches"
-  ns edge nft list set inet hushgate_51820 d4_32 | grep -q "203.0.113.34 . 32401"
+  grep -q "203.0.113.34 . 32401" <<<"$(ns edge nft list set inet hushgate_51820 d4_32)"
   start_capture
   ns atk nmap -n -Pn -sS -p 32401 --max-retries 2 203.0.113.18 >"$W/s12-nmap.log" 2>&1
   ns atk python3 -c '
