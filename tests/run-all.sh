@@ -38,6 +38,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The control plane's tests run it on PostgreSQL too: they start their
+# own server (initdb in a temporary folder, a Unix socket) from Debian's
+# programs, which are not on PATH (/usr/lib/postgresql/VERSION/bin).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  command -v apt-get >/dev/null || die "PostgreSQL is missing (and no apt-get to install it)"
+  say "installing postgresql"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+command -v setpriv >/dev/null || die "setpriv is missing (Debian: util-linux): the tests run PostgreSQL as nobody"
 [ -c /dev/net/tun ] || die "/dev/net/tun is missing: wireguard-go (the stock WireGuard peer in the harness) needs it"
 
 say "formatting (cargo fmt --check)"

@@ -82,7 +82,9 @@ struct RunArgs {
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
     config: Option<PathBuf>,
-    /// Control plane URL, e.g. https://control.example:8443.
+    /// Control plane URL, e.g. https://control.example:8443. For replicas,
+    /// several URLs separated by commas: when one cannot be reached, the
+    /// next is used.
     #[arg(long, value_name = "URL")]
     control: Option<String>,
     /// CA certificate of the control plane to pin (its ca.pem); without it
