@@ -27,6 +27,8 @@
 //! acknowledge; [`feed`] keeps the desired set current from diffs), and
 //! answers `hushgate gateway status` on a Unix socket.
 //!
+//! [`config_file`] reads the TOML file `hushgate gateway --config` takes.
+//!
 //! In front of all of it, in the kernel, [`filter`] keeps an nftables
 //! table that drops datagrams from sources without a live admission
 //! before they wake the process, and [`direct`] serves direct
@@ -34,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod config_file;
 mod datapath;
 pub mod direct;
 pub mod dispatch;
@@ -47,6 +50,7 @@ pub use admission::{
     Admission, AdmissionError, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause,
     SourceStatus,
 };
+pub use config_file::GatewayFile;
 pub use dispatch::{
     Dispatcher, DispatcherConfig, DropCounters, DropReason, GatewayStats, Outbox, Output,
     PeerCounters, PeerEvent, PeerStats, Verdict,

@@ -1,6 +1,6 @@
 use anyhow::{bail, Context};
 use control_client::Trust;
-use gateway::{Gateway, GatewayConfig, PrefilterMode, ServiceSpec};
+use gateway::{Gateway, GatewayConfig, GatewayFile, PrefilterMode, ServiceSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -73,12 +73,10 @@ enum FilterCmd {
     },
 }
 
-#[derive(Debug, clap::Args, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, clap::Args, Default)]
 struct RunArgs {
     /// TOML file with any of these settings; flags override it.
     #[arg(long, value_name = "FILE")]
-    #[serde(skip)]
     config: Option<PathBuf>,
     /// Control plane URL, e.g. https://control.example:8443.
     #[arg(long, value_name = "URL")]
@@ -103,7 +101,6 @@ struct RunArgs {
     public_endpoint: Option<SocketAddr>,
     /// A service: NAME=PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400 (repeatable).
     #[arg(long = "service", value_name = "SPEC")]
-    #[serde(default)]
     services: Vec<String>,
     /// A direct (firewall-only) service, for players that cannot run a
     /// tunnel: NAME=PUBLIC_PORT:UPSTREAM, e.g. plex=32401:127.0.0.1:32400
@@ -112,7 +109,6 @@ struct RunArgs {
     /// admission, until it ends. Address-only admission: anyone behind the
     /// same NAT is admitted too. Needs the pre-filter.
     #[arg(long = "direct", value_name = "SPEC")]
-    #[serde(default)]
     direct: Vec<String>,
     /// The kernel pre-filter: auto (use it when the gateway may change
     /// nftables, otherwise warn and filter in user space only), required
@@ -135,7 +131,7 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let file: RunArgs = toml::from_str(&text)
+    let file = GatewayFile::parse(&text)
         .with_context(|| format!("the config file {} is not valid", path.display()))?;
     Ok(RunArgs {
         config: cli.config,
