@@ -397,7 +397,9 @@ pub fn read_answers(
         if kind == NLMSG_ERROR && len >= 20 && (pending.remove(&seq) || batch.contains(&seq)) {
             let code = i32::from_ne_bytes(rx[at + 16..at + 20].try_into().expect("errno"));
             if code != 0 && first_error.is_none() {
-                first_error = Some(std::io::Error::from_raw_os_error(-code));
+                // The kernel sends -errno. A code with no negation
+                // (i32::MIN) is reported too, not a panic.
+                first_error = Some(std::io::Error::from_raw_os_error(code.saturating_neg()));
             }
         }
         at += (len + 3) & !3;
@@ -537,6 +539,16 @@ mod tests {
         assert!(read_answers(&cut[..30], &mut pending, [6, 10]).is_none());
         assert_eq!(pending, [9].into());
         assert!(read_answers(&cut, &mut pending, [6, 10]).is_none());
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn any_error_code_is_reported_without_a_panic() {
+        // Found by the netlink_answers fuzz target: negating i32::MIN
+        // overflowed.
+        let mut pending: std::collections::HashSet<u32> = [5].into();
+        let error = read_answers(&answer(5, i32::MIN), &mut pending, [4, 6]).unwrap();
+        assert_eq!(error.raw_os_error(), Some(i32::MAX));
         assert!(pending.is_empty());
     }
 
