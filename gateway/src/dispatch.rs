@@ -694,6 +694,18 @@ impl Dispatcher {
             let allowed_ports = resolve_ports(&self.config.services, admission);
             if let Some(peer) = self.peers[changed.peer.tunnel_index() as usize].as_mut() {
                 peer.allowed_ports = allowed_ports;
+                // An edit may move the binding (another source, another
+                // policy, a pinning window opened again). The endpoint is
+                // where the last authenticated datagram came from; once
+                // the admission no longer binds it, nothing may go there.
+                // The session stays: the client's next datagram from a
+                // bound source sets the endpoint again.
+                if peer
+                    .endpoint
+                    .is_some_and(|e| !admission.admits_session_packet(e.ip()))
+                {
+                    peer.endpoint = None;
+                }
             }
         }
         for rejected in &outcome.rejected {

@@ -772,6 +772,56 @@ fn changed_services_apply_to_the_live_session_and_a_new_key_replaces_the_peer() 
 }
 
 #[test]
+fn an_admission_moved_to_another_source_sends_nothing_to_the_old_one() {
+    // Found by the dispatcher fuzz target: an edit in place (same id, key
+    // and tunnel address) that moved the source kept the peer's endpoint,
+    // so the next packet from the TCP stack went to the old source.
+    let mut net = Net::new();
+    let mut alice = net.client(1, "203.0.113.7:51820");
+    net.apply(vec![alice.admission("adm_alice", BindingPolicy::Exact)]);
+    let peer = net.handshake(&mut alice);
+    let mut moved = alice.admission("adm_alice", BindingPolicy::Exact);
+    moved.source = ip("198.51.100.20");
+    let outcome = net.apply(vec![moved]);
+    assert_eq!(outcome.changed.len(), 1, "edited in place, not replaced");
+    assert_eq!(net.gateway.peer_endpoint(peer), None);
+    let syn_ack = tcp_segment(SERVICE_ADDRESS, alice.inner, PLEX, 49152, SYN_ACK, b"");
+    net.outbound(&syn_ack)
+        .assert_silent_drop(DropReason::NoSession);
+    net.clock.advance(Duration::from_secs(1));
+    assert!(net.timers().is_empty());
+
+    // The session itself goes on from the new source, and replies follow.
+    alice.addr = sock("198.51.100.20:51820");
+    let syn = alice.syn(PLEX);
+    let sealed = alice.seal(&syn);
+    let r = net.send(alice.addr, &sealed);
+    assert_eq!(r.verdict, Verdict::Accepted { peer });
+    let r = net.outbound(&syn_ack);
+    assert_eq!(r.verdict, Verdict::Accepted { peer });
+    assert_eq!(r.transmits.len(), 1);
+    assert_eq!(r.transmits[0].0, alice.addr);
+
+    // Pinned by a first handshake, then made exact for another address:
+    // the pinned address gets nothing more either.
+    let mut bob = net.client(2, "192.0.2.44:4000");
+    let mut admissions = vec![
+        alice.admission("adm_alice", BindingPolicy::Exact),
+        bob.admission("adm_bob", BindingPolicy::FirstHandshake),
+    ];
+    admissions[0].source = ip("198.51.100.20");
+    net.apply(admissions.clone());
+    let bob_peer = net.handshake(&mut bob);
+    admissions[1].binding = BindingPolicy::Exact;
+    admissions[1].source = ip("192.0.2.45");
+    net.apply(admissions);
+    let to_bob = tcp_segment(SERVICE_ADDRESS, bob.inner, PLEX, 49152, SYN_ACK, b"");
+    net.outbound(&to_bob)
+        .assert_silent_drop(DropReason::NoSession);
+    assert_eq!(net.gateway.peer_endpoint(bob_peer), None);
+}
+
+#[test]
 fn prefix_24_binding_admits_the_neighbourhood_only() {
     let mut net = Net::new();
     // The control plane saw .7; the client's UDP leaves from .200 (CGNAT).
