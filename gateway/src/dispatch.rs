@@ -114,7 +114,7 @@ impl Default for DispatcherConfig {
 /// Why a datagram or outbound packet was dropped. Every drop is silent:
 /// the only reply the gateway ever sends to a packet it does not process
 /// is a cookie reply ([`DropReason::RateLimited`]), and only to a source
-/// some admission binds.
+/// some live admission binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
@@ -262,7 +262,8 @@ pub enum Verdict {
     /// outbox.
     Accepted { peer: PeerId },
     /// Dropped and counted. Nothing was added to the outbox, except a
-    /// cookie reply for [`DropReason::RateLimited`] to a bound source.
+    /// cookie reply for [`DropReason::RateLimited`] to a source a live
+    /// admission binds.
     Dropped(DropReason),
 }
 
@@ -938,7 +939,9 @@ impl Dispatcher {
                 // A source that only an open pinning window lets in is not
                 // bound to anything yet: it gets silence, not a cookie. A
                 // genuine first-handshake client retries in 5 s anyway.
-                if source == SourceStatus::Bound {
+                // Nor does a source bound only by admissions past their
+                // deadline that the timers have not removed yet.
+                if cookie_allowed(&self.table, src, source, now) {
                     out.push_transmit(src, reply);
                 }
                 return Verdict::Dropped(DropReason::RateLimited);
@@ -994,9 +997,9 @@ impl Dispatcher {
                     // Load rose between our check and the tunnel's: the
                     // tunnel answered with a cookie instead.
                     Some(MSG_COOKIE_REPLY) => {
-                        // Same rule as above: no cookie to a source that
-                        // only an open pinning window lets in.
-                        if source == SourceStatus::Bound {
+                        // Same rule as above: a cookie only to a source a
+                        // live admission binds.
+                        if cookie_allowed(&self.table, src, source, now) {
                             out.commit(OutputKind::Transmit(src), offset, len);
                         }
                         return Verdict::Dropped(DropReason::RateLimited);
@@ -1192,6 +1195,19 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Whether a cookie reply may go to `src`: some live admission binds it.
+/// (A source only an open pinning window lets in is bound to nothing yet,
+/// and an admission past its deadline binds nothing, even before the
+/// timers remove it.)
+fn cookie_allowed(
+    table: &AdmissionTable,
+    src: SocketAddr,
+    source: SourceStatus,
+    now: Instant,
+) -> bool {
+    source == SourceStatus::Bound && table.binds_live(src.ip(), now)
 }
 
 fn push_informational(events: &mut VecDeque<PeerEvent>, event: PeerEvent) {
