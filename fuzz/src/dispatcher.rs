@@ -25,8 +25,9 @@
 //!   a live admission, was encrypted by that admission's client, and is
 //!   IPv4 TCP from its tunnel address to one of its services;
 //! - a client decrypts only packets the TCP stack addressed to it;
-//! - a first-handshake admission is pinned only by a real initiation of its
-//!   own key, while its window is open;
+//! - a handshake is accepted only for the admission of the key that made
+//!   it, and a first-handshake admission is pinned only by such a handshake
+//!   while its window is open;
 //! - the dispatcher's table holds exactly the model's admissions, with the
 //!   model's deadlines and pinning, and its events report every install and
 //!   removal (the driver closes connections on them).
@@ -52,6 +53,12 @@ const HANDSHAKE_INIT_LEN: usize = 148;
 /// past them (mac2, checked only under load) leaves it a real initiation.
 const INIT_AUTHENTICATED: usize = 132;
 const POOL: usize = 32;
+/// Most initiations one input hands to the gateway (made by a client or
+/// replayed). X25519 is
+/// most of an execution's cost (about nine scalar multiplications per
+/// handshake); six are enough for every story (a handshake, a cookie
+/// round, a renewal, a replay, a pinning race).
+const MAX_HANDSHAKES: usize = 6;
 const WRONG_PSK: [u8; 32] = [0xee; 32];
 
 /// One step. The byte layout is written out by [`Op::encode`] (the seed
@@ -441,11 +448,29 @@ fn binding_of(i: u8) -> BindingPolicy {
 
 /// A real WireGuard client for slot k.
 struct Client {
-    tunn: Tunn,
+    slot: usize,
+    /// Made when first used: each costs two scalar multiplications.
+    tunn: Option<Box<Tunn>>,
     /// Initiations it made, as far as mac1 covers them.
     initiations: HashSet<Vec<u8>>,
     /// Inner packets it encrypted, as the gateway would hand them on.
     sealed: HashSet<Vec<u8>>,
+}
+
+impl Client {
+    fn tunn(&mut self) -> &mut Tunn {
+        let k = self.slot;
+        self.tunn.get_or_insert_with(|| {
+            Box::new(Tunn::new(
+                world::client_secret(k),
+                world::keys().gateway,
+                Some(world::client_psk(k)),
+                None,
+                k as u32 + 1,
+                None,
+            ))
+        })
+    }
 }
 
 struct World {
@@ -470,11 +495,12 @@ struct World {
     /// Packets the TCP stack sent, by tunnel address.
     outbound: HashMap<Ipv4Addr, HashSet<Vec<u8>>>,
     buf: Vec<u8>,
+    /// Initiations made or handed to the gateway so far.
+    handshakes: usize,
 }
 
 impl World {
     fn new(input: &Input) -> World {
-        let keys = world::keys();
         let now = Instant::now();
         let mut config = DispatcherConfig::new(SERVICES);
         let window = Duration::from_secs(1 + u64::from(input.window % 30));
@@ -482,14 +508,8 @@ impl World {
         config.handshakes_per_second = [1, 2, 4, 1000][usize::from(input.load % 4)];
         let clients = (0..CLIENTS)
             .map(|k| Client {
-                tunn: Tunn::new(
-                    world::client_secret(k),
-                    keys.gateway,
-                    Some(world::client_psk(k)),
-                    None,
-                    k as u32 + 1,
-                    None,
-                ),
+                slot: k,
+                tunn: None,
                 initiations: HashSet::new(),
                 sealed: HashSet::new(),
             })
@@ -511,6 +531,7 @@ impl World {
             sent: Vec::new(),
             outbound: HashMap::new(),
             buf: vec![0u8; 2048],
+            handshakes: 0,
         }
     }
 
@@ -562,10 +583,13 @@ impl World {
                 self.datagram(world::source_socket(*src, *port), &d);
             }
             Op::Initiate { client, src, port } => {
+                if self.handshakes >= MAX_HANDSHAKES {
+                    return;
+                }
                 let k = usize::from(*client) % CLIENTS;
                 let mut buf = std::mem::take(&mut self.buf);
                 let made = match self.clients[k]
-                    .tunn
+                    .tunn()
                     .format_handshake_initiation(&mut buf, true)
                 {
                     TunnResult::WriteToNetwork(d) => Some(d.to_vec()),
@@ -588,7 +612,7 @@ impl World {
                     self.clients[k].sealed.insert(d);
                 }
                 let mut buf = std::mem::take(&mut self.buf);
-                let made = match self.clients[k].tunn.encapsulate(&pkt, &mut buf) {
+                let made = match self.clients[k].tunn().encapsulate(&pkt, &mut buf) {
                     TunnResult::WriteToNetwork(d) => Some(d.to_vec()),
                     _ => None,
                 };
@@ -645,7 +669,7 @@ impl World {
         let mut input: &[u8] = d;
         loop {
             match self.clients[k]
-                .tunn
+                .tunn()
                 .decapsulate(Some(from.ip()), input, &mut buf)
             {
                 TunnResult::WriteToNetwork(a) => answers.push(a.to_vec()),
@@ -804,6 +828,12 @@ impl World {
     // ---------------------------------------------------------- datagrams
 
     fn datagram(&mut self, src: SocketAddr, d: &[u8]) {
+        if d.len() == HANDSHAKE_INIT_LEN && d[0] == 1 {
+            if self.handshakes >= MAX_HANDSHAKES {
+                return;
+            }
+            self.handshakes += 1;
+        }
         let now = self.now;
         let ip = src.ip().to_canonical();
         let bound = self.slots.iter().flatten().any(|a| a.binds(ip));
@@ -813,7 +843,7 @@ impl World {
             .flatten()
             .any(|a| matches!(a.pin, Pin::Open(_)));
         let looks_like_initiation = d.len() == HANDSHAKE_INIT_LEN && d[..4] == [1, 0, 0, 0];
-        let genuine: Vec<usize> = (0..CLIENTS)
+        let made_here: Vec<usize> = (0..CLIENTS)
             .filter(|&k| {
                 d.len() == HANDSHAKE_INIT_LEN
                     && self.clients[k]
@@ -842,12 +872,12 @@ impl World {
             Verdict::Dropped(_) => None,
         };
         let slot = peer.map(|p| self.slot_of(p));
-        // Pinning: only a real initiation of the admission's own key, while
-        // its window is open.
+        // Only a real initiation of the admission's own key is accepted,
+        // and pins only while the window is open.
         if let (Some(k), true) = (slot, looks_like_initiation) {
             assert!(
-                genuine.contains(&k),
-                "an initiation no client made was accepted for slot {k}"
+                made_here.contains(&k) || initiator_is(d, k),
+                "an initiation of another key than slot {k}'s was accepted for it"
             );
             let a = self.slots[k].as_mut().expect("an accepted peer is held");
             assert!(a.live(now), "an expired admission accepted a handshake");
@@ -1161,6 +1191,18 @@ fn build_inner(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, spec: &Inne
 
 fn inner_source(p: &[u8]) -> Option<Ipv4Addr> {
     (p.len() >= 20).then(|| Ipv4Addr::new(p[12], p[13], p[14], p[15]))
+}
+
+/// Whether an initiation that no client of this run made (a seed recorded
+/// from an earlier run with the same fixed keys) is client k's: its
+/// encrypted static key opens to client k's public key.
+fn initiator_is(d: &[u8], k: usize) -> bool {
+    let Ok(boringtun::noise::Packet::HandshakeInit(init)) = Tunn::parse_incoming_packet(d) else {
+        return false;
+    };
+    let secret = world::gateway_secret();
+    boringtun::noise::handshake::parse_handshake_anon(&secret, &world::keys().gateway, &init)
+        .is_ok_and(|half| half.peer_static_public == world::keys().clients[k].0)
 }
 
 /// The inner rules, written out again: IPv4 TCP, unfragmented, whole,

@@ -305,6 +305,13 @@ pub fn check_table(table: &AdmissionTable) {
             Some(peer)
         );
         assert_eq!(a.source(), a.source().to_canonical());
+        // Before its deadline an admission binds what it admits.
+        let before = a.deadline() - std::time::Duration::from_nanos(1);
+        match a.pinning() {
+            Pinning::NotApplicable => assert!(table.binds_live(a.source(), before)),
+            Pinning::Pinned(ip) => assert!(table.binds_live(ip, before)),
+            Pinning::Open { .. } | Pinning::Closed => {}
+        }
         match a.pinning() {
             Pinning::NotApplicable => {
                 assert_ne!(a.binding(), BindingPolicy::FirstHandshake);

@@ -6,7 +6,8 @@
 //! Input: 1 byte choosing which ports the client may reach, then the
 //! packet. Besides "no panic":
 //! - what the gateway lets through to its stack, the stack's filter reads
-//!   the same way (it takes it in when the port is listened on);
+//!   the same way (it takes it in when it is for the stack's address and a
+//!   listened port);
 //! - a packet the stack's filter refuses gets no answer at all (the
 //!   stack stays silent to anything that is not TCP to a port of ours);
 //! - whatever the stack sends comes from the service address, as
@@ -26,7 +27,6 @@ const LISTENED: [u16; 2] = [32400, 8096];
 /// every input can afford a fresh one.
 pub fn small_stack() -> Stack {
     let mut cfg = StackConfig::new(IpAddr::V4(SERVICE));
-    cfg.any_ip = false;
     cfg.tcp_rx_buffer = 4096;
     cfg.tcp_tx_buffer = 4096;
     cfg.listener_pool = 2;
@@ -69,7 +69,7 @@ pub fn run(data: &[u8]) {
     let mut stack = small_stack();
     let taken = stack.push_inbound(pkt);
     if let Ok(v) = view {
-        if LISTENED.contains(&v.destination_port) {
+        if v.destination == SERVICE && LISTENED.contains(&v.destination_port) {
             assert!(
                 taken,
                 "the gateway passes {v:?} but the stack's filter drops it"
