@@ -49,13 +49,16 @@ struct Send {
     ack: Number,
     window: u16,
     options: Options,
-    payload_len: u16,
+    /// In units of 8 bytes.
+    payload_len: u8,
 }
 
 #[derive(Debug, Arbitrary)]
 enum Number {
-    /// Relative to what the receiving side expects next.
-    Relative(i16),
+    /// What the receiving side expects next.
+    Expected,
+    /// Near it.
+    Near(i16),
     Any(u32),
 }
 
@@ -118,17 +121,18 @@ pub fn run(data: &[u8]) {
                 let i = usize::from(s.peer) % peers.len();
                 let end = peers[i];
                 let seq = match s.seq {
-                    Number::Relative(d) => end.next_seq.wrapping_add(d as i32 as u32),
+                    Number::Expected => end.next_seq,
+                    Number::Near(d) => end.next_seq.wrapping_add(d as i32 as u32),
                     Number::Any(n) => n,
                 };
+                let stack_next = end.stack_next.unwrap_or(0);
                 let ack = match s.ack {
-                    Number::Relative(d) => {
-                        end.stack_next.unwrap_or(0).wrapping_add(d as i32 as u32)
-                    }
+                    Number::Expected => stack_next,
+                    Number::Near(d) => stack_next.wrapping_add(d as i32 as u32),
                     Number::Any(n) => n,
                 };
                 let options = options(&s.options, end.stack_next.unwrap_or(0));
-                let len = usize::from(s.payload_len) % 2048;
+                let len = usize::from(s.payload_len) * 8;
                 let pkt = packet::ipv4_tcp(&Segment {
                     src: CLIENT,
                     dst: SERVICE,
@@ -141,7 +145,7 @@ pub fn run(data: &[u8]) {
                     options: &options,
                     payload: &zeros[..len.min(zeros.len())],
                 });
-                if matches!(s.seq, Number::Relative(0)) {
+                if matches!(s.seq, Number::Expected) {
                     let used = len as u32
                         + u32::from(s.flags & packet::SYN != 0)
                         + u32::from(s.flags & packet::FIN != 0);
@@ -240,6 +244,13 @@ pub fn run(data: &[u8]) {
         assert!(stack.connection_count() <= MAX_SOCKETS);
         // Connections the stack gave up on are released like an owner would.
         conns.retain(|&id| stack.socket(id).is_some());
+        if crate::tracing() {
+            let states: Vec<String> = conns
+                .iter()
+                .filter_map(|&id| stack.socket(id).map(|s| s.state().to_string()))
+                .collect();
+            eprintln!("  sent {sent}, connections {states:?}");
+        }
     }
 }
 
