@@ -16,6 +16,7 @@ die() { echo "tests/run-all.sh: $*" >&2; exit 2; }
 
 command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (rustup) first"
 command -v cc >/dev/null || die "a C compiler is missing (Debian: apt-get install build-essential); SQLite is built from source"
+command -v c++ >/dev/null || die "a C++ compiler is missing (Debian: apt-get install build-essential); the fuzz targets link libFuzzer, built from source"
 [ "$(id -u)" = 0 ] || die "the netns harness needs root (network namespaces, veth, nftables); run as root"
 
 # Debian package providing each command the netns harness uses.
