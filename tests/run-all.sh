@@ -49,14 +49,14 @@ say "unit and integration tests (cargo test)"
 # how fast or idle the machine is (docs/testing.md, "Time in tests").
 cargo test --workspace --locked
 
-say "fuzz smoke (fuzz/run.sh, ${FUZZ_SECONDS:-20} s per target)"
+say "fuzz smoke (fuzz/run.sh, ${FUZZ_SECONDS:-10} s per target)"
 # Every fuzz target replays its committed seeds and past crash inputs, then
 # fuzzes briefly; a crash or a reference-model violation fails the run.
 # libFuzzer's instrumentation needs the nightly toolchain; the script
 # installs cargo-fuzz itself when it is missing.
 rustup toolchain list 2>/dev/null | grep -q '^nightly' \
   || die "the fuzz smoke needs the nightly toolchain: rustup toolchain install nightly"
-FUZZ_SECONDS="${FUZZ_SECONDS:-20}" fuzz/run.sh
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/run.sh
 
 say "netns harness (tests/netns/run.sh)"
 cargo build -p hushgate --locked
