@@ -587,18 +587,9 @@ impl World {
                     return;
                 }
                 let k = usize::from(*client) % CLIENTS;
-                let mut buf = std::mem::take(&mut self.buf);
-                let made = match self.clients[k]
-                    .tunn()
-                    .format_handshake_initiation(&mut buf, true)
-                {
-                    TunnResult::WriteToNetwork(d) => Some(d.to_vec()),
-                    _ => None,
-                };
-                self.buf = buf;
-                if let Some(d) = made {
-                    self.client_sends(k, world::source_socket(*src, *port), d);
-                }
+                self.client_writes(k, world::source_socket(*src, *port), |tunn, buf| {
+                    tunn.format_handshake_initiation(buf, true)
+                });
             }
             Op::Seal {
                 client,
@@ -611,15 +602,9 @@ impl World {
                 if let Some(d) = delivered {
                     self.clients[k].sealed.insert(d);
                 }
-                let mut buf = std::mem::take(&mut self.buf);
-                let made = match self.clients[k].tunn().encapsulate(&pkt, &mut buf) {
-                    TunnResult::WriteToNetwork(d) => Some(d.to_vec()),
-                    _ => None,
-                };
-                self.buf = buf;
-                if let Some(d) = made {
-                    self.client_sends(k, world::source_socket(*src, *port), d);
-                }
+                self.client_writes(k, world::source_socket(*src, *port), |tunn, buf| {
+                    tunn.encapsulate(&pkt, buf)
+                });
             }
             Op::Receive {
                 client,
@@ -649,6 +634,25 @@ impl World {
     }
 
     /// What client k made, recorded, and sent to the gateway from `at`.
+    /// Client `k` makes a datagram with `make` (in the shared buffer) and,
+    /// if it made one, sends it from `at`.
+    fn client_writes(
+        &mut self,
+        k: usize,
+        at: SocketAddr,
+        make: impl for<'b> FnOnce(&mut Tunn, &'b mut [u8]) -> TunnResult<'b>,
+    ) {
+        let mut buf = std::mem::take(&mut self.buf);
+        let made = match make(self.clients[k].tunn(), &mut buf) {
+            TunnResult::WriteToNetwork(d) => Some(d.to_vec()),
+            _ => None,
+        };
+        self.buf = buf;
+        if let Some(d) = made {
+            self.client_sends(k, at, d);
+        }
+    }
+
     fn client_sends(&mut self, k: usize, at: SocketAddr, d: Vec<u8>) {
         if d.len() == HANDSHAKE_INIT_LEN && d[0] == 1 {
             self.clients[k]

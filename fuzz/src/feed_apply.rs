@@ -82,7 +82,7 @@ pub fn run(data: &[u8]) {
             Step::Pin { id, source } => {
                 let now = t0 + elapsed;
                 let id = id_of(id);
-                let ip = source_of(source);
+                let ip = crate::world::source(source);
                 for table in [&mut by_diff, &mut by_whole] {
                     if let Some(peer) = table.by_id(&id).map(|a| a.peer()) {
                         table.pin(peer, ip, now);
@@ -195,22 +195,6 @@ fn id_of(i: u8) -> String {
     format!("adm_{}", i % 8)
 }
 
-fn source_of(i: u8) -> IpAddr {
-    const SOURCES: [&str; 8] = [
-        "203.0.113.7",
-        "203.0.113.99",
-        "198.51.100.20",
-        "::ffff:203.0.113.7",
-        "2001:db8::7",
-        "2001:db8::99",
-        "2001:db8:1::7",
-        "192.0.2.66",
-    ];
-    SOURCES[usize::from(i % 8)]
-        .parse()
-        .expect("a valid address")
-}
-
 fn binding_of(i: u8) -> BindingPolicy {
     match i % 7 {
         0 => BindingPolicy::Exact,
@@ -239,7 +223,7 @@ fn admission(s: &Spec, server_time: OffsetDateTime) -> FeedAdmission {
         },
         client_public_key: (!s.no_key).then_some(WgKey([s.key % 8; 32])),
         preshared_key: (!s.psk.is_multiple_of(3)).then_some(WgKey([s.psk % 3; 32])),
-        source: source_of(s.source),
+        source: crate::world::source(s.source),
         binding: binding_of(s.binding),
         client_address: (!s.no_address).then_some(Ipv4Addr::new(100, 64, 0, 10 + s.address % 8)),
         services,
