@@ -19,6 +19,13 @@ lint:
     cargo fmt --all
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Fuzz every decoder (or the targets named, e.g. `just fuzz dispatcher`)
+# for FUZZ_SECONDS each (default 60; FUZZ_JOBS=2 runs two processes per
+# target); installs cargo-fuzz when missing, needs the nightly toolchain.
+# See fuzz/README.md.
+fuzz *targets:
+    fuzz/run.sh {{targets}}
+
 # Control plane throughput and login latency.
 bench-control:
     cargo bench -p hushgate-control --bench access

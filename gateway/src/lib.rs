@@ -29,6 +29,8 @@
 //! cannot exhaust the TCP stack: [`limits`] gives each a share of its
 //! sockets, handshake slots and buffer budget.
 //!
+//! [`config_file`] reads the TOML file `hushgate gateway --config` takes.
+//!
 //! In front of all of it, in the kernel, [`filter`] keeps an nftables
 //! table that drops datagrams from sources without a live admission
 //! before they wake the process, and [`direct`] serves direct
@@ -38,6 +40,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod config_file;
 mod datapath;
 pub mod direct;
 pub mod dispatch;
@@ -55,6 +58,7 @@ pub use admission::{
     Admission, AdmissionError, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause,
     SourceStatus,
 };
+pub use config_file::GatewayFile;
 pub use dispatch::{
     Dispatcher, DispatcherConfig, DropCounters, DropReason, GatewayStats, Outbox, Output,
     PeerCounters, PeerEvent, PeerStats, Verdict,

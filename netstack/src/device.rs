@@ -194,6 +194,7 @@ impl phy::Device for QueueDevice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TcpMeta {
     pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
     pub(crate) src_port: u16,
     pub(crate) dst_port: u16,
     pub(crate) syn: bool,
@@ -212,7 +213,7 @@ const TCP_FLAG_ACK: u8 = 0x10;
 /// dropped silently, since answering them (ICMP unreachable, UDP port
 /// unreachable) would break the gateway's silence.
 pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
-    let (src, l4) = match pkt.first()? >> 4 {
+    let (src, dst, l4) = match pkt.first()? >> 4 {
         4 => {
             let ihl = usize::from(pkt[0] & 0x0f) * 4;
             if ihl < 20 || pkt.len() < ihl {
@@ -229,7 +230,8 @@ pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
                 return None;
             }
             let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-            (IpAddr::V4(src), &pkt[ihl..total])
+            let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+            (IpAddr::V4(src), IpAddr::V4(dst), &pkt[ihl..total])
         }
         6 => {
             if pkt.len() < 40 || pkt[6] != PROTO_TCP {
@@ -241,7 +243,13 @@ pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
             }
             let mut src = [0u8; 16];
             src.copy_from_slice(&pkt[8..24]);
-            (IpAddr::V6(Ipv6Addr::from(src)), &pkt[40..40 + payload])
+            let mut dst = [0u8; 16];
+            dst.copy_from_slice(&pkt[24..40]);
+            (
+                IpAddr::V6(Ipv6Addr::from(src)),
+                IpAddr::V6(Ipv6Addr::from(dst)),
+                &pkt[40..40 + payload],
+            )
         }
         _ => return None,
     };
@@ -251,6 +259,7 @@ pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
     let flags = l4[13];
     Some(TcpMeta {
         src,
+        dst,
         src_port: u16::from_be_bytes([l4[0], l4[1]]),
         dst_port: u16::from_be_bytes([l4[2], l4[3]]),
         syn: flags & TCP_FLAG_SYN != 0,
@@ -377,6 +386,7 @@ mod tests {
     fn parses_ipv4_syn() {
         let m = parse_tcp(&ipv4_tcp(TCP_FLAG_SYN, 32400)).unwrap();
         assert_eq!(m.src, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)));
+        assert_eq!(m.dst, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)));
         assert_eq!(
             (m.src_port, m.dst_port, m.syn, m.ack),
             (50000, 32400, true, false)

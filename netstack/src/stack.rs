@@ -911,11 +911,11 @@ impl Stack {
     // ----- packets ---------------------------------------------------------
 
     /// Queues one inbound IP packet (copied into a pooled buffer). Returns
-    /// false if it was dropped: not a TCP segment for a port of ours, or
-    /// the queue is full.
+    /// false if it was dropped: not a TCP segment for a port and an address
+    /// of ours, or the queue is full.
     pub fn push_inbound(&mut self, pkt: &[u8]) -> bool {
         match parse_tcp(pkt) {
-            Some(m) if self.port_allowed(&m) => {
+            Some(m) if self.port_allowed(&m) && self.addressed_to_us(&m) => {
                 if m.rst && self.cfg.trust_peer_resets {
                     self.abort_matching(&m);
                 }
@@ -955,6 +955,13 @@ impl Stack {
                 s.abort();
             }
         }
+    }
+
+    /// smoltcp takes a TCP segment sent to a broadcast address as its own
+    /// (and would answer it from that address); only the stack's own
+    /// addresses are (unless `any_ip`).
+    fn addressed_to_us(&self, m: &TcpMeta) -> bool {
+        self.cfg.any_ip || self.cfg.addresses.contains(&m.dst)
     }
 
     fn port_allowed(&self, m: &TcpMeta) -> bool {

@@ -1,6 +1,6 @@
 use anyhow::{bail, Context};
 use control_client::Trust;
-use gateway::{EnrollToken, Gateway, GatewayConfig, PrefilterMode, ServiceSpec};
+use gateway::{EnrollToken, Gateway, GatewayConfig, GatewayFile, PrefilterMode, ServiceSpec};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -75,12 +75,10 @@ enum FilterCmd {
     },
 }
 
-#[derive(Debug, clap::Args, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, clap::Args, Default)]
 struct RunArgs {
     /// TOML file with any of these settings; flags override it.
     #[arg(long, value_name = "FILE")]
-    #[serde(skip)]
     config: Option<PathBuf>,
     /// Control plane URL, e.g. https://control.example:8443. For replicas,
     /// several URLs separated by commas: when one cannot be reached, the
@@ -110,7 +108,6 @@ struct RunArgs {
     public_endpoint: Option<SocketAddr>,
     /// A service: NAME=PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400 (repeatable).
     #[arg(long = "service", value_name = "SPEC")]
-    #[serde(default)]
     services: Vec<String>,
     /// A direct (firewall-only) service, for players that cannot run a
     /// tunnel: NAME=PUBLIC_PORT:UPSTREAM, e.g. plex=32401:127.0.0.1:32400
@@ -119,7 +116,6 @@ struct RunArgs {
     /// admission, until it ends. Address-only admission: anyone behind the
     /// same NAT is admitted too. Needs the pre-filter.
     #[arg(long = "direct", value_name = "SPEC")]
-    #[serde(default)]
     direct: Vec<String>,
     /// The kernel pre-filter: auto (use it when the gateway may change
     /// nftables, otherwise warn and filter in user space only), required
@@ -155,7 +151,7 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let file: RunArgs = toml::from_str(&text)
+    let file = GatewayFile::parse(&text)
         .with_context(|| format!("the config file {} is not valid", path.display()))?;
     Ok(RunArgs {
         config: cli.config,
@@ -784,7 +780,7 @@ mod tcp_limits_tests {
         let text = include_str!("../../../deploy/gateway.toml")
             .replace("# max_", "max_")
             .replace("# buffer_growth", "buffer_growth");
-        let a: RunArgs = toml::from_str(&text).unwrap();
+        let a = GatewayFile::parse(&text).unwrap();
         let d = gateway::PeerLimits::default();
         assert_eq!(a.max_connections_per_client, Some(d.max_connections));
         assert_eq!(a.max_pending_per_client, Some(d.max_pending));
