@@ -19,6 +19,13 @@ lint:
     cargo fmt --all
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Fuzz every decoder (or the targets named, e.g. `just fuzz dispatcher`)
+# for FUZZ_SECONDS each (default 60; FUZZ_JOBS=2 runs two processes per
+# target); installs cargo-fuzz when missing, needs the nightly toolchain.
+# See fuzz/README.md.
+fuzz *targets:
+    fuzz/run.sh {{targets}}
+
 # Control plane throughput and login latency.
 bench-control:
     cargo bench -p hushgate-control --bench access
@@ -27,12 +34,14 @@ bench-control:
 control:
     cargo run --release -p hushgate -- control --listen 127.0.0.1:8443 --state state/control
 
-# Side by side (issue 6), as root: hushgate vs wireguard-go vs plain TCP on
-# the netns topology (throughput, tunnel and direct time to access, floods
-# with and without the gateway's kernel pre-filter; about 11 minutes);
-# writes its section of docs/benchmarks.md. Knobs: see bench/run.sh.
+# Side by side, as root: hushgate vs wireguard-go vs plain TCP on the netns
+# topology: issue 6 (throughput, tunnel and direct time to access, floods
+# with and without the gateway's kernel pre-filter; about 11 minutes) and
+# issue 12 (round trips x losses x paths, a bottleneck, 50 players, through
+# the user-space Internet emulator; about 2.5 hours); writes its sections
+# of docs/benchmarks.md. Knobs (SKIP, INET_*, ...): see bench/run.sh.
 bench:
-    cargo build --release -p hushgate --bin hushgate --example flood --example access_time
+    cargo build --release -p hushgate --bin hushgate --example flood --example access_time -p hushgate-netem
     HUSHGATE_BIN="${CARGO_TARGET_DIR:-target}/release/hushgate" bench/run.sh
 
 # Where the data-path threads spend their time (bench/run.sh PROFILE=1), as

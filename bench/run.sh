@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark (issue 6): hushgate vs wireguard-go vs plain TCP,
 # time to access (tunnel and direct), cost of junk with and without the
-# gateway's kernel pre-filter. Run as root, with a release build:
+# gateway's kernel pre-filter; and under Internet conditions (issue 12,
+# bench/inet.sh): delay, loss and a bottleneck made by the user-space
+# emulator (tools/netem), 50 players through one gateway. Run as root,
+# with a release build:
 #
-#   cargo build --release -p hushgate --bin hushgate --example flood --example access_time
+#   cargo build --release -p hushgate --bin hushgate --example flood --example access_time -p hushgate-netem
 #   HUSHGATE_BIN=target/release/hushgate bench/run.sh
 #
-# (or `just bench`). It prints one table and writes it, with the machine's
-# description and the exact command, to docs/benchmarks.md as the section
-# "Side by side (issue 6)" (only that section is replaced). The default
-# run takes about 11 minutes on 2 CPUs (about 8 of them floods).
+# (or `just bench`). It prints the tables and writes them, with the
+# machine's description and the exact command, to docs/benchmarks.md as
+# the sections "Side by side (issue 6)" and "Internet conditions (issue
+# 12)" (only a section whose parts ran is replaced). The issue-6 parts take
+# about 11 minutes on 2 CPUs (about 8 of them floods); the issue-12 parts
+# with their defaults about 2.5 hours (see bench/inet.sh; SKIP and the
+# INET_* knobs pick a subset, e.g. SKIP="tput netem access direct flood"
+# INET_MODES=1R INET_RTTS="0 20" for the issue-12 part alone, quickly).
 #
 # Topology: the netns harness's (tests/netns/run.sh; documentation ranges
 # only, in namespaces this script makes and removes on exit or failure).
@@ -26,8 +33,13 @@
 #   atk  203.0.113.50 ─┘                               │   gateway :51840 (--prefilter off),
 #                                                      │   wireguard-go :51830,
 #                                                      │   iperf3 -s on 127.0.0.1:5201 (media stand-in),
-#                                                      │   python3 http.server on 127.0.0.1:32400 (media)
+#                                                      │   python3 http.server on 127.0.0.1:32400 (media),
+#                                                      │   paced sender on 127.0.0.1:5204 (players)
 #                                                      └─ cnat 203.0.113.34 ─ cli 198.51.100.2
+#
+# While an emulator runs (issue-12 parts, and the 10 ms rows), inet routes
+# everything between the client side and the home side through its TUN
+# devices (tests/netns/lib.sh, emu_rules).
 #
 # What is measured:
 # - tput: iperf3 through `hushgate connect` (gateway :51820), wireguard-go
@@ -55,10 +67,12 @@
 #   window (iperf3 -O 1 -t FLOOD_SECS-1, started 0.5 s into the flood).
 #
 # Knobs (environment): SECS (iperf3 seconds, 5), REPS (3), MODES
-# ("1 1R 8", also "8R"), NETEM (1: also with 10 ms RTT), ACCESS_RUNS (100,
+# ("1 1R 8", also "8R"), NETEM (1: also with a 10 ms round trip, through
+# the emulator), ACCESS_RUNS (100,
 # for the tunnel and the direct figure each), PROC_RUNS (100), FLOOD_SECS
 # (4), FLOOD_MAX (60000000), FLOOD_REPS (3), FLOOD_TARGETS ("hgk hgu wg"),
-# SKIP (space-separated parts to skip: tput netem access direct flood),
+# SKIP (space-separated parts to skip: tput netem access direct flood
+# ceiling inet players), the INET_* and PLAYERS* knobs of bench/inet.sh,
 # NO_DOC=1 (do not touch docs/benchmarks.md), KEEP_LOGS=1, PROFILE=1
 # (only profile: `perf record -g` of the gateway's and the shim's data-path
 # threads during one 8 s stream each way through the shim; reports in the
@@ -71,7 +85,9 @@ set -euo pipefail
 
 # The exact command, with the knobs set by the caller (before defaults).
 CMDLINE="HUSHGATE_BIN=${HUSHGATE_BIN:-target/release/hushgate}"
-for v in SECS REPS MODES NETEM ACCESS_RUNS PROC_RUNS FLOOD_SECS FLOOD_MAX FLOOD_REPS FLOOD_TARGETS SKIP; do
+for v in SECS REPS MODES NETEM ACCESS_RUNS PROC_RUNS FLOOD_SECS FLOOD_MAX FLOOD_REPS FLOOD_TARGETS SKIP \
+  INET_RTTS INET_LOSSES INET_POINTS INET_MODES INET_PATHS INET_BOTTLENECK INET_BN_RTT INET_BN_RATE INET_SHALLOW \
+  INET_DEEP INET_SECS INET_OMIT INET_REPS INET_SEED PLAYERS PLAYERS_MBPS PLAYERS_SECS PLAYERS_SPEC; do
   if [ -n "${!v+x}" ]; then CMDLINE="$CMDLINE $v='${!v}'"; fi
 done
 CMDLINE="$CMDLINE bench/run.sh"
@@ -79,11 +95,14 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 # shellcheck source=tests/netns/lib.sh
 . "$ROOT/tests/netns/lib.sh"
+# shellcheck source=bench/inet.sh
+. "$HERE/inet.sh"
 BIN="${HUSHGATE_BIN:-$ROOT/target/release/hushgate}"
 case "$BIN" in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
 EXDIR="${EXAMPLES_DIR:-$(dirname "$BIN")/examples}"
 FLOOD="$EXDIR/flood"
 ACCESS="$EXDIR/access_time"
+NETEM_BIN="${NETEM_BIN:-$(dirname "$BIN")/hushgate-netem}"
 SECS="${SECS:-5}"
 REPS="${REPS:-3}"
 MODES="${MODES:-1 1R 8}"
@@ -128,8 +147,8 @@ need ip "apt-get install iproute2"; need tc "apt-get install iproute2"
 need nft "apt-get install nftables"; need wg "apt-get install wireguard-tools"
 need wireguard-go "apt-get install wireguard-go"; need iperf3 "apt-get install iperf3"
 need curl "apt-get install curl"; need python3 "apt-get install python3"
-for b in "$BIN" "$FLOOD" "$ACCESS"; do
-  [ -x "$b" ] || { echo "bench: $b is not built (cargo build --release -p hushgate --example flood --example access_time)" >&2; exit 2; }
+for b in "$BIN" "$FLOOD" "$ACCESS" "$NETEM_BIN"; do
+  [ -x "$b" ] || { echo "bench: $b is not built (cargo build --release -p hushgate --example flood --example access_time -p hushgate-netem)" >&2; exit 2; }
 done
 [ -c /dev/net/tun ] || { echo "bench: /dev/net/tun is missing (needed by wireguard-go)" >&2; exit 2; }
 
@@ -162,6 +181,9 @@ build_topology() {
   ns cnat ip route add default via 203.0.113.33
   ns edge ip route add default via 192.0.2.1
   ns cli ip route add default via 198.51.100.1
+  # The emulator's policy routing between the client side and the home
+  # side (inactive until an emulator runs).
+  emu_rules inet i-cnat 203.0.113.32/28 i-home 203.0.113.16/28
   # The home router as in the harness (UDP 51820 and the direct service's
   # TCP 32401), plus UDP 51840 for the user-space-only gateway and UDP
   # 51830 for the wireguard-go baseline; `plain_*` get a TCP forward only
@@ -227,15 +249,10 @@ plain_on() {
   ns home nft add rule inet home plain_fwd iifname wan ip daddr 192.0.2.2 tcp dport 5202 accept
 }
 plain_off() { ns home nft flush chain inet home plain_pre; ns home nft flush chain inet home plain_fwd; }
-netem_on() {
-  # Needs the kernel's sch_netem (CONFIG_NET_SCH_NETEM); some kernels lack it.
-  ns inet tc qdisc add dev i-cnat root netem delay 5ms limit 100000 || return 1
-  ns cnat tc qdisc add dev wan root netem delay 5ms limit 100000
-}
-netem_off() {
-  ns inet tc qdisc del dev i-cnat root 2>/dev/null || true
-  ns cnat tc qdisc del dev wan root 2>/dev/null || true
-}
+# This kernel has no sch_netem: the 10 ms round trip is the user-space
+# emulator's (5 ms each way).
+netem_on() { emu_start inet emu-tput --both delay=5ms; }
+netem_off() { emu_stop; }
 
 # ---------------------------------------------------------------- services
 
@@ -284,7 +301,9 @@ setup_world() {
   wait_for "control plane" 10 test -s "$W/ctl/control-url"
   wait_for "control plane HTTPS" 10 ns ctl curl -sf --cacert "$W/ctl/ca.pem" https://203.0.113.2:8443/v1/health -o /dev/null
   echo "$PASSWORD" | admin user add alice >/dev/null
-  TOKEN=$(admin server add home --binding exact --ttl 3600 | tail -1)
+  # Server home's admissions live a day: the stock WireGuard client of the
+  # issue-12 rows is never renewed, and that part can take hours.
+  TOKEN=$(admin server add home --binding exact --ttl 86400 | tail -1)
   TOKEN_US=$(admin server add home-us --binding exact --ttl 3600 | tail -1)
   # --direct: alice may also ask for direct (firewall-only) access to home.
   admin grant add alice home --direct >/dev/null
@@ -295,7 +314,7 @@ setup_world() {
   # service.
   start_gateway gw "$TOKEN" 0.0.0.0:51820 --prefilter required \
     --service plex=32400:127.0.0.1:32400 --service iperf=5201:127.0.0.1:5201 \
-    --direct plex=32401:127.0.0.1:32400
+    --service media=5204:127.0.0.1:5204 --direct plex=32401:127.0.0.1:32400
   # The issue-6 configuration for the user-space rows of the flood table.
   start_gateway gw-us "$TOKEN_US" 0.0.0.0:51840 --prefilter off \
     --service iperf=5201:127.0.0.1:5201
@@ -633,15 +652,12 @@ out.append("#### Throughput (iperf3, Mbit/s at the receiver, median of runs)\n")
 out.append("(a) goes through the gateway with the kernel pre-filter (the default).\n")
 out.append("| RTT | streams | (a) hushgate connect | (b) wireguard-go | (c) plain TCP | (a)/(b) | (a)/(c) | runs (a); (b); (c) |")
 out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
-for tag, rtt in (("base", "~0 (veth)"), ("netem", "10 ms (netem)")):
+for tag, rtt in (("base", "~0 (veth)"), ("netem", "10 ms (user-space emulator)")):
     for m in modes:
         a, b, c = (f(f"tput-{tag}-{p}-{m}") for p in ("hg", "wg", "plain"))
         if a is None and b is None: continue
         runs = "; ".join(res.get(f"tput-{tag}-{p}-{m}-all", "-") for p in ("hg", "wg", "plain"))
         out.append(f"| {rtt} | {label[m]} | {n(a)} | {n(b)} | {n(c)} | {ratio(a, b)} | {ratio(a, c)} | {runs} |")
-if "netem-missing" in res:
-    out.append("")
-    out.append(f"10 ms round trip: **not measured**: this kernel ({res['netem-missing']}) has no `sch_netem` (`tc qdisc add ... netem` fails: \"Specified qdisc kind is unknown\"), nor `fq` for an EDT-based delay.")
 out.append("")
 out.append("#### Time to access (ms)\n")
 out.append("| what is timed | runs | p50 | p99 |")
@@ -769,54 +785,91 @@ if ! skip tput; then
   throughput base
 fi
 if [ "$NETEM" = 1 ] && ! skip netem; then
-  log "throughput, 10 ms round trip (netem 5 ms each way on inet:i-cnat and cnat:wan)"
-  if netem_on; then
-    throughput netem
-  else
-    log "  netem is not available in this kernel ($(uname -r)): the 10 ms rows are not measured"
-    put netem-missing "$(uname -r)"
-  fi
+  log "throughput, 10 ms round trip (the emulator, 5 ms each way)"
+  netem_on
+  throughput netem
   netem_off
 fi
 if ! skip access; then access_time; put access-n "$ACCESS_RUNS"; fi
 if ! skip direct; then direct_time; fi
 if ! skip flood; then log "floods"; floods; fi
+ISSUE6=0
+for part in tput netem access direct flood; do skip "$part" || ISSUE6=1; done
 
-TABLE=$(report)
-echo
-echo "$TABLE"
+# Issue 12 (bench/inet.sh).
+T12=$(date +%s)
+LOAD12="$(cut -d' ' -f1-3 /proc/loadavg)"
+ISSUE12=0
+if ! skip ceiling; then log "the emulator's ceiling"; emu_ceiling; ISSUE12=1; fi
+if ! skip inet; then
+  case " $INET_PATHS " in *" hgwg "*) inet_setup ;; esac
+  inet_matrix; ISSUE12=1
+fi
+if ! skip players; then players; ISSUE12=1; fi
+DUR12=$(( $(date +%s) - T12 ))
 
-if [ -z "${NO_DOC:-}" ]; then
-  DOC="$ROOT/docs/benchmarks.md"
-  {
-    echo "## Side by side (issue 6)"
-    echo
-    echo '```sh'
-    echo "${CARGO_TARGET_DIR:+CARGO_TARGET_DIR=$CARGO_TARGET_DIR }cargo build --release -p hushgate --bin hushgate --example flood --example access_time"
-    echo "$CMDLINE"
-    echo '```'
-    echo
-    echo "Machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), Linux $(uname -r); load average at the start $(cut -d' ' -f1-3 /proc/loadavg) (shared with other work: expect noise). Run of $(date -u +%Y-%m-%dT%H:%MZ); iperf3 ${SECS} s per run (1 s omitted), $REPS runs per figure, runs interleaved across paths; floods ${FLOOD_SECS} s (1 s more with a stream; at most $FLOOD_MAX datagrams) each, $FLOOD_REPS runs, targets $FLOOD_TARGETS; direct and tunnel access $ACCESS_RUNS runs each. Gateway RSS at start: $((RSS0 / 1024)) MiB."
-    echo
-    echo "$TABLE"
-  } >"$W/section.md"
-  python3 - "$DOC" "$W/section.md" <<'EOF'
-import re, sys
-doc, sec = sys.argv[1], open(sys.argv[2]).read().rstrip() + "\n"
+# write_section HEADING NOTES_HEADING FILE: replaces the section HEADING
+# of docs/benchmarks.md by FILE, keeping hand-written notes under
+# NOTES_HEADING if present.
+write_section() {
+  python3 - "$ROOT/docs/benchmarks.md" "$1" "$2" "$3" <<'EOF'
+import sys
+doc, head, notes_head, sec = sys.argv[1], sys.argv[2], sys.argv[3], open(sys.argv[4]).read().rstrip() + "\n"
 text = open(doc).read()
-head = "## Side by side (issue 6)"
 i = text.find("\n" + head + "\n")
 if i < 0:
     text = text.rstrip() + "\n\n" + sec
 else:
     j = text.find("\n## ", i + 1 + len(head))
     rest = text[j:] if j >= 0 else ""
-    # Keep hand-written notes under "### Notes (issue 6)" if present.
     old = text[i + 1: j if j >= 0 else len(text)]
-    k = old.find("\n### Notes (issue 6)")
+    k = old.find("\n" + notes_head)
     notes = old[k:].rstrip() + "\n" if k >= 0 else ""
     text = text[:i + 1] + sec + notes + (rest if rest.startswith("\n") else rest)
 open(doc, "w").write(text)
 EOF
-  log "wrote the section 'Side by side (issue 6)' of docs/benchmarks.md"
+  log "wrote the section '$1' of docs/benchmarks.md"
+}
+MACHINE="$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), Linux $(uname -r)"
+BUILD="${CARGO_TARGET_DIR:+CARGO_TARGET_DIR=$CARGO_TARGET_DIR }cargo build --release -p hushgate --bin hushgate --example flood --example access_time -p hushgate-netem"
+
+if [ "$ISSUE6" = 1 ]; then
+  TABLE=$(report)
+  echo
+  echo "$TABLE"
+  if [ -z "${NO_DOC:-}" ]; then
+    {
+      echo "## Side by side (issue 6)"
+      echo
+      echo '```sh'
+      echo "$BUILD"
+      echo "$CMDLINE"
+      echo '```'
+      echo
+      echo "Machine: $MACHINE; load average at the start $(cut -d' ' -f1-3 /proc/loadavg) (shared with other work: expect noise). Run of $(date -u +%Y-%m-%dT%H:%MZ); iperf3 ${SECS} s per run (1 s omitted), $REPS runs per figure, runs interleaved across paths; floods ${FLOOD_SECS} s (1 s more with a stream; at most $FLOOD_MAX datagrams) each, $FLOOD_REPS runs, targets $FLOOD_TARGETS; direct and tunnel access $ACCESS_RUNS runs each. Gateway RSS at start: $((RSS0 / 1024)) MiB. The 10 ms round trip is the user-space emulator's (tools/netem; this kernel has no netem)."
+      echo
+      echo "$TABLE"
+    } >"$W/section.md"
+    write_section "## Side by side (issue 6)" "### Notes (issue 6)" "$W/section.md"
+  fi
+fi
+if [ "$ISSUE12" = 1 ]; then
+  TABLE12=$(inet_report)
+  echo
+  echo "$TABLE12"
+  if [ -z "${NO_DOC:-}" ]; then
+    {
+      echo "## Internet conditions (issue 12)"
+      echo
+      echo '```sh'
+      echo "$BUILD"
+      echo "$CMDLINE"
+      echo '```'
+      echo
+      echo "Machine: $MACHINE; load average when this part started $LOAD12, at its end $(cut -d' ' -f1-3 /proc/loadavg) (the machine is shared with other work: expect noise). Run of $(date -u +%Y-%m-%dT%H:%MZ), this part took $((DUR12 / 60)) min. **Delay, loss and the bottleneck are emulated in user space** (tools/netem, a TUN router hop in the inet namespace; this kernel has no netem): loss and delay in both directions, the round trip split evenly; seed $INET_SEED. iperf3 $INET_SECS s per run after $INET_OMIT s omitted, $INET_REPS runs per figure, runs interleaved across paths; bottleneck $INET_BN_RATE each way at a $INET_BN_RTT ms round trip, shallow queue $INET_SHALLOW, deep queue $INET_DEEP (of the rate)."
+      echo
+      echo "$TABLE12"
+    } >"$W/section12.md"
+    write_section "## Internet conditions (issue 12)" "### Notes (issue 12)" "$W/section12.md"
+  fi
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, unit and integration tests, and
-# the netns harness (real processes over namespaced networks).
+# The whole test suite: formatting, lints, unit and integration tests, a
+# short run of every fuzz target, and the netns harness (real processes
+# over namespaced networks).
 #
 #   tests/run-all.sh            (from anywhere; run as root for the netns part)
 #
@@ -15,6 +16,7 @@ die() { echo "tests/run-all.sh: $*" >&2; exit 2; }
 
 command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (rustup) first"
 command -v cc >/dev/null || die "a C compiler is missing (Debian: apt-get install build-essential); SQLite is built from source"
+command -v c++ >/dev/null || die "a C++ compiler is missing (Debian: apt-get install build-essential); the fuzz targets link libFuzzer, built from source"
 [ "$(id -u)" = 0 ] || die "the netns harness needs root (network namespaces, veth, nftables); run as root"
 
 # Debian package providing each command the suite uses: the netns
@@ -38,6 +40,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# The control plane's tests run it on PostgreSQL too: they start their
+# own server (initdb in a temporary folder, a Unix socket) from Debian's
+# programs, which are not on PATH (/usr/lib/postgresql/VERSION/bin).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  command -v apt-get >/dev/null || die "PostgreSQL is missing (and no apt-get to install it)"
+  say "installing postgresql"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
+command -v setpriv >/dev/null || die "setpriv is missing (Debian: util-linux): the tests run PostgreSQL as nobody"
 [ -c /dev/net/tun ] || die "/dev/net/tun is missing: wireguard-go (the stock WireGuard peer in the harness) needs it"
 
 say "formatting (cargo fmt --check)"
@@ -51,8 +64,17 @@ say "unit and integration tests (cargo test)"
 # how fast or idle the machine is (docs/testing.md, "Time in tests").
 cargo test --workspace --locked
 
+say "fuzz smoke (fuzz/run.sh, ${FUZZ_SECONDS:-10} s per target)"
+# Every fuzz target replays its committed seeds and past crash inputs, then
+# fuzzes briefly; a crash or a reference-model violation fails the run.
+# libFuzzer's instrumentation needs the nightly toolchain; the script
+# installs cargo-fuzz itself when it is missing.
+rustup toolchain list 2>/dev/null | grep -q '^nightly' \
+  || die "the fuzz smoke needs the nightly toolchain: rustup toolchain install nightly"
+FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/run.sh
+
 say "netns harness (tests/netns/run.sh)"
-cargo build -p hushgate --locked
+cargo build -p hushgate -p hushgate-netem --locked
 tests/netns/run.sh
 
 echo

@@ -6,6 +6,12 @@
 //! plane that made its own CA) or the public web PKI roots; there is no way
 //! to switch verification off. Answers are read with a size cap so that a
 //! hostile or broken server cannot make a client buffer without bound.
+//!
+//! A client may be given several URLs (control plane replicas sharing one
+//! database), separated by commas: it uses one until a connection to it
+//! cannot be made, then the next. Only a failure to connect moves it: the
+//! request was never sent, so repeating it elsewhere (even a POST) cannot
+//! do anything twice. Clones share which replica is in use.
 #![forbid(unsafe_code)]
 
 use proto::api::ErrorBody;
@@ -15,6 +21,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -105,11 +112,16 @@ impl ClientError {
     }
 }
 
-/// A connection to one control plane. Cheap to clone.
+/// A connection to one control plane (or to the first of its replicas
+/// that can be reached). Cheap to clone.
 #[derive(Clone)]
 pub struct ControlClient {
     http: reqwest::Client,
-    base: String,
+    /// Every replica's base URL, in the order given.
+    bases: Arc<[String]>,
+    /// The one in use, shared by clones: a gateway's feed and its reports
+    /// move together.
+    current: Arc<AtomicUsize>,
     bearer: Option<Arc<str>>,
     /// Largest answer body read, in bytes.
     max_body: usize,
@@ -119,15 +131,16 @@ impl std::fmt::Debug for ControlClient {
     // The bearer token never reaches logs through `{:?}`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlClient")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .field("bearer", &self.bearer.as_ref().map(|_| "<hidden>"))
             .finish_non_exhaustive()
     }
 }
 
 impl ControlClient {
-    /// `base` is the control plane's URL, e.g. `https://control.example:8443`.
-    /// Only `https://` is accepted.
+    /// `base` is the control plane's URL, e.g. `https://control.example:8443`,
+    /// or several replicas' URLs separated by commas (tried in turn when
+    /// one cannot be reached). Only `https://` is accepted.
     pub fn new(base: &str, trust: Trust) -> Result<ControlClient, ClientError> {
         Self::build(base, trust, None)
     }
@@ -144,11 +157,22 @@ impl ControlClient {
         trust: Trust,
         local: Option<IpAddr>,
     ) -> Result<ControlClient, ClientError> {
-        let base = base.trim_end_matches('/').to_string();
-        if !base.starts_with("https://") {
-            return Err(ClientError::Config(format!(
-                "the control plane URL must start with https:// (got '{base}'); hushgate has no plaintext mode"
-            )));
+        let bases: Vec<String> = base
+            .split(',')
+            .map(|b| b.trim().trim_end_matches('/').to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
+        if bases.is_empty() {
+            return Err(ClientError::Config(
+                "no control plane URL given (e.g. https://control.example:8443)".into(),
+            ));
+        }
+        for base in &bases {
+            if !base.starts_with("https://") {
+                return Err(ClientError::Config(format!(
+                    "the control plane URL must start with https:// (got '{base}'); hushgate has no plaintext mode"
+                )));
+            }
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
@@ -183,7 +207,8 @@ impl ControlClient {
             .map_err(|e| ClientError::Config(format!("HTTP client setup failed: {e}")))?;
         Ok(ControlClient {
             http,
-            base,
+            bases: bases.into(),
+            current: Arc::new(AtomicUsize::new(0)),
             bearer: None,
             max_body: 64 << 20,
         })
@@ -197,8 +222,14 @@ impl ControlClient {
         }
     }
 
+    /// The URL of the replica in use.
     pub fn base_url(&self) -> &str {
-        &self.base
+        &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]
+    }
+
+    /// Every URL this client was given.
+    pub fn base_urls(&self) -> &[String] {
+        &self.bases
     }
 
     /// The underlying HTTP client (same trust settings), for callers that
@@ -216,18 +247,39 @@ impl ControlClient {
         body: Option<&B>,
         timeout: Duration,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{}", self.base, path);
-        let mut req = self.http.request(method, &url).timeout(timeout);
-        if let Some(t) = &self.bearer {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let mut resp = req.send().await.map_err(|e| self.transport_error(e))?;
+        let mut tried = 0;
+        let (mut resp, base) = loop {
+            let at = self.current.load(Ordering::Relaxed) % self.bases.len();
+            let base = &self.bases[at];
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .timeout(timeout);
+            if let Some(t) = &self.bearer {
+                req = req.bearer_auth(t);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            match req.send().await {
+                Ok(resp) => break (resp, base),
+                Err(e) if e.is_connect() && tried + 1 < self.bases.len() => {
+                    // Not sent: the next replica may take it. Another
+                    // request may have moved on already; move only once.
+                    tried += 1;
+                    let _ = self.current.compare_exchange(
+                        at,
+                        (at + 1) % self.bases.len(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                }
+                Err(e) => return Err(transport_error(base, e)),
+            }
+        };
         let status = resp.status();
         let mut bytes = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| self.transport_error(e))? {
+        while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(base, e))? {
             if bytes.len() + chunk.len() > self.max_body {
                 return Err(ClientError::BadAnswer(format!(
                     "answer larger than {} bytes",
@@ -246,47 +298,47 @@ impl ControlClient {
         };
         serde_json::from_slice(&bytes).map_err(|e| ClientError::BadAnswer(e.to_string()))
     }
+}
 
-    fn transport_error(&self, e: reqwest::Error) -> ClientError {
-        let mut detail = e.to_string();
-        let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
-        let mut cert = false;
-        let mut wrong_name = false;
-        while let Some(s) = src {
-            let text = s.to_string();
-            if text.contains("certificate") || text.contains("UnknownIssuer") {
-                cert = true;
-            }
-            if let Some(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName
-                | rustls::CertificateError::NotValidForNameContext { .. },
-            )) = s.downcast_ref::<rustls::Error>()
-            {
-                wrong_name = true;
-            }
-            if text.contains("not valid for name") {
-                wrong_name = true;
-            }
-            detail = text;
-            src = s.source();
+fn transport_error(base: &str, e: reqwest::Error) -> ClientError {
+    let mut detail = e.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+    let mut cert = false;
+    let mut wrong_name = false;
+    while let Some(s) = src {
+        let text = s.to_string();
+        if text.contains("certificate") || text.contains("UnknownIssuer") {
+            cert = true;
         }
-        let url = self.base.clone();
-        if wrong_name {
-            let host = reqwest::Url::parse(&url)
-                .ok()
-                .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
-                .unwrap_or_default();
-            ClientError::CertificateWrongName { url, host, detail }
-        } else if cert {
-            ClientError::CertificateNotTrusted { url, detail }
-        } else if e.is_timeout() {
-            ClientError::Unreachable {
-                url,
-                detail: "no answer in time".into(),
-            }
-        } else {
-            ClientError::Unreachable { url, detail }
+        if let Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. },
+        )) = s.downcast_ref::<rustls::Error>()
+        {
+            wrong_name = true;
         }
+        if text.contains("not valid for name") {
+            wrong_name = true;
+        }
+        detail = text;
+        src = s.source();
+    }
+    let url = base.to_string();
+    if wrong_name {
+        let host = reqwest::Url::parse(&url)
+            .ok()
+            .and_then(|u| u.host_str().map(|h| h.trim_matches(['[', ']']).to_string()))
+            .unwrap_or_default();
+        ClientError::CertificateWrongName { url, host, detail }
+    } else if cert {
+        ClientError::CertificateNotTrusted { url, detail }
+    } else if e.is_timeout() {
+        ClientError::Unreachable {
+            url,
+            detail: "no answer in time".into(),
+        }
+    } else {
+        ClientError::Unreachable { url, detail }
     }
 }
 

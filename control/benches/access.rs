@@ -3,13 +3,67 @@
 //! cost of a failed login (wrong password against unknown user).
 //!
 //! Run: `cargo bench -p hushgate-control --bench access`
-//! (env: ACCESS_REQUESTS, default 3000; CONCURRENCY, default 64).
+//! (env: ACCESS_REQUESTS, default 3000; CONCURRENCY, default 64;
+//! ENGINE, `sqlite` (default) or `postgres`; REPLICAS, with postgres, how
+//! many control planes share the database, default 1).
+//!
+//! With several replicas the gateway follows the feed on the first one
+//! and the clients are spread over all of them, so that most access
+//! requests wait for an acknowledgement that arrives at another replica.
+//! PostgreSQL is a real server started here (durable: fsync on), on a
+//! Unix socket. CPU per request counts this process (every replica, the
+//! clients and the gateway) and the PostgreSQL server's processes.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};
 use support::*;
+
+/// CPU seconds used so far by this process.
+fn own_cpu() -> f64 {
+    proc_cpu(std::process::id())
+}
+
+/// CPU seconds (user + system) of process `pid`, from /proc.
+fn proc_cpu(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) in brackets.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// CPU seconds of the PostgreSQL server (the postmaster whose data
+/// folder is `data` and its children: the connections, the writers).
+fn pg_cpu(data: &std::path::Path) -> f64 {
+    let Some(master) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+    else {
+        return 0.0;
+    };
+    let mut total = proc_cpu(master);
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse::<u32>().ok())
+            });
+        if ppid == Some(master) {
+            total += proc_cpu(pid);
+        }
+    }
+    total
+}
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -26,13 +80,45 @@ fn env(name: &str, default: usize) -> usize {
 async fn main() {
     let requests = env("ACCESS_REQUESTS", 3000);
     let concurrency = env("CONCURRENCY", 64);
-    let dir = tempfile::tempdir().unwrap();
-    let settings = control::Settings {
+    let postgres = std::env::var("ENGINE").is_ok_and(|e| e == "postgres");
+    let replicas = if postgres {
+        env("REPLICAS", 1).max(1)
+    } else {
+        1
+    };
+    let settings = || control::Settings {
         login_per_minute: 100_000,
         ack_timeout: Duration::from_secs(10),
         ..Default::default()
     };
-    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A durable server of its own, as in production (the tests' servers
+    // skip fsync).
+    let pg = postgres.then(|| pg::start(pg::Options { durable: true }).unwrap());
+    let database = pg.as_ref().map(|s| s.url(&s.fresh_database_name()));
+    let mut cps = Vec::new();
+    if let Some(url) = &database {
+        // The replicas' shared identity, as `hushgate control init` makes it.
+        let bundle = dir.path().join("bundle");
+        control::bundle::init(&bundle, &["bench.test".into()], Some(url)).unwrap();
+        for i in 0..replicas {
+            let state = dir.path().join(format!("r{i}"));
+            std::fs::create_dir(&state).unwrap();
+            for f in ["ca.pem", "server.pem", "server-key.pem", "admin-token"] {
+                std::fs::copy(bundle.join(f), state.join(f)).unwrap();
+            }
+            cps.push(Running::start_in(&state, Some(url.clone()), "127.0.0.1:0", settings()).await);
+        }
+    } else {
+        cps.push(Running::start_in(dir.path(), None, "127.0.0.1:0", settings()).await);
+    }
+    println!(
+        "engine: {}, {} control plane{}",
+        if postgres { "PostgreSQL" } else { "SQLite" },
+        cps.len(),
+        if cps.len() == 1 { "" } else { "s (replicas)" }
+    );
+    let cp = &cps[0];
     let token = seed(&cp.admin, "alice", "den", None).await;
     // One user makes every access request here: lift the per-user limit.
     cp.admin
@@ -96,11 +182,17 @@ async fn main() {
 
     // Access requests from `concurrency` clients at once, each with its
     // own connection and a fresh key per request.
-    let alice = cp.client().with_bearer(&bearer);
+    let clients: Vec<_> = cps
+        .iter()
+        .map(|r| r.client().with_bearer(&bearer))
+        .collect();
+    let pg_cpu_now = || pg.as_ref().map_or(0.0, |s| pg_cpu(&s.base.join("data")));
+    let (own_before, pg_before) = (own_cpu(), pg_cpu_now());
     let t = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..concurrency {
-        let c = alice.clone();
+        // Spread over the replicas; the gateway's feed is on the first.
+        let c = clients[w % clients.len()].clone();
         let n = requests / concurrency + usize::from(w < requests % concurrency);
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(n);
@@ -121,13 +213,23 @@ async fn main() {
     }
     let mut lat = Vec::new();
     let mut done = Vec::new();
-    for t in tasks {
+    // Latency of requests whose client is on the gateway's replica, and
+    // on another one (the change and the acknowledgement cross replicas).
+    let (mut same, mut other) = (Vec::new(), Vec::new());
+    for (w, t) in tasks.into_iter().enumerate() {
         let (l, d) = t.await.unwrap();
+        if w % clients.len() == 0 {
+            same.extend(l.iter().copied());
+        } else {
+            other.extend(l.iter().copied());
+        }
         lat.extend(l);
         done.extend(d);
     }
     done.sort();
     let elapsed = t.elapsed();
+    let (own, pg_used) = (own_cpu() - own_before, pg_cpu_now() - pg_before);
+    let cpu = own + pg_used;
     lat.sort();
     println!(
         "access: {} requests, {} concurrent clients, {:.2} s: {:.0} requests/s; latency p50 {:.1} ms, p99 {:.1} ms",
@@ -137,6 +239,25 @@ async fn main() {
         lat.len() as f64 / elapsed.as_secs_f64(),
         pct(&lat, 0.5).as_secs_f64() * 1e3,
         pct(&lat, 0.99).as_secs_f64() * 1e3,
+    );
+    if !other.is_empty() {
+        same.sort();
+        other.sort();
+        println!(
+            "access latency, client on the gateway's replica: p50 {:.1} ms, p99 {:.1} ms; on another replica: p50 {:.1} ms, p99 {:.1} ms",
+            pct(&same, 0.5).as_secs_f64() * 1e3,
+            pct(&same, 0.99).as_secs_f64() * 1e3,
+            pct(&other, 0.5).as_secs_f64() * 1e3,
+            pct(&other, 0.99).as_secs_f64() * 1e3,
+        );
+    }
+    println!(
+        "access CPU: {:.2} s in all ({:.0}% of one core), {:.2} ms per request: {:.2} ms in this process (control planes, clients, gateway), {:.2} ms in the PostgreSQL server",
+        cpu,
+        100.0 * cpu / elapsed.as_secs_f64(),
+        1e3 * cpu / lat.len() as f64,
+        1e3 * own / lat.len() as f64,
+        1e3 * pg_used / lat.len() as f64
     );
     // The rate as the number of live admissions grows: each tenth of the
     // run, by completion time (the last one is the rate near `requests`
@@ -159,5 +280,8 @@ async fn main() {
     let (diffs, wholes) = gw.answer_counts();
     println!("feed answers: {diffs} diffs, {wholes} whole sets");
     assert_eq!(gw.admission_count(), requests);
-    cp.stop().await;
+    drop(gw);
+    for cp in cps {
+        cp.stop().await;
+    }
 }

@@ -3,9 +3,9 @@
 
 use crate::auth::{self, SecretKind};
 use crate::error::AppError;
-use crate::feedlog;
-use crate::store::{self, Audit, Db, NewAdmission};
-use crate::{hub::Hub, Settings};
+use crate::hub::{Hub, ServerLive};
+use crate::store::{self, Audit, Db, NewAdmission, Tx};
+use crate::Settings;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -24,7 +24,11 @@ use tokio::sync::Notify;
 #[derive(Debug)]
 pub struct AppState {
     pub db: Db,
-    pub hub: Hub,
+    /// What this replica knows live; the database's events reach it.
+    pub hub: Arc<Hub>,
+    /// This process among the replicas sharing a database (for the
+    /// gateway presence it records).
+    pub replica: String,
     pub settings: Settings,
     pub limiter: auth::LoginLimiter,
     /// A real argon2 hash of a random password: login for an unknown user
@@ -288,10 +292,17 @@ async fn login(
             "user names are 1-64 characters and passwords at most 1024 bytes",
         ));
     }
-    if let Err(wait) = st
-        .limiter
-        .check(source, &req.username, st.settings.clock.now())
-    {
+    let verdict = if st.db.shared() {
+        let (s2, name) = (st.clone(), req.username.clone());
+        let now = st.settings.clock.now_millis();
+        st.db
+            .tx(move |tx| s2.limiter.check_in(tx, source, &name, now))
+            .await?
+    } else {
+        st.limiter
+            .check(source, &req.username, st.settings.clock.now_millis())
+    };
+    if let Err(wait) = verdict {
         // Debug, not info: refusals cost nothing and come as fast as a
         // guesser sends them; the failures they follow are at info.
         tracing::debug!(user = %req.username, %source, wait_secs = wait.as_secs(), "login refused: too many attempts");
@@ -326,12 +337,17 @@ async fn login(
     st.password_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(user) = user.filter(|_| ok) else {
-        st.limiter
-            .failed(source, &req.username, st.settings.clock.now());
         tracing::info!(user = %req.username, %source, "login failed: wrong user name or password");
         let name = req.username;
+        let (s2, now_ms) = (st.clone(), st.settings.clock.now_millis());
+        if !st.db.shared() {
+            st.limiter.failed(source, &name, now_ms);
+        }
         st.db
             .tx(move |tx| {
+                if s2.db.shared() {
+                    s2.limiter.failed_in(tx, source, &name, now_ms)?;
+                }
                 store::audit(
                     tx,
                     now(),
@@ -347,12 +363,18 @@ async fn login(
             .await?;
         return Err(AppError::unauthorized("wrong user name or password"));
     };
-    st.limiter.succeeded(source, &user.username);
+    if !st.db.shared() {
+        st.limiter.succeeded(source, &user.username);
+    }
     tracing::info!(user = %user.username, %source, "login");
     let (token, hash) = auth::new_secret(SecretKind::UserToken);
     let expires_at = now() + st.settings.token_ttl;
+    let s2 = st.clone();
     st.db
         .tx(move |tx| {
+            if s2.db.shared() {
+                s2.limiter.succeeded_in(tx, source, &user.username)?;
+            }
             store::insert_token(tx, &hash, user.id, expires_at)?;
             store::audit(
                 tx,
@@ -386,7 +408,7 @@ async fn deny(st: &AppState, user: &str, server: &str, source: IpAddr, err: AppE
                     username: Some(&user),
                     server: Some(&server),
                     source: Some(source),
-                    detail,
+                    detail: detail.clone(),
                     ..Default::default()
                 },
             )
@@ -479,9 +501,9 @@ async fn access(
         return Err(deny(&st, &user.username, &server.name, source, e).await);
     };
     let live = st.hub.server(server.id, server.version);
-    if !live.connected(Instant::now()) {
-        let since = live
-            .last_seen()
+    let (connected, last_seen) = gateway_presence(&st, server.id, &live).await?;
+    if !connected {
+        let since = last_seen
             .map(|t| {
                 format!(
                     "since {}",
@@ -534,20 +556,31 @@ async fn access(
         services: services.iter().map(|s| s.name.clone()).collect(),
         created_at: created,
         expires_at: created + Duration::from_secs(server.ttl_secs),
+        pending_until: created + st.settings.ack_timeout + st.settings.pending_grace,
     };
     let limit = server.max_admissions_per_user;
     let server_name = server.name.clone();
     let inserted = st
         .db
-        .tx_feed(move |tx, feed| {
-            let held = store::live_admissions_of(tx, new.user_id, new.server_id, new.created_at)?;
+        .tx(move |tx| {
+            // Under the server's lock: two replicas cannot both see room
+            // for one more.
+            store::lock_server(tx, new.server_id)?;
+            let mut held =
+                store::live_admissions_of(tx, new.user_id, new.server_id, new.created_at)?;
+            if let Some(key) = &new.client_key {
+                // A retry with the same key replaces its earlier admission.
+                if store::key_holder(tx, new.server_id, key)? == Some(new.user_id) {
+                    held = held.saturating_sub(1);
+                }
+            }
             if held >= limit {
                 return Err(store::StoreError::AdmissionLimit(format!(
                     "you already hold {held} live admissions on server '{server_name}', as many as it allows one user; \
                      end a session you no longer use (stop its 'hushgate connect', or revoke it), or ask the server's owner to raise the limit"
                 )));
             }
-            store::insert_admission(tx, feed, new)
+            store::insert_admission(tx, &new)
         })
         .await;
     let (adm, version) = match inserted {
@@ -557,23 +590,18 @@ async fn access(
         }
         Err(e) => return Err(e.into()),
     };
-    st.hub.publish(server.id, version);
     st.expiry_wake.notify_one();
 
     if !live.wait_ack(version, st.settings.ack_timeout).await {
         // Undo: the client will never hear of this admission, so the
         // gateway must not keep it either.
         let a = adm.clone();
-        let v = st
-            .db
-            .tx_feed(move |tx, feed| match store::admission(tx, &a.id)? {
-                Some(a) => Ok(Some(store::delete_admission(tx, feed, &a)?)),
+        st.db
+            .tx(move |tx| match store::admission(tx, &a.id)? {
+                Some(a) => store::delete_admission(tx, &a),
                 None => Ok(None),
             })
             .await?;
-        if let Some(v) = v {
-            st.hub.publish(server.id, v);
-        }
         let e = AppError::unavailable(
             "gateway_timeout",
             format!(
@@ -588,10 +616,9 @@ async fn access(
     let still_there = st
         .db
         .tx(move |tx| {
-            if store::admission(tx, &a.id)?.is_none() {
+            if !store::activate(tx, &a.id)? {
                 return Ok(false);
             }
-            store::activate(tx, &a.id)?;
             store::audit(
                 tx,
                 now(),
@@ -681,7 +708,7 @@ async fn renew(
     let a = adm.clone();
     let renewed = st
         .db
-        .tx_feed(move |tx, feed| {
+        .tx(move |tx| {
             let server = store::server_by_id(tx, a.server_id)?;
             let Some(grant) = store::grant_for(tx, a.user_id, a.server_id)? else {
                 return Ok(None);
@@ -692,7 +719,7 @@ async fn renew(
                 return Ok(None);
             }
             let expires = now() + Duration::from_secs(server.ttl_secs);
-            let v = store::set_expiry(tx, feed, &a, expires)?;
+            let v = store::set_expiry(tx, &a, expires)?;
             Ok(Some((expires, v)))
         })
         .await?;
@@ -707,7 +734,6 @@ async fn renew(
             ),
         ));
     };
-    st.hub.publish(adm.server_id, version);
     let live = st.hub.server(adm.server_id, version);
     if !live.wait_ack(version, st.settings.ack_timeout).await {
         return Err(AppError::unavailable(
@@ -731,14 +757,12 @@ fn grant_covers(grant: &store::Grant, a: &store::Admission) -> bool {
 }
 
 /// Removes an admission and writes its `revoked` audit line, in the
-/// caller's transaction; returns the server's new feed version.
-fn end_admission(
-    tx: &rusqlite::Transaction,
-    feed: &mut crate::feedlog::FeedChanges,
-    a: &store::Admission,
-    detail: String,
-) -> store::Result<u64> {
-    let v = store::delete_admission(tx, feed, a)?;
+/// caller's transaction; returns the server's new feed version (`None`
+/// when another request removed it first: nothing to audit).
+fn end_admission(tx: &mut Tx, a: &store::Admission, detail: String) -> store::Result<Option<u64>> {
+    let Some(v) = store::delete_admission(tx, a)? else {
+        return Ok(None);
+    };
     tracing::info!(user = %a.username, server = %a.server, admission = %a.id, %detail, "admission revoked");
     store::audit(
         tx,
@@ -752,7 +776,7 @@ fn end_admission(
             detail,
         },
     )?;
-    Ok(v)
+    Ok(Some(v))
 }
 
 async fn revoke(
@@ -765,11 +789,9 @@ async fn revoke(
     let adm = owned_admission(&st, &who, id).await?;
     let by = who.name().to_string();
     let a = adm.clone();
-    let v = st
-        .db
-        .tx_feed(move |tx, feed| end_admission(tx, feed, &a, format!("revoked by {by}")))
+    st.db
+        .tx(move |tx| end_admission(tx, &a, format!("revoked by {by}")))
         .await?;
-    st.hub.publish(adm.server_id, v);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -814,14 +836,13 @@ async fn enroll(
     let report = req.report;
     let outcome = st
         .db
-        .tx_feed(move |tx, feed| {
+        .tx(move |tx| {
             let outcome = store::enroll(tx, &enroll_hash, &cred_hash, now())?;
             let store::Enrollment::Enrolled { server, replaced } = &outcome else {
                 return Ok(outcome);
             };
             store::update_gateway(
                 tx,
-                feed,
                 server.id,
                 &report.public_key,
                 endpoint,
@@ -866,13 +887,6 @@ async fn enroll(
             if check {
                 crate::reachability::request(&st, server.id);
             }
-            if replaced {
-                // The gateway holding the old credential must hear at
-                // once that it no longer works.
-                st.hub
-                    .server(server.id, server.version)
-                    .credential_changed();
-            }
             Ok(Json(EnrollResponse {
                 server: server.name,
                 credential,
@@ -914,10 +928,9 @@ async fn report(
     let id = server.id;
     let version = st
         .db
-        .tx_feed(move |tx, feed| {
+        .tx(move |tx| {
             store::update_gateway(
                 tx,
-                feed,
                 id,
                 &report.public_key,
                 endpoint,
@@ -960,12 +973,6 @@ struct FeedQuery {
     diff: Option<bool>,
 }
 
-/// What a feed answer is built from.
-enum FeedAnswer {
-    Whole(store::Server, Vec<store::Admission>),
-    Diff(store::Server, u64, feedlog::Diff),
-}
-
 async fn feed(
     State(st): Shared,
     headers: HeaderMap,
@@ -986,11 +993,10 @@ async fn feed(
         }
     }
     let live = st.hub.server(server.id, server.version);
-    let _guard = live.poll_guard();
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(25_000)).min(st.settings.max_feed_wait);
+    let _held = HeldPoll::start(&st, &live, server.id, wait).await?;
     if let Some(after) = q.after {
         if after == server.version {
-            let wait =
-                Duration::from_millis(q.wait_ms.unwrap_or(25_000)).min(st.settings.max_feed_wait);
             let mut rx = live.version.subscribe();
             let mut cred = live.credential.subscribe();
             cred.mark_unchanged();
@@ -1008,33 +1014,14 @@ async fn feed(
     }
     let id = server.id;
     let diff_from = q.after.filter(|_| q.diff == Some(true));
-    let log = st.db.feed_log();
     let answer = st
         .db
-        .tx(move |tx| {
-            let server = store::server_by_id(tx, id)?;
-            if let Some(after) = diff_from {
-                // Read under the transaction: every change up to the
-                // version just read is in the log by now.
-                let diff = if after == server.version {
-                    Some(feedlog::Diff::default())
-                } else {
-                    log.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .diff(id, after, server.version)
-                };
-                if let Some(diff) = diff {
-                    return Ok(FeedAnswer::Diff(server, after, diff));
-                }
-            }
-            let admissions = store::server_admissions(tx, id)?;
-            Ok(FeedAnswer::Whole(server, admissions))
-        })
+        .tx(move |tx| store::feed_since(tx, id, diff_from))
         .await?;
     let t = now();
     let service_address = store::tunnel_address(store::SERVICE_INDEX);
     let update = match answer {
-        FeedAnswer::Whole(server, admissions) => FeedUpdate {
+        store::FeedAnswer::Whole(server, admissions) => FeedUpdate {
             reachability: Some(crate::reachability::view(&server)),
             version: server.version,
             server_time: t,
@@ -1050,16 +1037,35 @@ async fn feed(
             removed: Vec::new(),
             server: server.name,
         },
-        FeedAnswer::Diff(server, after, diff) => FeedUpdate {
-            reachability: Some(crate::reachability::view(&server)),
-            server: server.name,
-            version: server.version,
-            server_time: t,
-            service_address,
-            base: Some(after),
-            admissions: diff.upserts,
-            removed: diff.removed,
-        },
+        store::FeedAnswer::Diff {
+            server,
+            base,
+            upserts,
+            mut removed,
+        } => {
+            // A reachability check's one-off admission is not a stored
+            // admission: the history names its id (store::bump_feed), and
+            // the diff, finding no row, calls it removed. While the check
+            // runs it is the admission itself.
+            let mut admissions: Vec<FeedAdmission> =
+                upserts.iter().map(store::Admission::to_feed).collect();
+            if let Some(p) = st.prober.admissions(server.id) {
+                if let Some(i) = removed.iter().position(|r| *r == p.id) {
+                    removed.remove(i);
+                    admissions.push(p);
+                }
+            }
+            FeedUpdate {
+                reachability: Some(crate::reachability::view(&server)),
+                server: server.name,
+                version: server.version,
+                server_time: t,
+                service_address,
+                base: Some(base),
+                admissions,
+                removed,
+            }
+        }
     };
     if q.diff == Some(true) {
         return Ok(Json(update).into_response());
@@ -1088,8 +1094,118 @@ async fn ack(
             a.version, server.version
         )));
     }
+    if st.db.shared() {
+        // The access request waiting for this may be on another replica:
+        // the database tells it (and remembers, for one that missed it).
+        let (id, version, now_ms) = (server.id, a.version, store::millis(now()));
+        st.db
+            .tx_relaxed(move |tx| store::record_ack(tx, id, version, now_ms))
+            .await?;
+    }
     st.hub.server(server.id, server.version).ack(a.version);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether a server's gateway counts as connected now, and when it was
+/// last heard from. Its feed poll may be held by another replica: with a
+/// shared database, what this replica does not see itself it reads from
+/// the gateway's presence there.
+async fn gateway_presence(
+    st: &AppState,
+    server_id: i64,
+    live: &ServerLive,
+) -> ApiResult<(bool, Option<OffsetDateTime>)> {
+    if live.connected(Instant::now()) || !st.db.shared() {
+        return Ok((live.connected(Instant::now()), live.last_seen()));
+    }
+    let p = st.db.tx(move |tx| store::presence(tx, server_id)).await?;
+    Ok(presence_verdict(&p, live))
+}
+
+fn presence_verdict(p: &store::Presence, live: &ServerLive) -> (bool, Option<OffsetDateTime>) {
+    let now_ms = store::millis(now());
+    let grace = crate::hub::CONNECTED_GRACE.as_millis() as i64;
+    let connected =
+        p.held_until.is_some_and(|h| h > now_ms) || p.last_seen.is_some_and(|l| now_ms - l < grace);
+    let seen = match (p.last_seen.map(store::from_millis), live.last_seen()) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    (connected || live.connected(Instant::now()), seen)
+}
+
+/// A feed poll held open on this replica. With a shared database, the
+/// other replicas learn of it from the gateway's presence row: written
+/// when a poll starts (at most once per half poll, however often the
+/// gateway polls), and shortened to the connected grace once this
+/// replica has held no poll of the gateway for a second (the gateway
+/// left, or moved to another replica, which then holds).
+struct HeldPoll {
+    st: Arc<AppState>,
+    live: Arc<ServerLive>,
+    server: i64,
+    _guard: crate::hub::PollGuard,
+}
+
+impl HeldPoll {
+    async fn start(
+        st: &Arc<AppState>,
+        live: &Arc<ServerLive>,
+        server: i64,
+        wait: Duration,
+    ) -> ApiResult<HeldPoll> {
+        let guard = live.poll_guard();
+        if st.db.shared() {
+            let at = Instant::now();
+            let claim = at + wait + crate::hub::CONNECTED_GRACE;
+            let stale = live
+                .held_written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_none_or(|(_, until)| until < at + wait / 2 + crate::hub::CONNECTED_GRACE);
+            if stale {
+                let now_ms = store::millis(now());
+                let until = now_ms + (claim - at).as_millis() as i64;
+                let holder = st.replica.clone();
+                st.db
+                    .tx_relaxed(move |tx| store::presence_hold(tx, server, now_ms, until, &holder))
+                    .await?;
+                *live.held_written.lock().unwrap_or_else(|p| p.into_inner()) = Some((at, claim));
+            }
+        }
+        Ok(HeldPoll {
+            st: st.clone(),
+            live: live.clone(),
+            server,
+            _guard: guard,
+        })
+    }
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        if !self.st.db.shared() {
+            return;
+        }
+        let (st, live, server) = (self.st.clone(), self.live.clone(), self.server);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if live.open_polls() > 0 {
+                return;
+            }
+            *live.held_written.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let now_ms = store::millis(now());
+            let until = now_ms + crate::hub::CONNECTED_GRACE.as_millis() as i64;
+            let holder = st.replica.clone();
+            let released = st
+                .db
+                .tx_relaxed(move |tx| store::presence_release(tx, server, now_ms, until, &holder))
+                .await;
+            if let Err(e) = released {
+                tracing::debug!(error = %e, "cannot record the end of a feed poll");
+            }
+        });
+    }
 }
 
 // ---------- admin ----------
@@ -1197,7 +1313,7 @@ fn check_password(password: &str) -> ApiResult<()> {
 
 async fn list_users(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<UserInfo>>> {
     admin(&st, &headers).await?;
-    let users = st.db.tx(|tx| store::list_users(tx)).await?;
+    let users = st.db.tx(store::list_users).await?;
     Ok(Json(
         users
             .into_iter()
@@ -1217,16 +1333,12 @@ async fn delete_user(
 ) -> ApiResult<StatusCode> {
     let by = admin(&st, &headers).await?.name().to_string();
     let Path(name) = name?;
-    let bumped = st
-        .db
-        .tx_feed(move |tx, feed| {
+    st.db
+        .tx(move |tx| {
             let user = store::user_by_name(tx, &name)?
                 .ok_or_else(|| store::StoreError::NotFound(format!("no user named '{name}'")))?;
-            let adms = store::user_server_admissions(tx, user.id, None)?;
-            let mut bumped = Vec::new();
-            for a in &adms {
-                let v = end_admission(tx, feed, a, format!("user deleted by {by}"))?;
-                bumped.push((a.server_id, v));
+            for a in &store::user_server_admissions(tx, user.id, None)? {
+                end_admission(tx, a, format!("user deleted by {by}"))?;
             }
             store::delete_user(tx, user.id)?;
             store::audit(
@@ -1238,13 +1350,9 @@ async fn delete_user(
                     detail: format!("by {by}"),
                     ..Default::default()
                 },
-            )?;
-            Ok(bumped)
+            )
         })
         .await?;
-    for (s, v) in bumped {
-        st.hub.publish(s, v);
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1296,7 +1404,7 @@ fn enrollment_ttl(st: &AppState, asked: Option<u64>) -> ApiResult<Duration> {
 
 /// Issues an enrollment token for a server, in the caller's transaction.
 fn issue_enrollment_token(
-    tx: &rusqlite::Transaction,
+    tx: &mut Tx,
     server: &store::Server,
     ttl: Duration,
     by: &str,
@@ -1446,7 +1554,7 @@ async fn update_server(
         })
         .await?;
     tracing::info!(server = %server.name, "server changed");
-    Ok(Json(server_info(&st, server, Instant::now())))
+    Ok(Json(server_info(&st, server, None, Instant::now())))
 }
 
 async fn remove_server(
@@ -1462,27 +1570,23 @@ async fn remove_server(
     let who = by.clone();
     let (server, ended, version) = st
         .db
-        .tx_feed(move |tx, feed| {
+        .tx(move |tx| {
             let server = store::server_named(tx, &n)?;
             let adms = store::server_admissions(tx, server.id)?;
             let mut version = None;
             for a in &adms {
-                version = Some(end_admission(
-                    tx,
-                    feed,
-                    a,
-                    format!("server removed by {who}"),
-                )?);
+                if let Some(v) = end_admission(tx, a, format!("server removed by {who}"))? {
+                    version = Some(v);
+                }
             }
             Ok((server, adms.len(), version))
         })
         .await?;
     let mut confirmed = true;
     if let Some(v) = version {
-        st.hub.publish(server.id, v);
         let live = st.hub.server(server.id, v);
-        confirmed =
-            live.connected(Instant::now()) && live.wait_ack(v, st.settings.ack_timeout).await;
+        confirmed = gateway_presence(&st, server.id, &live).await?.0
+            && live.wait_ack(v, st.settings.ack_timeout).await;
     }
     let id = server.id;
     let n = name.clone();
@@ -1508,7 +1612,6 @@ async fn remove_server(
             )
         })
         .await?;
-    st.hub.forget(id);
     tracing::info!(server = %name, admissions_ended = ended, gateway_confirmed = confirmed, "server removed");
     Ok(Json(RemovedServer {
         name,
@@ -1529,7 +1632,7 @@ async fn create_enrollment_token(
     let Path(name) = name?;
     let Json(req) = body?;
     let ttl = enrollment_ttl(&st, req.ttl_secs)?;
-    let (issued, revoked, server) = st
+    let (issued, revoked) = st
         .db
         .tx(move |tx| {
             let server = store::server_named(tx, &name)?;
@@ -1538,23 +1641,14 @@ async fn create_enrollment_token(
                 credential_revoked_audit(tx, &server.name, &by)?;
             }
             let (issued, _) = issue_enrollment_token(tx, &server, ttl, &by)?;
-            Ok((issued, revoked, server))
+            Ok((issued, revoked))
         })
         .await?;
-    if revoked {
-        st.hub
-            .server(server.id, server.version)
-            .credential_changed();
-    }
     tracing::info!(server = %issued.server, token = %issued.id, credential_revoked = revoked, "enrollment token created");
     Ok((StatusCode::CREATED, Json(issued)))
 }
 
-fn credential_revoked_audit(
-    tx: &rusqlite::Transaction,
-    server: &str,
-    by: &str,
-) -> store::Result<()> {
+fn credential_revoked_audit(tx: &mut Tx, server: &str, by: &str) -> store::Result<()> {
     store::audit(
         tx,
         now(),
@@ -1587,9 +1681,6 @@ async fn revoke_credential(
             Ok(server)
         })
         .await?;
-    st.hub
-        .server(server.id, server.version)
-        .credential_changed();
     tracing::info!(server = %server.name, "gateway credential revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -1647,13 +1738,43 @@ async fn revoke_enrollment_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn server_info(st: &AppState, s: store::Server, at: Instant) -> ServerInfo {
+/// A server as the admin API shows it. `presence` is what the database
+/// knows of its gateway (shared databases only: another replica may hold
+/// its feed).
+fn server_info(
+    st: &AppState,
+    s: store::Server,
+    presence: Option<store::Presence>,
+    at: Instant,
+) -> ServerInfo {
     let live = st.hub.get(s.id);
     let reachability = crate::reachability::view(&s);
+    let here = (
+        live.as_ref().is_some_and(|l| l.connected(at)),
+        live.as_ref().and_then(|l| l.last_seen()),
+        live.as_ref().map(|l| *l.acked.borrow()).unwrap_or(0),
+    );
+    let (connected, last_seen, acked) = match (&presence, &live) {
+        (Some(p), Some(l)) => {
+            let (c, seen) = presence_verdict(p, l);
+            (c, seen, here.2.max(p.acked_version))
+        }
+        (Some(p), None) => {
+            let grace = crate::hub::CONNECTED_GRACE.as_millis() as i64;
+            let now_ms = store::millis(now());
+            (
+                p.held_until.is_some_and(|h| h > now_ms)
+                    || p.last_seen.is_some_and(|l| now_ms - l < grace),
+                p.last_seen.map(store::from_millis),
+                p.acked_version,
+            )
+        }
+        (None, _) => here,
+    };
     ServerInfo {
-        gateway_connected: live.as_ref().is_some_and(|l| l.connected(at)),
-        gateway_last_seen: live.as_ref().and_then(|l| l.last_seen()),
-        acked_version: live.as_ref().map(|l| *l.acked.borrow()).unwrap_or(0),
+        gateway_connected: connected,
+        gateway_last_seen: last_seen,
+        acked_version: acked,
         name: s.name,
         binding: s.binding,
         admission_ttl_secs: s.ttl_secs,
@@ -1693,12 +1814,27 @@ async fn check_server(
 
 async fn list_servers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<ServerInfo>>> {
     admin(&st, &headers).await?;
-    let servers = st.db.tx(|tx| store::list_servers(tx)).await?;
+    let shared = st.db.shared();
+    let servers = st
+        .db
+        .tx(move |tx| {
+            let mut out = Vec::new();
+            for s in store::list_servers(tx)? {
+                let p = if shared {
+                    Some(store::presence(tx, s.id)?)
+                } else {
+                    None
+                };
+                out.push((s, p));
+            }
+            Ok(out)
+        })
+        .await?;
     let at = Instant::now();
     Ok(Json(
         servers
             .into_iter()
-            .map(|s| server_info(&st, s, at))
+            .map(|(s, p)| server_info(&st, s, p, at))
             .collect(),
     ))
 }
@@ -1711,9 +1847,9 @@ async fn create_grant(
     let by = admin(&st, &headers).await?.name().to_string();
     let Json(req) = body?;
     let r = req.clone();
-    let bumped = st
+    let warnings = st
         .db
-        .tx_feed(move |tx, feed| {
+        .tx(move |tx| {
             let user = store::user_by_name(tx, &r.username)?.ok_or_else(|| {
                 store::StoreError::NotFound(format!("no user named '{}'", r.username))
             })?;
@@ -1725,11 +1861,9 @@ async fn create_grant(
             // A narrowed grant ends the admissions it no longer covers.
             let grant = store::grant_for(tx, user.id, server.id)?
                 .ok_or_else(|| store::StoreError::NotFound("grant vanished".into()))?;
-            let mut bumped = (None, warnings);
             for a in store::user_server_admissions(tx, user.id, Some(server.id))? {
                 if !grant_covers(&grant, &a) {
-                    let why = format!("grant narrowed by {by}");
-                    bumped.0 = Some((server.id, end_admission(tx, feed, &a, why)?));
+                    end_admission(tx, &a, format!("grant narrowed by {by}"))?;
                 }
             }
             store::audit(
@@ -1750,13 +1884,9 @@ async fn create_grant(
                     ..Default::default()
                 },
             )?;
-            Ok(bumped)
+            Ok(warnings)
         })
         .await?;
-    let (bumped, warnings) = bumped;
-    if let Some((s, v)) = bumped {
-        st.hub.publish(s, v);
-    }
     Ok((
         StatusCode::CREATED,
         Json(GrantInfo {
@@ -1814,7 +1944,7 @@ fn check_granted_services(
 
 async fn list_grants(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<GrantInfo>>> {
     admin(&st, &headers).await?;
-    let grants = st.db.tx(|tx| store::list_grants(tx)).await?;
+    let grants = st.db.tx(store::list_grants).await?;
     Ok(Json(
         grants
             .into_iter()
@@ -1836,9 +1966,8 @@ async fn delete_grant(
 ) -> ApiResult<StatusCode> {
     let by = admin(&st, &headers).await?.name().to_string();
     let Path((user, server)) = p?;
-    let bumped = st
-        .db
-        .tx_feed(move |tx, feed| {
+    st.db
+        .tx(move |tx| {
             let u = store::user_by_name(tx, &user)?;
             let s = store::server_by_name(tx, &server)?;
             let (Some(u), Some(s)) = (u, s) else {
@@ -1851,14 +1980,8 @@ async fn delete_grant(
                     "no grant for user '{user}' on server '{server}'"
                 )));
             }
-            let mut bumped = None;
             for a in store::user_server_admissions(tx, u.id, Some(s.id))? {
-                bumped = Some(end_admission(
-                    tx,
-                    feed,
-                    &a,
-                    format!("grant removed by {by}"),
-                )?);
+                end_admission(tx, &a, format!("grant removed by {by}"))?;
             }
             store::audit(
                 tx,
@@ -1870,13 +1993,9 @@ async fn delete_grant(
                     detail: format!("by {by}"),
                     ..Default::default()
                 },
-            )?;
-            Ok(bumped.map(|v| (s.id, v)))
+            )
         })
         .await?;
-    if let Some((s, v)) = bumped {
-        st.hub.publish(s, v);
-    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1885,7 +2004,7 @@ async fn list_admissions(
     headers: HeaderMap,
 ) -> ApiResult<Json<Vec<AdmissionInfo>>> {
     admin(&st, &headers).await?;
-    let adms = st.db.tx(|tx| store::list_admissions(tx)).await?;
+    let adms = st.db.tx(store::list_admissions).await?;
     Ok(Json(
         adms.into_iter()
             .map(|a| AdmissionInfo {

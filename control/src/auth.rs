@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Kinds of secrets, as a visible prefix so a leaked one is recognisable
 /// (and so a user token pasted where a gateway credential goes fails
@@ -101,35 +101,100 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
 ///
 /// Names are counted whether or not the user exists, so the limiter's
 /// answers tell nothing about which accounts exist. Time comes in as an
-/// argument; the state is three small maps, kept behind these methods.
+/// argument (milliseconds on the wall clock, which replicas share). The
+/// counts live in a [`LimiterBook`]: this process's memory (one control
+/// plane on SQLite), or the database, where every replica sees them.
 #[derive(Debug)]
 pub struct LoginLimiter {
     /// Attempts (per source) and failures (per user) allowed in a burst.
     burst: f64,
     /// Attempts regained per second.
     refill_per_sec: f64,
-    state: Mutex<LimiterState>,
+    memory: Mutex<MemoryBook>,
 }
 
 /// How long a source that failed for a user stays suspect for that user:
 /// refused while the user's failure budget is spent.
 pub const SUSPECT_FOR: Duration = Duration::from_secs(15 * 60);
 
-/// Entries kept before the maps are swept of what no longer matters.
+/// Entries kept in memory before the maps are swept of what no longer
+/// matters.
 const SWEEP_ABOVE: usize = 100_000;
 
-#[derive(Debug, Default)]
-struct LimiterState {
-    sources: HashMap<IpAddr, Bucket>,
-    user_failures: HashMap<String, Bucket>,
-    /// (user name, source) -> when that source last failed for that name.
-    suspects: HashMap<(String, IpAddr), Instant>,
+/// Where a [`LoginLimiter`] keeps its counts: token buckets by kind
+/// ("source" or "user") and key, and when each source last failed for
+/// each user name. Times are milliseconds.
+pub trait LimiterBook {
+    /// Keeps other replicas off this user's and this source's counts
+    /// until the check is over (nothing to do in memory).
+    fn lock(&mut self, user: &str, source: &str) -> crate::store::Result<()>;
+    /// (tokens, when) of a bucket, if it was ever charged.
+    fn bucket(&mut self, kind: &str, key: &str) -> crate::store::Result<Option<(f64, i64)>>;
+    fn set_bucket(
+        &mut self,
+        kind: &str,
+        key: &str,
+        tokens: f64,
+        at: i64,
+    ) -> crate::store::Result<()>;
+    fn suspect_since(&mut self, user: &str, source: &str) -> crate::store::Result<Option<i64>>;
+    /// Marks (`Some(when)`) or clears (`None`) a source as suspect for a user.
+    fn set_suspect(
+        &mut self,
+        user: &str,
+        source: &str,
+        at: Option<i64>,
+    ) -> crate::store::Result<()>;
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+/// The counts of one control plane that owns its database alone.
+#[derive(Debug, Default)]
+pub struct MemoryBook {
+    buckets: HashMap<(String, String), (f64, i64)>,
+    /// (user name, source) -> when that source last failed for that name.
+    suspects: HashMap<(String, String), i64>,
+}
+
+impl LimiterBook for MemoryBook {
+    fn lock(&mut self, _: &str, _: &str) -> crate::store::Result<()> {
+        Ok(())
+    }
+    fn bucket(&mut self, kind: &str, key: &str) -> crate::store::Result<Option<(f64, i64)>> {
+        Ok(self.buckets.get(&(kind.into(), key.into())).copied())
+    }
+    fn set_bucket(
+        &mut self,
+        kind: &str,
+        key: &str,
+        tokens: f64,
+        at: i64,
+    ) -> crate::store::Result<()> {
+        self.buckets.insert((kind.into(), key.into()), (tokens, at));
+        Ok(())
+    }
+    fn suspect_since(&mut self, user: &str, source: &str) -> crate::store::Result<Option<i64>> {
+        Ok(self.suspects.get(&(user.into(), source.into())).copied())
+    }
+    fn set_suspect(
+        &mut self,
+        user: &str,
+        source: &str,
+        at: Option<i64>,
+    ) -> crate::store::Result<()> {
+        let k = (user.to_string(), source.to_string());
+        match at {
+            Some(at) => self.suspects.insert(k, at),
+            None => self.suspects.remove(&k),
+        };
+        Ok(())
+    }
+}
+
+const SOURCE: &str = "source";
+const USER: &str = "user";
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl LoginLimiter {
@@ -139,15 +204,21 @@ impl LoginLimiter {
         LoginLimiter {
             burst: f64::from(per_minute.max(1)),
             refill_per_sec: f64::from(per_minute.max(1)) / 60.0,
-            state: Mutex::new(LimiterState::default()),
+            memory: Mutex::new(MemoryBook::default()),
         }
     }
 
-    fn level(&self, b: Option<&Bucket>, now: Instant) -> f64 {
+    /// How long an untouched bucket takes to be full again: older rows
+    /// limit nothing and may be forgotten.
+    pub fn full_after(&self) -> Duration {
+        Duration::from_secs_f64(self.burst / self.refill_per_sec)
+    }
+
+    fn level(&self, b: Option<(f64, i64)>, now: i64) -> f64 {
         match b {
             None => self.burst,
-            Some(b) => (b.tokens
-                + now.saturating_duration_since(b.at).as_secs_f64() * self.refill_per_sec)
+            Some((tokens, at)) => (tokens
+                + (now.saturating_sub(at)).max(0) as f64 / 1000.0 * self.refill_per_sec)
                 .min(self.burst),
         }
     }
@@ -159,78 +230,96 @@ impl LoginLimiter {
     /// Takes one attempt for this source and user name before the
     /// password is checked, or says how long to wait. Nothing is charged
     /// when the attempt is refused.
-    pub fn check(&self, source: IpAddr, username: &str, now: Instant) -> Result<(), Duration> {
-        let source = source_key(source);
+    pub fn check_in(
+        &self,
+        book: &mut dyn LimiterBook,
+        source: IpAddr,
+        username: &str,
+        now: i64,
+    ) -> crate::store::Result<Result<(), Duration>> {
+        let source = source_key(source).to_string();
         let user = username.to_lowercase();
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        self.sweep(&mut st, now);
-        let user_level = self.level(st.user_failures.get(&user), now);
+        book.lock(&user, &source)?;
+        let user_level = self.level(book.bucket(USER, &user)?, now);
         if user_level < 1.0 {
-            let suspect = st
-                .suspects
-                .get(&(user, source))
-                .is_some_and(|at| now.saturating_duration_since(*at) < SUSPECT_FOR);
+            let suspect = book
+                .suspect_since(&user, &source)?
+                .is_some_and(|at| now.saturating_sub(at) < ms(SUSPECT_FOR));
             if suspect {
-                return Err(self.wait_for_one(user_level));
+                return Ok(Err(self.wait_for_one(user_level)));
             }
         }
-        let source_level = self.level(st.sources.get(&source), now);
+        let source_level = self.level(book.bucket(SOURCE, &source)?, now);
         if source_level < 1.0 {
-            return Err(self.wait_for_one(source_level));
+            return Ok(Err(self.wait_for_one(source_level)));
         }
-        st.sources.insert(
-            source,
-            Bucket {
-                tokens: source_level - 1.0,
-                at: now,
-            },
-        );
-        Ok(())
+        book.set_bucket(SOURCE, &source, source_level - 1.0, now)?;
+        Ok(Ok(()))
     }
 
     /// Records a failed attempt (wrong password or unknown name).
-    pub fn failed(&self, source: IpAddr, username: &str, now: Instant) {
-        let source = source_key(source);
+    pub fn failed_in(
+        &self,
+        book: &mut dyn LimiterBook,
+        source: IpAddr,
+        username: &str,
+        now: i64,
+    ) -> crate::store::Result<()> {
+        let source = source_key(source).to_string();
         let user = username.to_lowercase();
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let level = self.level(st.user_failures.get(&user), now);
-        st.user_failures.insert(
-            user.clone(),
-            Bucket {
-                tokens: (level - 1.0).max(0.0),
-                at: now,
-            },
-        );
-        st.suspects.insert((user, source), now);
+        book.lock(&user, &source)?;
+        let level = self.level(book.bucket(USER, &user)?, now);
+        book.set_bucket(USER, &user, (level - 1.0).max(0.0), now)?;
+        book.set_suspect(&user, &source, Some(now))
     }
 
     /// Records a successful login: the source is no longer suspect for
     /// this user.
+    pub fn succeeded_in(
+        &self,
+        book: &mut dyn LimiterBook,
+        source: IpAddr,
+        username: &str,
+    ) -> crate::store::Result<()> {
+        book.set_suspect(
+            &username.to_lowercase(),
+            &source_key(source).to_string(),
+            None,
+        )
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, MemoryBook> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`LoginLimiter::check_in`] with this process's own counts.
+    pub fn check(&self, source: IpAddr, username: &str, now: i64) -> Result<(), Duration> {
+        let mut book = self.memory();
+        self.sweep(&mut book, now);
+        self.check_in(&mut *book, source, username, now)
+            .unwrap_or(Ok(()))
+    }
+
+    /// [`LoginLimiter::failed_in`] with this process's own counts.
+    pub fn failed(&self, source: IpAddr, username: &str, now: i64) {
+        let _ = self.failed_in(&mut *self.memory(), source, username, now);
+    }
+
+    /// [`LoginLimiter::succeeded_in`] with this process's own counts.
     pub fn succeeded(&self, source: IpAddr, username: &str) {
-        let key = (username.to_lowercase(), source_key(source));
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.suspects.remove(&key);
+        let _ = self.succeeded_in(&mut *self.memory(), source, username);
     }
 
     /// Forgets full buckets and old suspects once the maps grow large, so
     /// a spray of sources or names cannot grow them without bound.
-    fn sweep(&self, st: &mut LimiterState, now: Instant) {
-        let big = |n: usize| n > SWEEP_ABOVE;
-        if big(st.sources.len()) {
-            st.sources.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.refill_per_sec
-                    < self.burst
-            });
+    fn sweep(&self, book: &mut MemoryBook, now: i64) {
+        if book.buckets.len() > SWEEP_ABOVE {
+            book.buckets
+                .retain(|_, b| self.level(Some(*b), now) < self.burst);
         }
-        if big(st.user_failures.len()) {
-            st.user_failures.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.refill_per_sec
-                    < self.burst
-            });
-        }
-        if big(st.suspects.len()) {
-            st.suspects
-                .retain(|_, at| now.saturating_duration_since(*at) < SUSPECT_FOR);
+        if book.suspects.len() > SWEEP_ABOVE {
+            book.suspects
+                .retain(|_, at| now.saturating_sub(*at) < ms(SUSPECT_FOR));
         }
     }
 }
@@ -262,7 +351,7 @@ mod tests {
     #[test]
     fn limiter_charges_sources_for_attempts() {
         let l = LoginLimiter::new(3);
-        let t = Instant::now();
+        let t = T0;
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         for _ in 0..3 {
@@ -273,13 +362,13 @@ mod tests {
         // Another source is not affected.
         assert!(l.check(b, "bob", t).is_ok());
         // A minute later the source has its attempts back.
-        assert!(l.check(a, "alice", t + Duration::from_secs(60)).is_ok());
+        assert!(l.check(a, "alice", t + 60_000).is_ok());
     }
 
     #[test]
     fn ipv6_sources_count_by_64() {
         let l = LoginLimiter::new(2);
-        let t = Instant::now();
+        let t = T0;
         let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
         let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
@@ -289,10 +378,13 @@ mod tests {
         assert!(l.check(c, "z", t).is_ok(), "another /64");
     }
 
+    /// Any moment, in milliseconds.
+    const T0: i64 = 1_800_000_000_000;
+
     #[test]
     fn a_spent_user_budget_stops_only_the_sources_that_failed() {
         let l = LoginLimiter::new(3);
-        let t = Instant::now();
+        let t = T0;
         let guesser: IpAddr = "198.51.100.7".parse().unwrap();
         let others: Vec<IpAddr> = (1..=3)
             .map(|i| format!("203.0.113.{i}").parse().unwrap())
@@ -317,9 +409,7 @@ mod tests {
         assert!(l.check(guesser, "alice", t).is_err());
         // Once a failure's worth has come back (20 s at 3 a minute), a
         // suspect address gets its next try.
-        assert!(l
-            .check(guesser, "alice", t + Duration::from_secs(21))
-            .is_ok());
+        assert!(l.check(guesser, "alice", t + 21_000).is_ok());
     }
 
     #[test]

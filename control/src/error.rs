@@ -69,6 +69,27 @@ impl From<StoreError> for AppError {
             StoreError::AdmissionLimit(m) => {
                 AppError::new(StatusCode::CONFLICT, "admission_limit", m)
             }
+            StoreError::Unavailable(why) => {
+                tracing::warn!(error = %why, "database unavailable");
+                AppError::unavailable(
+                    "database_unavailable",
+                    "the control plane cannot reach its database right now; nothing was changed, try again in a few seconds",
+                )
+            }
+            StoreError::InDoubt(why) => {
+                tracing::warn!(error = %why, "database connection lost while committing");
+                AppError::unavailable(
+                    "database_unavailable",
+                    "the control plane lost its database while storing this change, so it may or may not be stored; check, then try again",
+                )
+            }
+            StoreError::Busy(why) => {
+                tracing::warn!(error = %why, "database busy");
+                AppError::unavailable(
+                    "database_busy",
+                    "the control plane's database is busy with changes to the same things; nothing was changed, try again",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "database failure");
                 AppError::new(

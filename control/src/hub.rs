@@ -4,7 +4,11 @@
 //!
 //! The database holds the desired state; the hub only wakes the waiters
 //! (a gateway's long-poll, an access request waiting for an ack) when
-//! that state or an acknowledgement moves.
+//! that state or an acknowledgement moves. It learns of a move as an
+//! [`Event`]: from this process's own transactions once they commit, and,
+//! when several replicas share a PostgreSQL database, from the others
+//! through `NOTIFY` (see `store::postgres`). Every update only moves
+//! forward, so an event heard twice, or late, changes nothing.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +19,54 @@ use tokio::sync::watch;
 
 /// How long after its last poll ended a gateway still counts as
 /// connected: the gap between two long-polls is one round trip.
-const CONNECTED_GRACE: Duration = Duration::from_secs(3);
+pub const CONNECTED_GRACE: Duration = Duration::from_secs(3);
+
+/// Something every replica must hear of once it has committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A server's desired state reached `version`.
+    Version { server: i64, version: u64 },
+    /// A server's gateway acknowledged `version`.
+    Acked { server: i64, version: u64 },
+    /// A server's gateway credential was revoked or replaced: held feed
+    /// polls check theirs again.
+    Credential { server: i64 },
+    /// A server was removed.
+    Removed { server: i64 },
+}
+
+impl Event {
+    /// The text carried by a PostgreSQL notification.
+    pub fn to_payload(self) -> String {
+        match self {
+            Event::Version { server, version } => format!("v {server} {version}"),
+            Event::Acked { server, version } => format!("a {server} {version}"),
+            Event::Credential { server } => format!("c {server}"),
+            Event::Removed { server } => format!("r {server}"),
+        }
+    }
+
+    pub fn from_payload(text: &str) -> Option<Event> {
+        let mut f = text.split(' ');
+        let kind = f.next()?;
+        let server = f.next()?.parse().ok()?;
+        let mut version = || f.next()?.parse::<u64>().ok();
+        let e = match kind {
+            "v" => Event::Version {
+                server,
+                version: version()?,
+            },
+            "a" => Event::Acked {
+                server,
+                version: version()?,
+            },
+            "c" => Event::Credential { server },
+            "r" => Event::Removed { server },
+            _ => return None,
+        };
+        Some(e)
+    }
+}
 
 #[derive(Debug)]
 pub struct ServerLive {
@@ -28,6 +79,10 @@ pub struct ServerLive {
     pub credential: watch::Sender<u64>,
     open_polls: AtomicUsize,
     last_seen: Mutex<Option<(Instant, OffsetDateTime)>>,
+    /// When this replica last told the database that it holds a poll of
+    /// this gateway, and until when that claim runs (shared databases
+    /// only; see `app::PollPresence`).
+    pub held_written: Mutex<Option<(Instant, Instant)>>,
 }
 
 impl ServerLive {
@@ -38,7 +93,13 @@ impl ServerLive {
             credential: watch::channel(0).0,
             open_polls: AtomicUsize::new(0),
             last_seen: Mutex::new(None),
+            held_written: Mutex::new(None),
         }
+    }
+
+    /// Feed polls of this gateway open on this replica now.
+    pub fn open_polls(&self) -> usize {
+        self.open_polls.load(Ordering::SeqCst)
     }
 
     pub fn connected(&self, now: Instant) -> bool {
@@ -154,5 +215,93 @@ impl Hub {
     /// Announces a new desired-state version of a server.
     pub fn publish(&self, id: i64, version: u64) {
         self.server(id, version).publish(version);
+    }
+
+    /// Takes in one committed event (this replica's or another's).
+    pub fn apply(&self, e: Event) {
+        match e {
+            Event::Version { server, version } => self.publish(server, version),
+            Event::Acked { server, version } => {
+                // The ack of a server this replica has not met yet starts
+                // its entry at version 0; the next version read or heard
+                // moves it on.
+                self.server(server, 0).acked.send_if_modified(|v| {
+                    if version > *v {
+                        *v = version;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+            Event::Credential { server } => {
+                if let Some(live) = self.get(server) {
+                    live.credential_changed();
+                }
+            }
+            Event::Removed { server } => self.forget(server),
+        }
+    }
+
+    /// The ids of the servers this replica has met.
+    pub fn known(&self) -> Vec<i64> {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_as_notification_text() {
+        for e in [
+            Event::Version {
+                server: 3,
+                version: 17,
+            },
+            Event::Acked {
+                server: 3,
+                version: 16,
+            },
+            Event::Credential { server: 9 },
+            Event::Removed { server: 12 },
+        ] {
+            assert_eq!(Event::from_payload(&e.to_payload()), Some(e));
+        }
+        for bad in ["", "v", "v 1", "x 1 2", "v a 2", "a 1 -2"] {
+            assert_eq!(Event::from_payload(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_only_move_forward() {
+        let hub = Hub::default();
+        hub.apply(Event::Version {
+            server: 1,
+            version: 5,
+        });
+        hub.apply(Event::Version {
+            server: 1,
+            version: 4,
+        });
+        hub.apply(Event::Acked {
+            server: 1,
+            version: 5,
+        });
+        hub.apply(Event::Acked {
+            server: 1,
+            version: 3,
+        });
+        let live = hub.get(1).unwrap();
+        assert_eq!(*live.version.borrow(), 5);
+        assert_eq!(*live.acked.borrow(), 5);
+        hub.apply(Event::Removed { server: 1 });
+        assert!(hub.get(1).is_none());
     }
 }

@@ -2,21 +2,24 @@
 //!
 //! It is the source of truth of who may reach which media server. Users
 //! log in (`auth`), ask for access to a server, and the control plane
-//! records an admission in SQLite (`store`), pushes the server's new
-//! desired state to that server's gateway through the gateway feed (a
-//! long-poll the gateway keeps open; `hub` wakes it), waits for the
-//! gateway's acknowledgement, and only then answers the client with what
-//! it needs to open its tunnel. Revocations and expiries travel the same
-//! feed; `feedlog` remembers the recent changes so that a gateway gets
-//! only what changed since the version it holds. Everything is served over
-//! HTTPS only (`tls`); the HTTP API itself lives in `app` and is documented
-//! in docs/api.md.
+//! records an admission in its database (`store`: SQLite by default, or
+//! PostgreSQL shared by several replicas), pushes the server's new desired
+//! state to that server's gateway through the gateway feed (a long-poll
+//! the gateway keeps open; `hub` wakes it, whichever replica made the
+//! change), waits for the gateway's acknowledgement (which may arrive at
+//! another replica), and only then answers the client with what it needs
+//! to open its tunnel. Revocations and expiries travel the same feed; the
+//! database keeps which admission changed at which version, so a gateway
+//! gets only what changed since the version it holds. Everything is
+//! served over HTTPS only (`tls`); the HTTP API itself lives in `app` and
+//! is documented in docs/api.md. `bundle` makes the identity (CA,
+//! certificate, admin token) that replicas share.
 #![forbid(unsafe_code)]
 
 pub mod app;
 pub mod auth;
+pub mod bundle;
 mod error;
-pub mod feedlog;
 pub mod hub;
 pub mod listener;
 pub mod reachability;
@@ -38,6 +41,9 @@ use time::OffsetDateTime;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub state_dir: PathBuf,
+    /// A PostgreSQL database shared with other replicas; without it, the
+    /// SQLite file `state_dir/control.sqlite`.
+    pub database: Option<store::DatabaseUrl>,
     /// Operator certificate and key (PEM); without them a private CA in
     /// `state_dir` issues the certificate.
     pub tls_cert: Option<(PathBuf, PathBuf)>,
@@ -57,6 +63,10 @@ pub struct Settings {
     pub token_ttl: Duration,
     /// How long an access request waits for the gateway's acknowledgement.
     pub ack_timeout: Duration,
+    /// How long past `ack_timeout` a pending admission may stay before any
+    /// replica removes it as abandoned (its replica stopped before the
+    /// client was answered). Covers clock differences between replicas.
+    pub pending_grace: Duration,
     /// The longest a feed long-poll is held open.
     pub max_feed_wait: Duration,
     /// Admission lifetime for servers created without one.
@@ -107,8 +117,11 @@ pub enum Clock {
 impl Clock {
     /// A manual clock starting now, and the handle that moves it.
     pub fn manual() -> (Clock, Arc<ManualClock>) {
+        let origin = std::time::Instant::now();
         let m = Arc::new(ManualClock {
-            now: std::sync::Mutex::new(std::time::Instant::now()),
+            now: std::sync::Mutex::new(origin),
+            origin,
+            origin_ms: store::millis(OffsetDateTime::now_utc()),
         });
         (Clock::Manual(m.clone()), m)
     }
@@ -119,12 +132,27 @@ impl Clock {
             Clock::Manual(m) => *m.now.lock().unwrap_or_else(|p| p.into_inner()),
         }
     }
+
+    /// Milliseconds since 1970: the wall clock, which replicas on several
+    /// hosts share (within NTP's error), or a manual clock's reading.
+    pub fn now_millis(&self) -> i64 {
+        match self {
+            Clock::System => store::millis(OffsetDateTime::now_utc()),
+            Clock::Manual(m) => {
+                let now = *m.now.lock().unwrap_or_else(|p| p.into_inner());
+                m.origin_ms
+                    + i64::try_from(now.duration_since(m.origin).as_millis()).unwrap_or(i64::MAX)
+            }
+        }
+    }
 }
 
 /// See [`Clock::manual`].
 #[derive(Debug)]
 pub struct ManualClock {
     now: std::sync::Mutex<std::time::Instant>,
+    origin: std::time::Instant,
+    origin_ms: i64,
 }
 
 impl ManualClock {
@@ -140,6 +168,7 @@ impl Default for Settings {
             forwarded_header: app::ForwardedHeader::default(),
             token_ttl: Duration::from_secs(12 * 3600),
             ack_timeout: Duration::from_secs(5),
+            pending_grace: Duration::from_secs(10),
             max_feed_wait: Duration::from_secs(60),
             default_admission_ttl: Duration::from_secs(3600),
             login_per_minute: 10,
@@ -177,47 +206,70 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Opens (or creates) the state folder, its database and TLS identity.
-    /// Admissions that were pushed but never acknowledged to a client
-    /// before a previous stop are removed here.
+    /// Admissions whose client can never be answered are removed here:
+    /// with SQLite every pending one (this process owns the database, so
+    /// nobody waits for them); with a shared database only those whose
+    /// pending time ran out (another replica may be waiting for the rest).
     pub fn open(cfg: Config) -> anyhow::Result<ControlPlane> {
         state::ensure_private_dir(&cfg.state_dir).with_context(|| {
             format!("cannot create the state folder {}", cfg.state_dir.display())
         })?;
+        // One process per state folder, whatever the engine: replicas on
+        // PostgreSQL each have their own folder (a copy of the identity).
         let lock = statelock::StateLock::acquire(&cfg.state_dir, "a hushgate control plane")?;
-        let db_path = cfg.state_dir.join("control.sqlite");
-        let db = store::Db::open(&db_path)
-            .with_context(|| format!("cannot open the database {}", db_path.display()))?;
-        // The database holds preshared keys: owner only.
-        for f in ["control.sqlite", "control.sqlite-wal", "control.sqlite-shm"] {
-            let p = cfg.state_dir.join(f);
-            if p.exists() {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        let database = match &cfg.database {
+            Some(url) => store::Database::Postgres(Box::new(url.clone())),
+            None => store::Database::Sqlite(cfg.state_dir.join("control.sqlite")),
+        };
+        let what = match &database {
+            store::Database::Sqlite(p) => format!("the database {}", p.display()),
+            store::Database::Postgres(url) => format!("the {}", url.describe()),
+        };
+        let hub = Arc::new(hub::Hub::default());
+        let db = store::Db::open(&database, hub.clone())
+            .with_context(|| format!("cannot open {what}"))?;
+        if !db.shared() {
+            // The database holds preshared keys: owner only.
+            for f in ["control.sqlite", "control.sqlite-wal", "control.sqlite-shm"] {
+                let p = cfg.state_dir.join(f);
+                if p.exists() {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+                }
             }
         }
         let tls = match &cfg.tls_cert {
             Some((cert, key)) => tls::operator_identity(cert, key)?,
-            None => tls::private_ca_identity(&cfg.state_dir, &cfg.sans)?,
+            None => {
+                if db.shared() {
+                    bundle::check_shared_ca(&db, &cfg.state_dir)?;
+                }
+                let id = tls::state_identity(&cfg.state_dir, &cfg.sans)?;
+                if db.shared() {
+                    bundle::register_ca(&db, &cfg.state_dir)?;
+                }
+                id
+            }
         };
-        let admin_token_file = cfg.state_dir.join("admin-token");
-        let has_admin = db.tx_blocking(|tx| store::setting(tx, "admin_token_hash"))?;
-        if has_admin.is_none() || !admin_token_file.exists() {
-            let (token, hash) = auth::new_secret(auth::SecretKind::Admin);
-            state::write_secret_file(&admin_token_file, format!("{token}\n").as_bytes())
-                .with_context(|| format!("cannot write {}", admin_token_file.display()))?;
-            db.tx_blocking(|tx| store::set_setting(tx, "admin_token_hash", &hash))?;
-        }
-        let purged = db.tx_feed_blocking(|tx, feed| store::purge_pending(tx, feed))?;
-        if !purged.is_empty() {
+        let admin_token_file = bundle::admin_token(&db, &cfg.state_dir)?;
+        let (swept, _) =
+            db.tx_blocking(|tx| store::sweep(tx, OffsetDateTime::now_utc(), !db.shared()))?;
+        let abandoned = swept
+            .iter()
+            .filter(|(_, why)| *why == store::Swept::Abandoned)
+            .count();
+        if abandoned > 0 {
             tracing::info!(
-                count = purged.len(),
+                count = abandoned,
                 "removed admissions that were never confirmed to a client before the last stop"
             );
         }
+        tracing::info!(database = %db.describe(), "database open");
         let dummy_hash = auth::hash_password(&hex_of(&auth::random_key()));
         let state = Arc::new(AppState {
             db,
-            hub: hub::Hub::default(),
+            hub,
+            replica: auth::random_id("replica_"),
             limiter: auth::LoginLimiter::new(cfg.settings.login_per_minute),
             settings: cfg.settings,
             dummy_hash,
@@ -254,6 +306,7 @@ impl ControlPlane {
             .context("cannot listen on a loopback port")?;
         ControlPlane::open(Config {
             state_dir,
+            database: None,
             tls_cert: None,
             sans: vec![],
             settings,
@@ -296,12 +349,13 @@ impl ControlPlane {
         let url = format!("https://{}\n", local_url_host(local));
         state::write_public_file(&self.state_dir.join("control-url"), url.as_bytes())?;
 
-        let expiry = tokio::spawn(expiry_task(self.state.clone()));
-        let checks = self
-            .state
-            .settings
-            .reachability_interval
-            .map(|every| tokio::spawn(reachability::periodic(self.state.clone(), every)));
+        let expiry = AbortOnDrop(tokio::spawn(expiry_task(self.state.clone())));
+        let checks = self.state.settings.reachability_interval.map(|every| {
+            AbortOnDrop(tokio::spawn(reachability::periodic(
+                self.state.clone(),
+                every,
+            )))
+        });
         let st = &self.state.settings;
         let caps = listener::ConnectionCaps {
             total: st.max_connections,
@@ -334,11 +388,19 @@ impl ControlPlane {
             shutdown,
         )
         .await;
-        expiry.abort();
-        if let Some(c) = checks {
-            c.abort();
-        }
+        drop(expiry);
+        drop(checks);
         Ok(())
+    }
+}
+
+/// Ends a background task when dropped, so that a server future that is
+/// dropped (its task aborted) leaves nothing of itself running.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -362,6 +424,14 @@ impl Serving {
         let t = std::fs::read_to_string(&self.admin_token_file)
             .with_context(|| format!("cannot read {}", self.admin_token_file.display()))?;
         Ok(t.trim().to_string())
+    }
+
+    /// Ends serving at once, as a crash would: open requests are cut off
+    /// mid-way (a test's stand-in for `kill -9`).
+    pub fn kill(mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 
     /// Stops serving (graceful, at most 2 s) and waits for it.
@@ -390,28 +460,44 @@ fn hex_of(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Removes admissions the moment they expire and pushes the change to
-/// their gateways; sleeps until the next deadline, not on a fixed tick.
+/// Removes admissions the moment they expire (and pending ones whose
+/// client can no longer be answered) and pushes the change to their
+/// gateways; sleeps until the next deadline, not on a fixed tick. With a
+/// shared database another replica may add an earlier deadline without
+/// waking this one, so it looks again at least every few seconds; every
+/// replica sweeps, and an admission another one removed first is skipped.
 async fn expiry_task(st: Arc<AppState>) {
+    let longest = if st.db.shared() {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(60)
+    };
     loop {
-        let next = st.db.tx(|tx| store::next_expiry(tx)).await.ok().flatten();
+        let next = st.db.tx(store::next_deadline).await.ok().flatten();
         let wait = match next {
             Some(t) => {
                 let d = t - OffsetDateTime::now_utc();
-                Duration::from_millis(d.whole_milliseconds().clamp(0, 60_000) as u64)
+                Duration::from_millis(d.whole_milliseconds().clamp(0, 60_000) as u64).min(longest)
             }
-            None => Duration::from_secs(60),
+            None => longest,
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = st.expiry_wake.notified() => continue,
         }
         let now = OffsetDateTime::now_utc();
-        let gone = st
+        let limits = st.db.shared().then(|| {
+            (
+                st.settings.clock.now_millis(),
+                st.limiter.full_after().as_millis() as i64,
+                auth::SUSPECT_FOR.as_millis() as i64,
+            )
+        });
+        let swept = st
             .db
-            .tx_feed(move |tx, feed| {
-                let (gone, versions) = store::expire(tx, feed, now)?;
-                for a in &gone {
+            .tx(move |tx| {
+                let (gone, _) = store::sweep(tx, now, false)?;
+                for (a, why) in &gone {
                     store::audit(
                         tx,
                         now,
@@ -421,24 +507,23 @@ async fn expiry_task(st: Arc<AppState>) {
                             server: Some(&a.server),
                             admission_id: Some(&a.id),
                             source: Some(a.source),
-                            detail: "admission reached its expiry".into(),
+                            detail: match why {
+                                store::Swept::Expired => "admission reached its expiry".into(),
+                                store::Swept::Abandoned => "the gateway never confirmed it in time and its client was never answered (the replica serving the request stopped)".into(),
+                            },
                         },
                     )?;
                 }
                 store::purge_tokens(tx, now)?;
-                Ok(versions)
+                if let Some((now_ms, full, suspect)) = limits {
+                    store::sweep_login_limits(tx, now_ms, full, suspect)?;
+                }
+                Ok(())
             })
             .await;
-        match gone {
-            Ok(versions) => {
-                for (s, v) in versions {
-                    st.hub.publish(s, v);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "expiry pass failed; retrying in 1 s");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+        if let Err(e) = swept {
+            tracing::error!(error = %e, "expiry pass failed; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }

@@ -188,9 +188,13 @@ pub async fn serve(
         .header_read_timeout(timeouts.header)
         .keep_alive(true);
     let mut refusals = RefusalLog::default();
+    // Connection tasks belong to this future: if it is dropped (its task
+    // aborted), they end with it, and nothing of this server runs on.
+    let mut conns = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
+            Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -219,7 +223,7 @@ pub async fn serve(
         let router = router.clone();
         let http = http.clone();
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let _slot = slot;
             let tls = match tokio::time::timeout(timeouts.header, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,

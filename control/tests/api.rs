@@ -1,5 +1,7 @@
 //! The control plane's API through its real router, over real HTTPS on
-//! loopback, with a real SQLite file in a temporary folder.
+//! loopback, on both engines: every test runs once with a real SQLite
+//! file in a temporary folder and once on a real PostgreSQL server (a
+//! fresh database each; see `support::pg`).
 
 mod support;
 
@@ -17,18 +19,17 @@ async fn login(c: &ControlClient, user: &str) -> ControlClient {
 }
 
 /// A control plane with alice, server "den" and a following gateway.
-async fn world(dir: &std::path::Path) -> (Running, FeedFollower, ControlClient) {
-    let cp = Running::start(dir, "127.0.0.1:0", fast_settings()).await;
+async fn world(store: &Store) -> (Running, FeedFollower, ControlClient) {
+    let cp = Running::start(store, "127.0.0.1:0", fast_settings()).await;
     let token = seed(&cp.admin, "alice", "den", None).await;
     let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
     let alice = login(&cp.client(), "alice").await;
     (cp, gw, alice)
 }
 
-#[tokio::test]
-async fn access_is_answered_after_the_gateway_has_the_admission() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn access_is_answered_after_the_gateway_has_the_admission(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
 
     let r = alice.access("den", key(1)).await.expect("access granted");
     assert_eq!(r.gateway_endpoint.to_string(), "198.51.100.10:51820");
@@ -79,10 +80,9 @@ async fn access_is_answered_after_the_gateway_has_the_admission() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn no_grant_and_unknown_server_look_the_same() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, _gw, _alice) = world(dir.path()).await;
+async fn no_grant_and_unknown_server_look_the_same(engine: Engine) {
+    let store = engine.store();
+    let (cp, _gw, _alice) = world(&store).await;
     cp.admin
         .create_user(&CreateUser {
             username: "bob".into(),
@@ -107,10 +107,9 @@ async fn no_grant_and_unknown_server_look_the_same() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn offline_or_silent_gateway_gets_503_and_leaves_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+async fn offline_or_silent_gateway_gets_503_and_leaves_nothing(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
     let token = seed(&cp.admin, "alice", "den", None).await;
     let alice = login(&cp.client(), "alice").await;
 
@@ -146,10 +145,9 @@ async fn offline_or_silent_gateway_gets_503_and_leaves_nothing() {
 /// comes from a manual clock, so the limit is asserted however slow the
 /// machine is; the failures' equal cost in seconds is measured in
 /// `cargo bench -p hushgate-control --bench access`.
-#[tokio::test]
-async fn login_failures_are_uniform_and_rate_limited() {
+async fn login_failures_are_uniform_and_rate_limited(engine: Engine) {
     use std::sync::atomic::Ordering::Relaxed;
-    let dir = tempfile::tempdir().unwrap();
+    let store = engine.store();
     let limit = 10;
     let (clock, hands) = control::Clock::manual();
     let settings = control::Settings {
@@ -157,7 +155,7 @@ async fn login_failures_are_uniform_and_rate_limited() {
         clock,
         ..fast_settings()
     };
-    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    let cp = Running::start(&store, "127.0.0.1:0", settings).await;
     seed(&cp.admin, "alice", "den", None).await;
     let c = cp.client();
     let checks = || cp.state.password_checks.load(Relaxed);
@@ -242,11 +240,10 @@ async fn raw(
     (status, v)
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing(engine: Engine) {
     use reqwest::Method;
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     let c = cp.client();
     let token = alice
         .login("alice", "password-of-alice")
@@ -331,16 +328,15 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn admissions_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn admissions_survive_a_restart(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     let r = alice.access("den", key(1)).await.unwrap();
     let credential = gw.credential.clone();
     drop(gw);
     cp.stop().await;
 
-    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
     let list = cp.admin.list_admissions().await.unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].id, r.admission_id);
@@ -358,10 +354,9 @@ async fn admissions_survive_a_restart() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn expiry_and_grant_removal_reach_the_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+async fn expiry_and_grant_removal_reach_the_gateway(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
     let token = seed(&cp.admin, "alice", "den", Some(1)).await;
     let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
     let alice = login(&cp.client(), "alice").await;
@@ -403,10 +398,9 @@ async fn expiry_and_grant_removal_reach_the_gateway() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn tunnel_addresses_never_collide_and_are_reused_after_release() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, _gw, alice) = world(dir.path()).await;
+async fn tunnel_addresses_never_collide_and_are_reused_after_release(engine: Engine) {
+    let store = engine.store();
+    let (cp, _gw, alice) = world(&store).await;
     let mut got = Vec::new();
     for i in 1..=4 {
         got.push(alice.access("den", key(i)).await.unwrap());
@@ -416,8 +410,19 @@ async fn tunnel_addresses_never_collide_and_are_reused_after_release() {
         addrs,
         ["100.64.0.2", "100.64.0.3", "100.64.0.4", "100.64.0.5"]
     );
-    // The same key twice is refused: one admission per ephemeral key.
-    let e = alice.access("den", key(1)).await.unwrap_err();
+    // One admission per ephemeral key: the same key again from the same
+    // user (a retry whose answer was lost, or that went to another
+    // replica) replaces the earlier admission; from another user it is
+    // refused.
+    let retry = alice.access("den", key(1)).await.unwrap();
+    assert_ne!(retry.admission_id, got[0].admission_id);
+    assert_eq!(retry.client_address, got[0].client_address);
+    let list = cp.admin.list_admissions().await.unwrap();
+    assert_eq!(list.len(), 4);
+    assert!(!list.iter().any(|a| a.id == got[0].admission_id));
+    add_user_with_grant(&cp.admin, "bob", "den").await;
+    let bob = login(&cp.client(), "bob").await;
+    let e = bob.access("den", key(1)).await.unwrap_err();
     assert_eq!(e.status(), Some(409));
     alice.revoke(&got[1].admission_id).await.unwrap();
     let again = alice.access("den", key(9)).await.unwrap();
@@ -425,16 +430,15 @@ async fn tunnel_addresses_never_collide_and_are_reused_after_release() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+async fn forwarded_for_is_believed_only_from_trusted_proxies(engine: Engine) {
     let json = "application/json";
     for trusted in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
+        let store = engine.store();
         let mut settings = fast_settings();
         if trusted {
             settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
         }
-        let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+        let cp = Running::start(&store, "127.0.0.1:0", settings).await;
         let token = seed(&cp.admin, "alice", "den", None).await;
         let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
         let t = cp
@@ -464,10 +468,9 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     }
 }
 
-#[tokio::test]
-async fn ipv6_clients_are_observed_as_such() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = Running::start(dir.path(), "[::1]:0", fast_settings()).await;
+async fn ipv6_clients_are_observed_as_such(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "[::1]:0", fast_settings()).await;
     let token = seed(&cp.admin, "alice", "den", None).await;
     let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
     let alice = login(&cp.client(), "alice").await;
@@ -477,10 +480,9 @@ async fn ipv6_clients_are_observed_as_such() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn an_untrusted_certificate_is_refused_with_a_clear_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+async fn an_untrusted_certificate_is_refused_with_a_clear_error(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
     let c = ControlClient::new(&cp.url, Trust::PublicRoots).unwrap();
     let e = c.login("alice", "whatever-password").await.unwrap_err();
     assert!(
@@ -503,10 +505,9 @@ async fn gateway_feed(cp: &Running, gw: &FeedFollower, after: Option<u64>) -> Fe
     .unwrap()
 }
 
-#[tokio::test]
-async fn the_feed_sends_only_what_changed_since_the_version_held() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn the_feed_sends_only_what_changed_since_the_version_held(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     let first = alice.access("den", key(1)).await.unwrap();
     let before = gw.version();
 
@@ -579,10 +580,11 @@ async fn the_feed_sends_only_what_changed_since_the_version_held() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn an_unknown_old_or_future_version_gets_the_whole_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn an_unknown_old_or_future_version_gets_the_whole_set_and_history_survives_a_restart(
+    engine: Engine,
+) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     let start = gw.version();
     let mut ids = Vec::new();
     for i in 1..=3 {
@@ -622,18 +624,19 @@ async fn an_unknown_old_or_future_version_gets_the_whole_set() {
         .unwrap();
     assert_eq!(legacy.admissions.len(), 3);
 
-    // A restarted control plane remembers no history: the whole set,
-    // until new versions accumulate.
+    // The history is in the database: a restarted control plane (or
+    // another replica) still answers with only what changed.
     let credential = gw.credential.clone();
     drop(gw);
     cp.stop().await;
-    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+    let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
     let feed = cp.client().with_bearer(&credential);
     let u = feed_update(&feed, Some(current - 1), Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!((u.base, u.version), (None, current));
-    assert_eq!(u.admissions.len(), 3);
+    assert_eq!((u.base, u.version), (Some(current - 1), current));
+    let got: Vec<_> = u.admissions.iter().map(|a| a.id.clone()).collect();
+    assert_eq!(got, ids[2..]);
     // The version the gateway holds is still the current one: nothing to send.
     let u = feed_update(&feed, Some(current), Duration::ZERO)
         .await
@@ -653,10 +656,9 @@ async fn an_unknown_old_or_future_version_gets_the_whole_set() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn every_change_reaches_a_diff_following_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+async fn every_change_reaches_a_diff_following_gateway(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
     let token = seed(&cp.admin, "alice", "den", Some(2)).await;
     let gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
     cp.admin
@@ -736,10 +738,9 @@ async fn every_change_reaches_a_diff_following_gateway() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn a_new_gateway_key_ends_every_admission_in_the_feed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn a_new_gateway_key_ends_every_admission_in_the_feed(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     alice.access("den", key(1)).await.unwrap();
     alice.access("den", key(2)).await.unwrap();
     let held = gw.version();
@@ -755,10 +756,9 @@ async fn a_new_gateway_key_ends_every_admission_in_the_feed() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn users_cannot_touch_each_others_admissions_and_narrowed_grants_bite() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn users_cannot_touch_each_others_admissions_and_narrowed_grants_bite(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     cp.admin
         .create_user(&CreateUser {
             username: "bob".into(),
@@ -823,10 +823,9 @@ async fn users_cannot_touch_each_others_admissions_and_narrowed_grants_bite() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn a_binding_prefix_too_short_to_mean_anything_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = Running::start(dir.path(), "127.0.0.1:0", fast_settings()).await;
+async fn a_binding_prefix_too_short_to_mean_anything_is_refused(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
     // The binding as text, as any client may send it.
     let create = async |name: &str, binding: &str| {
         let body = serde_json::json!({"name": name, "binding": binding});
@@ -866,12 +865,17 @@ async fn a_binding_prefix_too_short_to_mean_anything_is_refused() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn state_files_holding_secrets_are_private() {
+async fn state_files_holding_secrets_are_private(engine: Engine) {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("cp");
-    let cp = Running::start(&state, "127.0.0.1:0", fast_settings()).await;
+    let store = engine.store();
+    let state = store.path().join("cp");
+    let cp = Running::start_in(
+        &state,
+        store.database.clone(),
+        "127.0.0.1:0",
+        fast_settings(),
+    )
+    .await;
     let mode = |f: &str| {
         std::fs::metadata(state.join(f))
             .unwrap()
@@ -880,7 +884,11 @@ async fn state_files_holding_secrets_are_private() {
             & 0o777
     };
     assert_eq!(mode(""), 0o700, "state folder");
-    for f in ["admin-token", "ca-key.pem", "control.sqlite"] {
+    let mut secret = vec!["admin-token", "ca-key.pem"];
+    if engine == Engine::Sqlite {
+        secret.push("control.sqlite");
+    }
+    for f in secret {
         assert_eq!(mode(f), 0o600, "{f}");
     }
     cp.stop().await;
@@ -918,10 +926,9 @@ fn client_for_debug() -> ControlClient {
         .with_bearer("hgu_secret_bearer")
 }
 
-#[tokio::test]
-async fn direct_access_opens_a_port_to_the_source_only_where_the_grant_allows() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn direct_access_opens_a_port_to_the_source_only_where_the_grant_allows(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     // The gateway reports a direct service on TCP 32401.
     let mut r = report(key(200));
     r.direct_services = vec![ServiceInfo {
@@ -1064,9 +1071,8 @@ async fn last_login_source(cp: &Running) -> String {
 /// client sent: only the right end of the whole list (the proxy's line)
 /// is the client's real address. Reading only the first line let a
 /// client choose the source its admission is bound to.
-#[tokio::test]
-async fn forwarded_for_is_read_across_every_header_line() {
-    let dir = tempfile::tempdir().unwrap();
+async fn forwarded_for_is_read_across_every_header_line(engine: Engine) {
+    let store = engine.store();
     let settings = control::Settings {
         trusted_proxies: vec![
             "127.0.0.1/32".parse().unwrap(),
@@ -1074,7 +1080,7 @@ async fn forwarded_for_is_read_across_every_header_line() {
         ],
         ..fast_settings()
     };
-    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    let cp = Running::start(&store, "127.0.0.1:0", settings).await;
     seed(&cp.admin, "alice", "den", None).await;
     for (lines, want) in [
         // The client's own line first, the proxy's appended one last.
@@ -1106,7 +1112,7 @@ async fn forwarded_for_is_read_across_every_header_line() {
         forwarded_header: control::app::ForwardedHeader::Forwarded,
         ..fast_settings()
     };
-    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    let cp = Running::start(&store, "127.0.0.1:0", settings).await;
     for (header, lines, want) in [
         (
             "forwarded",
@@ -1136,9 +1142,8 @@ async fn forwarded_for_is_read_across_every_header_line() {
 /// A guesser who fails alice's password over and over, from one address
 /// or many, must not keep alice out: her right password from an address
 /// that has not been guessing still logs her in. Time is a manual clock.
-#[tokio::test]
-async fn a_guesser_cannot_lock_the_user_out() {
-    let dir = tempfile::tempdir().unwrap();
+async fn a_guesser_cannot_lock_the_user_out(engine: Engine) {
+    let store = engine.store();
     let (clock, hands) = control::Clock::manual();
     let settings = control::Settings {
         trusted_proxies: vec!["127.0.0.1/32".parse().unwrap()],
@@ -1146,7 +1151,7 @@ async fn a_guesser_cannot_lock_the_user_out() {
         clock,
         ..fast_settings()
     };
-    let cp = Running::start(dir.path(), "127.0.0.1:0", settings).await;
+    let cp = Running::start(&store, "127.0.0.1:0", settings).await;
     seed(&cp.admin, "alice", "den", None).await;
     let xff = "x-forwarded-for";
 
@@ -1210,10 +1215,9 @@ async fn a_guesser_cannot_lock_the_user_out() {
 /// One user cannot take every tunnel address of a server: the ninth
 /// admission (the default allows eight) gets a clear 409 that says what to
 /// do, and the owner can change the limit per server.
-#[tokio::test]
-async fn admissions_per_user_are_limited_per_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn admissions_per_user_are_limited_per_server(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     let mut ids = Vec::new();
     for i in 0..8 {
         ids.push(alice.access("den", key(i + 1)).await.unwrap().admission_id);
@@ -1304,10 +1308,9 @@ async fn credential_refused(cp: &Running, credential: &str) -> String {
 /// A stolen gateway credential can be revoked at once; a lost one does not
 /// make the server unusable: a new one-time token re-enrolls it, and the
 /// old credential stops working when the new one is issued.
-#[tokio::test]
-async fn gateway_credentials_can_be_revoked_and_servers_reenrolled() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn gateway_credentials_can_be_revoked_and_servers_reenrolled(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     let adm = alice.access("den", key(1)).await.unwrap();
 
     // A poll held with the credential ends as soon as it is revoked.
@@ -1432,10 +1435,9 @@ async fn gateway_credentials_can_be_revoked_and_servers_reenrolled() {
 
 /// Rename keeps everything; remove ends the admissions at the gateway
 /// first, then frees the name, and a new server of that name starts clean.
-#[tokio::test]
-async fn servers_can_be_renamed_and_removed() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, gw, alice) = world(dir.path()).await;
+async fn servers_can_be_renamed_and_removed(engine: Engine) {
+    let store = engine.store();
+    let (cp, gw, alice) = world(&store).await;
     let adm = alice.access("den", key(1)).await.unwrap();
     let s = cp
         .admin
@@ -1512,10 +1514,9 @@ async fn servers_can_be_renamed_and_removed() {
 /// A grant naming a service the gateway does not offer is refused when it
 /// is made, naming what the gateway does offer; before the gateway has
 /// reported, the grant is kept with a warning.
-#[tokio::test]
-async fn grants_for_services_the_gateway_does_not_offer_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, _gw, _alice) = world(dir.path()).await;
+async fn grants_for_services_the_gateway_does_not_offer_are_refused(engine: Engine) {
+    let store = engine.store();
+    let (cp, _gw, _alice) = world(&store).await;
     let e = cp
         .admin
         .create_grant(&CreateGrant {
@@ -1554,10 +1555,9 @@ async fn grants_for_services_the_gateway_does_not_offer_are_refused() {
     cp.stop().await;
 }
 
-#[tokio::test]
-async fn an_admin_sets_a_new_password_and_old_logins_end() {
-    let dir = tempfile::tempdir().unwrap();
-    let (cp, _gw, alice) = world(dir.path()).await;
+async fn an_admin_sets_a_new_password_and_old_logins_end(engine: Engine) {
+    let store = engine.store();
+    let (cp, _gw, alice) = world(&store).await;
     cp.admin
         .set_password("alice", "a-new-long-password")
         .await
@@ -1598,10 +1598,9 @@ async fn an_admin_sets_a_new_password_and_old_logins_end() {
 /// A client that reaches the control plane by a name its certificate
 /// does not carry is told to add that name with --san (not to pass --ca,
 /// which it already did).
-#[tokio::test]
-async fn a_certificate_without_the_name_asks_for_san() {
-    let dir = tempfile::tempdir().unwrap();
-    let cp = Running::start(dir.path(), "127.0.0.2:0", fast_settings()).await;
+async fn a_certificate_without_the_name_asks_for_san(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "127.0.0.2:0", fast_settings()).await;
     let e = cp
         .client()
         .login("alice", "whatever-password")
@@ -1611,3 +1610,132 @@ async fn a_certificate_without_the_name_asks_for_san() {
     assert!(e.to_string().contains("--san 127.0.0.2"), "{e}");
     cp.stop().await;
 }
+
+/// Issue 17, on both engines: a gateway's network report and the last
+/// reachability check are stored with the server (and survive a
+/// restart), and the check's one-off admission reaches a gateway that
+/// follows the feed with diffs (bound exactly to the control plane's
+/// address, no services, the reserved tunnel address) and leaves it when
+/// the check ends.
+async fn network_reports_and_reachability_checks_are_stored(engine: Engine) {
+    use proto::reach::{MappingProtocol, MappingReport, MappingState, NetworkReport};
+    let store = engine.store();
+    let settings = || control::Settings {
+        // The check waits for the follower's acknowledgement: generous,
+        // since the machine may be busy.
+        ack_timeout: Duration::from_secs(20),
+        reachability_interval: None,
+        ..fast_settings()
+    };
+    let cp = Running::start(&store, "127.0.0.1:0", settings()).await;
+    let token = seed(&cp.admin, "alice", "den", None).await;
+    let gw = FeedFollower::enroll(&cp.client(), &token, key(210)).await;
+    // The gateway's UDP port: it hears the check's handshake and never
+    // answers it.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = udp.local_addr().unwrap();
+    let mapping = MappingReport {
+        state: MappingState::Mapped,
+        router: Some("192.0.2.1".parse().unwrap()),
+        protocol: Some(MappingProtocol::Pcp),
+        router_external: Some(endpoint.ip()),
+        external: Some(endpoint),
+        lease_secs: Some(7200),
+        error: None,
+    };
+    let mut r = report(key(210));
+    r.public_endpoint = Some(endpoint);
+    r.network = Some(NetworkReport {
+        port_mapping: mapping.clone(),
+        ipv6: Vec::new(),
+        control_addresses: vec!["127.0.0.1".parse().unwrap()],
+    });
+    // A report with the network in it starts a check.
+    cp.client()
+        .with_bearer(&gw.credential)
+        .report(&r)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(PATIENCE, udp.recv_from(&mut buf))
+        .await
+        .expect("the check sends a handshake")
+        .unwrap();
+    // A handshake initiation (type 1, 148 bytes) from the address the
+    // one-off admission binds; it is sent only once the gateway
+    // acknowledged that admission, which it still holds while the check
+    // waits for an answer.
+    assert_eq!((n, buf[0]), (148, 1));
+    assert_eq!(from.ip().to_string(), "127.0.0.1");
+    let held = gw.state().admissions;
+    let probe = held
+        .iter()
+        .find(|a| a.id.starts_with("probe_"))
+        .unwrap_or_else(|| panic!("the follower holds the check's admission: {held:?}"));
+    assert_eq!(probe.source.to_string(), "127.0.0.1");
+    assert_eq!(probe.binding, proto::BindingPolicy::Exact);
+    assert!(probe.services.is_empty());
+    assert_eq!(
+        probe.client_address,
+        Some(control::reachability::PROBE_TUNNEL_ADDRESS)
+    );
+    // A check an admin asks for runs after that one, and says why the
+    // endpoint did not answer.
+    let view = cp.admin.check_server("den").await.unwrap();
+    let check = view.check.clone().expect("a check result");
+    assert!(!check.reachable);
+    assert_eq!(
+        check.reason,
+        Some(proto::reach::UnreachableReason::NoAnswer)
+    );
+    assert_eq!(check.endpoint, endpoint);
+    assert_eq!(
+        check.from.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1")
+    );
+    // Its admission is gone from the gateway again.
+    assert!(gw.wait_until(|ids| ids.is_empty()).await.is_some());
+    // What the admin sees, also after a restart.
+    let listed = |servers: Vec<ServerInfo>| {
+        let den = servers.into_iter().find(|s| s.name == "den").unwrap();
+        (den.port_mapping, den.reachability.check)
+    };
+    let want = (Some(mapping), Some(check));
+    assert_eq!(listed(cp.admin.list_servers().await.unwrap()), want);
+    drop(gw);
+    cp.stop().await;
+    let cp = Running::start(&store, "127.0.0.1:0", settings()).await;
+    assert_eq!(listed(cp.admin.list_servers().await.unwrap()), want);
+    cp.stop().await;
+}
+
+both_engines!(
+    access_is_answered_after_the_gateway_has_the_admission,
+    no_grant_and_unknown_server_look_the_same,
+    offline_or_silent_gateway_gets_503_and_leaves_nothing,
+    login_failures_are_uniform_and_rate_limited,
+    bad_input_gets_a_clear_4xx_and_changes_nothing,
+    admissions_survive_a_restart,
+    expiry_and_grant_removal_reach_the_gateway,
+    tunnel_addresses_never_collide_and_are_reused_after_release,
+    forwarded_for_is_believed_only_from_trusted_proxies,
+    ipv6_clients_are_observed_as_such,
+    an_untrusted_certificate_is_refused_with_a_clear_error,
+    the_feed_sends_only_what_changed_since_the_version_held,
+    an_unknown_old_or_future_version_gets_the_whole_set_and_history_survives_a_restart,
+    every_change_reaches_a_diff_following_gateway,
+    a_new_gateway_key_ends_every_admission_in_the_feed,
+    users_cannot_touch_each_others_admissions_and_narrowed_grants_bite,
+    a_binding_prefix_too_short_to_mean_anything_is_refused,
+    state_files_holding_secrets_are_private,
+    direct_access_opens_a_port_to_the_source_only_where_the_grant_allows,
+    forwarded_for_is_read_across_every_header_line,
+    a_guesser_cannot_lock_the_user_out,
+    admissions_per_user_are_limited_per_server,
+    gateway_credentials_can_be_revoked_and_servers_reenrolled,
+    servers_can_be_renamed_and_removed,
+    grants_for_services_the_gateway_does_not_offer_are_refused,
+    an_admin_sets_a_new_password_and_old_logins_end,
+    a_certificate_without_the_name_asks_for_san,
+    network_reports_and_reachability_checks_are_stored,
+);

@@ -425,6 +425,36 @@ impl AdmissionTable {
         }
     }
 
+    /// Whether an admission whose deadline has not passed binds `ip` (as
+    /// [`Admission::admits_session_packet`] says). [`Self::source_status`]
+    /// also counts admissions past their deadline that
+    /// [`Self::expire`] has not removed yet; this does not. As cheap as
+    /// `source_status` while none is past its deadline (the usual case);
+    /// otherwise the expired ones that bind `ip` are counted against all
+    /// that do.
+    pub fn binds_live(&self, ip: IpAddr, now: Instant) -> bool {
+        let ip = ip.to_canonical();
+        let mut binders = self.exact_sources.get(&ip).copied().unwrap_or(0);
+        let v6 = ip.is_ipv6();
+        for prefix in &self.prefix_sources {
+            if prefix.v6 == v6 {
+                binders += prefix
+                    .networks
+                    .get(&mask(ip, prefix.len))
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        if binders == 0 {
+            return false;
+        }
+        let expired = self
+            .expiring(now)
+            .filter(|a| a.admits_session_packet(ip))
+            .count();
+        (expired as u64) < u64::from(binders)
+    }
+
     /// Pins a `first-handshake` admission to `ip` after its first valid
     /// handshake. Returns false (and changes nothing) if the admission is
     /// not waiting to be pinned.

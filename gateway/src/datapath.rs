@@ -11,6 +11,7 @@
 //! stack's and WireGuard's timers; there is no fixed tick.
 
 use crate::dispatch::{Dispatcher, Outbox, Output, PeerEvent};
+use crate::limits::{PeerLimits, TcpStats};
 use mio::{Events, Interest, Poll, Token, Waker};
 use netstack::udp::UdpIo;
 use netstack::{Splice, Stack, StackConfig};
@@ -72,7 +73,8 @@ pub struct DataPath {
     upstreams: HashMap<u16, SocketAddr>,
     outbox: Outbox,
     control: mpsc::Receiver<Control>,
-    stack_config: fn(IpAddr) -> StackConfig,
+    /// What each client may hold in the stack.
+    peer_limits: PeerLimits,
     /// Told when a first-handshake admission is pinned to a source (the
     /// kernel pre-filter must admit that source from then on).
     pinned: Option<PinSink>,
@@ -106,11 +108,17 @@ impl DataPath {
                 upstreams,
                 outbox: Outbox::with_capacity(256 * 1024, 512),
                 control: rx,
-                stack_config: StackConfig::new,
+                peer_limits: PeerLimits::default(),
                 pinned: None,
             },
             ControlTx { tx, waker },
         ))
+    }
+
+    /// Sets what each client may hold in the TCP stack (for stacks made
+    /// from now on: call it before `run`).
+    pub fn set_peer_limits(&mut self, limits: PeerLimits) {
+        self.peer_limits = limits;
     }
 
     /// Calls `sink` whenever a first-handshake admission is pinned.
@@ -228,7 +236,14 @@ impl DataPath {
                     });
                 }
                 Ok(Control::Stats(reply)) => {
-                    let _ = reply.send(self.dispatcher.stats(now));
+                    let mut stats = self.dispatcher.stats(now);
+                    if let Some(stack) = self.stack.as_ref() {
+                        stats.tcp = Some(TcpStats::of(stack));
+                        for p in &mut stats.peers {
+                            p.tcp = stack.peer_usage(IpAddr::V4(p.client_address)).into();
+                        }
+                    }
+                    let _ = reply.send(stats);
                 }
                 Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,
@@ -310,7 +325,9 @@ impl DataPath {
         if let Some(old) = self.stack.as_mut() {
             self.splice.close_all(old, self.poll.registry());
         }
-        let mut stack = Stack::new((self.stack_config)(addr));
+        let mut cfg = StackConfig::new(addr);
+        self.peer_limits.apply(&mut cfg);
+        let mut stack = Stack::new(cfg);
         for port in self.upstreams.keys() {
             if let Err(e) = stack.listen(*port) {
                 tracing::error!(port, error = %e, "cannot listen inside the tunnel");

@@ -127,7 +127,7 @@ impl Default for DispatcherConfig {
 /// Why a datagram or outbound packet was dropped. Every drop is silent:
 /// the only reply the gateway ever sends to a packet it does not process
 /// is a cookie reply ([`DropReason::RateLimited`]), and only to an
-/// initiation whose key and source an admission binds.
+/// initiation whose key and source a live admission binds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
@@ -279,7 +279,7 @@ pub enum Verdict {
     Accepted { peer: PeerId },
     /// Dropped and counted. Nothing was added to the outbox, except a
     /// cookie reply for [`DropReason::RateLimited`] to an admitted key
-    /// from a source its admission binds.
+    /// from a source its live admission binds.
     Dropped(DropReason),
 }
 
@@ -491,6 +491,9 @@ pub struct GatewayStats {
     /// anyone (with the kernel pre-filter, only admitted sources' reach it).
     pub datagrams: u64,
     pub drops: DropCounters,
+    /// The user-space TCP stack (filled in by the data path once the feed
+    /// has named the service address).
+    pub tcp: Option<crate::limits::TcpStats>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -513,6 +516,9 @@ pub struct PeerStats {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub last_handshake_secs_ago: Option<u64>,
+    /// What it holds in the user-space TCP stack (filled in by the data
+    /// path).
+    pub tcp: crate::limits::PeerTcp,
 }
 
 /// Tunnel state of one admitted peer.
@@ -717,6 +723,18 @@ impl Dispatcher {
             let allowed_ports = resolve_ports(&self.config.services, admission);
             if let Some(peer) = self.peers[changed.peer.tunnel_index() as usize].as_mut() {
                 peer.allowed_ports = allowed_ports;
+                // An edit may move the binding (another source, another
+                // policy, a pinning window opened again). The endpoint is
+                // where the last authenticated datagram came from; once
+                // the admission no longer binds it, nothing may go there.
+                // The session stays: the client's next datagram from a
+                // bound source sets the endpoint again.
+                if peer
+                    .endpoint
+                    .is_some_and(|e| !admission.admits_session_packet(e.ip()))
+                {
+                    peer.endpoint = None;
+                }
             }
         }
         for rejected in &outcome.rejected {
@@ -844,6 +862,7 @@ impl Dispatcher {
                     last_handshake_secs_ago: counters
                         .last_handshake
                         .map(|t| now.saturating_duration_since(t).as_secs()),
+                    tcp: Default::default(),
                 }
             })
             .collect();
@@ -853,6 +872,7 @@ impl Dispatcher {
             peers,
             datagrams: self.datagrams,
             drops: self.drops,
+            tcp: None,
         }
     }
 
@@ -950,7 +970,9 @@ impl Dispatcher {
                 // A source that only an open pinning window lets in is not
                 // bound to anything yet: it gets silence, not a cookie. A
                 // genuine first-handshake client retries in 5 s anyway.
-                if source != SourceStatus::Bound {
+                // Nor does a source bound only by admissions past their
+                // deadline that the timers have not removed yet.
+                if !cookie_allowed(&self.table, src, source, now) {
                     return Verdict::Dropped(DropReason::RateLimited);
                 }
                 return match self.deserves_cookie(src, init, now) {
@@ -1014,7 +1036,9 @@ impl Dispatcher {
                     // checked above, so the cookie is deserved; as above,
                     // none to a source only an open pinning window lets in.
                     Some(MSG_COOKIE_REPLY) => {
-                        if source == SourceStatus::Bound {
+                        // Same rule as above: a cookie only to a source a
+                        // live admission binds.
+                        if cookie_allowed(&self.table, src, source, now) {
                             out.commit(OutputKind::Transmit(src), offset, len);
                         }
                         return Verdict::Dropped(DropReason::RateLimited);
@@ -1260,6 +1284,19 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// Whether a cookie reply may go to `src`: some live admission binds it.
+/// (A source only an open pinning window lets in is bound to nothing yet,
+/// and an admission past its deadline binds nothing, even before the
+/// timers remove it.)
+fn cookie_allowed(
+    table: &AdmissionTable,
+    src: SocketAddr,
+    source: SourceStatus,
+    now: Instant,
+) -> bool {
+    source == SourceStatus::Bound && table.binds_live(src.ip(), now)
 }
 
 fn push_informational(events: &mut VecDeque<PeerEvent>, event: PeerEvent) {

@@ -25,7 +25,11 @@
 //! and credential in the state folder ([`identity`]), enrolls or reports
 //! to the control plane, follows the feed (apply on the data path, then
 //! acknowledge; [`feed`] keeps the desired set current from diffs), and
-//! answers `hushgate gateway status` on a Unix socket.
+//! answers `hushgate gateway status` on a Unix socket. One admitted client
+//! cannot exhaust the TCP stack: [`limits`] gives each a share of its
+//! sockets, handshake slots and buffer budget.
+//!
+//! [`config_file`] reads the TOML file `hushgate gateway --config` takes.
 //!
 //! In front of all of it, in the kernel, [`filter`] keeps an nftables
 //! table that drops datagrams from sources without a live admission
@@ -39,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
+pub mod config_file;
 mod datapath;
 pub mod direct;
 pub mod dispatch;
@@ -47,13 +52,17 @@ pub mod filter;
 pub mod health;
 pub mod identity;
 pub mod inner;
+pub mod limits;
 pub mod portmap;
 mod runtime;
+
+pub use limits::{PeerLimits, PeerTcp, TcpStats};
 
 pub use admission::{
     Admission, AdmissionError, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause,
     SourceStatus,
 };
+pub use config_file::GatewayFile;
 pub use dispatch::{
     Dispatcher, DispatcherConfig, DropCounters, DropReason, GatewayStats, Outbox, Output,
     PeerCounters, PeerEvent, PeerStats, Verdict,

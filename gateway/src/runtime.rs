@@ -82,6 +82,8 @@ pub struct GatewayConfig {
     /// Direct (firewall-only) services: `NAME=PUBLIC_PORT:UPSTREAM`, the
     /// TCP port opened to direct admissions' sources. Needs the pre-filter.
     pub direct: Vec<ServiceSpec>,
+    /// What each client may hold in the user-space TCP stack.
+    pub peer_limits: crate::limits::PeerLimits,
     /// Whether to keep the kernel pre-filter (nftables).
     pub prefilter: PrefilterMode,
     /// Where the one-time enrollment token comes from. Read on the first
@@ -246,6 +248,11 @@ impl Gateway {
                 "no services: give at least one --service NAME=PORT:UPSTREAM".into(),
             ));
         }
+        cfg.peer_limits
+            .check(&netstack::StackConfig::new(
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+            ))
+            .map_err(GatewayError::Config)?;
         let mut ports = HashMap::new();
         for s in &cfg.services {
             if ports.insert(s.port, s.upstream).is_some() {
@@ -464,6 +471,7 @@ impl Gateway {
         );
         let (mut dp, control) =
             DataPath::new(udp, dispatcher, ports).map_err(GatewayError::DataPath)?;
+        dp.set_peer_limits(cfg.peer_limits);
         let pins = filter.as_ref().map(|filter| {
             // Pinnings arrive on the data-path thread; the kernel update
             // happens here, off that thread.

@@ -1229,3 +1229,44 @@ fn status_snapshot_serializes_counters_by_reason() {
         WgKey(alice.public.to_bytes()).to_string()
     );
 }
+
+#[test]
+fn under_load_an_expired_admission_answers_no_cookies() {
+    // Found by the dispatcher fuzz target: past its deadline, before the
+    // timers removed it, an admission still bound its source, and a flood
+    // of initiations from there was answered with cookie replies.
+    let mut config = DispatcherConfig::new([("plex", PLEX)]);
+    config.handshakes_per_second = 1;
+    let mut net = Net::with_config(config);
+    let mut alice = net.client(1, "203.0.113.7:51820");
+    let mut bob = net.client(2, "203.0.113.8:51820");
+    let mut admission = alice.admission("adm_alice", BindingPolicy::prefix(24, 56).unwrap());
+    admission.expires_at = server_time() + time::Duration::seconds(60);
+    net.apply(vec![
+        admission,
+        bob.admission("adm_bob", BindingPolicy::Exact),
+    ]);
+    net.handshake(&mut alice);
+    net.clock.advance(Duration::from_millis(1));
+    let init = alice.initiation();
+    let r = net.send(alice.addr, &init);
+    assert_eq!(r.verdict, Verdict::Dropped(DropReason::RateLimited));
+    assert_eq!(
+        r.transmits.len(),
+        1,
+        "under load, a live source gets a cookie"
+    );
+
+    net.clock.advance(Duration::from_secs(61));
+    let init = alice.initiation();
+    net.send(alice.addr, &init)
+        .assert_silent_drop(DropReason::RateLimited);
+    // The same from an address of the /24 nothing else binds.
+    net.send(sock("203.0.113.99:1"), &init)
+        .assert_silent_drop(DropReason::RateLimited);
+    // Bob's exact binding lies in alice's expired /24 and is still live.
+    let r = net.send(bob.addr, &bob.initiation());
+    assert_eq!(r.verdict, Verdict::Dropped(DropReason::RateLimited));
+    assert_eq!(r.transmits.len(), 1, "bob is still admitted");
+    assert_eq!(r.transmits[0].0, bob.addr);
+}

@@ -55,6 +55,10 @@ struct World {
 }
 
 async fn world() -> World {
+    world_with(Default::default()).await
+}
+
+async fn world_with(peer_limits: hushgate_gateway::PeerLimits) -> World {
     let dir = tempfile::tempdir().unwrap();
     let serving = control::ControlPlane::spawn_on_loopback(
         dir.path().join("control"),
@@ -106,6 +110,7 @@ async fn world() -> World {
             upstream: upstream(),
         }],
         direct: vec![],
+        peer_limits,
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: Some(server.enrollment_token.into()),
         // Tests and the demo run on loopback: never ask the host's real router.
@@ -201,6 +206,40 @@ impl TestClient {
         moved
     }
 
+    /// Encrypts one inner packet to the gateway as it is, outside the
+    /// stack (a SYN the stack knows nothing of).
+    fn send_raw(&mut self, pkt: &[u8]) {
+        if let TunnResult::WriteToNetwork(p) = self.tunn.encapsulate(pkt, &mut self.scratch) {
+            let _ = self.udp.send_to(p, self.gateway);
+        }
+    }
+
+    /// Opens `n` connections to the service and turns until each is
+    /// established or refused; returns how many were established.
+    fn open(&mut self, n: usize, limit: Duration) -> usize {
+        use netstack::smoltcp::socket::tcp::State;
+        let ids: Vec<_> = (0..n)
+            .map(|_| self.stack.connect(self.service).unwrap())
+            .collect();
+        let state = |s: &Stack, id| s.socket(id).map_or(State::Closed, |s| s.state());
+        let deadline = Instant::now() + limit;
+        while ids
+            .iter()
+            .any(|id| !matches!(state(&self.stack, *id), State::Established | State::Closed))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "connections neither open nor refused"
+            );
+            if !self.turn() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        ids.iter()
+            .filter(|id| state(&self.stack, **id) == State::Established)
+            .count()
+    }
+
     /// GETs the file through the tunnel; returns the body, or None when
     /// nothing arrives before `limit`.
     fn download(&mut self, limit: Duration) -> Option<Vec<u8>> {
@@ -275,6 +314,111 @@ fn handshake_initiation(secret: StaticSecret, gateway: WgKey) -> Vec<u8> {
         TunnResult::WriteToNetwork(p) => p.to_vec(),
         other => panic!("no initiation: {other:?}"),
     }
+}
+
+/// A SYN from `src`:`sport` to `dst`, checksums included.
+fn raw_syn(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    use netstack::smoltcp::phy::ChecksumCapabilities;
+    use netstack::smoltcp::wire::{
+        IpAddress, IpProtocol, IpRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    };
+    let (s, d) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
+    let tcp = TcpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(i32::from(src.port()) * 7919),
+        ack_number: None,
+        window_len: 65_535,
+        window_scale: None,
+        max_seg_size: Some(1380),
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = IpRepr::new(s, d, IpProtocol::Tcp, tcp.buffer_len(), 64);
+    let caps = ChecksumCapabilities::default();
+    let mut p = vec![0u8; ip.buffer_len()];
+    ip.emit(&mut p[..ip.header_len()], &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut p[ip.header_len()..]),
+        &s,
+        &d,
+        &caps,
+    );
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_exhaust_the_gateway_and_the_limits_are_counted() {
+    let limits = hushgate_gateway::PeerLimits {
+        max_connections: 8,
+        max_pending: 4,
+        ..Default::default()
+    };
+    let mut w = world_with(limits).await;
+    let (flooder, flooder_access, _) = admitted(&w).await;
+    let (hog, hog_access, _) = admitted(&w).await;
+    let (good, good_access, _) = admitted(&w).await;
+    let (flooder_ip, hog_ip) = (flooder_access.client_address, hog_access.client_address);
+    let attack = tokio::task::spawn_blocking(move || {
+        // One real connection opens the tunnel, then 200 SYNs that will
+        // never complete (the client's stack ignores the SYN-ACKs).
+        let mut f = TestClient::new(flooder, &flooder_access, "127.0.0.1:0");
+        assert_eq!(f.open(1, Duration::from_secs(10)), 1);
+        for port in 0..200u16 {
+            let src = SocketAddr::new(flooder_access.client_address, 10_000 + port);
+            f.send_raw(&raw_syn(src, f.service));
+        }
+        // Another client asks for more connections than it may hold, four
+        // at a time (within its handshake limit).
+        let mut h = TestClient::new(hog, &hog_access, "127.0.0.1:0");
+        let open: usize = (0..5).map(|_| h.open(4, Duration::from_secs(20))).sum();
+        (f, h, open)
+    })
+    .await
+    .unwrap();
+    let (_f, _h, hog_open) = attack;
+    assert_eq!(hog_open, 8, "the hog got its limit, the rest were reset");
+    // A third client still downloads the whole file.
+    let body = tokio::task::spawn_blocking(move || {
+        TestClient::new(good, &good_access, "127.0.0.1:0").download(Duration::from_secs(30))
+    })
+    .await
+    .unwrap()
+    .expect("the well-behaved client downloads");
+    assert!(body.iter().enumerate().all(|(i, b)| *b == file_byte(i)));
+
+    let status = w.gateway.status().await.unwrap();
+    let tcp = status.gateway.tcp.clone().expect("the stack reports");
+    assert_eq!(tcp.limits_per_client, limits);
+    assert_eq!(tcp.refused_connections, 12);
+    // Exactly the flood's: the hog's SYNs that followed the ACKs of its
+    // finished handshakes in one batch were not refused.
+    assert_eq!(tcp.dropped_syns, 196);
+    let peer = |ip: IpAddr| {
+        status
+            .gateway
+            .peers
+            .iter()
+            .find(|p| IpAddr::V4(p.client_address) == ip)
+            .unwrap()
+            .tcp
+    };
+    assert_eq!(
+        (peer(flooder_ip).connections, peer(flooder_ip).pending),
+        (5, 4)
+    );
+    assert_eq!((peer(hog_ip).connections, peer(hog_ip).pending), (8, 0));
+    // And it is in `hushgate gateway status`'s JSON.
+    let json = serde_json::to_value(&status).unwrap();
+    assert_eq!(json["gateway"]["tcp"]["refused_connections"], 12);
+
+    if let Some(c) = w.control.take() {
+        let _ = c.stop().await;
+    }
+    w.gateway.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,6 +545,7 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
         public_endpoint: None,
         services: services.clone(),
         direct: vec![],
+        peer_limits: Default::default(),
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: token,
         // Tests and the demo run on loopback: never ask the host's real router.
@@ -579,6 +724,7 @@ async fn a_revoked_gateway_reenrolls_with_a_new_token() {
             upstream: upstream(),
         }],
         direct: vec![],
+        peer_limits: Default::default(),
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: enroll_token.map(Into::into),
         // Tests and the demo run on loopback: never ask the host's real router.

@@ -29,7 +29,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the control plane (HTTPS API, SQLite state).
+    /// Run the control plane (HTTPS API; state in SQLite, or in PostgreSQL shared by replicas).
     Control(cmd::control::Args),
     /// Manage a running control plane: users, servers, grants, admissions, audit log.
     Admin(cmd::admin::Args),

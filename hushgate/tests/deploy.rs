@@ -3,87 +3,12 @@
 //! enrollment token in a file or a systemd credential. Real processes on
 //! loopback: a control plane, gateways, the admin command.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::Duration;
-
-/// How long to wait for something that should happen (it normally takes
-/// well under a second; the machine may be busy).
-const PATIENCE: Duration = Duration::from_secs(20);
-
-fn hushgate() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_hushgate"));
-    c.env_remove("HUSHGATE_ENROLL_TOKEN")
-        .env_remove("CREDENTIALS_DIRECTORY")
-        .env("RUST_LOG", "error");
-    c
-}
-
-/// A running `hushgate` process whose standard output is read line by
-/// line; killed when dropped.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Running {
-    fn start(cmd: &mut Command) -> Running {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Running {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for an output line containing `what`.
-    fn wait_for(&mut self, what: &str) -> String {
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(what) => return line,
-                Ok(line) => self.seen.push(line),
-                Err(_) => panic!("no line with {what:?}; saw {:?}", self.seen),
-            }
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Stops it as a service manager does (SIGTERM) and waits.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{hushgate, run_to_end, Running, PATIENCE};
 
 fn refused(out: Output) -> String {
     assert!(!out.status.success(), "it should have refused to start");
@@ -100,28 +25,6 @@ fn refused_by(cmd: &mut Command, state: &Path, role: &str, holder: &Running) {
         holder.pid()
     );
     assert!(e.contains(&expected), "{e}");
-}
-
-/// Runs `hushgate` to its end, bounded: a second process on a locked
-/// folder must refuse at once, not hang.
-fn run_to_end(cmd: &mut Command) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(PATIENCE) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("hushgate did not finish");
-        }
-    }
 }
 
 fn control_plane(state: &Path) -> Running {
@@ -166,9 +69,7 @@ fn new_server(control_state: &Path, name: &str) -> String {
 }
 
 fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    support::write_file_mode(path, text, 0o600);
 }
 
 /// A gateway configuration file like deploy/gateway.toml, on loopback.
@@ -260,15 +161,26 @@ fn the_gateway_as_deployed_enrolls_once_and_owns_its_state_folder() {
     );
 
     // The status reads like `wg show`, and says the upstream is down.
-    let out =
-        run_to_end(hushgate().args(["gateway", "status", "--state", state.to_str().unwrap()]));
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{status}");
+    // The control plane checks the endpoint once the gateway enrolled
+    // (issue 17): its one-off admission is a peer until the result
+    // reaches the gateway, together with the admission's removal.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        let out =
+            run_to_end(hushgate().args(["gateway", "status", "--state", state.to_str().unwrap()]));
+        let status = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{status}");
+        if status.contains("reachability: reachable") || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     for line in [
         "gateway: den",
         "service: plex",
         "  upstream: 127.0.0.1:9",
         "  health: DOWN",
+        "  reachability: reachable at 127.0.0.1:",
         "peers: none",
         "drops: none",
     ] {
@@ -330,4 +242,65 @@ fn the_gateway_takes_its_token_as_a_systemd_credential() {
         e.contains("enrollment token") && e.contains("is empty"),
         "{e}"
     );
+}
+
+#[test]
+fn a_sqlite_control_plane_is_backed_up_while_it_runs_and_restored() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("control");
+    let cp = control_plane(&state);
+    new_server(&state, "den");
+    let copy = tmp.path().join("backup.sqlite");
+    let backup = || {
+        run_to_end(
+            hushgate()
+                .args(["control", "backup", "--state"])
+                .arg(&state)
+                .arg(&copy),
+        )
+    };
+    // While it serves.
+    let out = backup();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the copy holds preshared keys");
+    // A backup never overwrites a file.
+    let e = refused(backup());
+    assert!(e.contains("exists already"), "{e}");
+    cp.stop();
+
+    // Restored into a new state folder (with the identity kept beside
+    // the database), the control plane has what it had.
+    let restored = tmp.path().join("restored");
+    std::fs::create_dir(&restored).unwrap();
+    std::fs::set_permissions(&restored, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for f in ["ca.pem", "ca-key.pem", "admin-token"] {
+        std::fs::copy(state.join(f), restored.join(f)).unwrap();
+    }
+    std::fs::copy(&copy, restored.join("control.sqlite")).unwrap();
+    let _cp = control_plane(&restored);
+    let out = run_to_end(hushgate().args([
+        "admin",
+        "--state",
+        restored.to_str().unwrap(),
+        "server",
+        "list",
+    ]));
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && list.contains("den"), "{list}");
+
+    // A folder without SQLite (a replica on PostgreSQL) is told to use
+    // pg_dump.
+    let e = refused(run_to_end(
+        hushgate()
+            .args(["control", "backup", "--state"])
+            .arg(tmp.path())
+            .arg(tmp.path().join("x.sqlite")),
+    ));
+    assert!(e.contains("pg_dump"), "{e}");
 }

@@ -5,7 +5,9 @@
 //! ```text
 //! cargo run --release -p hushgate-netstack --example pair_throughput -- [MiB] [buffer MiB] [ack_every]
 //! ```
-//! Defaults: 2048 MiB, the stack's default buffers (4 MiB), ack_every 16.
+//! Defaults: 2048 MiB, the stack's default (autotuned) buffers (also with a
+//! buffer size of 0), the stack's default `ack_every` (segments per ACK sent
+//! from ingress; 0: ACK at egress only).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Instant;
@@ -27,12 +29,12 @@ fn main() {
     let server_ip = IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1));
     let configure = |ip| {
         let mut c = StackConfig::new(ip);
-        if let Some(b) = buffer {
+        if let Some(b) = buffer.filter(|b| *b > 0) {
             c.tcp_rx_buffer = b << 20;
             c.tcp_tx_buffer = b << 20;
         }
         if let Some(a) = ack_every {
-            c.ack_every = a;
+            c.ack_every = u8::try_from(a).expect("ack_every fits in a u8");
         }
         c
     };

@@ -8,8 +8,12 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use smoltcp::phy::{self, DeviceCapabilities, Medium};
+use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
+use smoltcp::wire::{
+    IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, TcpControl,
+    TcpPacket, TcpRepr,
+};
 
 /// Two bounded packet queues plus free lists of spare buffers.
 #[derive(Debug)]
@@ -60,6 +64,26 @@ impl QueueDevice {
         if let Some(buf) = self.rx.pop_front() {
             recycle(&mut self.rx_free, buf, self.limit);
         }
+    }
+
+    /// Answers the SYN at the front of the rx queue with a reset, as a
+    /// port that takes no more connections would, and discards the SYN.
+    /// Like the replies smoltcp makes while receiving, the reset may take
+    /// the tx queue one past `limit`.
+    pub(crate) fn refuse_front_rx(&mut self) {
+        let Some(syn) = self.rx.pop_front() else {
+            return;
+        };
+        let mut buf = self
+            .tx_free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.mtu));
+        if rst_for(&syn, &mut buf) {
+            self.tx.push_back(buf);
+        } else {
+            recycle(&mut self.tx_free, buf, self.limit);
+        }
+        recycle(&mut self.rx_free, syn, self.limit);
     }
 
     pub(crate) fn pop_tx(&mut self) -> Option<Vec<u8>> {
@@ -170,6 +194,7 @@ impl phy::Device for QueueDevice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TcpMeta {
     pub(crate) src: IpAddr,
+    pub(crate) dst: IpAddr,
     pub(crate) src_port: u16,
     pub(crate) dst_port: u16,
     pub(crate) syn: bool,
@@ -188,7 +213,7 @@ const TCP_FLAG_ACK: u8 = 0x10;
 /// dropped silently, since answering them (ICMP unreachable, UDP port
 /// unreachable) would break the gateway's silence.
 pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
-    let (src, l4) = match pkt.first()? >> 4 {
+    let (src, dst, l4) = match pkt.first()? >> 4 {
         4 => {
             let ihl = usize::from(pkt[0] & 0x0f) * 4;
             if ihl < 20 || pkt.len() < ihl {
@@ -205,7 +230,8 @@ pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
                 return None;
             }
             let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-            (IpAddr::V4(src), &pkt[ihl..total])
+            let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
+            (IpAddr::V4(src), IpAddr::V4(dst), &pkt[ihl..total])
         }
         6 => {
             if pkt.len() < 40 || pkt[6] != PROTO_TCP {
@@ -217,7 +243,13 @@ pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
             }
             let mut src = [0u8; 16];
             src.copy_from_slice(&pkt[8..24]);
-            (IpAddr::V6(Ipv6Addr::from(src)), &pkt[40..40 + payload])
+            let mut dst = [0u8; 16];
+            dst.copy_from_slice(&pkt[24..40]);
+            (
+                IpAddr::V6(Ipv6Addr::from(src)),
+                IpAddr::V6(Ipv6Addr::from(dst)),
+                &pkt[40..40 + payload],
+            )
         }
         _ => return None,
     };
@@ -227,12 +259,81 @@ pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
     let flags = l4[13];
     Some(TcpMeta {
         src,
+        dst,
         src_port: u16::from_be_bytes([l4[0], l4[1]]),
         dst_port: u16::from_be_bytes([l4[2], l4[3]]),
         syn: flags & TCP_FLAG_SYN != 0,
         ack: flags & TCP_FLAG_ACK != 0,
         rst: flags & TCP_FLAG_RST != 0,
     })
+}
+
+/// Writes into `out` the reset that answers the segment `pkt` (a SYN in
+/// practice): RST|ACK acknowledging what it carried, sequence number zero,
+/// from the address and port it was sent to. False if `pkt` is not a valid
+/// TCP segment.
+fn rst_for(pkt: &[u8], out: &mut Vec<u8>) -> bool {
+    let caps = ChecksumCapabilities::default();
+    let (src, dst, l4) = match pkt.first().map(|b| b >> 4) {
+        Some(4) => {
+            let Ok(p) = Ipv4Packet::new_checked(pkt) else {
+                return false;
+            };
+            let Ok(ip) = Ipv4Repr::parse(&p, &caps) else {
+                return false;
+            };
+            (
+                IpAddress::Ipv4(ip.src_addr),
+                IpAddress::Ipv4(ip.dst_addr),
+                p.payload(),
+            )
+        }
+        Some(6) => {
+            let Ok(p) = Ipv6Packet::new_checked(pkt) else {
+                return false;
+            };
+            let Ok(ip) = Ipv6Repr::parse(&p) else {
+                return false;
+            };
+            (
+                IpAddress::Ipv6(ip.src_addr),
+                IpAddress::Ipv6(ip.dst_addr),
+                p.payload(),
+            )
+        }
+        _ => return false,
+    };
+    let Ok(seg) = TcpPacket::new_checked(l4) else {
+        return false;
+    };
+    let Ok(seg) = TcpRepr::parse(&seg, &src, &dst, &caps) else {
+        return false;
+    };
+    let rst = TcpRepr {
+        src_port: seg.dst_port,
+        dst_port: seg.src_port,
+        control: TcpControl::Rst,
+        seq_number: seg.ack_number.unwrap_or_default(),
+        ack_number: Some(seg.seq_number + seg.segment_len()),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = IpRepr::new(dst, src, IpProtocol::Tcp, rst.buffer_len(), 64);
+    out.clear();
+    out.resize(ip.buffer_len(), 0);
+    ip.emit(&mut out[..ip.header_len()], &caps);
+    rst.emit(
+        &mut TcpPacket::new_unchecked(&mut out[ip.header_len()..]),
+        &dst,
+        &src,
+        &caps,
+    );
+    true
 }
 
 /// A set of TCP ports as a 64 Kibit bitmap: constant-time membership on
@@ -285,6 +386,7 @@ mod tests {
     fn parses_ipv4_syn() {
         let m = parse_tcp(&ipv4_tcp(TCP_FLAG_SYN, 32400)).unwrap();
         assert_eq!(m.src, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)));
+        assert_eq!(m.dst, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)));
         assert_eq!(
             (m.src_port, m.dst_port, m.syn, m.ack),
             (50000, 32400, true, false)
@@ -302,6 +404,32 @@ mod tests {
         assert!(parse_tcp(&ipv4_tcp(0, 80)[..30]).is_none());
         assert!(parse_tcp(&[]).is_none());
         assert!(parse_tcp(&[0x75; 60]).is_none());
+    }
+
+    #[test]
+    fn a_refused_syn_gets_a_reset_from_the_port_it_was_sent_to() {
+        let mut syn = ipv4_tcp(TCP_FLAG_SYN, 32400);
+        syn[24..28].copy_from_slice(&1000u32.to_be_bytes()); // sequence number
+        let caps = ChecksumCapabilities::default();
+        let (s, d) = (IpAddress::v4(100, 64, 0, 2), IpAddress::v4(100, 64, 0, 1));
+        // Valid checksums, as a real peer sends them.
+        Ipv4Packet::new_unchecked(&mut syn[..]).fill_checksum();
+        TcpPacket::new_unchecked(&mut syn[20..]).fill_checksum(&s, &d);
+        let mut dev = QueueDevice::new(1420, 8);
+        assert!(dev.push_rx(&syn));
+        dev.refuse_front_rx();
+        assert!(dev.rx.is_empty());
+        let rst = dev.pop_tx().expect("a reset");
+        let ip = Ipv4Repr::parse(&Ipv4Packet::new_checked(&rst[..]).unwrap(), &caps).unwrap();
+        assert_eq!(
+            (IpAddress::Ipv4(ip.src_addr), IpAddress::Ipv4(ip.dst_addr)),
+            (d, s)
+        );
+        let t =
+            TcpRepr::parse(&TcpPacket::new_checked(&rst[20..]).unwrap(), &d, &s, &caps).unwrap();
+        assert_eq!(t.control, TcpControl::Rst);
+        assert_eq!((t.src_port, t.dst_port), (32400, 50000));
+        assert_eq!(t.ack_number, Some(smoltcp::wire::TcpSeqNumber(1001)));
     }
 
     #[test]

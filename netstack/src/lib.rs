@@ -1,4 +1,6 @@
-//! User-space TCP termination for hushgate tunnels, built on smoltcp 0.14.
+//! User-space TCP termination for hushgate tunnels, built on smoltcp 0.14
+//! as vendored and extended in `third_party/smoltcp` (see its
+//! `HUSHGATE.md`).
 //!
 //! Two parts, both meant to be owned by one data-path thread (no locks,
 //! no internal threads, no timers of their own):
@@ -9,11 +11,27 @@
 //!   takes packets to encrypt out ([`Stack::drain_outbound`]). It listens on
 //!   service ports with a pool of listeners per port ([`Stack::listen`],
 //!   [`Stack::accept`]), opens outbound connections ([`Stack::connect`]),
-//!   and keeps a table of connections under stable [`ConnId`]s. Every TCP
-//!   socket gets large buffers sized before listen/connect (so the window
-//!   scale fits them), CUBIC congestion control, Nagle off, and an ACK
-//!   forced every `ack_every` inbound segments. Packets that are not TCP to
-//!   a port of ours are dropped without a reply.
+//!   and keeps a table of connections under stable [`ConnId`]s. Time is
+//!   always passed in; [`Stack::new_at`] starts the stack's clock at a
+//!   given instant, so a simulation can drive it in virtual time.
+//!
+//!   Every TCP socket is set up for Internet paths, not only the LAN (see
+//!   [`StackConfig`] and "TCP over lossy paths" in docs/architecture.md):
+//!   BBR congestion control with pacing (in quanta of about 1 ms of data,
+//!   so the stack's [`poll_delay`](Stack::poll_delay) reports when the
+//!   next quantum may leave), SACK-based loss recovery with RACK and tail
+//!   loss probes, a 200 ms RTO floor, an ACK from ingress every
+//!   `ack_every` segments, and buffers that start small and grow while a
+//!   connection needs them, within a per-connection maximum and a budget
+//!   shared by the stack. Nagle is off. Packets that are not TCP to a port
+//!   of ours are dropped without a reply.
+//!
+//!   Each peer address gets a share of the stack: at most
+//!   `max_connections_per_peer` sockets (a SYN beyond gets an RST),
+//!   `max_pending_per_peer` handshakes (a SYN beyond is dropped) and
+//!   `tcp_buffer_budget_per_peer` of the buffer budget, so one tunnel
+//!   client cannot hold every socket or all the memory
+//!   ([`Stack::peer_usage`] shows what each holds).
 //! - [`Splice`] joins each connection to a `mio::net::TcpStream` and moves
 //!   bytes both ways directly between smoltcp's rings and the kernel, with
 //!   backpressure both ways, FIN propagation, and reset propagation. Its
@@ -65,5 +83,5 @@ pub mod udp;
 /// The smoltcp version this crate is built on, for `Stack::socket` users.
 pub use smoltcp;
 pub use splice::{PumpStats, Splice};
-pub use stack::{Congestion, ConnId, Error, Stack, StackConfig, StackStats};
+pub use stack::{Congestion, ConnId, Error, PeerUsage, Stack, StackConfig, StackStats};
 pub use udp::{UdpIo, UdpStats};

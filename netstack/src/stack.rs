@@ -18,10 +18,15 @@ use crate::device::{parse_tcp, PortSet, QueueDevice, TcpMeta};
 pub enum Congestion {
     /// No congestion control: only the peer's receive window limits sending.
     None,
-    /// NewReno.
+    /// NewReno, with byte counting.
     Reno,
-    /// CUBIC (smoltcp's best choice for long fat paths).
+    /// CUBIC, with byte counting.
     Cubic,
+    /// BBR: paces at the measured bottleneck bandwidth and keeps about two
+    /// bandwidth-delay products in flight; random loss does not cut its
+    /// rate and it builds no standing queue (see docs/architecture.md,
+    /// "TCP over lossy paths").
+    Bbr,
 }
 
 impl From<Congestion> for tcp::CongestionControl {
@@ -30,6 +35,7 @@ impl From<Congestion> for tcp::CongestionControl {
             Congestion::None => tcp::CongestionControl::None,
             Congestion::Reno => tcp::CongestionControl::Reno,
             Congestion::Cubic => tcp::CongestionControl::Cubic,
+            Congestion::Bbr => tcp::CongestionControl::Bbr,
         }
     }
 }
@@ -47,14 +53,45 @@ pub struct StackConfig {
     pub any_ip: bool,
     /// IP MTU of the tunnel. Default 1420 (WireGuard's usual inner MTU).
     pub mtu: usize,
-    /// Receive buffer per TCP connection. It fixes the window-scale factor
-    /// when the socket is created, so it is applied before listen/connect.
-    /// Default 4 MiB (about 670 Mbit/s at 50 ms RTT; pages are touched only
-    /// as data flows through them).
+    /// Initial receive buffer per TCP connection. Default 256 KiB.
     pub tcp_rx_buffer: usize,
-    /// Send buffer per TCP connection; bounds the bytes in flight.
-    /// Default 4 MiB.
+    /// Initial send buffer per TCP connection; it bounds the bytes in
+    /// flight until it grows. Default 256 KiB.
     pub tcp_tx_buffer: usize,
+    /// The receive buffer of a connection doubles, up to this size, while
+    /// its peer fills the window it is offered and the application keeps
+    /// the buffer drained (buffer autotuning). The window scale is chosen
+    /// for this size when the socket is created. Default 32 MiB: one
+    /// stream can keep 1 Gbit/s in flight over a 250 ms round trip.
+    pub tcp_rx_buffer_max: usize,
+    /// The send buffer of a connection doubles, up to this size, while all
+    /// of it is in flight and the congestion and peer windows would take
+    /// more. Default 32 MiB.
+    pub tcp_tx_buffer_max: usize,
+    /// Bytes all the buffer growth of this stack may take together (beyond
+    /// the initial sizes); a connection gives its share back when it is
+    /// freed. With the defaults a stack's TCP buffers never exceed
+    /// `max_sockets` x 512 KiB (the initial sizes; pages are touched only
+    /// as data flows through them) plus this. Default 256 MiB.
+    pub tcp_buffer_budget: usize,
+    /// Growth one peer address's connections may take together, out of
+    /// `tcp_buffer_budget`, so one client cannot take all of it (see
+    /// [`Stack::peer_usage`]). Default 64 MiB: two streams at the full
+    /// 32 MiB each, a quarter of the stack's budget.
+    pub tcp_buffer_budget_per_peer: usize,
+    /// Connections one peer address may hold at once, counting every
+    /// state the stack keeps a socket for: handshakes in progress, open
+    /// connections, and released ones still closing. A SYN beyond it is
+    /// answered with RST, the way a port that takes no more connections
+    /// answers, so the peer's connect fails at once instead of hanging
+    /// through SYN retransmissions. Connections this stack opens itself
+    /// ([`Stack::connect`]) are not counted. Default 128.
+    pub max_connections_per_peer: usize,
+    /// Handshakes one peer address may have in progress (SYN received,
+    /// final ACK not yet). A SYN beyond it is dropped without a reply, like
+    /// a server whose SYN queue is full: the peer sends it again a second
+    /// later, when its earlier handshakes have finished. Default 16.
+    pub max_pending_per_peer: usize,
     /// Idle listening sockets kept per listened port (a smoltcp listener
     /// accepts exactly one connection). Default 8.
     pub listener_pool: usize,
@@ -62,17 +99,36 @@ pub struct StackConfig {
     /// connections, closing ones). A SYN beyond it is answered with RST.
     /// Default 1024.
     pub max_sockets: usize,
-    /// Run an egress pass after this many inbound segments during ingress,
-    /// so the peer gets an ACK at least every N segments even when a whole
-    /// batch arrives at once. CUBIC/Reno grow the window per ACK, not per
-    /// byte; one ACK per batch stalls the ramp. 0 disables. Default 16.
-    pub ack_every: usize,
+    /// Each socket acknowledges, while an inbound batch is processed, as
+    /// soon as this many full-sized segments are unacknowledged (and the
+    /// first segments of a connection one by one, like Linux's quick-ack);
+    /// whatever is left is acknowledged by the egress pass that ends every
+    /// wake-up. At Internet rates a wake-up carries one or two segments, so
+    /// the peer gets an ACK every one or two segments, as RFC 9293 asks.
+    /// Within a large batch (a LAN, a busy machine) ACKs made during
+    /// ingress leave with the batch anyway, so more of them only cost CPU
+    /// (each is encrypted and sent): this bounds how much one ACK covers,
+    /// like Linux acknowledging per GRO batch. 0: only at egress.
+    /// Default 16 (measured: `client-shim/benches/shim.rs` carried one
+    /// stream 15-25 % slower with 2, and the simulations in
+    /// `tests/lossy.rs` did not improve).
+    pub ack_every: u8,
     /// smoltcp's delayed-ACK timer. Default `None`: batching already
     /// coalesces ACKs (one per socket per egress pass), and a delayed ACK
     /// would only add latency.
     pub ack_delay: Option<Duration>,
-    /// Default [`Congestion::Cubic`].
+    /// Default [`Congestion::Bbr`].
     pub congestion: Congestion,
+    /// Floor of the retransmission timeout. Default 200 ms (Linux's; RFC
+    /// 6298's 1 s turns every tail loss into a second of silence).
+    pub rto_min: Duration,
+    /// Pace transmissions at the congestion controller's rate, in quanta
+    /// of about 1 ms of data. Default true.
+    pub pacing: bool,
+    /// Tail loss probes (RFC 8985): a lost tail is found two round trips
+    /// after the last ACK rather than at the retransmission timeout.
+    /// Default true.
+    pub tail_loss_probe: bool,
     /// TCP keep-alive interval. Default 30 s.
     pub keep_alive: Option<Duration>,
     /// Abort a connection whose peer stays silent this long (keep-alives
@@ -97,13 +153,22 @@ impl StackConfig {
             addresses: vec![address],
             any_ip: false,
             mtu: 1420,
-            tcp_rx_buffer: 4 << 20,
-            tcp_tx_buffer: 4 << 20,
+            tcp_rx_buffer: 256 << 10,
+            tcp_tx_buffer: 256 << 10,
+            tcp_rx_buffer_max: 32 << 20,
+            tcp_tx_buffer_max: 32 << 20,
+            tcp_buffer_budget: 256 << 20,
+            tcp_buffer_budget_per_peer: 64 << 20,
+            max_connections_per_peer: 128,
+            max_pending_per_peer: 16,
             listener_pool: 8,
             max_sockets: 1024,
             ack_every: 16,
             ack_delay: None,
-            congestion: Congestion::Cubic,
+            congestion: Congestion::Bbr,
+            rto_min: Duration::from_millis(200),
+            pacing: true,
+            tail_loss_probe: true,
             keep_alive: Some(Duration::from_secs(30)),
             timeout: Some(Duration::from_secs(120)),
             linger: Duration::from_secs(30),
@@ -173,6 +238,98 @@ pub struct StackStats {
     pub rx_dup_syn: u64,
     /// Packets handed to the caller.
     pub tx_packets: u64,
+    /// SYNs answered with RST because their peer held
+    /// `max_connections_per_peer` connections.
+    pub syn_over_connection_limit: u64,
+    /// SYNs dropped because their peer had `max_pending_per_peer`
+    /// handshakes in progress.
+    pub syn_over_pending_limit: u64,
+}
+
+/// What one peer address holds in a [`Stack`] ([`Stack::peer_usage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerUsage {
+    /// Sockets held for the peer: handshakes, open connections and
+    /// released ones still closing (the count `max_connections_per_peer`
+    /// bounds).
+    pub connections: usize,
+    /// Handshakes in progress (bounded by `max_pending_per_peer`).
+    pub pending: usize,
+    /// Bytes its connections' buffers have grown by beyond their initial
+    /// sizes (bounded by `tcp_buffer_budget_per_peer`).
+    pub buffer_growth: usize,
+}
+
+/// Accepted connections per peer address, so that one peer cannot take
+/// every socket, every handshake slot or the whole buffer budget. Touched
+/// only by SYNs and by sockets changing hands, never by other packets.
+#[derive(Debug, Default)]
+struct Peers {
+    map: HashMap<IpAddr, PeerUse>,
+}
+
+#[derive(Debug)]
+struct PeerUse {
+    held: usize,
+    pending: usize,
+    /// The peer's share of the stack's budget; its sockets draw on it.
+    budget: tcp::BufferBudget,
+    share: usize,
+}
+
+impl Peers {
+    fn usage(&self, peer: IpAddr) -> PeerUsage {
+        self.map
+            .get(&peer)
+            .map_or(PeerUsage::default(), |u| PeerUsage {
+                connections: u.held,
+                pending: u.pending,
+                buffer_growth: u.share.saturating_sub(u.budget.available()),
+            })
+    }
+
+    /// A handshake from `peer` began: one more socket and handshake held.
+    /// Returns the budget its socket's growth must draw on.
+    fn begin(
+        &mut self,
+        peer: IpAddr,
+        whole: &tcp::BufferBudget,
+        share: usize,
+    ) -> tcp::BufferBudget {
+        let u = self.map.entry(peer).or_insert_with(|| PeerUse {
+            held: 0,
+            pending: 0,
+            budget: whole.share(share),
+            share,
+        });
+        u.held += 1;
+        u.pending += 1;
+        u.budget.clone()
+    }
+
+    /// A handshake of `peer` ended, with a connection (or a socket still
+    /// closing) that stays held, or not.
+    fn end_handshake(&mut self, peer: Option<IpAddr>, still_held: bool) {
+        if let Some(u) = peer.and_then(|p| self.map.get_mut(&p)) {
+            u.pending -= 1;
+        }
+        if !still_held {
+            self.release(peer);
+        }
+    }
+
+    /// A socket of `peer` was freed.
+    fn release(&mut self, peer: Option<IpAddr>) {
+        let Some(p) = peer else {
+            return;
+        };
+        if let Some(u) = self.map.get_mut(&p) {
+            u.held -= 1;
+            if u.held == 0 {
+                self.map.remove(&p);
+            }
+        }
+    }
 }
 
 /// Listening sockets for one port.
@@ -182,7 +339,14 @@ struct Pool {
     /// Sockets in LISTEN.
     idle: Vec<SocketHandle>,
     /// Sockets that got a SYN and are in the middle of the handshake.
-    embryonic: Vec<SocketHandle>,
+    embryonic: Vec<Embryo>,
+}
+
+/// A listener that received a SYN, and from which peer.
+#[derive(Debug, Clone, Copy)]
+struct Embryo {
+    handle: SocketHandle,
+    peer: Option<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -190,6 +354,8 @@ struct Conn {
     handle: SocketHandle,
     /// The local port to give back when this was an outbound connection.
     out_port: Option<u16>,
+    /// The peer it is counted against (accepted connections only).
+    peer: Option<IpAddr>,
 }
 
 /// A released socket finishing its close handshake in the background.
@@ -197,6 +363,7 @@ struct Conn {
 struct Lingering {
     handle: SocketHandle,
     out_port: Option<u16>,
+    peer: Option<IpAddr>,
     deadline: Instant,
 }
 
@@ -218,12 +385,22 @@ const EPHEMERAL_FIRST: u16 = 49152;
 /// the stack behaves like ordinary TCP: a stray segment for a closed
 /// connection, or a SYN beyond `max_sockets`, gets an RST. That is
 /// acceptable because only admitted peers reach the stack at all.
+///
+/// Per-peer limits: the peer address of an accepted connection is counted
+/// against `max_connections_per_peer` (a SYN beyond it gets an RST),
+/// `max_pending_per_peer` (a SYN beyond it is dropped) and
+/// `tcp_buffer_budget_per_peer` (its buffers stop growing), so one client
+/// cannot hold every socket or the whole budget. The checks cost a hash
+/// lookup per SYN and nothing for other segments.
 pub struct Stack {
     iface: Interface,
     sockets: SocketSet<'static>,
     dev: QueueDevice,
     cfg: StackConfig,
     epoch: Instant,
+    /// The latest time the owner passed in: deadlines set outside a poll
+    /// (release, unlisten) count from it rather than from the real clock.
+    now: Instant,
     pools: Vec<Pool>,
     listen_ports: PortSet,
     out_ports: PortSet,
@@ -232,6 +409,9 @@ pub struct Stack {
     lingering: Vec<Lingering>,
     /// Sockets of every kind, for `max_sockets`.
     socket_count: usize,
+    /// What the buffer growth of all sockets may take together.
+    budget: tcp::BufferBudget,
+    peers: Peers,
     next_id: u64,
     next_port: u16,
     stats: StackStats,
@@ -254,6 +434,14 @@ impl Stack {
     /// non-unicast address, or holds more addresses than smoltcp's build
     /// allows (2 by default).
     pub fn new(cfg: StackConfig) -> Stack {
+        Stack::new_at(cfg, Instant::now())
+    }
+
+    /// Builds a stack whose clock starts at `epoch`. Every operation takes
+    /// the time as an argument and the stack never reads the clock itself,
+    /// so a simulation can drive it with a virtual clock (an `epoch` and
+    /// later instants computed from it) and get the same run every time.
+    pub fn new_at(cfg: StackConfig, epoch: Instant) -> Stack {
         assert!(!cfg.addresses.is_empty(), "a stack needs an address");
         let mut dev = QueueDevice::new(cfg.mtu, cfg.max_queued_packets.max(1));
         let mut config = Config::new(HardwareAddress::Ip);
@@ -263,7 +451,6 @@ impl Stack {
             h.write_u64(0x6875_7368_6761_7465);
             h.finish()
         };
-        let epoch = Instant::now();
         let mut iface = Interface::new(config, &mut dev, smoltcp::time::Instant::ZERO);
         iface.set_any_ip(cfg.any_ip);
         iface.update_ip_addrs(|addrs| {
@@ -303,6 +490,7 @@ impl Stack {
             sockets: SocketSet::new(Vec::new()),
             dev,
             epoch,
+            now: epoch,
             pools: Vec::new(),
             listen_ports: PortSet::new(),
             out_ports: PortSet::new(),
@@ -310,6 +498,8 @@ impl Stack {
             accepted: VecDeque::new(),
             lingering: Vec::new(),
             socket_count: 0,
+            budget: tcp::BufferBudget::new(cfg.tcp_buffer_budget),
+            peers: Peers::default(),
             next_id: 1,
             next_port: EPHEMERAL_FIRST,
             stats: StackStats::default(),
@@ -327,7 +517,24 @@ impl Stack {
         self.stats
     }
 
-    fn ts(&self, now: Instant) -> smoltcp::time::Instant {
+    /// What `peer` holds now: sockets, handshakes, buffer growth.
+    pub fn peer_usage(&self, peer: IpAddr) -> PeerUsage {
+        self.peers.usage(peer)
+    }
+
+    /// Every peer address holding at least one socket, with its usage.
+    pub fn peers(&self) -> impl Iterator<Item = (IpAddr, PeerUsage)> + '_ {
+        self.peers.map.keys().map(|&p| (p, self.peers.usage(p)))
+    }
+
+    /// Bytes of the stack's buffer budget (`tcp_buffer_budget`) not taken
+    /// by buffer growth.
+    pub fn buffer_budget_available(&self) -> usize {
+        self.budget.available()
+    }
+
+    fn ts(&mut self, now: Instant) -> smoltcp::time::Instant {
+        self.now = self.now.max(now);
         let micros = now.saturating_duration_since(self.epoch).as_micros();
         smoltcp::time::Instant::from_micros(i64::try_from(micros).unwrap_or(i64::MAX))
     }
@@ -369,12 +576,14 @@ impl Stack {
             self.sockets.remove(h);
             self.socket_count -= 1;
         }
-        let deadline = Instant::now() + self.cfg.linger;
-        for h in pool.embryonic {
-            self.sockets.get_mut::<tcp::Socket>(h).abort();
+        let deadline = self.now + self.cfg.linger;
+        for e in pool.embryonic {
+            self.sockets.get_mut::<tcp::Socket>(e.handle).abort();
+            self.peers.end_handshake(e.peer, true);
             self.lingering.push(Lingering {
-                handle: h,
+                handle: e.handle,
                 out_port: None,
+                peer: e.peer,
                 deadline,
             });
         }
@@ -412,30 +621,43 @@ impl Stack {
             next_id,
             cfg,
             socket_count,
+            now,
+            budget,
+            peers,
             ..
         } = self;
         let pool = &mut pools[i];
-        // Listeners that received a SYN are no longer available.
+        // Listeners that received a SYN are no longer available; they now
+        // count against their peer, and grow from its share of the budget.
         let mut k = 0;
         while k < pool.idle.len() {
-            if sockets.get::<tcp::Socket>(pool.idle[k]).state() == tcp::State::Listen {
+            let s = sockets.get_mut::<tcp::Socket>(pool.idle[k]);
+            if s.state() == tcp::State::Listen {
                 k += 1;
             } else {
-                let h = pool.idle.swap_remove(k);
-                pool.embryonic.push(h);
+                let handle = pool.idle.swap_remove(k);
+                let peer = s.remote_endpoint().map(|e| IpAddr::from(e.addr));
+                if let Some(p) = peer {
+                    let share = peers.begin(p, budget, cfg.tcp_buffer_budget_per_peer);
+                    // A listener has not grown, so this cannot fail.
+                    s.set_buffer_budget(Some(share));
+                }
+                pool.embryonic.push(Embryo { handle, peer });
             }
         }
         // Handshakes that finished (or failed).
         let mut k = 0;
         while k < pool.embryonic.len() {
-            let h = pool.embryonic[k];
-            let s = sockets.get::<tcp::Socket>(h);
+            let Embryo { handle: h, peer } = pool.embryonic[k];
+            let s = sockets.get_mut::<tcp::Socket>(h);
             match s.state() {
                 tcp::State::SynReceived => k += 1,
                 // An RST during the handshake puts smoltcp's socket back in
                 // LISTEN: it is an ordinary idle listener again.
                 tcp::State::Listen => {
                     pool.embryonic.swap_remove(k);
+                    peers.end_handshake(peer, false);
+                    s.set_buffer_budget(Some(budget.clone()));
                     pool.idle.push(h);
                 }
                 tcp::State::Closed => {
@@ -443,12 +665,15 @@ impl Stack {
                     if s.local_endpoint().is_none() {
                         sockets.remove(h);
                         *socket_count -= 1;
+                        peers.end_handshake(peer, false);
                     } else {
                         // An RST is still queued; let egress send it.
+                        peers.end_handshake(peer, true);
                         lingering.push(Lingering {
                             handle: h,
                             out_port: None,
-                            deadline: Instant::now() + cfg.linger,
+                            peer,
+                            deadline: *now + cfg.linger,
                         });
                     }
                 }
@@ -456,6 +681,7 @@ impl Stack {
                 // with the handshake's last ACK): hand it to the owner.
                 _ => {
                     pool.embryonic.swap_remove(k);
+                    peers.end_handshake(peer, true);
                     let id = ConnId(*next_id);
                     *next_id += 1;
                     conns.insert(
@@ -463,6 +689,7 @@ impl Stack {
                         Conn {
                             handle: h,
                             out_port: None,
+                            peer,
                         },
                     );
                     accepted.push_back(id);
@@ -471,7 +698,7 @@ impl Stack {
         }
         let port = pool.port;
         while pool.idle.len() < cfg.listener_pool && *socket_count < cfg.max_sockets {
-            let mut s = new_socket(cfg);
+            let mut s = new_socket(cfg, budget);
             s.listen(IpListenEndpoint { addr: None, port })
                 .expect("fresh socket listens");
             pool.idle.push(sockets.add(s));
@@ -507,7 +734,7 @@ impl Stack {
         if self.socket_count >= self.cfg.max_sockets {
             return Err(Error::TooManySockets);
         }
-        let mut s = new_socket(&self.cfg);
+        let mut s = new_socket(&self.cfg, &self.budget);
         s.connect(self.iface.context(), remote, local_port)
             .map_err(|_| Error::Unaddressable)?;
         let handle = self.sockets.add(s);
@@ -519,6 +746,7 @@ impl Stack {
             Conn {
                 handle,
                 out_port: Some(local_port),
+                peer: None,
             },
         );
         Ok(id)
@@ -615,19 +843,21 @@ impl Stack {
         let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
         s.close();
         if s.state() == tcp::State::Closed && s.local_endpoint().is_none() {
-            self.free_socket(c.handle, c.out_port);
+            self.free_socket(c.handle, c.out_port, c.peer);
         } else {
             self.lingering.push(Lingering {
                 handle: c.handle,
                 out_port: c.out_port,
-                deadline: Instant::now() + self.cfg.linger,
+                peer: c.peer,
+                deadline: self.now + self.cfg.linger,
             });
         }
     }
 
-    fn free_socket(&mut self, h: SocketHandle, out_port: Option<u16>) {
+    fn free_socket(&mut self, h: SocketHandle, out_port: Option<u16>, peer: Option<IpAddr>) {
         self.sockets.remove(h);
         self.socket_count -= 1;
+        self.peers.release(peer);
         if let Some(p) = out_port {
             self.out_ports.remove(p);
         }
@@ -662,8 +892,8 @@ impl Stack {
             self.release(id);
         }
         for pool in &mut self.pools {
-            for &h in &pool.embryonic {
-                let s = self.sockets.get_mut::<tcp::Socket>(h);
+            for e in &pool.embryonic {
+                let s = self.sockets.get_mut::<tcp::Socket>(e.handle);
                 if is_peer(s) {
                     s.abort();
                 }
@@ -681,11 +911,11 @@ impl Stack {
     // ----- packets ---------------------------------------------------------
 
     /// Queues one inbound IP packet (copied into a pooled buffer). Returns
-    /// false if it was dropped: not a TCP segment for a port of ours, or
-    /// the queue is full.
+    /// false if it was dropped: not a TCP segment for a port and an address
+    /// of ours, or the queue is full.
     pub fn push_inbound(&mut self, pkt: &[u8]) -> bool {
         match parse_tcp(pkt) {
-            Some(m) if self.port_allowed(&m) => {
+            Some(m) if self.port_allowed(&m) && self.addressed_to_us(&m) => {
                 if m.rst && self.cfg.trust_peer_resets {
                     self.abort_matching(&m);
                 }
@@ -727,6 +957,13 @@ impl Stack {
         }
     }
 
+    /// smoltcp takes a TCP segment sent to a broadcast address as its own
+    /// (and would answer it from that address); only the stack's own
+    /// addresses are (unless `any_ip`).
+    fn addressed_to_us(&self, m: &TcpMeta) -> bool {
+        self.cfg.any_ip || self.cfg.addresses.contains(&m.dst)
+    }
+
     fn port_allowed(&self, m: &TcpMeta) -> bool {
         self.listen_ports.contains(m.dst_port) || self.out_ports.contains(m.dst_port)
     }
@@ -765,17 +1002,18 @@ impl Stack {
     // ----- polling ---------------------------------------------------------
 
     /// Feeds every queued inbound packet to smoltcp, one at a time
-    /// (`poll_ingress_single`), running an egress pass every `ack_every`
-    /// segments so senders see regular ACKs. Then accepts finished
-    /// handshakes and refills listener pools. Returns true if any packet
-    /// was processed.
+    /// (`poll_ingress_single`); sockets acknowledge from here every
+    /// `ack_every` segments. Then accepts finished handshakes and refills
+    /// listener pools. Returns true if any packet was processed.
     ///
     /// Call [`poll_egress`](Self::poll_egress) after moving application
     /// data, so the ACKs it sends advertise the window freed by reading.
     pub fn poll_ingress(&mut self, now: Instant) -> bool {
         let ts = self.ts(now);
         let mut processed = false;
-        let mut since_egress = 0usize;
+        // Segments processed since the pools were last looked at: one of
+        // them may have finished (or failed) a handshake.
+        let mut unrefilled = false;
         while let Some(front) = self.dev.rx.front() {
             let mut syn_pool = None;
             if let Some(m) = parse_tcp(front) {
@@ -790,6 +1028,34 @@ impl Stack {
                         self.stats.rx_dup_syn += 1;
                         continue;
                     }
+                    // One peer may not hold every socket nor flood the
+                    // handshake slots (see `max_connections_per_peer`,
+                    // `max_pending_per_peer` for why RST vs. drop).
+                    let mut u = self.peers.usage(m.src);
+                    let full = |u: &PeerUsage, c: &StackConfig| {
+                        u.connections >= c.max_connections_per_peer
+                            || u.pending >= c.max_pending_per_peer
+                    };
+                    if full(&u, &self.cfg) && unrefilled {
+                        // Handshakes completed (or failed) by segments
+                        // earlier in this batch are counted at the next
+                        // refill; do it now before refusing anything. (At
+                        // most once per other segment: a SYN flood alone
+                        // costs no scans.)
+                        self.refill_all();
+                        unrefilled = false;
+                        u = self.peers.usage(m.src);
+                    }
+                    if u.connections >= self.cfg.max_connections_per_peer {
+                        self.dev.refuse_front_rx();
+                        self.stats.syn_over_connection_limit += 1;
+                        continue;
+                    }
+                    if u.pending >= self.cfg.max_pending_per_peer {
+                        self.dev.drop_front_rx();
+                        self.stats.syn_over_pending_limit += 1;
+                        continue;
+                    }
                     syn_pool = self.pools.iter().position(|p| p.port == m.dst_port);
                 }
             }
@@ -801,11 +1067,8 @@ impl Stack {
                 // Refill at once, not after the batch: a burst of SYNs
                 // larger than the pool would otherwise be reset.
                 self.refill(i);
-            }
-            since_egress += 1;
-            if self.cfg.ack_every > 0 && since_egress >= self.cfg.ack_every {
-                since_egress = 0;
-                let _ = self.iface.poll_egress(ts, &mut self.dev, &mut self.sockets);
+            } else {
+                unrefilled = true;
             }
         }
         if processed {
@@ -826,7 +1089,7 @@ impl Stack {
         self.pools
             .iter()
             .filter(|p| p.port == m.dst_port)
-            .any(|p| p.embryonic.iter().any(|&h| same(h)))
+            .any(|p| p.embryonic.iter().any(|e| same(e.handle)))
             || self.conns.values().any(|c| same(c.handle))
             || self.lingering.iter().any(|l| same(l.handle))
     }
@@ -875,7 +1138,7 @@ impl Stack {
             };
             if done {
                 let l = self.lingering.swap_remove(k);
-                self.free_socket(l.handle, l.out_port);
+                self.free_socket(l.handle, l.out_port, l.peer);
             } else {
                 k += 1;
             }
@@ -884,7 +1147,9 @@ impl Stack {
 
     /// How long the owner may sleep before the next poll, if nothing
     /// arrives: zero when packets are queued, `None` when only new packets
-    /// can change anything.
+    /// can change anything. It covers every timer of every socket: delayed
+    /// ACKs, retransmission, tail loss probe and reordering timers, and the
+    /// pacer (data held back until its next quantum may leave).
     pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
         if !self.dev.rx.is_empty() {
             return Some(Duration::ZERO);
@@ -902,16 +1167,25 @@ impl Stack {
     }
 }
 
-/// A socket with all the settings applied. Buffers are sized here, before
-/// any listen/connect, because smoltcp fixes the window-scale factor from
-/// the receive buffer when the socket is created.
-fn new_socket(cfg: &StackConfig) -> tcp::Socket<'static> {
+/// A socket with all the settings applied. Autotuning is set here, before
+/// any listen/connect, because smoltcp fixes the window-scale factor (from
+/// the largest the receive buffer may grow to) when the connection opens.
+fn new_socket(cfg: &StackConfig, budget: &tcp::BufferBudget) -> tcp::Socket<'static> {
     let rx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_rx_buffer]);
     let tx = tcp::SocketBuffer::new(vec![0u8; cfg.tcp_tx_buffer]);
     let mut s = tcp::Socket::new(rx, tx);
+    s.set_buffer_autotune(
+        cfg.tcp_rx_buffer_max,
+        cfg.tcp_tx_buffer_max,
+        Some(budget.clone()),
+    );
     s.set_nagle_enabled(false);
     s.set_ack_delay(cfg.ack_delay.map(to_smol));
     s.set_congestion_control(cfg.congestion.into());
+    s.set_ack_every((cfg.ack_every > 0).then_some(cfg.ack_every));
+    s.set_rto_min(to_smol(cfg.rto_min));
+    s.set_pacing(cfg.pacing);
+    s.set_tail_loss_probe(cfg.tail_loss_probe);
     s.set_keep_alive(cfg.keep_alive.map(to_smol));
     s.set_timeout(cfg.timeout.map(to_smol));
     s

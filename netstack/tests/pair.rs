@@ -193,6 +193,62 @@ fn non_tcp_packets_are_dropped_without_reply() {
     assert_eq!(server.stats().rx_filtered, 2);
 }
 
+/// A SYN with valid checksums from the client to `dst`.
+fn syn_to(dst: [u8; 4], port: u16) -> Vec<u8> {
+    fn sum(data: &[u8]) -> u32 {
+        data.chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum()
+    }
+    fn fold(mut s: u32) -> [u8; 2] {
+        while s > 0xffff {
+            s = (s & 0xffff) + (s >> 16);
+        }
+        (!(s as u16)).to_be_bytes()
+    }
+    let mut p = vec![0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&[100, 64, 0, 2]);
+    p[16..20].copy_from_slice(&dst);
+    let ip = fold(sum(&p[..20]));
+    p[10..12].copy_from_slice(&ip);
+    p[20..22].copy_from_slice(&50000u16.to_be_bytes());
+    p[22..24].copy_from_slice(&port.to_be_bytes());
+    p[24..28].copy_from_slice(&7u32.to_be_bytes());
+    p[32] = 0x50;
+    p[33] = 0x02;
+    p[34..36].copy_from_slice(&65535u16.to_be_bytes());
+    let mut pseudo = Vec::from(&p[12..20]);
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    let tcp = fold(sum(&pseudo) + sum(&p[20..]));
+    p[36..38].copy_from_slice(&tcp);
+    p
+}
+
+#[test]
+fn packets_for_other_addresses_get_silence() {
+    // Found by the inner_packet fuzz target: smoltcp took a SYN to the
+    // broadcast address as its own and answered from 255.255.255.255.
+    let mut server = Stack::new(config(SERVER_IP));
+    server.listen(PORT).unwrap();
+    for dst in [[255, 255, 255, 255], [100, 64, 0, 9], [224, 0, 0, 1]] {
+        assert!(!server.push_inbound(&syn_to(dst, PORT)), "{dst:?}");
+    }
+    server.poll(Instant::now());
+    assert!(
+        !server.has_outbound(),
+        "answered a packet for another address"
+    );
+    assert_eq!(server.stats().rx_filtered, 3);
+    // The same SYN to the stack's own address is answered.
+    assert!(server.push_inbound(&syn_to([100, 64, 0, 1], PORT)));
+    server.poll(Instant::now());
+    assert!(server.has_outbound());
+}
+
 #[test]
 fn abort_peer_resets_every_connection_of_that_peer() {
     let mut pair = Pair::default_pair();

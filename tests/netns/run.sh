@@ -28,13 +28,22 @@
 # inet hushgate_PORT in the edge namespace) as they do by default; scenarios
 # 10-14 check it and the direct (firewall-only) service. A third gateway
 # (server homefh, UDP 51822, IPv6) binds on the first handshake.
+#
+# Scenario 15 puts the Internet emulator (tools/netem) in inet: while it
+# runs, everything between the client side (i-cnat) and the home side
+# (i-home) goes through its TUN devices (tests/netns/lib.sh, emu_rules).
 set -euo pipefail
+# With pipefail, `producer | grep -q X` fails whenever grep exits at its
+# match while the producer still writes (SIGPIPE, or EPIPE for Rust's
+# line-buffered stdout): a failure that depends on scheduling. Checks on a
+# command's output read it whole first: grep -q X <<<"$(producer)".
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 # shellcheck source=tests/netns/lib.sh
 . "$HERE/lib.sh"
 BIN="${HUSHGATE_BIN:-$ROOT/target/debug/hushgate}"
+NETEM_BIN="${NETEM_BIN:-$(dirname "$BIN")/hushgate-netem}"
 P="hg$$"
 W="$(mktemp -d /tmp/hushgate-netns.XXXXXX)"
 NSES=(inet ctl home edge cnat cli atk dctl dgw mrt mgw)
@@ -70,8 +79,11 @@ need nmap "apt-get install nmap"
 need conntrack "apt-get install conntrack"
 need curl "apt-get install curl"
 need python3 "apt-get install python3"
+need ffmpeg "apt-get install ffmpeg"
+need ffprobe "apt-get install ffmpeg"
 need miniupnpd "apt-get install miniupnpd-nftables"
 [ -x "$BIN" ] || { echo "netns harness: $BIN is not built (cargo build -p hushgate)" >&2; exit 2; }
+[ -x "$NETEM_BIN" ] || { echo "netns harness: $NETEM_BIN is not built (cargo build -p hushgate-netem)" >&2; exit 2; }
 [ -c /dev/net/tun ] || { echo "netns harness: /dev/net/tun is missing (needed by wireguard-go)" >&2; exit 2; }
 
 # Runs a command in a namespace in the background; prints its pid.
@@ -121,6 +133,8 @@ build_topology() {
   ns cli ip route add default via 198.51.100.1;  ns cli ip -6 route add default via 2001:db8:20::1
   ns inet ip -6 route add 2001:db8:10::/64 via 2001:db8:2::2
   ns inet ip -6 route add 2001:db8:20::/64 via 2001:db8:3::2
+  # The emulator's policy routing (IPv4), inactive until it runs.
+  emu_rules inet i-cnat 203.0.113.32/28 i-home 203.0.113.16/28
 
   # The home router: forwards UDP 51820 (IPv4, DNAT), TCP 32401 (the
   # gateway's direct service, IPv4, DNAT) and UDP 51821 (IPv6, routed) to
@@ -500,7 +514,9 @@ scenario_6() { # control plane killed: fail-static, fail-closed; restarted: noth
   fetch 32406 "$W/s6.bin" --limit-rate 4M &
   local dl=$!
   sleep 1
-  local before; before=$(admin admission list --json | python3 -c 'import json,sys; print(sorted(a["id"] for a in json.load(sys.stdin)))')
+  # Admissions with their expiry: one from an earlier scenario may expire
+  # (and rightly go) while the control plane is down.
+  local before; before=$(admin admission list --json)
   kill -9 "$CTL_PID"
   wait_for "the control plane to die" 5 bash -c "! kill -0 $CTL_PID 2>/dev/null"
   wait "$dl"
@@ -513,8 +529,18 @@ scenario_6() { # control plane killed: fail-static, fail-closed; restarted: noth
   [ "$rc" != 0 ]
   echo "$out" | grep -q "cannot reach the control plane"
   start_control
-  local after; after=$(admin admission list --json | python3 -c 'import json,sys; print(sorted(a["id"] for a in json.load(sys.stdin)))')
-  [ "$before" = "$after" ]
+  local after; after=$(admin admission list --json)
+  # Nothing new, and everything from before that has not expired since.
+  python3 - "$before" "$after" <<'PY'
+import datetime, json, sys
+before, after = (json.loads(a) for a in sys.argv[1:3])
+now = datetime.datetime.now(datetime.timezone.utc)
+alive = {a["id"] for a in before
+         if datetime.datetime.fromisoformat(a["expires_at"].replace("Z", "+00:00")) > now}
+got = {a["id"] for a in after}
+assert got <= {a["id"] for a in before}, f"new admissions after the restart: {got}"
+assert alive <= got, f"lost over the restart: {alive - got}"
+PY
   log "  control plane restarted: the same admissions are there"
   # The gateway reconnects by itself (backoff up to 10 s).
   wait_for "the gateway to reconnect" 20 \
@@ -551,7 +577,7 @@ scenario_8() { # the client's NAT changes its public address: re-admission
   wait_for "the shim to resume from the new address" 45 \
     ns cli curl -sf --max-time 3 http://127.0.0.1:32408/identity
   log "  NAT moved 203.0.113.34 -> .35: resumed $(since "$t0") s later"
-  admin admission list | grep -q "203.0.113.35"
+  grep -q "203.0.113.35" <<<"$(admin admission list)"
   fetch 32408 "$W/s8.bin"; check_sha "$W/s8.bin"
   kill "$pid"; wait "$pid" 2>/dev/null || true
   ns cnat nft flush chain ip cnat post
@@ -563,7 +589,7 @@ scenario_9() { # IPv6 only: control plane, gateway and client over IPv6
   local pid; pid=$(start_shim 32409 shim9 alice "https://[2001:db8:1::2]:8443" home6) || {
     ns edge "$BIN" gateway status --state "$W/gw6" >&2; admin admission list >&2; return 1; }
   fetch 32409 "$W/s9.bin"; check_sha "$W/s9.bin"
-  admin admission list | grep -q "2001:db8:20::2"
+  grep -q "2001:db8:20::2" <<<"$(admin admission list)"
   log "  $FILE_MIB MiB over IPv6 only, sha256 matches"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
@@ -604,7 +630,7 @@ scenario_10() { # with the pre-filter, a flood from an unknown source never reac
   # An admitted client still gets through (its source is in the set).
   local pid; pid=$(start_shim 32410 shim10)
   ns cli curl -sf --max-time 5 http://127.0.0.1:32410/identity >/dev/null
-  ns edge nft list set inet hushgate_51820 t4_32 | grep -q "203.0.113.34"
+  grep -q "203.0.113.34" <<<"$(ns edge nft list set inet hushgate_51820 t4_32)"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
@@ -631,7 +657,7 @@ scenario_11() { # gateway killed: the port stays dark (no ICMP), until the filte
   # The control: without the table the kernel answers the same probes
   # (ICMP port unreachable, TCP reset), so the capture above would have
   # seen them.
-  ns edge "$BIN" gateway filter remove --port 51820 | grep -q "removed table inet hushgate_51820"
+  grep -q "removed table inet hushgate_51820" <<<"$(ns edge "$BIN" gateway filter remove --port 51820)"
   start_capture
   junk 30
   ns atk nmap -n -Pn -sS -p 32401 --max-retries 1 203.0.113.18 >>"$W/s11-nmap.log" 2>&1
@@ -663,7 +689,7 @@ scenario_12() { # direct mode: plain TCP download for the admitted address, noth
   ns cli curl -sS --max-time 60 -o "$W/s12.bin" "$url/file.bin"
   check_sha "$W/s12.bin"
   log "  $FILE_MIB MiB over plain TCP in $(since "$t0") s, sha256 matches"
-  ns edge nft list set inet hushgate_51820 d4_32 | grep -q "203.0.113.34 . 32401"
+  grep -q "203.0.113.34 . 32401" <<<"$(ns edge nft list set inet hushgate_51820 d4_32)"
   start_capture
   ns atk nmap -n -Pn -sS -p 32401 --max-retries 2 203.0.113.18 >"$W/s12-nmap.log" 2>&1
   ns atk python3 -c '
@@ -894,7 +920,7 @@ stop_upnp() {
   done
 }
 # The router's port forwarding of UDP 51820 (miniupnpd's DNAT rule).
-upnp_forwards() { ns mrt nft list chain inet miniupnpd prerouting_miniupnpd | grep -q "dport 51820"; }
+upnp_forwards() { grep -q "dport 51820" <<<"$(ns mrt nft list chain inet miniupnpd prerouting_miniupnpd)"; }
 
 start_gwu() { # start_gwu [TOKEN]: the gateway behind the miniupnpd router, no endpoint given
   HUSHGATE_ENROLL_TOKEN="${1:-}" bg mgw "$W/gwu.log" "$BIN" gateway \
@@ -911,8 +937,8 @@ stop_gwu() {
 }
 # The control plane's view of server upnp (admin server list).
 upnp_view() { admin server list | sed -n '/^upnp /,/^[^ ]/p'; }
-upnp_view_has() { upnp_view | grep -q "$1"; }
-gwu_status_has() { ns mgw "$BIN" gateway status --state "$W/gwu" | grep -q "$1"; }
+upnp_view_has() { grep -q "$1" <<<"$(upnp_view)"; }
+gwu_status_has() { grep -q "$1" <<<"$(ns mgw "$BIN" gateway status --state "$W/gwu")"; }
 
 scenario_17() { # a router running miniupnpd: the gateway maps its port, is checked, clients get in, strangers get nothing
   start_stun
@@ -928,7 +954,7 @@ scenario_17() { # a router running miniupnpd: the gateway maps its port, is chec
   upnp_forwards
   grep "port mapped on the router" "$W/gwu.log" | tail -1 | sed 's/^.*INFO //' | while read -r l; do log "  $l"; done
   local st; st=$(ns mgw "$BIN" gateway status --state "$W/gwu")
-  echo "$st" | grep -q "port mapping: mapped on 192.0.2.1 with PCP: 203.0.113.98:51820" ||
+  grep -q "port mapping: mapped on 192.0.2.1 with PCP: 203.0.113.98:51820" <<<"$st" ||
     { echo "status: $st" >&2; return 1; }
   # The control plane checked the mapped endpoint through the router.
   wait_for "the reachability check" 20 upnp_view_has 'reachability: reachable at 203.0.113.98:51820' ||
@@ -1050,9 +1076,134 @@ EOF
   stop_upnp
 }
 
+# A 60 s H.264 + AAC film at about 4 Mbit/s (constant bit rate), made
+# from ffmpeg's test sources, beside the media server's other files.
+FILM_SECS=60
+make_film() {
+  ffmpeg -hide_banner -nostdin -v error -f lavfi -i "testsrc2=size=1280x720:rate=30" \
+    -f lavfi -i "sine=frequency=440:sample_rate=48000" -t "$FILM_SECS" \
+    -c:v libx264 -preset ultrafast -b:v 3800k -minrate 3800k -maxrate 3800k -bufsize 1900k \
+    -x264-params nal-hrd=cbr -g 60 -pix_fmt yuv420p -c:a aac -b:a 128k -movflags +faststart \
+    "$W/media/film.mp4"
+  FILM_FRAMES=$(ffprobe -v error -select_streams v:0 -show_entries stream=nb_frames -of csv=p=0 "$W/media/film.mp4")
+  FILM_RATE=$(ffprobe -v error -show_entries format=bit_rate -of csv=p=0 "$W/media/film.mp4")
+}
+
+# A player in the client's namespace: ffmpeg reads URL at the film's own
+# pace (-re) and decodes every stream; prints one JSON line: frames
+# decoded, wall time, how far (s) it fell behind real time at worst
+# (wall clock since start minus media time read, sampled every 0.25 s,
+# startup included), and ffmpeg's errors. Killed after LIMIT s.
+film_player() { # film_player URL LIMIT
+  ns cli python3 - "$1" "$2" <<'EOF'
+import json, subprocess, sys, threading, time
+url, limit = sys.argv[1], float(sys.argv[2])
+t0 = time.monotonic()
+p = subprocess.Popen(["ffmpeg", "-hide_banner", "-nostdin", "-v", "error", "-re", "-i", url,
+                      "-map", "0", "-f", "null", "-", "-progress", "pipe:1", "-stats_period", "0.25"],
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+err = []
+threading.Thread(target=lambda: err.extend(p.stderr), daemon=True).start()
+killer = threading.Timer(limit, p.kill); killer.start()
+cur, frames, media, lag, lag_at = {}, 0, 0.0, 0.0, 0.0
+for line in p.stdout:
+    k, _, v = line.strip().partition("=")
+    cur[k] = v
+    if k == "progress":
+        now = time.monotonic() - t0
+        frames = int(cur.get("frame", "0") or 0)
+        us = cur.get("out_time_us", "N/A")
+        media = int(us) / 1e6 if us.lstrip("-").isdigit() else 0.0
+        if now - media > lag:
+            lag, lag_at = now - media, media
+p.wait(); killer.cancel()
+print(json.dumps({"frames": frames, "wall": round(time.monotonic() - t0, 2), "media": round(media, 2),
+                  "max_lag": round(lag, 2), "lag_at_media": round(lag_at, 1), "killed": p.returncode == -9,
+                  "rc": p.returncode, "errors": "".join(err)[-500:]}))
+EOF
+}
+# film_verdict NAME JSON: the player kept up and decoded every frame.
+FILM_MARGIN=3
+film_verdict() {
+  python3 - "$1" "$2" "$FILM_FRAMES" "$FILM_SECS" "$FILM_MARGIN" "$FILM_RATE" <<'EOF'
+import json, sys
+name, r, frames, secs, margin, rate = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
+bad = []
+if r["killed"]: bad.append(f"still playing after {r['wall']} s, killed, {r['media']} s of the film read (about {r['media'] * rate / r['wall'] / 1e6:.1f} Mbit/s delivered)")
+if r["frames"] != frames: bad.append(f"{r['frames']} of {frames} frames decoded")
+if r["errors"].strip(): bad.append("ffmpeg errors: " + r["errors"].strip()[-200:])
+if r["wall"] > secs + margin: bad.append(f"took {r['wall']} s for a {secs:g} s film")
+if r["max_lag"] > margin: bad.append(f"fell {r['max_lag']} s behind real time (at {r['lag_at_media']} s of the film)")
+print(f"{name}: {'ok' if not bad else 'FAILED'}: {r['frames']} frames, {r['wall']} s wall, at worst {r['max_lag']} s behind real time" + ("".join("; " + b for b in bad)))
+sys.exit(1 if bad else 0)
+EOF
+}
+
+scenario_15() { # a real film through the shim over a lossy path (1 % loss, 40 ms round trip) plays at real speed; plain TCP through the same emulator as a control
+  make_film
+  log "  film: $FILM_SECS s, $FILM_FRAMES frames, $((FILM_RATE / 1000)) kbit/s (H.264 + AAC, made by ffmpeg)"
+  local pid dpid
+  pid=$(start_shim 32415 shim15)
+  # The control: the same film over plain TCP (direct mode: the kernel's
+  # TCP at both ends), sent with BBR (the kernel's CUBIC carries about
+  # 3.4 Mbit/s at 1 % loss and 40 ms, less than the film needs).
+  local cc; cc=$(ns edge sysctl -n net.ipv4.tcp_congestion_control)
+  ns edge sysctl -qw net.ipv4.tcp_congestion_control=bbr ||
+    { echo "the control needs the kernel's BBR (modprobe tcp_bbr)" >&2; return 1; }
+  dpid=$(start_direct direct15)
+  local url; url=$(direct_url direct15)
+  trap 'emu_stop; ip netns exec $P-edge sysctl -qw net.ipv4.tcp_congestion_control='"$cc" EXIT
+  emu_start inet emu15 --seed 15 --both delay=20ms,loss=1%
+  # The path now has its round trip: a TCP handshake to the direct port
+  # takes at least 40 ms (the best of three, so a lost SYN does not count).
+  local hostport="${url#http://}"
+  local rtt_ms; rtt_ms=$(ns cli python3 - "${hostport%:*}" "${hostport##*:}" <<'EOF'
+import socket, sys, time
+best = None
+for _ in range(3):
+    t = time.monotonic()
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10).close()
+    ms = (time.monotonic() - t) * 1000
+    best = ms if best is None else min(best, ms)
+print("%.1f" % best)
+EOF
+)
+  log "  through the emulator: TCP handshake to $hostport in $rtt_ms ms"
+  awk -v t="$rtt_ms" 'BEGIN { exit !(t >= 40) }'
+  # Both players at once (4 Mbit/s each, no rate limit on the path: they
+  # do not compete for it), to keep the scenario near one film's length.
+  film_player "http://127.0.0.1:32415/film.mp4" $((FILM_SECS + 15)) >"$W/s15-shim.json" &
+  local p1=$!
+  film_player "$url/film.mp4" $((FILM_SECS + 15)) >"$W/s15-plain.json" &
+  local p2=$!
+  wait "$p1" "$p2" || true
+  emu_stop
+  # Both films went through the emulator, which lost about 1 % each way.
+  local st
+  st=$(python3 - "$W/emu15.json" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for k in ("up", "down"):
+    print("  emulator %s: %d packets, %d lost (%.2f %%)" % (k, d[k]["packets_in"], d[k]["lost"], 100 * d[k]["lost"] / max(1, d[k]["packets_in"])))
+    assert 0.005 <= d[k]["lost"] / max(1, d[k]["packets_in"]) <= 0.02, "the emulator's loss is off"
+assert d["down"]["packets_in"] > 20000, "the films did not go through the emulator"
+EOF
+) || { echo "$st" >&2; return 1; }
+  while IFS= read -r l; do log "$l"; done <<<"$st"
+  local rc=0 v
+  v=$(film_verdict "plain TCP (control, kernel BBR)" "$(cat "$W/s15-plain.json")") || rc=1
+  log "  $v"
+  [ "$rc" = 0 ] || { echo "the control failed: the emulated path itself cannot carry the film" >&2; return 1; }
+  v=$(film_verdict "through hushgate connect" "$(cat "$W/s15-shim.json")") || rc=1
+  log "  $v"
+  kill "$pid"; kill -INT "$dpid" 2>/dev/null || true
+  wait_for "the direct admission's revocation" 10 grep -q "^revoked" "$W/direct15.log" || true
+  return "$rc"
+}
+
 # ---------------------------------------------------------------- main
 
-if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 16 17); fi
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17); fi
 log "building the topology ($P)"
 build_topology
 setup_world

@@ -567,6 +567,7 @@ impl World {
                 upstream: upstream.addr,
             }],
             direct: vec![],
+            peer_limits: Default::default(),
             prefilter: gateway::PrefilterMode::Off,
             enroll_token: Some(server.enrollment_token.into()),
             // Tests and the demo run on loopback: never ask the host's real router.

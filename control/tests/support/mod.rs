@@ -1,7 +1,11 @@
 //! A real control plane on loopback for tests and benchmarks: HTTPS with
-//! its own CA, a SQLite file in a temporary folder, and a gateway that
-//! follows the real feed and acknowledges what it applied.
+//! its own CA, its state in a temporary folder and its database on
+//! either engine (a SQLite file there, or a fresh database on a real
+//! PostgreSQL server, see `pg`), and a gateway that follows the real feed
+//! and acknowledges what it applied.
 #![allow(dead_code)]
+
+pub mod pg;
 
 use control_client::{ControlClient, Trust};
 pub use hushgate_control as control;
@@ -13,6 +17,68 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The database engine a test runs its control plane on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+impl Engine {
+    /// A fresh place for one test's control plane(s): a state folder and,
+    /// on PostgreSQL, a new database.
+    pub fn store(self) -> Store {
+        Store {
+            engine: self,
+            dir: tempfile::tempdir().unwrap(),
+            database: match self {
+                Engine::Sqlite => None,
+                Engine::Postgres => Some(pg::fresh_database()),
+            },
+        }
+    }
+}
+
+/// Where a test's control plane keeps its state. Replicas of one test
+/// share it (the folder holds the identity they share, see
+/// `control::bundle`).
+pub struct Store {
+    pub engine: Engine,
+    pub dir: tempfile::TempDir,
+    pub database: Option<control::store::DatabaseUrl>,
+}
+
+impl Store {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// Runs each named `async fn NAME(engine: Engine)` as two tests,
+/// `sqlite::NAME` and `postgres::NAME`: the same test code on both
+/// engines.
+#[macro_export]
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Engine::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::Engine::Postgres).await
+                }
+            )*
+        }
+    };
+}
 
 pub struct Running {
     pub addr: SocketAddr,
@@ -27,10 +93,23 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts a control plane on `bind` (e.g. "127.0.0.1:0") in `dir`.
-    pub async fn start(dir: &Path, bind: &str, settings: Settings) -> Running {
+    /// Starts a control plane on `bind` (e.g. "127.0.0.1:0") with its
+    /// state in `store`.
+    pub async fn start(store: &Store, bind: &str, settings: Settings) -> Running {
+        Self::start_in(store.path(), store.database.clone(), bind, settings).await
+    }
+
+    /// Starts a control plane on `bind` with its state folder `dir` and
+    /// `database` (None: SQLite in `dir`).
+    pub async fn start_in(
+        dir: &Path,
+        database: Option<control::store::DatabaseUrl>,
+        bind: &str,
+        settings: Settings,
+    ) -> Running {
         let cp = ControlPlane::open(Config {
             state_dir: dir.to_path_buf(),
+            database,
             tls_cert: None,
             sans: vec![],
             settings,
@@ -60,6 +139,14 @@ impl Running {
     pub async fn stop(mut self) {
         if let Some(s) = self.serving.take() {
             let _ = s.stop().await;
+        }
+    }
+
+    /// Ends this control plane at once, as `kill -9` would: requests in
+    /// flight are cut off, nothing is shut down cleanly.
+    pub fn kill(mut self) {
+        if let Some(s) = self.serving.take() {
+            s.kill();
         }
     }
 }

@@ -387,21 +387,9 @@ impl Elements {
                 Err(e) if !waiting && e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(NftError::Netlink(e)),
             };
-            let mut at = 0;
-            while at + 16 <= n {
-                let len = u32::from_ne_bytes(rx[at..at + 4].try_into().expect("len")) as usize;
-                let kind = u16::from_ne_bytes(rx[at + 4..at + 6].try_into().expect("type"));
-                let seq = u32::from_ne_bytes(rx[at + 8..at + 12].try_into().expect("seq"));
-                if len < 16 || at + len > n {
-                    break;
-                }
-                if kind == NLMSG_ERROR && len >= 20 && (seqs.remove(&seq) || batch.contains(&seq)) {
-                    let code = i32::from_ne_bytes(rx[at + 16..at + 20].try_into().expect("errno"));
-                    if code != 0 && first_error.is_none() {
-                        first_error = Some(std::io::Error::from_raw_os_error(-code));
-                    }
-                }
-                at += (len + 3) & !3;
+            let error = read_answers(&rx[..n.min(rx.len())], &mut seqs, batch);
+            if first_error.is_none() {
+                first_error = error;
             }
         }
         match first_error {
@@ -410,6 +398,40 @@ impl Elements {
             Some(e) => Err(NftError::Kernel(e)),
         }
     }
+}
+
+/// Reads the kernel's answers in one netlink receive buffer. Every
+/// NLMSG_ERROR message (an acknowledgement when its code is 0) whose
+/// sequence number is in `pending` is taken off it; one carrying a
+/// sequence number of the batch's own BEGIN or END (`batch`) concerns the
+/// whole transaction. Returns the first non-zero code among them as an
+/// error. Anything malformed ends the reading of this buffer.
+pub fn read_answers(
+    rx: &[u8],
+    pending: &mut std::collections::HashSet<u32>,
+    batch: [u32; 2],
+) -> Option<std::io::Error> {
+    let n = rx.len();
+    let mut first_error = None;
+    let mut at = 0;
+    while at + 16 <= n {
+        let len = u32::from_ne_bytes(rx[at..at + 4].try_into().expect("len")) as usize;
+        let kind = u16::from_ne_bytes(rx[at + 4..at + 6].try_into().expect("type"));
+        let seq = u32::from_ne_bytes(rx[at + 8..at + 12].try_into().expect("seq"));
+        if len < 16 || at + len > n {
+            break;
+        }
+        if kind == NLMSG_ERROR && len >= 20 && (pending.remove(&seq) || batch.contains(&seq)) {
+            let code = i32::from_ne_bytes(rx[at + 16..at + 20].try_into().expect("errno"));
+            if code != 0 && first_error.is_none() {
+                // The kernel sends -errno. A code with no negation
+                // (i32::MIN) is reported too, not a panic.
+                first_error = Some(std::io::Error::from_raw_os_error(code.saturating_neg()));
+            }
+        }
+        at += (len + 3) & !3;
+    }
+    first_error
 }
 
 type Keyed = Vec<(Vec<u8>, Option<Duration>)>;
@@ -510,6 +532,51 @@ mod tests {
         );
         assert!(m.windows(8).any(|w| w == 1500u64.to_be_bytes()));
         assert_eq!(m.len() % 4, 0);
+    }
+
+    /// An NLMSG_ERROR answer (an ack when `code` is 0) to message `seq`.
+    fn answer(seq: u32, code: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&0u16.to_ne_bytes());
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.extend_from_slice(&code.to_ne_bytes());
+        // The header of the message answered (capped acks carry only it).
+        m.extend_from_slice(&[0u8; 16]);
+        m
+    }
+
+    #[test]
+    fn answers_are_matched_to_their_messages() {
+        let mut pending: std::collections::HashSet<u32> = [7, 8, 9].into();
+        let mut rx = answer(7, 0);
+        rx.extend(answer(8, -libc::ENOENT));
+        // An answer to something else is ignored, whatever it says.
+        rx.extend(answer(100, -libc::EPERM));
+        let error = read_answers(&rx, &mut pending, [6, 10]).unwrap();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOENT));
+        assert_eq!(pending, [9].into());
+        // An error about the whole batch (its BEGIN's sequence number).
+        let error = read_answers(&answer(6, -libc::EPERM), &mut pending, [6, 10]).unwrap();
+        assert_eq!(error.raw_os_error(), Some(libc::EPERM));
+        // A truncated answer ends the reading; nothing is taken off.
+        let cut = answer(9, 0);
+        assert!(read_answers(&cut[..30], &mut pending, [6, 10]).is_none());
+        assert_eq!(pending, [9].into());
+        assert!(read_answers(&cut, &mut pending, [6, 10]).is_none());
+        assert!(pending.is_empty());
+    }
+
+    #[test]
+    fn any_error_code_is_reported_without_a_panic() {
+        // Found by the netlink_answers fuzz target: negating i32::MIN
+        // overflowed.
+        let mut pending: std::collections::HashSet<u32> = [5].into();
+        let error = read_answers(&answer(5, i32::MIN), &mut pending, [4, 6]).unwrap();
+        assert_eq!(error.raw_os_error(), Some(i32::MAX));
+        assert!(pending.is_empty());
     }
 
     #[test]

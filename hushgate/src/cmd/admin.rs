@@ -14,7 +14,9 @@ pub struct Args {
     /// The control plane's state folder (on its own host).
     #[arg(long, value_name = "DIR", global = true)]
     state: Option<PathBuf>,
-    /// Control plane URL, e.g. https://control.example:8443.
+    /// Control plane URL, e.g. https://control.example:8443. For replicas,
+    /// several URLs separated by commas: when one cannot be reached, the
+    /// next is used.
     #[arg(long, value_name = "URL", global = true)]
     control: Option<String>,
     /// CA certificate to pin (the ca.pem the control plane printed).

@@ -12,7 +12,9 @@ use tokio::sync::broadcast::error::RecvError;
 /// from the command line. Runs until Ctrl-C, revocation or failure.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Control plane URL, e.g. https://control.example:8443.
+    /// Control plane URL, e.g. https://control.example:8443. For replicas,
+    /// several URLs separated by commas: when one cannot be reached, the
+    /// next is used.
     #[arg(long, value_name = "URL")]
     control: String,
     /// CA certificate to pin (the ca.pem the control plane printed);

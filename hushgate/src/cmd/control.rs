@@ -1,6 +1,6 @@
-use anyhow::Context;
+use anyhow::{bail, Context};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Run the control plane. It stays in the foreground (under systemd, see
@@ -14,14 +14,95 @@ use std::time::Duration;
 /// also names this host's name, its FQDN from /etc/hosts and its
 /// non-loopback addresses. The admin token for `hushgate admin` is written
 /// to STATE/admin-token (mode 0600).
+///
+/// State lives in a SQLite file in the state folder, unless --database
+/// names a PostgreSQL database: then any number of control planes
+/// (replicas) share it, each started from a copy of the identity that
+/// `hushgate control init` writes (docs/operating.md, "Running several
+/// replicas").
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
+    #[command(subcommand)]
+    cmd: Option<Sub>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Sub {
+    /// Write the identity that replicas share into a folder: the private
+    /// CA (ca.pem, ca-key.pem), one server certificate naming every
+    /// replica (server.pem, server-key.pem) and the admin token. Run it
+    /// again to add names or renew the certificate (the CA and token
+    /// stay). Copy the folder to each replica's --state (ca-key.pem may
+    /// stay behind). With --database, the CA and admin token are also
+    /// recorded there, and a replica started with another identity
+    /// refuses to start.
+    Init {
+        /// The folder to write (made 0700 if missing).
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        /// A DNS name or IP address by which gateways and clients reach a
+        /// replica (repeat for every replica, and for a name in front of
+        /// them all).
+        #[arg(long, value_name = "NAME", required = true)]
+        san: Vec<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+    },
+    /// Copy the SQLite database of the control plane with --state to OUT,
+    /// consistently, while it keeps serving (SQLite's online backup). A
+    /// control plane on PostgreSQL is backed up with pg_dump instead
+    /// (docs/operating.md).
+    Backup {
+        /// The control plane's state folder.
+        #[arg(long, value_name = "DIR")]
+        state: PathBuf,
+        /// The file to write (0600; never overwritten).
+        #[arg(value_name = "OUT")]
+        out: PathBuf,
+    },
+}
+
+/// Where the state is, when not in the state folder's SQLite file.
+#[derive(Debug, clap::Args)]
+struct DatabaseArgs {
+    /// PostgreSQL database shared by replicas, e.g.
+    /// postgres://hushgate@db.example:5432/hushgate or
+    /// host=/run/postgresql dbname=hushgate user=hushgate. Prefer the
+    /// environment (HUSHGATE_DATABASE) for a URL holding a password: a
+    /// password on the command line is refused. Default: SQLite in
+    /// --state.
+    #[arg(
+        long,
+        env = "HUSHGATE_DATABASE",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    database: Option<String>,
+    /// File holding the database password (mode 0600 or stricter; its
+    /// first line). Without it the password comes from
+    /// HUSHGATE_DATABASE_PASSWORD, else from the systemd credential
+    /// `database-password` (LoadCredential=, see
+    /// deploy/hushgate-control.service), else from the URL in
+    /// HUSHGATE_DATABASE; none is needed for peer or trust
+    /// authentication over the Unix socket.
+    #[arg(long, value_name = "FILE", requires = "database")]
+    database_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
     /// Address to serve HTTPS on.
     #[arg(long, default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
-    /// State folder: SQLite database, private CA, admin token.
+    /// State folder: SQLite database (unless --database), private CA or
+    /// shared certificate, admin token.
     #[arg(long, value_name = "DIR")]
-    state: PathBuf,
+    state: Option<PathBuf>,
+    #[command(flatten)]
+    db: DatabaseArgs,
     /// Operator certificate chain (PEM) instead of the private CA.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -91,6 +172,113 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
+    match a.cmd {
+        Some(Sub::Init { state, san, db }) => init(&state, &san, &db),
+        Some(Sub::Backup { state, out }) => backup(&state, &out),
+        None => serve(a.run).await,
+    }
+}
+
+/// The systemd credential holding the database password.
+const DATABASE_CREDENTIAL: &str = "database-password";
+
+/// The database the flags and environment name, with its password from
+/// a file or the environment. A password on the command line is refused:
+/// `ps` and shell history would show it.
+fn database(a: &DatabaseArgs) -> anyhow::Result<Option<control::store::DatabaseUrl>> {
+    let Some(text) = &a.database else {
+        return Ok(None);
+    };
+    let mut url = control::store::DatabaseUrl::parse(text).map_err(anyhow::Error::msg)?;
+    let from_env = std::env::var("HUSHGATE_DATABASE").is_ok_and(|v| &v == text);
+    if url.has_password() && !from_env {
+        bail!(
+            "the --database URL holds a password, which would be visible to every user of this host (ps) and in shell history; put the URL in HUSHGATE_DATABASE, or the password in HUSHGATE_DATABASE_PASSWORD or a 0600 file given with --database-password-file"
+        );
+    }
+    if let Some(file) = &a.database_password_file {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(file).with_context(|| {
+            format!("cannot read the database password file {}", file.display())
+        })?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            bail!(
+                "the database password file {} can be read by other users; chmod 600 it",
+                file.display()
+            );
+        }
+        let pw = std::fs::read_to_string(file).with_context(|| {
+            format!("cannot read the database password file {}", file.display())
+        })?;
+        url = url.with_password(pw.lines().next().unwrap_or_default());
+    } else if let Some(pw) = std::env::var("HUSHGATE_DATABASE_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        url = url.with_password(&pw);
+    } else if let Some(file) = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| Path::new(&d).join(DATABASE_CREDENTIAL))
+        .filter(|p| p.exists())
+    {
+        // systemd made this file readable by the service alone.
+        let pw = std::fs::read_to_string(&file)
+            .with_context(|| format!("cannot read the credential {}", file.display()))?;
+        url = url.with_password(pw.lines().next().unwrap_or_default());
+    }
+    Ok(Some(url))
+}
+
+fn init(state: &Path, sans: &[String], db: &DatabaseArgs) -> anyhow::Result<()> {
+    let database = database(db)?;
+    let b = control::bundle::init(state, sans, database.as_ref())?;
+    println!(
+        "shared identity in {}: ca.pem, ca-key.pem, server.pem, server-key.pem, admin-token ({})",
+        b.dir.display(),
+        if b.kept_admin_token {
+            "the existing admin token kept"
+        } else {
+            "a new admin token"
+        }
+    );
+    println!(
+        "the certificate names localhost, 127.0.0.1, ::1, {} and is valid until {} (run init again before then, or to add a name)",
+        b.sans.join(", "),
+        b.certificate_expires.date()
+    );
+    if let Some(d) = &b.database {
+        println!("the CA and admin token are recorded in the {d}");
+    }
+    println!(
+        "copy ca.pem, server.pem, server-key.pem and admin-token into each replica's --state folder (keep the modes; ca-key.pem may stay here), and ca.pem to gateways and clients"
+    );
+    Ok(())
+}
+
+fn backup(state: &Path, out: &Path) -> anyhow::Result<()> {
+    let db = state.join("control.sqlite");
+    if !db.exists() {
+        bail!(
+            "{} holds no control.sqlite: this is not the state folder of a control plane on SQLite (one on PostgreSQL is backed up with pg_dump, see docs/operating.md)",
+            state.display()
+        );
+    }
+    control::store::sqlite::Sqlite::backup_to(&db, out)
+        .with_context(|| format!("cannot back up {}", db.display()))?;
+    let size = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "backup of {} written to {} ({size} bytes, integrity checked); to restore it, stop the control plane and copy it to {}",
+        db.display(),
+        out.display(),
+        db.display()
+    );
+    Ok(())
+}
+
+async fn serve(a: RunArgs) -> anyhow::Result<()> {
+    let Some(state) = a.state.clone() else {
+        bail!("give the control plane a state folder: --state DIR");
+    };
+    let database = database(&a.db)?;
     let nofile = control::listener::raise_open_files_limit();
     let mut sans = a.san.clone();
     if !a.listen.ip().is_unspecified() {
@@ -101,7 +289,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }
     let defaults = control::Settings::default();
     let cfg = control::Config {
-        state_dir: a.state.clone(),
+        state_dir: state.clone(),
+        database,
         tls_cert: a.tls_cert.zip(a.tls_key),
         sans: sans.clone(),
         settings: control::Settings {
@@ -152,7 +341,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     println!(
         "admin token: {} (used by 'hushgate admin --state {}')",
         cp.admin_token_file.display(),
-        a.state.display()
+        state.display()
     );
     tracing::info!(open_files = nofile, "open-files limit");
     cp.serve(listener, async {

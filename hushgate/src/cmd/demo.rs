@@ -143,6 +143,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             upstream: media.addr,
         }],
         direct: vec![],
+        peer_limits: Default::default(),
         prefilter: gateway::PrefilterMode::Off,
         enroll_token: Some(server.enrollment_token.into()),
         // Tests and the demo run on loopback: never ask the host's real router.

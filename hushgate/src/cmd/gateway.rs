@@ -1,7 +1,8 @@
 use anyhow::{bail, Context};
 use control_client::Trust;
 use gateway::{
-    EnrollToken, Gateway, GatewayConfig, PortMapConfig, PortMappingMode, PrefilterMode, ServiceSpec,
+    EnrollToken, Gateway, GatewayConfig, GatewayFile, PortMapConfig, PortMappingMode,
+    PrefilterMode, ServiceSpec,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -77,14 +78,14 @@ enum FilterCmd {
     },
 }
 
-#[derive(Debug, clap::Args, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, clap::Args, Default)]
 struct RunArgs {
     /// TOML file with any of these settings; flags override it.
     #[arg(long, value_name = "FILE")]
-    #[serde(skip)]
     config: Option<PathBuf>,
-    /// Control plane URL, e.g. https://control.example:8443.
+    /// Control plane URL, e.g. https://control.example:8443. For replicas,
+    /// several URLs separated by commas: when one cannot be reached, the
+    /// next is used.
     #[arg(long, value_name = "URL")]
     control: Option<String>,
     /// CA certificate of the control plane to pin (its ca.pem); without it
@@ -112,7 +113,6 @@ struct RunArgs {
     public_endpoint: Option<SocketAddr>,
     /// A service: NAME=PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400 (repeatable).
     #[arg(long = "service", value_name = "SPEC")]
-    #[serde(default)]
     services: Vec<String>,
     /// A direct (firewall-only) service, for players that cannot run a
     /// tunnel: NAME=PUBLIC_PORT:UPSTREAM, e.g. plex=32401:127.0.0.1:32400
@@ -121,7 +121,6 @@ struct RunArgs {
     /// admission, until it ends. Address-only admission: anyone behind the
     /// same NAT is admitted too. Needs the pre-filter.
     #[arg(long = "direct", value_name = "SPEC")]
-    #[serde(default)]
     direct: Vec<String>,
     /// The kernel pre-filter: auto (use it when the gateway may change
     /// nftables, otherwise warn and filter in user space only), required
@@ -143,6 +142,19 @@ struct RunArgs {
     /// announcing it is noticed then) [default: 60].
     #[arg(long, value_name = "SECS")]
     port_mapping_check: Option<u64>,
+    /// Connections one client may hold at once (open, opening or
+    /// closing); one more is refused with a TCP reset inside its tunnel
+    /// [default: 128].
+    #[arg(long, value_name = "N")]
+    max_connections_per_client: Option<usize>,
+    /// TCP handshakes one client may have in progress; further SYNs are
+    /// dropped and its TCP sends them again [default: 16].
+    #[arg(long, value_name = "N")]
+    max_pending_per_client: Option<usize>,
+    /// MiB by which the TCP buffers of one client's connections may grow
+    /// together, out of the gateway's 256 MiB [default: 64].
+    #[arg(long, value_name = "MIB")]
+    buffer_growth_per_client_mib: Option<usize>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -159,7 +171,7 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let file: RunArgs = toml::from_str(&text)
+    let file = GatewayFile::parse(&text)
         .with_context(|| format!("the config file {} is not valid", path.display()))?;
     Ok(RunArgs {
         config: cli.config,
@@ -183,6 +195,13 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
         port_mapping: cli.port_mapping.or(file.port_mapping),
         router: cli.router.or(file.router),
         port_mapping_check: cli.port_mapping_check.or(file.port_mapping_check),
+        max_connections_per_client: cli
+            .max_connections_per_client
+            .or(file.max_connections_per_client),
+        max_pending_per_client: cli.max_pending_per_client.or(file.max_pending_per_client),
+        buffer_growth_per_client_mib: cli
+            .buffer_growth_per_client_mib
+            .or(file.buffer_growth_per_client_mib),
     })
 }
 
@@ -237,6 +256,16 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         .unwrap_or("auto")
         .parse()
         .map_err(anyhow::Error::msg)?;
+    let defaults = gateway::PeerLimits::default();
+    let peer_limits = gateway::PeerLimits {
+        max_connections: a
+            .max_connections_per_client
+            .unwrap_or(defaults.max_connections),
+        max_pending: a.max_pending_per_client.unwrap_or(defaults.max_pending),
+        buffer_growth: a
+            .buffer_growth_per_client_mib
+            .map_or(defaults.buffer_growth, |m| m.saturating_mul(1 << 20)),
+    };
     let trust = match &a.ca {
         Some(ca) => Trust::from_ca_file(ca)?,
         None => Trust::PublicRoots,
@@ -249,6 +278,7 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         public_endpoint: a.public_endpoint,
         services: services.clone(),
         direct: direct.clone(),
+        peer_limits,
         prefilter,
         enroll_token: enroll_token(a.enroll_file.as_deref())?,
         port_mapping: PortMapConfig {
@@ -316,6 +346,45 @@ async fn wait_for_stop() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// The TCP stack's use and limits, and each client's share of it, as
+/// `hushgate gateway status` prints them (from the status JSON's `gateway`).
+fn tcp_lines(g: &serde_json::Value) -> Vec<String> {
+    let t = &g["tcp"];
+    if t.is_null() {
+        return vec!["tcp: no stack yet (no feed)".into()];
+    }
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let mib = |v: &serde_json::Value| n(v) >> 20;
+    let l = &t["limits_per_client"];
+    let mut lines = vec![format!(
+        "tcp: sockets {}/{}  connections {}  buffer growth budget {} of {} MiB free  per client: {} connections, {} handshakes, {} MiB growth  refused connections {}  dropped SYNs {}",
+        n(&t["sockets"]),
+        n(&t["max_sockets"]),
+        n(&t["connections"]),
+        mib(&t["buffer_budget_available"]),
+        mib(&t["buffer_budget"]),
+        n(&l["max_connections"]),
+        n(&l["max_pending"]),
+        mib(&l["buffer_growth"]),
+        n(&t["refused_connections"]),
+        n(&t["dropped_syns"]),
+    )];
+    for p in g["peers"].as_array().into_iter().flatten() {
+        let c = &p["tcp"];
+        if n(&c["connections"]) > 0 {
+            lines.push(format!(
+                "  {} {}: {} connections, {} handshakes, buffers grown by {} KiB",
+                p["admission_id"].as_str().unwrap_or("-"),
+                p["client_address"].as_str().unwrap_or("-"),
+                n(&c["connections"]),
+                n(&c["pending"]),
+                n(&c["buffer_growth"]) >> 10,
+            ));
+        }
+    }
+    lines
 }
 
 async fn status(state: &Path, json: bool) -> anyhow::Result<()> {
@@ -535,6 +604,10 @@ fn status_table(r: &serde_json::Value) -> String {
             let _ = writeln!(o, "  {reason:<width$}  {n}");
         }
     }
+    let _ = writeln!(o);
+    for line in tcp_lines(&r["gateway"]) {
+        let _ = writeln!(o, "{line}");
+    }
     if !r["direct"].is_null() {
         let d = &r["direct"];
         let _ = writeln!(
@@ -722,5 +795,54 @@ mod tests {
         assert_eq!(duration(90_061), "1 day, 1 hour");
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.50 KiB");
+    }
+}
+
+#[cfg(test)]
+mod tcp_limits_tests {
+    use super::*;
+
+    #[test]
+    fn status_shows_the_tcp_stack_and_each_client_holding_connections() {
+        let g = serde_json::json!({
+            "tcp": {
+                "sockets": 30, "max_sockets": 1024, "connections": 20,
+                "buffer_budget": 256 << 20, "buffer_budget_available": 200 << 20,
+                "limits_per_client": {"max_connections": 128, "max_pending": 16, "buffer_growth": 64 << 20},
+                "refused_connections": 12, "dropped_syns": 196
+            },
+            "peers": [
+                {"admission_id": "adm_a", "client_address": "100.64.0.2",
+                 "tcp": {"connections": 20, "pending": 4, "buffer_growth": 2 << 20}},
+                {"admission_id": "adm_b", "client_address": "100.64.0.3",
+                 "tcp": {"connections": 0, "pending": 0, "buffer_growth": 0}}
+            ]
+        });
+        assert_eq!(
+            tcp_lines(&g),
+            [
+                "tcp: sockets 30/1024  connections 20  buffer growth budget 200 of 256 MiB free  per client: 128 connections, 16 handshakes, 64 MiB growth  refused connections 12  dropped SYNs 196",
+                "  adm_a 100.64.0.2: 20 connections, 4 handshakes, buffers grown by 2048 KiB",
+            ]
+        );
+        assert_eq!(
+            tcp_lines(&serde_json::json!({"tcp": null})),
+            ["tcp: no stack yet (no feed)"]
+        );
+    }
+
+    #[test]
+    fn the_per_client_limits_in_deploy_gateway_toml_are_the_defaults() {
+        let text = include_str!("../../../deploy/gateway.toml")
+            .replace("# max_", "max_")
+            .replace("# buffer_growth", "buffer_growth");
+        let a = GatewayFile::parse(&text).unwrap();
+        let d = gateway::PeerLimits::default();
+        assert_eq!(a.max_connections_per_client, Some(d.max_connections));
+        assert_eq!(a.max_pending_per_client, Some(d.max_pending));
+        assert_eq!(
+            a.buffer_growth_per_client_mib.map(|m| m << 20),
+            Some(d.buffer_growth)
+        );
     }
 }

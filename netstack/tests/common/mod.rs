@@ -167,29 +167,12 @@ impl Pair {
         limit: Duration,
         mut app: impl FnMut(&mut Stack, &mut Stack) -> (usize, bool),
     ) {
-        let deadline = Instant::now() + limit;
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "pair did not finish in {limit:?}"
-            );
-            let (moved, progress, done) = self.step(&mut app);
-            if done {
-                return;
-            }
-            if moved || progress > 0 {
-                continue;
-            }
-            let now = Instant::now();
-            let d = [self.client.poll_delay(now), self.server.poll_delay(now)]
-                .into_iter()
-                .flatten()
-                .min();
-            match d {
-                Some(d) => std::thread::sleep(d.min(deadline.saturating_duration_since(now))),
-                None => panic!("pair is stuck: no packets, no timers, no progress"),
-            }
-        }
+        drive(
+            self,
+            limit,
+            |p| p.step(&mut app),
+            |p, now| [p.client.poll_delay(now), p.server.poll_delay(now)],
+        );
     }
 
     /// Runs without application traffic until both stacks are quiet.
@@ -201,6 +184,34 @@ impl Pair {
             }
         }
         panic!("pair never settled");
+    }
+}
+
+/// Steps `net` until `step` reports done (`step` returns packets moved,
+/// app progress, done), sleeping only for the earliest of its stacks'
+/// poll delays (`delays`) when nothing moved. Panics on timeout, or if
+/// nothing can ever happen again (no packets, no timers, no progress).
+pub fn drive<N, const K: usize>(
+    net: &mut N,
+    limit: Duration,
+    mut step: impl FnMut(&mut N) -> (bool, usize, bool),
+    mut delays: impl FnMut(&mut N, Instant) -> [Option<Duration>; K],
+) {
+    let deadline = Instant::now() + limit;
+    loop {
+        assert!(Instant::now() < deadline, "did not finish in {limit:?}");
+        let (moved, progress, done) = step(net);
+        if done {
+            return;
+        }
+        if moved || progress > 0 {
+            continue;
+        }
+        let now = Instant::now();
+        match delays(net, now).into_iter().flatten().min() {
+            Some(d) => std::thread::sleep(d.min(deadline.saturating_duration_since(now))),
+            None => panic!("stuck: no packets, no timers, no progress"),
+        }
     }
 }
 
