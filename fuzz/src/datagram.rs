@@ -29,7 +29,7 @@ const MAX_DATAGRAMS: usize = 16;
 fn admissions() -> [(&'static str, BindingPolicy); 3] {
     [
         ("203.0.113.7", BindingPolicy::Exact),
-        ("2001:db8::7", BindingPolicy::Prefix(64)),
+        ("2001:db8::7", BindingPolicy::Prefix { v4: 24, v6: 64 }),
         ("192.0.2.1", BindingPolicy::FirstHandshake),
     ]
 }

@@ -423,12 +423,12 @@ impl ModelAdmission {
 fn covers(binding: BindingPolicy, source: IpAddr, ip: IpAddr) -> bool {
     match (binding, source, ip) {
         (BindingPolicy::Exact, s, c) => s == c,
-        (BindingPolicy::Prefix(len), IpAddr::V4(s), IpAddr::V4(c)) => {
-            let bits = u32::from(len.min(32));
+        (BindingPolicy::Prefix { v4, .. }, IpAddr::V4(s), IpAddr::V4(c)) => {
+            let bits = u32::from(v4.min(32));
             bits == 0 || (u32::from(s) ^ u32::from(c)) >> (32 - bits) == 0
         }
-        (BindingPolicy::Prefix(len), IpAddr::V6(s), IpAddr::V6(c)) => {
-            let bits = u32::from(len.min(128));
+        (BindingPolicy::Prefix { v6, .. }, IpAddr::V6(s), IpAddr::V6(c)) => {
+            let bits = u32::from(v6.min(128));
             bits == 0 || (u128::from(s) ^ u128::from(c)) >> (128 - bits) == 0
         }
         _ => false,
@@ -438,11 +438,11 @@ fn covers(binding: BindingPolicy, source: IpAddr, ip: IpAddr) -> bool {
 fn binding_of(i: u8) -> BindingPolicy {
     match i % 6 {
         0 => BindingPolicy::Exact,
-        1 => BindingPolicy::Prefix(24),
-        2 => BindingPolicy::Prefix(64),
+        1 => BindingPolicy::Prefix { v4: 24, v6: 56 },
+        2 => BindingPolicy::Prefix { v4: 32, v6: 64 },
         3 => BindingPolicy::FirstHandshake,
-        4 => BindingPolicy::Prefix(0),
-        _ => BindingPolicy::Prefix(120),
+        4 => BindingPolicy::Prefix { v4: 0, v6: 0 },
+        _ => BindingPolicy::Prefix { v4: 16, v6: 120 },
     }
 }
 

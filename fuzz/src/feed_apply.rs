@@ -199,12 +199,15 @@ fn id_of(i: u8) -> String {
 fn binding_of(i: u8) -> BindingPolicy {
     match i % 7 {
         0 => BindingPolicy::Exact,
-        1 => BindingPolicy::Prefix(24),
-        2 => BindingPolicy::Prefix(64),
+        1 => BindingPolicy::Prefix { v4: 24, v6: 56 },
+        2 => BindingPolicy::Prefix { v4: 32, v6: 64 },
         3 => BindingPolicy::FirstHandshake,
-        4 => BindingPolicy::Prefix(0),
-        5 => BindingPolicy::Prefix(128),
-        _ => BindingPolicy::Prefix(i / 7 % 129),
+        4 => BindingPolicy::Prefix { v4: 0, v6: 0 },
+        5 => BindingPolicy::Prefix { v4: 32, v6: 128 },
+        _ => BindingPolicy::Prefix {
+            v4: i / 7 % 33,
+            v6: i / 7 % 129,
+        },
     }
 }
 
