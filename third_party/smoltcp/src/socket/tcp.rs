@@ -2184,10 +2184,17 @@ impl<'a> Socket<'a> {
             // 2.4); a sender that saw the earlier ACK may fill it, and
             // dropping that data would open a hole. The earlier edge always
             // fits in the buffer: only the data it covered has arrived since.
-            match self.rcv_edge {
+            let edge = match self.rcv_edge {
                 Some(max) if max > edge && self.state != State::SynReceived => max,
                 _ => edge,
-            }
+            };
+            // Never past the end of the receive buffer, whatever was
+            // advertised: data beyond it could not be stored, and taking it
+            // into the assembler would acknowledge (and deliver) bytes that
+            // were never written. The fuzz target tcp_segments reached such
+            // an edge (fuzz/regressions/tcp_segments); the sender resends.
+            let buffer_end = self.remote_seq_no + self.rx_buffer.capacity();
+            if edge > buffer_end { buffer_end } else { edge }
         } else {
             window_start
         };
