@@ -1032,7 +1032,7 @@ async fn feed(
                 .filter(|a| a.expires_at > t)
                 .map(store::Admission::to_feed)
                 // A reachability check's one-off admission, while it runs.
-                .chain(st.prober.admissions(server.id))
+                .chain(server.probe.clone().filter(|p| p.expires_at > t))
                 .collect(),
             removed: Vec::new(),
             server: server.name,
@@ -1044,12 +1044,12 @@ async fn feed(
             mut removed,
         } => {
             // A reachability check's one-off admission is not a stored
-            // admission: the history names its id (store::bump_feed), and
-            // the diff, finding no row, calls it removed. While the check
-            // runs it is the admission itself.
+            // admission: the history names its id (store::begin_probe),
+            // and the diff, finding no row, calls it removed. While the
+            // check runs it is the admission itself.
             let mut admissions: Vec<FeedAdmission> =
                 upserts.iter().map(store::Admission::to_feed).collect();
-            if let Some(p) = st.prober.admissions(server.id) {
+            if let Some(p) = server.probe.clone().filter(|p| p.expires_at > t) {
                 if let Some(i) = removed.iter().position(|r| *r == p.id) {
                     removed.remove(i);
                     admissions.push(p);

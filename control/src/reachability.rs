@@ -17,15 +17,14 @@
 //!    first-handshake window, which would open the port to every source),
 //!    no services (nothing may pass inside the tunnel), the reserved
 //!    tunnel address 100.64.0.0 (never given to a client), 30 s of life.
-//!    It lives in memory only ([`Prober`]), not in the database: it is in
-//!    the feed's diffs and whole answers while the check runs, and a
-//!    restart of the control plane forgets it (the gateway drops it at
-//!    its next whole set, or at its expiry). The feed's history names
-//!    its id (`store::bump_feed`), so the diffs that carry it are
-//!    versioned like any other change. With several replicas on
-//!    PostgreSQL only the replica running the check knows the admission:
-//!    a gateway polling another replica then misses it, and the check
-//!    reports no answer (a limitation: the admission is not stored).
+//!    It is stored with the server, not as an admission row
+//!    (`store::begin_probe`): every replica's feed answers carry it while
+//!    the check runs, whichever replica the gateway polls, and the feed's
+//!    history names its id, so the diffs that carry it are versioned like
+//!    any other change. One check per server at a time, across replicas:
+//!    a second waits for the first's admission to end. A replica killed
+//!    during a check leaves it to end at its deadline (the feed stops
+//!    carrying it then, and the gateway drops it at its expiry).
 //! 3. waits for the gateway's acknowledgement, as an access request does;
 //! 4. sends a WireGuard handshake initiation from that address to the
 //!    endpoint and waits for the response (retrying twice);
@@ -72,27 +71,16 @@ pub struct StoredNetwork {
     pub observed: IpAddr,
 }
 
-/// The one-off admissions of checks in progress, and one lock per server
-/// so that two checks of one server never overlap (they would share the
-/// reserved tunnel address).
+/// One lock per server, so that this replica's checks of one server
+/// queue here instead of in the database (see `store::begin_probe`).
 #[derive(Debug, Default)]
 pub struct Prober {
-    live: Mutex<HashMap<i64, FeedAdmission>>,
     locks: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     /// Servers a check was asked for while one ran: check again after.
     again: Mutex<HashMap<i64, bool>>,
 }
 
 impl Prober {
-    /// The check admission of `server_id`, for a whole feed answer.
-    pub fn admissions(&self, server_id: i64) -> Option<FeedAdmission> {
-        self.live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&server_id)
-            .cloned()
-    }
-
     fn lock_of(&self, server_id: i64) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
@@ -192,25 +180,25 @@ pub async fn check(st: &Arc<AppState>, server_id: i64) -> store::Result<Option<R
         return Ok(None);
     };
     let from = probe_source(st, &server, endpoint);
-    let result = match from {
-        None => finish(endpoint, None, Err(UnreachableReason::NoProbeAddress)),
-        Some(from) => probe(st, &server, endpoint, gateway_key, from).await?,
+    let (result, probe_id) = match from {
+        None => (
+            finish(endpoint, None, Err(UnreachableReason::NoProbeAddress)),
+            None,
+        ),
+        Some(from) => {
+            let (r, id) = probe(st, &server, endpoint, gateway_key, from).await?;
+            (r, Some(id))
+        }
     };
     let check = result.clone();
-    let probe = st
-        .prober
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&server_id);
     // The removal's version carries the result to the gateway (every
     // replica's hub hears of it at the commit); without a check admission
     // (nothing could be sent) it hears at its next answer.
     st.db
         .tx(move |tx| {
             store::set_reachability(tx, server_id, &check)?;
-            if let Some(p) = &probe {
-                store::bump_feed(tx, server_id, &p.id)?;
+            if let Some(id) = &probe_id {
+                store::end_probe(tx, server_id, id)?;
             }
             Ok(())
         })
@@ -283,7 +271,7 @@ async fn probe(
     endpoint: SocketAddr,
     gateway_key: WgKey,
     from: IpAddr,
-) -> store::Result<Reachability> {
+) -> store::Result<(Reachability, String)> {
     let secret = StaticSecret::random_from_rng(rand::rngs::OsRng);
     let public = PublicKey::from(&secret);
     let admission = FeedAdmission {
@@ -298,27 +286,33 @@ async fn probe(
         expires_at: OffsetDateTime::now_utc() + PROBE_LIFETIME,
     };
     let server_id = server.id;
-    // In memory first, so a whole answer written from now on has it.
-    st.prober
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(server_id, admission.clone());
     let id = admission.id.clone();
-    let version = st
-        .db
-        .tx(move |tx| store::bump_feed(tx, server_id, &id))
-        .await?;
+    // Another replica may be checking this server: its admission ends
+    // (removed, or at its deadline) within PROBE_LIFETIME.
+    let version = loop {
+        let a = admission.clone();
+        let taken = st
+            .db
+            .tx(move |tx| store::begin_probe(tx, server_id, &a, OffsetDateTime::now_utc()))
+            .await?;
+        if let Some(v) = taken {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
     let live = st.hub.server(server_id, version);
     if !live.wait_ack(version, st.settings.ack_timeout).await {
-        return Ok(finish(
-            endpoint,
-            Some(from),
-            Err(UnreachableReason::GatewayDidNotConfirm),
+        return Ok((
+            finish(
+                endpoint,
+                Some(from),
+                Err(UnreachableReason::GatewayDidNotConfirm),
+            ),
+            id,
         ));
     }
     let outcome = handshake(secret, gateway_key, from, endpoint).await;
-    Ok(finish(endpoint, Some(from), outcome))
+    Ok((finish(endpoint, Some(from), outcome), id))
 }
 
 /// One WireGuard handshake from `from` to `endpoint`: the time to its

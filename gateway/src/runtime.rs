@@ -529,8 +529,16 @@ impl Gateway {
             synced_tx,
         ));
         // ---- issue 17: port mapping; re-reports the endpoint when it changes.
+        // A gateway listening on loopback only cannot be reached through
+        // any router, so asking the host's router to forward its port
+        // would only disturb a real router (tests and the demo run so).
+        let mut mapping = cfg.port_mapping.clone();
+        if udp_addr.ip().is_loopback() && mapping.mode == crate::portmap::PortMappingMode::Auto {
+            tracing::info!("listening on loopback only: no port mapping on the router");
+            mapping.mode = crate::portmap::PortMappingMode::Off;
+        }
         let portmap = crate::portmap::PortMap::start(
-            &cfg.port_mapping,
+            &mapping,
             udp_addr.port(),
             &cfg.direct.iter().map(|d| d.port).collect::<Vec<_>>(),
             crate::portmap::Reporting {

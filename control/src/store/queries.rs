@@ -202,12 +202,15 @@ pub struct Server {
     pub network: Option<crate::reachability::StoredNetwork>,
     /// The last reachability check of its endpoint (issue 17).
     pub reachability: Option<proto::reach::Reachability>,
+    /// The one-off admission of a reachability check in progress, on
+    /// whichever replica runs it (issue 17; see `begin_probe`).
+    pub probe: Option<FeedAdmission>,
 }
 
 const SERVER_COLS: &str =
-    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user, network, reachability";
+    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user, network, reachability, probe";
 /// How many columns [`SERVER_COLS`] names (a query may select more after them).
-const SERVER_COLS_COUNT: usize = 13;
+const SERVER_COLS_COUNT: usize = 14;
 
 fn server_row(r: &Row) -> Result<Server> {
     Ok(Server {
@@ -224,6 +227,7 @@ fn server_row(r: &Row) -> Result<Server> {
         max_admissions_per_user: r.i64(10)?.clamp(0, i64::from(u32::MAX)) as u32,
         network: r.opt_text(11)?.and_then(|t| serde_json::from_str(&t).ok()),
         reachability: r.opt_text(12)?.and_then(|t| serde_json::from_str(&t).ok()),
+        probe: r.opt_text(13)?.and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -595,12 +599,52 @@ fn set_server_json(
     Ok(())
 }
 
-/// A feed change that is not a stored admission (a reachability check's
-/// one-off admission, `admission_id`): a new version whose history names
-/// it. Having no row, a diff reports it removed unless the feed handler
-/// knows it is still live (see `crate::reachability::Prober`).
-pub fn bump_feed(tx: &mut Tx, server_id: i64, admission_id: &str) -> Result<u64> {
-    changed(tx, server_id, &[admission_id])
+/// Starts a reachability check's one-off admission on a server: stored
+/// with the server (so every replica's feed answers carry it, whichever
+/// replica the gateway polls), with a new version whose history names
+/// it. `None` when a check is already running there (on any replica)
+/// and its admission has not ended: two checks would share the reserved
+/// tunnel address, and the second would replace the first's key.
+pub fn begin_probe(
+    tx: &mut Tx,
+    server_id: i64,
+    probe: &FeedAdmission,
+    now: OffsetDateTime,
+) -> Result<Option<u64>> {
+    let taken = tx.exec(
+        "UPDATE servers SET probe = $1, probe_until = $2
+         WHERE id = $3 AND (probe IS NULL OR probe_until IS NULL OR probe_until <= $4)",
+        args![
+            serde_json::to_string(probe).unwrap_or_default(),
+            probe.expires_at.unix_timestamp(),
+            server_id,
+            now.unix_timestamp()
+        ],
+    )?;
+    if taken == 0 {
+        return Ok(None);
+    }
+    changed(tx, server_id, &[&probe.id]).map(Some)
+}
+
+/// Ends the check admission `probe_id` (if it is still the server's): a
+/// new version whose history names it, which, having no row, a diff
+/// reports removed.
+pub fn end_probe(tx: &mut Tx, server_id: i64, probe_id: &str) -> Result<()> {
+    let current = tx
+        .query_opt("SELECT probe FROM servers WHERE id = $1", args![server_id])?
+        .map(|r| r.opt_text(0))
+        .transpose()?
+        .flatten()
+        .and_then(|t| serde_json::from_str::<FeedAdmission>(&t).ok());
+    if current.is_some_and(|p| p.id == probe_id) {
+        tx.exec(
+            "UPDATE servers SET probe = NULL, probe_until = NULL WHERE id = $1",
+            args![server_id],
+        )?;
+        changed(tx, server_id, &[probe_id])?;
+    }
+    Ok(())
 }
 
 // ---------- feed versions and history ----------

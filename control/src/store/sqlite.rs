@@ -280,10 +280,13 @@ CREATE TABLE login_suspects (
 
 /// Version 4 (issue 17): what the gateway reported about its network
 /// (port mapping, IPv6, the address it was seen from) and the last
-/// reachability check, each as JSON.
+/// reachability check, each as JSON; the one-off admission of a check
+/// in progress (JSON) and when it ends (Unix seconds).
 const SCHEMA_V4: &str = r#"
 ALTER TABLE servers ADD COLUMN network TEXT;
 ALTER TABLE servers ADD COLUMN reachability TEXT;
+ALTER TABLE servers ADD COLUMN probe TEXT;
+ALTER TABLE servers ADD COLUMN probe_until INTEGER;
 "#;
 
 /// The schema version `migrate` brings a database to (`PRAGMA
