@@ -699,10 +699,12 @@ async fn owned_admission(
 
 async fn renew(
     State(st): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<RenewResponse>> {
     let Path(id) = id?;
+    let source = observed_source(&st, peer, &headers)?;
     let who = principal(&st, &headers).await?;
     let adm = owned_admission(&st, &who, id).await?;
     let a = adm.clone();
@@ -720,10 +722,10 @@ async fn renew(
             }
             let expires = now() + Duration::from_secs(server.ttl_secs);
             let v = store::set_expiry(tx, &a, expires)?;
-            Ok(Some((expires, v)))
+            Ok(Some((expires, v, server.binding)))
         })
         .await?;
-    let Some((expires_at, version)) = renewed else {
+    let Some((expires_at, version, binding)) = renewed else {
         // The caller owns this admission, so the server's existence is no
         // secret here: say what happened rather than "no access".
         return Err(AppError::forbidden(
@@ -744,7 +746,24 @@ async fn renew(
             ),
         ));
     }
-    Ok(Json(RenewResponse { expires_at }))
+    Ok(Json(RenewResponse {
+        expires_at,
+        moved: Some(moved(binding, &adm, source)),
+    }))
+}
+
+/// Whether a renewal from `source` says the client has left the address
+/// its admission is bound to. A first-handshake admission is pinned by
+/// the gateway to the address of its first handshake, which the control
+/// plane does not see: the address of the access request stands in for
+/// it (they are the same unless the client's HTTPS and UDP leave through
+/// different NATs).
+fn moved(binding: BindingPolicy, a: &store::Admission, source: IpAddr) -> bool {
+    let (bound, source) = (a.source.to_canonical(), source.to_canonical());
+    match binding {
+        BindingPolicy::FirstHandshake => bound != source,
+        b => !b.admits(bound, source),
+    }
 }
 
 /// Whether a grant still allows everything an admission was given.

@@ -468,6 +468,61 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies(engine: Engine) {
     }
 }
 
+/// A renewal says when it came from an address the admission does not
+/// admit (the client's network changed), so the client re-admits at once.
+async fn a_renewal_from_another_address_says_the_client_moved(engine: Engine) {
+    let store = engine.store();
+    let mut settings = fast_settings();
+    settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let cp = Running::start(&store, "127.0.0.1:0", settings).await;
+    let token = seed(&cp.admin, "alice", "den", None).await;
+    let _gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
+    let http = cp.client().http().clone();
+    let login = cp
+        .client()
+        .login("alice", "password-of-alice")
+        .await
+        .unwrap()
+        .token;
+    let body = br#"{"server":"den","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}"#;
+    let access: AccessResponse = http
+        .post(format!("{}/v1/access", cp.url))
+        .bearer_auth(&login)
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let renew_from = |from: &'static str| {
+        let (http, url, login, id) = (
+            http.clone(),
+            cp.url.clone(),
+            login.clone(),
+            access.admission_id.clone(),
+        );
+        async move {
+            let r = http
+                .post(format!("{url}/v1/admissions/{id}/renew"))
+                .bearer_auth(&login)
+                .header("x-forwarded-for", from)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<RenewResponse>().await.unwrap()
+        }
+    };
+    assert_eq!(renew_from("203.0.113.9").await.moved, Some(false));
+    assert_eq!(renew_from("203.0.113.10").await.moved, Some(true));
+    // The answer changes nothing by itself: the admission stays as it was.
+    assert_eq!(renew_from("203.0.113.9").await.moved, Some(false));
+    cp.stop().await;
+}
+
 async fn ipv6_clients_are_observed_as_such(engine: Engine) {
     let store = engine.store();
     let cp = Running::start(&store, "[::1]:0", fast_settings()).await;
@@ -1719,6 +1774,7 @@ both_engines!(
     expiry_and_grant_removal_reach_the_gateway,
     tunnel_addresses_never_collide_and_are_reused_after_release,
     forwarded_for_is_believed_only_from_trusted_proxies,
+    a_renewal_from_another_address_says_the_client_moved,
     ipv6_clients_are_observed_as_such,
     an_untrusted_certificate_is_refused_with_a_clear_error,
     the_feed_sends_only_what_changed_since_the_version_held,

@@ -373,4 +373,12 @@ pub struct AuditEntry {
 pub struct RenewResponse {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// True when this renewal came from an address the admission's
+    /// binding does not admit (the client's network changed: Wi-Fi to
+    /// mobile data, a new NAT address): the tunnel cannot work from
+    /// there, and the client should ask for a new admission at once
+    /// rather than wait for the path to count as lost. Absent from
+    /// control planes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<bool>,
 }
