@@ -46,7 +46,7 @@ BIN="${HUSHGATE_BIN:-$ROOT/target/debug/hushgate}"
 NETEM_BIN="${NETEM_BIN:-$(dirname "$BIN")/hushgate-netem}"
 P="hg$$"
 W="$(mktemp -d /tmp/hushgate-netns.XXXXXX)"
-NSES=(inet ctl home edge cnat cli atk dctl dgw mrt mgw)
+NSES=(inet ctl home edge cnat cli atk dctl dgw mrt mgw isp)
 PASSED=0
 FAILED=0
 FAILED_NAMES=()
@@ -119,6 +119,12 @@ build_topology() {
   # host (mgw) behind it; nothing is forwarded by hand there.
   link inet i-mrt 203.0.113.97/28 2001:db8:7::1/64  mrt wan 203.0.113.98/28 2001:db8:7::2/64
   link mrt lan 192.0.2.1/24 2001:db8:30::1/64       mgw eth0 192.0.2.2/24 2001:db8:30::2/64
+  # ... and, for its double-NAT case, a provider's NAT (isp) in front of
+  # a second WAN link of that router (wan2, 198.51.100.130).
+  link inet i-isp 203.0.113.113/28 2001:db8:8::1/64 isp wan 203.0.113.114/28 2001:db8:8::2/64
+  link isp lan 198.51.100.129/25 2001:db8:31::1/64  mrt wan2 198.51.100.130/25 2001:db8:31::2/64
+  ns isp sysctl -qw net.ipv4.ip_forward=1
+  ns isp ip route add default via 203.0.113.113
   ns mrt sysctl -qw net.ipv4.ip_forward=1
   ns mrt ip route add default via 203.0.113.97
   ns mgw ip route add default via 192.0.2.1
@@ -204,11 +210,35 @@ table inet miniupnpd {
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
     jump postrouting_miniupnpd
-    oifname "wan" ip saddr 192.0.2.0/24 masquerade
+    oifname { "wan", "wan2" } ip saddr 192.0.2.0/24 masquerade
   }
   chain prerouting_miniupnpd {
   }
   chain postrouting_miniupnpd {
+  }
+  chain input {
+    type filter hook input priority filter; policy accept;
+    iifname { "wan", "wan2" } ct state established,related accept
+    iifname { "wan", "wan2" } drop
+  }
+  chain output {
+    type filter hook output priority filter; policy accept;
+    oifname { "wan", "wan2" } icmp type destination-unreachable drop
+  }
+}
+EOF
+  # The provider's NAT in front of wan2: the router's address there is
+  # the provider's, and nothing from the Internet reaches it unasked.
+  ns isp nft -f - <<'EOF'
+table inet isp {
+  chain post {
+    type nat hook postrouting priority srcnat;
+    oifname "wan" ip saddr 198.51.100.128/25 masquerade
+  }
+  chain forward {
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    iifname "lan" accept
   }
   chain input {
     type filter hook input priority filter; policy accept;
@@ -893,7 +923,7 @@ EOF
 start_upnp() {
   local mode="${1:-stun}" protocols="${2:-all}" conf="$W/miniupnpd.conf"
   cat >"$conf" <<EOF
-ext_ifname=wan
+ext_ifname=${UPNP_WAN:-wan}
 listening_ip=lan
 http_port=0
 enable_natpmp=$([ "$protocols" = igd ] && echo no || echo yes)
@@ -909,6 +939,8 @@ EOF
   if [ "$mode" = stun ]; then
     printf 'ext_perform_stun=yes\next_stun_host=203.0.113.97\next_stun_port=3478\n' >>"$conf"
   fi
+  # A router that takes its WAN address for its public one, unchecked.
+  if [ -n "${UPNP_EXT_IP:-}" ]; then echo "ext_ip=$UPNP_EXT_IP" >>"$conf"; fi
   : >"$W/miniupnpd.log"
   bg mrt "$W/miniupnpd.log" miniupnpd -d -f "$conf" -P "$W/miniupnpd.pid" >"$W/upnp.pid"
   local ready="Listening for NAT-PMP/PCP"
@@ -1081,6 +1113,29 @@ EOF
   log "  refused: $(grep -m1 'problem:' "$W/check-refused.log" | sed 's/^ *//')"
   stop_gwu
   stop_upnp
+
+  # Double NAT: the router's Internet side moves behind a provider's NAT
+  # (isp, in front of wan2; its own uplink unplugged). miniupnpd learns by
+  # STUN that it sits behind a NAT it takes for a full cone, and maps the
+  # port on its own side with the provider's address as the external one;
+  # the provider's NAT in front was not opened. The check gets no answer,
+  # and the diagnosis names the device in front.
+  ns mrt ip link set wan down
+  ns mrt ip route replace default via 198.51.100.129
+  UPNP_WAN=wan2 start_upnp stun
+  start_gwu
+  wait_for "the mapping behind the provider's NAT" 30 \
+    grep -q "port mapped on the router.*external=203.0.113.114:51820" "$W/gwu.log" ||
+    { tail -20 "$W/gwu.log" >&2; tail -20 "$W/miniupnpd.log" >&2; return 1; }
+  rc=0; admin server check upnp >"$W/check-dnat.log" || rc=$?
+  [ "$rc" = 1 ] && grep -q "NOT reachable at 203.0.113.114:51820" "$W/check-dnat.log" &&
+    grep -q "another firewall drops it (the host's own, a second router, or the provider)" "$W/check-dnat.log" ||
+    { cat "$W/check-dnat.log" >&2; return 1; }
+  log "  double NAT: $(grep -m1 'problem:' "$W/check-dnat.log" | sed 's/^ *//')"
+  stop_gwu
+  stop_upnp
+  ns mrt ip link set wan up
+  ns mrt ip route replace default via 203.0.113.97
 }
 
 # A 60 s H.264 + AAC film at about 4 Mbit/s (constant bit rate), made
