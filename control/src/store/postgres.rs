@@ -597,6 +597,7 @@ CREATE INDEX login_suspects_at ON login_suspects(at);
 ALTER TABLE servers ADD COLUMN network TEXT;
 ALTER TABLE servers ADD COLUMN reachability TEXT;
 ALTER TABLE servers ADD COLUMN probe TEXT;
+ALTER TABLE servers ADD COLUMN probe_id TEXT;
 ALTER TABLE servers ADD COLUMN probe_until BIGINT;
 "#,
 ];

@@ -612,11 +612,12 @@ pub fn begin_probe(
     now: OffsetDateTime,
 ) -> Result<Option<u64>> {
     let taken = tx.exec(
-        "UPDATE servers SET probe = $1, probe_until = $2
-         WHERE id = $3 AND (probe IS NULL OR probe_until IS NULL OR probe_until <= $4)",
+        "UPDATE servers SET probe = $1, probe_until = $2, probe_id = $3
+         WHERE id = $4 AND (probe IS NULL OR probe_until IS NULL OR probe_until <= $5)",
         args![
             serde_json::to_string(probe).unwrap_or_default(),
             probe.expires_at.unix_timestamp(),
+            probe.id.as_str(),
             server_id,
             now.unix_timestamp()
         ],
@@ -631,17 +632,14 @@ pub fn begin_probe(
 /// new version whose history names it, which, having no row, a diff
 /// reports removed.
 pub fn end_probe(tx: &mut Tx, server_id: i64, probe_id: &str) -> Result<()> {
-    let current = tx
-        .query_opt("SELECT probe FROM servers WHERE id = $1", args![server_id])?
-        .map(|r| r.opt_text(0))
-        .transpose()?
-        .flatten()
-        .and_then(|t| serde_json::from_str::<FeedAdmission>(&t).ok());
-    if current.is_some_and(|p| p.id == probe_id) {
-        tx.exec(
-            "UPDATE servers SET probe = NULL, probe_until = NULL WHERE id = $1",
-            args![server_id],
-        )?;
+    // One statement: another replica may have replaced an admission past
+    // its deadline with its own in the meantime, which must stay.
+    let ended = tx.exec(
+        "UPDATE servers SET probe = NULL, probe_until = NULL, probe_id = NULL
+         WHERE id = $1 AND probe_id = $2",
+        args![server_id, probe_id],
+    )?;
+    if ended == 1 {
         changed(tx, server_id, &[probe_id])?;
     }
     Ok(())
