@@ -564,14 +564,34 @@ pub fn update_gateway(
 /// version (what the incremental feed reads), and every replica's hub
 /// hears of the version once it commits.
 pub fn changed(tx: &mut Tx, server_id: i64, touched: &[&str]) -> Result<u64> {
-    let v = count(
-        tx.query_one(
-            "UPDATE servers SET version = version + 1 WHERE id = $1 RETURNING version",
-            args![server_id],
-        )?
-        .i64(0)?,
-    );
-    for id in touched {
+    let (v, rest) = match touched.split_first() {
+        // On PostgreSQL the version and the first history row in one
+        // statement: each statement there is a round trip.
+        Some((first, rest)) if tx.engine() == Engine::Postgres => {
+            let v = tx
+                .query_one(
+                    "WITH v AS (UPDATE servers SET version = version + 1 WHERE id = $1
+                         RETURNING version)
+                     INSERT INTO feed_touch(server_id, admission_id, version)
+                     SELECT $1, $2, version FROM v
+                     ON CONFLICT(server_id, admission_id) DO UPDATE SET version = excluded.version
+                     RETURNING version",
+                    args![server_id, *first],
+                )?
+                .i64(0)?;
+            (count(v), rest)
+        }
+        _ => {
+            let v = tx
+                .query_one(
+                    "UPDATE servers SET version = version + 1 WHERE id = $1 RETURNING version",
+                    args![server_id],
+                )?
+                .i64(0)?;
+            (count(v), touched)
+        }
+    };
+    for id in rest {
         tx.exec(
             "INSERT INTO feed_touch(server_id, admission_id, version) VALUES ($1, $2, $3)
              ON CONFLICT(server_id, admission_id) DO UPDATE SET version = excluded.version",
@@ -649,31 +669,23 @@ pub fn feed_since(tx: &mut Tx, server_id: i64, after: Option<u64>) -> Result<Fee
             });
         }
         if after >= floor && after < server.version {
-            let touched: Vec<String> = tx
-                .query(
-                    "SELECT admission_id FROM feed_touch WHERE server_id = $1 AND version > $2
-                     ORDER BY version, admission_id",
-                    args![server_id, after],
-                )?
-                .iter()
-                .map(|r| r.text(0))
-                .collect::<Result<_>>()?;
-            let mut now: std::collections::HashMap<String, Admission> = tx
-                .query(
-                    &format!(
-                        "SELECT {ADMISSION_COLS} {ADMISSION_FROM} WHERE a.server_id = $1 AND a.id IN
-                         (SELECT admission_id FROM feed_touch WHERE server_id = $1 AND version > $2)"
-                    ),
-                    args![server_id, after],
-                )?
-                .iter()
-                .map(|r| admission_row(r).map(|a| (a.id.clone(), a)))
-                .collect::<Result<_>>()?;
+            // Each touched admission in the order it was last changed,
+            // with what it is now (none: it is gone), in one query.
             let (mut upserts, mut removed) = (Vec::new(), Vec::new());
-            for id in touched {
-                match now.remove(&id) {
-                    Some(a) => upserts.push(a),
-                    None => removed.push(id),
+            for r in tx.query(
+                &format!(
+                    "SELECT {ADMISSION_COLS}, t.admission_id FROM feed_touch t
+                     LEFT JOIN admissions a ON a.id = t.admission_id AND a.server_id = t.server_id
+                     LEFT JOIN users u ON u.id = a.user_id
+                     LEFT JOIN servers s ON s.id = a.server_id
+                     WHERE t.server_id = $1 AND t.version > $2
+                     ORDER BY t.version, t.admission_id"
+                ),
+                args![server_id, after],
+            )? {
+                match r.opt_text(0)? {
+                    Some(_) => upserts.push(admission_row(&r)?),
+                    None => removed.push(r.text(15)?),
                 }
             }
             return Ok(FeedAnswer::Diff {
@@ -964,6 +976,12 @@ pub struct NewAdmission {
 /// version: only the holder of the key's private half can use either.
 pub fn insert_admission(tx: &mut Tx, new: &NewAdmission) -> Result<(Admission, u64)> {
     lock_server(tx, new.server_id)?;
+    insert_admission_locked(tx, new)
+}
+
+/// [`insert_admission`] when the caller took [`lock_server`] already in
+/// this transaction.
+pub fn insert_admission_locked(tx: &mut Tx, new: &NewAdmission) -> Result<(Admission, u64)> {
     let mut replaced = None;
     if let Some(key) = &new.client_key {
         if let Some(old) = admissions_where(
@@ -1020,33 +1038,29 @@ pub fn insert_admission(tx: &mut Tx, new: &NewAdmission) -> Result<(Admission, u
     Ok((adm, version))
 }
 
-/// The user whose admission on a server holds `key`, if any.
-pub fn key_holder(tx: &mut Tx, server_id: i64, key: &WgKey) -> Result<Option<i64>> {
-    tx.query_opt(
-        "SELECT user_id FROM admissions WHERE server_id = $1 AND client_key = $2",
-        args![server_id, key.to_string()],
-    )?
-    .map(|r| r.i64(0))
-    .transpose()
-}
-
 /// How many admissions (pending or active, not past their expiry) a
-/// user holds on a server. Call [`lock_server`] first when the answer
-/// decides whether to insert one.
+/// user holds on a server, and how many of those (0 or 1) hold `key`.
+/// Call [`lock_server`] first when the answer decides whether to insert
+/// one.
 pub fn live_admissions_of(
     tx: &mut Tx,
     user_id: i64,
     server_id: i64,
     now: OffsetDateTime,
-) -> Result<u32> {
-    let n = tx
-        .query_one(
-            "SELECT COUNT(*) FROM admissions
-             WHERE server_id = $1 AND user_id = $2 AND expires_at > $3",
-            args![server_id, user_id, millis(now)],
-        )?
-        .i64(0)?;
-    Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    key: Option<&WgKey>,
+) -> Result<(u32, u32)> {
+    let r = tx.query_one(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN client_key = $1 THEN 1 ELSE 0 END), 0)
+         FROM admissions WHERE server_id = $2 AND user_id = $3 AND expires_at > $4",
+        args![
+            key.map(|k| k.to_string()).unwrap_or_default(),
+            server_id,
+            user_id,
+            millis(now)
+        ],
+    )?;
+    let n = |i| -> Result<u32> { Ok(r.i64(i)?.clamp(0, i64::from(u32::MAX)) as u32) };
+    Ok((n(0)?, n(1)?.min(n(0)?)))
 }
 
 // Tunnel addresses. The free ones of a server are the indexes in
@@ -1071,9 +1085,12 @@ fn allocate_tunnel_index(tx: &mut Tx, server_id: i64) -> Result<u32> {
         )?;
         return Ok(i as u32);
     }
+    // Taken and moved in one statement; when it is past the last index,
+    // the error rolls the move back with everything else.
     let next = tx
         .query_one(
-            "SELECT next_tunnel_index FROM servers WHERE id = $1",
+            "UPDATE servers SET next_tunnel_index = next_tunnel_index + 1 WHERE id = $1
+             RETURNING next_tunnel_index - 1",
             args![server_id],
         )?
         .i64(0)?;
@@ -1082,10 +1099,6 @@ fn allocate_tunnel_index(tx: &mut Tx, server_id: i64) -> Result<u32> {
             "this server has no free tunnel address left (65,533 live admissions)".into(),
         ));
     }
-    tx.exec(
-        "UPDATE servers SET next_tunnel_index = $1 WHERE id = $2",
-        args![next + 1, server_id],
-    )?;
     Ok(next as u32)
 }
 
