@@ -618,11 +618,9 @@ async fn access(
     let still_there = st
         .db
         .tx(move |tx| {
-            if !store::activate(tx, &a.id)? {
-                return Ok(false);
-            }
-            store::audit(
+            store::activate_with_audit(
                 tx,
+                &a.id,
                 now(),
                 Audit {
                     event: "access_granted",
@@ -640,8 +638,7 @@ async fn access(
                         a.services.join(",")
                     ),
                 },
-            )?;
-            Ok(true)
+            )
         })
         .await?;
     if !still_there {

@@ -1005,36 +1005,53 @@ pub fn insert_admission_locked(tx: &mut Tx, new: &NewAdmission) -> Result<(Admis
         AccessMode::Tunnel => Some(allocate_tunnel_index(tx, new.server_id)?),
         AccessMode::Direct => None,
     };
-    tx.exec(
+    const INSERT: &str =
         "INSERT INTO admissions(id, user_id, server_id, mode, client_key, psk, source, binding,
              tunnel_index, services, state, created_at, expires_at, pending_until)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, $13)",
-        args![
-            &new.id,
-            new.user_id,
-            new.server_id,
-            match new.mode {
-                AccessMode::Tunnel => "tunnel",
-                AccessMode::Direct => "direct",
-            },
-            new.client_key.map(|k| k.to_string()),
-            new.psk.map(|k| k.to_string()),
-            new.source.to_string(),
-            new.binding.to_string(),
-            index,
-            serde_json::to_string(&new.services).unwrap_or_default(),
-            millis(new.created_at),
-            millis(new.expires_at),
-            millis(new.pending_until),
-        ],
-    )?;
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, $13)";
+    let values = args![
+        &new.id,
+        new.user_id,
+        new.server_id,
+        match new.mode {
+            AccessMode::Tunnel => "tunnel",
+            AccessMode::Direct => "direct",
+        },
+        new.client_key.map(|k| k.to_string()),
+        new.psk.map(|k| k.to_string()),
+        new.source.to_string(),
+        new.binding.to_string(),
+        index,
+        serde_json::to_string(&new.services).unwrap_or_default(),
+        millis(new.created_at),
+        millis(new.expires_at),
+        millis(new.pending_until),
+    ];
+    // On PostgreSQL the row comes back as stored from the insert itself
+    // (one round trip less); SQLite reads it after.
+    let inserted = if tx.engine() == Engine::Postgres {
+        let row = tx.query_one(
+            &format!(
+                "WITH a AS ({INSERT} RETURNING *) SELECT {ADMISSION_COLS} FROM a
+                 JOIN users u ON u.id = a.user_id JOIN servers s ON s.id = a.server_id"
+            ),
+            values,
+        )?;
+        Some(admission_row(&row)?)
+    } else {
+        tx.exec(INSERT, values)?;
+        None
+    };
     let mut touched = vec![new.id.as_str()];
     if let Some(old) = &replaced {
         touched.push(old);
     }
     let version = changed(tx, new.server_id, &touched)?;
-    let adm =
-        admission(tx, &new.id)?.ok_or_else(|| StoreError::NotFound("admission vanished".into()))?;
+    let adm = match inserted {
+        Some(a) => a,
+        None => admission(tx, &new.id)?
+            .ok_or_else(|| StoreError::NotFound("admission vanished".into()))?,
+    };
     Ok((adm, version))
 }
 
@@ -1077,6 +1094,26 @@ const LOWEST_RELEASED: &str =
 
 /// Takes the lowest free tunnel index of a server.
 fn allocate_tunnel_index(tx: &mut Tx, server_id: i64) -> Result<u32> {
+    if tx.engine() == Engine::Postgres {
+        // Both steps in one statement (one round trip): the lowest
+        // released index if there is one, else the mark, moved on.
+        let i = tx
+            .query_one(
+                "WITH f AS (
+                     DELETE FROM tunnel_free WHERE server_id = $1 AND tunnel_index =
+                         (SELECT tunnel_index FROM tunnel_free WHERE server_id = $1
+                          ORDER BY tunnel_index LIMIT 1)
+                     RETURNING tunnel_index),
+                 n AS (
+                     UPDATE servers SET next_tunnel_index = next_tunnel_index + 1
+                     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM f)
+                     RETURNING next_tunnel_index - 1 AS tunnel_index)
+                 SELECT tunnel_index FROM f UNION ALL SELECT tunnel_index FROM n",
+                args![server_id],
+            )?
+            .i64(0)?;
+        return checked_index(i);
+    }
     if let Some(r) = tx.query_opt(LOWEST_RELEASED, args![server_id])? {
         let i = r.i64(0)?;
         tx.exec(
@@ -1085,8 +1122,7 @@ fn allocate_tunnel_index(tx: &mut Tx, server_id: i64) -> Result<u32> {
         )?;
         return Ok(i as u32);
     }
-    // Taken and moved in one statement; when it is past the last index,
-    // the error rolls the move back with everything else.
+    // Taken and moved in one statement.
     let next = tx
         .query_one(
             "UPDATE servers SET next_tunnel_index = next_tunnel_index + 1 WHERE id = $1
@@ -1094,12 +1130,18 @@ fn allocate_tunnel_index(tx: &mut Tx, server_id: i64) -> Result<u32> {
             args![server_id],
         )?
         .i64(0)?;
-    if next > i64::from(MAX_TUNNEL_INDEX) {
+    checked_index(next)
+}
+
+/// An index just taken from the mark, refused past the last one (the
+/// error rolls the move back with everything else).
+fn checked_index(i: i64) -> Result<u32> {
+    if i > i64::from(MAX_TUNNEL_INDEX) {
         return Err(StoreError::Exhausted(
             "this server has no free tunnel address left (65,533 live admissions)".into(),
         ));
     }
-    Ok(next as u32)
+    Ok(i as u32)
 }
 
 /// Returns a tunnel index to its server's free list.
@@ -1152,6 +1194,42 @@ pub fn activate(tx: &mut Tx, id: &str) -> Result<bool> {
          WHERE id = $1 AND state = 'pending'",
         args![id],
     )? > 0)
+}
+
+/// [`activate`], and when it did, [`audit`]: one statement on
+/// PostgreSQL.
+pub fn activate_with_audit(
+    tx: &mut Tx,
+    id: &str,
+    now: OffsetDateTime,
+    a: Audit<'_>,
+) -> Result<bool> {
+    if tx.engine() == Engine::Postgres {
+        let rows = tx.query(
+            "WITH act AS (UPDATE admissions SET state = 'active', pending_until = NULL
+                 WHERE id = $1 AND state = 'pending' RETURNING id)
+             INSERT INTO audit(at, event, username, server, admission_id, source, detail)
+             SELECT CAST($2 AS BIGINT), CAST($3 AS TEXT), CAST($4 AS TEXT), CAST($5 AS TEXT),
+                 CAST($6 AS TEXT), CAST($7 AS TEXT), CAST($8 AS TEXT) FROM act
+             RETURNING id",
+            args![
+                id,
+                millis(now),
+                a.event,
+                a.username,
+                a.server,
+                a.admission_id,
+                a.source.map(|s| s.to_string()),
+                a.detail,
+            ],
+        )?;
+        return Ok(!rows.is_empty());
+    }
+    if !activate(tx, id)? {
+        return Ok(false);
+    }
+    audit(tx, now, a)?;
+    Ok(true)
 }
 
 /// Removes an admission; returns the server's new version, or `None` when
