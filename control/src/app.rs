@@ -137,10 +137,13 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let found = st
         .db
         .tx(move |tx| {
-            if store::setting(tx, "admin_token_hash")?.as_deref() == Some(&hash[..]) {
-                return Ok(Some(Principal::Admin));
+            // Users' tokens first: they make most requests, and then this
+            // is one statement.
+            if let Some(user) = store::token_user(tx, &hash, now())? {
+                return Ok(Some(Principal::User(user)));
             }
-            Ok(store::token_user(tx, &hash, now())?.map(Principal::User))
+            let admin = store::setting(tx, "admin_token_hash")?.as_deref() == Some(&hash[..]);
+            Ok(admin.then_some(Principal::Admin))
         })
         .await?;
     found.ok_or_else(|| {
@@ -566,21 +569,23 @@ async fn access(
             // Under the server's lock: two replicas cannot both see room
             // for one more.
             store::lock_server(tx, new.server_id)?;
-            let mut held =
-                store::live_admissions_of(tx, new.user_id, new.server_id, new.created_at)?;
-            if let Some(key) = &new.client_key {
-                // A retry with the same key replaces its earlier admission.
-                if store::key_holder(tx, new.server_id, key)? == Some(new.user_id) {
-                    held = held.saturating_sub(1);
-                }
-            }
+            // A retry with the same key replaces its earlier admission,
+            // which then does not count.
+            let (held, same_key) = store::live_admissions_of(
+                tx,
+                new.user_id,
+                new.server_id,
+                new.created_at,
+                new.client_key.as_ref(),
+            )?;
+            let held = held - same_key;
             if held >= limit {
                 return Err(store::StoreError::AdmissionLimit(format!(
                     "you already hold {held} live admissions on server '{server_name}', as many as it allows one user; \
                      end a session you no longer use (stop its 'hushgate connect', or revoke it), or ask the server's owner to raise the limit"
                 )));
             }
-            store::insert_admission(tx, &new)
+            store::insert_admission_locked(tx, &new)
         })
         .await;
     let (adm, version) = match inserted {
@@ -616,11 +621,9 @@ async fn access(
     let still_there = st
         .db
         .tx(move |tx| {
-            if !store::activate(tx, &a.id)? {
-                return Ok(false);
-            }
-            store::audit(
+            store::activate_with_audit(
                 tx,
+                &a.id,
                 now(),
                 Audit {
                     event: "access_granted",
@@ -638,8 +641,7 @@ async fn access(
                         a.services.join(",")
                     ),
                 },
-            )?;
-            Ok(true)
+            )
         })
         .await?;
     if !still_there {
