@@ -490,15 +490,7 @@ impl<C: ControlApi> Supervisor<C> {
             PathEvent::Lost { generation }
                 if generation == self.generation && self.reconnect.is_none() =>
             {
-                tracing::info!(
-                    gateway = %self.current.gateway_endpoint,
-                    "gateway stopped answering; asking for a new admission"
-                );
-                self.emit(SessionEvent::Lost);
-                self.reconnect = Some(Reconnect {
-                    backoff: self.tuning.backoff.clone(),
-                    next_try: Instant::now(),
-                });
+                self.lost("gateway stopped answering; asking for a new admission");
             }
             // Silence may mean revocation: the gateway dropped us and
             // cannot say so. A reset of a connection by the gateway's side
@@ -515,6 +507,16 @@ impl<C: ControlApi> Supervisor<C> {
             _ => {}
         }
         None
+    }
+
+    /// The path is gone: say so and ask for a new admission at once.
+    fn lost(&mut self, why: &'static str) {
+        tracing::info!(gateway = %self.current.gateway_endpoint, "{why}");
+        self.emit(SessionEvent::Lost);
+        self.reconnect = Some(Reconnect {
+            backoff: self.tuning.backoff.clone(),
+            next_try: Instant::now(),
+        });
     }
 
     /// Asks the control plane whether the admission still stands: a
@@ -554,15 +556,7 @@ impl<C: ControlApi> Supervisor<C> {
                 // waiting for the silence to count as a loss. (After a
                 // reset alone the tunnel answers: that is no move.)
                 if r.moved == Some(true) && self.stalled {
-                    tracing::info!(
-                        gateway = %self.current.gateway_endpoint,
-                        "this device's network address changed; asking for a new admission"
-                    );
-                    self.emit(SessionEvent::Lost);
-                    self.reconnect = Some(Reconnect {
-                        backoff: self.tuning.backoff.clone(),
-                        next_try: Instant::now(),
-                    });
+                    self.lost("this device's network address changed; asking for a new admission");
                 }
             }
             Some(Err(ShimError::Revoked { message, .. })) => {
