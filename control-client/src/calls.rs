@@ -20,6 +20,9 @@ impl ControlClient {
         let body = LoginRequest {
             username: username.into(),
             password: password.into(),
+            totp: None,
+            device_credential: None,
+            device_name: None,
         };
         self.call(Method::POST, "/v1/login", Some(&body), CALL)
             .await

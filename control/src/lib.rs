@@ -24,7 +24,9 @@ pub mod hub;
 pub mod listener;
 pub mod state;
 pub mod store;
+mod tenants;
 pub mod tls;
+pub mod totp;
 
 use anyhow::Context;
 use app::AppState;
