@@ -1058,35 +1058,43 @@ async fn policy_refusal(
 /// How often a client waiting for a device approval asks again.
 pub const APPROVAL_RETRY_SECS: u64 = 3;
 
-/// Loads an admission the caller may act on: its owner or an admin.
+/// Who may act on an admission besides its holder and the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AlsoAllowed {
+    Nobody,
+    /// The owner of the admission's server (to revoke it).
+    ServerOwner,
+}
+
+/// Loads an admission the caller may act on: its holder, the operator,
+/// and, if `also` says so, its server's owner. Anyone else gets the same
+/// answer as for an id that does not exist.
 async fn owned_admission(
     st: &AppState,
     who: &Principal,
     id: String,
+    also: AlsoAllowed,
 ) -> ApiResult<store::Admission> {
-    let adm = st.db.tx(move |tx| store::admission(tx, &id)).await?;
-    match adm {
-        Some(a) if who.is_admin() || matches!(who, Principal::User(u, _) if u.id == a.user_id) => {
-            Ok(a)
-        }
-        // The owner of the admission's server may act on it too.
-        Some(a) => {
-            let owner = match who {
-                Principal::User(u, _) => Some(u.id),
-                Principal::Admin => None,
+    let caller = match who {
+        Principal::User(u, _) => Some(u.id),
+        Principal::Admin => None,
+    };
+    let found = st
+        .db
+        .tx(move |tx| {
+            let Some(a) = store::admission(tx, &id)? else {
+                return Ok(None);
             };
-            let sid = a.server_id;
-            let server_owner = st
-                .db
-                .tx(move |tx| Ok(store::server_by_id(tx, sid).ok().and_then(|s| s.owner_id)))
-                .await?;
-            if owner.is_some() && server_owner == owner {
-                Ok(a)
-            } else {
-                Err(AppError::not_found(
-                    "no such admission; it may have expired or been revoked",
-                ))
-            }
+            let server_owner = store::server_by_id(tx, a.server_id)?.owner_id;
+            Ok(Some((a, server_owner)))
+        })
+        .await?;
+    match found {
+        Some((a, _)) if who.is_admin() || caller == Some(a.user_id) => Ok(a),
+        Some((a, owner))
+            if also == AlsoAllowed::ServerOwner && caller.is_some() && owner == caller =>
+        {
+            Ok(a)
         }
         _ => Err(AppError::not_found(
             "no such admission; it may have expired or been revoked",
@@ -1101,7 +1109,11 @@ async fn renew(
 ) -> ApiResult<Json<RenewResponse>> {
     let Path(id) = id?;
     let who = principal(&st, &headers).await?;
-    let adm = owned_admission(&st, &who, id).await?;
+    let adm = owned_admission(&st, &who, id, AlsoAllowed::Nobody).await?;
+    let mfa = match &who {
+        Principal::User(_, s) => s.mfa,
+        Principal::Admin => true,
+    };
     let a = adm.clone();
     let renewed = st
         .db
@@ -1113,6 +1125,12 @@ async fn renew(
             // The grant may have been narrowed since; an expired admission
             // the expiry task has not swept yet may not come back either.
             if !grant_covers(&grant, &a) || a.expires_at <= now() {
+                return Ok(None);
+            }
+            // So may the server's policy: direct mode turned off, or two
+            // factors required of a login that used one.
+            if (a.mode == AccessMode::Direct && !server.direct_mode) || (server.require_2fa && !mfa)
+            {
                 return Ok(None);
             }
             let expires = now() + Duration::from_secs(server.ttl_secs);
@@ -1187,7 +1205,7 @@ async fn revoke(
 ) -> ApiResult<StatusCode> {
     let Path(id) = id?;
     let who = principal(&st, &headers).await?;
-    let adm = owned_admission(&st, &who, id).await?;
+    let adm = owned_admission(&st, &who, id, AlsoAllowed::ServerOwner).await?;
     let by = who.name().to_string();
     let a = adm.clone();
     st.db

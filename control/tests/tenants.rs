@@ -234,6 +234,30 @@ async fn an_owner_shares_by_invitation_and_by_name_and_unsharing_ends_access(eng
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].username, "bob");
 
+    // The owner revokes one admission by its id; the friend cannot
+    // renew it afterwards, nor could the owner renew it for him.
+    let r2: AccessResponse = serde_json::from_value(
+        ok(&c, &bob, Method::POST, "/v1/access", Some(tunnel("den", 3))).await,
+    )
+    .unwrap();
+    let renew = format!("/v1/admissions/{}/renew", r2.admission_id);
+    let (s, _) = send(&c, &alice, Method::POST, &renew, None).await;
+    assert_eq!(s, 404, "only the holder renews");
+    ok(
+        &c,
+        &alice,
+        Method::DELETE,
+        &format!("/v1/admissions/{}", r2.admission_id),
+        None,
+    )
+    .await;
+    assert!(gw
+        .wait_until(|ids| !ids.contains(&r2.admission_id))
+        .await
+        .is_some());
+    let (s, _) = send(&c, &bob, Method::POST, &renew, None).await;
+    assert_eq!(s, 404);
+
     // Unsharing ends it at the gateway (within a second; see PUSH_BOUND).
     ok(
         &c,
