@@ -127,6 +127,11 @@ impl ShimError {
             ClientError::CertificateNotTrusted { url, detail } => {
                 ShimError::CertificateNotTrusted { url, detail }
             }
+            e @ ClientError::Api { status: 401, .. }
+                if call == Call::Login && e.code() == Some("device_unknown") =>
+            {
+                ShimError::Control(e)
+            }
             ClientError::Api {
                 status: 401,
                 code,
