@@ -48,6 +48,29 @@ async fn account(
     }
 }
 
+/// Runs `f` in one transaction on the caller's own server `name` (any
+/// other is "not found"): the shape of every owner's read.
+async fn on_owned_server<T, F>(
+    st: &crate::app::AppState,
+    headers: &HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+    mut f: F,
+) -> ApiResult<T>
+where
+    T: Send + 'static,
+    F: FnMut(&mut store::Tx, &store::Server) -> store::Result<T> + Send + 'static,
+{
+    let (owner, _) = account(st, headers).await?;
+    let Path(name) = name?;
+    Ok(st
+        .db
+        .tx(move |tx| {
+            let s = store::owned_server(tx, owner.id, &name)?;
+            f(tx, &s)
+        })
+        .await?)
+}
+
 async fn operator(st: &crate::app::AppState, headers: &HeaderMap) -> ApiResult<String> {
     Ok(crate::app::admin(st, headers).await?.name().to_string())
 }
@@ -580,15 +603,8 @@ pub(crate) async fn list_shares(
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Vec<GrantInfo>>> {
-    let (user, _) = account(&st, &headers).await?;
-    let Path(name) = name?;
-    let grants = st
-        .db
-        .tx(move |tx| {
-            let s = store::owned_server(tx, user.id, &name)?;
-            store::server_grants(tx, s.id)
-        })
-        .await?;
+    let grants =
+        on_owned_server(&st, &headers, name, |tx, s| store::server_grants(tx, s.id)).await?;
     Ok(Json(grants.into_iter().map(grant_info).collect()))
 }
 
@@ -778,15 +794,10 @@ pub(crate) async fn list_invitations(
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Vec<InvitationInfo>>> {
-    let (owner, _) = account(&st, &headers).await?;
-    let Path(name) = name?;
-    let list = st
-        .db
-        .tx(move |tx| {
-            let s = store::owned_server(tx, owner.id, &name)?;
-            store::list_invitations(tx, Some(s.id), now())
-        })
-        .await?;
+    let list = on_owned_server(&st, &headers, name, |tx, s| {
+        store::list_invitations(tx, Some(s.id), now())
+    })
+    .await?;
     Ok(Json(list.into_iter().map(invitation_info).collect()))
 }
 
@@ -826,15 +837,10 @@ pub(crate) async fn server_admissions(
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Vec<AdmissionInfo>>> {
-    let (owner, _) = account(&st, &headers).await?;
-    let Path(name) = name?;
-    let adms = st
-        .db
-        .tx(move |tx| {
-            let s = store::owned_server(tx, owner.id, &name)?;
-            store::server_admissions(tx, s.id)
-        })
-        .await?;
+    let adms = on_owned_server(&st, &headers, name, |tx, s| {
+        store::server_admissions(tx, s.id)
+    })
+    .await?;
     Ok(Json(admission_infos(adms)))
 }
 
@@ -844,16 +850,12 @@ pub(crate) async fn server_audit(
     name: Result<Path<String>, PathRejection>,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
-    let (owner, _) = account(&st, &headers).await?;
-    let Path(name) = name?;
     let limit = audit_limit(q)?;
     Ok(Json(
-        st.db
-            .tx(move |tx| {
-                let s = store::owned_server(tx, owner.id, &name)?;
-                store::audit_where(tx, AuditScope::Server(s.id), limit)
-            })
-            .await?,
+        on_owned_server(&st, &headers, name, move |tx, s| {
+            store::audit_where(tx, AuditScope::Server(s.id), limit)
+        })
+        .await?,
     ))
 }
 
@@ -873,15 +875,10 @@ pub(crate) async fn device_requests(
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Vec<DeviceRequestInfo>>> {
-    let (owner, _) = account(&st, &headers).await?;
-    let Path(name) = name?;
-    let list = st
-        .db
-        .tx(move |tx| {
-            let s = store::owned_server(tx, owner.id, &name)?;
-            store::server_device_requests(tx, s.id)
-        })
-        .await?;
+    let list = on_owned_server(&st, &headers, name, |tx, s| {
+        store::server_device_requests(tx, s.id)
+    })
+    .await?;
     Ok(Json(list.into_iter().map(device_request_info).collect()))
 }
 

@@ -82,6 +82,25 @@ async fn token_of(c: &ControlClient, name: &str) -> String {
     login_device(c, name, None).await.0
 }
 
+/// alice (an owner with server `den` and its following gateway) sharing
+/// it with bob; returns alice's token and the gateway.
+async fn alice_shares_den_with_bob(cp: &Running) -> (String, FeedFollower) {
+    let c = cp.client();
+    add_user(&cp.admin, "alice").await;
+    add_user(&cp.admin, "bob").await;
+    let alice = token_of(&c, "alice").await;
+    let gw = owned_server(cp, &alice, "den", 200).await;
+    ok(
+        &c,
+        &alice,
+        Method::POST,
+        "/v1/servers/den/shares",
+        Some(json!({"username": "bob"})),
+    )
+    .await;
+    (alice, gw)
+}
+
 /// An owner's server with a following gateway; returns it.
 async fn owned_server(cp: &Running, owner: &str, name: &str, gw_key: u8) -> FeedFollower {
     let v = ok(
@@ -483,18 +502,7 @@ async fn two_factor_sign_in(engine: Engine) {
     )
     .await;
     let c = cp.client();
-    add_user(&cp.admin, "alice").await;
-    add_user(&cp.admin, "bob").await;
-    let alice = token_of(&c, "alice").await;
-    let _gw = owned_server(&cp, &alice, "den", 200).await;
-    ok(
-        &c,
-        &alice,
-        Method::POST,
-        "/v1/servers/den/shares",
-        Some(json!({"username": "bob"})),
-    )
-    .await;
+    let (alice, _gw) = alice_shares_den_with_bob(&cp).await;
     ok(
         &c,
         &alice,
@@ -624,18 +632,7 @@ async fn new_devices_wait_for_the_owners_approval(engine: Engine) {
     let store = engine.store();
     let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
     let c = cp.client();
-    add_user(&cp.admin, "alice").await;
-    add_user(&cp.admin, "bob").await;
-    let alice = token_of(&c, "alice").await;
-    let gw = owned_server(&cp, &alice, "den", 200).await;
-    ok(
-        &c,
-        &alice,
-        Method::POST,
-        "/v1/servers/den/shares",
-        Some(json!({"username": "bob"})),
-    )
-    .await;
+    let (alice, gw) = alice_shares_den_with_bob(&cp).await;
     ok(
         &c,
         &alice,
