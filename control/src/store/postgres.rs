@@ -590,6 +590,17 @@ CREATE TABLE login_suspects (
 CREATE INDEX login_suspects_at ON login_suspects(at);
 "#,
     r#"
+-- Version 2 (issue 17): what the gateway reported about its network
+-- (port mapping, IPv6, the address it was seen from) and the last
+-- reachability check, each as JSON; the one-off admission of a check
+-- in progress (JSON) and when it ends (Unix seconds).
+ALTER TABLE servers ADD COLUMN network TEXT;
+ALTER TABLE servers ADD COLUMN reachability TEXT;
+ALTER TABLE servers ADD COLUMN probe TEXT;
+ALTER TABLE servers ADD COLUMN probe_until BIGINT;
+"#,
+    r#"
+-- Version 3: tenancy (SQLite's version 5).
 ALTER TABLE users ADD COLUMN totp_secret BYTEA;
 ALTER TABLE users ADD COLUMN totp_pending BYTEA;
 ALTER TABLE users ADD COLUMN totp_last_step BIGINT;

@@ -278,11 +278,22 @@ CREATE TABLE login_suspects (
 );
 "#;
 
-/// Version 4: tenancy. Servers have an owner and a sharing policy
+/// Version 4 (issue 17): what the gateway reported about its network
+/// (port mapping, IPv6, the address it was seen from) and the last
+/// reachability check, each as JSON; the one-off admission of a check
+/// in progress (JSON) and when it ends (Unix seconds).
+const SCHEMA_V4: &str = r#"
+ALTER TABLE servers ADD COLUMN network TEXT;
+ALTER TABLE servers ADD COLUMN reachability TEXT;
+ALTER TABLE servers ADD COLUMN probe TEXT;
+ALTER TABLE servers ADD COLUMN probe_until INTEGER;
+"#;
+
+/// Version 5: tenancy. Servers have an owner and a sharing policy
 /// (direct mode, two-factor, device approval); accounts have TOTP,
 /// recovery codes and devices; invitations; audit lines name the tenant
-/// they belong to. PostgreSQL's migration 2 is the same.
-const SCHEMA_V4: &str = r#"
+/// they belong to. PostgreSQL's migration 3 is the same.
+const SCHEMA_V5: &str = r#"
 ALTER TABLE users ADD COLUMN totp_secret BLOB;
 ALTER TABLE users ADD COLUMN totp_pending BLOB;
 ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
@@ -339,7 +350,7 @@ ALTER TABLE admissions ADD COLUMN device_id TEXT;
 
 /// The schema version `migrate` brings a database to (`PRAGMA
 /// user_version`). Add a step below and raise this to change the schema.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Brings a database made by an older control plane (or a new, empty
 /// one) to [`SCHEMA_VERSION`], in one transaction. A database of a newer
@@ -367,6 +378,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     }
     if version < 4 {
         tx.execute_batch(SCHEMA_V4)?;
+    }
+    if version < 5 {
+        tx.execute_batch(SCHEMA_V5)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
