@@ -965,6 +965,12 @@ fn cases() -> Vec<Case> {
             None,
         ),
         c(
+            Method::POST,
+            "/v1/admin/servers/{name}/check",
+            Status(403),
+            None,
+        ),
+        c(
             Method::GET,
             "/v1/admin/enrollment-tokens",
             Status(403),
