@@ -1311,8 +1311,8 @@ pub fn activate(tx: &mut Tx, id: &str) -> Result<bool> {
     )? > 0)
 }
 
-/// [`activate`], and when it did, [`audit`]: one statement on
-/// PostgreSQL.
+/// [`activate`], and when it did, [`audit`] (with the same tenant
+/// columns): one statement on PostgreSQL.
 pub fn activate_with_audit(
     tx: &mut Tx,
     id: &str,
@@ -1323,9 +1323,14 @@ pub fn activate_with_audit(
         let rows = tx.query(
             "WITH act AS (UPDATE admissions SET state = 'active', pending_until = NULL
                  WHERE id = $1 AND state = 'pending' RETURNING id)
-             INSERT INTO audit(at, event, username, server, admission_id, source, detail)
+             INSERT INTO audit(at, event, username, server, admission_id, source, detail,
+                 owner_id, server_id, user_id)
              SELECT CAST($2 AS BIGINT), CAST($3 AS TEXT), CAST($4 AS TEXT), CAST($5 AS TEXT),
-                 CAST($6 AS TEXT), CAST($7 AS TEXT), CAST($8 AS TEXT) FROM act
+                 CAST($6 AS TEXT), CAST($7 AS TEXT), CAST($8 AS TEXT),
+                 (SELECT owner_id FROM servers WHERE name = $5),
+                 (SELECT id FROM servers WHERE name = $5),
+                 (SELECT id FROM users WHERE username = $4)
+             FROM act
              RETURNING id",
             args![
                 id,
