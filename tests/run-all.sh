@@ -20,12 +20,13 @@ command -v c++ >/dev/null || die "a C++ compiler is missing (Debian: apt-get ins
 [ "$(id -u)" = 0 ] || die "the netns harness needs root (network namespaces, veth, nftables); run as root"
 
 # Debian package providing each command the suite uses: the netns
-# harness's tools, then those of the C ABI's tests (ffi/tests/c_abi.rs:
+# harness's tools (Prometheus scrapes the gateway and control plane in
+# scenario 21), then those of the C ABI's tests (ffi/tests/c_abi.rs:
 # memcheck, a real player, the Python binding).
 declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
-  [python3]=python3 [sysctl]=procps
+  [python3]=python3 [sysctl]=procps [prometheus]=prometheus
   [valgrind]=valgrind [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
 )
 missing=()

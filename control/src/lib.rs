@@ -13,7 +13,8 @@
 //! gets only what changed since the version it holds. Everything is
 //! served over HTTPS only (`tls`); the HTTP API itself lives in `app` and
 //! is documented in docs/api.md. `bundle` makes the identity (CA,
-//! certificate, admin token) that replicas share.
+//! certificate, admin token) that replicas share. `metrics` counts
+//! requests, logins, access latency and database latency for Prometheus.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -22,6 +23,7 @@ pub mod bundle;
 mod error;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod state;
 pub mod store;
 pub mod tls;
@@ -93,6 +95,9 @@ pub struct Settings {
     /// tests pass a [`Clock::manual`] and move it themselves, so a limit
     /// holds however slow the machine running them is.
     pub clock: Clock,
+    /// Label the metrics' live admissions with each server's name (a name
+    /// can say whose server it is, so only when the operator allows it).
+    pub metrics_per_server: bool,
 }
 
 /// The monotonic clock the control plane's rate limits read.
@@ -176,6 +181,7 @@ impl Default for Settings {
             header_timeout: Duration::from_secs(10),
             enrollment_ttl: Duration::from_secs(24 * 3600),
             clock: Clock::System,
+            metrics_per_server: false,
         }
     }
 }
@@ -255,7 +261,9 @@ impl ControlPlane {
         }
         tracing::info!(database = %db.describe(), "database open");
         let dummy_hash = auth::hash_password(&hex_of(&auth::random_key()));
+        let metrics = metrics::ControlMetrics::new(db.latency(), cfg.settings.metrics_per_server);
         let state = Arc::new(AppState {
+            metrics,
             db,
             hub,
             replica: auth::random_id("replica_"),

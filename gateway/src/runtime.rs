@@ -203,6 +203,8 @@ struct FeedHealth {
     connected: bool,
     last_error: Option<String>,
     acked: u64,
+    /// When a feed answer was last acknowledged (the metrics' feed lag).
+    acked_at: Option<Instant>,
 }
 
 /// A running gateway. Dropping it without `shutdown` leaves the data path
@@ -225,6 +227,10 @@ pub struct Gateway {
     status: Option<tokio::task::JoinHandle<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     status_path: PathBuf,
+    feed_metrics: Arc<crate::metrics::FeedMetrics>,
+    /// Tunnel services (port, name), to name the data path's per-port
+    /// counters in the metrics.
+    service_names: Vec<(u16, String)>,
     /// The state folder, this gateway's while it lives.
     _lock: statelock::StateLock,
 }
@@ -507,6 +513,7 @@ impl Gateway {
             ..Default::default()
         }));
         let (synced_tx, synced) = watch::channel(0u64);
+        let feed_metrics = Arc::new(crate::metrics::FeedMetrics::default());
         let feed = tokio::spawn(follow_feed(
             client.with_bearer(&credential),
             Appliers {
@@ -516,6 +523,7 @@ impl Gateway {
             },
             health.clone(),
             synced_tx,
+            feed_metrics.clone(),
         ));
         let mut gw = Gateway {
             udp: udp_addr,
@@ -534,6 +542,12 @@ impl Gateway {
             status: None,
             thread: Some(thread),
             status_path: cfg.state_dir.join("status.sock"),
+            feed_metrics,
+            service_names: cfg
+                .services
+                .iter()
+                .map(|s| (s.port, s.name.clone()))
+                .collect(),
             _lock: lock,
         };
         gw.status = Some(gw.serve_status()?);
@@ -559,6 +573,37 @@ impl Gateway {
 
     pub async fn status(&self) -> Option<StatusReport> {
         status_of(&self.status_sources()).await
+    }
+
+    /// The metrics in the Prometheus text format (see [`crate::metrics`]);
+    /// None when the data path does not answer.
+    pub async fn metrics_text(&self) -> Option<String> {
+        let report = self.status().await?;
+        let prefilter_drops = match &report.prefilter {
+            Some(_) => {
+                let port = self.udp.port();
+                tokio::task::spawn_blocking(move || crate::filter::drop_counts(port))
+                    .await
+                    .ok()
+                    .and_then(|r| r.map_err(|e| tracing::debug!(error = %e, "cannot read the pre-filter's counters")).ok())
+            }
+            None => None,
+        };
+        let feed_lag_secs = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acked_at
+            .map(|t| t.elapsed().as_secs_f64());
+        Some(crate::metrics::render(
+            &self.feed_metrics,
+            crate::metrics::Scrape {
+                report,
+                prefilter_drops,
+                feed_lag_secs,
+                service_names: self.service_names.clone(),
+            },
+        ))
     }
 
     /// Checks every upstream now (as the periodic check does), logging
@@ -785,6 +830,7 @@ async fn follow_feed(
     appliers: Appliers,
     health: Arc<Mutex<FeedHealth>>,
     synced: watch::Sender<u64>,
+    metrics: Arc<crate::metrics::FeedMetrics>,
 ) {
     let Appliers {
         control,
@@ -819,6 +865,11 @@ async fn follow_feed(
                     Absorbed::Whole(state) => (state.version, state.server.clone()),
                     Absorbed::Diff { header, .. } => (header.version, header.server.clone()),
                 };
+                let kind = match &absorbed {
+                    Absorbed::Whole(_) => "whole",
+                    Absorbed::Diff { .. } => "diff",
+                };
+                metrics.updates.get_or_create(&vec![("kind", kind)]).inc();
                 // The kernel first: a version is acknowledged only once
                 // its sources (tunnel and direct) are admitted there. The
                 // netlink and `nft` calls block, so they run off the async
@@ -921,7 +972,11 @@ async fn follow_feed(
                         h.connected = true;
                         h.last_error = None;
                         h.acked = version;
+                        h.acked_at = Some(Instant::now());
                         drop(h);
+                        metrics
+                            .ack_latency
+                            .observe(received.elapsed().as_secs_f64());
                         synced.send_replace(version);
                     }
                     Err(e) => {
@@ -935,6 +990,7 @@ async fn follow_feed(
                 diffs = false;
             }
             Err(e) => {
+                metrics.errors.inc();
                 {
                     let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
                     if e.status() == Some(401) && (h.connected || h.last_error.is_none()) {

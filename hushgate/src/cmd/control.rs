@@ -3,6 +3,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::metrics::MetricsListen;
+
+/// Stops the metrics listener when the control plane stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Run the control plane. It stays in the foreground (under systemd, see
 /// deploy/hushgate-control.service); stop it with Ctrl-C or SIGTERM.
 ///
@@ -159,6 +170,16 @@ struct RunArgs {
     /// head; also how long an idle connection is kept open.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     header_timeout: f64,
+    /// Serve Prometheus metrics (GET /metrics, plain HTTP) on this address
+    /// of its own, never the HTTPS port: e.g. 127.0.0.1:9102 or
+    /// unix:/run/hushgate-control/metrics.sock. Keep it private (loopback,
+    /// or a network only Prometheus reaches). Default: off.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<MetricsListen>,
+    /// Label the live-admissions metric with each server's name (names can
+    /// say whose server it is; without this, one total).
+    #[arg(long)]
+    metrics_per_server: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -300,6 +321,7 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
                 a.admin_source
             },
             header_timeout: Duration::from_secs_f64(a.header_timeout.max(0.5)),
+            metrics_per_server: a.metrics_per_server,
             ..defaults
         },
     };
@@ -331,6 +353,19 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
         state.display()
     );
     tracing::info!(open_files = nofile, "open-files limit");
+    let _metrics = match &a.metrics_listen {
+        Some(listen) => {
+            let st = cp.app_state();
+            let render: super::metrics::Render = std::sync::Arc::new(move || {
+                let st = st.clone();
+                Box::pin(async move { Some(control::metrics::render(&st).await) })
+            });
+            let task = super::metrics::serve(listen, render).await?;
+            println!("metrics: {listen}");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     cp.serve(listener, async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

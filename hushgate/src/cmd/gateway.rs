@@ -1,3 +1,4 @@
+use super::metrics::MetricsListen;
 use anyhow::{bail, Context};
 use control_client::Trust;
 use gateway::{EnrollToken, Gateway, GatewayConfig, GatewayFile, PrefilterMode, ServiceSpec};
@@ -135,6 +136,11 @@ struct RunArgs {
     /// together, out of the gateway's 256 MiB [default: 64].
     #[arg(long, value_name = "MIB")]
     buffer_growth_per_client_mib: Option<usize>,
+    /// Serve Prometheus metrics (GET /metrics) on this loopback address or
+    /// Unix socket: 127.0.0.1:9101, [::1]:9101 or unix:/PATH. Never the
+    /// public UDP port; a non-loopback address is refused. Default: off.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -179,6 +185,7 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
         buffer_growth_per_client_mib: cli
             .buffer_growth_per_client_mib
             .or(file.buffer_growth_per_client_mib),
+        metrics_listen: cli.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -243,6 +250,14 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
             .buffer_growth_per_client_mib
             .map_or(defaults.buffer_growth, |m| m.saturating_mul(1 << 20)),
     };
+    let metrics_listen = a
+        .metrics_listen
+        .as_deref()
+        .map(|m| m.parse::<MetricsListen>().map_err(anyhow::Error::msg))
+        .transpose()?;
+    if let Some(m) = &metrics_listen {
+        m.require_local()?;
+    }
     let trust = match &a.ca {
         Some(ca) => Trust::from_ca_file(ca)?,
         None => Trust::PublicRoots,
@@ -292,8 +307,40 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
     } else {
         println!("not in sync with the control plane yet; retrying in the background");
     }
-    wait_for_stop().await;
+    // Scrapes are answered here, where the gateway lives: the listener's
+    // handler asks over a channel, so it holds no reference to it.
+    let (scrapes, mut asked) =
+        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Option<String>>>(4);
+    let metrics = match &metrics_listen {
+        Some(listen) => {
+            let render: super::metrics::Render = std::sync::Arc::new(move || {
+                let scrapes = scrapes.clone();
+                Box::pin(async move {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    scrapes.send(tx).await.ok()?;
+                    rx.await.ok().flatten()
+                })
+            });
+            let task = super::metrics::serve(listen, render).await?;
+            println!("metrics: {listen}");
+            Some(task)
+        }
+        None => None,
+    };
+    let stop = wait_for_stop();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(reply) = asked.recv() => {
+                let _ = reply.send(gw.metrics_text().await);
+            }
+        }
+    }
     println!("stopping");
+    if let Some(m) = metrics {
+        m.abort();
+    }
     gw.shutdown().await;
     Ok(())
 }

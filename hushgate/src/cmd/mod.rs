@@ -3,6 +3,7 @@ pub mod connect;
 pub mod control;
 pub mod demo;
 pub mod gateway;
+pub mod metrics;
 pub mod qr;
 
 /// Reads a secret from an environment variable or, failing that, from
