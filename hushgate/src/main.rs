@@ -39,6 +39,58 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Reach a server as a client: log in, get admitted, open a local port for the player.
     Connect(cmd::connect::Args),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    ///
+    /// E.g. `hushgate completions bash > /etc/bash_completion.d/hushgate`;
+    /// the Debian package installs them for bash, zsh and fish.
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (hushgate.1, hushgate-control.1, ...) into DIR.
+    ///
+    /// Generated from the same definition as --help, so they never
+    /// disagree with it; the Debian package installs them.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
+}
+
+/// The man pages of `hushgate` and of every subcommand, with the file
+/// name each goes in (`hushgate-gateway-status.1`).
+fn man_pages() -> Vec<(String, clap::Command)> {
+    fn walk(prefix: &str, cmd: clap::Command, out: &mut Vec<(String, clap::Command)>) {
+        let name = if prefix.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{prefix}-{}", cmd.get_name())
+        };
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() != "help" {
+                walk(&name, sub.clone(), out);
+            }
+        }
+        let cmd = cmd.name(name.clone());
+        out.push((format!("{name}.1"), cmd));
+    }
+    let mut out = Vec::new();
+    let mut root = <Cli as clap::CommandFactory>::command();
+    root.build();
+    walk("", root, &mut out);
+    out
+}
+
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (file, cmd) in man_pages() {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut page)?;
+        let path = dir.join(&file);
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// What `hushgate connect` logs unless RUST_LOG says otherwise: a client
@@ -49,6 +101,24 @@ const CLIENT_LOG: &str =
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Generated from the CLI definition: no runtime, no logging needed.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "hushgate", &mut std::io::stdout());
+            return std::process::ExitCode::SUCCESS;
+        }
+        Command::Man { dir } => {
+            return match write_man_pages(dir) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("hushgate: {e:#}");
+                    std::process::ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     // The demo narrates on its own; its components' logs would only
     // interleave with the story unless asked for with RUST_LOG.
     let default_filter = match cli.command {
@@ -84,6 +154,7 @@ fn main() -> std::process::ExitCode {
             Command::Gateway(a) => cmd::gateway::run(a).await,
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Connect(a) => cmd::connect::run(a).await,
+            Command::Completions { .. } | Command::Man { .. } => Ok(()),
         }
     });
     match result {
@@ -134,5 +205,39 @@ mod tests {
         assert!(!text.contains("stack trace"), "{text}");
         assert!(text.contains("renewed the admission"), "{text}");
         assert!(text.contains("admission revoked"), "{text}");
+    }
+
+    #[test]
+    fn every_command_has_a_man_page_and_completions_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        super::write_man_pages(dir.path()).unwrap();
+        for page in [
+            "hushgate.1",
+            "hushgate-control.1",
+            "hushgate-gateway.1",
+            "hushgate-gateway-status.1",
+            "hushgate-gateway-filter-remove.1",
+            "hushgate-admin.1",
+            "hushgate-connect.1",
+        ] {
+            let text = std::fs::read_to_string(dir.path().join(page))
+                .unwrap_or_else(|e| panic!("{page}: {e}"));
+            assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}");
+        }
+        let gw = std::fs::read_to_string(dir.path().join("hushgate-gateway.1")).unwrap();
+        assert!(
+            gw.contains("metrics\\-listen"),
+            "the gateway's page lists its flags"
+        );
+        let mut out = Vec::new();
+        let mut cmd = <super::Cli as clap::CommandFactory>::command();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "hushgate", &mut out);
+        let bash = String::from_utf8(out).unwrap();
+        for word in ["gateway", "--metrics-listen", "completions"] {
+            assert!(
+                bash.contains(word),
+                "{word} missing from the bash completions"
+            );
+        }
     }
 }
