@@ -39,6 +39,18 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Reach a server as a client: log in, get admitted, open a local port for the player.
     Connect(cmd::connect::Args),
+    /// Client side: list the connect profiles and the session each runs now.
+    Status {
+        /// Only this profile.
+        #[arg(value_name = "PROFILE")]
+        profile: Option<String>,
+    },
+    /// Client side: end a profile's running session (its admission is
+    /// revoked) and forget the profile.
+    Logout {
+        #[arg(value_name = "PROFILE")]
+        profile: String,
+    },
     /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
     ///
     /// E.g. `hushgate completions bash > /etc/bash_completion.d/hushgate`;
@@ -46,6 +58,12 @@ enum Command {
     Completions {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
+    },
+    /// Print an example config file for ROLE (control, gateway, connect),
+    /// every key with its comment: what deploy/ROLE.toml holds.
+    ExampleConfig {
+        #[arg(value_name = "ROLE", value_parser = ["control", "gateway", "connect"])]
+        role: String,
     },
     /// Write the man pages (hushgate.1, hushgate-control.1, ...) into DIR.
     ///
@@ -108,6 +126,10 @@ fn main() -> std::process::ExitCode {
             clap_complete::generate(*shell, &mut cmd, "hushgate", &mut std::io::stdout());
             return std::process::ExitCode::SUCCESS;
         }
+        Command::ExampleConfig { role } => {
+            print!("{}", cmd::config::example_for(role));
+            return std::process::ExitCode::SUCCESS;
+        }
         Command::Man { dir } => {
             return match write_man_pages(dir) {
                 Ok(()) => std::process::ExitCode::SUCCESS,
@@ -123,7 +145,7 @@ fn main() -> std::process::ExitCode {
     // interleave with the story unless asked for with RUST_LOG.
     let default_filter = match cli.command {
         Command::Demo(_) => "error",
-        Command::Connect(_) => CLIENT_LOG,
+        Command::Connect(_) | Command::Status { .. } | Command::Logout { .. } => CLIENT_LOG,
         _ => "info",
     };
     use std::io::IsTerminal;
@@ -154,7 +176,15 @@ fn main() -> std::process::ExitCode {
             Command::Gateway(a) => cmd::gateway::run(a).await,
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Connect(a) => cmd::connect::run(a).await,
-            Command::Completions { .. } | Command::Man { .. } => Ok(()),
+            Command::Status { profile } => {
+                cmd::profile::status(profile.as_deref()).map(|text| print!("{text}"))
+            }
+            Command::Logout { profile } => cmd::profile::logout(&profile)
+                .await
+                .map(|text| print!("{text}")),
+            Command::Completions { .. } | Command::Man { .. } | Command::ExampleConfig { .. } => {
+                Ok(())
+            }
         }
     });
     match result {

@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 /// remove --port PORT` deletes it.
 ///
 /// Every flag can also come from a TOML file (--config) with the same
-/// names, e.g. `control = "https://..."`, `services = ["plex=32400:127.0.0.1:32400"]`.
+/// names, e.g. `control = "https://..."`, `services = ["plex=32400:127.0.0.1:32400"]`,
+/// or from its environment variable (HUSHGATE_GATEWAY_CONTROL, ...); a
+/// flag wins over its variable, which wins over the file.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
@@ -78,34 +80,36 @@ enum FilterCmd {
 
 #[derive(Debug, clap::Args, Default)]
 struct RunArgs {
-    /// TOML file with any of these settings; flags override it.
-    #[arg(long, value_name = "FILE")]
+    /// TOML file with any of these settings (keys: the long flags with `_`
+    /// for `-`; deploy/gateway.toml); flags and their environment
+    /// variables override it.
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     /// Control plane URL, e.g. https://control.example:8443. For replicas,
     /// several URLs separated by commas: when one cannot be reached, the
     /// next is used.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "HUSHGATE_GATEWAY_CONTROL")]
     control: Option<String>,
     /// CA certificate of the control plane to pin (its ca.pem); without it
     /// the public web PKI is trusted.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_GATEWAY_CA")]
     ca: Option<PathBuf>,
     /// State folder for the key and credential.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "HUSHGATE_GATEWAY_STATE")]
     state: Option<PathBuf>,
     /// File holding the one-time enrollment token ('-' for standard input);
     /// or set HUSHGATE_ENROLL_TOKEN, or pass it as the systemd credential
     /// 'enroll-token' (LoadCredential=). Read on the first start only:
     /// once enrolled (a credential in --state) it is ignored, and the file
     /// may be removed.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_GATEWAY_ENROLL_FILE")]
     enroll_file: Option<PathBuf>,
     /// UDP address to listen on [default: 0.0.0.0:51820].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "HUSHGATE_GATEWAY_LISTEN_UDP")]
     listen_udp: Option<SocketAddr>,
     /// Address clients should send to (the router's public IP and the
     /// forwarded port); default: the address the control plane sees.
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "IP:PORT", env = "HUSHGATE_GATEWAY_PUBLIC_ENDPOINT")]
     public_endpoint: Option<SocketAddr>,
     /// A service: NAME=PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400 (repeatable).
     #[arg(long = "service", value_name = "SPEC")]
@@ -121,25 +125,37 @@ struct RunArgs {
     /// The kernel pre-filter: auto (use it when the gateway may change
     /// nftables, otherwise warn and filter in user space only), required
     /// (refuse to start without it) or off [default: auto].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", env = "HUSHGATE_GATEWAY_PREFILTER")]
     prefilter: Option<String>,
     /// Connections one client may hold at once (open, opening or
     /// closing); one more is refused with a TCP reset inside its tunnel
     /// [default: 128].
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HUSHGATE_GATEWAY_MAX_CONNECTIONS_PER_CLIENT"
+    )]
     max_connections_per_client: Option<usize>,
     /// TCP handshakes one client may have in progress; further SYNs are
     /// dropped and its TCP sends them again [default: 16].
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HUSHGATE_GATEWAY_MAX_PENDING_PER_CLIENT"
+    )]
     max_pending_per_client: Option<usize>,
     /// MiB by which the TCP buffers of one client's connections may grow
     /// together, out of the gateway's 256 MiB [default: 64].
-    #[arg(long, value_name = "MIB")]
+    #[arg(
+        long,
+        value_name = "MIB",
+        env = "HUSHGATE_GATEWAY_BUFFER_GROWTH_PER_CLIENT_MIB"
+    )]
     buffer_growth_per_client_mib: Option<usize>,
     /// Serve Prometheus metrics (GET /metrics) on this loopback address or
     /// Unix socket: 127.0.0.1:9101, [::1]:9101 or unix:/PATH. Never the
     /// public UDP port; a non-loopback address is refused. Default: off.
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "HUSHGATE_GATEWAY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
 }
 
