@@ -452,13 +452,13 @@ impl<C: ControlApi> Supervisor<C> {
                     tokio::time::timeout(Duration::from_secs(5), self.control.revoke(&id)).await;
             }
             EndReason::Revoked { message } => {
-                tracing::warn!(server = %self.server, %message, "admission revoked");
+                tracing::warn!(server = %self.server, admission = %self.current.admission_id, %message, "admission revoked");
                 self.emit(SessionEvent::Revoked {
                     message: message.clone(),
                 });
             }
             EndReason::Failed { message, .. } => {
-                tracing::warn!(server = %self.server, %message, "session failed");
+                tracing::warn!(server = %self.server, admission = %self.current.admission_id, %message, "session failed");
             }
         }
         let _ = self.ended.send(Some(reason.clone()));
@@ -487,6 +487,7 @@ impl<C: ControlApi> Supervisor<C> {
             {
                 tracing::info!(
                     gateway = %self.current.gateway_endpoint,
+                    admission = %self.current.admission_id,
                     "gateway stopped answering; asking for a new admission"
                 );
                 self.emit(SessionEvent::Lost);
@@ -567,7 +568,7 @@ impl<C: ControlApi> Supervisor<C> {
                 // The admission keeps working until it expires; keep trying
                 // until then, after which the path loss takes over.
                 let wait = self.renew_backoff.next_delay(&mut self.rng);
-                tracing::warn!(error = %e, retry_in = ?wait, "renewal failed");
+                tracing::warn!(admission = %self.current.admission_id, error = %e, retry_in = ?wait, "renewal failed");
                 self.renew_at = Instant::now() + wait;
                 None
             }
@@ -629,7 +630,7 @@ impl<C: ControlApi> Supervisor<C> {
             Some(Err(e)) if e.is_transient() || matches!(e, ShimError::BadAnswer(_)) => {
                 let rc = self.reconnect.as_mut()?;
                 let wait = rc.backoff.next_delay(&mut self.rng);
-                tracing::warn!(error = %e, retry_in = ?wait, "re-admission failed");
+                tracing::warn!(previous_admission = %self.current.admission_id, error = %e, retry_in = ?wait, "re-admission failed");
                 rc.next_try = Instant::now() + wait;
                 None
             }

@@ -785,7 +785,7 @@ impl Dispatcher {
             }
         }
         for rejected in &outcome.rejected {
-            tracing::warn!(%rejected, "admission not installed");
+            tracing::warn!(admission = rejected.admission_id(), %rejected, "admission not installed");
         }
         outcome
     }

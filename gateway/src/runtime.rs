@@ -915,7 +915,10 @@ async fn follow_feed(
                     match result {
                         Ok(unrepresentable) => {
                             for e in unrepresentable {
-                                tracing::warn!(error = %e, "admission left out of the pre-filter");
+                                let crate::filter::plan::PlanError::UnknownDirectService {
+                                    id, ..
+                                } = &e;
+                                tracing::warn!(admission = %id, error = %e, "admission left out of the pre-filter");
                             }
                         }
                         Err(e) => {

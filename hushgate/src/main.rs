@@ -23,8 +23,19 @@ shim); `demo` shows them all working together on loopback.",
 Logging: set RUST_LOG (e.g. RUST_LOG=debug). Docs: README.md and docs/ in the repository."
 )]
 struct Cli {
+    /// Log lines as text (for people and journald) or as JSON objects, one
+    /// per line, for log shippers (each field its own key: `admission`,
+    /// `user`, `server`, ...).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "HUSHGATE_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +122,19 @@ fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--log-format json`: one object per line, the event's fields at the top
+/// level beside `timestamp`, `level`, `target` and `message`.
+fn json_logs() -> tracing_subscriber::fmt::SubscriberBuilder<
+    tracing_subscriber::fmt::format::JsonFields,
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+> {
+    tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+}
+
 /// What `hushgate connect` logs unless RUST_LOG says otherwise: a client
 /// user needs hushgate's own messages, not the internals of the libraries
 /// under it (boringtun's timer warnings, TCP stack traces).
@@ -149,16 +173,21 @@ fn main() -> std::process::ExitCode {
         _ => "info",
     };
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, not in journald,
-        // files or pipes.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // Colour codes only for a person at a terminal, not in
+            // journald, files or pipes.
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
+        LogFormat::Json => json_logs()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -235,6 +264,26 @@ mod tests {
         assert!(!text.contains("stack trace"), "{text}");
         assert!(text.contains("renewed the admission"), "{text}");
         assert!(text.contains("admission revoked"), "{text}");
+    }
+
+    #[test]
+    fn json_logs_are_one_object_per_line_with_the_admission_as_a_field() {
+        let out = Captured::default();
+        let w = out.clone();
+        let subscriber = super::json_logs().with_writer(move || w.clone()).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                user = "alice",
+                server = "den",
+                admission = "adm_1",
+                "access granted"
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["admission"], "adm_1");
+        assert_eq!(line["message"], "access granted");
+        assert_eq!(line["level"], "INFO");
     }
 
     #[test]
