@@ -27,6 +27,7 @@ declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
   [python3]=python3 [sysctl]=procps [prometheus]=prometheus
+  [adduser]=adduser
   [valgrind]=valgrind [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
 )
 missing=()
@@ -77,6 +78,12 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/run.sh
 say "netns harness (tests/netns/run.sh)"
 cargo build -p hushgate -p hushgate-netem --locked
 tests/netns/run.sh
+
+say "Debian package (tests/package.sh)"
+# Builds the release binary and the .deb (installs cargo-deb when it is
+# missing), installs it with dpkg, runs the units' command lines as their
+# users with their capabilities, one admission end to end, then purges it.
+tests/package.sh
 
 echo
 echo "all test stages passed"
