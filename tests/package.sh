@@ -31,6 +31,9 @@ cleanup() {
   for p in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
   ip netns del "$NS" 2>/dev/null
   if dpkg -s hushgate >/dev/null 2>&1; then dpkg --purge hushgate >/dev/null 2>&1; fi
+  # What the test put in /etc/hushgate as the operator (dpkg removes its own).
+  rm -f /etc/hushgate/ca.pem /etc/hushgate/enroll-token
+  rmdir /etc/hushgate 2>/dev/null
   if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
@@ -90,13 +93,16 @@ log "binary, units, configs (conffiles), completions, man pages, system users an
 
 if command -v systemd-analyze >/dev/null; then
   # Offline: checks the units' syntax, that ExecStart exists, and the
-  # [Install] section, without a running systemd.
-  if ! out=$(systemd-analyze verify /lib/systemd/system/hushgate-control.service \
+  # [Install] section, without a running systemd; their Documentation=
+  # man pages too where `man` is installed.
+  man_check=--man=no
+  command -v man >/dev/null && man_check=--man=yes
+  if ! out=$(systemd-analyze verify "$man_check" /lib/systemd/system/hushgate-control.service \
     /lib/systemd/system/hushgate-gateway.service 2>&1); then
     echo "$out" >&2; die "systemd-analyze verify refused a unit"
   fi
   if grep -i "hushgate" <<<"$out"; then die "systemd-analyze verify warned about a unit"; fi
-  log "systemd-analyze verify: both units clean"
+  log "systemd-analyze verify $man_check: both units clean"
 else
   log "systemd-analyze is not installed: units not verified"
 fi
@@ -161,12 +167,20 @@ PIDS+=("$!")
 
 GW=$(run_unit hushgate-gateway.service gateway CREDENTIALS_DIRECTORY="$CRED"); PIDS+=("$GW")
 wait_for "the gateway in sync" 20 grep -q "in sync" "$W/gateway.log" || { cat "$W/gateway.log" >&2; exit 1; }
-gw_pid=$(ip netns pids "$NS" | while read -r p; do
-  [ "$(cat /proc/$p/comm 2>/dev/null)" = hushgate ] && grep -q gateway /proc/$p/cmdline && echo "$p"; done | head -1)
+# The pid of the hushgate process in the namespace running ROLE.
+role_pid() {
+  local p
+  for p in $(ip netns pids "$NS"); do
+    if [ "$(cat /proc/"$p"/comm 2>/dev/null)" = hushgate ] && tr '\0' ' ' </proc/"$p"/cmdline | grep -q " $1 "; then
+      echo "$p"; return 0
+    fi
+  done
+  return 1
+}
+gw_pid=$(role_pid gateway)
 [ "$(stat -c %U /proc/"$gw_pid")" = hushgate-gateway ] || die "the gateway does not run as hushgate-gateway"
 grep -q '^CapEff:\s*0000000000001000$' /proc/"$gw_pid"/status || die "the gateway's capabilities are not CAP_NET_ADMIN alone: $(grep Cap /proc/"$gw_pid"/status)"
-ctl_pid=$(ip netns pids "$NS" | while read -r p; do
-  [ "$(cat /proc/$p/comm 2>/dev/null)" = hushgate ] && grep -q control /proc/$p/cmdline && echo "$p"; done | head -1)
+ctl_pid=$(role_pid control)
 grep -q '^CapEff:\s*0000000000000000$' /proc/"$ctl_pid"/status || die "the control plane holds capabilities"
 ip netns exec "$NS" nft list table inet hushgate_51820 >/dev/null || die "the gateway's pre-filter table is missing"
 log "gateway up as hushgate-gateway with CAP_NET_ADMIN only; its pre-filter table is in place"
@@ -186,8 +200,10 @@ log "admission end to end: 4 MiB through the tunnel, sha256 matches"
 for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
 PIDS=()
 ip netns del "$NS"
+rm -f /etc/hushgate/ca.pem /etc/hushgate/enroll-token
 dpkg --purge hushgate >/dev/null
 ! getent passwd hushgate-gateway >/dev/null || die "purge left the user hushgate-gateway"
-[ ! -e /usr/bin/hushgate ] && [ ! -e /var/lib/hushgate ] || die "purge left files behind"
+[ ! -e /usr/bin/hushgate ] && [ ! -e /var/lib/hushgate ] && [ ! -e /lib/systemd/system/hushgate-gateway.service ] ||
+  die "purge left files behind"
 log "purged: binary, state and users gone"
 echo "package: ok"
