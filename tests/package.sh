@@ -149,8 +149,11 @@ log "control plane up as hushgate-control (from /etc/hushgate/control.toml); use
 # in a root-only file, the installed gateway.toml with its addresses set.
 install -m 0644 /var/lib/hushgate/control/ca.pem /etc/hushgate/ca.pem
 (umask 077; echo "$TOKEN" >/etc/hushgate/enroll-token)
+# Ports forwarded by hand (no router in the namespace to map them).
 sed -i -e 's#https://control.example.net:8443#https://127.0.0.1:8443#' \
-  -e 's#198.51.100.10:51820#127.0.0.1:51820#' /etc/hushgate/gateway.toml
+  -e 's|^\(# \)\?public_endpoint = "198.51.100.10:51820"|public_endpoint = "127.0.0.1:51820"|' \
+  -e 's|^port_mapping = "auto"|port_mapping = "off"|' /etc/hushgate/gateway.toml
+grep -q '^public_endpoint = "127.0.0.1:51820"' /etc/hushgate/gateway.toml || die "gateway.toml has no public_endpoint line to set"
 # LoadCredential=enroll-token:/etc/hushgate/enroll-token, as systemd does
 # it: a private copy only the service's user can read.
 CRED="$W/credentials"

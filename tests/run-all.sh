@@ -26,7 +26,7 @@ command -v c++ >/dev/null || die "a C++ compiler is missing (Debian: apt-get ins
 declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
-  [python3]=python3 [sysctl]=procps [prometheus]=prometheus
+  [python3]=python3 [sysctl]=procps [miniupnpd]=miniupnpd-nftables [prometheus]=prometheus
   [adduser]=adduser
   [valgrind]=valgrind [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
 )

@@ -529,13 +529,44 @@ impl<C: ControlApi> Supervisor<C> {
         self.last_probe = Some(now);
         self.probe_at = None;
         let id = self.current.admission_id.clone();
-        match unless_stopped(&mut self.stop, self.control.renew(&id)).await {
+        let mut answer = unless_stopped(&mut self.stop, self.control.renew(&id)).await;
+        // A network change also breaks the kept-alive HTTPS connection to
+        // the control plane (its NAT mapping is gone): the first call on
+        // it fails at once with a reset, and the retry opens a new one
+        // from the new address, which is the answer that matters here.
+        if matches!(&answer, Some(Err(e)) if e.is_transient()) {
+            answer = unless_stopped(&mut self.stop, self.control.renew(&id)).await;
+        }
+        match answer {
             None => return Some(EndReason::Closed),
-            Some(Ok(r)) => self.renewed(r.expires_at),
+            Some(Ok(r)) => {
+                self.renewed(r.expires_at);
+                // The control plane saw this renewal come from an address
+                // the admission does not admit: the network changed under
+                // us (Wi-Fi to mobile data, a new NAT address), and the
+                // stall will not end by itself. Re-admit now instead of
+                // waiting for the silence to count as a loss.
+                if r.moved == Some(true) {
+                    tracing::info!(
+                        gateway = %self.current.gateway_endpoint,
+                        "this device's network address changed; asking for a new admission"
+                    );
+                    self.emit(SessionEvent::Lost);
+                    self.reconnect = Some(Reconnect {
+                        backoff: self.tuning.backoff.clone(),
+                        next_try: Instant::now(),
+                    });
+                }
+            }
             Some(Err(ShimError::Revoked { message, .. })) => {
                 return Some(EndReason::Revoked { message })
             }
-            Some(Err(e)) => tracing::debug!(error = %e, "probe failed"),
+            Some(Err(e)) => {
+                // Ask again while the path stays silent (the stall is
+                // reported once): the control plane may be back by then.
+                tracing::debug!(error = %e, "probe failed");
+                self.probe_at = Some(now + self.tuning.probe_interval);
+            }
         }
         None
     }

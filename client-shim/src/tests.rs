@@ -385,6 +385,7 @@ impl ControlApi for FakeControl {
             }],
             preshared_key: Some(adm.psk),
             expires_at: adm.expires_at,
+            gateway_reachability: None,
         })
     }
 
@@ -399,9 +400,14 @@ impl ControlApi for FakeControl {
         };
         a.expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(ttl);
         let expires_at = a.expires_at;
+        // The client really sends from 127.0.0.1 (see `move_client`).
+        let moved = a.source != IpAddr::from(Ipv4Addr::LOCALHOST);
         st.renewals += 1;
         self.push(&mut st);
-        Ok(RenewResponse { expires_at })
+        Ok(RenewResponse {
+            expires_at,
+            moved: Some(moved),
+        })
     }
 
     async fn revoke(&mut self, id: &str) -> Result<(), ShimError> {
@@ -436,10 +442,14 @@ struct World {
 }
 
 async fn world(ttl_secs: i64) -> World {
+    world_with(ttl_secs, tuning()).await
+}
+
+async fn world_with(ttl_secs: i64, tuning: Tuning) -> World {
     let gateway = Arc::new(TestGateway::start(upstream()));
     let control = FakeControl::new(gateway, ttl_secs);
     let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let session = Session::start(control.clone(), listener, "den".into(), None, tuning())
+    let session = Session::start(control.clone(), listener, "den".into(), None, tuning)
         .await
         .expect("session starts");
     World { control, session }
@@ -587,6 +597,47 @@ async fn a_changed_source_address_leads_to_a_new_admission() {
         "old admission revoked"
     );
     assert_eq!(st.live.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_after_a_move_readmits_without_waiting_for_the_loss() {
+    // A path counts as lost only after a minute here: the new admission
+    // can only come from the probe's answer that the client moved.
+    let mut t = tuning();
+    t.datapath.timeouts.lost = Duration::from_secs(60);
+    let w = world_with(3600, t).await;
+    let mut ev = w.session.events();
+    let local = w.session.local_addr();
+    let first = w.session.info().admission_id;
+    assert_eq!(
+        blocking(move || download(local, 1 << 20, 1, 0))
+            .await
+            .unwrap(),
+        1 << 20
+    );
+    w.control.move_client();
+    let started = std::time::Instant::now();
+    let probe = std::thread::spawn(move || download(local, 1 << 20, 2, 0));
+    expect_event(&mut ev, PATIENCE, |e| *e == SessionEvent::Lost).await;
+    let connected = expect_event(&mut ev, PATIENCE, |e| {
+        matches!(e, SessionEvent::Connected { .. })
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "re-admitted by the probe's answer, not by the loss"
+    );
+    let SessionEvent::Connected { admission_id, .. } = connected else {
+        unreachable!()
+    };
+    assert_ne!(admission_id, first);
+    let _ = probe.join().unwrap();
+    assert_eq!(
+        blocking(move || download(local, 1 << 20, 3, 0))
+            .await
+            .unwrap(),
+        1 << 20
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,6 +30,12 @@ pub struct GatewayFile {
     /// Where to serve Prometheus metrics (loopback `IP:PORT` or
     /// `unix:/PATH`); checked by the binary.
     pub metrics_listen: Option<String>,
+    /// Port mapping on the home router: `auto` or `off` (issue 17).
+    pub port_mapping: Option<String>,
+    /// The router to ask for the port mapping.
+    pub router: Option<std::net::IpAddr>,
+    /// How often the mapping is checked on the router, in seconds.
+    pub port_mapping_check: Option<u64>,
 }
 
 impl GatewayFile {
@@ -54,6 +60,7 @@ mod tests {
         );
         assert_eq!(file.services, ["plex=32400:127.0.0.1:32400"]);
         assert_eq!(file.prefilter.as_deref(), Some("required"));
+        assert_eq!(file.port_mapping.as_deref(), Some("auto"));
     }
 
     #[test]
@@ -62,6 +69,8 @@ mod tests {
         // `config` is a flag only: a file cannot point at another file.
         assert!(GatewayFile::parse("config = \"other.toml\"").is_err());
         assert!(GatewayFile::parse("listen_udp = \"not an address\"").is_err());
+        assert!(GatewayFile::parse("router = \"not an address\"").is_err());
+        assert!(GatewayFile::parse("port_mapping_check = -1").is_err());
         assert_eq!(GatewayFile::parse("").unwrap(), GatewayFile::default());
     }
 }

@@ -9,7 +9,7 @@
 //! happens off the data path (feed versions, acknowledgement latency) is
 //! recorded in prometheus-client's own counters and histograms as it
 //! happens. The kernel pre-filter's drop counters are read with one `nft`
-//! listing per scrape.
+//! listing per scrape. The port mapping's state comes with the status.
 //!
 //! No sample is ever labelled by user, key or address (unbounded, and
 //! private): only by drop reason, service name, chain and the like, whose
@@ -354,6 +354,38 @@ impl Collector for Scrape {
             "1 when the service's upstream answered the last check, 0 when it did not, -1 before the first check",
             &health,
         )?;
+        {
+            use proto::reach::MappingState as M;
+            let now = &r.port_mapping.state;
+            let states: Vec<(Labels, f64)> = [
+                (M::Off, "off"),
+                (M::Pending, "pending"),
+                (M::Mapped, "mapped"),
+                (M::Refused, "refused"),
+                (M::NoProtocol, "no_protocol"),
+                (M::NoRouter, "no_router"),
+            ]
+            .into_iter()
+            .map(|(s, name)| {
+                (
+                    vec![("state", name.to_string())],
+                    if &s == now { 1.0 } else { 0.0 },
+                )
+            })
+            .collect();
+            gauge(
+                &mut enc,
+                "port_mapping_state",
+                "The port mapping on the home router: 1 for the state it is in (off, pending, mapped, refused, no_protocol, no_router)",
+                &states,
+            )?;
+            gauge(
+                &mut enc,
+                "port_mapping_lease_seconds",
+                "Seconds the router granted the current mapping for (0: no mapping held)",
+                &one(r.port_mapping.lease_secs.unwrap_or(0) as f64),
+            )?;
+        }
         if let Some(tcp) = &g.tcp {
             gauge(
                 &mut enc,

@@ -90,6 +90,8 @@ pub struct GatewayConfig {
     /// start only: once the state folder holds a credential it is
     /// ignored, so its file may be removed after enrolling.
     pub enroll_token: Option<EnrollToken>,
+    /// Automatic port mapping on the home router (issue 17).
+    pub port_mapping: crate::portmap::PortMapConfig,
 }
 
 /// Where a gateway finds its one-time enrollment token.
@@ -195,6 +197,11 @@ pub struct StatusReport {
     pub uptime_secs: u64,
     /// The gateway's version (`hushgate --version`).
     pub version: String,
+    /// The port mapping on the home router.
+    pub port_mapping: proto::reach::MappingReport,
+    /// The control plane's last reachability check and its diagnosis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<proto::reach::ReachabilityView>,
 }
 
 #[derive(Debug, Default)]
@@ -205,6 +212,7 @@ struct FeedHealth {
     acked: u64,
     /// When a feed answer was last acknowledged (the metrics' feed lag).
     acked_at: Option<Instant>,
+    reachability: Option<proto::reach::ReachabilityView>,
 }
 
 /// A running gateway. Dropping it without `shutdown` leaves the data path
@@ -231,6 +239,8 @@ pub struct Gateway {
     /// Tunnel services (port, name), to name the data path's per-port
     /// counters in the metrics.
     service_names: Vec<(u16, String)>,
+    /// Port mapping and endpoint reports (issue 17).
+    portmap: Option<crate::portmap::PortMap>,
     /// The state folder, this gateway's while it lives.
     _lock: statelock::StateLock,
 }
@@ -396,6 +406,7 @@ impl Gateway {
                     port: s.port,
                 })
                 .collect(),
+            network: None,
         };
         let mut server = None;
         let refused = match identity.credential.clone() {
@@ -525,6 +536,27 @@ impl Gateway {
             synced_tx,
             feed_metrics.clone(),
         ));
+        // ---- issue 17: port mapping; re-reports the endpoint when it changes.
+        // A gateway listening on loopback only cannot be reached through
+        // any router, so asking the host's router to forward its port
+        // would only disturb a real router (tests and the demo run so).
+        let mut mapping = cfg.port_mapping.clone();
+        if udp_addr.ip().is_loopback() && mapping.mode == crate::portmap::PortMappingMode::Auto {
+            tracing::info!("listening on loopback only: no port mapping on the router");
+            mapping.mode = crate::portmap::PortMappingMode::Off;
+        }
+        let portmap = crate::portmap::PortMap::start(
+            &mapping,
+            udp_addr.port(),
+            &cfg.direct.iter().map(|d| d.port).collect::<Vec<_>>(),
+            crate::portmap::Reporting {
+                client: client.with_bearer(&credential),
+                base: report.clone(),
+                configured: cfg.public_endpoint,
+                control_url: cfg.control_url.clone(),
+            },
+        );
+        // ---- end issue 17
         let mut gw = Gateway {
             udp: udp_addr,
             public_key: identity.public,
@@ -548,6 +580,7 @@ impl Gateway {
                 .iter()
                 .map(|s| (s.port, s.name.clone()))
                 .collect(),
+            portmap: Some(portmap),
             _lock: lock,
         };
         gw.status = Some(gw.serve_status()?);
@@ -627,6 +660,9 @@ impl Gateway {
     /// Stops the feed, closes every spliced connection and ends the data
     /// path thread. The pre-filter's table stays: the port stays dark.
     pub async fn shutdown(mut self) {
+        if let Some(p) = self.portmap.take() {
+            p.shutdown().await;
+        }
         self.feed.abort();
         self.upstream_checks.abort();
         if let Some(p) = self.pins.take() {
@@ -685,6 +721,7 @@ impl Gateway {
             direct: self.direct.clone(),
             upstreams: self.upstreams.clone(),
             started: self.started,
+            portmap: self.portmap.as_ref().map(|p| p.status()),
         }
     }
 }
@@ -746,6 +783,7 @@ struct StatusSources {
     direct: Option<Arc<DirectProxy>>,
     upstreams: Arc<Mutex<UpstreamHealth>>,
     started: Instant,
+    portmap: Option<watch::Receiver<proto::reach::MappingReport>>,
 }
 
 async fn status_of(src: &StatusSources) -> Option<StatusReport> {
@@ -780,6 +818,12 @@ async fn status_of(src: &StatusSources) -> Option<StatusReport> {
             .snapshot(Instant::now()),
         uptime_secs: src.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        port_mapping: src
+            .portmap
+            .as_ref()
+            .map(|p| p.borrow().clone())
+            .unwrap_or_else(proto::reach::MappingReport::off),
+        reachability: h.reachability.clone(),
     })
 }
 
@@ -851,9 +895,10 @@ async fn follow_feed(
             Ok(update) => {
                 backoff = Duration::from_millis(100);
                 let received = Instant::now();
-                // A diff goes to the pre-filter, the direct proxy and the
-                // data path as a diff: applying it then costs what the
-                // change costs, not what the whole set does.
+                let reachability = update.reachability.clone(); // issue 17
+                                                                // A diff goes to the pre-filter, the direct proxy and the
+                                                                // data path as a diff: applying it then costs what the
+                                                                // change costs, not what the whole set does.
                 let absorbed = match desired.absorb_update(update, received) {
                     Ok(a) => a,
                     Err(e) => {
@@ -976,6 +1021,13 @@ async fn follow_feed(
                         h.last_error = None;
                         h.acked = version;
                         h.acked_at = Some(Instant::now());
+                        // issue 17: the control plane's check, logged when it changes.
+                        if reachability.is_some() && h.reachability != reachability {
+                            crate::portmap::log_reachability(
+                                reachability.as_ref().unwrap_or(&Default::default()),
+                            );
+                            h.reachability = reachability;
+                        }
                         drop(h);
                         metrics
                             .ack_latency

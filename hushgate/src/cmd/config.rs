@@ -44,6 +44,9 @@ pub struct ControlFile {
     pub header_timeout: Option<f64>,
     pub metrics_listen: Option<String>,
     pub metrics_per_server: Option<bool>,
+    #[serde(default)]
+    pub probe_source: Vec<std::net::IpAddr>,
+    pub reachability_interval: Option<u64>,
 }
 
 /// What a `hushgate connect` config file (or a saved profile) may say.
@@ -111,6 +114,8 @@ pub const CONTROL_KEYS: &[Key] = &[
     Key { name: "header_timeout", example: Example::Commented("10.0"), doc: "Seconds a connection has for its TLS handshake and each request head; also the idle timeout." },
     Key { name: "metrics_listen", example: Example::Commented("\"127.0.0.1:9102\""), doc: "Serve Prometheus metrics (plain HTTP, GET /metrics) here: IP:PORT or unix:/PATH, never the HTTPS port. Keep it private. Default: off." },
     Key { name: "metrics_per_server", example: Example::Commented("false"), doc: "Label the live-admissions metric with each server's name (names can say whose server it is)." },
+    Key { name: "probe_source", example: Example::Commented("[\"203.0.113.2\"]"), doc: "The address the reachability check of gateways sends from, for a control plane behind a NAT of its own: its public address, one per family (default: the control plane's address as each gateway reaches it)." },
+    Key { name: "reachability_interval", example: Example::Commented("15"), doc: "Minutes between reachability checks of every connected gateway (besides one after each gateway report); 0: only after reports." },
 ];
 
 pub const GATEWAY_KEYS: &[Key] = &[
@@ -119,7 +124,10 @@ pub const GATEWAY_KEYS: &[Key] = &[
     Key { name: "state", example: Example::Set("\"/var/lib/hushgate/gateway\""), doc: "State folder for the key and credential." },
     Key { name: "enroll_file", example: Example::Commented("\"/etc/hushgate/enroll-token\""), doc: "The enrollment token: the unit passes /etc/hushgate/enroll-token as the\nsystemd credential 'enroll-token' (see hushgate-gateway.service), read\non the first start only. Once the gateway has enrolled (its credential\nis in the state folder) the token is ignored and the file may be\ndeleted. Without systemd, name the file here instead:" },
     Key { name: "listen_udp", example: Example::Set("\"0.0.0.0:51820\""), doc: "UDP address to listen on (default 0.0.0.0:51820): the one port the router forwards." },
-    Key { name: "public_endpoint", example: Example::Set("\"198.51.100.10:51820\""), doc: "Address clients send to (the router's public IP and the forwarded port); default: the address the control plane sees." },
+    Key { name: "port_mapping", example: Example::Set("\"auto\""), doc: "Port mapping on the home router: auto (default: PCP, NAT-PMP or UPnP,\nrenewed, deleted at a clean stop) or off (the port is forwarded by hand)." },
+    Key { name: "router", example: Example::Commented("\"192.168.1.1\""), doc: "The router to ask for the port mapping (default: the IPv4 default router)." },
+    Key { name: "port_mapping_check", example: Example::Commented("60"), doc: "How often the port mapping is checked on the router, in seconds (a router that restarted or changed its address without announcing it is noticed then)." },
+    Key { name: "public_endpoint", example: Example::Commented("\"198.51.100.10:51820\""), doc: "The address clients send to. Default: the endpoint the router mapped,\nelse the address the control plane sees this host come from. Set it\nonly with a port forwarded by hand to another address:" },
     Key { name: "services", example: Example::Set("[\"plex=32400:127.0.0.1:32400\"]"), doc: "Services inside the tunnel: NAME=PORT:UPSTREAM." },
     Key { name: "direct", example: Example::Commented("[\"plex=32401:127.0.0.1:32400\"]"), doc: "Direct (firewall-only) services for players without a tunnel; forward\nthis TCP port on the router too. Needs the pre-filter." },
     Key { name: "prefilter", example: Example::Set("\"required\""), doc: "Kernel pre-filter: auto (default), required or off." },

@@ -191,6 +191,21 @@ struct RunArgs {
     /// say whose server it is; without this, one total).
     #[arg(long, env = "HUSHGATE_CONTROL_METRICS_PER_SERVER")]
     metrics_per_server: bool,
+    /// The address the reachability check of gateways sends from, for a
+    /// control plane behind a NAT of its own: its public address
+    /// (repeatable, one per family) [default: the control plane's address
+    /// as each gateway reaches it].
+    #[arg(long, value_name = "ADDR")]
+    probe_source: Vec<std::net::IpAddr>,
+    /// Minutes between reachability checks of every connected gateway
+    /// (besides one after each gateway report); 0: only after reports
+    /// [default: 15].
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        env = "HUSHGATE_CONTROL_REACHABILITY_INTERVAL"
+    )]
+    reachability_interval: Option<u64>,
 }
 
 /// The flags (and their environment variables) over the config file.
@@ -251,6 +266,10 @@ fn merged(mut a: RunArgs) -> anyhow::Result<RunArgs> {
             .map_err(anyhow::Error::msg)?;
     }
     a.metrics_per_server |= f.metrics_per_server.unwrap_or(false);
+    if a.probe_source.is_empty() {
+        a.probe_source = f.probe_source;
+    }
+    a.reachability_interval = a.reachability_interval.or(f.reachability_interval);
     if a.tls_cert.is_some() != a.tls_key.is_some() {
         bail!("tls_cert and tls_key go together: give both or neither");
     }
@@ -411,6 +430,12 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
                 Duration::from_secs_f64(t.max(0.5))
             }),
             metrics_per_server: a.metrics_per_server,
+            probe_sources: a.probe_source,
+            reachability_interval: match a.reachability_interval {
+                None => defaults.reachability_interval,
+                Some(0) => None,
+                Some(m) => Some(Duration::from_secs(m * 60)),
+            },
             ..defaults
         },
     };
