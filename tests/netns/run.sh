@@ -1441,6 +1441,7 @@ EOF
   done <"$W/s21-queries.txt"
   log "  deploy/grafana-dashboard.json: $(wc -w <<<"$names") metrics all served, $n queries all taken by Prometheus"
   kill "$prom"; wait "$prom" 2>/dev/null || true
+}
 
 scenario_18() { # three control plane replicas on one PostgreSQL: replica 1, which holds the gateway's feed, killed with SIGKILL mid-download
   start_postgres ctl
