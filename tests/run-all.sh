@@ -20,12 +20,14 @@ command -v c++ >/dev/null || die "a C++ compiler is missing (Debian: apt-get ins
 [ "$(id -u)" = 0 ] || die "the netns harness needs root (network namespaces, veth, nftables); run as root"
 
 # Debian package providing each command the suite uses: the netns
-# harness's tools, then those of the C ABI's tests (ffi/tests/c_abi.rs:
+# harness's tools (Prometheus scrapes the gateway and control plane in
+# scenario 21), then those of the C ABI's tests (ffi/tests/c_abi.rs:
 # memcheck, a real player, the Python binding).
 declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
-  [python3]=python3 [sysctl]=procps [miniupnpd]=miniupnpd-nftables
+  [python3]=python3 [sysctl]=procps [miniupnpd]=miniupnpd-nftables [prometheus]=prometheus
+  [adduser]=adduser
   [valgrind]=valgrind [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
 )
 missing=()
@@ -76,6 +78,12 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/run.sh
 say "netns harness (tests/netns/run.sh)"
 cargo build -p hushgate -p hushgate-netem --locked
 tests/netns/run.sh
+
+say "Debian package (tests/package.sh)"
+# Builds the release binary and the .deb (installs cargo-deb when it is
+# missing), installs it with dpkg, runs the units' command lines as their
+# users with their capabilities, one admission end to end, then purges it.
+tests/package.sh
 
 echo
 echo "all test stages passed"

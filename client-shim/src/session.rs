@@ -509,13 +509,13 @@ impl<C: ControlApi> Supervisor<C> {
                     tokio::time::timeout(Duration::from_secs(5), self.control.revoke(&id)).await;
             }
             EndReason::Revoked { message } => {
-                tracing::warn!(server = %self.server, %message, "admission revoked");
+                tracing::warn!(server = %self.server, admission = %self.current.admission_id, %message, "admission revoked");
                 self.emit(SessionEvent::Revoked {
                     message: message.clone(),
                 });
             }
             EndReason::Failed { message, .. } => {
-                tracing::warn!(server = %self.server, %message, "session failed");
+                tracing::warn!(server = %self.server, admission = %self.current.admission_id, %message, "session failed");
             }
         }
         let _ = self.ended.send(Some(reason.clone()));
@@ -564,7 +564,7 @@ impl<C: ControlApi> Supervisor<C> {
 
     /// The path is gone: say so and ask for a new admission at once.
     fn lost(&mut self, why: &'static str) {
-        tracing::info!(gateway = %self.current.gateway_endpoint, "{why}");
+        tracing::info!(gateway = %self.current.gateway_endpoint, admission = %self.current.admission_id, "{why}");
         self.emit(SessionEvent::Lost);
         self.reconnect = Some(Reconnect {
             backoff: self.tuning.backoff.clone(),
@@ -653,7 +653,7 @@ impl<C: ControlApi> Supervisor<C> {
                 // The admission keeps working until it expires; keep trying
                 // until then, after which the path loss takes over.
                 let wait = self.renew_backoff.next_delay(&mut self.rng);
-                tracing::warn!(error = %e, retry_in = ?wait, "renewal failed");
+                tracing::warn!(admission = %self.current.admission_id, error = %e, retry_in = ?wait, "renewal failed");
                 self.renew_at = Instant::now() + wait;
                 None
             }
@@ -716,7 +716,7 @@ impl<C: ControlApi> Supervisor<C> {
             Some(Err(e)) if e.is_transient() || matches!(e, ShimError::BadAnswer(_)) => {
                 let rc = self.reconnect.as_mut()?;
                 let wait = rc.backoff.next_delay(&mut self.rng);
-                tracing::warn!(error = %e, retry_in = ?wait, "re-admission failed");
+                tracing::warn!(previous_admission = %self.current.admission_id, error = %e, retry_in = ?wait, "re-admission failed");
                 rc.next_try = Instant::now() + wait;
                 None
             }

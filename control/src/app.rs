@@ -42,6 +42,8 @@ pub struct AppState {
     /// Full argon2 verifications run so far, whatever their outcome: a
     /// login for an unknown user must cost one, like a wrong password.
     pub password_checks: std::sync::atomic::AtomicU64,
+    /// What `--metrics-listen` serves (see [`crate::metrics`]).
+    pub metrics: crate::metrics::ControlMetrics,
     /// Reachability checks in progress (issue 17).
     pub prober: crate::reachability::Prober,
 }
@@ -249,6 +251,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fold(Router::new(), |r, (_, path, handler)| {
             r.route(path, handler)
         })
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::metrics::count_requests,
+        ))
         .fallback(|| async { AppError::not_found("no such endpoint; see docs/api.md for the API") })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
@@ -478,6 +484,7 @@ async fn login(
         // Debug, not info: refusals cost nothing and come as fast as a
         // guesser sends them; the failures they follow are at info.
         tracing::debug!(user = %req.username, %source, wait_secs = wait.as_secs(), "login refused: too many attempts");
+        st.metrics.login("rate_limited");
         let mut e = AppError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
@@ -540,6 +547,7 @@ async fn login(
         st.limiter.succeeded(source, &user.username);
     }
     tracing::info!(user = %user.username, %source, mfa = session.mfa, "login");
+    st.metrics.login("ok");
     let (token, hash) = auth::new_secret(SecretKind::UserToken);
     let expires_at = now() + st.settings.token_ttl;
     let s2 = st.clone();
@@ -630,6 +638,7 @@ async fn login_failure(
     name: String,
     second_factor: bool,
 ) -> AppError {
+    st.metrics.login("failed");
     let why = if second_factor {
         "wrong two-factor code"
     } else {
@@ -710,9 +719,30 @@ fn no_access(server: &str) -> AppError {
     )
 }
 
+/// An access request, counted by result and timed for the metrics.
 async fn access(
     State(st): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<AccessRequest>, JsonRejection>,
+) -> ApiResult<axum::response::Response> {
+    let started = Instant::now();
+    let answer = grant_access(st.clone(), peer, headers, body).await;
+    match &answer {
+        Ok(_) => {
+            st.metrics.access_result("granted");
+            st.metrics
+                .access_latency
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Err(e) => st.metrics.access_result(e.code),
+    }
+    answer
+}
+
+async fn grant_access(
+    st: Arc<AppState>,
+    peer: SocketAddr,
     headers: HeaderMap,
     body: Result<Json<AccessRequest>, JsonRejection>,
 ) -> ApiResult<axum::response::Response> {
@@ -883,7 +913,12 @@ async fn access(
     };
     st.expiry_wake.notify_one();
 
-    if !live.wait_ack(version, st.settings.ack_timeout).await {
+    let waited = Instant::now();
+    let acked = live.wait_ack(version, st.settings.ack_timeout).await;
+    st.metrics
+        .access_gateway_ack
+        .observe(waited.elapsed().as_secs_f64());
+    if !acked {
         // Undo: the client will never hear of this admission, so the
         // gateway must not keep it either.
         let a = adm.clone();

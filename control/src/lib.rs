@@ -18,6 +18,8 @@
 //! invitation link), with its own policy (two factors, device approval,
 //! direct mode); the self-service routes live in `tenants`, each scoped to
 //! the caller's own things, and `totp` holds two-factor sign-in.
+//! `metrics` counts requests, logins, access latency and database latency
+//! for Prometheus.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -26,6 +28,7 @@ pub mod bundle;
 mod error;
 pub mod hub;
 pub mod listener;
+pub mod metrics;
 pub mod reachability;
 pub mod state;
 pub mod store;
@@ -108,6 +111,9 @@ pub struct Settings {
     /// tests pass a [`Clock::manual`] and move it themselves, so a limit
     /// holds however slow the machine running them is.
     pub clock: Clock,
+    /// Label the metrics' live admissions with each server's name (a name
+    /// can say whose server it is, so only when the operator allows it).
+    pub metrics_per_server: bool,
 }
 
 /// The monotonic clock the control plane's rate limits read.
@@ -193,6 +199,7 @@ impl Default for Settings {
             probe_sources: Vec::new(),
             reachability_interval: Some(Duration::from_secs(15 * 60)),
             clock: Clock::System,
+            metrics_per_server: false,
         }
     }
 }
@@ -272,7 +279,9 @@ impl ControlPlane {
         }
         tracing::info!(database = %db.describe(), "database open");
         let dummy_hash = auth::hash_password(&hex_of(&auth::random_key()));
+        let metrics = metrics::ControlMetrics::new(db.latency(), cfg.settings.metrics_per_server);
         let state = Arc::new(AppState {
+            metrics,
             db,
             hub,
             replica: auth::random_id("replica_"),

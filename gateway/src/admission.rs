@@ -251,6 +251,22 @@ pub enum AdmissionError {
     TableFull { id: String, max: usize },
 }
 
+impl AdmissionError {
+    /// The admission concerned, for the log line's `admission` field.
+    pub fn admission_id(&self) -> &str {
+        match self {
+            AdmissionError::NotTunnelMode { id }
+            | AdmissionError::MissingPublicKey { id }
+            | AdmissionError::MissingClientAddress { id }
+            | AdmissionError::AlreadyExpired { id, .. }
+            | AdmissionError::DuplicateId { id, .. }
+            | AdmissionError::DuplicateKey { id, .. }
+            | AdmissionError::DuplicateClientAddress { id, .. }
+            | AdmissionError::TableFull { id, .. } => id,
+        }
+    }
+}
+
 /// Why an admission left the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -27,6 +27,9 @@ pub struct GatewayFile {
     pub max_connections_per_client: Option<usize>,
     pub max_pending_per_client: Option<usize>,
     pub buffer_growth_per_client_mib: Option<usize>,
+    /// Where to serve Prometheus metrics (loopback `IP:PORT` or
+    /// `unix:/PATH`); checked by the binary.
+    pub metrics_listen: Option<String>,
     /// Port mapping on the home router: `auto` or `off` (issue 17).
     pub port_mapping: Option<String>,
     /// The router to ask for the port mapping.

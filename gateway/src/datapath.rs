@@ -71,6 +71,11 @@ pub struct DataPath {
     splice: Splice,
     /// Service port inside the tunnel -> upstream address.
     upstreams: HashMap<u16, SocketAddr>,
+    /// The service ports, sorted: a connection's splice tag is its
+    /// service's index here (the metrics count per service).
+    service_ports: Vec<u16>,
+    /// Per service (same index): upstream connects that failed.
+    upstream_failures: Vec<u64>,
     outbox: Outbox,
     control: mpsc::Receiver<Control>,
     /// What each client may hold in the stack.
@@ -98,6 +103,9 @@ impl DataPath {
         let poll = Poll::new()?;
         let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
+        let mut service_ports: Vec<u16> = upstreams.keys().copied().collect();
+        service_ports.sort_unstable();
+        let upstream_failures = vec![0; service_ports.len()];
         Ok((
             DataPath {
                 poll,
@@ -106,6 +114,8 @@ impl DataPath {
                 stack: None,
                 splice: Splice::new(SPLICE_BASE, MAX_CONNECTIONS),
                 upstreams,
+                service_ports,
+                upstream_failures,
                 outbox: Outbox::with_capacity(256 * 1024, 512),
                 control: rx,
                 peer_limits: PeerLimits::default(),
@@ -243,6 +253,23 @@ impl DataPath {
                             p.tcp = stack.peer_usage(IpAddr::V4(p.client_address)).into();
                         }
                     }
+                    let tags = self.splice.tag_totals();
+                    stats.services = self
+                        .service_ports
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &port)| {
+                            let t = tags.get(i).copied().unwrap_or_default();
+                            crate::ServiceTraffic {
+                                port,
+                                connections: t.attached,
+                                open: t.live,
+                                upstream_failures: self.upstream_failures[i],
+                                bytes_to_upstream: t.to_kernel,
+                                bytes_from_upstream: t.to_tunnel,
+                            }
+                        })
+                        .collect();
                     let _ = reply.send(stats);
                 }
                 Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
@@ -417,19 +444,26 @@ impl DataPath {
         while let Some(id) = stack.accept() {
             let port = stack.local_endpoint(id).map(|e| e.port());
             let upstream = port.and_then(|p| self.upstreams.get(&p)).copied();
-            let Some(upstream) = upstream else {
+            let (Some(upstream), Some(tag)) = (
+                upstream,
+                port.and_then(|p| self.service_ports.binary_search(&p).ok()),
+            ) else {
                 let _ = stack.abort(id);
                 continue;
             };
             match mio::net::TcpStream::connect(upstream) {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    if let Err(e) = self.splice.attach(self.poll.registry(), stack, id, stream) {
+                    if let Err(e) =
+                        self.splice
+                            .attach_tagged(self.poll.registry(), stack, id, stream, tag)
+                    {
                         tracing::warn!(error = %e, "cannot splice a new connection");
                         let _ = stack.abort(id);
                     }
                 }
                 Err(e) => {
+                    self.upstream_failures[tag] += 1;
                     tracing::warn!(%upstream, error = %e, "upstream connect failed");
                     let _ = stack.abort(id);
                 }

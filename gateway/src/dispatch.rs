@@ -494,6 +494,40 @@ pub struct GatewayStats {
     /// The user-space TCP stack (filled in by the data path once the feed
     /// has named the service address).
     pub tcp: Option<crate::limits::TcpStats>,
+    /// Everything every peer (present or gone) did since the start.
+    pub totals: TrafficTotals,
+    /// Connections and bytes per service port (filled in by the data path).
+    pub services: Vec<ServiceTraffic>,
+}
+
+/// Counters since the dispatcher started, peers that left included: they
+/// only ever grow, as Prometheus counters must.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TrafficTotals {
+    /// Completed handshakes (as responder and as initiator).
+    pub handshakes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Admissions installed and removed by feed versions.
+    pub admissions_installed: u64,
+    pub admissions_removed: u64,
+}
+
+/// One service's spliced connections since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceTraffic {
+    /// The service's port inside the tunnel.
+    pub port: u16,
+    /// Connections spliced to the upstream, and those open now.
+    pub connections: u64,
+    pub open: u64,
+    /// Connections the upstream refused (or could not be reached for).
+    pub upstream_failures: u64,
+    /// Bytes from clients to the upstream, and back.
+    pub bytes_to_upstream: u64,
+    pub bytes_from_upstream: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -585,6 +619,14 @@ pub struct Dispatcher {
     drops: DropCounters,
     /// Every datagram handed to `handle_datagram`.
     datagrams: u64,
+    /// What removed peers had counted, so that the totals the metrics
+    /// export never go down when a peer leaves. Added to only when a peer
+    /// is forgotten: the packet path keeps counting per peer alone.
+    departed: PeerCounters,
+    /// Admissions installed and removed since the start (every feed
+    /// version applied), for the metrics.
+    installed: u64,
+    removed: u64,
     events: VecDeque<PeerEvent>,
     next_tick: Instant,
     /// Cookie checks (see [`Dispatcher::deserves_cookie`]) in the second
@@ -623,6 +665,9 @@ impl Dispatcher {
             peers: Vec::new(),
             drops: DropCounters::default(),
             datagrams: 0,
+            departed: PeerCounters::default(),
+            installed: 0,
+            removed: 0,
             events: VecDeque::new(),
             cookie_checks: 0,
             cookie_window: now,
@@ -692,6 +737,8 @@ impl Dispatcher {
 
     /// Acts on what a table change did: peers forgotten, made, updated.
     fn settle(&mut self, outcome: ApplyOutcome) -> ApplyOutcome {
+        self.installed += outcome.added.len() as u64;
+        self.removed += outcome.removed.len() as u64;
         for removed in &outcome.removed {
             self.forget_peer(&removed.admission, removed.cause);
         }
@@ -738,7 +785,7 @@ impl Dispatcher {
             }
         }
         for rejected in &outcome.rejected {
-            tracing::warn!(%rejected, "admission not installed");
+            tracing::warn!(admission = rejected.admission_id(), %rejected, "admission not installed");
         }
         outcome
     }
@@ -865,7 +912,15 @@ impl Dispatcher {
                     tcp: Default::default(),
                 }
             })
-            .collect();
+            .collect::<Vec<PeerStats>>();
+        let mut totals = self.departed;
+        for p in &peers {
+            totals.handshakes += p.handshakes;
+            totals.rx_packets += p.rx_packets;
+            totals.rx_bytes += p.rx_bytes;
+            totals.tx_packets += p.tx_packets;
+            totals.tx_bytes += p.tx_bytes;
+        }
         GatewayStats {
             feed_version: self.table.version(),
             service_address: self.table.service_address(),
@@ -873,6 +928,16 @@ impl Dispatcher {
             datagrams: self.datagrams,
             drops: self.drops,
             tcp: None,
+            totals: TrafficTotals {
+                handshakes: totals.handshakes,
+                rx_packets: totals.rx_packets,
+                rx_bytes: totals.rx_bytes,
+                tx_packets: totals.tx_packets,
+                tx_bytes: totals.tx_bytes,
+                admissions_installed: self.installed,
+                admissions_removed: self.removed,
+            },
+            services: Vec::new(),
         }
     }
 
@@ -884,7 +949,14 @@ impl Dispatcher {
 
     fn forget_peer(&mut self, admission: &Admission, cause: RemovalCause) {
         if let Some(slot) = self.peers.get_mut(admission.peer().tunnel_index() as usize) {
-            *slot = None;
+            if let Some(gone) = slot.take() {
+                let d = &mut self.departed;
+                d.handshakes += gone.counters.handshakes;
+                d.rx_packets += gone.counters.rx_packets;
+                d.rx_bytes += gone.counters.rx_bytes;
+                d.tx_packets += gone.counters.tx_packets;
+                d.tx_bytes += gone.counters.tx_bytes;
+            }
         }
         self.events.push_back(PeerEvent::Removed {
             peer: admission.peer(),

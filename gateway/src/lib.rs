@@ -29,7 +29,9 @@
 //! cannot exhaust the TCP stack: [`limits`] gives each a share of its
 //! sockets, handshake slots and buffer budget.
 //!
-//! [`config_file`] reads the TOML file `hushgate gateway --config` takes.
+//! [`config_file`] reads the TOML file `hushgate gateway --config` takes;
+//! [`metrics`] renders what the gateway counts for Prometheus
+//! (`Gateway::metrics_text`).
 //!
 //! In front of all of it, in the kernel, [`filter`] keeps an nftables
 //! table that drops datagrams from sources without a live admission
@@ -53,6 +55,7 @@ pub mod health;
 pub mod identity;
 pub mod inner;
 pub mod limits;
+pub mod metrics;
 pub mod portmap;
 mod runtime;
 
@@ -65,7 +68,7 @@ pub use admission::{
 pub use config_file::GatewayFile;
 pub use dispatch::{
     Dispatcher, DispatcherConfig, DropCounters, DropReason, GatewayStats, Outbox, Output,
-    PeerCounters, PeerEvent, PeerStats, Verdict,
+    PeerCounters, PeerEvent, PeerStats, ServiceTraffic, TrafficTotals, Verdict,
 };
 pub use filter::PrefilterMode;
 pub use portmap::{PortMapConfig, PortMappingMode};

@@ -210,6 +210,8 @@ struct FeedHealth {
     connected: bool,
     last_error: Option<String>,
     acked: u64,
+    /// When a feed answer was last acknowledged (the metrics' feed lag).
+    acked_at: Option<Instant>,
     reachability: Option<proto::reach::ReachabilityView>,
 }
 
@@ -233,6 +235,10 @@ pub struct Gateway {
     status: Option<tokio::task::JoinHandle<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     status_path: PathBuf,
+    feed_metrics: Arc<crate::metrics::FeedMetrics>,
+    /// Tunnel services (port, name), to name the data path's per-port
+    /// counters in the metrics.
+    service_names: Vec<(u16, String)>,
     /// Port mapping and endpoint reports (issue 17).
     portmap: Option<crate::portmap::PortMap>,
     /// The state folder, this gateway's while it lives.
@@ -518,6 +524,7 @@ impl Gateway {
             ..Default::default()
         }));
         let (synced_tx, synced) = watch::channel(0u64);
+        let feed_metrics = Arc::new(crate::metrics::FeedMetrics::default());
         let feed = tokio::spawn(follow_feed(
             client.with_bearer(&credential),
             Appliers {
@@ -527,6 +534,7 @@ impl Gateway {
             },
             health.clone(),
             synced_tx,
+            feed_metrics.clone(),
         ));
         // ---- issue 17: port mapping; re-reports the endpoint when it changes.
         // A gateway listening on loopback only cannot be reached through
@@ -566,6 +574,12 @@ impl Gateway {
             status: None,
             thread: Some(thread),
             status_path: cfg.state_dir.join("status.sock"),
+            feed_metrics,
+            service_names: cfg
+                .services
+                .iter()
+                .map(|s| (s.port, s.name.clone()))
+                .collect(),
             portmap: Some(portmap),
             _lock: lock,
         };
@@ -592,6 +606,37 @@ impl Gateway {
 
     pub async fn status(&self) -> Option<StatusReport> {
         status_of(&self.status_sources()).await
+    }
+
+    /// The metrics in the Prometheus text format (see [`crate::metrics`]);
+    /// None when the data path does not answer.
+    pub async fn metrics_text(&self) -> Option<String> {
+        let report = self.status().await?;
+        let prefilter_drops = match &report.prefilter {
+            Some(_) => {
+                let port = self.udp.port();
+                tokio::task::spawn_blocking(move || crate::filter::drop_counts(port))
+                    .await
+                    .ok()
+                    .and_then(|r| r.map_err(|e| tracing::debug!(error = %e, "cannot read the pre-filter's counters")).ok())
+            }
+            None => None,
+        };
+        let feed_lag_secs = self
+            .health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .acked_at
+            .map(|t| t.elapsed().as_secs_f64());
+        Some(crate::metrics::render(
+            &self.feed_metrics,
+            crate::metrics::Scrape {
+                report,
+                prefilter_drops,
+                feed_lag_secs,
+                service_names: self.service_names.clone(),
+            },
+        ))
     }
 
     /// Checks every upstream now (as the periodic check does), logging
@@ -829,6 +874,7 @@ async fn follow_feed(
     appliers: Appliers,
     health: Arc<Mutex<FeedHealth>>,
     synced: watch::Sender<u64>,
+    metrics: Arc<crate::metrics::FeedMetrics>,
 ) {
     let Appliers {
         control,
@@ -864,6 +910,11 @@ async fn follow_feed(
                     Absorbed::Whole(state) => (state.version, state.server.clone()),
                     Absorbed::Diff { header, .. } => (header.version, header.server.clone()),
                 };
+                let kind = match &absorbed {
+                    Absorbed::Whole(_) => "whole",
+                    Absorbed::Diff { .. } => "diff",
+                };
+                metrics.updates.get_or_create(&vec![("kind", kind)]).inc();
                 // The kernel first: a version is acknowledged only once
                 // its sources (tunnel and direct) are admitted there. The
                 // netlink and `nft` calls block, so they run off the async
@@ -909,7 +960,10 @@ async fn follow_feed(
                     match result {
                         Ok(unrepresentable) => {
                             for e in unrepresentable {
-                                tracing::warn!(error = %e, "admission left out of the pre-filter");
+                                let crate::filter::plan::PlanError::UnknownDirectService {
+                                    id, ..
+                                } = &e;
+                                tracing::warn!(admission = %id, error = %e, "admission left out of the pre-filter");
                             }
                         }
                         Err(e) => {
@@ -966,6 +1020,7 @@ async fn follow_feed(
                         h.connected = true;
                         h.last_error = None;
                         h.acked = version;
+                        h.acked_at = Some(Instant::now());
                         // issue 17: the control plane's check, logged when it changes.
                         if reachability.is_some() && h.reachability != reachability {
                             crate::portmap::log_reachability(
@@ -974,6 +1029,9 @@ async fn follow_feed(
                             h.reachability = reachability;
                         }
                         drop(h);
+                        metrics
+                            .ack_latency
+                            .observe(received.elapsed().as_secs_f64());
                         synced.send_replace(version);
                     }
                     Err(e) => {
@@ -987,6 +1045,7 @@ async fn follow_feed(
                 diffs = false;
             }
             Err(e) => {
+                metrics.errors.inc();
                 {
                     let mut h = health.lock().unwrap_or_else(|p| p.into_inner());
                     if e.status() == Some(401) && (h.connected || h.last_error.is_none()) {

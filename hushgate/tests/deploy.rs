@@ -304,3 +304,51 @@ fn a_sqlite_control_plane_is_backed_up_while_it_runs_and_restored() {
     ));
     assert!(e.contains("pg_dump"), "{e}");
 }
+
+/// deploy/control.toml, with its address and state folder moved to the
+/// test's: the control plane starts from it, a flag overrides it, and a
+/// typo in it stops the start naming the keys it may hold.
+#[test]
+fn the_control_plane_runs_from_the_shipped_config_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("control");
+    let shipped = include_str!("../../deploy/control.toml");
+    assert!(shipped.contains("listen = \"0.0.0.0:8443\""));
+    let config = tmp.path().join("control.toml");
+    std::fs::write(
+        &config,
+        shipped
+            .replace("listen = \"0.0.0.0:8443\"", "listen = \"127.0.0.1:1\"")
+            .replace("/var/lib/hushgate/control", state.to_str().unwrap()),
+    )
+    .unwrap();
+    // The flag wins over the file's (unusable) port.
+    let mut cp = Running::start(hushgate().args([
+        "control",
+        "--config",
+        config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    cp.wait_for("listening on https://127.0.0.1:");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !state.join("control-url").exists() {
+        assert!(std::time::Instant::now() < deadline, "no control-url");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    new_server(&state, "den");
+    cp.stop();
+
+    let typo = tmp.path().join("typo.toml");
+    std::fs::write(&typo, "listne = \"127.0.0.1:0\"\n").unwrap();
+    let e = refused(run_to_end(hushgate().args([
+        "control",
+        "--config",
+        typo.to_str().unwrap(),
+    ])));
+    assert!(e.contains("unknown field `listne`"), "{e}");
+    assert!(
+        e.contains("`listen`") && e.contains("`metrics_listen`"),
+        "{e}"
+    );
+}

@@ -82,6 +82,6 @@ pub mod udp;
 
 /// The smoltcp version this crate is built on, for `Stack::socket` users.
 pub use smoltcp;
-pub use splice::{PumpStats, Splice};
+pub use splice::{PumpStats, Splice, TagTotals};
 pub use stack::{Congestion, ConnId, Error, PeerUsage, Stack, StackConfig, StackStats};
 pub use udp::{UdpIo, UdpStats};

@@ -36,6 +36,22 @@ struct Pipe {
     /// Tunnel peer's FIN and all data before it were written to the kernel
     /// stream, and its write side was shut down.
     kernel_shut: bool,
+    /// The caller's class of this connection (the gateway: its service),
+    /// an index into [`Splice::tag_totals`].
+    tag: usize,
+}
+
+/// What the connections of one tag (see [`Splice::attach_tagged`]) did
+/// since the splice was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TagTotals {
+    /// Connections attached, and those still live.
+    pub attached: u64,
+    pub live: u64,
+    /// Bytes written from the tunnel to kernel streams, and read from
+    /// kernel streams into the tunnel.
+    pub to_kernel: u64,
+    pub to_tunnel: u64,
 }
 
 /// Why a pipe ends.
@@ -72,6 +88,9 @@ pub struct Splice {
     live: Vec<usize>,
     /// For each slot, its position in `live` (meaningless when free).
     live_pos: Vec<usize>,
+    /// Totals per tag, kept as the pumps go: reading them costs nothing
+    /// per packet (a few additions per pipe and pump).
+    tags: Vec<TagTotals>,
 }
 
 impl Splice {
@@ -85,7 +104,14 @@ impl Splice {
             free: (0..capacity).rev().collect(),
             live: Vec::with_capacity(capacity),
             live_pos: vec![0; capacity],
+            tags: Vec::new(),
         }
+    }
+
+    /// Connections and bytes per tag since the splice was made, indexed
+    /// by tag (tags never attached read as zero or are absent).
+    pub fn tag_totals(&self) -> &[TagTotals] {
+        &self.tags
     }
 
     /// Number of live pipes.
@@ -125,7 +151,20 @@ impl Splice {
         registry: &Registry,
         stack: &Stack,
         conn: ConnId,
+        stream: TcpStream,
+    ) -> Result<Token, Error> {
+        self.attach_tagged(registry, stack, conn, stream, 0)
+    }
+
+    /// [`attach`](Self::attach), counting the connection and its bytes
+    /// under `tag` (a small index: the tag table grows to hold it).
+    pub fn attach_tagged(
+        &mut self,
+        registry: &Registry,
+        stack: &Stack,
+        conn: ConnId,
         mut stream: TcpStream,
+        tag: usize,
     ) -> Result<Token, Error> {
         let peer = stack.remote_endpoint(conn).map(|e| e.ip());
         if stack.socket(conn).is_none() {
@@ -157,7 +196,13 @@ impl Splice {
             writable: true,
             kernel_eof: false,
             kernel_shut: false,
+            tag,
         });
+        if self.tags.len() <= tag {
+            self.tags.resize(tag + 1, TagTotals::default());
+        }
+        self.tags[tag].attached += 1;
+        self.tags[tag].live += 1;
         Ok(token)
     }
 
@@ -202,7 +247,13 @@ impl Splice {
                 j += 1;
                 continue;
             };
-            if let Some(end) = pump_one(pipe, stack, &mut stats) {
+            let before = stats;
+            let end = pump_one(pipe, stack, &mut stats);
+            if let Some(t) = self.tags.get_mut(pipe.tag) {
+                t.to_kernel += stats.to_kernel - before.to_kernel;
+                t.to_tunnel += stats.to_tunnel - before.to_tunnel;
+            }
+            if let Some(end) = end {
                 // `vacate` moves the last live slot into position j.
                 let pipe = self.vacate(i);
                 stats.ended += 1;
@@ -251,7 +302,11 @@ impl Splice {
             self.live_pos[moved] = pos;
         }
         self.free.push(i);
-        self.slots[i].take().expect("a live slot holds a pipe")
+        let pipe = self.slots[i].take().expect("a live slot holds a pipe");
+        if let Some(t) = self.tags.get_mut(pipe.tag) {
+            t.live -= 1;
+        }
+        pipe
     }
 }
 

@@ -273,7 +273,8 @@ start_media() {
 
 start_control() {
   CTL_PID=$(bg ctl "$W/control.log" "$BIN" control --listen "[::]:8443" --state "$W/ctl" \
-    --san 203.0.113.2 --san 2001:db8:1::2 --admission-ttl 10 --login-rate 1000)
+    --san 203.0.113.2 --san 2001:db8:1::2 --admission-ttl 10 --login-rate 1000 \
+    --metrics-listen 203.0.113.2:9102)
   wait_for "control plane" 10 test -s "$W/ctl/control-url"
   wait_for "control plane HTTPS" 10 ns ctl curl -sf --cacert "$W/ctl/ca.pem" https://203.0.113.2:8443/v1/health -o /dev/null
 }
@@ -318,7 +319,7 @@ start_gateway() { # start_gateway NAME STATE LISTEN ENDPOINT [TOKEN [MORE FLAGS.
     --service plex=32400:127.0.0.1:32400 "$@"
 }
 # The IPv4 gateway (server home) also offers the media server directly.
-DIRECT=(--direct plex=32401:127.0.0.1:32400 --prefilter required)
+DIRECT=(--direct plex=32401:127.0.0.1:32400 --prefilter required --metrics-listen 127.0.0.1:9101)
 # Each scenario runs in a subshell, so the gateway's current pid (it may
 # have been restarted by an earlier scenario) is kept in a file too.
 start_gw4() {
@@ -1306,6 +1307,142 @@ EOF
   return "$rc"
 }
 
+# ------------------------------------------------------------ metrics (21)
+
+# Prometheus's HTTP API in the edge namespace: the value of one instant
+# query (a single series; "none" when it has no sample).
+promq() { # promq EXPR
+  ns edge curl -sS --max-time 5 -G "http://127.0.0.1:9090/api/v1/query" --data-urlencode "query=$1" |
+    python3 -c '
+import json, sys
+r = json.load(sys.stdin)["data"]["result"]
+print(r[0]["value"][1] if r else "none")'
+}
+# Waits until Prometheus has scraped a value of EXPR that satisfies TEST
+# (an awk condition on v), e.g. prom_wait "x" "v >= 3"; prints the value.
+prom_wait() { # prom_wait EXPR TEST [SECONDS]
+  local expr="$1" test="$2" secs="${3:-30}" v
+  local end=$(( $(date +%s) + secs ))
+  while :; do
+    v=$(promq "$expr")
+    if [ "$v" != none ] && awk -v v="$v" "BEGIN { exit !($test) }"; then echo "$v"; return 0; fi
+    if [ "$(date +%s)" -ge "$end" ]; then echo "Prometheus never saw $expr with $test (last: $v)" >&2; return 1; fi
+    sleep 0.5
+  done
+}
+
+scenario_21() { # a real Prometheus scrapes the gateway and the control plane; counters move with an admission, a download, a flood and a revocation
+  command -v prometheus >/dev/null || { echo "prometheus is missing (apt-get install prometheus)" >&2; return 1; }
+  # The gateway's metrics are on loopback only, never on its addresses.
+  if ns edge curl -s --max-time 2 http://192.0.2.2:9101/metrics -o /dev/null; then
+    echo "the gateway's metrics answer on its LAN address" >&2; return 1
+  fi
+  ns edge curl -sf --max-time 5 http://127.0.0.1:9101/metrics -o "$W/s21-gw-before.txt"
+  grep -q '^hushgate_gateway_datagrams_dropped_total{reason="unknown_source"}' "$W/s21-gw-before.txt"
+  mkdir -p "$W/prom"
+  cat >"$W/prom/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: hushgate-gateway
+    static_configs: [{targets: ["127.0.0.1:9101"]}]
+  - job_name: hushgate-control
+    static_configs: [{targets: ["203.0.113.2:9102"]}]
+EOF
+  local prom
+  prom=$(bg edge "$W/prometheus.log" prometheus --config.file="$W/prom/prometheus.yml" \
+    --storage.tsdb.path="$W/prom/data" --web.listen-address=127.0.0.1:9090)
+  wait_for "Prometheus ready" 30 ns edge curl -sf http://127.0.0.1:9090/-/ready
+  prom_wait 'up{job="hushgate-gateway"}' "v == 1" >/dev/null
+  prom_wait 'up{job="hushgate-control"}' "v == 1" >/dev/null
+  local g='job="hushgate-gateway"'
+  local installed0 removed0 granted0 logins0 bytes0 kdrop0 hs0
+  installed0=$(prom_wait "hushgate_gateway_admissions_installed_total{$g}" "v >= 0")
+  removed0=$(prom_wait "hushgate_gateway_admissions_removed_total{$g}" "v >= 0")
+  granted0=$(promq 'sum(hushgate_control_access_requests_total{result="granted"})')
+  [ "$granted0" = none ] && granted0=0
+  logins0=$(promq 'sum(hushgate_control_logins_total{outcome="ok"})')
+  [ "$logins0" = none ] && logins0=0
+  bytes0=$(promq "hushgate_gateway_service_bytes_total{$g,service=\"plex\",direction=\"from_upstream\"}")
+  [ "$bytes0" = none ] && bytes0=0
+  kdrop0=$(prom_wait "hushgate_gateway_prefilter_dropped_packets_total{$g,chain=\"tunnel\"}" "v >= 0")
+  hs0=$(prom_wait "hushgate_gateway_handshakes_total{$g}" "v >= 0")
+  log "  Prometheus scrapes both; before: installed $installed0, removed $removed0, granted $granted0, pre-filter drops $kdrop0"
+
+  # An admission.
+  local pid; pid=$(start_shim 32421 shim21)
+  local adm; adm=$(sed -n 's/.*(admission \(adm_[0-9a-f]*\),.*/\1/p' "$W/shim21.log" | head -1)
+  prom_wait 'sum(hushgate_control_logins_total{outcome="ok"})' "v >= $logins0 + 1" >/dev/null
+  prom_wait 'sum(hushgate_control_access_requests_total{result="granted"})' "v >= $granted0 + 1" >/dev/null
+  prom_wait "hushgate_gateway_admissions_installed_total{$g}" "v >= $installed0 + 1" >/dev/null
+  prom_wait 'hushgate_control_access_gateway_ack_seconds_count' "v >= 1" >/dev/null
+  prom_wait 'hushgate_control_access_latency_seconds_count' "v >= 1" >/dev/null
+  prom_wait "hushgate_gateway_feed_ack_latency_seconds_count{$g}" "v >= 1" >/dev/null
+  prom_wait 'sum(hushgate_control_http_requests_total{route="/v1/access",method="POST",status="200"})' "v >= 1" >/dev/null
+  prom_wait 'hushgate_control_database_transaction_seconds_count' "v >= 1" >/dev/null
+  prom_wait 'hushgate_control_gateways_connected' "v >= 3" >/dev/null
+  prom_wait 'hushgate_control_live_admissions' "v >= 1" >/dev/null
+  prom_wait "hushgate_gateway_peers{$g}" "v >= 1" >/dev/null
+  # The port mapping is in exactly one state.
+  prom_wait "sum(hushgate_gateway_port_mapping_state{$g})" "v == 1" >/dev/null
+  log "  admission $adm: login, granted access, both ack latencies, installed admission and live admissions seen"
+
+  # A download.
+  fetch 32421 "$W/s21.bin"
+  check_sha "$W/s21.bin"
+  local bytes1
+  bytes1=$(prom_wait "hushgate_gateway_service_bytes_total{$g,service=\"plex\",direction=\"from_upstream\"}" "v >= $bytes0 + $((FILE_MIB << 20))")
+  prom_wait "hushgate_gateway_handshakes_total{$g}" "v >= $hs0 + 1" >/dev/null
+  prom_wait "hushgate_gateway_service_connections_total{$g,service=\"plex\"}" "v >= 1" >/dev/null
+  prom_wait "hushgate_gateway_upstream_up{$g,service=\"plex\",kind=\"tunnel\"}" "v == 1" >/dev/null
+  log "  download of $FILE_MIB MiB: plex bytes from the upstream $bytes0 -> $bytes1"
+
+  # A flood from the attacker: the kernel pre-filter drops it, and says so.
+  junk 5000
+  local kdrop1
+  kdrop1=$(prom_wait "hushgate_gateway_prefilter_dropped_packets_total{$g,chain=\"tunnel\"}" "v >= $kdrop0 + 5000")
+  log "  5000 junk datagrams from the attacker: pre-filter drops $kdrop0 -> $kdrop1"
+
+  # A revocation.
+  admin admission revoke "$adm" >/dev/null
+  prom_wait "hushgate_gateway_admissions_removed_total{$g}" "v >= $removed0 + 1" >/dev/null
+  prom_wait 'sum(hushgate_control_http_requests_total{route="/v1/admissions/{id}",method="DELETE"})' "v >= 1" >/dev/null
+  wait_for "the shim to exit after revocation" 15 bash -c "! kill -0 $pid 2>/dev/null"
+  log "  revocation: the removal counted at the gateway, the request at the control plane"
+
+  # Never a user, key or address in a label.
+  ns edge curl -sf --max-time 5 http://127.0.0.1:9101/metrics -o "$W/s21-gw.txt"
+  ns edge curl -sf --max-time 5 http://203.0.113.2:9102/metrics -o "$W/s21-ctl.txt"
+  local leak
+  for leak in alice 203.0.113.34 198.51.100.2 "$adm"; do
+    if grep -qF -- "$leak" "$W/s21-gw.txt" "$W/s21-ctl.txt"; then echo "the metrics name $leak" >&2; return 1; fi
+  done
+  # Without --metrics-per-server the live admissions are one total.
+  if grep -q 'live_admissions{server=' "$W/s21-ctl.txt"; then echo "live admissions labelled by server" >&2; return 1; fi
+  # The dashboard in deploy/ asks only for metrics that exist, and
+  # Prometheus takes each of its queries.
+  local names; names=$(grep -o 'hushgate_[a-z_]*' "$ROOT/deploy/grafana-dashboard.json" | sed 's/_bucket$//' | sort -u)
+  for n in $names; do
+    grep -q "^$n" "$W/s21-gw.txt" "$W/s21-ctl.txt" || { echo "the dashboard asks for $n, which is not served" >&2; return 1; }
+  done
+  python3 - "$ROOT/deploy/grafana-dashboard.json" >"$W/s21-queries.txt" <<'EOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+for p in d["panels"]:
+    for t in p.get("targets", []):
+        print(t["expr"].replace("$__rate_interval", "1m").replace("$gateway_job", "hushgate-gateway").replace("$control_job", "hushgate-control"))
+EOF
+  local q n=0
+  while IFS= read -r q; do
+    grep -q '"status":"success"' <<<"$(ns edge curl -sS --max-time 5 -G http://127.0.0.1:9090/api/v1/query --data-urlencode "query=$q")" ||
+      { echo "Prometheus refuses the dashboard's query: $q" >&2; return 1; }
+    n=$((n + 1))
+  done <"$W/s21-queries.txt"
+  log "  deploy/grafana-dashboard.json: $(wc -w <<<"$names") metrics all served, $n queries all taken by Prometheus"
+  kill "$prom"; wait "$prom" 2>/dev/null || true
+}
+
 scenario_18() { # three control plane replicas on one PostgreSQL: replica 1, which holds the gateway's feed, killed with SIGKILL mid-download
   start_postgres ctl
   local db="host=$PG_SOCK user=hushgate dbname=hushgate" rb="$W/replicas-bundle" i
@@ -1412,7 +1549,7 @@ scenario_18() { # three control plane replicas on one PostgreSQL: replica 1, whi
 
 # ---------------------------------------------------------------- main
 
-if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18); fi
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 21); fi
 log "building the topology ($P)"
 build_topology
 setup_world

@@ -160,6 +160,9 @@ struct DbInner {
     engine: EngineImpl,
     /// Hears of every committed event of this process.
     hub: Arc<Hub>,
+    /// Seconds each transaction took, commit included (the metrics'
+    /// database latency).
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Both boxed: which variant is larger depends on the features the
@@ -188,7 +191,13 @@ impl Db {
             }
         };
         Ok(Db {
-            inner: Arc::new(DbInner { engine, hub }),
+            inner: Arc::new(DbInner {
+                engine,
+                hub,
+                latency: prometheus_client::metrics::histogram::Histogram::new(
+                    crate::metrics::LATENCY_BUCKETS,
+                ),
+            }),
         })
     }
 
@@ -256,6 +265,11 @@ impl Db {
         self.spawn_tx(Durability::Relaxed, f).await
     }
 
+    /// The transaction latency histogram (registered by the metrics).
+    pub fn latency(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.inner.latency.clone()
+    }
+
     async fn spawn_tx<T, F>(&self, durability: Durability, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -286,10 +300,13 @@ impl Db {
     where
         F: FnMut(&mut Tx<'_>) -> Result<T>,
     {
-        let (out, events) = match &self.inner.engine {
-            EngineImpl::Sqlite(s) => s.run(&mut f)?,
-            EngineImpl::Postgres(p) => p.run(durability, &mut f)?,
+        let started = std::time::Instant::now();
+        let ran = match &self.inner.engine {
+            EngineImpl::Sqlite(s) => s.run(&mut f),
+            EngineImpl::Postgres(p) => p.run(durability, &mut f),
         };
+        self.inner.latency.observe(started.elapsed().as_secs_f64());
+        let (out, events) = ran?;
         for e in events {
             self.inner.hub.apply(e);
         }

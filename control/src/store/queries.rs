@@ -1663,3 +1663,18 @@ pub fn sweep_login_limits(
         args![now_ms - suspect_ms],
     )?)
 }
+
+/// Live (acknowledged, unexpired) admissions per server, every server
+/// listed (zero included), for the metrics.
+pub fn live_admissions_per_server(tx: &mut Tx, now: OffsetDateTime) -> Result<Vec<(String, u64)>> {
+    tx.query(
+        "SELECT s.name, COUNT(a.id) FROM servers s
+         LEFT JOIN admissions a
+           ON a.server_id = s.id AND a.state = 'active' AND a.expires_at > $1
+         GROUP BY s.name ORDER BY s.name",
+        args![millis(now)],
+    )?
+    .iter()
+    .map(|r| Ok((r.text(0)?, r.i64(1)?.max(0) as u64)))
+    .collect()
+}

@@ -311,3 +311,86 @@ pub fn remove_table(udp_port: u16) -> Result<bool, NftError> {
 pub fn show_table(udp_port: u16) -> Result<String, NftError> {
     nft::nft(&["list", "table", "inet", &table_name(udp_port)])
 }
+
+/// What the table's drop rules counted: packets and bytes per chain
+/// (`tunnel`: the UDP port, `direct`: the direct services' TCP ports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DropCount {
+    pub chain: String,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Reads the drop counters of the gateway's table on `udp_port` (one
+/// `nft list table`, for a metrics scrape; never on the packet path).
+pub fn drop_counts(udp_port: u16) -> Result<Vec<DropCount>, NftError> {
+    Ok(parse_drop_counts(&show_table(udp_port)?))
+}
+
+/// The `counter packets N bytes M drop` rules of each chain of an
+/// `nft list table` listing.
+pub fn parse_drop_counts(listing: &str) -> Vec<DropCount> {
+    let mut chain = None;
+    let mut out = Vec::new();
+    for line in listing.lines().map(str::trim) {
+        if let Some(name) = line
+            .strip_prefix("chain ")
+            .and_then(|r| r.strip_suffix(" {"))
+        {
+            chain = Some(name.to_string());
+            continue;
+        }
+        let Some(rest) = line.strip_prefix("counter packets ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(chain), [packets, "bytes", bytes, "drop", ..]) = (&chain, words.as_slice()) {
+            if let (Ok(packets), Ok(bytes)) = (packets.parse(), bytes.parse()) {
+                out.push(DropCount {
+                    chain: chain.clone(),
+                    packets,
+                    bytes,
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod drop_count_tests {
+    use super::*;
+
+    #[test]
+    fn drop_counters_are_read_per_chain() {
+        let listing = "table inet hushgate_51820 {\n\
+            \tcomment \"hushgate gateway pre-filter\"\n\
+            \tchain gate {\n\
+            \t\ttype filter hook prerouting priority -450; policy accept;\n\
+            \t\tudp dport 51820 fib daddr type local jump tunnel\n\
+            \t}\n\
+            \tchain tunnel {\n\
+            \t\tip saddr & 255.255.255.255 . udp dport @t4_32 accept\n\
+            \t\tcounter packets 1234 bytes 56789 drop comment \"not admitted\"\n\
+            \t}\n\
+            \tchain direct {\n\
+            \t\tcounter packets 0 bytes 0 drop comment \"not admitted\"\n\
+            \t}\n\
+            }\n";
+        assert_eq!(
+            parse_drop_counts(listing),
+            [
+                DropCount {
+                    chain: "tunnel".into(),
+                    packets: 1234,
+                    bytes: 56789
+                },
+                DropCount {
+                    chain: "direct".into(),
+                    packets: 0,
+                    bytes: 0
+                },
+            ]
+        );
+    }
+}

@@ -1,3 +1,4 @@
+use super::config::ConnectFile;
 use anyhow::Context;
 use client_shim::{
     Credentials, DeviceIdentity, EndReason, Session, SessionEvent, ShimConfig, Trust, WaitingNotice,
@@ -14,27 +15,38 @@ use tokio::sync::broadcast::error::RecvError;
 /// from the command line. Runs until Ctrl-C, revocation or failure.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// A profile: its saved settings (from an earlier `hushgate connect
+    /// NAME ...`) are used, the flags given now override them, and the
+    /// result is saved again once connected. `hushgate status` lists
+    /// profiles, `hushgate logout NAME` ends one's session and forgets it.
+    #[arg(value_name = "PROFILE")]
+    profile: Option<String>,
+    /// TOML file with any of these settings (keys: the long flags with `_`
+    /// for `-`; deploy/connect.toml); a profile, flags and their
+    /// environment variables override it.
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_CONNECT_CONFIG")]
+    config: Option<PathBuf>,
     /// Control plane URL, e.g. https://control.example:8443. For replicas,
     /// several URLs separated by commas: when one cannot be reached, the
     /// next is used.
-    #[arg(long, value_name = "URL")]
-    control: String,
+    #[arg(long, value_name = "URL", env = "HUSHGATE_CONNECT_CONTROL")]
+    control: Option<String>,
     /// CA certificate to pin (the ca.pem the control plane printed);
     /// without it the public web roots are trusted.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_CONNECT_CA")]
     ca: Option<PathBuf>,
     /// Your user name at the control plane.
-    #[arg(long, value_name = "NAME")]
-    user: String,
+    #[arg(long, value_name = "NAME", env = "HUSHGATE_CONNECT_USER")]
+    user: Option<String>,
     /// The media server's name.
-    #[arg(long, value_name = "NAME")]
-    server: String,
+    #[arg(long, value_name = "NAME", env = "HUSHGATE_CONNECT_SERVER")]
+    server: Option<String>,
     /// The service to reach (default: the first one offered, e.g. plex).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "HUSHGATE_CONNECT_SERVICE")]
     service: Option<String>,
-    /// Local address for the player.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:32400")]
-    listen: SocketAddr,
+    /// Local address for the player [default: 127.0.0.1:32400].
+    #[arg(long, value_name = "ADDR", env = "HUSHGATE_CONNECT_LISTEN")]
+    listen: Option<SocketAddr>,
     /// Do not run the shim: get an admission for a fresh key and write a
     /// configuration for a stock WireGuard client (wg-quick, wireguard-go,
     /// the official apps) to FILE (mode 0600), then exit. The file holds
@@ -110,33 +122,107 @@ fn default_device_name() -> String {
     format!("hushgate connect on {host}")
 }
 
+/// What to connect to, once flags, profile and config file are merged.
+#[derive(Debug)]
+struct Target {
+    control: String,
+    ca: Option<PathBuf>,
+    user: String,
+    server: String,
+    service: Option<String>,
+    listen: SocketAddr,
+}
+
+/// Flags (and their environment variables) over the profile over the
+/// config file.
+fn resolve(a: &Args) -> anyhow::Result<(Target, ConnectFile)> {
+    let file: ConnectFile = match &a.config {
+        Some(p) => super::config::read(p)?,
+        None => ConnectFile::default(),
+    };
+    let saved = match &a.profile {
+        Some(name) => super::profile::load(&super::profile::dir()?, name)?,
+        None => None,
+    };
+    let base = saved.clone().unwrap_or_default();
+    let m = ConnectFile {
+        control: a.control.clone().or(base.control).or(file.control),
+        ca: a.ca.clone().or(base.ca).or(file.ca),
+        user: a.user.clone().or(base.user).or(file.user),
+        server: a.server.clone().or(base.server).or(file.server),
+        service: a.service.clone().or(base.service).or(file.service),
+        listen: a.listen.or(base.listen).or(file.listen),
+    };
+    let missing: Vec<&str> = [
+        ("--control URL", m.control.is_none()),
+        ("--user NAME", m.user.is_none()),
+        ("--server NAME", m.server.is_none()),
+    ]
+    .into_iter()
+    .filter_map(|(f, gone)| gone.then_some(f))
+    .collect();
+    if !missing.is_empty() {
+        match (&a.profile, saved) {
+            (Some(name), None) => anyhow::bail!(
+                "no profile '{name}' yet: give {} once and it is remembered",
+                missing.join(", ")
+            ),
+            _ => anyhow::bail!("say {}", missing.join(", ")),
+        }
+    }
+    let t = Target {
+        control: m.control.clone().unwrap_or_default(),
+        ca: m.ca.clone(),
+        user: m.user.clone().unwrap_or_default(),
+        server: m.server.clone().unwrap_or_default(),
+        service: m.service.clone(),
+        listen: m.listen.unwrap_or(([127, 0, 0, 1], 32400).into()),
+    };
+    Ok((t, m))
+}
+
+/// Saves the profile (when one was named) after the control plane took
+/// its settings.
+fn remember(a: &Args, settings: ConnectFile) -> anyhow::Result<()> {
+    if let Some(name) = &a.profile {
+        let path = super::profile::save(&super::profile::dir()?, name, settings)?;
+        println!(
+            "profile '{name}' saved in {}; next time: hushgate connect {name}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let trust = match &a.ca {
+    let (t, settings) = resolve(&a)?;
+    let trust = match &t.ca {
         Some(path) => Trust::from_ca_file(path)?,
         None => Trust::PublicRoots,
     };
     let password =
         super::read_secret("HUSHGATE_PASSWORD", "password").context("reading the password")?;
     if let Some(file) = &a.wg_config {
-        return write_wg_config(&a, trust, &password, file).await;
+        write_wg_config(&a, &t, trust, &password, file).await?;
+        return remember(&a, settings);
     }
     if a.direct {
-        return direct(&a, trust, &password).await;
+        return direct(&a, &t, settings, trust, &password).await;
     }
     let session = Session::connect(ShimConfig {
-        control_url: a.control.clone(),
+        control_url: t.control.clone(),
         trust,
         credentials: Credentials::Password {
-            user: a.user.clone(),
+            user: t.user.clone(),
             password,
         },
-        server: a.server.clone(),
-        service: a.service.clone(),
-        listen: a.listen,
+        server: t.server.clone(),
+        service: t.service.clone(),
+        listen: t.listen,
         device: a
             .device_file
             .clone()
-            .or_else(|| default_device_file(&a.user, &a.control))
+            .or_else(|| default_device_file(&t.user, &t.control))
             .map(|file| DeviceIdentity {
                 file,
                 name: a.device_name.clone().unwrap_or_else(default_device_name),
@@ -148,6 +234,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }))),
     })
     .await?;
+    remember(&a, settings)?;
     let mut events = session.events();
     let info = session.info();
     println!(
@@ -158,6 +245,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         info.admission_id,
         when(info.expires_at),
     );
+    let _note = match &a.profile {
+        Some(name) => Some(super::profile::SessionFile::write(
+            &super::profile::dir()?,
+            name,
+            &super::profile::SessionNote {
+                pid: std::process::id(),
+                local: session.local_addr().to_string(),
+                admission: info.admission_id.clone(),
+                expires: when(info.expires_at),
+            },
+        )?),
+        None => None,
+    };
     let end = loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break None,
@@ -199,18 +299,24 @@ fn when(t: time::OffsetDateTime) -> String {
 
 /// Direct mode: no tunnel, no local port; the player connects straight to
 /// the gateway's opened port. Renewed at two thirds of each lifetime.
-async fn direct(a: &Args, trust: Trust, password: &str) -> anyhow::Result<()> {
-    let client = control_client::ControlClient::new(&a.control, trust)?;
-    let login = client.login(&a.user, password).await?;
+async fn direct(
+    a: &Args,
+    t: &Target,
+    settings: ConnectFile,
+    trust: Trust,
+    password: &str,
+) -> anyhow::Result<()> {
+    let client = control_client::ControlClient::new(&t.control, trust)?;
+    let login = client.login(&t.user, password).await?;
     let client = client.with_bearer(&login.token);
-    let access = client.access_direct(&a.server).await?;
-    let endpoint = match &a.service {
+    let access = client.access_direct(&t.server).await?;
+    let endpoint = match &t.service {
         None => access.direct_endpoint,
         Some(name) => {
             let Some(s) = access.services.iter().find(|s| &s.name == name) else {
                 anyhow::bail!(
                     "server '{}' offers no direct service '{name}' to you; it offers: {}",
-                    a.server,
+                    t.server,
                     access
                         .services
                         .iter()
@@ -224,10 +330,11 @@ async fn direct(a: &Args, trust: Trust, password: &str) -> anyhow::Result<()> {
     };
     println!(
         "ready: point the player at http://{endpoint} (server '{}', admission {}, expires {})",
-        a.server,
+        t.server,
         access.admission_id,
         when(access.expires_at)
     );
+    remember(a, settings)?;
     println!(
         "note: direct mode admits your public address, so every device behind the same NAT can reach the port until the admission ends; Ctrl-C revokes it"
     );
@@ -258,19 +365,20 @@ async fn direct(a: &Args, trust: Trust, password: &str) -> anyhow::Result<()> {
 /// as a wg-quick configuration.
 async fn write_wg_config(
     a: &Args,
+    t: &Target,
     trust: Trust,
     password: &str,
     file: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let client = control_client::ControlClient::new(&a.control, trust)?;
-    let login = client.login(&a.user, password).await?;
+    let client = control_client::ControlClient::new(&t.control, trust)?;
+    let login = client.login(&t.user, password).await?;
     let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
     let public = proto::WgKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
     let access = client
         .with_bearer(&login.token)
-        .access(&a.server, public)
+        .access(&t.server, public)
         .await?;
-    let params = client_shim::answer::validate_access(&access, a.service.as_deref())
+    let params = client_shim::answer::validate_access(&access, t.service.as_deref())
         .map_err(|e| anyhow::anyhow!("the control plane's answer is unusable: {e}"))?;
     for line in client_shim::answer::reachability_warnings(&access) {
         eprintln!("warning: {line}");
@@ -281,7 +389,7 @@ async fn write_wg_config(
          [Interface]\nPrivateKey = {}\nAddress = {}/32\n\n\
          [Peer]\nPublicKey = {}\n",
         access.admission_id,
-        a.server,
+        t.server,
         when(access.expires_at),
         access
             .services

@@ -3,6 +3,17 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::metrics::MetricsListen;
+
+/// Stops the metrics listener when the control plane stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Run the control plane. It stays in the foreground (under systemd, see
 /// deploy/hushgate-control.service); stop it with Ctrl-C or SIGTERM.
 ///
@@ -94,20 +105,25 @@ struct DatabaseArgs {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Address to serve HTTPS on.
-    #[arg(long, default_value = "0.0.0.0:8443")]
-    listen: SocketAddr,
+    /// TOML file with any of these settings (keys: the long flags with `_`
+    /// for `-`; deploy/control.toml); flags and their environment
+    /// variables override it.
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_CONTROL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to serve HTTPS on [default: 0.0.0.0:8443].
+    #[arg(long, value_name = "ADDR", env = "HUSHGATE_CONTROL_LISTEN")]
+    listen: Option<SocketAddr>,
     /// State folder: SQLite database (unless --database), private CA or
     /// shared certificate, admin token.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "HUSHGATE_CONTROL_STATE")]
     state: Option<PathBuf>,
     #[command(flatten)]
     db: DatabaseArgs,
     /// Operator certificate chain (PEM) instead of the private CA.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_CONTROL_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     /// Private key (PEM) for --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_CONTROL_TLS_KEY")]
     tls_key: Option<PathBuf>,
     /// DNS name or IP address gateways and clients use to reach this
     /// control plane, for the self-issued certificate (repeatable).
@@ -120,45 +136,61 @@ struct RunArgs {
     #[arg(long, value_name = "CIDR")]
     trusted_proxy: Vec<ipnet::IpNet>,
     /// The header trusted proxies name the client in: x-forwarded-for or
-    /// forwarded (RFC 7239). Only that one is read.
-    #[arg(long, value_name = "HEADER", default_value = "x-forwarded-for")]
-    forwarded_header: control::app::ForwardedHeader,
-    /// Seconds an access request waits for the gateway to confirm.
-    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
-    ack_timeout: f64,
-    /// Default admission lifetime in seconds for new servers.
-    #[arg(long, default_value_t = 3600, value_name = "SECS")]
-    admission_ttl: u64,
-    /// Lifetime of login tokens, in seconds.
-    #[arg(long, default_value_t = 12 * 3600, value_name = "SECS")]
-    token_ttl: u64,
-    /// Default validity of enrollment tokens, in seconds.
-    #[arg(long, default_value_t = 24 * 3600, value_name = "SECS")]
-    enrollment_ttl: u64,
+    /// forwarded (RFC 7239). Only that one is read [default: x-forwarded-for].
+    #[arg(long, value_name = "HEADER", env = "HUSHGATE_CONTROL_FORWARDED_HEADER")]
+    forwarded_header: Option<control::app::ForwardedHeader>,
+    /// Seconds an access request waits for the gateway to confirm [default: 5].
+    #[arg(long, value_name = "SECS", env = "HUSHGATE_CONTROL_ACK_TIMEOUT")]
+    ack_timeout: Option<f64>,
+    /// Default admission lifetime in seconds for new servers [default: 3600].
+    #[arg(long, value_name = "SECS", env = "HUSHGATE_CONTROL_ADMISSION_TTL")]
+    admission_ttl: Option<u64>,
+    /// Lifetime of login tokens, in seconds [default: 43200].
+    #[arg(long, value_name = "SECS", env = "HUSHGATE_CONTROL_TOKEN_TTL")]
+    token_ttl: Option<u64>,
+    /// Default validity of enrollment tokens, in seconds [default: 86400].
+    #[arg(long, value_name = "SECS", env = "HUSHGATE_CONTROL_ENROLLMENT_TTL")]
+    enrollment_ttl: Option<u64>,
     /// Login attempts allowed per minute per source address, and failed
     /// logins per minute per user name (a user whose failures are spent is
-    /// refused only from the addresses that failed).
-    #[arg(long, default_value_t = 10, value_name = "N")]
-    login_rate: u32,
+    /// refused only from the addresses that failed) [default: 10].
+    #[arg(long, value_name = "N", env = "HUSHGATE_CONTROL_LOGIN_RATE")]
+    login_rate: Option<u32>,
     /// Connections open at once, all sources together (lowered to fit the
-    /// open-files limit, which is raised to its hard limit at start).
-    #[arg(long, default_value_t = 4096, value_name = "N")]
-    max_connections: usize,
+    /// open-files limit, which is raised to its hard limit at start)
+    /// [default: 4096].
+    #[arg(long, value_name = "N", env = "HUSHGATE_CONTROL_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// Connections open at once from one address (IPv6: one /64), except
-    /// admin sources and trusted proxies.
-    #[arg(long, default_value_t = 64, value_name = "N")]
-    max_connections_per_source: usize,
-    /// Connections kept for admin sources, out of --max-connections.
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    admin_connections: usize,
+    /// admin sources and trusted proxies [default: 64].
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HUSHGATE_CONTROL_MAX_CONNECTIONS_PER_SOURCE"
+    )]
+    max_connections_per_source: Option<usize>,
+    /// Connections kept for admin sources, out of --max-connections
+    /// [default: 32].
+    #[arg(long, value_name = "N", env = "HUSHGATE_CONTROL_ADMIN_CONNECTIONS")]
+    admin_connections: Option<usize>,
     /// Where the reserved admin connections may come from (repeatable;
     /// default loopback, where `hushgate admin --state DIR` connects from).
     #[arg(long, value_name = "CIDR")]
     admin_source: Vec<ipnet::IpNet>,
     /// Seconds a connection has for its TLS handshake and for each request
-    /// head; also how long an idle connection is kept open.
-    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
-    header_timeout: f64,
+    /// head; also how long an idle connection is kept open [default: 10].
+    #[arg(long, value_name = "SECS", env = "HUSHGATE_CONTROL_HEADER_TIMEOUT")]
+    header_timeout: Option<f64>,
+    /// Serve Prometheus metrics (GET /metrics, plain HTTP) on this address
+    /// of its own, never the HTTPS port: e.g. 127.0.0.1:9102 or
+    /// unix:/run/hushgate-control/metrics.sock. Keep it private (loopback,
+    /// or a network only Prometheus reaches). Default: off.
+    #[arg(long, value_name = "ADDR", env = "HUSHGATE_CONTROL_METRICS_LISTEN")]
+    metrics_listen: Option<MetricsListen>,
+    /// Label the live-admissions metric with each server's name (names can
+    /// say whose server it is; without this, one total).
+    #[arg(long, env = "HUSHGATE_CONTROL_METRICS_PER_SERVER")]
+    metrics_per_server: bool,
     /// The address the reachability check of gateways sends from, for a
     /// control plane behind a NAT of its own: its public address
     /// (repeatable, one per family) [default: the control plane's address
@@ -166,9 +198,82 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     probe_source: Vec<std::net::IpAddr>,
     /// Minutes between reachability checks of every connected gateway
-    /// (besides one after each gateway report); 0: only after reports.
-    #[arg(long, default_value_t = 15, value_name = "MINUTES")]
-    reachability_interval: u64,
+    /// (besides one after each gateway report); 0: only after reports
+    /// [default: 15].
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        env = "HUSHGATE_CONTROL_REACHABILITY_INTERVAL"
+    )]
+    reachability_interval: Option<u64>,
+}
+
+/// The flags (and their environment variables) over the config file.
+fn merged(mut a: RunArgs) -> anyhow::Result<RunArgs> {
+    let Some(path) = a.config.clone() else {
+        return Ok(a);
+    };
+    let f: super::config::ControlFile = super::config::read(&path)?;
+    if let Some(url) = &f.database {
+        let parsed = control::store::DatabaseUrl::parse(url).map_err(anyhow::Error::msg)?;
+        if parsed.has_password() {
+            bail!(
+                "{}: the database URL holds a password; give it in database_password_file (0600), HUSHGATE_DATABASE_PASSWORD or the systemd credential 'database-password' instead",
+                path.display()
+            );
+        }
+    }
+    a.listen = a.listen.or(f.listen);
+    a.state = a.state.or(f.state);
+    a.db.database = a.db.database.or(f.database);
+    a.db.database_password_file = a.db.database_password_file.or(f.database_password_file);
+    a.tls_cert = a.tls_cert.or(f.tls_cert);
+    a.tls_key = a.tls_key.or(f.tls_key);
+    if a.san.is_empty() {
+        a.san = f.san;
+    }
+    if a.trusted_proxy.is_empty() {
+        a.trusted_proxy = f.trusted_proxy;
+    }
+    if a.forwarded_header.is_none() {
+        a.forwarded_header = f
+            .forwarded_header
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+    }
+    a.ack_timeout = a.ack_timeout.or(f.ack_timeout);
+    a.admission_ttl = a.admission_ttl.or(f.admission_ttl);
+    a.token_ttl = a.token_ttl.or(f.token_ttl);
+    a.enrollment_ttl = a.enrollment_ttl.or(f.enrollment_ttl);
+    a.login_rate = a.login_rate.or(f.login_rate);
+    a.max_connections = a.max_connections.or(f.max_connections);
+    a.max_connections_per_source = a
+        .max_connections_per_source
+        .or(f.max_connections_per_source);
+    a.admin_connections = a.admin_connections.or(f.admin_connections);
+    if a.admin_source.is_empty() {
+        a.admin_source = f.admin_source;
+    }
+    a.header_timeout = a.header_timeout.or(f.header_timeout);
+    if a.metrics_listen.is_none() {
+        a.metrics_listen = f
+            .metrics_listen
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+    }
+    a.metrics_per_server |= f.metrics_per_server.unwrap_or(false);
+    if a.probe_source.is_empty() {
+        a.probe_source = f.probe_source;
+    }
+    a.reachability_interval = a.reachability_interval.or(f.reachability_interval);
+    if a.tls_cert.is_some() != a.tls_key.is_some() {
+        bail!("tls_cert and tls_key go together: give both or neither");
+    }
+    Ok(a)
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -275,17 +380,19 @@ fn backup(state: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 async fn serve(a: RunArgs) -> anyhow::Result<()> {
+    let a = merged(a)?;
+    let listen = a.listen.unwrap_or(([0, 0, 0, 0], 8443).into());
     let Some(state) = a.state.clone() else {
         bail!("give the control plane a state folder: --state DIR");
     };
     let database = database(&a.db)?;
     let nofile = control::listener::raise_open_files_limit();
     let mut sans = a.san.clone();
-    if !a.listen.ip().is_unspecified() {
-        sans.push(a.listen.ip().to_string());
+    if !listen.ip().is_unspecified() {
+        sans.push(listen.ip().to_string());
     }
     if a.san.is_empty() && a.tls_cert.is_none() {
-        sans.extend(host_names(a.listen.ip()));
+        sans.extend(host_names(listen.ip()));
     }
     let defaults = control::Settings::default();
     let cfg = control::Config {
@@ -295,31 +402,47 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
         sans: sans.clone(),
         settings: control::Settings {
             trusted_proxies: a.trusted_proxy,
-            forwarded_header: a.forwarded_header,
-            token_ttl: Duration::from_secs(a.token_ttl),
-            ack_timeout: Duration::from_secs_f64(a.ack_timeout.max(0.1)),
-            default_admission_ttl: Duration::from_secs(a.admission_ttl),
-            enrollment_ttl: Duration::from_secs(a.enrollment_ttl.max(1)),
-            login_per_minute: a.login_rate,
-            max_connections: a.max_connections.max(16),
-            max_connections_per_source: a.max_connections_per_source.max(1),
-            admin_connections: a.admin_connections,
+            forwarded_header: a.forwarded_header.unwrap_or_default(),
+            token_ttl: a.token_ttl.map_or(defaults.token_ttl, Duration::from_secs),
+            ack_timeout: Duration::from_secs_f64(a.ack_timeout.unwrap_or(5.0).max(0.1)),
+            default_admission_ttl: a
+                .admission_ttl
+                .map_or(defaults.default_admission_ttl, Duration::from_secs),
+            enrollment_ttl: a
+                .enrollment_ttl
+                .map_or(defaults.enrollment_ttl, |t| Duration::from_secs(t.max(1))),
+            login_per_minute: a.login_rate.unwrap_or(defaults.login_per_minute),
+            max_connections: a
+                .max_connections
+                .unwrap_or(defaults.max_connections)
+                .max(16),
+            max_connections_per_source: a
+                .max_connections_per_source
+                .unwrap_or(defaults.max_connections_per_source)
+                .max(1),
+            admin_connections: a.admin_connections.unwrap_or(defaults.admin_connections),
             admin_sources: if a.admin_source.is_empty() {
                 defaults.admin_sources.clone()
             } else {
                 a.admin_source
             },
-            header_timeout: Duration::from_secs_f64(a.header_timeout.max(0.5)),
+            header_timeout: a.header_timeout.map_or(defaults.header_timeout, |t| {
+                Duration::from_secs_f64(t.max(0.5))
+            }),
+            metrics_per_server: a.metrics_per_server,
             probe_sources: a.probe_source,
-            reachability_interval: (a.reachability_interval > 0)
-                .then(|| Duration::from_secs(a.reachability_interval * 60)),
+            reachability_interval: match a.reachability_interval {
+                None => defaults.reachability_interval,
+                Some(0) => None,
+                Some(m) => Some(Duration::from_secs(m * 60)),
+            },
             ..defaults
         },
     };
     let own_cert = cfg.tls_cert.is_some();
     let cp = control::ControlPlane::open(cfg)?;
-    let listener = std::net::TcpListener::bind(a.listen)
-        .with_context(|| format!("cannot listen on {}; is the port in use?", a.listen))?;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}; is the port in use?"))?;
     let local = listener.local_addr()?;
     println!(
         "control plane listening on https://{local} (open TCP {} to gateways and clients)",
@@ -352,6 +475,19 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
         state.display()
     );
     tracing::info!(open_files = nofile, "open-files limit");
+    let _metrics = match &a.metrics_listen {
+        Some(listen) => {
+            let st = cp.app_state();
+            let render: super::metrics::Render = std::sync::Arc::new(move || {
+                let st = st.clone();
+                Box::pin(async move { Some(control::metrics::render(&st).await) })
+            });
+            let task = super::metrics::serve(listen, render).await?;
+            println!("metrics: {listen}");
+            Some(AbortOnDrop(task))
+        }
+        None => None,
+    };
     cp.serve(listener, async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -1,3 +1,4 @@
+use super::metrics::MetricsListen;
 use anyhow::{bail, Context};
 use control_client::Trust;
 use gateway::{
@@ -26,7 +27,9 @@ use std::path::{Path, PathBuf};
 /// remove --port PORT` deletes it.
 ///
 /// Every flag can also come from a TOML file (--config) with the same
-/// names, e.g. `control = "https://..."`, `services = ["plex=32400:127.0.0.1:32400"]`.
+/// names, e.g. `control = "https://..."`, `services = ["plex=32400:127.0.0.1:32400"]`,
+/// or from its environment variable (HUSHGATE_GATEWAY_CONTROL, ...); a
+/// flag wins over its variable, which wins over the file.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Args {
@@ -80,36 +83,38 @@ enum FilterCmd {
 
 #[derive(Debug, clap::Args, Default)]
 struct RunArgs {
-    /// TOML file with any of these settings; flags override it.
-    #[arg(long, value_name = "FILE")]
+    /// TOML file with any of these settings (keys: the long flags with `_`
+    /// for `-`; deploy/gateway.toml); flags and their environment
+    /// variables override it.
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_GATEWAY_CONFIG")]
     config: Option<PathBuf>,
     /// Control plane URL, e.g. https://control.example:8443. For replicas,
     /// several URLs separated by commas: when one cannot be reached, the
     /// next is used.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", env = "HUSHGATE_GATEWAY_CONTROL")]
     control: Option<String>,
     /// CA certificate of the control plane to pin (its ca.pem); without it
     /// the public web PKI is trusted.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_GATEWAY_CA")]
     ca: Option<PathBuf>,
     /// State folder for the key and credential.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "HUSHGATE_GATEWAY_STATE")]
     state: Option<PathBuf>,
     /// File holding the one-time enrollment token ('-' for standard input);
     /// or set HUSHGATE_ENROLL_TOKEN, or pass it as the systemd credential
     /// 'enroll-token' (LoadCredential=). Read on the first start only:
     /// once enrolled (a credential in --state) it is ignored, and the file
     /// may be removed.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "HUSHGATE_GATEWAY_ENROLL_FILE")]
     enroll_file: Option<PathBuf>,
     /// UDP address to listen on [default: 0.0.0.0:51820].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "HUSHGATE_GATEWAY_LISTEN_UDP")]
     listen_udp: Option<SocketAddr>,
     /// Address clients should send to (the router's public IP and the
     /// forwarded port); default: the external endpoint the router mapped
     /// (see --port-mapping), else the address the control plane sees with
     /// the UDP port.
-    #[arg(long, value_name = "IP:PORT")]
+    #[arg(long, value_name = "IP:PORT", env = "HUSHGATE_GATEWAY_PUBLIC_ENDPOINT")]
     public_endpoint: Option<SocketAddr>,
     /// A service: NAME=PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400 (repeatable).
     #[arg(long = "service", value_name = "SPEC")]
@@ -125,36 +130,53 @@ struct RunArgs {
     /// The kernel pre-filter: auto (use it when the gateway may change
     /// nftables, otherwise warn and filter in user space only), required
     /// (refuse to start without it) or off [default: auto].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", env = "HUSHGATE_GATEWAY_PREFILTER")]
     prefilter: Option<String>,
     /// Port mapping on the home router: auto (ask it with PCP, NAT-PMP or
     /// UPnP IGD to forward the UDP port and each direct TCP port, renew
     /// the lease, delete it at a clean stop) or off (the port is forwarded
     /// by hand) [default: auto].
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, value_name = "MODE", env = "HUSHGATE_GATEWAY_PORT_MAPPING")]
     port_mapping: Option<String>,
     /// The router to ask for the port mapping [default: the IPv4 default
     /// router, from /proc/net/route].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "HUSHGATE_GATEWAY_ROUTER")]
     router: Option<std::net::IpAddr>,
     /// How often the port mapping is checked on the router, in seconds
     /// (a router that restarted or changed its address without
     /// announcing it is noticed then) [default: 60].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", env = "HUSHGATE_GATEWAY_PORT_MAPPING_CHECK")]
     port_mapping_check: Option<u64>,
     /// Connections one client may hold at once (open, opening or
     /// closing); one more is refused with a TCP reset inside its tunnel
     /// [default: 128].
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HUSHGATE_GATEWAY_MAX_CONNECTIONS_PER_CLIENT"
+    )]
     max_connections_per_client: Option<usize>,
     /// TCP handshakes one client may have in progress; further SYNs are
     /// dropped and its TCP sends them again [default: 16].
-    #[arg(long, value_name = "N")]
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HUSHGATE_GATEWAY_MAX_PENDING_PER_CLIENT"
+    )]
     max_pending_per_client: Option<usize>,
     /// MiB by which the TCP buffers of one client's connections may grow
     /// together, out of the gateway's 256 MiB [default: 64].
-    #[arg(long, value_name = "MIB")]
+    #[arg(
+        long,
+        value_name = "MIB",
+        env = "HUSHGATE_GATEWAY_BUFFER_GROWTH_PER_CLIENT_MIB"
+    )]
     buffer_growth_per_client_mib: Option<usize>,
+    /// Serve Prometheus metrics (GET /metrics) on this loopback address or
+    /// Unix socket: 127.0.0.1:9101, [::1]:9101 or unix:/PATH. Never the
+    /// public UDP port; a non-loopback address is refused. Default: off.
+    #[arg(long, value_name = "ADDR", env = "HUSHGATE_GATEWAY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -202,6 +224,7 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
         buffer_growth_per_client_mib: cli
             .buffer_growth_per_client_mib
             .or(file.buffer_growth_per_client_mib),
+        metrics_listen: cli.metrics_listen.or(file.metrics_listen),
     })
 }
 
@@ -266,6 +289,14 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
             .buffer_growth_per_client_mib
             .map_or(defaults.buffer_growth, |m| m.saturating_mul(1 << 20)),
     };
+    let metrics_listen = a
+        .metrics_listen
+        .as_deref()
+        .map(|m| m.parse::<MetricsListen>().map_err(anyhow::Error::msg))
+        .transpose()?;
+    if let Some(m) = &metrics_listen {
+        m.require_local()?;
+    }
     let trust = match &a.ca {
         Some(ca) => Trust::from_ca_file(ca)?,
         None => Trust::PublicRoots,
@@ -327,8 +358,40 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
     } else {
         println!("not in sync with the control plane yet; retrying in the background");
     }
-    wait_for_stop().await;
+    // Scrapes are answered here, where the gateway lives: the listener's
+    // handler asks over a channel, so it holds no reference to it.
+    let (scrapes, mut asked) =
+        tokio::sync::mpsc::channel::<tokio::sync::oneshot::Sender<Option<String>>>(4);
+    let metrics = match &metrics_listen {
+        Some(listen) => {
+            let render: super::metrics::Render = std::sync::Arc::new(move || {
+                let scrapes = scrapes.clone();
+                Box::pin(async move {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    scrapes.send(tx).await.ok()?;
+                    rx.await.ok().flatten()
+                })
+            });
+            let task = super::metrics::serve(listen, render).await?;
+            println!("metrics: {listen}");
+            Some(task)
+        }
+        None => None,
+    };
+    let stop = wait_for_stop();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(reply) = asked.recv() => {
+                let _ = reply.send(gw.metrics_text().await);
+            }
+        }
+    }
     println!("stopping");
+    if let Some(m) = metrics {
+        m.abort();
+    }
     gw.shutdown().await;
     Ok(())
 }

@@ -1,8 +1,11 @@
 pub mod admin;
+pub mod config;
 pub mod connect;
 pub mod control;
 pub mod demo;
 pub mod gateway;
+pub mod metrics;
+pub mod profile;
 pub mod qr;
 
 /// Reads a secret from an environment variable or, failing that, from
