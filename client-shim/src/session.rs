@@ -489,11 +489,7 @@ impl<C: ControlApi> Supervisor<C> {
                     gateway = %self.current.gateway_endpoint,
                     "gateway stopped answering; asking for a new admission"
                 );
-                self.emit(SessionEvent::Lost);
-                self.reconnect = Some(Reconnect {
-                    backoff: self.tuning.backoff.clone(),
-                    next_try: Instant::now(),
-                });
+                self.lost();
             }
             // Silence may mean revocation: the gateway dropped us and
             // cannot say so. A reset of a connection by the gateway's side
@@ -528,15 +524,69 @@ impl<C: ControlApi> Supervisor<C> {
         self.last_probe = Some(now);
         self.probe_at = None;
         let id = self.current.admission_id.clone();
-        match unless_stopped(&mut self.stop, self.control.renew(&id)).await {
+        let mut answer = unless_stopped(&mut self.stop, self.control.renew(&id)).await;
+        if matches!(&answer, Some(Err(e)) if e.is_transient()) {
+            // After an address change the connection to the control plane
+            // made from the old address is dead too, and the first request
+            // fails on it; the second goes out on a fresh connection.
+            answer = unless_stopped(&mut self.stop, self.control.renew(&id)).await;
+        }
+        match answer {
             None => return Some(EndReason::Closed),
-            Some(Ok(r)) => self.renewed(r.expires_at),
-            Some(Err(ShimError::Revoked { message, .. })) => {
-                return Some(EndReason::Revoked { message })
+            Some(Ok(r)) => {
+                self.renewed(r.expires_at);
+                // Silent, and the control plane sees us at an address our
+                // admission does not cover: the gateway drops us as a
+                // stranger. Re-admit now rather than at the loss timeout.
+                if r.source_moved {
+                    tracing::info!(
+                        gateway = %self.current.gateway_endpoint,
+                        "our address moved; asking for a new admission"
+                    );
+                    self.lost();
+                }
             }
-            Some(Err(e)) => tracing::debug!(error = %e, "probe failed"),
+            Some(Err(ShimError::Revoked { message, .. })) => return self.gone(message),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "probe failed");
+                // The stall is reported once per silence: without another
+                // try, a failed probe leaves only the loss timeout.
+                if e.is_transient() {
+                    self.probe_at = Some(Instant::now() + self.tuning.probe_interval);
+                }
+            }
         }
         None
+    }
+
+    /// The control plane no longer knows the admission. Before its expiry
+    /// that is a revocation, and final. After it, the admission simply
+    /// ran out while the control plane could not be reached to renew it
+    /// (it was down across the expiry): that is no reason to quit, so ask
+    /// for a new one, as after a loss; a grant that is really gone ends
+    /// the session there.
+    fn gone(&mut self, message: String) -> Option<EndReason> {
+        if OffsetDateTime::now_utc() < self.current.expires_at {
+            return Some(EndReason::Revoked { message });
+        }
+        tracing::info!(
+            admission = %self.current.admission_id,
+            "the admission expired while it could not be renewed; asking for a new one"
+        );
+        if self.reconnect.is_none() {
+            self.lost();
+        }
+        None
+    }
+
+    /// The path is gone: announce it and ask for a new admission at once
+    /// (then on the backoff).
+    fn lost(&mut self) {
+        self.emit(SessionEvent::Lost);
+        self.reconnect = Some(Reconnect {
+            backoff: self.tuning.backoff.clone(),
+            next_try: Instant::now(),
+        });
     }
 
     /// Records a new expiry, from a scheduled renewal or from a probe (a
@@ -562,7 +612,7 @@ impl<C: ControlApi> Supervisor<C> {
                 self.renewed(r.expires_at);
                 None
             }
-            Some(Err(ShimError::Revoked { message, .. })) => Some(EndReason::Revoked { message }),
+            Some(Err(ShimError::Revoked { message, .. })) => self.gone(message),
             Some(Err(e)) if e.is_transient() => {
                 // The admission keeps working until it expires; keep trying
                 // until then, after which the path loss takes over.

@@ -283,6 +283,11 @@ struct ControlState {
     accesses: u32,
     deny: bool,
     ttl_secs: i64,
+    /// Renewals still to fail as if the control plane could not be
+    /// reached (a connection that died with the client's old address).
+    failing_renewals: u32,
+    /// Every renewal fails as if the control plane were down.
+    unreachable: bool,
     /// The endpoint told to clients (defaults to the gateway's).
     endpoint_override: Option<SocketAddr>,
 }
@@ -390,6 +395,13 @@ impl ControlApi for FakeControl {
 
     async fn renew(&mut self, id: &str) -> Result<RenewResponse, ShimError> {
         let mut st = self.state.lock().unwrap();
+        if st.failing_renewals > 0 || st.unreachable {
+            st.failing_renewals = st.failing_renewals.saturating_sub(1);
+            return Err(ShimError::ControlUnreachable {
+                url: "https://den.example".into(),
+                detail: "connection reset by peer".into(),
+            });
+        }
         let ttl = st.ttl_secs;
         let Some(a) = st.live.get_mut(id) else {
             return Err(ShimError::Revoked {
@@ -399,9 +411,15 @@ impl ControlApi for FakeControl {
         };
         a.expires_at = OffsetDateTime::now_utc() + time::Duration::seconds(ttl);
         let expires_at = a.expires_at;
+        // The fake sees its client at 127.0.0.1 (see `access`); an
+        // admission bound elsewhere (`move_client`) has been left behind.
+        let source_moved = a.source != IpAddr::from([127, 0, 0, 1]);
         st.renewals += 1;
         self.push(&mut st);
-        Ok(RenewResponse { expires_at })
+        Ok(RenewResponse {
+            expires_at,
+            source_moved,
+        })
     }
 
     async fn revoke(&mut self, id: &str) -> Result<(), ShimError> {
@@ -436,10 +454,14 @@ struct World {
 }
 
 async fn world(ttl_secs: i64) -> World {
+    world_tuned(ttl_secs, tuning()).await
+}
+
+async fn world_tuned(ttl_secs: i64, tuning: Tuning) -> World {
     let gateway = Arc::new(TestGateway::start(upstream()));
     let control = FakeControl::new(gateway, ttl_secs);
     let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
-    let session = Session::start(control.clone(), listener, "den".into(), None, tuning())
+    let session = Session::start(control.clone(), listener, "den".into(), None, tuning)
         .await
         .expect("session starts");
     World { control, session }
@@ -587,6 +609,89 @@ async fn a_changed_source_address_leads_to_a_new_admission() {
         "old admission revoked"
     );
     assert_eq!(st.live.len(), 1);
+}
+
+/// A move seen by the stall probe re-admits at once: with a loss timeout
+/// far beyond the test's patience, only the control plane's
+/// `source_moved` on the probe's renewal can bring the new admission in
+/// time (found by the netns chaos scenario: every shim took the whole
+/// 15 s loss timeout to come back after its NAT moved). Also when the
+/// probe's first renewals fail, as they do on a connection to the control
+/// plane that died with the old address (the chaos scenario again: half
+/// the shims probed once, failed, and waited for the loss timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_address_is_re_admitted_at_the_first_probe_not_at_the_loss_timeout() {
+    for failing_renewals in [0, 1, 3] {
+        moved_and_re_admitted(failing_renewals).await;
+    }
+}
+
+async fn moved_and_re_admitted(failing_renewals: u32) {
+    let mut t = tuning();
+    t.datapath.timeouts.lost = PATIENCE * 10;
+    let w = world_tuned(3600, t).await;
+    let mut ev = w.session.events();
+    let local = w.session.local_addr();
+    let first = w.session.info().admission_id;
+    w.control.state.lock().unwrap().failing_renewals = failing_renewals;
+    w.control.move_client();
+    let probe = std::thread::spawn(move || download(local, 1 << 20, 2, 0));
+    let connected = expect_event(&mut ev, PATIENCE, |e| {
+        matches!(e, SessionEvent::Connected { .. })
+    })
+    .await;
+    let SessionEvent::Connected { admission_id, .. } = connected else {
+        unreachable!()
+    };
+    assert_ne!(admission_id, first);
+    let _ = probe.join().unwrap();
+    assert_eq!(
+        blocking(move || download(local, 1 << 20, 3, 0))
+            .await
+            .unwrap(),
+        1 << 20
+    );
+}
+
+/// The control plane down across the admission's expiry: once back it no
+/// longer knows the admission, which is not a revocation: the session gets
+/// a new admission and goes on (found by the netns chaos scenario: a shim
+/// whose renewals failed while the control plane restarted quit with
+/// "your admission is gone" when it came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_that_expired_while_the_control_plane_was_down_is_replaced() {
+    let w = world(3).await;
+    let mut ev = w.session.events();
+    let local = w.session.local_addr();
+    let first = w.session.info();
+    w.control.state.lock().unwrap().unreachable = true;
+    // Past its expiry (by this clock, as the session sees it), the
+    // control plane sweeps it; then it answers again.
+    let left = (first.expires_at - OffsetDateTime::now_utc()).unsigned_abs();
+    tokio::time::sleep(left + Duration::from_millis(200)).await;
+    {
+        let mut st = w.control.state.lock().unwrap();
+        st.live.clear();
+        w.control.push(&mut st);
+        st.unreachable = false;
+    }
+    let next = expect_event(&mut ev, PATIENCE, |e| {
+        matches!(
+            e,
+            SessionEvent::Connected { .. } | SessionEvent::Ended { .. }
+        )
+    })
+    .await;
+    let SessionEvent::Connected { admission_id, .. } = next else {
+        panic!("the session ended instead of getting a new admission: {next:?}")
+    };
+    assert_ne!(admission_id, first.admission_id);
+    assert_eq!(
+        blocking(move || download(local, 1 << 20, 4, 0))
+            .await
+            .unwrap(),
+        1 << 20
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

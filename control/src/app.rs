@@ -690,10 +690,12 @@ async fn owned_admission(
 
 async fn renew(
     State(st): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<RenewResponse>> {
     let Path(id) = id?;
+    let source = observed_source(&st, peer, &headers)?;
     let who = principal(&st, &headers).await?;
     let adm = owned_admission(&st, &who, id).await?;
     let a = adm.clone();
@@ -735,7 +737,19 @@ async fn renew(
             ),
         ));
     }
-    Ok(Json(RenewResponse { expires_at }))
+    // A client whose tunnel went silent asks for a renewal to learn
+    // whether it was revoked; when its address moved (a NAT or a network
+    // change) the gateway drops it as a stranger, and only a new
+    // admission from here helps. Saying so spares it waiting for its
+    // loss timeout. An admin renewing for someone says nothing about
+    // their address.
+    let source_moved = matches!(who, Principal::User(_))
+        && adm.mode == AccessMode::Tunnel
+        && !adm.binding.admits(adm.source, source);
+    Ok(Json(RenewResponse {
+        expires_at,
+        source_moved,
+    }))
 }
 
 /// Whether a grant still allows everything an admission was given.

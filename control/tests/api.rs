@@ -468,6 +468,56 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies(engine: Engine) {
     }
 }
 
+/// A renewal from an address the admission's binding does not cover says
+/// so (`source_moved`): the client's tunnel is dead at the gateway and a
+/// probe must lead to a new admission, not to waiting for a timeout. The
+/// sources come through a trusted proxy's X-Forwarded-For.
+async fn a_renewal_from_a_moved_address_says_so(engine: Engine) {
+    let store = engine.store();
+    let mut settings = fast_settings();
+    settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    let cp = Running::start(&store, "127.0.0.1:0", settings).await;
+    let token = seed(&cp.admin, "alice", "den", None).await;
+    let _gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
+    let t = cp
+        .client()
+        .login("alice", "password-of-alice")
+        .await
+        .unwrap()
+        .token;
+    let from = |who: &str, path: String, body: Vec<u8>, bearer: &str| {
+        cp.client()
+            .http()
+            .post(format!("{}{path}", cp.url))
+            .bearer_auth(bearer)
+            .header("content-type", "application/json")
+            .header("x-forwarded-for", who)
+            .body(body)
+            .send()
+    };
+    let body = br#"{"server":"den","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}"#;
+    let resp = from("203.0.113.9", "/v1/access".into(), body.to_vec(), &t)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp.json::<AccessResponse>().await.unwrap().admission_id;
+    let renew = |who: &'static str, bearer: String| {
+        let path = format!("/v1/admissions/{id}/renew");
+        let req = from(who, path, Vec::new(), &bearer);
+        async move {
+            let resp = req.await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<RenewResponse>().await.unwrap().source_moved
+        }
+    };
+    assert!(!renew("203.0.113.9", t.clone()).await, "same address");
+    assert!(renew("203.0.113.10", t.clone()).await, "another address");
+    // An admin renewing for her says nothing about where alice is.
+    let admin = std::fs::read_to_string(cp.dir.join("admin-token")).unwrap();
+    assert!(!renew("203.0.113.10", admin.trim().into()).await, "admin");
+    cp.stop().await;
+}
+
 async fn ipv6_clients_are_observed_as_such(engine: Engine) {
     let store = engine.store();
     let cp = Running::start(&store, "[::1]:0", fast_settings()).await;
@@ -1621,6 +1671,7 @@ both_engines!(
     expiry_and_grant_removal_reach_the_gateway,
     tunnel_addresses_never_collide_and_are_reused_after_release,
     forwarded_for_is_believed_only_from_trusted_proxies,
+    a_renewal_from_a_moved_address_says_so,
     ipv6_clients_are_observed_as_such,
     an_untrusted_certificate_is_refused_with_a_clear_error,
     the_feed_sends_only_what_changed_since_the_version_held,

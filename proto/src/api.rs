@@ -362,4 +362,10 @@ pub struct AuditEntry {
 pub struct RenewResponse {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// The renewal came from an address the admission's binding does not
+    /// admit (the client's network or NAT changed): the gateway drops
+    /// this client's packets, and it needs a new admission from where it
+    /// is now. Absent (false) from older control planes.
+    #[serde(default)]
+    pub source_moved: bool,
 }
