@@ -636,15 +636,28 @@ async fn moved_and_re_admitted(failing_renewals: u32) {
     w.control.state.lock().unwrap().failing_renewals = failing_renewals;
     w.control.move_client();
     let probe = std::thread::spawn(move || download(local, 1 << 20, 2, 0));
-    let connected = expect_event(&mut ev, PATIENCE, |e| {
-        matches!(e, SessionEvent::Connected { .. })
+    expect_readmitted(&mut ev, &first, local).await;
+    let _ = probe.join().unwrap();
+}
+
+/// Waits for the session's next admission (not its end), which must differ
+/// from `first` and carry a download.
+async fn expect_readmitted(
+    ev: &mut tokio::sync::broadcast::Receiver<SessionEvent>,
+    first: &str,
+    local: SocketAddr,
+) {
+    let next = expect_event(ev, PATIENCE, |e| {
+        matches!(
+            e,
+            SessionEvent::Connected { .. } | SessionEvent::Ended { .. }
+        )
     })
     .await;
-    let SessionEvent::Connected { admission_id, .. } = connected else {
-        unreachable!()
+    let SessionEvent::Connected { admission_id, .. } = next else {
+        panic!("the session ended instead of getting a new admission: {next:?}")
     };
     assert_ne!(admission_id, first);
-    let _ = probe.join().unwrap();
     assert_eq!(
         blocking(move || download(local, 1 << 20, 3, 0))
             .await
@@ -675,23 +688,7 @@ async fn an_admission_that_expired_while_the_control_plane_was_down_is_replaced(
         w.control.push(&mut st);
         st.unreachable = false;
     }
-    let next = expect_event(&mut ev, PATIENCE, |e| {
-        matches!(
-            e,
-            SessionEvent::Connected { .. } | SessionEvent::Ended { .. }
-        )
-    })
-    .await;
-    let SessionEvent::Connected { admission_id, .. } = next else {
-        panic!("the session ended instead of getting a new admission: {next:?}")
-    };
-    assert_ne!(admission_id, first.admission_id);
-    assert_eq!(
-        blocking(move || download(local, 1 << 20, 4, 0))
-            .await
-            .unwrap(),
-        1 << 20
-    );
+    expect_readmitted(&mut ev, &first.admission_id, local).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
