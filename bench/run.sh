@@ -276,7 +276,8 @@ start_gateway() {
   local name="$1" token="$2" listen="$3"; shift 3
   HUSHGATE_ENROLL_TOKEN="$token" bg edge "$W/$name.log" "$BIN" gateway \
     --control https://203.0.113.2:8443 --ca "$W/ctl/ca.pem" --state "$W/$name" \
-    --listen-udp "$listen" --public-endpoint "203.0.113.18:${listen##*:}" "$@" >/dev/null
+    --listen-udp "$listen" --public-endpoint "203.0.113.18:${listen##*:}" \
+    --port-mapping off "$@" >/dev/null
 }
 
 # gw_key NAME: the public key of gateway NAME (status JSON, else its log).

@@ -25,7 +25,7 @@ command -v c++ >/dev/null || die "a C++ compiler is missing (Debian: apt-get ins
 declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
-  [python3]=python3 [sysctl]=procps
+  [python3]=python3 [sysctl]=procps [miniupnpd]=miniupnpd-nftables
   [valgrind]=valgrind [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
 )
 missing=()

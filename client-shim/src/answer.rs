@@ -146,6 +146,30 @@ fn is_broadcast(ip: IpAddr) -> bool {
     matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
 }
 
+/// What the control plane's answer says about the gateway's reachability,
+/// as lines to show: present when its last check of the gateway's
+/// endpoint failed (the tunnel will probably not come up), with each
+/// problem and what the owner can do.
+pub fn reachability_warnings(resp: &AccessResponse) -> Vec<String> {
+    let Some(view) = &resp.gateway_reachability else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    if let Some(c) = &view.check {
+        out.push(format!(
+            "the control plane could not reach this server's gateway: {}",
+            c.summary()
+        ));
+    }
+    for d in &view.diagnosis {
+        out.push(format!(
+            "{} (what the server's owner can do: {})",
+            d.problem, d.advice
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +199,7 @@ mod tests {
             ],
             preshared_key: Some(WgKey([9; 32])),
             expires_at: time::macros::datetime!(2026-11-25 21:00 UTC),
+            gateway_reachability: None,
         }
     }
 

@@ -98,10 +98,8 @@ impl HttpControl {
     fn can_relogin(&self, e: &ClientError) -> bool {
         e.status() == Some(401) && matches!(self.credentials, Credentials::Password { .. })
     }
-}
 
-impl ControlApi for HttpControl {
-    async fn access(&mut self, server: &str, key: WgKey) -> Result<AccessResponse, ShimError> {
+    async fn access_once(&mut self, server: &str, key: WgKey) -> Result<AccessResponse, ShimError> {
         match self.authed.access(server, key).await {
             Err(e) if self.can_relogin(&e) => {
                 self.relogin().await?;
@@ -112,6 +110,18 @@ impl ControlApi for HttpControl {
             }
             r => r.map_err(|e| self.map(e, Call::Access)),
         }
+    }
+}
+
+impl ControlApi for HttpControl {
+    async fn access(&mut self, server: &str, key: WgKey) -> Result<AccessResponse, ShimError> {
+        let answer = self.access_once(server, key).await?;
+        // The control plane's last check of the gateway's endpoint failed:
+        // the tunnel will probably not come up; say why, once per answer.
+        for line in crate::answer::reachability_warnings(&answer) {
+            tracing::warn!(%server, "{line}");
+        }
+        Ok(answer)
     }
 
     async fn renew(&mut self, id: &str) -> Result<RenewResponse, ShimError> {

@@ -525,35 +525,36 @@ impl<C: ControlApi> Supervisor<C> {
         self.probe_at = None;
         let id = self.current.admission_id.clone();
         let mut answer = unless_stopped(&mut self.stop, self.control.renew(&id)).await;
+        // A network change also breaks the kept-alive HTTPS connection to
+        // the control plane (its NAT mapping is gone): the first call on
+        // it fails at once with a reset, and the retry opens a new one
+        // from the new address, which is the answer that matters here.
         if matches!(&answer, Some(Err(e)) if e.is_transient()) {
-            // After an address change the connection to the control plane
-            // made from the old address is dead too, and the first request
-            // fails on it; the second goes out on a fresh connection.
             answer = unless_stopped(&mut self.stop, self.control.renew(&id)).await;
         }
         match answer {
             None => return Some(EndReason::Closed),
             Some(Ok(r)) => {
                 self.renewed(r.expires_at);
-                // Silent, and the control plane sees us at an address our
-                // admission does not cover: the gateway drops us as a
-                // stranger. Re-admit now rather than at the loss timeout.
-                if r.source_moved {
+                // The control plane saw this renewal come from an address
+                // the admission does not admit: the network changed under
+                // us (Wi-Fi to mobile data, a new NAT address), and the
+                // stall will not end by itself. Re-admit now instead of
+                // waiting for the silence to count as a loss.
+                if r.moved == Some(true) {
                     tracing::info!(
                         gateway = %self.current.gateway_endpoint,
-                        "our address moved; asking for a new admission"
+                        "this device's network address changed; asking for a new admission"
                     );
                     self.lost();
                 }
             }
             Some(Err(ShimError::Revoked { message, .. })) => return self.gone(message),
             Some(Err(e)) => {
+                // Ask again while the path stays silent (the stall is
+                // reported once): the control plane may be back by then.
                 tracing::debug!(error = %e, "probe failed");
-                // The stall is reported once per silence: without another
-                // try, a failed probe leaves only the loss timeout.
-                if e.is_transient() {
-                    self.probe_at = Some(Instant::now() + self.tuning.probe_interval);
-                }
+                self.probe_at = Some(now + self.tuning.probe_interval);
             }
         }
         None

@@ -185,6 +185,12 @@ impl ControlClient {
         self.call(Method::PUT, &path, Some(&body), CALL).await
     }
 
+    /// Checks the server's gateway endpoint now (issue 17).
+    pub async fn check_server(&self, server: &str) -> R<proto::reach::ReachabilityView> {
+        let path = format!("/v1/admin/servers/{server}/check");
+        self.call(Method::POST, &path, None::<&()>, CALL).await
+    }
+
     pub async fn list_servers(&self) -> R<Vec<ServerInfo>> {
         self.call(Method::GET, "/v1/admin/servers", None::<&()>, CALL)
             .await

@@ -42,6 +42,8 @@ pub struct AppState {
     /// Full argon2 verifications run so far, whatever their outcome: a
     /// login for an unknown user must cost one, like a wrong password.
     pub password_checks: std::sync::atomic::AtomicU64,
+    /// Reachability checks in progress (issue 17).
+    pub prober: crate::reachability::Prober,
 }
 
 type Shared = State<Arc<AppState>>;
@@ -77,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/admin/servers/{name}/credential",
             delete(revoke_credential),
         )
+        .route("/v1/admin/servers/{name}/check", post(check_server))
         .route("/v1/admin/enrollment-tokens", get(list_enrollment_tokens))
         .route(
             "/v1/admin/enrollment-tokens/{id}",
@@ -659,6 +662,12 @@ async fn access(
             services,
             preshared_key: adm.psk,
             expires_at: adm.expires_at,
+            // issue 17: the tunnel will probably not come up; say why.
+            gateway_reachability: server
+                .reachability
+                .as_ref()
+                .filter(|c| !c.reachable)
+                .map(|_| crate::reachability::view(&server)),
         })
         .into_response()),
         AccessMode::Direct => Ok(Json(DirectAccessResponse {
@@ -713,10 +722,10 @@ async fn renew(
             }
             let expires = now() + Duration::from_secs(server.ttl_secs);
             let v = store::set_expiry(tx, &a, expires)?;
-            Ok(Some((expires, v)))
+            Ok(Some((expires, v, server.binding)))
         })
         .await?;
-    let Some((expires_at, version)) = renewed else {
+    let Some((expires_at, version, binding)) = renewed else {
         // The caller owns this admission, so the server's existence is no
         // secret here: say what happened rather than "no access".
         return Err(AppError::forbidden(
@@ -737,19 +746,24 @@ async fn renew(
             ),
         ));
     }
-    // A client whose tunnel went silent asks for a renewal to learn
-    // whether it was revoked; when its address moved (a NAT or a network
-    // change) the gateway drops it as a stranger, and only a new
-    // admission from here helps. Saying so spares it waiting for its
-    // loss timeout. An admin renewing for someone says nothing about
-    // their address.
-    let source_moved = matches!(who, Principal::User(_))
-        && adm.mode == AccessMode::Tunnel
-        && !adm.binding.admits(adm.source, source);
     Ok(Json(RenewResponse {
         expires_at,
-        source_moved,
+        moved: Some(moved(binding, &adm, source)),
     }))
+}
+
+/// Whether a renewal from `source` says the client has left the address
+/// its admission is bound to. A first-handshake admission is pinned by
+/// the gateway to the address of its first handshake, which the control
+/// plane does not see: the address of the access request stands in for
+/// it (they are the same unless the client's HTTPS and UDP leave through
+/// different NATs).
+fn moved(binding: BindingPolicy, a: &store::Admission, source: IpAddr) -> bool {
+    let (bound, source) = (a.source.to_canonical(), source.to_canonical());
+    match binding {
+        BindingPolicy::FirstHandshake => bound != source,
+        b => !b.admits(bound, source),
+    }
 }
 
 /// Whether a grant still allows everything an admission was given.
@@ -835,6 +849,9 @@ async fn enroll(
     let enroll_hash = auth::hash_secret(&req.enrollment_token);
     let (credential, cred_hash) = auth::new_secret(SecretKind::GatewayCredential);
     let endpoint = gateway_endpoint(&req.report, source);
+    // Gateways that report their network (issue 17) are checked; older
+    // ones (and the tests' stand-ins) are left alone.
+    let check = req.report.network.is_some();
     let report = req.report;
     let outcome = st
         .db
@@ -851,6 +868,16 @@ async fn enroll(
                 &report.services,
                 &report.direct_services,
             )?;
+            if let Some(network) = &report.network {
+                store::set_network(
+                    tx,
+                    server.id,
+                    &crate::reachability::StoredNetwork {
+                        report: network.clone(),
+                        observed: source,
+                    },
+                )?;
+            }
             store::audit(
                 tx,
                 now(),
@@ -876,6 +903,9 @@ async fn enroll(
     match outcome {
         store::Enrollment::Enrolled { server, replaced } => {
             tracing::info!(server = %server.name, %source, replaced, "gateway enrolled");
+            if check {
+                crate::reachability::request(&st, server.id);
+            }
             Ok(Json(EnrollResponse {
                 server: server.name,
                 credential,
@@ -913,6 +943,7 @@ async fn report(
     check_report(&report)?;
     let source = observed_source(&st, peer, &headers)?;
     let endpoint = gateway_endpoint(&report, source);
+    let check = report.network.is_some();
     let id = server.id;
     let version = st
         .db
@@ -925,10 +956,28 @@ async fn report(
                 &report.services,
                 &report.direct_services,
             )?;
+            if let Some(network) = &report.network {
+                store::set_network(
+                    tx,
+                    id,
+                    &crate::reachability::StoredNetwork {
+                        report: network.clone(),
+                        observed: source,
+                    },
+                )?;
+            }
             Ok(store::server_by_id(tx, id)?.version)
         })
         .await?;
     st.hub.server(id, version).publish(version);
+    if server.endpoint != Some(endpoint) {
+        tracing::info!(server = %server.name, %endpoint, "gateway endpoint changed; new admissions use it");
+    }
+    // issue 17: check the endpoint as reported now, for a gateway that
+    // reports its network (older gateways are not checked).
+    if check {
+        crate::reachability::request(&st, id);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -992,7 +1041,7 @@ async fn feed(
     let service_address = store::tunnel_address(store::SERVICE_INDEX);
     let update = match answer {
         store::FeedAnswer::Whole(server, admissions) => FeedUpdate {
-            server: server.name,
+            reachability: Some(crate::reachability::view(&server)),
             version: server.version,
             server_time: t,
             service_address,
@@ -1001,23 +1050,41 @@ async fn feed(
                 .iter()
                 .filter(|a| a.expires_at > t)
                 .map(store::Admission::to_feed)
+                // A reachability check's one-off admission, while it runs.
+                .chain(server.probe.clone().filter(|p| p.expires_at > t))
                 .collect(),
             removed: Vec::new(),
+            server: server.name,
         },
         store::FeedAnswer::Diff {
             server,
             base,
             upserts,
-            removed,
-        } => FeedUpdate {
-            server: server.name,
-            version: server.version,
-            server_time: t,
-            service_address,
-            base: Some(base),
-            admissions: upserts.iter().map(store::Admission::to_feed).collect(),
-            removed,
-        },
+            mut removed,
+        } => {
+            // A reachability check's one-off admission is not a stored
+            // admission: the history names its id (store::begin_probe),
+            // and the diff, finding no row, calls it removed. While the
+            // check runs it is the admission itself.
+            let mut admissions: Vec<FeedAdmission> =
+                upserts.iter().map(store::Admission::to_feed).collect();
+            if let Some(p) = server.probe.clone().filter(|p| p.expires_at > t) {
+                if let Some(i) = removed.iter().position(|r| *r == p.id) {
+                    removed.remove(i);
+                    admissions.push(p);
+                }
+            }
+            FeedUpdate {
+                reachability: Some(crate::reachability::view(&server)),
+                server: server.name,
+                version: server.version,
+                server_time: t,
+                service_address,
+                base: Some(base),
+                admissions,
+                removed,
+            }
+        }
     };
     if q.diff == Some(true) {
         return Ok(Json(update).into_response());
@@ -1700,6 +1767,7 @@ fn server_info(
     at: Instant,
 ) -> ServerInfo {
     let live = st.hub.get(s.id);
+    let reachability = crate::reachability::view(&s);
     let here = (
         live.as_ref().is_some_and(|l| l.connected(at)),
         live.as_ref().and_then(|l| l.last_seen()),
@@ -1735,7 +1803,32 @@ fn server_info(
         services: s.services,
         feed_version: s.version,
         max_admissions_per_user: s.max_admissions_per_user,
+        port_mapping: s.network.as_ref().map(|n| n.report.port_mapping.clone()),
+        reachability,
     }
+}
+
+/// `POST /v1/admin/servers/{name}/check`: checks the gateway's endpoint
+/// now (a WireGuard handshake from the control plane through the real
+/// path) and answers with the result and its diagnosis.
+async fn check_server(
+    State(st): Shared,
+    headers: HeaderMap,
+    name: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<proto::reach::ReachabilityView>> {
+    admin(&st, &headers).await?;
+    let Path(name) = name?;
+    let n = name.clone();
+    let server = st.db.tx(move |tx| store::server_named(tx, &n)).await?;
+    if crate::reachability::check(&st, server.id).await?.is_none() {
+        return Err(AppError::unavailable(
+            "gateway_offline",
+            format!("server '{name}' has no gateway with an endpoint yet; start its gateway first"),
+        ));
+    }
+    let id = server.id;
+    let server = st.db.tx(move |tx| store::server_by_id(tx, id)).await?;
+    Ok(Json(crate::reachability::view(&server)))
 }
 
 async fn list_servers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<ServerInfo>>> {

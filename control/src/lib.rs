@@ -22,6 +22,7 @@ pub mod bundle;
 mod error;
 pub mod hub;
 pub mod listener;
+pub mod reachability;
 pub mod state;
 pub mod store;
 pub mod tls;
@@ -89,6 +90,14 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// How long an enrollment token lives when none is asked for.
     pub enrollment_ttl: Duration,
+    /// Addresses the reachability check sends from, one per family, for a
+    /// control plane whose outgoing UDP leaves from another address than
+    /// the one gateways connect to (behind a NAT of its own). Default:
+    /// the address each gateway reports reaching the control plane at.
+    pub probe_sources: Vec<std::net::IpAddr>,
+    /// How often every connected gateway's endpoint is checked again
+    /// (besides after each report); `None`: only after reports.
+    pub reachability_interval: Option<Duration>,
     /// Where rate limits read the time. [`Clock::System`] in production;
     /// tests pass a [`Clock::manual`] and move it themselves, so a limit
     /// holds however slow the machine running them is.
@@ -175,6 +184,8 @@ impl Default for Settings {
             ],
             header_timeout: Duration::from_secs(10),
             enrollment_ttl: Duration::from_secs(24 * 3600),
+            probe_sources: Vec::new(),
+            reachability_interval: Some(Duration::from_secs(15 * 60)),
             clock: Clock::System,
         }
     }
@@ -267,6 +278,7 @@ impl ControlPlane {
                 2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             ),
             password_checks: std::sync::atomic::AtomicU64::new(0),
+            prober: reachability::Prober::default(),
         });
         Ok(ControlPlane {
             state,
@@ -338,6 +350,12 @@ impl ControlPlane {
         state::write_public_file(&self.state_dir.join("control-url"), url.as_bytes())?;
 
         let expiry = AbortOnDrop(tokio::spawn(expiry_task(self.state.clone())));
+        let checks = self.state.settings.reachability_interval.map(|every| {
+            AbortOnDrop(tokio::spawn(reachability::periodic(
+                self.state.clone(),
+                every,
+            )))
+        });
         let st = &self.state.settings;
         let caps = listener::ConnectionCaps {
             total: st.max_connections,
@@ -371,6 +389,7 @@ impl ControlPlane {
         )
         .await;
         drop(expiry);
+        drop(checks);
         Ok(())
     }
 }

@@ -468,53 +468,58 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies(engine: Engine) {
     }
 }
 
-/// A renewal from an address the admission's binding does not cover says
-/// so (`source_moved`): the client's tunnel is dead at the gateway and a
-/// probe must lead to a new admission, not to waiting for a timeout. The
-/// sources come through a trusted proxy's X-Forwarded-For.
-async fn a_renewal_from_a_moved_address_says_so(engine: Engine) {
+/// A renewal says when it came from an address the admission does not
+/// admit (the client's network changed), so the client re-admits at once.
+async fn a_renewal_from_another_address_says_the_client_moved(engine: Engine) {
     let store = engine.store();
     let mut settings = fast_settings();
     settings.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     let cp = Running::start(&store, "127.0.0.1:0", settings).await;
     let token = seed(&cp.admin, "alice", "den", None).await;
     let _gw = FeedFollower::enroll(&cp.client(), &token, key(200)).await;
-    let t = cp
+    let http = cp.client().http().clone();
+    let login = cp
         .client()
         .login("alice", "password-of-alice")
         .await
         .unwrap()
         .token;
-    let from = |who: &str, path: String, body: Vec<u8>, bearer: &str| {
-        cp.client()
-            .http()
-            .post(format!("{}{path}", cp.url))
-            .bearer_auth(bearer)
-            .header("content-type", "application/json")
-            .header("x-forwarded-for", who)
-            .body(body)
-            .send()
-    };
     let body = br#"{"server":"den","public_key":"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE="}"#;
-    let resp = from("203.0.113.9", "/v1/access".into(), body.to_vec(), &t)
+    let access: AccessResponse = http
+        .post(format!("{}/v1/access", cp.url))
+        .bearer_auth(&login)
+        .header("content-type", "application/json")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200);
-    let id = resp.json::<AccessResponse>().await.unwrap().admission_id;
-    let renew = |who: &'static str, bearer: String| {
-        let path = format!("/v1/admissions/{id}/renew");
-        let req = from(who, path, Vec::new(), &bearer);
+    let renew_from = |from: &'static str| {
+        let (http, url, login, id) = (
+            http.clone(),
+            cp.url.clone(),
+            login.clone(),
+            access.admission_id.clone(),
+        );
         async move {
-            let resp = req.await.unwrap();
-            assert_eq!(resp.status(), 200);
-            resp.json::<RenewResponse>().await.unwrap().source_moved
+            let r = http
+                .post(format!("{url}/v1/admissions/{id}/renew"))
+                .bearer_auth(&login)
+                .header("x-forwarded-for", from)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<RenewResponse>().await.unwrap()
         }
     };
-    assert!(!renew("203.0.113.9", t.clone()).await, "same address");
-    assert!(renew("203.0.113.10", t.clone()).await, "another address");
-    // An admin renewing for her says nothing about where alice is.
-    let admin = std::fs::read_to_string(cp.dir.join("admin-token")).unwrap();
-    assert!(!renew("203.0.113.10", admin.trim().into()).await, "admin");
+    assert_eq!(renew_from("203.0.113.9").await.moved, Some(false));
+    assert_eq!(renew_from("203.0.113.10").await.moved, Some(true));
+    // The answer changes nothing by itself: the admission stays as it was.
+    assert_eq!(renew_from("203.0.113.9").await.moved, Some(false));
     cp.stop().await;
 }
 
@@ -1661,6 +1666,104 @@ async fn a_certificate_without_the_name_asks_for_san(engine: Engine) {
     cp.stop().await;
 }
 
+/// Issue 17, on both engines: a gateway's network report and the last
+/// reachability check are stored with the server (and survive a
+/// restart), and the check's one-off admission reaches a gateway that
+/// follows the feed with diffs (bound exactly to the control plane's
+/// address, no services, the reserved tunnel address) and leaves it when
+/// the check ends.
+async fn network_reports_and_reachability_checks_are_stored(engine: Engine) {
+    use proto::reach::{MappingProtocol, MappingReport, MappingState, NetworkReport};
+    let store = engine.store();
+    let settings = || control::Settings {
+        // The check waits for the follower's acknowledgement: generous,
+        // since the machine may be busy.
+        ack_timeout: Duration::from_secs(20),
+        reachability_interval: None,
+        ..fast_settings()
+    };
+    let cp = Running::start(&store, "127.0.0.1:0", settings()).await;
+    let token = seed(&cp.admin, "alice", "den", None).await;
+    let gw = FeedFollower::enroll(&cp.client(), &token, key(210)).await;
+    // The gateway's UDP port: it hears the check's handshake and never
+    // answers it.
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = udp.local_addr().unwrap();
+    let mapping = MappingReport {
+        state: MappingState::Mapped,
+        router: Some("192.0.2.1".parse().unwrap()),
+        protocol: Some(MappingProtocol::Pcp),
+        router_external: Some(endpoint.ip()),
+        external: Some(endpoint),
+        lease_secs: Some(7200),
+        error: None,
+    };
+    let mut r = report(key(210));
+    r.public_endpoint = Some(endpoint);
+    r.network = Some(NetworkReport {
+        port_mapping: mapping.clone(),
+        ipv6: Vec::new(),
+        control_addresses: vec!["127.0.0.1".parse().unwrap()],
+    });
+    // A report with the network in it starts a check.
+    cp.client()
+        .with_bearer(&gw.credential)
+        .report(&r)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, from) = tokio::time::timeout(PATIENCE, udp.recv_from(&mut buf))
+        .await
+        .expect("the check sends a handshake")
+        .unwrap();
+    // A handshake initiation (type 1, 148 bytes) from the address the
+    // one-off admission binds; it is sent only once the gateway
+    // acknowledged that admission, which it still holds while the check
+    // waits for an answer.
+    assert_eq!((n, buf[0]), (148, 1));
+    assert_eq!(from.ip().to_string(), "127.0.0.1");
+    let held = gw.state().admissions;
+    let probe = held
+        .iter()
+        .find(|a| a.id.starts_with("probe_"))
+        .unwrap_or_else(|| panic!("the follower holds the check's admission: {held:?}"));
+    assert_eq!(probe.source.to_string(), "127.0.0.1");
+    assert_eq!(probe.binding, proto::BindingPolicy::Exact);
+    assert!(probe.services.is_empty());
+    assert_eq!(
+        probe.client_address,
+        Some(control::reachability::PROBE_TUNNEL_ADDRESS)
+    );
+    // A check an admin asks for runs after that one, and says why the
+    // endpoint did not answer.
+    let view = cp.admin.check_server("den").await.unwrap();
+    let check = view.check.clone().expect("a check result");
+    assert!(!check.reachable);
+    assert_eq!(
+        check.reason,
+        Some(proto::reach::UnreachableReason::NoAnswer)
+    );
+    assert_eq!(check.endpoint, endpoint);
+    assert_eq!(
+        check.from.map(|a| a.to_string()).as_deref(),
+        Some("127.0.0.1")
+    );
+    // Its admission is gone from the gateway again.
+    assert!(gw.wait_until(|ids| ids.is_empty()).await.is_some());
+    // What the admin sees, also after a restart.
+    let listed = |servers: Vec<ServerInfo>| {
+        let den = servers.into_iter().find(|s| s.name == "den").unwrap();
+        (den.port_mapping, den.reachability.check)
+    };
+    let want = (Some(mapping), Some(check));
+    assert_eq!(listed(cp.admin.list_servers().await.unwrap()), want);
+    drop(gw);
+    cp.stop().await;
+    let cp = Running::start(&store, "127.0.0.1:0", settings()).await;
+    assert_eq!(listed(cp.admin.list_servers().await.unwrap()), want);
+    cp.stop().await;
+}
+
 both_engines!(
     access_is_answered_after_the_gateway_has_the_admission,
     no_grant_and_unknown_server_look_the_same,
@@ -1671,7 +1774,7 @@ both_engines!(
     expiry_and_grant_removal_reach_the_gateway,
     tunnel_addresses_never_collide_and_are_reused_after_release,
     forwarded_for_is_believed_only_from_trusted_proxies,
-    a_renewal_from_a_moved_address_says_so,
+    a_renewal_from_another_address_says_the_client_moved,
     ipv6_clients_are_observed_as_such,
     an_untrusted_certificate_is_refused_with_a_clear_error,
     the_feed_sends_only_what_changed_since_the_version_held,
@@ -1690,4 +1793,5 @@ both_engines!(
     grants_for_services_the_gateway_does_not_offer_are_refused,
     an_admin_sets_a_new_password_and_old_logins_end,
     a_certificate_without_the_name_asks_for_san,
+    network_reports_and_reachability_checks_are_stored,
 );

@@ -115,6 +115,7 @@ pub fn run(data: &[u8]) {
                         .take(8)
                         .map(|s| admission(s, server_time))
                         .collect(),
+                    reachability: None,
                 };
                 // The feed's contract: an id at most once in an answer, in
                 // one of its two lists.

@@ -27,6 +27,12 @@ pub struct GatewayFile {
     pub max_connections_per_client: Option<usize>,
     pub max_pending_per_client: Option<usize>,
     pub buffer_growth_per_client_mib: Option<usize>,
+    /// Port mapping on the home router: `auto` or `off` (issue 17).
+    pub port_mapping: Option<String>,
+    /// The router to ask for the port mapping.
+    pub router: Option<std::net::IpAddr>,
+    /// How often the mapping is checked on the router, in seconds.
+    pub port_mapping_check: Option<u64>,
 }
 
 impl GatewayFile {
@@ -51,6 +57,7 @@ mod tests {
         );
         assert_eq!(file.services, ["plex=32400:127.0.0.1:32400"]);
         assert_eq!(file.prefilter.as_deref(), Some("required"));
+        assert_eq!(file.port_mapping.as_deref(), Some("auto"));
     }
 
     #[test]
@@ -59,6 +66,8 @@ mod tests {
         // `config` is a flag only: a file cannot point at another file.
         assert!(GatewayFile::parse("config = \"other.toml\"").is_err());
         assert!(GatewayFile::parse("listen_udp = \"not an address\"").is_err());
+        assert!(GatewayFile::parse("router = \"not an address\"").is_err());
+        assert!(GatewayFile::parse("port_mapping_check = -1").is_err());
         assert_eq!(GatewayFile::parse("").unwrap(), GatewayFile::default());
     }
 }

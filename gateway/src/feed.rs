@@ -202,6 +202,7 @@ mod tests {
             base,
             admissions: vec![],
             removed: vec![],
+            reachability: None,
         }
     }
 

@@ -36,7 +36,10 @@
 //! before they wake the process, and [`direct`] serves direct
 //! (firewall-only) admissions: a TCP port opened to admitted sources only.
 //! Behind it, [`health`] records whether each service's upstream answers
-//! (checked at start and periodically) for the status.
+//! (checked at start and periodically) for the status. [`portmap`] asks
+//! the home router to forward the gateway's ports (PCP, NAT-PMP, UPnP
+//! IGD) and re-reports the endpoint and the network to the control plane,
+//! which checks that the endpoint is reachable and says why when not.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -50,6 +53,7 @@ pub mod health;
 pub mod identity;
 pub mod inner;
 pub mod limits;
+pub mod portmap;
 mod runtime;
 
 pub use limits::{PeerLimits, PeerTcp, TcpStats};
@@ -64,4 +68,5 @@ pub use dispatch::{
     PeerCounters, PeerEvent, PeerStats, Verdict,
 };
 pub use filter::PrefilterMode;
+pub use portmap::{PortMapConfig, PortMappingMode};
 pub use runtime::{EnrollToken, Gateway, GatewayConfig, GatewayError, ServiceSpec, StatusReport};

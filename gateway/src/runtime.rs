@@ -90,6 +90,8 @@ pub struct GatewayConfig {
     /// start only: once the state folder holds a credential it is
     /// ignored, so its file may be removed after enrolling.
     pub enroll_token: Option<EnrollToken>,
+    /// Automatic port mapping on the home router (issue 17).
+    pub port_mapping: crate::portmap::PortMapConfig,
 }
 
 /// Where a gateway finds its one-time enrollment token.
@@ -195,6 +197,11 @@ pub struct StatusReport {
     pub uptime_secs: u64,
     /// The gateway's version (`hushgate --version`).
     pub version: String,
+    /// The port mapping on the home router.
+    pub port_mapping: proto::reach::MappingReport,
+    /// The control plane's last reachability check and its diagnosis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<proto::reach::ReachabilityView>,
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +210,7 @@ struct FeedHealth {
     connected: bool,
     last_error: Option<String>,
     acked: u64,
+    reachability: Option<proto::reach::ReachabilityView>,
 }
 
 /// A running gateway. Dropping it without `shutdown` leaves the data path
@@ -225,6 +233,8 @@ pub struct Gateway {
     status: Option<tokio::task::JoinHandle<()>>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     status_path: PathBuf,
+    /// Port mapping and endpoint reports (issue 17).
+    portmap: Option<crate::portmap::PortMap>,
     /// The state folder, this gateway's while it lives.
     _lock: statelock::StateLock,
 }
@@ -390,6 +400,7 @@ impl Gateway {
                     port: s.port,
                 })
                 .collect(),
+            network: None,
         };
         let mut server = None;
         let refused = match identity.credential.clone() {
@@ -517,6 +528,27 @@ impl Gateway {
             health.clone(),
             synced_tx,
         ));
+        // ---- issue 17: port mapping; re-reports the endpoint when it changes.
+        // A gateway listening on loopback only cannot be reached through
+        // any router, so asking the host's router to forward its port
+        // would only disturb a real router (tests and the demo run so).
+        let mut mapping = cfg.port_mapping.clone();
+        if udp_addr.ip().is_loopback() && mapping.mode == crate::portmap::PortMappingMode::Auto {
+            tracing::info!("listening on loopback only: no port mapping on the router");
+            mapping.mode = crate::portmap::PortMappingMode::Off;
+        }
+        let portmap = crate::portmap::PortMap::start(
+            &mapping,
+            udp_addr.port(),
+            &cfg.direct.iter().map(|d| d.port).collect::<Vec<_>>(),
+            crate::portmap::Reporting {
+                client: client.with_bearer(&credential),
+                base: report.clone(),
+                configured: cfg.public_endpoint,
+                control_url: cfg.control_url.clone(),
+            },
+        );
+        // ---- end issue 17
         let mut gw = Gateway {
             udp: udp_addr,
             public_key: identity.public,
@@ -534,6 +566,7 @@ impl Gateway {
             status: None,
             thread: Some(thread),
             status_path: cfg.state_dir.join("status.sock"),
+            portmap: Some(portmap),
             _lock: lock,
         };
         gw.status = Some(gw.serve_status()?);
@@ -582,6 +615,9 @@ impl Gateway {
     /// Stops the feed, closes every spliced connection and ends the data
     /// path thread. The pre-filter's table stays: the port stays dark.
     pub async fn shutdown(mut self) {
+        if let Some(p) = self.portmap.take() {
+            p.shutdown().await;
+        }
         self.feed.abort();
         self.upstream_checks.abort();
         if let Some(p) = self.pins.take() {
@@ -640,6 +676,7 @@ impl Gateway {
             direct: self.direct.clone(),
             upstreams: self.upstreams.clone(),
             started: self.started,
+            portmap: self.portmap.as_ref().map(|p| p.status()),
         }
     }
 }
@@ -701,6 +738,7 @@ struct StatusSources {
     direct: Option<Arc<DirectProxy>>,
     upstreams: Arc<Mutex<UpstreamHealth>>,
     started: Instant,
+    portmap: Option<watch::Receiver<proto::reach::MappingReport>>,
 }
 
 async fn status_of(src: &StatusSources) -> Option<StatusReport> {
@@ -735,6 +773,12 @@ async fn status_of(src: &StatusSources) -> Option<StatusReport> {
             .snapshot(Instant::now()),
         uptime_secs: src.started.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        port_mapping: src
+            .portmap
+            .as_ref()
+            .map(|p| p.borrow().clone())
+            .unwrap_or_else(proto::reach::MappingReport::off),
+        reachability: h.reachability.clone(),
     })
 }
 
@@ -805,9 +849,10 @@ async fn follow_feed(
             Ok(update) => {
                 backoff = Duration::from_millis(100);
                 let received = Instant::now();
-                // A diff goes to the pre-filter, the direct proxy and the
-                // data path as a diff: applying it then costs what the
-                // change costs, not what the whole set does.
+                let reachability = update.reachability.clone(); // issue 17
+                                                                // A diff goes to the pre-filter, the direct proxy and the
+                                                                // data path as a diff: applying it then costs what the
+                                                                // change costs, not what the whole set does.
                 let absorbed = match desired.absorb_update(update, received) {
                     Ok(a) => a,
                     Err(e) => {
@@ -921,6 +966,13 @@ async fn follow_feed(
                         h.connected = true;
                         h.last_error = None;
                         h.acked = version;
+                        // issue 17: the control plane's check, logged when it changes.
+                        if reachability.is_some() && h.reachability != reachability {
+                            crate::portmap::log_reachability(
+                                reachability.as_ref().unwrap_or(&Default::default()),
+                            );
+                            h.reachability = reachability;
+                        }
                         drop(h);
                         synced.send_replace(version);
                     }

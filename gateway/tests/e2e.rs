@@ -113,6 +113,11 @@ async fn world_with(peer_limits: hushgate_gateway::PeerLimits) -> World {
         peer_limits,
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: Some(server.enrollment_token.into()),
+        // Tests and the demo run on loopback: never ask the host's real router.
+        port_mapping: hushgate_gateway::PortMapConfig {
+            mode: hushgate_gateway::PortMappingMode::Off,
+            ..Default::default()
+        },
     })
     .await
     .expect("gateway starts and enrolls");
@@ -543,6 +548,11 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
         peer_limits: Default::default(),
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: token,
+        // Tests and the demo run on loopback: never ask the host's real router.
+        port_mapping: hushgate_gateway::PortMapConfig {
+            mode: hushgate_gateway::PortMappingMode::Off,
+            ..Default::default()
+        },
     };
     // A second gateway on the same state folder is refused, naming it.
     let e = Gateway::start(config(None, "127.0.0.1:0".parse().unwrap()))
@@ -717,6 +727,11 @@ async fn a_revoked_gateway_reenrolls_with_a_new_token() {
         peer_limits: Default::default(),
         prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: enroll_token.map(Into::into),
+        // Tests and the demo run on loopback: never ask the host's real router.
+        port_mapping: hushgate_gateway::PortMapConfig {
+            mode: hushgate_gateway::PortMappingMode::Off,
+            ..Default::default()
+        },
     };
     let Err(e) = Gateway::start(config(None)).await else {
         panic!("a gateway with a revoked credential started");
@@ -741,4 +756,58 @@ async fn a_revoked_gateway_reenrolls_with_a_new_token() {
     if let Some(c) = serving {
         let _ = c.stop().await;
     }
+}
+
+/// Issue 17: the control plane's reachability check proves the endpoint
+/// with a WireGuard handshake from its own address, through a one-off
+/// admission it removes afterwards; the result reaches the gateway's
+/// status. A gateway that is gone fails the check, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reachability_check_proves_the_endpoint_and_leaves_nothing_admitted() {
+    let w = world().await;
+    let v = w.admin.check_server("den").await.unwrap();
+    let c = v.check.expect("a check result");
+    assert!(c.reachable, "{c:?}");
+    assert_eq!(c.endpoint, w.gateway.udp_addr());
+    assert_eq!(c.from, Some("127.0.0.1".parse().unwrap()));
+    assert!(v.diagnosis.is_empty(), "{:?}", v.diagnosis);
+    // The one-off admission is gone, and the gateway heard the result.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = w.gateway.status().await.unwrap();
+        let heard = s
+            .reachability
+            .as_ref()
+            .and_then(|r| r.check.as_ref())
+            .is_some_and(|c| c.reachable);
+        if heard && s.gateway.peers.is_empty() {
+            assert_eq!(s.port_mapping.state, proto::reach::MappingState::Off);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway still has {:?} and heard {:?}",
+            s.gateway.peers,
+            s.reachability
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let servers = w.admin.list_servers().await.unwrap();
+    let den = servers.iter().find(|s| s.name == "den").unwrap();
+    assert!(den.reachability.check.as_ref().unwrap().reachable);
+    assert_eq!(
+        den.port_mapping.as_ref().map(|m| m.state),
+        Some(proto::reach::MappingState::Off)
+    );
+
+    // Gone: the control plane cannot have its one-off admission confirmed.
+    let World { admin, gateway, .. } = w;
+    gateway.shutdown().await;
+    let v = admin.check_server("den").await.unwrap();
+    let c = v.check.unwrap();
+    assert!(!c.reachable);
+    assert_eq!(
+        c.reason,
+        Some(proto::reach::UnreachableReason::GatewayDidNotConfirm)
+    );
 }

@@ -75,6 +75,7 @@ async fn world() -> World {
                     port: 32400,
                 }],
                 direct_services: vec![],
+                network: None,
             },
         })
         .await

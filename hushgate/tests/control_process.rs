@@ -343,6 +343,7 @@ async fn the_log_tells_what_happened_and_no_secret() {
                     port: 32400,
                 }],
                 direct_services: vec![],
+                network: None,
             },
         })
         .await

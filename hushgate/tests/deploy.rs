@@ -82,7 +82,8 @@ fn gateway_toml(
     let url = std::fs::read_to_string(control_state.join("control-url")).unwrap();
     let mut toml = format!(
         "control = \"{}\"\nca = \"{}\"\nstate = \"{}\"\nlisten_udp = \"127.0.0.1:0\"\n\
-         services = [\"plex=32400:127.0.0.1:9\"]\nprefilter = \"off\"\n",
+         services = [\"plex=32400:127.0.0.1:9\"]\nprefilter = \"off\"\n\
+         port_mapping = \"off\"\n",
         url.trim(),
         control_state.join("ca.pem").display(),
         state.display(),
@@ -160,15 +161,26 @@ fn the_gateway_as_deployed_enrolls_once_and_owns_its_state_folder() {
     );
 
     // The status reads like `wg show`, and says the upstream is down.
-    let out =
-        run_to_end(hushgate().args(["gateway", "status", "--state", state.to_str().unwrap()]));
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{status}");
+    // The control plane checks the endpoint once the gateway enrolled
+    // (issue 17): its one-off admission is a peer until the result
+    // reaches the gateway, together with the admission's removal.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        let out =
+            run_to_end(hushgate().args(["gateway", "status", "--state", state.to_str().unwrap()]));
+        let status = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{status}");
+        if status.contains("reachability: reachable") || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     for line in [
         "gateway: den",
         "service: plex",
         "  upstream: 127.0.0.1:9",
         "  health: DOWN",
+        "  reachability: reachable at 127.0.0.1:",
         "peers: none",
         "drops: none",
     ] {

@@ -217,7 +217,7 @@ async fn three_replicas_share_one_database_and_survive_a_kill() {
         format!(
             "control = \"{},{}\"\nca = \"{}\"\nstate = \"{}\"\nenroll_file = \"{}\"\n\
              listen_udp = \"127.0.0.1:0\"\nservices = [\"plex=32400:127.0.0.1:9\"]\n\
-             prefilter = \"off\"\n",
+             prefilter = \"off\"\nport_mapping = \"off\"\n",
             url(&replicas, 1),
             url(&replicas, 2),
             ca.display(),
@@ -247,6 +247,15 @@ async fn three_replicas_share_one_database_and_survive_a_kill() {
         vec![first.admission_id.clone()],
         "acknowledged, so installed"
     );
+
+    // A reachability check run by replica 1 while the gateway's feed is
+    // on replica 2: its one-off admission is in the database, so the
+    // gateway gets it through replica 2, answers the handshake, and
+    // loses it when the check ends.
+    let view = admin1.check_server("den").await.unwrap();
+    let check = view.check.expect("a check result");
+    assert!(check.reachable, "{check:?}");
+    wait_for_peers(&gw_state, |p| p == [first.admission_id.clone()]).await;
 
     // Replica 1 is killed; what it acknowledged is kept.
     let r3 = url(&replicas, 2);

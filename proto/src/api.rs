@@ -91,6 +91,11 @@ pub struct AccessResponse {
     pub preshared_key: Option<WgKey>,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// Present when the control plane's last check of the gateway's
+    /// endpoint got no answer: the tunnel will probably not come up, and
+    /// this says why in plain words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_reachability: Option<crate::reach::ReachabilityView>,
 }
 
 /// The answer to a direct-mode access request: the media server's port,
@@ -293,6 +298,12 @@ pub struct ServerInfo {
     pub acked_version: u64,
     #[serde(default)]
     pub max_admissions_per_user: u32,
+    /// The gateway's port mapping as it last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_mapping: Option<crate::reach::MappingReport>,
+    /// The last reachability check and its diagnosis.
+    #[serde(default)]
+    pub reachability: crate::reach::ReachabilityView,
 }
 
 /// `POST /v1/admin/grants`.
@@ -362,10 +373,12 @@ pub struct AuditEntry {
 pub struct RenewResponse {
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
-    /// The renewal came from an address the admission's binding does not
-    /// admit (the client's network or NAT changed): the gateway drops
-    /// this client's packets, and it needs a new admission from where it
-    /// is now. Absent (false) from older control planes.
-    #[serde(default)]
-    pub source_moved: bool,
+    /// True when this renewal came from an address the admission's
+    /// binding does not admit (the client's network changed: Wi-Fi to
+    /// mobile data, a new NAT address): the tunnel cannot work from
+    /// there, and the client should ask for a new admission at once
+    /// rather than wait for the path to count as lost. Absent from
+    /// control planes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved: Option<bool>,
 }

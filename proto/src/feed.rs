@@ -33,6 +33,10 @@ pub struct GatewayReport {
     /// Direct (firewall-only) services: name and public TCP port.
     #[serde(default)]
     pub direct_services: Vec<ServiceInfo>,
+    /// The gateway's port mapping and addresses, for the reachability
+    /// check and its diagnosis (absent from gateways before issue 17).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::reach::NetworkReport>,
 }
 
 /// `POST /v1/gateway/enroll`.
@@ -111,6 +115,10 @@ pub struct FeedUpdate {
     pub admissions: Vec<FeedAdmission>,
     #[serde(default)]
     pub removed: Vec<String>,
+    /// The last reachability check of the gateway's endpoint and its
+    /// diagnosis, for `hushgate gateway status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reachability: Option<crate::reach::ReachabilityView>,
 }
 
 impl FeedUpdate {
@@ -129,6 +137,7 @@ impl From<FeedState> for FeedUpdate {
             base: None,
             admissions: s.admissions,
             removed: Vec::new(),
+            reachability: None,
         }
     }
 }
@@ -356,6 +365,7 @@ mod tests {
             base,
             admissions: vec![],
             removed: vec![],
+            reachability: None,
         }
     }
 

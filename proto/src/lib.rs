@@ -13,6 +13,7 @@ pub mod api;
 pub mod feed;
 mod key;
 mod policy;
+pub mod reach;
 
 pub use key::{KeyError, WgKey};
 pub use policy::{BindingPolicy, PolicyError, DEFAULT_PREFIX_V6, MIN_PREFIX_V4, MIN_PREFIX_V6};

@@ -570,6 +570,11 @@ impl World {
             peer_limits: Default::default(),
             prefilter: gateway::PrefilterMode::Off,
             enroll_token: Some(server.enrollment_token.into()),
+            // Tests and the demo run on loopback: never ask the host's real router.
+            port_mapping: gateway::PortMapConfig {
+                mode: gateway::PortMappingMode::Off,
+                ..Default::default()
+            },
         })
         .await
         .expect("the gateway starts and enrolls");

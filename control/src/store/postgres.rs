@@ -469,7 +469,8 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
 
 /// The schema, one entry per version: entry N-1 brings a database from
 /// version N-1 to N. Never edit a published entry; add one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE settings (
     key TEXT PRIMARY KEY,
     value BYTEA NOT NULL
@@ -587,7 +588,18 @@ CREATE TABLE login_suspects (
     PRIMARY KEY (username, source)
 );
 CREATE INDEX login_suspects_at ON login_suspects(at);
-"#];
+"#,
+    r#"
+-- Version 2 (issue 17): what the gateway reported about its network
+-- (port mapping, IPv6, the address it was seen from) and the last
+-- reachability check, each as JSON; the one-off admission of a check
+-- in progress (JSON) and when it ends (Unix seconds).
+ALTER TABLE servers ADD COLUMN network TEXT;
+ALTER TABLE servers ADD COLUMN reachability TEXT;
+ALTER TABLE servers ADD COLUMN probe TEXT;
+ALTER TABLE servers ADD COLUMN probe_until BIGINT;
+"#,
+];
 
 /// The schema version this binary brings a database to.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -198,10 +198,19 @@ pub struct Server {
     pub version: u64,
     /// Live admissions one user may hold on this server at once.
     pub max_admissions_per_user: u32,
+    /// The gateway's last network report and where it came from (issue 17).
+    pub network: Option<crate::reachability::StoredNetwork>,
+    /// The last reachability check of its endpoint (issue 17).
+    pub reachability: Option<proto::reach::Reachability>,
+    /// The one-off admission of a reachability check in progress, on
+    /// whichever replica runs it (issue 17; see `begin_probe`).
+    pub probe: Option<FeedAdmission>,
 }
 
 const SERVER_COLS: &str =
-    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user";
+    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user, network, reachability, probe";
+/// How many columns [`SERVER_COLS`] names (a query may select more after them).
+const SERVER_COLS_COUNT: usize = 14;
 
 fn server_row(r: &Row) -> Result<Server> {
     Ok(Server {
@@ -216,6 +225,9 @@ fn server_row(r: &Row) -> Result<Server> {
         direct_services: serde_json::from_str(&r.text(8)?).unwrap_or_default(),
         version: count(r.i64(9)?),
         max_admissions_per_user: r.i64(10)?.clamp(0, i64::from(u32::MAX)) as u32,
+        network: r.opt_text(11)?.and_then(|t| serde_json::from_str(&t).ok()),
+        reachability: r.opt_text(12)?.and_then(|t| serde_json::from_str(&t).ok()),
+        probe: r.opt_text(13)?.and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -469,7 +481,7 @@ pub fn delete_enrollment_token(tx: &mut Tx, id: &str) -> Result<Option<String>> 
 pub enum Enrollment {
     /// The gateway holds the server's credential now; `replaced` when it
     /// took the place of an earlier one (re-enrollment).
-    Enrolled { server: Server, replaced: bool },
+    Enrolled { server: Box<Server>, replaced: bool },
     /// The token existed but its time was up (it is deleted now).
     Expired {
         server: String,
@@ -515,7 +527,7 @@ pub fn enroll(
     }
     Ok(Enrollment::Enrolled {
         replaced: server.enrolled,
-        server: server_by_id(tx, server_id)?,
+        server: Box::new(server_by_id(tx, server_id)?),
     })
 }
 
@@ -550,6 +562,87 @@ pub fn update_gateway(
         )?;
         reset_tunnel_indexes(tx, server_id)?;
         reset_feed(tx, server_id)?;
+    }
+    Ok(())
+}
+
+/// Records the gateway's network report (issue 17).
+pub fn set_network(
+    tx: &mut Tx,
+    server_id: i64,
+    network: &crate::reachability::StoredNetwork,
+) -> Result<()> {
+    set_server_json(tx, "network", server_id, network)
+}
+
+/// Records the last reachability check of a server's endpoint (issue 17).
+pub fn set_reachability(
+    tx: &mut Tx,
+    server_id: i64,
+    check: &proto::reach::Reachability,
+) -> Result<()> {
+    set_server_json(tx, "reachability", server_id, check)
+}
+
+/// Stores `value` as JSON in the servers column `column` (a name from
+/// this file, never input).
+fn set_server_json(
+    tx: &mut Tx,
+    column: &'static str,
+    server_id: i64,
+    value: &impl serde::Serialize,
+) -> Result<()> {
+    tx.exec(
+        &format!("UPDATE servers SET {column} = $1 WHERE id = $2"),
+        args![serde_json::to_string(value).unwrap_or_default(), server_id],
+    )?;
+    Ok(())
+}
+
+/// Starts a reachability check's one-off admission on a server: stored
+/// with the server (so every replica's feed answers carry it, whichever
+/// replica the gateway polls), with a new version whose history names
+/// it. `None` when a check is already running there (on any replica)
+/// and its admission has not ended: two checks would share the reserved
+/// tunnel address, and the second would replace the first's key.
+pub fn begin_probe(
+    tx: &mut Tx,
+    server_id: i64,
+    probe: &FeedAdmission,
+    now: OffsetDateTime,
+) -> Result<Option<u64>> {
+    let taken = tx.exec(
+        "UPDATE servers SET probe = $1, probe_until = $2
+         WHERE id = $3 AND (probe IS NULL OR probe_until IS NULL OR probe_until <= $4)",
+        args![
+            serde_json::to_string(probe).unwrap_or_default(),
+            probe.expires_at.unix_timestamp(),
+            server_id,
+            now.unix_timestamp()
+        ],
+    )?;
+    if taken == 0 {
+        return Ok(None);
+    }
+    changed(tx, server_id, &[&probe.id]).map(Some)
+}
+
+/// Ends the check admission `probe_id` (if it is still the server's): a
+/// new version whose history names it, which, having no row, a diff
+/// reports removed.
+pub fn end_probe(tx: &mut Tx, server_id: i64, probe_id: &str) -> Result<()> {
+    let current = tx
+        .query_opt("SELECT probe FROM servers WHERE id = $1", args![server_id])?
+        .map(|r| r.opt_text(0))
+        .transpose()?
+        .flatten()
+        .and_then(|t| serde_json::from_str::<FeedAdmission>(&t).ok());
+    if current.is_some_and(|p| p.id == probe_id) {
+        tx.exec(
+            "UPDATE servers SET probe = NULL, probe_until = NULL WHERE id = $1",
+            args![server_id],
+        )?;
+        changed(tx, server_id, &[probe_id])?;
     }
     Ok(())
 }
@@ -638,7 +731,7 @@ pub fn feed_since(tx: &mut Tx, server_id: i64, after: Option<u64>) -> Result<Fee
         args![server_id],
     )?;
     let server = server_row(&row)?;
-    let floor = count(row.i64(11)?);
+    let floor = count(row.i64(SERVER_COLS_COUNT)?);
     if let Some(after) = after {
         if after == server.version {
             return Ok(FeedAnswer::Diff {

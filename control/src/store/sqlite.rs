@@ -278,9 +278,20 @@ CREATE TABLE login_suspects (
 );
 "#;
 
+/// Version 4 (issue 17): what the gateway reported about its network
+/// (port mapping, IPv6, the address it was seen from) and the last
+/// reachability check, each as JSON; the one-off admission of a check
+/// in progress (JSON) and when it ends (Unix seconds).
+const SCHEMA_V4: &str = r#"
+ALTER TABLE servers ADD COLUMN network TEXT;
+ALTER TABLE servers ADD COLUMN reachability TEXT;
+ALTER TABLE servers ADD COLUMN probe TEXT;
+ALTER TABLE servers ADD COLUMN probe_until INTEGER;
+"#;
+
 /// The schema version `migrate` brings a database to (`PRAGMA
 /// user_version`). Add a step below and raise this to change the schema.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Brings a database made by an older control plane (or a new, empty
 /// one) to [`SCHEMA_VERSION`], in one transaction. A database of a newer
@@ -305,6 +316,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     }
     if version < 3 {
         tx.execute_batch(SCHEMA_V3)?;
+    }
+    if version < 4 {
+        tx.execute_batch(SCHEMA_V4)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

@@ -242,6 +242,7 @@ pub fn report(k: WgKey) -> GatewayReport {
             port: 32400,
         }],
         direct_services: vec![],
+        network: None,
     }
 }
 

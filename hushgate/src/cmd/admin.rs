@@ -140,6 +140,14 @@ enum ServerCmd {
         #[arg(long, value_name = "SECS")]
         enrollment_ttl: Option<u64>,
     },
+    /// Check now that the server's gateway is reachable from the Internet
+    /// at its endpoint: the control plane admits a one-off key bound to
+    /// its own address, performs a WireGuard handshake with the endpoint
+    /// through the real path, and removes the admission. Prints the
+    /// result and, when something is wrong, what to do.
+    Check {
+        name: String,
+    },
     /// Make the server's gateway credential stop working now. The gateway
     /// keeps its admissions until they expire but gets no changes until it
     /// is enrolled again (`server reenroll`).
@@ -393,6 +401,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             );
             print_enrollment_token(&t.token, Some(t.expires_at));
         }
+        What::Server(ServerCmd::Check { name }) => {
+            let v = c.check_server(name).await?;
+            if a.json {
+                return print_json(&v);
+            }
+            print_reachability(&v, "");
+            if v.check.as_ref().is_some_and(|c| !c.reachable) {
+                std::process::exit(1);
+            }
+        }
         What::Server(ServerCmd::RevokeCredential { name }) => {
             c.revoke_credential(name).await?;
             println!("the gateway credential of '{name}' no longer works; enroll the gateway again with a token from 'hushgate admin server reenroll {name}'");
@@ -448,6 +466,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                     s.max_admissions_per_user,
                     services.join(",")
                 );
+                if let Some(m) = &s.port_mapping {
+                    println!("    port mapping: {}", mapping_words(m));
+                }
+                print_reachability(&s.reachability, "    ");
             }
         }
         What::Grant(GrantCmd::Add {
@@ -549,6 +571,50 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The port mapping in one line, as the gateway last reported it.
+pub fn mapping_words(m: &proto::reach::MappingReport) -> String {
+    use proto::reach::MappingState::*;
+    let via = m.protocol.map(|p| format!(" with {p}")).unwrap_or_default();
+    let router = m.router.map(|r| format!(" on {r}")).unwrap_or_default();
+    match m.state {
+        Off => "off (forwarded by hand)".into(),
+        Pending => format!("asking the router{router}"),
+        Mapped => format!(
+            "mapped{router}{via}: {}{}",
+            m.external.map(|e| e.to_string()).unwrap_or_default(),
+            m.lease_secs
+                .map(|s| format!(", lease {s} s"))
+                .unwrap_or_default()
+        ),
+        Refused => format!(
+            "refused{router}{via}{}",
+            m.error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default()
+        ),
+        NoProtocol => format!("no router{router} answered PCP, NAT-PMP or UPnP"),
+        NoRouter => "no IPv4 default router to ask".into(),
+    }
+}
+
+/// The last reachability check and its diagnosis, indented by `pad`.
+pub fn print_reachability(v: &proto::reach::ReachabilityView, pad: &str) {
+    match &v.check {
+        Some(c) => println!(
+            "{pad}reachability: {} (checked {}{})",
+            c.summary(),
+            ts(c.checked_at),
+            c.from.map(|f| format!(" from {f}")).unwrap_or_default()
+        ),
+        None => println!("{pad}reachability: not checked yet"),
+    }
+    for d in &v.diagnosis {
+        println!("{pad}  problem: {}", d.problem);
+        println!("{pad}  what to do: {}", d.advice);
+    }
 }
 
 #[cfg(test)]

@@ -210,6 +210,9 @@ async fn write_wg_config(
         .await?;
     let params = client_shim::answer::validate_access(&access, a.service.as_deref())
         .map_err(|e| anyhow::anyhow!("the control plane's answer is unusable: {e}"))?;
+    for line in client_shim::answer::reachability_warnings(&access) {
+        eprintln!("warning: {line}");
+    }
     let mut text = format!(
         "# hushgate admission {} for server '{}', expires {}\n\
          # Services: {}\n\

@@ -159,6 +159,16 @@ struct RunArgs {
     /// head; also how long an idle connection is kept open.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     header_timeout: f64,
+    /// The address the reachability check of gateways sends from, for a
+    /// control plane behind a NAT of its own: its public address
+    /// (repeatable, one per family) [default: the control plane's address
+    /// as each gateway reaches it].
+    #[arg(long, value_name = "ADDR")]
+    probe_source: Vec<std::net::IpAddr>,
+    /// Minutes between reachability checks of every connected gateway
+    /// (besides one after each gateway report); 0: only after reports.
+    #[arg(long, default_value_t = 15, value_name = "MINUTES")]
+    reachability_interval: u64,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -300,6 +310,9 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
                 a.admin_source
             },
             header_timeout: Duration::from_secs_f64(a.header_timeout.max(0.5)),
+            probe_sources: a.probe_source,
+            reachability_interval: (a.reachability_interval > 0)
+                .then(|| Duration::from_secs(a.reachability_interval * 60)),
             ..defaults
         },
     };

@@ -146,6 +146,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         peer_limits: Default::default(),
         prefilter: gateway::PrefilterMode::Off,
         enroll_token: Some(server.enrollment_token.into()),
+        // Tests and the demo run on loopback: never ask the host's real router.
+        port_mapping: gateway::PortMapConfig {
+            mode: gateway::PortMappingMode::Off,
+            ..Default::default()
+        },
     })
     .await?;
     if !gw.wait_synced(Duration::from_secs(10)).await {

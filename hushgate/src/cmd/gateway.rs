@@ -1,6 +1,9 @@
 use anyhow::{bail, Context};
 use control_client::Trust;
-use gateway::{EnrollToken, Gateway, GatewayConfig, GatewayFile, PrefilterMode, ServiceSpec};
+use gateway::{
+    EnrollToken, Gateway, GatewayConfig, GatewayFile, PortMapConfig, PortMappingMode,
+    PrefilterMode, ServiceSpec,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -103,7 +106,9 @@ struct RunArgs {
     #[arg(long, value_name = "ADDR")]
     listen_udp: Option<SocketAddr>,
     /// Address clients should send to (the router's public IP and the
-    /// forwarded port); default: the address the control plane sees.
+    /// forwarded port); default: the external endpoint the router mapped
+    /// (see --port-mapping), else the address the control plane sees with
+    /// the UDP port.
     #[arg(long, value_name = "IP:PORT")]
     public_endpoint: Option<SocketAddr>,
     /// A service: NAME=PORT:UPSTREAM, e.g. plex=32400:127.0.0.1:32400 (repeatable).
@@ -122,6 +127,21 @@ struct RunArgs {
     /// (refuse to start without it) or off [default: auto].
     #[arg(long, value_name = "MODE")]
     prefilter: Option<String>,
+    /// Port mapping on the home router: auto (ask it with PCP, NAT-PMP or
+    /// UPnP IGD to forward the UDP port and each direct TCP port, renew
+    /// the lease, delete it at a clean stop) or off (the port is forwarded
+    /// by hand) [default: auto].
+    #[arg(long, value_name = "MODE")]
+    port_mapping: Option<String>,
+    /// The router to ask for the port mapping [default: the IPv4 default
+    /// router, from /proc/net/route].
+    #[arg(long, value_name = "ADDR")]
+    router: Option<std::net::IpAddr>,
+    /// How often the port mapping is checked on the router, in seconds
+    /// (a router that restarted or changed its address without
+    /// announcing it is noticed then) [default: 60].
+    #[arg(long, value_name = "SECS")]
+    port_mapping_check: Option<u64>,
     /// Connections one client may hold at once (open, opening or
     /// closing); one more is refused with a TCP reset inside its tunnel
     /// [default: 128].
@@ -172,6 +192,9 @@ fn merged(cli: RunArgs) -> anyhow::Result<RunArgs> {
             cli.direct
         },
         prefilter: cli.prefilter.or(file.prefilter),
+        port_mapping: cli.port_mapping.or(file.port_mapping),
+        router: cli.router.or(file.router),
+        port_mapping_check: cli.port_mapping_check.or(file.port_mapping_check),
         max_connections_per_client: cli
             .max_connections_per_client
             .or(file.max_connections_per_client),
@@ -258,6 +281,18 @@ async fn serve(cli: RunArgs) -> anyhow::Result<()> {
         peer_limits,
         prefilter,
         enroll_token: enroll_token(a.enroll_file.as_deref())?,
+        port_mapping: PortMapConfig {
+            mode: a
+                .port_mapping
+                .as_deref()
+                .unwrap_or("auto")
+                .parse::<PortMappingMode>()
+                .map_err(anyhow::Error::msg)?,
+            router: a.router,
+            check_interval: std::time::Duration::from_secs(
+                a.port_mapping_check.unwrap_or(60).max(1),
+            ),
+        },
     })
     .await?;
     println!(
@@ -447,6 +482,27 @@ fn status_table(r: &serde_json::Value) -> String {
             if !f["last_error"].is_null() {
                 let _ = writeln!(o, "  pre-filter LAST ERROR: {}", text(&f["last_error"]));
             }
+        }
+    }
+    // Port mapping and reachability (issue 17); absent from older gateways.
+    if let Ok(m) = serde_json::from_value::<proto::reach::MappingReport>(r["port_mapping"].clone())
+    {
+        let _ = writeln!(o, "  port mapping: {}", super::admin::mapping_words(&m));
+    }
+    if let Ok(v) =
+        serde_json::from_value::<proto::reach::ReachabilityView>(r["reachability"].clone())
+    {
+        let mut lines = Vec::new();
+        match &v.check {
+            Some(c) => lines.push(format!("  reachability: {}", c.summary())),
+            None => lines.push("  reachability: not checked yet".into()),
+        }
+        for d in &v.diagnosis {
+            lines.push(format!("    problem: {}", d.problem));
+            lines.push(format!("    what to do: {}", d.advice));
+        }
+        for l in lines {
+            let _ = writeln!(o, "{l}");
         }
     }
     let _ = writeln!(
