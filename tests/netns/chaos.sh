@@ -348,6 +348,15 @@ scenario_19() { # chaos: seeded SIGKILLs of the control plane, the gateway and s
         mv "$W/control.log" "$W/control.log.$f"
         sleep "$((down / 10)).$((down % 10))"
         start_control
+        # The outage ends when the gateway follows the control plane
+        # again (it retries with a backoff of up to 10 s): a client whose
+        # admission expired meanwhile (15 s lifetimes) can be admitted
+        # anew only from then on.
+        local tc; tc=$(date +%s.%N)
+        wait_for "the gateway to follow the restarted control plane" 30 \
+          bash -c "ip netns exec $P-edge $BIN gateway status --state $W/gw | grep -q '(connected)'" ||
+          violation "the gateway did not reconnect to the restarted control plane within 30 s"
+        what="$what, the gateway back on its feed $(since "$tc") s after the restart"
         ;;
       gateway)
         what="gateway SIGKILLed, down $((down / 10)).$((down % 10)) s"
