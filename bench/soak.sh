@@ -44,6 +44,9 @@ SOAK_CHURN="${SOAK_CHURN:-2}"
 SOAK_PERIOD="${SOAK_PERIOD:-2}"
 SOAK_FLOOD_PPS="${SOAK_FLOOD_PPS:-2000}"
 
+# The background loops run while this holds (the scenario's end or the
+# harness removing its folder stops them).
+soak_running() { [ -d "$W" ] && [ ! -e "$W/soak-stop" ]; }
 # How many lines of FILE are WORD (0 when there is no FILE yet).
 count_lines() { local n; n=$(grep -c "^$1\$" "$2" 2>/dev/null) || true; echo "${n:-0}"; }
 # Resident memory (KiB) and open descriptors of a pid.
@@ -62,7 +65,7 @@ print(sum(len(o["set"].get("elem", [])) for o in d if "set" in o))'
 
 soak_churn_worker() { # soak_churn_worker N
   local n="$1" i=0 user out adm
-  while :; do
+  while soak_running; do
     i=$((i + 1)); user="soak$(( (n + i) % 4 ))"
     out=$(HUSHGATE_PASSWORD="$PASSWORD" ns cli "$BIN" connect --control https://203.0.113.2:8443 \
       --ca "$W/ctl/ca.pem" --user "$user" --server home --wg-config "$W/soak-$n.conf" 2>&1) || {
@@ -79,7 +82,7 @@ soak_churn_worker() { # soak_churn_worker N
 soak_downloader() {
   local pid k=0
   pid=$(start_shim 32450 soak-shim) || return 1
-  while :; do
+  while soak_running; do
     k=$((k + 1))
     # A download the NAT's move cuts (the shim's new admission has a new
     # tunnel address) is counted as cut; one that completes must be intact.
@@ -93,7 +96,7 @@ soak_downloader() {
 
 soak_session_churn() {
   local pid
-  while :; do
+  while soak_running; do
     pid=$(HUSHGATE_PASSWORD="$PASSWORD" bg cli "$W/soak-shim2.log" "$BIN" connect --control https://203.0.113.2:8443 \
       --ca "$W/ctl/ca.pem" --user bob --server home --listen 127.0.0.1:32451)
     sleep 30
@@ -103,7 +106,7 @@ soak_session_churn() {
 
 soak_roamer() {
   local k=0
-  while :; do
+  while soak_running; do
     sleep 20
     k=$(( (k + 1) % 12 ))
     ns cnat nft flush chain ip cnat post
@@ -126,13 +129,13 @@ scenario_soak() { # soak: churn, roaming and a flood for SOAK_SECS; memory, fds 
   for k in $(seq 1 "$SOAK_CHURN"); do soak_churn_worker "$k" & helpers+=($!); done
   soak_roamer & helpers+=($!)
   local flood; flood=$(bg atk "$W/soak-flood.log" hping3 --udp -p 51820 -d 148 -i "u$((1000000 / SOAK_FLOOD_PPS))" 203.0.113.18)
-  trap 'kill '"${helpers[*]}"' '"$flood"' 2>/dev/null || true' EXIT
+  trap 'touch "$W/soak-stop"; kill '"${helpers[*]}"' '"$flood"' 2>/dev/null || true' EXIT
   local gw; gw=$(cat "$W/gw.pid")
   log "  soak for $SOAK_SECS s (gateway pid $gw, control plane pid $CTL_PID, flood $SOAK_FLOOD_PPS/s, $SOAK_CHURN churn workers); samples to $out.csv"
   echo "t,gw_rss_kib,gw_fds,ctl_rss_kib,ctl_fds,set_elements,gw_peers,live_admissions,live_sources,downloads_ok,downloads_failed,churn_admissions,kernel_drops,downloads_corrupt" >"$out.csv"
   local t0; t0=$(date +%s)
   local now t adm peers
-  while :; do
+  while soak_running; do
     now=$(date +%s); t=$((now - t0))
     kill -0 "$gw" && kill -0 "$CTL_PID" || { echo "the gateway or the control plane died" >&2; return 1; }
     adm=$(admin admission list --json 2>/dev/null | python3 -c '

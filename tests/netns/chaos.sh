@@ -52,6 +52,10 @@ CHAOS_TTL=15
 C="" # the scenario's folder, set by scenario_19
 
 ctl_pid() { cat "$W/ctl.pid"; }
+# The background clients loop while this holds: the scenario's end (or the
+# harness removing its folder) stops them even where a kill missed a
+# subshell of theirs.
+chaos_running() { [ -d "$C" ] && [ ! -e "$C/stop" ]; }
 gw_pid() { cat "$W/gw.pid"; }
 violation() { echo "fault $(cat "$C/fault" 2>/dev/null || echo 0): $*" | tee -a "$C/violations" >&2; }
 
@@ -79,7 +83,7 @@ chaos_shim_exp() {
 # calls complete must be intact.
 chaos_player() { # chaos_player I
   local i="$1" n=0
-  while :; do
+  while chaos_running; do
     n=$((n + 1))
     if ns cli curl -sf --max-time 30 --limit-rate 1M -o "$C/dl$i.bin" "http://127.0.0.1:$((32500 + i))/chaos.bin" 2>/dev/null; then
       if [ "$(sha256sum "$C/dl$i.bin" | cut -d' ' -f1)" = "$CHAOS_SHA" ]; then
@@ -110,11 +114,12 @@ chaos_wg_client() { # chaos_wg_client I
   wait_for "wireguard-go $ifc" 10 ns cli ip link show "$ifc" || return 1
   ns cli ip link set "$ifc" up
   ns cli ip route add 100.64.0.1/32 dev "$ifc" metric $((200 + i))
-  while :; do
+  while chaos_running; do
     n=$((n + 1))
     local conf="$C/wg$i-$n.conf"
     until out=$(HUSHGATE_PASSWORD="$PASSWORD" ns cli timeout 20 "$BIN" connect --control https://203.0.113.2:8443 \
         --ca "$W/ctl/ca.pem" --user "chaos$((i % 4))" --server home --wg-config "$conf" 2>&1); do
+      chaos_running || return 0
       sleep 0.5
     done
     adm=$(sed -n 's/.*admission \(adm_[0-9a-f]*\),.*/\1/p' <<<"$out" | head -1)
@@ -318,7 +323,7 @@ scenario_19() { # chaos: seeded SIGKILLs of the control plane, the gateway and s
   # until they expire (they stay live in the store, rightly).
   admin server set home --ttl "$CHAOS_TTL" --max-admissions-per-user 64 >/dev/null
   local -a helpers=()
-  trap 'set +e; kill ${helpers[*]} 2>/dev/null; for j in $(seq 1 '"$CHAOS_WG"'); do ip netns exec '"$P"'-cli ip link del '"$P"'w$j 2>/dev/null; done; admin server set home --max-admissions-per-user 8 >/dev/null 2>&1; true' EXIT
+  trap 'set +e; touch "$C/stop"; kill ${helpers[*]} 2>/dev/null; for j in $(seq 1 '"$CHAOS_WG"'); do ip netns exec '"$P"'-cli ip link del '"$P"'w$j 2>/dev/null; done; admin server set home --max-admissions-per-user 8 >/dev/null 2>&1; true' EXIT
   for i in $(seq 1 "$CHAOS_SHIMS"); do chaos_start_shim "$i"; done
   for i in $(seq 1 "$CHAOS_SHIMS"); do
     wait_for "chaos shim $i ready" 30 chaos_shim_ready "$i" || { cat "$C/shim$i.log" >&2; return 1; }
