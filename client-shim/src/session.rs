@@ -230,6 +230,7 @@ impl Session {
             generation: 1,
             renew_backoff: tuning.backoff.clone(),
             reconnect: None,
+            stalled: false,
             last_probe: None,
             probe_at: None,
             tuning,
@@ -359,6 +360,9 @@ struct Supervisor<C> {
     renew_at: Instant,
     renew_backoff: Backoff,
     reconnect: Option<Reconnect>,
+    /// The path is silent after a send (a `Stalled` not yet followed by
+    /// `Recovered`): only then does a probe's "moved" mean anything.
+    stalled: bool,
     last_probe: Option<Instant>,
     /// A probe asked for within `probe_interval` of the last one, due
     /// at this time.
@@ -477,6 +481,7 @@ impl<C: ControlApi> Supervisor<C> {
                 if generation == self.generation =>
             {
                 self.reconnect = None;
+                self.stalled = false;
                 self.emit(SessionEvent::Connected {
                     admission_id: self.current.admission_id.clone(),
                     expires_at: self.current.expires_at,
@@ -495,9 +500,11 @@ impl<C: ControlApi> Supervisor<C> {
             // cannot say so. A reset of a connection by the gateway's side
             // may mean it too: the gateway resets a removed peer's
             // connections inside the tunnel.
-            PathEvent::Stalled { generation } | PathEvent::Reset { generation }
-                if generation == self.generation =>
-            {
+            PathEvent::Stalled { generation } if generation == self.generation => {
+                self.stalled = true;
+                return self.probe().await;
+            }
+            PathEvent::Reset { generation } if generation == self.generation => {
                 return self.probe().await;
             }
             // News about a tunnel already replaced.
@@ -540,8 +547,9 @@ impl<C: ControlApi> Supervisor<C> {
                 // the admission does not admit: the network changed under
                 // us (Wi-Fi to mobile data, a new NAT address), and the
                 // stall will not end by itself. Re-admit now instead of
-                // waiting for the silence to count as a loss.
-                if r.moved == Some(true) {
+                // waiting for the silence to count as a loss. (After a
+                // reset alone the tunnel answers: that is no move.)
+                if r.moved == Some(true) && self.stalled {
                     tracing::info!(
                         gateway = %self.current.gateway_endpoint,
                         "this device's network address changed; asking for a new admission"
@@ -647,6 +655,7 @@ impl<C: ControlApi> Supervisor<C> {
             Some(Ok((secret, params))) => {
                 let old = std::mem::replace(&mut self.current, params.clone());
                 self.generation += 1;
+                self.stalled = false;
                 let sent = self.datapath.send(Command::Install(Box::new(Install {
                     generation: self.generation,
                     params: params.clone(),

@@ -5,13 +5,16 @@
 //! Run: `cargo bench -p hushgate-control --bench access`
 //! (env: ACCESS_REQUESTS, default 3000; CONCURRENCY, default 64;
 //! ENGINE, `sqlite` (default) or `postgres`; REPLICAS, with postgres, how
-//! many control planes share the database, default 1).
+//! many control planes share the database, default 1;
+//! PROPAGATION_SAMPLES, with 2 replicas or more, default 300).
 //!
 //! With several replicas the gateway follows the feed on the first one
 //! and the clients are spread over all of them, so that most access
 //! requests wait for an acknowledgement that arrives at another replica.
 //! PostgreSQL is a real server started here (durable: fsync on), on a
-//! Unix socket. CPU per request counts this process (every replica, the
+//! Unix socket. With several replicas it then measures how long a change
+//! made on one replica takes to reach a feed poll held on another
+//! ([`propagation`]). CPU per request counts this process (every replica, the
 //! clients and the gateway) and the PostgreSQL server's processes.
 
 #[path = "../tests/support/mod.rs"]
@@ -280,8 +283,59 @@ async fn main() {
     let (diffs, wholes) = gw.answer_counts();
     println!("feed answers: {diffs} diffs, {wholes} whole sets");
     assert_eq!(gw.admission_count(), requests);
+    if cps.len() >= 2 {
+        propagation(&cps, &gw, env("PROPAGATION_SAMPLES", 300)).await;
+    }
     drop(gw);
     for cp in cps {
         cp.stop().await;
     }
+}
+
+/// Time from a change on replica 1 to the feed answer on replica 2: a
+/// feed poll (the gateway's credential, diffs) is held on replica 2 while
+/// an admission is revoked on replica 1, one at a time. Measured from
+/// just before the revocation is sent (so it includes that request's own
+/// handling up to its commit; its whole time is printed too) to the
+/// poll's answer naming the new version.
+async fn propagation(cps: &[Running], gw: &FeedFollower, samples: usize) {
+    // Each revocation is exactly one version on from the current one.
+    let ids = gw.admission_ids();
+    let watcher = cps[1].client().with_bearer(&gw.credential);
+    let mut version = feed_update(&watcher, Some(gw.version()), Duration::ZERO)
+        .await
+        .expect("feed answer")
+        .version;
+    let (mut to_answer, mut revoke_took) = (Vec::new(), Vec::new());
+    for id in ids.iter().take(samples) {
+        let w = watcher.clone();
+        let poll = tokio::spawn(async move {
+            let u = feed_update(&w, Some(version), Duration::from_secs(10))
+                .await
+                .expect("feed answer");
+            (Instant::now(), u.version)
+        });
+        // Long enough for the poll to be held (it answers at once if the
+        // version moved before; then this sample is the answer's own
+        // time).
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let t0 = Instant::now();
+        cps[0].admin.revoke(id).await.expect("revoked");
+        revoke_took.push(t0.elapsed());
+        let (t2, v) = poll.await.unwrap();
+        assert_eq!(v, version + 1, "one revocation, one version");
+        to_answer.push(t2 - t0);
+        version = v;
+    }
+    to_answer.sort();
+    revoke_took.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "change on replica 1 -> feed answer on replica 2, {} samples: p50 {:.1} ms, p99 {:.1} ms (the revocation request itself: p50 {:.1} ms, p99 {:.1} ms)",
+        to_answer.len(),
+        ms(pct(&to_answer, 0.5)),
+        ms(pct(&to_answer, 0.99)),
+        ms(pct(&revoke_took, 0.5)),
+        ms(pct(&revoke_took, 0.99)),
+    );
 }

@@ -137,10 +137,13 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let found = st
         .db
         .tx(move |tx| {
-            if store::setting(tx, "admin_token_hash")?.as_deref() == Some(&hash[..]) {
-                return Ok(Some(Principal::Admin));
+            // Users' tokens first: they make most requests, and then this
+            // is one statement.
+            if let Some(user) = store::token_user(tx, &hash, now())? {
+                return Ok(Some(Principal::User(user)));
             }
-            Ok(store::token_user(tx, &hash, now())?.map(Principal::User))
+            let admin = store::setting(tx, "admin_token_hash")?.as_deref() == Some(&hash[..]);
+            Ok(admin.then_some(Principal::Admin))
         })
         .await?;
     found.ok_or_else(|| {
@@ -566,21 +569,23 @@ async fn access(
             // Under the server's lock: two replicas cannot both see room
             // for one more.
             store::lock_server(tx, new.server_id)?;
-            let mut held =
-                store::live_admissions_of(tx, new.user_id, new.server_id, new.created_at)?;
-            if let Some(key) = &new.client_key {
-                // A retry with the same key replaces its earlier admission.
-                if store::key_holder(tx, new.server_id, key)? == Some(new.user_id) {
-                    held = held.saturating_sub(1);
-                }
-            }
+            // A retry with the same key replaces its earlier admission,
+            // which then does not count.
+            let (held, same_key) = store::live_admissions_of(
+                tx,
+                new.user_id,
+                new.server_id,
+                new.created_at,
+                new.client_key.as_ref(),
+            )?;
+            let held = held - same_key;
             if held >= limit {
                 return Err(store::StoreError::AdmissionLimit(format!(
                     "you already hold {held} live admissions on server '{server_name}', as many as it allows one user; \
                      end a session you no longer use (stop its 'hushgate connect', or revoke it), or ask the server's owner to raise the limit"
                 )));
             }
-            store::insert_admission(tx, &new)
+            store::insert_admission_locked(tx, &new)
         })
         .await;
     let (adm, version) = match inserted {
@@ -616,11 +621,9 @@ async fn access(
     let still_there = st
         .db
         .tx(move |tx| {
-            if !store::activate(tx, &a.id)? {
-                return Ok(false);
-            }
-            store::audit(
+            store::activate_with_audit(
                 tx,
+                &a.id,
                 now(),
                 Audit {
                     event: "access_granted",
@@ -638,8 +641,7 @@ async fn access(
                         a.services.join(",")
                     ),
                 },
-            )?;
-            Ok(true)
+            )
         })
         .await?;
     if !still_there {
@@ -667,7 +669,7 @@ async fn access(
                 .reachability
                 .as_ref()
                 .filter(|c| !c.reachable)
-                .map(|_| crate::reachability::view(&server)),
+                .map(|_| crate::reachability::view(&server).for_clients()),
         })
         .into_response()),
         AccessMode::Direct => Ok(Json(DirectAccessResponse {
@@ -748,21 +750,21 @@ async fn renew(
     }
     Ok(Json(RenewResponse {
         expires_at,
-        moved: Some(moved(binding, &adm, source)),
+        moved: moved(binding, &adm, source),
     }))
 }
 
 /// Whether a renewal from `source` says the client has left the address
-/// its admission is bound to. A first-handshake admission is pinned by
-/// the gateway to the address of its first handshake, which the control
-/// plane does not see: the address of the access request stands in for
-/// it (they are the same unless the client's HTTPS and UDP leave through
-/// different NATs).
-fn moved(binding: BindingPolicy, a: &store::Admission, source: IpAddr) -> bool {
+/// its admission is bound to. Unknown (`None`) under first-handshake
+/// binding: the gateway pins the address of the first handshake, which
+/// the control plane does not see, and the address of an HTTPS request
+/// may differ from it for harmless reasons (IPv6 privacy addresses,
+/// happy eyeballs, a provider's NAT that maps each connection anew).
+fn moved(binding: BindingPolicy, a: &store::Admission, source: IpAddr) -> Option<bool> {
     let (bound, source) = (a.source.to_canonical(), source.to_canonical());
     match binding {
-        BindingPolicy::FirstHandshake => bound != source,
-        b => !b.admits(bound, source),
+        BindingPolicy::FirstHandshake => None,
+        b => Some(!b.admits(bound, source)),
     }
 }
 
@@ -822,9 +824,33 @@ fn gateway_endpoint(report: &GatewayReport, peer: IpAddr) -> SocketAddr {
         .unwrap_or_else(|| SocketAddr::new(peer, report.listen_port))
 }
 
-fn check_report(report: &GatewayReport) -> ApiResult<()> {
+/// Checks a gateway's report and makes what it says safe to store, print
+/// and send to: the router's words are cleaned (a gateway, or a device on
+/// its LAN answering as its router, chooses them), and an endpoint no
+/// client could use (multicast, broadcast, unspecified) is refused, so the
+/// reachability check never sends there.
+fn check_report(report: &mut GatewayReport) -> ApiResult<()> {
     if report.listen_port == 0 {
         return Err(AppError::bad_request("listen_port must not be 0"));
+    }
+    if let Some(e) = report.public_endpoint {
+        let ip = e.ip().to_canonical();
+        let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+        if ip.is_unspecified() || ip.is_multicast() || broadcast || e.port() == 0 {
+            return Err(AppError::bad_request(format!(
+                "public_endpoint {e} is not an address clients can send to"
+            )));
+        }
+        report.public_endpoint = Some(SocketAddr::new(ip, e.port()));
+    }
+    if let Some(n) = &mut report.network {
+        let m = &mut n.port_mapping;
+        m.error = m.error.as_deref().map(proto::reach::clean_text);
+        if n.ipv6.len() > 16 || n.control_addresses.len() > 4 {
+            return Err(AppError::bad_request(
+                "a network report names at most 16 IPv6 addresses and 4 control plane addresses",
+            ));
+        }
     }
     for s in report.services.iter().chain(&report.direct_services) {
         if s.name.is_empty() || s.name.len() > 64 || s.port == 0 {
@@ -843,8 +869,8 @@ async fn enroll(
     headers: HeaderMap,
     body: Result<Json<EnrollRequest>, JsonRejection>,
 ) -> ApiResult<Json<EnrollResponse>> {
-    let Json(req) = body?;
-    check_report(&req.report)?;
+    let Json(mut req) = body?;
+    check_report(&mut req.report)?;
     let source = observed_source(&st, peer, &headers)?;
     let enroll_hash = auth::hash_secret(&req.enrollment_token);
     let (credential, cred_hash) = auth::new_secret(SecretKind::GatewayCredential);
@@ -939,8 +965,8 @@ async fn report(
     body: Result<Json<GatewayReport>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
     let server = gateway(&st, &headers).await?;
-    let Json(report) = body?;
-    check_report(&report)?;
+    let Json(mut report) = body?;
+    check_report(&mut report)?;
     let source = observed_source(&st, peer, &headers)?;
     let endpoint = gateway_endpoint(&report, source);
     let check = report.network.is_some();

@@ -212,6 +212,60 @@ pub struct ReachabilityView {
     pub diagnosis: Vec<Diagnosis>,
 }
 
+impl ReachabilityView {
+    /// What a client (not the server's owner) is told: the check's result
+    /// and the diagnoses, without what describes the owner's home network
+    /// beyond the problem itself: not where the check came from, and not
+    /// the host's global IPv6 address (a client could use it to try the
+    /// media server directly).
+    pub fn for_clients(mut self) -> ReachabilityView {
+        if let Some(c) = &mut self.check {
+            c.from = None;
+        }
+        self.diagnosis
+            .retain(|d| d.code != DiagnosisCode::Ipv6Available);
+        self
+    }
+}
+
+/// Text that came from a router (an error message in a UPnP or PCP
+/// answer) or from a gateway, made safe to store and print: control
+/// characters (terminal escapes, new lines) become spaces, and it is cut
+/// to `MAX_FOREIGN_TEXT` characters.
+pub fn clean_text(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_FOREIGN_TEXT)
+        .collect();
+    if s.chars().count() > MAX_FOREIGN_TEXT {
+        out.push('…');
+    }
+    out
+}
+
+/// See [`clean_text`].
+pub const MAX_FOREIGN_TEXT: usize = 200;
+
+/// Whether `ip` may be reported as the gateway's public address: not
+/// private (RFC 1918, link-local, unique-local), not carrier-grade NAT
+/// space, not unspecified, loopback, multicast or broadcast. A router
+/// behind another NAT names such an address as its external one; the
+/// address the control plane sees is the better guess then.
+pub fn is_reportable_external(ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let odd = match ip {
+        IpAddr::V4(v4) => v4.is_broadcast(),
+        IpAddr::V6(_) => false,
+    };
+    !(odd
+        || ip.is_unspecified()
+        || ip.is_loopback()
+        || ip.is_multicast()
+        || is_private_address(ip)
+        || is_shared_address(ip))
+}
+
 /// 100.64.0.0/10 (RFC 6598): carrier-grade NAT between a home and its
 /// provider.
 pub fn is_shared_address(ip: IpAddr) -> bool {
@@ -378,6 +432,62 @@ mod tests {
 
     fn codes(d: &[Diagnosis]) -> Vec<DiagnosisCode> {
         d.iter().map(|d| d.code).collect()
+    }
+
+    #[test]
+    fn router_text_is_cleaned_and_bounded() {
+        assert_eq!(clean_text("refused"), "refused");
+        assert_eq!(
+            clean_text("bad\x1b[2J\nwhat to do: run this"),
+            "bad [2J what to do: run this"
+        );
+        let long = "x".repeat(10_000);
+        let c = clean_text(&long);
+        assert_eq!(c.chars().count(), MAX_FOREIGN_TEXT + 1);
+        assert!(c.ends_with('…'));
+    }
+
+    #[test]
+    fn only_addresses_clients_can_use_are_reported_as_external() {
+        for ok in ["203.0.113.18", "198.51.100.7", "2001:db8::1"] {
+            assert!(is_reportable_external(ok.parse().unwrap()), "{ok}");
+        }
+        for bad in [
+            "10.9.0.2",
+            "192.168.1.1",
+            "172.16.0.1",
+            "100.64.1.1",
+            "0.0.0.0",
+            "127.0.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "169.254.1.1",
+            "fd00::1",
+            "fe80::1",
+            "::",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(!is_reportable_external(bad.parse().unwrap()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn clients_are_not_told_the_hosts_ipv6_address_or_the_checks_source() {
+        let mut n = net(MappingState::NoProtocol, None);
+        n.ipv6 = vec!["2001:db8:30::2".parse().unwrap()];
+        let mut c = check(false);
+        c.from = Some("203.0.113.2".parse().unwrap());
+        let view = ReachabilityView {
+            diagnosis: diagnose(Some(&n), None, Some(&c)),
+            check: Some(c),
+        };
+        assert!(codes(&view.diagnosis).contains(&DiagnosisCode::Ipv6Available));
+        let client = view.for_clients();
+        assert_eq!(
+            codes(&client.diagnosis),
+            vec![DiagnosisCode::NoMappingProtocol]
+        );
+        assert_eq!(client.check.unwrap().from, None);
     }
 
     #[test]

@@ -29,6 +29,11 @@
 # 10-14 check it and the direct (firewall-only) service. A third gateway
 # (server homefh, UDP 51822, IPv6) binds on the first handshake.
 #
+# Scenario 18 runs three control plane replicas in ctl, on 203.0.113.3-5
+# (addresses it adds), on one PostgreSQL server it starts there (Unix
+# socket only), with a gateway on UDP 51828 (the home router gets a rule
+# forwarding it).
+#
 # Scenario 15 puts the Internet emulator (tools/netem) in inet: while it
 # runs, everything between the client side (i-cnat) and the home side
 # (i-home) goes through its TUN devices (tests/netns/lib.sh, emu_rules).
@@ -56,6 +61,7 @@ log() { printf '[%6ss] %s\n' "$(since "$T0")" "$*"; }
 
 cleanup() {
   set +e
+  stop_postgres
   # Every process we started runs inside one of our namespaces.
   for n in "${NSES[@]}"; do
     for pid in $(ip netns pids "$P-$n" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
@@ -63,6 +69,7 @@ cleanup() {
   sleep 0.2
   for n in "${NSES[@]}"; do ip netns del "$P-$n" 2>/dev/null; done
   rm -f /var/run/wireguard/"$P"*.sock
+  rm -rf "$W-pg"
   if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $W"; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
@@ -274,6 +281,35 @@ start_control() {
 
 admin() { ns ctl "$BIN" admin --state "$W/ctl" "$@"; }
 
+# PostgreSQL for the control plane replicas (scenario 18), from Debian's
+# packages (not on PATH): initdb in $W-pg, the server in namespace NS,
+# listening only on a Unix socket in $W-pg/sock (no TCP port, so runs side
+# by side never clash; a Unix socket reaches across namespaces). It
+# refuses to run as root: it runs as nobody, and its folder is nobody's
+# ($W is root's alone). Stopped by stop_postgres, or on exit by cleanup.
+PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+PG_SOCK="$W-pg/sock"
+start_postgres() { # start_postgres NS (again after stop_postgres: the same data)
+  [ -x "$PG_BIN/initdb" ] || { echo "PostgreSQL is missing: apt-get install postgresql" >&2; return 1; }
+  local nobody=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
+  if [ ! -d "$W-pg/data" ]; then
+    mkdir -p "$W-pg/data" "$PG_SOCK"
+    chmod 755 "$W-pg"
+    chown nobody:nogroup "$W-pg/data" "$PG_SOCK"
+    (cd "$W-pg" && "${nobody[@]}" "$PG_BIN/initdb" -D "$W-pg/data" -U hushgate --auth=trust -E UTF8 --no-sync >"$W/initdb.log" 2>&1) \
+      || { cat "$W/initdb.log" >&2; return 1; }
+  fi
+  (cd "$W-pg" && bg "$1" "$W/postgres.log" "${nobody[@]}" "$PG_BIN/postgres" -D "$W-pg/data" \
+    -k "$PG_SOCK" -c listen_addresses= -c max_connections=200 >/dev/null)
+  wait_for "PostgreSQL" 30 "$PG_BIN/pg_isready" -q -h "$PG_SOCK" -U hushgate -d postgres
+}
+stop_postgres() {
+  local pid
+  pid=$(head -1 "$W-pg/data/postmaster.pid" 2>/dev/null) || return 0
+  kill -INT "$pid" 2>/dev/null || return 0
+  wait_for "PostgreSQL to stop" 10 bash -c "! kill -0 $pid 2>/dev/null"
+}
+
 start_gateway() { # start_gateway NAME STATE LISTEN ENDPOINT [TOKEN [MORE FLAGS...]]
   local name="$1" state="$2" listen="$3" endpoint="$4" token="${5:-}"
   shift 5 2>/dev/null || shift $#
@@ -323,11 +359,12 @@ setup_world() {
 
 # The client shim in the client's namespace; its port for the player is
 # 127.0.0.1:$1 there.
-start_shim() { # start_shim PORT LOGNAME [USER] [CONTROL] [SERVER]
+start_shim() { # start_shim PORT LOGNAME [USER] [CONTROL] [SERVER] [CA]
   local port="$1" name="$2" user="${3:-alice}" ctl="${4:-https://203.0.113.2:8443}" server="${5:-home}"
+  local ca="${6:-$W/ctl/ca.pem}"
   local pid
   pid=$(HUSHGATE_PASSWORD="$PASSWORD" bg cli "$W/$name.log" "$BIN" connect --control "$ctl" \
-    --ca "$W/ctl/ca.pem" --user "$user" --server "$server" --listen "127.0.0.1:$port")
+    --ca "$ca" --user "$user" --server "$server" --listen "127.0.0.1:$port")
   wait_for "shim $name ready" 20 grep -q "^ready:" "$W/$name.log" || { cat "$W/$name.log" >&2; return 1; }
   echo "$pid"
 }
@@ -342,9 +379,11 @@ fetch() { # fetch PORT OUTFILE [curl args...]: downloads the file through the sh
 # or 10 s without data), 3 at a clean end of the file. Its receive buffer
 # is small (64 KiB), so what it reads after a reset is at most ~50 ms of
 # data already buffered, and the time it ends is when the flow was cut.
-slow_player() { # slow_player HOST PORT
-  ns cli python3 - "$1" "$2" <<'EOF'
-import socket, sys, time
+# With PROGRESS, it writes how many bytes it has read to that file as it
+# goes.
+slow_player() { # slow_player HOST PORT [PROGRESS]
+  ns cli python3 - "$1" "$2" "${3:-}" <<'EOF'
+import os, socket, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
 s.connect((sys.argv[1], int(sys.argv[2])))
@@ -357,6 +396,10 @@ try:
         if not b:
             print("eof after", got); sys.exit(3)
         got += len(b)
+        if sys.argv[3]:
+            with open(sys.argv[3] + ".tmp", "w") as f:
+                f.write(str(got))
+            os.replace(sys.argv[3] + ".tmp", sys.argv[3])
         time.sleep(0.05)
 except OSError as e:
     print("ended after", got, "bytes:", e); sys.exit(1)
@@ -1264,6 +1307,110 @@ EOF
   return "$rc"
 }
 
+scenario_18() { # three control plane replicas on one PostgreSQL: replica 1, which holds the gateway's feed, killed with SIGKILL mid-download
+  start_postgres ctl
+  local db="host=$PG_SOCK user=hushgate dbname=hushgate" rb="$W/replicas-bundle" i
+  ns ctl "$PG_BIN/createdb" -h "$PG_SOCK" -U hushgate --owner hushgate hushgate
+  # As docs/operating.md, "Running several replicas", says: one bundle,
+  # copied (without the CA's key) to each replica's own state folder;
+  # each replica on an address of its own.
+  HUSHGATE_DATABASE="$db" ns ctl "$BIN" control init --state "$rb" \
+    --san 203.0.113.3 --san 203.0.113.4 --san 203.0.113.5 >/dev/null
+  local urls=() rpid=()
+  for i in 1 2 3; do
+    ns ctl ip addr add "203.0.113.$((i + 2))/28" dev eth0
+    install -d -m 700 "$W/r$i"
+    cp -p "$rb"/{ca.pem,server.pem,server-key.pem,admin-token} "$W/r$i/"
+    urls[i]="https://203.0.113.$((i + 2)):8444"
+    rpid[i]=$(HUSHGATE_DATABASE="$db" bg ctl "$W/replica$i.log" "$BIN" control \
+      --listen "203.0.113.$((i + 2)):8444" --state "$W/r$i" --login-rate 1000)
+  done
+  for i in 1 2 3; do
+    wait_for "replica $i" 20 ns ctl curl -sf --cacert "$rb/ca.pem" "${urls[i]}/v1/health" -o /dev/null
+  done
+  radmin() { local i="$1"; shift; ns ctl "$BIN" admin --state "$W/r$i" "$@"; }
+  echo "$PASSWORD" | radmin 1 user add dave >/dev/null
+  local token; token=$(radmin 1 server add rep --binding exact --ttl 60 | tail -1)
+  radmin 1 grant add dave rep >/dev/null
+  # The home router forwards this gateway's port too.
+  ns home nft add rule inet home pre iifname wan ip daddr 203.0.113.18 udp dport 51828 dnat ip to 192.0.2.2:51828
+  ns home nft add rule inet home forward iifname wan ip daddr 192.0.2.2 udp dport 51828 accept
+  # The gateway knows all three and starts on the first: its feed is on
+  # replica 1.
+  local all; all=$(IFS=,; echo "${urls[*]}")
+  HUSHGATE_ENROLL_TOKEN="$token" bg edge "$W/gwr.log" "$BIN" gateway --control "$all" \
+    --ca "$rb/ca.pem" --state "$W/gwr" --listen-udp 0.0.0.0:51828 \
+    --public-endpoint 203.0.113.18:51828 --service plex=32400:127.0.0.1:32400 >/dev/null
+  wait_gateway_synced gwr
+  # Which replicas the gateway (the home router's address) is connected to.
+  gw_on() { ns ctl ss -tnH state established '( sport = :8444 )' | awk '$4 ~ /^203\.0\.113\.18:/ { sub(/:8444$/, "", $3); print $3 }' | sort -u | tr '\n' ' '; }
+  local on; on=$(gw_on)
+  log "  the gateway's feed is on: $on"
+  [ "$on" = "203.0.113.3 " ]
+
+  # Dave's client asks replica 2 (and knows replica 3), and downloads.
+  local pid; pid=$(start_shim 32418 shim18 dave "${urls[2]},${urls[3]}" rep "$rb/ca.pem")
+  local adm; adm=$(sed -n 's/.*(admission \(adm_[0-9a-f]*\),.*/\1/p' "$W/shim18.log" | head -1)
+  [ -n "$adm" ]
+  slow_player 127.0.0.1 32418 "$W/s18-progress" >"$W/s18-player.log" 2>&1 &
+  local player=$!
+  progress() { cat "$W/s18-progress" 2>/dev/null || echo 0; }
+  wait_for "the download to start" 10 bash -c "[ \$(cat $W/s18-progress 2>/dev/null || echo 0) -gt 1000000 ]"
+
+  kill -9 "${rpid[1]}"
+  local t0; t0=$(date +%s.%N)
+  wait_for "replica 1 to die" 5 bash -c "! kill -0 ${rpid[1]} 2>/dev/null"
+  local at_kill; at_kill=$(progress)
+  # A new access through replica 3 works within 5 s of the kill: the
+  # gateway must have moved for its acknowledgement to arrive (the shim
+  # retries a refusal on its own; it is given until then).
+  local pid3 rc=0
+  pid3=$(HUSHGATE_PASSWORD="$PASSWORD" bg cli "$W/shim18b.log" "$BIN" connect --control "${urls[3]}" \
+    --ca "$rb/ca.pem" --user dave --server rep --listen 127.0.0.1:32428)
+  wait_for "the access through replica 3" 5 grep -q "^ready:" "$W/shim18b.log" || rc=1
+  local ready_in; ready_in=$(since "$t0")
+  log "  replica 1 killed; a new access through replica 3 ready $ready_in s after the kill"
+  [ "$rc" = 0 ] || { cat "$W/shim18b.log" >&2; return 1; }
+  ns cli curl -sf --max-time 5 http://127.0.0.1:32428/identity >/dev/null
+  on=$(gw_on)
+  log "  the gateway is now connected to: $on"
+  [ -n "$on" ] && [[ "$on" != *203.0.113.3* ]]
+  # The download went on through the kill.
+  wait_for "the download to go on" 10 bash -c "[ \$(cat $W/s18-progress) -gt $((at_kill + 2000000)) ]"
+  kill -0 "$player"
+  log "  the download went on: $at_kill bytes at the kill, $(progress) now"
+
+  # A revocation through replica 2 ends it within a second.
+  local t1; t1=$(date +%s.%N)
+  radmin 2 admission revoke "$adm" >/dev/null
+  local prc=0; wait "$player" || prc=$?
+  local took; took=$(since "$t1")
+  log "  revoked through replica 2: the download ended $took s later (player exit $prc: $(tail -1 "$W/s18-player.log"))"
+  [ "$prc" = 1 ]
+  awk -v t="$took" 'BEGIN { exit !(t < 1.0) }'
+
+  # PostgreSQL restarted. While it is down, a new access is refused saying
+  # so, and the gateway keeps what it has (the client admitted through
+  # replica 3 still gets through); once it is back the replicas reconnect
+  # by themselves.
+  stop_postgres
+  local out; rc=0
+  out=$(HUSHGATE_PASSWORD="$PASSWORD" ns cli timeout 30 "$BIN" connect --control "${urls[2]}" \
+    --ca "$rb/ca.pem" --user dave --server rep --listen 127.0.0.1:32438 2>&1) || rc=$?
+  log "  PostgreSQL stopped: a new access request: exit $rc: $(echo "$out" | tail -1 | cut -c1-120)"
+  [ "$rc" != 0 ]
+  grep -q "cannot reach its database" <<<"$out"
+  ns cli curl -sf --max-time 5 http://127.0.0.1:32428/identity >/dev/null
+  start_postgres ctl
+  local t2; t2=$(date +%s.%N)
+  wait_for "an access through replica 2 after the restart" 30 bash -c "HUSHGATE_PASSWORD='$PASSWORD' \
+    ip netns exec $P-cli timeout 20 $BIN connect --control ${urls[2]} --ca $rb/ca.pem --user dave \
+    --server rep --wg-config $W/s18.conf"
+  log "  PostgreSQL back: an access through replica 2 worked $(since "$t2") s after it started"
+  kill "$pid" "$pid3" 2>/dev/null; wait "$pid" "$pid3" 2>/dev/null || true
+  stop_postgres
+}
+
 # ---------------------------------------------------------------- main
 
 # Scenarios 19 (chaos) and 20 (control plane down for a long time).
@@ -1276,7 +1423,7 @@ if [ -n "${HARNESS_EXTRA:-}" ]; then
   . "$HARNESS_EXTRA"
 fi
 
-if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 19 20); fi
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20); fi
 log "building the topology ($P)"
 build_topology
 setup_world

@@ -13,6 +13,10 @@
 //!   the transaction again (at most 3 times). A broken connection is
 //!   retried once on a fresh one, unless it broke during the commit
 //!   (then nobody knows whether it committed: the caller gets 503).
+//! - Round trips are the cost (each wakes this engine's runtime and a
+//!   server process): `BEGIN` goes out with a transaction's first
+//!   statement, its notifications with its `COMMIT`, and a transaction
+//!   that changed nothing (or failed) does not wait for its end.
 //! - Events ([`Event`]) are sent with `pg_notify` inside the transaction,
 //!   so every replica hears of them exactly when (and only if) it
 //!   commits; one connection per replica `LISTEN`s and feeds them to the
@@ -264,34 +268,88 @@ impl Postgres {
         f: &mut dyn FnMut(&mut Tx<'_>) -> Result<T>,
         committing: &mut bool,
     ) -> Result<(T, Vec<Event>)> {
-        let mut client = rt.block_on(self.pool.get()).map_err(pool_error)?;
-        let tx = rt.block_on(client.transaction()).map_err(pg_error)?;
-        if durability == Durability::Relaxed {
+        let client = rt.block_on(self.pool.get()).map_err(pool_error)?;
+        // Round trips are what a transaction costs here (each one a wake
+        // of this engine's runtime and of the server process), so:
+        // `BEGIN` is not sent on its own but in front of the first
+        // statement (pipelined, one round trip); the notifications go
+        // with `COMMIT` in one message; and a transaction that changed
+        // nothing ends without waiting for its `COMMIT` (or a failed one
+        // for its `ROLLBACK`): the connection goes back to the pool once
+        // that is done, and a later transaction on it is queued behind.
+        let begin = match durability {
+            Durability::Durable => "BEGIN",
             // Losing this commit in a database crash costs a retry, not a
             // promise: do not wait for the disk.
-            rt.block_on(tx.batch_execute("SET LOCAL synchronous_commit TO OFF"))
-                .map_err(pg_error)?;
-        }
-        let mut t = Tx::new(super::Conn::Postgres(PgConn { rt, tx: &tx }));
-        let out = f(&mut t)?;
+            Durability::Relaxed => "BEGIN; SET LOCAL synchronous_commit TO OFF",
+        };
+        let mut t = Tx::new(super::Conn::Postgres(PgConn {
+            rt,
+            client: &client,
+            begin: Some(begin),
+            wrote: false,
+        }));
+        let out = f(&mut t);
         let events = t.take_events();
-        let mut conn = PgConn { rt, tx: &tx };
-        for e in &events {
-            conn.query(
-                "SELECT pg_notify('hushgate', $1)",
-                crate::args![e.to_payload()],
-            )?;
+        let super::Conn::Postgres(conn) = &t.conn else {
+            unreachable!("a PostgreSQL transaction")
+        };
+        let (pending_begin, wrote) = (conn.begin, conn.wrote);
+        drop(t);
+        if out.is_err() || (!wrote && events.is_empty()) {
+            // Rolled back, or nothing changed: the caller need not wait.
+            if pending_begin.is_none() {
+                finish_later(rt, client, if out.is_err() { "ROLLBACK" } else { "COMMIT" });
+            }
+            return out.map(|o| (o, events));
         }
+        // The notifications and the commit, in one message: if a
+        // notification fails the rest is skipped and the transaction
+        // stays open, aborted.
+        let mut batch = pending_begin.map(|b| format!("{b}; ")).unwrap_or_default();
+        for e in &events {
+            // The payload is ours: letters, digits and spaces.
+            let payload = e.to_payload().replace('\'', "''");
+            batch.push_str(&format!("SELECT pg_notify('{CHANNEL}', '{payload}'); "));
+        }
+        batch.push_str("COMMIT");
         *committing = true;
-        rt.block_on(tx.commit()).map_err(pg_error)?;
-        Ok((out, events))
+        if let Err(e) = rt.block_on(client.batch_execute(&batch)) {
+            let e = pg_error(e);
+            if !matches!(e, StoreError::Unavailable(_)) {
+                finish_later(rt, client, "ROLLBACK");
+            }
+            return Err(e);
+        }
+        out.map(|o| (o, events))
     }
+}
+
+/// Sends `sql` (`COMMIT` or `ROLLBACK` of a transaction whose outcome
+/// no longer matters to its caller) and returns the connection to the
+/// pool once it is done, without making anyone wait. A connection that
+/// fails at it is closed, so the pool drops it rather than hand out one
+/// still inside a transaction.
+fn finish_later(
+    rt: &tokio::runtime::Runtime,
+    client: deadpool_postgres::Object,
+    sql: &'static str,
+) {
+    rt.spawn(async move {
+        if client.batch_execute(sql).await.is_err() {
+            drop(deadpool_postgres::Object::take(client));
+        }
+    });
 }
 
 /// A transaction's connection, as queries see it.
 pub(crate) struct PgConn<'a> {
     rt: &'a tokio::runtime::Runtime,
-    tx: &'a deadpool_postgres::Transaction<'a>,
+    client: &'a deadpool_postgres::Object,
+    /// The `BEGIN` still to send, in front of the first statement.
+    begin: Option<&'static str>,
+    /// Whether a statement may have changed something.
+    wrote: bool,
 }
 
 impl PgConn<'_> {
@@ -299,11 +357,13 @@ impl PgConn<'_> {
         check_parameter_order(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> =
             args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        self.wrote = true;
+        let client = self.client;
         self.rt
-            .block_on(async {
-                let st = self.tx.prepare_cached(sql).await?;
-                self.tx.execute(&st, &params).await
-            })
+            .block_on(after_begin(client, self.begin.take(), async {
+                let st = client.prepare_cached(sql).await?;
+                client.execute(&st, &params).await
+            }))
             .map_err(pg_error)
     }
 
@@ -311,14 +371,49 @@ impl PgConn<'_> {
         check_parameter_order(sql)?;
         let params: Vec<&(dyn ToSql + Sync)> =
             args.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        // A query may change things too (UPDATE ... RETURNING), or lock.
+        if !sql.trim_start().starts_with("SELECT") || sql.contains("FOR UPDATE") {
+            self.wrote = true;
+        }
+        let client = self.client;
         let rows = self
             .rt
-            .block_on(async {
-                let st = self.tx.prepare_cached(sql).await?;
-                self.tx.query(&st, &params).await
-            })
+            .block_on(after_begin(client, self.begin.take(), async {
+                let st = client.prepare_cached(sql).await?;
+                client.query(&st, &params).await
+            }))
             .map_err(pg_error)?;
         rows.iter().map(decode).collect()
+    }
+}
+
+/// Runs `statement`, after `begin` when there is one, both sent before
+/// either answer is read (one round trip).
+async fn after_begin<R>(
+    client: &deadpool_postgres::Object,
+    begin: Option<&str>,
+    statement: impl std::future::Future<Output = std::result::Result<R, tokio_postgres::Error>>,
+) -> std::result::Result<R, tokio_postgres::Error> {
+    use std::future::Future;
+    use std::task::Poll;
+    let Some(begin) = begin else {
+        return statement.await;
+    };
+    let mut b = std::pin::pin!(client.batch_execute(begin));
+    // Polled once, BEGIN is queued on the connection (which sends in
+    // order), so it goes out ahead of the statement. Both are then polled
+    // together: an answer is only read off the connection while its
+    // receiver is polled.
+    match std::future::poll_fn(|cx| Poll::Ready(b.as_mut().poll(cx))).await {
+        Poll::Ready(r) => {
+            r?;
+            statement.await
+        }
+        Poll::Pending => {
+            let (b, r) = tokio::join!(b, statement);
+            b?;
+            r
+        }
     }
 }
 
@@ -597,6 +692,7 @@ CREATE INDEX login_suspects_at ON login_suspects(at);
 ALTER TABLE servers ADD COLUMN network TEXT;
 ALTER TABLE servers ADD COLUMN reachability TEXT;
 ALTER TABLE servers ADD COLUMN probe TEXT;
+ALTER TABLE servers ADD COLUMN probe_id TEXT;
 ALTER TABLE servers ADD COLUMN probe_until BIGINT;
 "#,
 ];

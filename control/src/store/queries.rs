@@ -612,11 +612,12 @@ pub fn begin_probe(
     now: OffsetDateTime,
 ) -> Result<Option<u64>> {
     let taken = tx.exec(
-        "UPDATE servers SET probe = $1, probe_until = $2
-         WHERE id = $3 AND (probe IS NULL OR probe_until IS NULL OR probe_until <= $4)",
+        "UPDATE servers SET probe = $1, probe_until = $2, probe_id = $3
+         WHERE id = $4 AND (probe IS NULL OR probe_until IS NULL OR probe_until <= $5)",
         args![
             serde_json::to_string(probe).unwrap_or_default(),
             probe.expires_at.unix_timestamp(),
+            probe.id.as_str(),
             server_id,
             now.unix_timestamp()
         ],
@@ -631,17 +632,14 @@ pub fn begin_probe(
 /// new version whose history names it, which, having no row, a diff
 /// reports removed.
 pub fn end_probe(tx: &mut Tx, server_id: i64, probe_id: &str) -> Result<()> {
-    let current = tx
-        .query_opt("SELECT probe FROM servers WHERE id = $1", args![server_id])?
-        .map(|r| r.opt_text(0))
-        .transpose()?
-        .flatten()
-        .and_then(|t| serde_json::from_str::<FeedAdmission>(&t).ok());
-    if current.is_some_and(|p| p.id == probe_id) {
-        tx.exec(
-            "UPDATE servers SET probe = NULL, probe_until = NULL WHERE id = $1",
-            args![server_id],
-        )?;
+    // One statement: another replica may have replaced an admission past
+    // its deadline with its own in the meantime, which must stay.
+    let ended = tx.exec(
+        "UPDATE servers SET probe = NULL, probe_until = NULL, probe_id = NULL
+         WHERE id = $1 AND probe_id = $2",
+        args![server_id, probe_id],
+    )?;
+    if ended == 1 {
         changed(tx, server_id, &[probe_id])?;
     }
     Ok(())
@@ -657,14 +655,34 @@ pub fn end_probe(tx: &mut Tx, server_id: i64, probe_id: &str) -> Result<()> {
 /// version (what the incremental feed reads), and every replica's hub
 /// hears of the version once it commits.
 pub fn changed(tx: &mut Tx, server_id: i64, touched: &[&str]) -> Result<u64> {
-    let v = count(
-        tx.query_one(
-            "UPDATE servers SET version = version + 1 WHERE id = $1 RETURNING version",
-            args![server_id],
-        )?
-        .i64(0)?,
-    );
-    for id in touched {
+    let (v, rest) = match touched.split_first() {
+        // On PostgreSQL the version and the first history row in one
+        // statement: each statement there is a round trip.
+        Some((first, rest)) if tx.engine() == Engine::Postgres => {
+            let v = tx
+                .query_one(
+                    "WITH v AS (UPDATE servers SET version = version + 1 WHERE id = $1
+                         RETURNING version)
+                     INSERT INTO feed_touch(server_id, admission_id, version)
+                     SELECT $1, $2, version FROM v
+                     ON CONFLICT(server_id, admission_id) DO UPDATE SET version = excluded.version
+                     RETURNING version",
+                    args![server_id, *first],
+                )?
+                .i64(0)?;
+            (count(v), rest)
+        }
+        _ => {
+            let v = tx
+                .query_one(
+                    "UPDATE servers SET version = version + 1 WHERE id = $1 RETURNING version",
+                    args![server_id],
+                )?
+                .i64(0)?;
+            (count(v), touched)
+        }
+    };
+    for id in rest {
         tx.exec(
             "INSERT INTO feed_touch(server_id, admission_id, version) VALUES ($1, $2, $3)
              ON CONFLICT(server_id, admission_id) DO UPDATE SET version = excluded.version",
@@ -742,31 +760,23 @@ pub fn feed_since(tx: &mut Tx, server_id: i64, after: Option<u64>) -> Result<Fee
             });
         }
         if after >= floor && after < server.version {
-            let touched: Vec<String> = tx
-                .query(
-                    "SELECT admission_id FROM feed_touch WHERE server_id = $1 AND version > $2
-                     ORDER BY version, admission_id",
-                    args![server_id, after],
-                )?
-                .iter()
-                .map(|r| r.text(0))
-                .collect::<Result<_>>()?;
-            let mut now: std::collections::HashMap<String, Admission> = tx
-                .query(
-                    &format!(
-                        "SELECT {ADMISSION_COLS} {ADMISSION_FROM} WHERE a.server_id = $1 AND a.id IN
-                         (SELECT admission_id FROM feed_touch WHERE server_id = $1 AND version > $2)"
-                    ),
-                    args![server_id, after],
-                )?
-                .iter()
-                .map(|r| admission_row(r).map(|a| (a.id.clone(), a)))
-                .collect::<Result<_>>()?;
+            // Each touched admission in the order it was last changed,
+            // with what it is now (none: it is gone), in one query.
             let (mut upserts, mut removed) = (Vec::new(), Vec::new());
-            for id in touched {
-                match now.remove(&id) {
-                    Some(a) => upserts.push(a),
-                    None => removed.push(id),
+            for r in tx.query(
+                &format!(
+                    "SELECT {ADMISSION_COLS}, t.admission_id FROM feed_touch t
+                     LEFT JOIN admissions a ON a.id = t.admission_id AND a.server_id = t.server_id
+                     LEFT JOIN users u ON u.id = a.user_id
+                     LEFT JOIN servers s ON s.id = a.server_id
+                     WHERE t.server_id = $1 AND t.version > $2
+                     ORDER BY t.version, t.admission_id"
+                ),
+                args![server_id, after],
+            )? {
+                match r.opt_text(0)? {
+                    Some(_) => upserts.push(admission_row(&r)?),
+                    None => removed.push(r.text(15)?),
                 }
             }
             return Ok(FeedAnswer::Diff {
@@ -1057,6 +1067,12 @@ pub struct NewAdmission {
 /// version: only the holder of the key's private half can use either.
 pub fn insert_admission(tx: &mut Tx, new: &NewAdmission) -> Result<(Admission, u64)> {
     lock_server(tx, new.server_id)?;
+    insert_admission_locked(tx, new)
+}
+
+/// [`insert_admission`] when the caller took [`lock_server`] already in
+/// this transaction.
+pub fn insert_admission_locked(tx: &mut Tx, new: &NewAdmission) -> Result<(Admission, u64)> {
     let mut replaced = None;
     if let Some(key) = &new.client_key {
         if let Some(old) = admissions_where(
@@ -1080,66 +1096,79 @@ pub fn insert_admission(tx: &mut Tx, new: &NewAdmission) -> Result<(Admission, u
         AccessMode::Tunnel => Some(allocate_tunnel_index(tx, new.server_id)?),
         AccessMode::Direct => None,
     };
-    tx.exec(
+    const INSERT: &str =
         "INSERT INTO admissions(id, user_id, server_id, mode, client_key, psk, source, binding,
              tunnel_index, services, state, created_at, expires_at, pending_until)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, $13)",
-        args![
-            &new.id,
-            new.user_id,
-            new.server_id,
-            match new.mode {
-                AccessMode::Tunnel => "tunnel",
-                AccessMode::Direct => "direct",
-            },
-            new.client_key.map(|k| k.to_string()),
-            new.psk.map(|k| k.to_string()),
-            new.source.to_string(),
-            new.binding.to_string(),
-            index,
-            serde_json::to_string(&new.services).unwrap_or_default(),
-            millis(new.created_at),
-            millis(new.expires_at),
-            millis(new.pending_until),
-        ],
-    )?;
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending', $11, $12, $13)";
+    let values = args![
+        &new.id,
+        new.user_id,
+        new.server_id,
+        match new.mode {
+            AccessMode::Tunnel => "tunnel",
+            AccessMode::Direct => "direct",
+        },
+        new.client_key.map(|k| k.to_string()),
+        new.psk.map(|k| k.to_string()),
+        new.source.to_string(),
+        new.binding.to_string(),
+        index,
+        serde_json::to_string(&new.services).unwrap_or_default(),
+        millis(new.created_at),
+        millis(new.expires_at),
+        millis(new.pending_until),
+    ];
+    // On PostgreSQL the row comes back as stored from the insert itself
+    // (one round trip less); SQLite reads it after.
+    let inserted = if tx.engine() == Engine::Postgres {
+        let row = tx.query_one(
+            &format!(
+                "WITH a AS ({INSERT} RETURNING *) SELECT {ADMISSION_COLS} FROM a
+                 JOIN users u ON u.id = a.user_id JOIN servers s ON s.id = a.server_id"
+            ),
+            values,
+        )?;
+        Some(admission_row(&row)?)
+    } else {
+        tx.exec(INSERT, values)?;
+        None
+    };
     let mut touched = vec![new.id.as_str()];
     if let Some(old) = &replaced {
         touched.push(old);
     }
     let version = changed(tx, new.server_id, &touched)?;
-    let adm =
-        admission(tx, &new.id)?.ok_or_else(|| StoreError::NotFound("admission vanished".into()))?;
+    let adm = match inserted {
+        Some(a) => a,
+        None => admission(tx, &new.id)?
+            .ok_or_else(|| StoreError::NotFound("admission vanished".into()))?,
+    };
     Ok((adm, version))
 }
 
-/// The user whose admission on a server holds `key`, if any.
-pub fn key_holder(tx: &mut Tx, server_id: i64, key: &WgKey) -> Result<Option<i64>> {
-    tx.query_opt(
-        "SELECT user_id FROM admissions WHERE server_id = $1 AND client_key = $2",
-        args![server_id, key.to_string()],
-    )?
-    .map(|r| r.i64(0))
-    .transpose()
-}
-
 /// How many admissions (pending or active, not past their expiry) a
-/// user holds on a server. Call [`lock_server`] first when the answer
-/// decides whether to insert one.
+/// user holds on a server, and how many of those (0 or 1) hold `key`.
+/// Call [`lock_server`] first when the answer decides whether to insert
+/// one.
 pub fn live_admissions_of(
     tx: &mut Tx,
     user_id: i64,
     server_id: i64,
     now: OffsetDateTime,
-) -> Result<u32> {
-    let n = tx
-        .query_one(
-            "SELECT COUNT(*) FROM admissions
-             WHERE server_id = $1 AND user_id = $2 AND expires_at > $3",
-            args![server_id, user_id, millis(now)],
-        )?
-        .i64(0)?;
-    Ok(n.clamp(0, i64::from(u32::MAX)) as u32)
+    key: Option<&WgKey>,
+) -> Result<(u32, u32)> {
+    let r = tx.query_one(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN client_key = $1 THEN 1 ELSE 0 END), 0)
+         FROM admissions WHERE server_id = $2 AND user_id = $3 AND expires_at > $4",
+        args![
+            key.map(|k| k.to_string()).unwrap_or_default(),
+            server_id,
+            user_id,
+            millis(now)
+        ],
+    )?;
+    let n = |i| -> Result<u32> { Ok(r.i64(i)?.clamp(0, i64::from(u32::MAX)) as u32) };
+    Ok((n(0)?, n(1)?.min(n(0)?)))
 }
 
 // Tunnel addresses. The free ones of a server are the indexes in
@@ -1156,6 +1185,26 @@ const LOWEST_RELEASED: &str =
 
 /// Takes the lowest free tunnel index of a server.
 fn allocate_tunnel_index(tx: &mut Tx, server_id: i64) -> Result<u32> {
+    if tx.engine() == Engine::Postgres {
+        // Both steps in one statement (one round trip): the lowest
+        // released index if there is one, else the mark, moved on.
+        let i = tx
+            .query_one(
+                "WITH f AS (
+                     DELETE FROM tunnel_free WHERE server_id = $1 AND tunnel_index =
+                         (SELECT tunnel_index FROM tunnel_free WHERE server_id = $1
+                          ORDER BY tunnel_index LIMIT 1)
+                     RETURNING tunnel_index),
+                 n AS (
+                     UPDATE servers SET next_tunnel_index = next_tunnel_index + 1
+                     WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM f)
+                     RETURNING next_tunnel_index - 1 AS tunnel_index)
+                 SELECT tunnel_index FROM f UNION ALL SELECT tunnel_index FROM n",
+                args![server_id],
+            )?
+            .i64(0)?;
+        return checked_index(i);
+    }
     if let Some(r) = tx.query_opt(LOWEST_RELEASED, args![server_id])? {
         let i = r.i64(0)?;
         tx.exec(
@@ -1164,22 +1213,26 @@ fn allocate_tunnel_index(tx: &mut Tx, server_id: i64) -> Result<u32> {
         )?;
         return Ok(i as u32);
     }
+    // Taken and moved in one statement.
     let next = tx
         .query_one(
-            "SELECT next_tunnel_index FROM servers WHERE id = $1",
+            "UPDATE servers SET next_tunnel_index = next_tunnel_index + 1 WHERE id = $1
+             RETURNING next_tunnel_index - 1",
             args![server_id],
         )?
         .i64(0)?;
-    if next > i64::from(MAX_TUNNEL_INDEX) {
+    checked_index(next)
+}
+
+/// An index just taken from the mark, refused past the last one (the
+/// error rolls the move back with everything else).
+fn checked_index(i: i64) -> Result<u32> {
+    if i > i64::from(MAX_TUNNEL_INDEX) {
         return Err(StoreError::Exhausted(
             "this server has no free tunnel address left (65,533 live admissions)".into(),
         ));
     }
-    tx.exec(
-        "UPDATE servers SET next_tunnel_index = $1 WHERE id = $2",
-        args![next + 1, server_id],
-    )?;
-    Ok(next as u32)
+    Ok(i as u32)
 }
 
 /// Returns a tunnel index to its server's free list.
@@ -1232,6 +1285,42 @@ pub fn activate(tx: &mut Tx, id: &str) -> Result<bool> {
          WHERE id = $1 AND state = 'pending'",
         args![id],
     )? > 0)
+}
+
+/// [`activate`], and when it did, [`audit`]: one statement on
+/// PostgreSQL.
+pub fn activate_with_audit(
+    tx: &mut Tx,
+    id: &str,
+    now: OffsetDateTime,
+    a: Audit<'_>,
+) -> Result<bool> {
+    if tx.engine() == Engine::Postgres {
+        let rows = tx.query(
+            "WITH act AS (UPDATE admissions SET state = 'active', pending_until = NULL
+                 WHERE id = $1 AND state = 'pending' RETURNING id)
+             INSERT INTO audit(at, event, username, server, admission_id, source, detail)
+             SELECT CAST($2 AS BIGINT), CAST($3 AS TEXT), CAST($4 AS TEXT), CAST($5 AS TEXT),
+                 CAST($6 AS TEXT), CAST($7 AS TEXT), CAST($8 AS TEXT) FROM act
+             RETURNING id",
+            args![
+                id,
+                millis(now),
+                a.event,
+                a.username,
+                a.server,
+                a.admission_id,
+                a.source.map(|s| s.to_string()),
+                a.detail,
+            ],
+        )?;
+        return Ok(!rows.is_empty());
+    }
+    if !activate(tx, id)? {
+        return Ok(false);
+    }
+    audit(tx, now, a)?;
+    Ok(true)
 }
 
 /// Removes an admission; returns the server's new version, or `None` when

@@ -286,6 +286,7 @@ const SCHEMA_V4: &str = r#"
 ALTER TABLE servers ADD COLUMN network TEXT;
 ALTER TABLE servers ADD COLUMN reachability TEXT;
 ALTER TABLE servers ADD COLUMN probe TEXT;
+ALTER TABLE servers ADD COLUMN probe_id TEXT;
 ALTER TABLE servers ADD COLUMN probe_until INTEGER;
 "#;
 

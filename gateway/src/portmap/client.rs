@@ -89,7 +89,7 @@ impl Clients {
         let mut leases = Vec::new();
         let mut epoch = None;
         let mut external_ip = None;
-        let mut mappings = Vec::new();
+        let mut mappings: Vec<PortMapping> = Vec::new();
         for spec in ports {
             let Some(port) = NonZeroU16::new(spec.port) else {
                 continue;
@@ -126,7 +126,25 @@ impl Clients {
             };
             let m = match result {
                 Ok(m) => m,
-                Err(outcome) => return outcome,
+                Err(outcome) => {
+                    // What this round mapped before the refusal stays
+                    // held, so that the next round renews it or the
+                    // shutdown deletes it (not left forwarded for a lease).
+                    for m in mappings {
+                        let same_port = |h: &PortMapping| {
+                            h.internal_port() == m.internal_port()
+                                && matches!(
+                                    (h.protocol(), m.protocol()),
+                                    (InternetProtocol::Udp, InternetProtocol::Udp)
+                                        | (InternetProtocol::Tcp, InternetProtocol::Tcp)
+                                )
+                        };
+                        if !self.held.iter().any(same_port) {
+                            self.held.push(m);
+                        }
+                    }
+                    return outcome;
+                }
             };
             epoch = Some(m.gateway_epoch());
             if let crab_nat::PortMappingType::Pcp {
@@ -170,13 +188,25 @@ impl Clients {
 
     async fn upnp_gateway(&mut self) -> Result<&igd_next::aio::Gateway<Tokio>, Outcome> {
         if self.upnp.is_none() {
+            // The search goes to the router alone (SSDP's unicast
+            // M-SEARCH), not to the LAN's multicast group, and only the
+            // router's answer counts: any device on the LAN could answer
+            // a multicast search and name an external address of its
+            // choosing, which the gateway would report as its endpoint.
             let mut options = igd_next::SearchOptions::default();
             options.bind_addr = SocketAddr::new(self.local, 0);
+            options.broadcast_address = SocketAddr::new(self.router, 1900);
             options.timeout = Some(UPNP_SEARCH);
             options.single_search_timeout = Some(UPNP_SEARCH);
             let found = igd_next::aio::tokio::search_gateway(options)
                 .await
                 .map_err(|e| Outcome::NoAnswer(format!("no UPnP gateway answered: {e}")))?;
+            if found.addr.ip().to_canonical() != self.router.to_canonical() {
+                return Err(Outcome::NoAnswer(format!(
+                    "a UPnP device other than the router answered ({}); ignored",
+                    found.addr.ip()
+                )));
+            }
             self.upnp = Some(found);
         }
         Ok(self.upnp.as_ref().expect("set above"))

@@ -214,7 +214,18 @@ pub struct Mapper {
     last: Option<(MappingState, Option<MappingProtocol>, String)>,
     backoff: Duration,
     events: VecDeque<Event>,
+    /// When the last announcement was acted on (see `announcement`).
+    last_announcement: Option<Instant>,
 }
+
+/// Announcements acted on at most this often: they are unauthenticated
+/// datagrams that anyone on the LAN can send with the router's address,
+/// and each one costs a round of requests to the router.
+pub const ANNOUNCEMENT_SPACING: Duration = Duration::from_secs(10);
+
+/// The shortest renewal period, whatever lease the router grants: a
+/// router granting a second would otherwise be asked twice a second.
+pub const MIN_RENEWAL: Duration = Duration::from_secs(5);
 
 impl Mapper {
     /// `ports[0]` is the gateway's UDP port: its external port is the
@@ -229,6 +240,7 @@ impl Mapper {
             last: None,
             backoff: timing.retry_min,
             events: VecDeque::new(),
+            last_announcement: None,
         }
     }
 
@@ -415,7 +427,7 @@ impl Mapper {
             protocol,
             epoch: grant.epoch.map(|e| (e, now)),
             expires_at: now + lease,
-            renew_at: now + lease / 2,
+            renew_at: now + (lease / 2).max(MIN_RENEWAL),
             check_at: now + self.timing.check_interval,
             grant,
             failures: 0,
@@ -425,6 +437,13 @@ impl Mapper {
     /// The router announced a change (PCP ANNOUNCE, NAT-PMP address
     /// notice): check at once, or probe at once if nothing is held.
     pub fn announcement(&mut self, now: Instant) {
+        if self
+            .last_announcement
+            .is_some_and(|t| now.saturating_duration_since(t) < ANNOUNCEMENT_SPACING)
+        {
+            return;
+        }
+        self.last_announcement = Some(now);
         match &mut self.phase {
             Phase::Mapped(h) => h.check_at = now,
             Phase::Waiting { until } => *until = now,
@@ -487,7 +506,7 @@ impl Mapper {
                 Some((state, protocol, detail)) => {
                     r.state = *state;
                     r.protocol = *protocol;
-                    r.error = Some(detail.clone());
+                    r.error = Some(proto::reach::clean_text(detail));
                 }
                 None => r.state = MappingState::Pending,
             },
@@ -623,6 +642,35 @@ mod tests {
             }]
         );
         assert_eq!(m.external(), Some("203.0.113.99:51820".parse().unwrap()));
+    }
+
+    #[test]
+    fn announcements_are_acted_on_at_most_once_per_spacing() {
+        let t0 = Instant::now();
+        let mut m = mapped(t0);
+        let t1 = t0 + Duration::from_secs(3);
+        m.announcement(t1);
+        assert_eq!(m.poll_timeout(), Some(t1));
+        m.poll_request(t1).unwrap();
+        m.handle(grant("203.0.113.98", 600, Some(1003)), t1);
+        // A flood of (spoofable) announcements right after: ignored.
+        for i in 1..100 {
+            m.announcement(t1 + Duration::from_millis(i * 10));
+        }
+        assert_eq!(m.poll_timeout(), Some(t1 + Duration::from_secs(60)));
+        // Once the spacing has passed, the next one counts again.
+        let t2 = t1 + ANNOUNCEMENT_SPACING;
+        m.announcement(t2);
+        assert_eq!(m.poll_timeout(), Some(t2));
+    }
+
+    #[test]
+    fn a_tiny_lease_is_not_renewed_more_often_than_the_minimum() {
+        let t0 = Instant::now();
+        let mut m = Mapper::new(vec![UDP, TCP], timing(), t0);
+        m.poll_request(t0).unwrap();
+        m.handle(grant("203.0.113.98", 1, Some(7)), t0);
+        assert_eq!(m.poll_timeout(), Some(t0 + MIN_RENEWAL));
     }
 
     #[test]

@@ -289,8 +289,13 @@ async fn report_changes(r: Reporting, mut status: watch::Receiver<MappingReport>
         // "pending" would only make the control plane check too early.
         if mapping.state != MappingState::Pending {
             let mut report = r.base.clone();
+            // A private or carrier-grade external address (a router behind
+            // another NAT says so) is no endpoint: the control plane then
+            // uses the address it sees, as without a mapping.
             report.public_endpoint = r.configured.or(match mapping.state {
-                MappingState::Mapped => mapping.external,
+                MappingState::Mapped => mapping
+                    .external
+                    .filter(|e| proto::reach::is_reportable_external(e.ip())),
                 _ => None,
             });
             report.network = Some(NetworkReport {

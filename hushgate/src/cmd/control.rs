@@ -325,7 +325,15 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
         "control plane listening on https://{local} (open TCP {} to gateways and clients)",
         local.port()
     );
-    if !own_cert {
+    // A replica started from a bundle (the CA's certificate without its
+    // key) serves the bundle's certificate, whatever names this host has.
+    let shared_cert = !state.join("ca-key.pem").exists() && state.join("ca.pem").exists();
+    if shared_cert && !own_cert {
+        println!(
+            "certificate: the shared one in {} (its names are those 'hushgate control init' was given; gateways and clients must use one of them in --control)",
+            state.join("server.pem").display()
+        );
+    } else if !own_cert {
         println!(
             "certificate names: localhost, 127.0.0.1, ::1{}{} (gateways and clients must use one of these in --control; add others with --san)",
             if sans.is_empty() { "" } else { ", " },
