@@ -49,8 +49,9 @@ CHAOS_WG_RECOVER="${CHAOS_WG_RECOVER:-20}"
 # timeout (15 s) and a second.
 CHAOS_ROAM_RECOVER="${CHAOS_ROAM_RECOVER:-16}"
 # After a gateway restart the shim's tunnel session is gone at the gateway;
-# its stall probe finds the admission fine, and the tunnel comes back with
-# WireGuard's next handshake (its 5 s rekey timer): 4-5 s measured under
+# its stall probe finds the admission fine, and the tunnel comes back,
+# apparently at WireGuard's next handshake (REKEY_TIMEOUT is 5 s; not
+# traced to the line): 4-5 s measured under
 # load, so 5 s is met only just, and the bound is 8 s. (Forcing a
 # handshake when the probe finds the admission fine would bring it to
 # about a second: not done yet.)
