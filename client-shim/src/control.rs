@@ -4,9 +4,10 @@
 //! login's token expires); tests substitute an in-memory one.
 
 use control_client::{ClientError, ControlClient, Trust};
-use proto::api::{AccessResponse, RenewResponse};
+use proto::api::{AccessResponse, LoginRequest, RenewResponse};
 use proto::WgKey;
 use std::future::Future;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Call, ShimError};
 
@@ -33,6 +34,81 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Who this device is to the control plane: its long-lived credential,
+/// kept in a private file (0600; written at the first login, which
+/// registers the device under `name`), so that a server's owner approves
+/// it once and every later session is the same device. The WireGuard keys
+/// stay ephemeral, one per session.
+#[derive(Debug, Clone)]
+pub struct DeviceIdentity {
+    pub file: PathBuf,
+    /// What the owner sees when approving ("alice's laptop").
+    pub name: String,
+}
+
+fn device_error(msg: String) -> ShimError {
+    ShimError::Control(ClientError::Config(msg))
+}
+
+/// The credential in `file`, if the device was registered already. A
+/// file others can read is refused: it holds a secret.
+fn read_device_credential(file: &Path) -> Result<Option<String>, ShimError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = match std::fs::metadata(file) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(device_error(format!(
+                "cannot read the device file {}: {e}",
+                file.display()
+            )))
+        }
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(device_error(format!(
+            "the device file {} can be read by others (mode {mode:o}) and holds this device's credential; run 'chmod 600 {}'",
+            file.display(),
+            file.display()
+        )));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        device_error(format!(
+            "cannot read the device file {}: {e}",
+            file.display()
+        ))
+    })?;
+    Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()))
+}
+
+/// Keeps a new device's credential, private from its first byte.
+fn write_device_credential(file: &Path, credential: &str) -> Result<(), ShimError> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let fail = |e: std::io::Error| {
+        device_error(format!(
+            "cannot write the device file {}: {e}",
+            file.display()
+        ))
+    };
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(fail)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(fail)?;
+    f.write_all(format!("{credential}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(fail)
+}
+
 /// The three calls a session makes after logging in.
 pub(crate) trait ControlApi: Send + 'static {
     fn access(
@@ -51,6 +127,7 @@ pub(crate) struct HttpControl {
     authed: ControlClient,
     credentials: Credentials,
     server: String,
+    device: Option<DeviceIdentity>,
 }
 
 impl HttpControl {
@@ -60,6 +137,7 @@ impl HttpControl {
         trust: Trust,
         credentials: Credentials,
         server: &str,
+        device: Option<DeviceIdentity>,
     ) -> Result<HttpControl, ShimError> {
         let base = ControlClient::new(url, trust).map_err(ShimError::Control)?;
         let authed = match &credentials {
@@ -71,6 +149,7 @@ impl HttpControl {
             authed,
             credentials,
             server: server.into(),
+            device,
         };
         if let Credentials::Password { .. } = c.credentials {
             c.relogin().await?;
@@ -82,11 +161,27 @@ impl HttpControl {
         let Credentials::Password { user, password } = &self.credentials else {
             return Ok(());
         };
+        let mut req = LoginRequest {
+            username: user.clone(),
+            password: password.clone(),
+            totp: None,
+            device_credential: None,
+            device_name: None,
+        };
+        if let Some(d) = &self.device {
+            match read_device_credential(&d.file)? {
+                Some(c) => req.device_credential = Some(c),
+                None => req.device_name = Some(d.name.clone()),
+            }
+        }
         let r = self
             .base
-            .login(user, password)
+            .login_with(&req)
             .await
             .map_err(|e| self.map(e, Call::Login))?;
+        if let (Some(d), Some(cred)) = (&self.device, &r.device_credential) {
+            write_device_credential(&d.file, cred)?;
+        }
         self.authed = self.base.with_bearer(&r.token);
         Ok(())
     }

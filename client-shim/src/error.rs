@@ -23,6 +23,15 @@ pub enum ShimError {
     /// adding only what it does not say).
     #[error("{message}")]
     RateLimited { message: String },
+    /// The account signs in with two factors and the code was missing or
+    /// wrong (the control plane's message says which).
+    #[error("{message}")]
+    SecondFactor { message: String },
+    /// The server's owner approves each new device and has not approved
+    /// this one yet ("waiting for alice to approve this device for server
+    /// 'den'"): ask again later; nothing is wrong.
+    #[error("{message}")]
+    WaitingForApproval { server: String, message: String },
     /// No grant on that server (or no such server: the control plane does
     /// not tell the two apart).
     #[error("{message}")]
@@ -76,6 +85,10 @@ pub enum ShimError {
 #[non_exhaustive]
 pub enum ErrorKind {
     WrongPassword,
+    /// The two-factor code was missing or wrong.
+    SecondFactor,
+    /// The device waits for the server owner's approval.
+    WaitingForApproval,
     TokenRejected,
     RateLimited,
     NoAccess,
@@ -114,6 +127,26 @@ impl ShimError {
             ClientError::CertificateNotTrusted { url, detail } => {
                 ShimError::CertificateNotTrusted { url, detail }
             }
+            e @ ClientError::Api { status: 401, .. }
+                if call == Call::Login && e.code() == Some("device_unknown") =>
+            {
+                ShimError::Control(e)
+            }
+            ClientError::Api {
+                status: 401,
+                code,
+                message,
+            } if call == Call::Login && (code == "totp_required" || code == "totp_wrong") => {
+                ShimError::SecondFactor { message }
+            }
+            ClientError::Api {
+                status: 403,
+                code,
+                message,
+            } if code == "waiting_for_approval" => ShimError::WaitingForApproval {
+                server: server.into(),
+                message,
+            },
             ClientError::Api {
                 status: 401,
                 message,
@@ -171,6 +204,8 @@ impl ShimError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ShimError::WrongPassword { .. } => ErrorKind::WrongPassword,
+            ShimError::SecondFactor { .. } => ErrorKind::SecondFactor,
+            ShimError::WaitingForApproval { .. } => ErrorKind::WaitingForApproval,
             ShimError::TokenRejected { .. } => ErrorKind::TokenRejected,
             ShimError::RateLimited { .. } => ErrorKind::RateLimited,
             ShimError::NoAccess { .. } => ErrorKind::NoAccess,
@@ -197,6 +232,7 @@ impl ShimError {
             ShimError::ControlUnreachable { .. }
             | ShimError::GatewayOffline { .. }
             | ShimError::RateLimited { .. }
+            | ShimError::WaitingForApproval { .. }
             | ShimError::GatewayUnreachable { .. } => true,
             ShimError::Control(ClientError::Api { status, .. }) => *status >= 500,
             ShimError::Control(ClientError::BadAnswer(_)) => true,
@@ -244,6 +280,17 @@ mod tests {
             m(api(403, "no_access"), Call::Renew),
             ShimError::Revoked { .. }
         ));
+        assert!(matches!(
+            m(api(401, "totp_required"), Call::Login),
+            ShimError::SecondFactor { .. }
+        ));
+        assert!(matches!(
+            m(api(401, "totp_wrong"), Call::Login),
+            ShimError::SecondFactor { .. }
+        ));
+        let waiting = m(api(403, "waiting_for_approval"), Call::Access);
+        assert_eq!(waiting.kind(), ErrorKind::WaitingForApproval);
+        assert_eq!(waiting.to_string(), "msg waiting_for_approval");
         let e = m(api(409, "conflict"), Call::Access);
         assert!(matches!(e, ShimError::Control(_)) && !e.is_transient());
         assert!(m(api(503, "exhausted"), Call::Access).is_transient());

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::answer::{validate_access, TunnelParams};
-use crate::control::{ControlApi, Credentials, HttpControl};
+use crate::control::{ControlApi, Credentials, DeviceIdentity, HttpControl};
 use crate::datapath::{
     Command, DataPathConfig, DataPathControl, DataPathHandle, Install, PathEvent,
 };
@@ -36,6 +36,23 @@ pub struct ShimConfig {
     /// The local address the player connects to, e.g. `127.0.0.1:32400`.
     /// Port 0 picks a free port ([`Session::local_addr`] tells which).
     pub listen: SocketAddr,
+    /// This device's identity (needed for servers whose owner approves
+    /// each device); `None` logs in without one.
+    pub device: Option<DeviceIdentity>,
+    /// Told the control plane's message ("waiting for alice to approve
+    /// this device for server 'den'") while `connect` waits for the
+    /// owner's decision; `connect` keeps asking until then.
+    pub on_waiting: Option<WaitingNotice>,
+}
+
+/// A callback for the waiting state (see [`ShimConfig::on_waiting`]).
+#[derive(Clone)]
+pub struct WaitingNotice(pub std::sync::Arc<dyn Fn(&str) + Send + Sync>);
+
+impl std::fmt::Debug for WaitingNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WaitingNotice(..)")
+    }
 }
 
 /// What happens to a session, in order.
@@ -103,6 +120,11 @@ pub(crate) struct Tuning {
     /// Least time between two revocation probes during stalls.
     pub(crate) probe_interval: Duration,
     pub(crate) backoff: Backoff,
+    /// How long `connect` waits for an owner to approve this device.
+    pub(crate) approval_wait: Duration,
+    /// How often it asks meanwhile (the control plane suggests 3 s).
+    pub(crate) approval_poll: Duration,
+    pub(crate) waiting: Option<WaitingNotice>,
 }
 
 impl Default for Tuning {
@@ -112,6 +134,9 @@ impl Default for Tuning {
             handshake_timeout: Duration::from_secs(15),
             probe_interval: Duration::from_secs(5),
             backoff: Backoff::default(),
+            approval_wait: Duration::from_secs(30 * 60),
+            approval_poll: Duration::from_secs(3),
+            waiting: None,
         }
     }
 }
@@ -145,6 +170,7 @@ impl Session {
             config.trust,
             config.credentials,
             &config.server,
+            config.device,
         )
         .await?;
         Session::start(
@@ -152,7 +178,10 @@ impl Session {
             listener,
             config.server,
             config.service,
-            Tuning::default(),
+            Tuning {
+                waiting: config.on_waiting,
+                ..Tuning::default()
+            },
         )
         .await
     }
@@ -164,7 +193,8 @@ impl Session {
         service: Option<String>,
         tuning: Tuning,
     ) -> Result<Session, ShimError> {
-        let (secret, params) = admit(&mut control, &server, service.as_deref()).await?;
+        let (secret, params) =
+            admit(&mut control, &server, service.as_deref(), Some(&tuning)).await?;
         let (path_tx, mut path_rx) = mpsc::unbounded_channel();
         let install = Install {
             generation: 1,
@@ -313,14 +343,37 @@ fn ephemeral_key() -> (StaticSecret, WgKey) {
 }
 
 /// One access request with a new key, checked. An answer that cannot be
-/// used is revoked at once so it does not linger at the gateway.
+/// used is revoked at once so it does not linger at the gateway. With
+/// `approval`, a device waiting for its owner's approval asks again
+/// every `approval_poll` (telling `waiting` once per message) until the
+/// owner decides or `approval_wait` has passed.
 async fn admit<C: ControlApi>(
     control: &mut C,
     server: &str,
     service: Option<&str>,
+    approval: Option<&Tuning>,
 ) -> Result<(StaticSecret, TunnelParams), ShimError> {
     let (secret, public) = ephemeral_key();
-    let resp = control.access(server, public).await?;
+    let started = Instant::now();
+    let mut told: Option<String> = None;
+    let resp = loop {
+        match control.access(server, public).await {
+            Err(ShimError::WaitingForApproval { message, .. })
+                if approval.is_some_and(|t| started.elapsed() < t.approval_wait) =>
+            {
+                let t = approval.expect("checked above");
+                if told.as_deref() != Some(message.as_str()) {
+                    tracing::info!(%server, "{message}");
+                    if let Some(w) = &t.waiting {
+                        (w.0)(&message);
+                    }
+                    told = Some(message);
+                }
+                tokio::time::sleep(t.approval_poll).await;
+            }
+            r => break r?,
+        }
+    };
     match validate_access(&resp, service) {
         Ok(p) => Ok((secret, p)),
         Err(e) => {
@@ -490,11 +543,7 @@ impl<C: ControlApi> Supervisor<C> {
             PathEvent::Lost { generation }
                 if generation == self.generation && self.reconnect.is_none() =>
             {
-                tracing::info!(
-                    gateway = %self.current.gateway_endpoint,
-                    "gateway stopped answering; asking for a new admission"
-                );
-                self.lost();
+                self.lost("gateway stopped answering; asking for a new admission");
             }
             // Silence may mean revocation: the gateway dropped us and
             // cannot say so. A reset of a connection by the gateway's side
@@ -511,6 +560,16 @@ impl<C: ControlApi> Supervisor<C> {
             _ => {}
         }
         None
+    }
+
+    /// The path is gone: say so and ask for a new admission at once.
+    fn lost(&mut self, why: &'static str) {
+        tracing::info!(gateway = %self.current.gateway_endpoint, "{why}");
+        self.emit(SessionEvent::Lost);
+        self.reconnect = Some(Reconnect {
+            backoff: self.tuning.backoff.clone(),
+            next_try: Instant::now(),
+        });
     }
 
     /// Asks the control plane whether the admission still stands: a
@@ -550,11 +609,7 @@ impl<C: ControlApi> Supervisor<C> {
                 // waiting for the silence to count as a loss. (After a
                 // reset alone the tunnel answers: that is no move.)
                 if r.moved == Some(true) && self.stalled {
-                    tracing::info!(
-                        gateway = %self.current.gateway_endpoint,
-                        "this device's network address changed; asking for a new admission"
-                    );
-                    self.lost();
+                    self.lost("this device's network address changed; asking for a new admission");
                 }
             }
             Some(Err(ShimError::Revoked { message, .. })) => return self.gone(message),
@@ -578,24 +633,10 @@ impl<C: ControlApi> Supervisor<C> {
         if OffsetDateTime::now_utc() < self.current.expires_at {
             return Some(EndReason::Revoked { message });
         }
-        tracing::info!(
-            admission = %self.current.admission_id,
-            "the admission expired while it could not be renewed; asking for a new one"
-        );
         if self.reconnect.is_none() {
-            self.lost();
+            self.lost("the admission expired while it could not be renewed; asking for a new one");
         }
         None
-    }
-
-    /// The path is gone: announce it and ask for a new admission at once
-    /// (then on the backoff).
-    fn lost(&mut self) {
-        self.emit(SessionEvent::Lost);
-        self.reconnect = Some(Reconnect {
-            backoff: self.tuning.backoff.clone(),
-            next_try: Instant::now(),
-        });
     }
 
     /// Records a new expiry, from a scheduled renewal or from a probe (a
@@ -647,7 +688,7 @@ impl<C: ControlApi> Supervisor<C> {
         let service = self.service.clone();
         let r = unless_stopped(
             &mut self.stop,
-            admit(&mut self.control, &server, service.as_deref()),
+            admit(&mut self.control, &server, service.as_deref(), None),
         )
         .await;
         match r {

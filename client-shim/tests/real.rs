@@ -6,7 +6,9 @@
 
 mod support;
 
-use hushgate_client_shim::{Credentials, EndReason, Session, SessionEvent};
+use hushgate_client_shim::{
+    Credentials, DeviceIdentity, EndReason, Session, SessionEvent, WaitingNotice,
+};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::{get, sha256, Options, Reading, World, FILE_LEN};
@@ -479,5 +481,77 @@ async fn a_changed_source_address_leads_to_readmission() {
         Some("127.0.0.2".into())
     );
     session.close().await;
+    w.stop().await;
+}
+
+/// A server whose owner approves each new device: the shim logs in as a
+/// new device (its credential lands in a 0600 file), tells its caller
+/// "waiting for olga to approve this device ..." and keeps asking; once
+/// the owner approves, the session connects and a download goes through.
+/// A later session from the same device file is the same device and
+/// needs no new approval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_device_waits_for_the_owners_approval_then_connects() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::start(Options {
+        owned: true,
+        ..Default::default()
+    })
+    .await;
+    let file = w.dir.path().join("client-state/device");
+    let (tx, mut told) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut config = w.shim_config(Credentials::Password {
+        user: support::USER.into(),
+        password: support::PASSWORD.into(),
+    });
+    config.device = Some(DeviceIdentity {
+        file: file.clone(),
+        name: "alice's laptop".into(),
+    });
+    config.on_waiting = Some(WaitingNotice(std::sync::Arc::new(move |m: &str| {
+        let _ = tx.send(m.to_string());
+    })));
+    let connecting = tokio::spawn(Session::connect(config.clone()));
+    let message = tokio::time::timeout(Duration::from_secs(60), told.recv())
+        .await
+        .expect("the shim reports the waiting state")
+        .unwrap();
+    assert!(
+        message.contains("waiting for olga to approve this device"),
+        "{message}"
+    );
+    assert!(!connecting.is_finished(), "connect keeps waiting");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the device credential is private");
+    assert!(w.admin.list_admissions().await.unwrap().is_empty());
+
+    let owner = w.owner().await;
+    let requests = owner.device_requests(support::SERVER).await.unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].device_name, "alice's laptop");
+    owner
+        .decide_device(support::SERVER, &requests[0].device_id, true)
+        .await
+        .unwrap();
+    let session = tokio::time::timeout(Duration::from_secs(60), connecting)
+        .await
+        .expect("connect ends after the approval")
+        .unwrap()
+        .expect("the session connects");
+    let local = session.local_addr();
+    let body = blocking(move || get(local, "/file", None, Reading::Fast))
+        .await
+        .expect("a download completes");
+    assert!(sha256(&body) == sha256(&w.upstream.file));
+    session.close().await;
+
+    let again = Session::connect(config)
+        .await
+        .expect("the same device needs no new approval");
+    assert_eq!(
+        owner.device_requests(support::SERVER).await.unwrap().len(),
+        1
+    );
+    again.close().await;
     w.stop().await;
 }

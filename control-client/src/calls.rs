@@ -20,6 +20,9 @@ impl ControlClient {
         let body = LoginRequest {
             username: username.into(),
             password: password.into(),
+            totp: None,
+            device_credential: None,
+            device_name: None,
         };
         self.call(Method::POST, "/v1/login", Some(&body), CALL)
             .await
@@ -219,5 +222,48 @@ impl ControlClient {
     pub async fn audit(&self, limit: u32) -> R<Vec<AuditEntry>> {
         let path = format!("/v1/admin/audit?limit={limit}");
         self.call(Method::GET, &path, None::<&()>, CALL).await
+    }
+
+    // ---------- an account's own ----------
+
+    /// A login with every option (a second factor, a device).
+    pub async fn login_with(&self, req: &LoginRequest) -> R<LoginResponse> {
+        self.call(Method::POST, "/v1/login", Some(req), CALL).await
+    }
+
+    /// Registers a server the caller will own (`POST /v1/servers`).
+    pub async fn register_server(&self, req: &CreateServer) -> R<CreatedServer> {
+        self.call(Method::POST, "/v1/servers", Some(req), CALL)
+            .await
+    }
+
+    /// Changes the policy of one of the caller's servers.
+    pub async fn update_policy(&self, server: &str, policy: &ServerPolicy) -> R<ServerInfo> {
+        let path = format!("/v1/servers/{server}");
+        self.call(Method::PATCH, &path, Some(policy), CALL).await
+    }
+
+    /// Shares one of the caller's servers with an account.
+    pub async fn share(&self, server: &str, req: &ShareRequest) -> R<GrantInfo> {
+        let path = format!("/v1/servers/{server}/shares");
+        self.call(Method::POST, &path, Some(req), CALL).await
+    }
+
+    /// The devices that asked for one of the caller's servers.
+    pub async fn device_requests(&self, server: &str) -> R<Vec<DeviceRequestInfo>> {
+        let path = format!("/v1/servers/{server}/devices");
+        self.call(Method::GET, &path, None::<&()>, CALL).await
+    }
+
+    /// Approves or denies a device on one of the caller's servers.
+    pub async fn decide_device(
+        &self,
+        server: &str,
+        device: &str,
+        approve: bool,
+    ) -> R<DeviceRequestInfo> {
+        let path = format!("/v1/servers/{server}/devices/{device}");
+        self.call(Method::PUT, &path, Some(&DeviceDecision { approve }), CALL)
+            .await
     }
 }

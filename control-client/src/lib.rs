@@ -222,6 +222,12 @@ impl ControlClient {
         }
     }
 
+    /// The bearer token this client sends, if any (for callers that make
+    /// their own requests with [`ControlClient::http`]).
+    pub fn bearer(&self) -> Option<&str> {
+        self.bearer.as_deref()
+    }
+
     /// The URL of the replica in use.
     pub fn base_url(&self) -> &str {
         &self.bases[self.current.load(Ordering::Relaxed) % self.bases.len()]

@@ -8,8 +8,8 @@ use crate::store::{self, Audit, Db, NewAdmission, Tx};
 use crate::Settings;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get, patch, post, put};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::{Json, Router};
 use proto::api::*;
 use proto::feed::*;
@@ -46,55 +46,219 @@ pub struct AppState {
     pub prober: crate::reachability::Prober,
 }
 
-type Shared = State<Arc<AppState>>;
-type ApiResult<T> = Result<T, AppError>;
+pub(crate) type Shared = State<Arc<AppState>>;
+pub(crate) type ApiResult<T> = Result<T, AppError>;
 
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(
-            "/v1/health",
-            get(|| async { Json(serde_json::json!({"ok": true})) }),
-        )
-        .route("/v1/login", post(login))
-        .route("/v1/access", post(access))
-        .route("/v1/admissions/{id}", delete(revoke))
-        .route("/v1/admissions/{id}/renew", post(renew))
-        .route("/v1/gateway/enroll", post(enroll))
-        .route("/v1/gateway/report", post(report))
-        .route("/v1/gateway/feed", get(feed))
-        .route("/v1/gateway/ack", post(ack))
-        .route("/v1/admin/users", post(create_user).get(list_users))
-        .route("/v1/admin/users/{name}", delete(delete_user))
-        .route("/v1/admin/users/{name}/password", put(set_password))
-        .route("/v1/admin/servers", post(create_server).get(list_servers))
-        .route(
+/// Every route of the API: (method, path, handler). The router is built
+/// from this list and [`routes`] lists it, so the isolation tests cover
+/// each route (a route added here without a test fails them).
+fn table() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
+    use crate::tenants as t;
+    vec![
+        (Method::GET, "/v1/health", get(health)),
+        (Method::POST, "/v1/login", post(login)),
+        (Method::POST, "/v1/signup", post(t::signup)),
+        (Method::POST, "/v1/access", post(access)),
+        (Method::DELETE, "/v1/admissions/{id}", delete(revoke)),
+        (Method::POST, "/v1/admissions/{id}/renew", post(renew)),
+        (Method::POST, "/v1/gateway/enroll", post(enroll)),
+        (Method::POST, "/v1/gateway/report", post(report)),
+        (Method::GET, "/v1/gateway/feed", get(feed)),
+        (Method::POST, "/v1/gateway/ack", post(ack)),
+        // An account's own things.
+        (Method::GET, "/v1/me", get(t::me)),
+        (Method::GET, "/v1/me/shares", get(t::my_shares)),
+        (Method::GET, "/v1/me/admissions", get(t::my_admissions)),
+        (Method::GET, "/v1/me/audit", get(t::my_audit)),
+        (Method::GET, "/v1/me/devices", get(t::my_devices)),
+        (
+            Method::PATCH,
+            "/v1/me/devices/{id}",
+            patch(t::rename_device),
+        ),
+        (
+            Method::DELETE,
+            "/v1/me/devices/{id}",
+            delete(t::remove_device),
+        ),
+        (Method::POST, "/v1/me/totp", post(t::totp_begin)),
+        (Method::POST, "/v1/me/totp/confirm", post(t::totp_confirm)),
+        (Method::DELETE, "/v1/me/totp", delete(t::totp_disable)),
+        (
+            Method::POST,
+            "/v1/invitations/accept",
+            post(t::accept_invitation),
+        ),
+        // An owner's servers.
+        (Method::POST, "/v1/servers", post(t::create_server)),
+        (Method::GET, "/v1/servers", get(t::list_servers)),
+        (Method::GET, "/v1/servers/{name}", get(t::show_server)),
+        (Method::PATCH, "/v1/servers/{name}", patch(t::update_server)),
+        (
+            Method::DELETE,
+            "/v1/servers/{name}",
+            delete(t::remove_server),
+        ),
+        (
+            Method::POST,
+            "/v1/servers/{name}/enrollment-tokens",
+            post(t::create_enrollment_token),
+        ),
+        (
+            Method::DELETE,
+            "/v1/servers/{name}/credential",
+            delete(t::revoke_credential),
+        ),
+        (
+            Method::GET,
+            "/v1/servers/{name}/shares",
+            get(t::list_shares),
+        ),
+        (
+            Method::POST,
+            "/v1/servers/{name}/shares",
+            post(t::create_share),
+        ),
+        (
+            Method::DELETE,
+            "/v1/servers/{name}/shares/{user}",
+            delete(t::remove_share),
+        ),
+        (
+            Method::GET,
+            "/v1/servers/{name}/invitations",
+            get(t::list_invitations),
+        ),
+        (
+            Method::POST,
+            "/v1/servers/{name}/invitations",
+            post(t::create_invitation),
+        ),
+        (
+            Method::DELETE,
+            "/v1/servers/{name}/invitations/{id}",
+            delete(t::revoke_invitation),
+        ),
+        (
+            Method::GET,
+            "/v1/servers/{name}/admissions",
+            get(t::server_admissions),
+        ),
+        (
+            Method::GET,
+            "/v1/servers/{name}/audit",
+            get(t::server_audit),
+        ),
+        (
+            Method::GET,
+            "/v1/servers/{name}/devices",
+            get(t::device_requests),
+        ),
+        (
+            Method::PUT,
+            "/v1/servers/{name}/devices/{id}",
+            put(t::decide_device),
+        ),
+        // The operator's.
+        (Method::POST, "/v1/admin/users", post(create_user)),
+        (Method::GET, "/v1/admin/users", get(list_users)),
+        (
+            Method::DELETE,
+            "/v1/admin/users/{name}",
+            delete(delete_user),
+        ),
+        (
+            Method::PUT,
+            "/v1/admin/users/{name}/password",
+            put(set_password),
+        ),
+        (Method::POST, "/v1/admin/servers", post(create_server)),
+        (Method::GET, "/v1/admin/servers", get(list_servers)),
+        (
+            Method::PATCH,
             "/v1/admin/servers/{name}",
-            patch(update_server).delete(remove_server),
-        )
-        .route(
+            patch(update_server),
+        ),
+        (
+            Method::DELETE,
+            "/v1/admin/servers/{name}",
+            delete(remove_server),
+        ),
+        (
+            Method::POST,
             "/v1/admin/servers/{name}/enrollment-tokens",
             post(create_enrollment_token),
-        )
-        .route(
+        ),
+        (
+            Method::DELETE,
             "/v1/admin/servers/{name}/credential",
             delete(revoke_credential),
-        )
-        .route("/v1/admin/servers/{name}/check", post(check_server))
-        .route("/v1/admin/enrollment-tokens", get(list_enrollment_tokens))
-        .route(
+        ),
+        (
+            Method::POST,
+            "/v1/admin/servers/{name}/check",
+            post(check_server),
+        ),
+        (
+            Method::GET,
+            "/v1/admin/enrollment-tokens",
+            get(list_enrollment_tokens),
+        ),
+        (
+            Method::DELETE,
             "/v1/admin/enrollment-tokens/{id}",
             delete(revoke_enrollment_token),
-        )
-        .route("/v1/admin/grants", post(create_grant).get(list_grants))
-        .route("/v1/admin/grants/{user}/{server}", delete(delete_grant))
-        .route("/v1/admin/admissions", get(list_admissions))
-        .route("/v1/admin/audit", get(audit_log))
+        ),
+        (Method::POST, "/v1/admin/grants", post(create_grant)),
+        (Method::GET, "/v1/admin/grants", get(list_grants)),
+        (
+            Method::DELETE,
+            "/v1/admin/grants/{user}/{server}",
+            delete(delete_grant),
+        ),
+        (Method::GET, "/v1/admin/admissions", get(list_admissions)),
+        (Method::GET, "/v1/admin/audit", get(audit_log)),
+        (Method::GET, "/v1/admin/signup", get(t::signup_setting)),
+        (Method::PUT, "/v1/admin/signup", put(t::set_signup_setting)),
+        (
+            Method::POST,
+            "/v1/admin/invitations",
+            post(t::create_account_invitation),
+        ),
+        (
+            Method::GET,
+            "/v1/admin/invitations",
+            get(t::list_account_invitations),
+        ),
+        (
+            Method::DELETE,
+            "/v1/admin/invitations/{id}",
+            delete(t::revoke_account_invitation),
+        ),
+    ]
+}
+
+/// (method, path) of every route, for tests and docs.
+pub fn routes() -> Vec<(Method, &'static str)> {
+    table().into_iter().map(|(m, p, _)| (m, p)).collect()
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    table()
+        .into_iter()
+        .fold(Router::new(), |r, (_, path, handler)| {
+            r.route(path, handler)
+        })
         .fallback(|| async { AppError::not_found("no such endpoint; see docs/api.md for the API") })
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(state)
 }
 
-fn now() -> OffsetDateTime {
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"ok": true}))
+}
+
+pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
@@ -110,24 +274,26 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-enum Principal {
-    User(store::User),
+pub(crate) enum Principal {
+    /// An account's login, with what that login proved.
+    User(store::User, store::Session),
+    /// The operator's admin token.
     Admin,
 }
 
 impl Principal {
-    fn is_admin(&self) -> bool {
-        matches!(self, Principal::Admin) || matches!(self, Principal::User(u) if u.admin)
+    pub(crate) fn is_admin(&self) -> bool {
+        matches!(self, Principal::Admin) || matches!(self, Principal::User(u, _) if u.admin)
     }
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
-            Principal::User(u) => &u.username,
+            Principal::User(u, _) => &u.username,
             Principal::Admin => "admin",
         }
     }
 }
 
-async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+pub(crate) async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let Some(token) = bearer(headers) else {
         return Err(AppError::unauthorized(
             "log in first and send 'Authorization: Bearer TOKEN'",
@@ -137,10 +303,9 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let found = st
         .db
         .tx(move |tx| {
-            // Users' tokens first: they make most requests, and then this
-            // is one statement.
-            if let Some(user) = store::token_user(tx, &hash, now())? {
-                return Ok(Some(Principal::User(user)));
+            // Users' tokens first: they make most requests.
+            if let Some((user, session)) = store::token_session(tx, &hash, now())? {
+                return Ok(Some(Principal::User(user, session)));
             }
             let admin = store::setting(tx, "admin_token_hash")?.as_deref() == Some(&hash[..]);
             Ok(admin.then_some(Principal::Admin))
@@ -151,7 +316,7 @@ async fn principal(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     })
 }
 
-async fn admin(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+pub(crate) async fn admin(st: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let p = principal(st, headers).await?;
     if !p.is_admin() {
         return Err(AppError::forbidden(
@@ -210,7 +375,11 @@ impl std::str::FromStr for ForwardedHeader {
 /// header counts, in order: a proxy may append its own line after the one
 /// the client sent, and only the right end of the whole list was written
 /// by proxies we trust.
-fn observed_source(st: &AppState, peer: SocketAddr, headers: &HeaderMap) -> ApiResult<IpAddr> {
+pub(crate) fn observed_source(
+    st: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> ApiResult<IpAddr> {
     let peer_ip = peer.ip().to_canonical();
     let trusted = |ip: &IpAddr| st.settings.trusted_proxies.iter().any(|n| n.contains(ip));
     if !trusted(&peer_ip) {
@@ -341,44 +510,79 @@ async fn login(
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(user) = user.filter(|_| ok) else {
         tracing::info!(user = %req.username, %source, "login failed: wrong user name or password");
-        let name = req.username;
-        let (s2, now_ms) = (st.clone(), st.settings.clock.now_millis());
-        if !st.db.shared() {
-            st.limiter.failed(source, &name, now_ms);
-        }
-        st.db
-            .tx(move |tx| {
-                if s2.db.shared() {
-                    s2.limiter.failed_in(tx, source, &name, now_ms)?;
-                }
-                store::audit(
-                    tx,
-                    now(),
-                    Audit {
-                        event: "login_failed",
-                        username: Some(&name),
-                        source: Some(source),
-                        detail: "wrong user name or password".into(),
-                        ..Default::default()
-                    },
-                )
-            })
-            .await?;
-        return Err(AppError::unauthorized("wrong user name or password"));
+        return Err(login_failure(&st, source, req.username, false).await);
     };
+    // The second factor, when the account has one.
+    let mut session = store::Session::default();
+    if user.totp {
+        let Some(code) = req.totp.clone() else {
+            return Err(AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "totp_required",
+                "this account signs in with two factors: send the current code from your authenticator app (or one of your recovery codes) as well",
+            ));
+        };
+        let (uid, t) = (user.id, st.settings.clock.now_millis() / 1000);
+        let passed = st
+            .db
+            .tx(move |tx| crate::totp::check_second_factor(tx, uid, &code, t))
+            .await?;
+        if !passed {
+            tracing::info!(user = %user.username, %source, "login failed: wrong two-factor code");
+            return Err(login_failure(&st, source, user.username, true).await);
+        }
+        session.mfa = true;
+    }
+    if let Some(name) = &req.device_name {
+        check_device_name(name)?;
+    }
     if !st.db.shared() {
         st.limiter.succeeded(source, &user.username);
     }
-    tracing::info!(user = %user.username, %source, "login");
+    tracing::info!(user = %user.username, %source, mfa = session.mfa, "login");
     let (token, hash) = auth::new_secret(SecretKind::UserToken);
     let expires_at = now() + st.settings.token_ttl;
     let s2 = st.clone();
-    st.db
+    let device_hash = req.device_credential.as_deref().map(auth::hash_secret);
+    // A new device's credential goes back to the client once; only its
+    // hash enters the transaction.
+    let (new_device, device_credential) = match (&req.device_credential, &req.device_name) {
+        (None, Some(name)) => {
+            let (cred, hash) = auth::new_secret(SecretKind::Device);
+            (
+                Some((auth::random_id("dev_"), name.clone(), hash)),
+                Some(cred),
+            )
+        }
+        _ => (None, None),
+    };
+    let device = st
+        .db
         .tx(move |tx| {
             if s2.db.shared() {
                 s2.limiter.succeeded_in(tx, source, &user.username)?;
             }
-            store::insert_token(tx, &hash, user.id, expires_at)?;
+            let mut session = session.clone();
+            let mut detail = String::new();
+            if let Some(h) = &device_hash {
+                let Some(d) = store::device_by_credential(tx, user.id, h)? else {
+                    return Ok(None);
+                };
+                store::touch_device(tx, &d.id, now())?;
+                detail = format!("device {} ('{}')", d.id, d.name);
+                session.device_id = Some(d.id);
+            } else if let Some((id, name, hash)) = &new_device {
+                store::insert_device(tx, id, user.id, name, hash, now())?;
+                detail = format!("new device {id} ('{name}')");
+                session.device_id = Some(id.clone());
+            }
+            if session.mfa {
+                detail = format!(
+                    "{detail}{}with two factors",
+                    if detail.is_empty() { "" } else { ", " }
+                );
+            }
+            store::insert_session_token(tx, &hash, user.id, expires_at, &session)?;
             store::audit(
                 tx,
                 now(),
@@ -386,12 +590,86 @@ async fn login(
                     event: "login",
                     username: Some(&user.username),
                     source: Some(source),
+                    detail,
+                    ..Default::default()
+                },
+            )?;
+            Ok(Some(session.device_id))
+        })
+        .await?;
+    let Some(device_id) = device else {
+        return Err(AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "device_unknown",
+            "this device's credential is not known (the device was removed from the account); delete the device file and log in again to register it anew",
+        ));
+    };
+    Ok(Json(LoginResponse {
+        token,
+        expires_at,
+        device_id,
+        device_credential,
+    }))
+}
+
+/// Device names: what a person would call a machine.
+pub(crate) fn check_device_name(name: &str) -> ApiResult<()> {
+    if name.trim().is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+        return Err(AppError::bad_request(
+            "a device name is 1-64 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Records a failed login (the limiter, the audit) and returns the error
+/// to send; the same words whatever was wrong with the password.
+async fn login_failure(
+    st: &Arc<AppState>,
+    source: IpAddr,
+    name: String,
+    second_factor: bool,
+) -> AppError {
+    let why = if second_factor {
+        "wrong two-factor code"
+    } else {
+        "wrong user name or password"
+    };
+    let (s2, now_ms) = (st.clone(), st.settings.clock.now_millis());
+    if !st.db.shared() {
+        st.limiter.failed(source, &name, now_ms);
+    }
+    let written = st
+        .db
+        .tx(move |tx| {
+            if s2.db.shared() {
+                s2.limiter.failed_in(tx, source, &name, now_ms)?;
+            }
+            store::audit(
+                tx,
+                now(),
+                Audit {
+                    event: "login_failed",
+                    username: Some(&name),
+                    source: Some(source),
+                    detail: why.into(),
                     ..Default::default()
                 },
             )
         })
-        .await?;
-    Ok(Json(LoginResponse { token, expires_at }))
+        .await;
+    if let Err(e) = written {
+        return e.into();
+    }
+    if second_factor {
+        AppError::new(
+            StatusCode::UNAUTHORIZED,
+            "totp_wrong",
+            "the two-factor code is wrong or was used already; wait for the next code and try again",
+        )
+    } else {
+        AppError::unauthorized(why)
+    }
 }
 
 // ---------- access ----------
@@ -441,7 +719,7 @@ async fn access(
     use axum::response::IntoResponse;
     let Json(req) = body?;
     let source = observed_source(&st, peer, &headers)?;
-    let Principal::User(user) = principal(&st, &headers).await? else {
+    let Principal::User(user, session) = principal(&st, &headers).await? else {
         return Err(AppError::forbidden(
             "not_a_user",
             "the admin token cannot request access; log in as a user",
@@ -480,6 +758,9 @@ async fn access(
         )
         .await);
     };
+    if let Some(e) = policy_refusal(&st, &user, &session, &server, req.mode, source).await? {
+        return Err(e);
+    }
     if req.mode == AccessMode::Direct {
         if !grant.direct {
             let e = AppError::forbidden(
@@ -563,6 +844,7 @@ async fn access(
     };
     let limit = server.max_admissions_per_user;
     let server_name = server.name.clone();
+    let device = session.device_id.clone();
     let inserted = st
         .db
         .tx(move |tx| {
@@ -585,7 +867,11 @@ async fn access(
                      end a session you no longer use (stop its 'hushgate connect', or revoke it), or ask the server's owner to raise the limit"
                 )));
             }
-            store::insert_admission_locked(tx, &new)
+            let (adm, version) = store::insert_admission_locked(tx, &new)?;
+            if let Some(d) = &device {
+                store::set_admission_device(tx, &adm.id, d)?;
+            }
+            Ok((adm, version))
         })
         .await;
     let (adm, version) = match inserted {
@@ -682,15 +968,146 @@ async fn access(
     }
 }
 
-/// Loads an admission the caller may act on: its owner or an admin.
+/// What the server's policy says against this request before anything
+/// is admitted: direct mode off, a login without the second factor the
+/// server requires, a device its owner has not approved (yet). A device's
+/// first request is recorded for the owner to decide, and audited once;
+/// its later requests while waiting are not (clients ask again every few
+/// seconds).
+async fn policy_refusal(
+    st: &AppState,
+    user: &store::User,
+    session: &store::Session,
+    server: &store::Server,
+    mode: AccessMode,
+    source: IpAddr,
+) -> ApiResult<Option<AppError>> {
+    if mode == AccessMode::Direct && !server.direct_mode {
+        let e = AppError::forbidden(
+            "direct_not_allowed",
+            format!("the owner of server '{}' does not allow direct (firewall-only) access; use the tunnel", server.name),
+        );
+        return Ok(Some(
+            deny(st, &user.username, &server.name, source, e).await,
+        ));
+    }
+    if server.require_2fa && !session.mfa {
+        let e = AppError::forbidden(
+            "two_factor_required",
+            format!("server '{}' requires two-factor sign-in: turn on TOTP for your account (the console's account page) and log in again with a code", server.name),
+        );
+        return Ok(Some(
+            deny(st, &user.username, &server.name, source, e).await,
+        ));
+    }
+    if !server.approve_devices || server.owner_id == Some(user.id) {
+        return Ok(None);
+    }
+    let Some(device) = session.device_id.clone() else {
+        let e = AppError::forbidden(
+            "device_required",
+            format!("the owner of server '{}' approves each device: log in from a hushgate that registers this device (hushgate connect does), then ask again", server.name),
+        );
+        return Ok(Some(
+            deny(st, &user.username, &server.name, source, e).await,
+        ));
+    };
+    let (sid, sname, uname, owner) = (
+        server.id,
+        server.name.clone(),
+        user.username.clone(),
+        server.owner_id,
+    );
+    let (state, owner_name) = st
+        .db
+        .tx(move |tx| {
+            let (state, first) = store::request_approval(tx, &device, sid, now())?;
+            if first {
+                store::audit(
+                    tx,
+                    now(),
+                    Audit {
+                        event: "device_approval_requested",
+                        username: Some(&uname),
+                        server: Some(&sname),
+                        source: Some(source),
+                        detail: format!("device {device}"),
+                        ..Default::default()
+                    },
+                )?;
+            }
+            let owner_name = match owner {
+                Some(id) => store::username_of(tx, id)?,
+                None => None,
+            };
+            Ok((state, owner_name.unwrap_or_else(|| "the owner".into())))
+        })
+        .await?;
+    Ok(match state {
+        store::Approval::Approved => None,
+        store::Approval::Pending => {
+            let mut e = AppError::forbidden(
+                "waiting_for_approval",
+                format!(
+                    "waiting for {owner_name} to approve this device for server '{}'",
+                    server.name
+                ),
+            );
+            e.retry_after = Some(APPROVAL_RETRY_SECS);
+            Some(e)
+        }
+        store::Approval::Denied => {
+            let e = AppError::forbidden(
+                "device_denied",
+                format!(
+                    "{owner_name} did not approve this device for server '{}'; ask them if this is a mistake",
+                    server.name
+                ),
+            );
+            Some(deny(st, &user.username, &server.name, source, e).await)
+        }
+    })
+}
+
+/// How often a client waiting for a device approval asks again.
+pub const APPROVAL_RETRY_SECS: u64 = 3;
+
+/// Who may act on an admission besides its holder and the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AlsoAllowed {
+    Nobody,
+    /// The owner of the admission's server (to revoke it).
+    ServerOwner,
+}
+
+/// Loads an admission the caller may act on: its holder, the operator,
+/// and, if `also` says so, its server's owner. Anyone else gets the same
+/// answer as for an id that does not exist.
 async fn owned_admission(
     st: &AppState,
     who: &Principal,
     id: String,
+    also: AlsoAllowed,
 ) -> ApiResult<store::Admission> {
-    let adm = st.db.tx(move |tx| store::admission(tx, &id)).await?;
-    match adm {
-        Some(a) if who.is_admin() || matches!(who, Principal::User(u) if u.id == a.user_id) => {
+    let caller = match who {
+        Principal::User(u, _) => Some(u.id),
+        Principal::Admin => None,
+    };
+    let found = st
+        .db
+        .tx(move |tx| {
+            let Some(a) = store::admission(tx, &id)? else {
+                return Ok(None);
+            };
+            let server_owner = store::server_by_id(tx, a.server_id)?.owner_id;
+            Ok(Some((a, server_owner)))
+        })
+        .await?;
+    match found {
+        Some((a, _)) if who.is_admin() || caller == Some(a.user_id) => Ok(a),
+        Some((a, owner))
+            if also == AlsoAllowed::ServerOwner && caller.is_some() && owner == caller =>
+        {
             Ok(a)
         }
         _ => Err(AppError::not_found(
@@ -708,7 +1125,11 @@ async fn renew(
     let Path(id) = id?;
     let source = observed_source(&st, peer, &headers)?;
     let who = principal(&st, &headers).await?;
-    let adm = owned_admission(&st, &who, id).await?;
+    let adm = owned_admission(&st, &who, id, AlsoAllowed::Nobody).await?;
+    let mfa = match &who {
+        Principal::User(_, s) => s.mfa,
+        Principal::Admin => true,
+    };
     let a = adm.clone();
     let renewed = st
         .db
@@ -720,6 +1141,12 @@ async fn renew(
             // The grant may have been narrowed since; an expired admission
             // the expiry task has not swept yet may not come back either.
             if !grant_covers(&grant, &a) || a.expires_at <= now() {
+                return Ok(None);
+            }
+            // So may the server's policy: direct mode turned off, or two
+            // factors required of a login that used one.
+            if (a.mode == AccessMode::Direct && !server.direct_mode) || (server.require_2fa && !mfa)
+            {
                 return Ok(None);
             }
             let expires = now() + Duration::from_secs(server.ttl_secs);
@@ -769,7 +1196,7 @@ fn moved(binding: BindingPolicy, a: &store::Admission, source: IpAddr) -> Option
 }
 
 /// Whether a grant still allows everything an admission was given.
-fn grant_covers(grant: &store::Grant, a: &store::Admission) -> bool {
+pub(crate) fn grant_covers(grant: &store::Grant, a: &store::Admission) -> bool {
     let services_ok = grant
         .services
         .as_ref()
@@ -780,7 +1207,11 @@ fn grant_covers(grant: &store::Grant, a: &store::Admission) -> bool {
 /// Removes an admission and writes its `revoked` audit line, in the
 /// caller's transaction; returns the server's new feed version (`None`
 /// when another request removed it first: nothing to audit).
-fn end_admission(tx: &mut Tx, a: &store::Admission, detail: String) -> store::Result<Option<u64>> {
+pub(crate) fn end_admission(
+    tx: &mut Tx,
+    a: &store::Admission,
+    detail: String,
+) -> store::Result<Option<u64>> {
     let Some(v) = store::delete_admission(tx, a)? else {
         return Ok(None);
     };
@@ -807,7 +1238,7 @@ async fn revoke(
 ) -> ApiResult<StatusCode> {
     let Path(id) = id?;
     let who = principal(&st, &headers).await?;
-    let adm = owned_admission(&st, &who, id).await?;
+    let adm = owned_admission(&st, &who, id, AlsoAllowed::ServerOwner).await?;
     let by = who.name().to_string();
     let a = adm.clone();
     st.db
@@ -953,7 +1384,7 @@ async fn enroll(
     }
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -1255,7 +1686,7 @@ impl Drop for HeldPoll {
 
 // ---------- admin ----------
 
-fn check_name(what: &str, name: &str) -> ApiResult<()> {
+pub(crate) fn check_name(what: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -1347,7 +1778,7 @@ async fn set_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-fn check_password(password: &str) -> ApiResult<()> {
+pub(crate) fn check_password(password: &str) -> ApiResult<()> {
     if password.chars().count() < 8 || password.len() > 1024 {
         return Err(AppError::bad_request(
             "the password must have at least 8 characters (and at most 1024 bytes)",
@@ -1382,6 +1813,15 @@ async fn delete_user(
         .tx(move |tx| {
             let user = store::user_by_name(tx, &name)?
                 .ok_or_else(|| store::StoreError::NotFound(format!("no user named '{name}'")))?;
+            let owned = store::owned_server_names(tx, user.id)?;
+            if !owned.is_empty() {
+                // Their servers' admissions must end through the feed
+                // first; a cascade in the database would skip it.
+                return Err(store::StoreError::Conflict(format!(
+                    "user '{name}' owns servers ({}); remove those first (hushgate admin server remove NAME)",
+                    owned.join(", ")
+                )));
+            }
             for a in &store::user_server_admissions(tx, user.id, None)? {
                 end_admission(tx, a, format!("user deleted by {by}"))?;
             }
@@ -1405,7 +1845,7 @@ async fn delete_user(
 /// [`ServerOptions`] in one object.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateServerBody {
+pub(crate) struct CreateServerBody {
     name: String,
     #[serde(default)]
     binding: BindingPolicy,
@@ -1480,6 +1920,24 @@ fn issue_enrollment_token(
     ))
 }
 
+/// Whose servers a request may see and change: the operator's reach
+/// everything, an owner's only the servers that account owns (anything
+/// else is "not found", exactly like a name nobody uses).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Scope {
+    Operator,
+    Owner(i64),
+}
+
+impl Scope {
+    pub(crate) fn server(self, tx: &mut Tx, name: &str) -> store::Result<store::Server> {
+        match self {
+            Scope::Operator => store::server_named(tx, name),
+            Scope::Owner(id) => store::owned_server(tx, id, name),
+        }
+    }
+}
+
 async fn create_server(
     State(st): Shared,
     headers: HeaderMap,
@@ -1487,6 +1945,17 @@ async fn create_server(
 ) -> ApiResult<(StatusCode, Json<CreatedServer>)> {
     let by = admin(&st, &headers).await?.name().to_string();
     let Json(req) = body?;
+    register_server(&st, None, by, req).await
+}
+
+/// Registers a server (owned by `owner`, or the operator's) and issues
+/// its first enrollment token, shown once.
+pub(crate) async fn register_server(
+    st: &AppState,
+    owner: Option<i64>,
+    by: String,
+    req: CreateServerBody,
+) -> ApiResult<(StatusCode, Json<CreatedServer>)> {
     check_name("server name", &req.name)?;
     let ttl = req
         .admission_ttl_secs
@@ -1496,19 +1965,14 @@ async fn create_server(
         .max_admissions_per_user
         .unwrap_or(store::DEFAULT_MAX_ADMISSIONS_PER_USER);
     check_max_admissions(max)?;
-    let token_ttl = enrollment_ttl(&st, req.enrollment_ttl_secs)?;
-    if let BindingPolicy::Prefix { v4, v6 } = req.binding {
-        // A very short prefix admits most of the Internet: the source
-        // check would mean nothing and admission would be key-only. Each
-        // family has its own length and minimum; reading the JSON checked
-        // them already, this keeps any other path from storing one.
-        BindingPolicy::prefix(v4, v6).map_err(|e| AppError::bad_request(e.to_string()))?;
-    }
+    let token_ttl = enrollment_ttl(st, req.enrollment_ttl_secs)?;
+    check_binding(req.binding)?;
     let name = req.name.clone();
     let issued = st
         .db
         .tx(move |tx| {
             let server = store::create_server(tx, &name, req.binding, ttl, max, now())?;
+            store::set_server_owner(tx, server.id, owner)?;
             store::audit(
                 tx,
                 now(),
@@ -1537,21 +2001,48 @@ async fn create_server(
     ))
 }
 
+fn check_binding(binding: BindingPolicy) -> ApiResult<()> {
+    if let BindingPolicy::Prefix { v4, v6 } = binding {
+        // A very short prefix admits most of the Internet: the source
+        // check would mean nothing and admission would be key-only. Each
+        // family has its own length and minimum; reading the JSON checked
+        // them already, this keeps any other path from storing one.
+        BindingPolicy::prefix(v4, v6).map_err(|e| AppError::bad_request(e.to_string()))?;
+    }
+    Ok(())
+}
+
 async fn update_server(
     State(st): Shared,
     headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-    body: Result<Json<UpdateServer>, JsonRejection>,
+    body: Result<Json<ServerPolicy>, JsonRejection>,
 ) -> ApiResult<Json<ServerInfo>> {
     let by = admin(&st, &headers).await?.name().to_string();
     let Path(name) = name?;
     let Json(req) = body?;
+    change_server(&st, Scope::Operator, by, name, req).await
+}
+
+/// Changes a server's name and policy; everything is checked before
+/// anything changes.
+pub(crate) async fn change_server(
+    st: &AppState,
+    scope: Scope,
+    by: String,
+    name: String,
+    req: ServerPolicy,
+) -> ApiResult<Json<ServerInfo>> {
     if req.name.is_none()
+        && req.binding.is_none()
         && req.admission_ttl_secs.is_none()
         && req.max_admissions_per_user.is_none()
+        && req.direct_mode.is_none()
+        && req.require_2fa.is_none()
+        && req.approve_devices.is_none()
     {
         return Err(AppError::bad_request(
-            "say what to change: name, admission_ttl_secs and/or max_admissions_per_user",
+            "say what to change: name, binding, admission_ttl_secs, max_admissions_per_user, direct_mode, require_2fa and/or approve_devices",
         ));
     }
     if let Some(n) = &req.name {
@@ -1563,26 +2054,64 @@ async fn update_server(
     if let Some(m) = req.max_admissions_per_user {
         check_max_admissions(m)?;
     }
+    if let Some(b) = req.binding {
+        check_binding(b)?;
+    }
     let server = st
         .db
         .tx(move |tx| {
-            let server = store::server_named(tx, &name)?;
+            let server = scope.server(tx, &name)?;
+            if req.approve_devices == Some(true) && server.owner_id.is_none() {
+                return Err(store::StoreError::Invalid(format!(
+                    "server '{name}' has no owner to approve devices; only a server an account registered can ask for device approval"
+                )));
+            }
             store::update_server_settings(
                 tx,
                 server.id,
                 req.admission_ttl_secs,
                 req.max_admissions_per_user,
             )?;
+            store::update_server_policy(
+                tx,
+                server.id,
+                &store::PolicyChange {
+                    binding: req.binding,
+                    direct_mode: req.direct_mode,
+                    require_2fa: req.require_2fa,
+                    approve_devices: req.approve_devices,
+                },
+            )?;
             let mut changes = Vec::new();
+            if let Some(b) = req.binding {
+                changes.push(format!("binding {b} (for new admissions)"));
+            }
             if let Some(t) = req.admission_ttl_secs {
                 changes.push(format!("admission ttl {t} s"));
             }
             if let Some(m) = req.max_admissions_per_user {
                 changes.push(format!("at most {m} admissions per user"));
             }
+            if let Some(d) = req.direct_mode {
+                changes.push(format!("direct mode {}", on_off(d)));
+            }
+            if let Some(d) = req.require_2fa {
+                changes.push(format!("two-factor required {}", on_off(d)));
+            }
+            if let Some(d) = req.approve_devices {
+                changes.push(format!("device approval {}", on_off(d)));
+            }
             if let Some(new) = req.name.as_deref().filter(|n| *n != name) {
                 store::rename_server(tx, server.id, new)?;
                 changes.push(format!("renamed from '{name}' to '{new}'"));
+            }
+            // Direct admissions end when the owner turns direct mode off.
+            if req.direct_mode == Some(false) {
+                for a in store::server_admissions(tx, server.id)? {
+                    if a.mode == AccessMode::Direct {
+                        end_admission(tx, &a, format!("direct mode turned off by {by}"))?;
+                    }
+                }
             }
             let server = store::server_by_id(tx, server.id)?;
             store::audit(
@@ -1599,7 +2128,23 @@ async fn update_server(
         })
         .await?;
     tracing::info!(server = %server.name, "server changed");
-    Ok(Json(server_info(&st, server, None, Instant::now())))
+    let owner = owner_name(st, server.owner_id).await?;
+    Ok(Json(server_info(st, server, None, Instant::now(), owner)))
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
+}
+
+async fn owner_name(st: &AppState, owner: Option<i64>) -> ApiResult<Option<String>> {
+    let Some(id) = owner else {
+        return Ok(None);
+    };
+    Ok(st.db.tx(move |tx| store::username_of(tx, id)).await?)
 }
 
 async fn remove_server(
@@ -1609,14 +2154,23 @@ async fn remove_server(
 ) -> ApiResult<Json<RemovedServer>> {
     let by = admin(&st, &headers).await?.name().to_string();
     let Path(name) = name?;
-    // First end the admissions like any revocation, so the gateway drops
-    // them while its credential still works; then remove the server.
+    drop_server(&st, Scope::Operator, by, name).await
+}
+
+/// Ends a server's admissions like any revocation, so the gateway drops
+/// them while its credential still works; then removes the server.
+pub(crate) async fn drop_server(
+    st: &AppState,
+    scope: Scope,
+    by: String,
+    name: String,
+) -> ApiResult<Json<RemovedServer>> {
     let n = name.clone();
     let who = by.clone();
     let (server, ended, version) = st
         .db
         .tx(move |tx| {
-            let server = store::server_named(tx, &n)?;
+            let server = scope.server(tx, &n)?;
             let adms = store::server_admissions(tx, server.id)?;
             let mut version = None;
             for a in &adms {
@@ -1630,14 +2184,14 @@ async fn remove_server(
     let mut confirmed = true;
     if let Some(v) = version {
         let live = st.hub.server(server.id, v);
-        confirmed = gateway_presence(&st, server.id, &live).await?.0
+        confirmed = gateway_presence(st, server.id, &live).await?.0
             && live.wait_ack(v, st.settings.ack_timeout).await;
     }
     let id = server.id;
     let n = name.clone();
     st.db
         .tx(move |tx| {
-            store::delete_server(tx, id)?;
+            // The line first: it finds its owner through the server.
             store::audit(
                 tx,
                 now(),
@@ -1654,7 +2208,8 @@ async fn remove_server(
                     ),
                     ..Default::default()
                 },
-            )
+            )?;
+            store::delete_server(tx, id)
         })
         .await?;
     tracing::info!(server = %name, admissions_ended = ended, gateway_confirmed = confirmed, "server removed");
@@ -1676,11 +2231,21 @@ async fn create_enrollment_token(
     let by = admin(&st, &headers).await?.name().to_string();
     let Path(name) = name?;
     let Json(req) = body?;
-    let ttl = enrollment_ttl(&st, req.ttl_secs)?;
+    new_enrollment_token(&st, Scope::Operator, by, name, req).await
+}
+
+pub(crate) async fn new_enrollment_token(
+    st: &AppState,
+    scope: Scope,
+    by: String,
+    name: String,
+    req: NewEnrollmentToken,
+) -> ApiResult<(StatusCode, Json<IssuedEnrollmentToken>)> {
+    let ttl = enrollment_ttl(st, req.ttl_secs)?;
     let (issued, revoked) = st
         .db
         .tx(move |tx| {
-            let server = store::server_named(tx, &name)?;
+            let server = scope.server(tx, &name)?;
             let revoked = req.revoke_credential && store::revoke_credential(tx, server.id)?;
             if revoked {
                 credential_revoked_audit(tx, &server.name, &by)?;
@@ -1713,10 +2278,19 @@ async fn revoke_credential(
 ) -> ApiResult<StatusCode> {
     let by = admin(&st, &headers).await?.name().to_string();
     let Path(name) = name?;
+    revoke_gateway_credential(&st, Scope::Operator, by, name).await
+}
+
+pub(crate) async fn revoke_gateway_credential(
+    st: &AppState,
+    scope: Scope,
+    by: String,
+    name: String,
+) -> ApiResult<StatusCode> {
     let server = st
         .db
         .tx(move |tx| {
-            let server = store::server_named(tx, &name)?;
+            let server = scope.server(tx, &name)?;
             if !store::revoke_credential(tx, server.id)? {
                 return Err(store::StoreError::NotFound(format!(
                     "server '{name}' has no gateway credential to revoke (no gateway is enrolled)"
@@ -1786,11 +2360,12 @@ async fn revoke_enrollment_token(
 /// A server as the admin API shows it. `presence` is what the database
 /// knows of its gateway (shared databases only: another replica may hold
 /// its feed).
-fn server_info(
+pub(crate) fn server_info(
     st: &AppState,
     s: store::Server,
     presence: Option<store::Presence>,
     at: Instant,
+    owner: Option<String>,
 ) -> ServerInfo {
     let live = st.hub.get(s.id);
     let reachability = crate::reachability::view(&s);
@@ -1831,6 +2406,10 @@ fn server_info(
         max_admissions_per_user: s.max_admissions_per_user,
         port_mapping: s.network.as_ref().map(|n| n.report.port_mapping.clone()),
         reachability,
+        owner,
+        direct_mode: s.direct_mode,
+        require_2fa: s.require_2fa,
+        approve_devices: s.approve_devices,
     }
 }
 
@@ -1859,18 +2438,31 @@ async fn check_server(
 
 async fn list_servers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<Vec<ServerInfo>>> {
     admin(&st, &headers).await?;
+    servers_info(&st, Scope::Operator).await
+}
+
+/// The servers of a scope as the API shows them.
+pub(crate) async fn servers_info(st: &AppState, scope: Scope) -> ApiResult<Json<Vec<ServerInfo>>> {
     let shared = st.db.shared();
     let servers = st
         .db
         .tx(move |tx| {
+            let list = match scope {
+                Scope::Operator => store::list_servers(tx)?,
+                Scope::Owner(id) => store::servers_of_owner(tx, id)?,
+            };
             let mut out = Vec::new();
-            for s in store::list_servers(tx)? {
+            for s in list {
                 let p = if shared {
                     Some(store::presence(tx, s.id)?)
                 } else {
                     None
                 };
-                out.push((s, p));
+                let owner = match s.owner_id {
+                    Some(id) => store::username_of(tx, id)?,
+                    None => None,
+                };
+                out.push((s, p, owner));
             }
             Ok(out)
         })
@@ -1879,7 +2471,7 @@ async fn list_servers(State(st): Shared, headers: HeaderMap) -> ApiResult<Json<V
     Ok(Json(
         servers
             .into_iter()
-            .map(|(s, p)| server_info(&st, s, p, at))
+            .map(|(s, p, o)| server_info(st, s, p, at, o))
             .collect(),
     ))
 }
@@ -1901,35 +2493,7 @@ async fn create_grant(
             let server = store::server_by_name(tx, &r.server)?.ok_or_else(|| {
                 store::StoreError::NotFound(format!("no server named '{}'", r.server))
             })?;
-            let warnings = check_granted_services(&server, r.services.as_deref())?;
-            store::upsert_grant(tx, user.id, server.id, r.services.as_deref(), r.direct)?;
-            // A narrowed grant ends the admissions it no longer covers.
-            let grant = store::grant_for(tx, user.id, server.id)?
-                .ok_or_else(|| store::StoreError::NotFound("grant vanished".into()))?;
-            for a in store::user_server_admissions(tx, user.id, Some(server.id))? {
-                if !grant_covers(&grant, &a) {
-                    end_admission(tx, &a, format!("grant narrowed by {by}"))?;
-                }
-            }
-            store::audit(
-                tx,
-                now(),
-                Audit {
-                    event: "grant_created",
-                    username: Some(&r.username),
-                    server: Some(&r.server),
-                    detail: format!(
-                        "services {}, direct {}, by {by}",
-                        r.services
-                            .as_ref()
-                            .map(|s| s.join(","))
-                            .unwrap_or_else(|| "all".into()),
-                        r.direct
-                    ),
-                    ..Default::default()
-                },
-            )?;
-            Ok(warnings)
+            share(tx, &user, &server, r.services.as_deref(), r.direct, &by)
         })
         .await?;
     Ok((
@@ -1944,10 +2508,77 @@ async fn create_grant(
     ))
 }
 
+/// Shares `server` with `user` (creates or changes the grant), in the
+/// caller's transaction: a narrowed share ends the admissions it no
+/// longer covers. Returns warnings for the caller.
+pub(crate) fn share(
+    tx: &mut Tx,
+    user: &store::User,
+    server: &store::Server,
+    services: Option<&[String]>,
+    direct: bool,
+    by: &str,
+) -> store::Result<Vec<String>> {
+    let warnings = check_granted_services(server, services)?;
+    store::upsert_grant(tx, user.id, server.id, services, direct)?;
+    let grant = store::grant_for(tx, user.id, server.id)?
+        .ok_or_else(|| store::StoreError::NotFound("grant vanished".into()))?;
+    for a in store::user_server_admissions(tx, user.id, Some(server.id))? {
+        if !grant_covers(&grant, &a) {
+            end_admission(tx, &a, format!("grant narrowed by {by}"))?;
+        }
+    }
+    store::audit(
+        tx,
+        now(),
+        Audit {
+            event: "grant_created",
+            username: Some(&user.username),
+            server: Some(&server.name),
+            detail: format!(
+                "services {}, direct {direct}, by {by}",
+                services
+                    .map(|s| s.join(","))
+                    .unwrap_or_else(|| "all".into()),
+            ),
+            ..Default::default()
+        },
+    )?;
+    Ok(warnings)
+}
+
+/// Ends a share: its admissions end (and reach the gateway) in the same
+/// transaction. `Ok(false)` when there was none.
+pub(crate) fn unshare(
+    tx: &mut Tx,
+    user: &store::User,
+    server: &store::Server,
+    by: &str,
+) -> store::Result<bool> {
+    if !store::delete_grant(tx, user.id, server.id)? {
+        return Ok(false);
+    }
+    for a in store::user_server_admissions(tx, user.id, Some(server.id))? {
+        end_admission(tx, &a, format!("grant removed by {by}"))?;
+    }
+    store::audit(
+        tx,
+        now(),
+        Audit {
+            event: "grant_removed",
+            username: Some(&user.username),
+            server: Some(&server.name),
+            detail: format!("by {by}"),
+            ..Default::default()
+        },
+    )?;
+    Ok(true)
+}
+
 /// Refuses a grant naming a service the server's gateway does not offer
 /// (it would fail later, at access time, far from its cause). A gateway
 /// that has not reported yet cannot be checked: that is a warning.
-fn check_granted_services(
+pub(crate) fn check_granted_services(
     server: &store::Server,
     services: Option<&[String]>,
 ) -> store::Result<Vec<String>> {
@@ -2015,30 +2646,16 @@ async fn delete_grant(
         .tx(move |tx| {
             let u = store::user_by_name(tx, &user)?;
             let s = store::server_by_name(tx, &server)?;
-            let (Some(u), Some(s)) = (u, s) else {
-                return Err(store::StoreError::NotFound(format!(
-                    "no grant for user '{user}' on server '{server}'"
-                )));
+            let gone = match (u, s) {
+                (Some(u), Some(s)) => unshare(tx, &u, &s, &by)?,
+                _ => false,
             };
-            if !store::delete_grant(tx, u.id, s.id)? {
+            if !gone {
                 return Err(store::StoreError::NotFound(format!(
                     "no grant for user '{user}' on server '{server}'"
                 )));
             }
-            for a in store::user_server_admissions(tx, u.id, Some(s.id))? {
-                end_admission(tx, &a, format!("grant removed by {by}"))?;
-            }
-            store::audit(
-                tx,
-                now(),
-                Audit {
-                    event: "grant_removed",
-                    username: Some(&user),
-                    server: Some(&server),
-                    detail: format!("by {by}"),
-                    ..Default::default()
-                },
-            )
+            Ok(())
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
@@ -2050,30 +2667,33 @@ async fn list_admissions(
 ) -> ApiResult<Json<Vec<AdmissionInfo>>> {
     admin(&st, &headers).await?;
     let adms = st.db.tx(store::list_admissions).await?;
-    Ok(Json(
-        adms.into_iter()
-            .map(|a| AdmissionInfo {
-                client_address: a.client_address().map(IpAddr::V4),
-                id: a.id,
-                username: a.username,
-                server: a.server,
-                mode: a.mode,
-                client_public_key: a.client_key,
-                source: a.source,
-                binding: a.binding,
-                services: a.services,
-                state: if a.active { "active" } else { "pending" }.into(),
-                created_at: a.created_at,
-                expires_at: a.expires_at,
-            })
-            .collect(),
-    ))
+    Ok(Json(admission_infos(adms)))
+}
+
+/// Admissions as the API shows them.
+pub(crate) fn admission_infos(adms: Vec<store::Admission>) -> Vec<AdmissionInfo> {
+    adms.into_iter()
+        .map(|a| AdmissionInfo {
+            client_address: a.client_address().map(IpAddr::V4),
+            id: a.id,
+            username: a.username,
+            server: a.server,
+            mode: a.mode,
+            client_public_key: a.client_key,
+            source: a.source,
+            binding: a.binding,
+            services: a.services,
+            state: if a.active { "active" } else { "pending" }.into(),
+            created_at: a.created_at,
+            expires_at: a.expires_at,
+        })
+        .collect()
 }
 
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AuditQuery {
-    limit: Option<u32>,
+pub(crate) struct AuditQuery {
+    pub(crate) limit: Option<u32>,
 }
 
 async fn audit_log(

@@ -25,6 +25,10 @@ pub enum SecretKind {
     GatewayCredential,
     Enrollment,
     Admin,
+    /// A device's long-lived credential (kept by the client).
+    Device,
+    /// An invitation link's secret.
+    Invitation,
 }
 
 impl SecretKind {
@@ -34,6 +38,8 @@ impl SecretKind {
             SecretKind::GatewayCredential => "hgg_",
             SecretKind::Enrollment => "hge_",
             SecretKind::Admin => "hga_",
+            SecretKind::Device => "hgd_",
+            SecretKind::Invitation => "hgi_",
         }
     }
 }

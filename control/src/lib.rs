@@ -13,7 +13,11 @@
 //! gets only what changed since the version it holds. Everything is
 //! served over HTTPS only (`tls`); the HTTP API itself lives in `app` and
 //! is documented in docs/api.md. `bundle` makes the identity (CA,
-//! certificate, admin token) that replicas share.
+//! certificate, admin token) that replicas share. Accounts are tenants:
+//! any account may register servers it then owns and shares (by name or
+//! invitation link), with its own policy (two factors, device approval,
+//! direct mode); the self-service routes live in `tenants`, each scoped to
+//! the caller's own things, and `totp` holds two-factor sign-in.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -25,7 +29,9 @@ pub mod listener;
 pub mod reachability;
 pub mod state;
 pub mod store;
+mod tenants;
 pub mod tls;
+pub mod totp;
 
 use anyhow::Context;
 use app::AppState;

@@ -954,6 +954,9 @@ fn debug_output_hides_secrets() {
     let login = LoginRequest {
         username: "alice".into(),
         password: "hunter2-secret".into(),
+        totp: Some("123456".into()),
+        device_credential: Some("hgd_device_secret".into()),
+        device_name: Some("laptop".into()),
     };
     let enroll = EnrollRequest {
         enrollment_token: "hge_secret_token".into(),

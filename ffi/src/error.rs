@@ -150,6 +150,9 @@ pub(crate) fn code_of(kind: ErrorKind) -> hg_status {
     use hg_status::*;
     match kind {
         ErrorKind::WrongPassword => HG_ERR_WRONG_PASSWORD,
+        // No codes of their own yet: the message says what to do.
+        ErrorKind::SecondFactor => HG_ERR_WRONG_PASSWORD,
+        ErrorKind::WaitingForApproval => HG_ERR_NO_ACCESS,
         ErrorKind::TokenRejected => HG_ERR_TOKEN_REJECTED,
         ErrorKind::RateLimited => HG_ERR_RATE_LIMITED,
         ErrorKind::NoAccess => HG_ERR_NO_ACCESS,

@@ -332,6 +332,8 @@ impl hg_session {
             server: settings.server.clone(),
             service: settings.service.clone(),
             listen: settings.listen,
+            device: None,
+            on_waiting: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (url, server) = (settings.control_url.clone(), settings.server.clone());

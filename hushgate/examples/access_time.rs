@@ -120,6 +120,8 @@ async fn tunnel_run(t: &Target) -> anyhow::Result<Run> {
         server: t.server.clone(),
         service: t.service.clone(),
         listen: "127.0.0.1:0".parse()?,
+        device: None,
+        on_waiting: None,
     })
     .await?;
     let t_connect = t0.elapsed();

@@ -13,6 +13,17 @@ use time::OffsetDateTime;
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
+    /// The current TOTP code, or one of the account's recovery codes:
+    /// needed when the account has TOTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
+    /// The device credential this client keeps (from an earlier login's
+    /// `device_credential`), or none: then the login registers a new
+    /// device named `device_name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_credential: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
 }
 
 impl std::fmt::Debug for LoginRequest {
@@ -21,6 +32,12 @@ impl std::fmt::Debug for LoginRequest {
         f.debug_struct("LoginRequest")
             .field("username", &self.username)
             .field("password", &"<hidden>")
+            .field("totp", &self.totp.as_ref().map(|_| "<hidden>"))
+            .field(
+                "device_credential",
+                &self.device_credential.as_ref().map(|_| "<hidden>"),
+            )
+            .field("device_name", &self.device_name)
             .finish()
     }
 }
@@ -31,6 +48,14 @@ pub struct LoginResponse {
     pub token: String,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
+    /// The device this login counts as (when the client named one or
+    /// asked for a new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// A new device's long-lived credential, shown once: the client keeps
+    /// it (0600) and sends it with every later login.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_credential: Option<String>,
 }
 
 impl std::fmt::Debug for LoginResponse {
@@ -39,6 +64,11 @@ impl std::fmt::Debug for LoginResponse {
         f.debug_struct("LoginResponse")
             .field("expires_at", &self.expires_at)
             .field("token", &"<hidden>")
+            .field("device_id", &self.device_id)
+            .field(
+                "device_credential",
+                &self.device_credential.as_ref().map(|_| "<hidden>"),
+            )
             .finish()
     }
 }
@@ -304,6 +334,22 @@ pub struct ServerInfo {
     /// The last reachability check and its diagnosis.
     #[serde(default)]
     pub reachability: crate::reach::ReachabilityView,
+    /// The account that owns it (none: the operator's).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Direct (firewall-only) admissions are allowed at all.
+    #[serde(default = "yes")]
+    pub direct_mode: bool,
+    /// Access needs a login that used TOTP.
+    #[serde(default)]
+    pub require_2fa: bool,
+    /// Each device's first access waits for the owner's approval.
+    #[serde(default)]
+    pub approve_devices: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// `POST /v1/admin/grants`.
@@ -381,4 +427,233 @@ pub struct RenewResponse {
     /// control planes that predate it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved: Option<bool>,
+}
+
+// ---------- self-service: accounts, owners, shares ----------
+
+/// Hides a secret from `{:?}`.
+fn hidden<T>(v: &Option<T>) -> Option<&'static str> {
+    v.as_ref().map(|_| "<hidden>")
+}
+
+/// `POST /v1/signup`: a new account, with an invitation link's secret
+/// when sign-up is not open (a server invitation also shares that server).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub invitation: Option<String>,
+}
+
+impl std::fmt::Debug for SignupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignupRequest")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .field("invitation", &hidden(&self.invitation))
+            .finish()
+    }
+}
+
+/// `GET`/`PUT /v1/admin/signup`: who may create an account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignupSetting {
+    /// "open", "invite-only" (the default) or "closed".
+    pub mode: String,
+}
+
+/// `GET /v1/me`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountInfo {
+    pub username: String,
+    /// The operator (an admin account).
+    pub operator: bool,
+    /// The servers this account owns.
+    pub owns: Vec<String>,
+    pub totp: bool,
+    pub recovery_codes_left: u64,
+    /// Whether this login used TOTP.
+    pub session_mfa: bool,
+}
+
+/// `PATCH /v1/servers/{name}`: what the owner changes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerPolicy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<BindingPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_ttl_secs: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_admissions_per_user: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_mode: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_2fa: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approve_devices: Option<bool>,
+}
+
+/// `POST /v1/servers/{name}/shares`: share with an existing account.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRequest {
+    pub username: String,
+    /// None: every service.
+    #[serde(default)]
+    pub services: Option<Vec<String>>,
+    #[serde(default)]
+    pub direct: bool,
+}
+
+/// `POST /v1/servers/{name}/invitations` (and `/v1/admin/invitations`
+/// for an account without a share).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewInvitation {
+    #[serde(default)]
+    pub services: Option<Vec<String>>,
+    #[serde(default)]
+    pub direct: bool,
+    /// How long the link works (default 7 days, at most 30).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// How many accounts may use it (default 1).
+    #[serde(default)]
+    pub uses: Option<u32>,
+}
+
+/// A new invitation: the secret is shown here once.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IssuedInvitation {
+    pub id: String,
+    pub server: Option<String>,
+    pub token: String,
+    pub uses: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedInvitation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedInvitation")
+            .field("id", &self.id)
+            .field("server", &self.server)
+            .field("token", &"<hidden>")
+            .field("uses", &self.uses)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvitationInfo {
+    pub id: String,
+    pub server: Option<String>,
+    pub services: Option<Vec<String>>,
+    pub direct: bool,
+    pub uses_left: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `POST /v1/invitations/accept`: a signed-in account takes a share.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptInvitation {
+    pub invitation: String,
+}
+
+impl std::fmt::Debug for AcceptInvitation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AcceptInvitation { invitation: <hidden> }")
+    }
+}
+
+/// `POST /v1/me/totp`: a new secret, in effect only once a code from
+/// it is confirmed.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct TotpEnrollment {
+    /// Base32, for typing into an authenticator.
+    pub secret: String,
+    /// `otpauth://totp/...`, what the QR code holds.
+    pub otpauth_uri: String,
+    /// The QR code as an SVG image.
+    pub qr_svg: String,
+}
+
+impl std::fmt::Debug for TotpEnrollment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpEnrollment { <hidden> }")
+    }
+}
+
+/// `POST /v1/me/totp/confirm` and `DELETE /v1/me/totp`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TotpCode {
+    pub code: String,
+}
+
+impl std::fmt::Debug for TotpCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TotpCode { <hidden> }")
+    }
+}
+
+/// Recovery codes, shown once; each works once instead of a TOTP code.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RecoveryCodes {
+    pub codes: Vec<String>,
+}
+
+impl std::fmt::Debug for RecoveryCodes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecoveryCodes {{ {} codes }}", self.codes.len())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceInfo {
+    pub id: String,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_used: Option<OffsetDateTime>,
+}
+
+/// `PATCH /v1/me/devices/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameDevice {
+    pub name: String,
+}
+
+/// A device that asked for a server that approves devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceRequestInfo {
+    pub device_id: String,
+    pub device_name: String,
+    pub username: String,
+    /// "pending", "approved" or "denied".
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub requested_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+}
+
+/// `PUT /v1/servers/{name}/devices/{id}`: the owner's decision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceDecision {
+    pub approve: bool,
 }

@@ -17,7 +17,7 @@
 use control_client::{ControlClient, Trust};
 use gateway::{Gateway, GatewayConfig, ServiceSpec};
 use hushgate_client_shim::{Credentials, Session, ShimConfig, ShimError};
-use proto::api::{CreateGrant, CreateServer, CreateUser};
+use proto::api::{CreateGrant, CreateServer, CreateUser, ServerPolicy, ShareRequest};
 use proto::BindingPolicy;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -483,7 +483,13 @@ pub struct Options {
     /// Put the client behind a [`Nat`] whose public address starts as
     /// 127.0.0.1.
     pub nat: bool,
+    /// `den` belongs to the account [`OWNER`] (who shares it with alice
+    /// and approves each new device) instead of the operator.
+    pub owned: bool,
 }
+
+/// The owner of `den` in worlds with [`Options::owned`].
+pub const OWNER: &str = "olga";
 
 /// Control plane + upstream + gateway, with user `alice` granted server
 /// `den` (binding `exact`).
@@ -526,23 +532,57 @@ impl World {
             })
             .await
             .unwrap();
-        let server = admin
-            .create_server(&CreateServer {
-                name: SERVER.into(),
-                binding: BindingPolicy::Exact,
-                admission_ttl_secs: opts.ttl_secs,
-            })
-            .await
-            .unwrap();
-        admin
-            .create_grant(&CreateGrant {
-                username: USER.into(),
-                server: SERVER.into(),
-                services: None,
-                direct: false,
-            })
-            .await
-            .unwrap();
+        let req = CreateServer {
+            name: SERVER.into(),
+            binding: BindingPolicy::Exact,
+            admission_ttl_secs: opts.ttl_secs,
+        };
+        let server = if opts.owned {
+            admin
+                .create_user(&CreateUser {
+                    username: OWNER.into(),
+                    password: PASSWORD.into(),
+                    admin: false,
+                })
+                .await
+                .unwrap();
+            let owner = base.with_bearer(&base.login(OWNER, PASSWORD).await.unwrap().token);
+            let server = owner.register_server(&req).await.unwrap();
+            owner
+                .update_policy(
+                    SERVER,
+                    &ServerPolicy {
+                        approve_devices: Some(true),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            owner
+                .share(
+                    SERVER,
+                    &ShareRequest {
+                        username: USER.into(),
+                        services: None,
+                        direct: false,
+                    },
+                )
+                .await
+                .unwrap();
+            server
+        } else {
+            let server = admin.create_server(&req).await.unwrap();
+            admin
+                .create_grant(&CreateGrant {
+                    username: USER.into(),
+                    server: SERVER.into(),
+                    services: None,
+                    direct: false,
+                })
+                .await
+                .unwrap();
+            server
+        };
         let upstream = Upstream::start();
 
         // The gateway's UDP port is picked first so that the NAT can
@@ -596,6 +636,12 @@ impl World {
         self.gateway.as_ref().unwrap()
     }
 
+    /// The owner's client (worlds with [`Options::owned`]).
+    pub async fn owner(&self) -> ControlClient {
+        let t = self.base.login(OWNER, PASSWORD).await.unwrap().token;
+        self.base.with_bearer(&t)
+    }
+
     /// Alice's user token, from one password login.
     pub async fn token(&self) -> String {
         self.base.login(USER, PASSWORD).await.unwrap().token
@@ -618,6 +664,8 @@ impl World {
             server: SERVER.into(),
             service: None,
             listen: "127.0.0.1:0".parse().unwrap(),
+            device: None,
+            on_waiting: None,
         }
     }
 

@@ -68,10 +68,12 @@ pub mod postgres;
 mod queries;
 mod sql;
 pub mod sqlite;
+mod tenancy;
 
 pub use postgres::DatabaseUrl;
 pub use queries::*;
 pub use sql::{check_parameter_order, Cell, Row, Value};
+pub use tenancy::*;
 
 use crate::hub::{Event, Hub};
 use std::path::PathBuf;

@@ -695,6 +695,61 @@ ALTER TABLE servers ADD COLUMN probe TEXT;
 ALTER TABLE servers ADD COLUMN probe_id TEXT;
 ALTER TABLE servers ADD COLUMN probe_until BIGINT;
 "#,
+    r#"
+-- Version 3: tenancy (SQLite's version 5).
+ALTER TABLE users ADD COLUMN totp_secret BYTEA;
+ALTER TABLE users ADD COLUMN totp_pending BYTEA;
+ALTER TABLE users ADD COLUMN totp_last_step BIGINT;
+ALTER TABLE tokens ADD COLUMN mfa BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE tokens ADD COLUMN device_id TEXT;
+ALTER TABLE servers ADD COLUMN owner_id BIGINT REFERENCES users(id) ON DELETE CASCADE;
+ALTER TABLE servers ADD COLUMN direct_mode BOOLEAN NOT NULL DEFAULT TRUE;
+ALTER TABLE servers ADD COLUMN require_2fa BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE servers ADD COLUMN approve_devices BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE INDEX servers_owner ON servers(owner_id);
+ALTER TABLE audit ADD COLUMN owner_id BIGINT;
+ALTER TABLE audit ADD COLUMN server_id BIGINT;
+ALTER TABLE audit ADD COLUMN user_id BIGINT;
+CREATE INDEX audit_owner ON audit(owner_id, id);
+CREATE INDEX audit_server ON audit(server_id, id);
+CREATE INDEX audit_user ON audit(user_id, id);
+CREATE TABLE invitations (
+    id TEXT PRIMARY KEY,
+    server_id BIGINT REFERENCES servers(id) ON DELETE CASCADE,
+    created_by BIGINT REFERENCES users(id) ON DELETE CASCADE,
+    token_hash BYTEA NOT NULL UNIQUE,
+    services TEXT,
+    direct BOOLEAN NOT NULL,
+    uses_left BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX invitations_server ON invitations(server_id);
+CREATE TABLE recovery_codes (
+    user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    code_hash BYTEA NOT NULL,
+    PRIMARY KEY (user_id, code_hash)
+);
+CREATE TABLE devices (
+    id TEXT PRIMARY KEY,
+    user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    cred_hash BYTEA NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    last_used BIGINT
+);
+CREATE INDEX devices_user ON devices(user_id);
+CREATE TABLE device_approvals (
+    device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    server_id BIGINT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    requested_at BIGINT NOT NULL,
+    decided_at BIGINT,
+    PRIMARY KEY (device_id, server_id)
+);
+CREATE INDEX device_approvals_server ON device_approvals(server_id, state);
+ALTER TABLE admissions ADD COLUMN device_id TEXT;
+"#,
 ];
 
 /// The schema version this binary brings a database to.

@@ -74,19 +74,23 @@ pub struct User {
     pub pw_hash: String,
     pub admin: bool,
     pub created_at: OffsetDateTime,
+    /// A confirmed TOTP secret exists: login needs a code.
+    pub totp: bool,
 }
 
-fn user_row(r: &Row) -> Result<User> {
+pub(super) fn user_row(r: &Row) -> Result<User> {
     Ok(User {
         id: r.i64(0)?,
         username: r.text(1)?,
         pw_hash: r.text(2)?,
         admin: r.bool(3)?,
         created_at: from_millis(r.i64(4)?),
+        totp: r.bool(5)?,
     })
 }
 
-const USER_COLS: &str = "u.id, u.username, u.pw_hash, u.admin, u.created_at";
+pub(super) const USER_COLS: &str =
+    "u.id, u.username, u.pw_hash, u.admin, u.created_at, u.totp_secret IS NOT NULL";
 
 pub fn create_user(
     tx: &mut Tx,
@@ -205,14 +209,25 @@ pub struct Server {
     /// The one-off admission of a reachability check in progress, on
     /// whichever replica runs it (issue 17; see `begin_probe`).
     pub probe: Option<FeedAdmission>,
+    /// The account that registered it and shares it; `None` for a server
+    /// the operator registered (`hushgate admin`), which only the
+    /// operator manages.
+    pub owner_id: Option<i64>,
+    /// Whether the owner allows direct (firewall-only) admissions at all;
+    /// a share's `direct` counts only when this is on.
+    pub direct_mode: bool,
+    /// Access needs a login that used a second factor (TOTP).
+    pub require_2fa: bool,
+    /// Each device's first access waits for the owner's approval.
+    pub approve_devices: bool,
 }
 
-const SERVER_COLS: &str =
-    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user, network, reachability, probe";
+pub(super) const SERVER_COLS: &str =
+    "id, name, binding, ttl_secs, cred_hash IS NOT NULL, gateway_key, endpoint, services, direct_services, version, max_admissions_per_user, network, reachability, probe, owner_id, direct_mode, require_2fa, approve_devices";
 /// How many columns [`SERVER_COLS`] names (a query may select more after them).
-const SERVER_COLS_COUNT: usize = 14;
+pub(super) const SERVER_COLS_COUNT: usize = 18;
 
-fn server_row(r: &Row) -> Result<Server> {
+pub(super) fn server_row(r: &Row) -> Result<Server> {
     Ok(Server {
         id: r.i64(0)?,
         name: r.text(1)?,
@@ -228,6 +243,10 @@ fn server_row(r: &Row) -> Result<Server> {
         network: r.opt_text(11)?.and_then(|t| serde_json::from_str(&t).ok()),
         reachability: r.opt_text(12)?.and_then(|t| serde_json::from_str(&t).ok()),
         probe: r.opt_text(13)?.and_then(|t| serde_json::from_str(&t).ok()),
+        owner_id: r.opt_i64(14)?,
+        direct_mode: r.bool(15)?,
+        require_2fa: r.bool(16)?,
+        approve_devices: r.bool(17)?,
     })
 }
 
@@ -912,7 +931,8 @@ pub fn upsert_grant(
     Ok(())
 }
 
-const GRANT_SELECT: &str = "SELECT u.username, s.name, g.services, g.direct FROM grants g
+pub(super) const GRANT_SELECT: &str =
+    "SELECT u.username, s.name, g.services, g.direct FROM grants g
      JOIN users u ON u.id = g.user_id JOIN servers s ON s.id = g.server_id";
 
 pub fn grant_for(tx: &mut Tx, user_id: i64, server_id: i64) -> Result<Option<Grant>> {
@@ -924,7 +944,7 @@ pub fn grant_for(tx: &mut Tx, user_id: i64, server_id: i64) -> Result<Option<Gra
     .transpose()
 }
 
-fn grant_row(r: &Row) -> Result<Grant> {
+pub(super) fn grant_row(r: &Row) -> Result<Grant> {
     Ok(Grant {
         username: r.text(0)?,
         server: r.text(1)?,
@@ -1027,7 +1047,11 @@ fn admission_row(r: &Row) -> Result<Admission> {
     })
 }
 
-fn admissions_where(tx: &mut Tx, tail: &str, args: &[super::Value]) -> Result<Vec<Admission>> {
+pub(super) fn admissions_where(
+    tx: &mut Tx,
+    tail: &str,
+    args: &[super::Value],
+) -> Result<Vec<Admission>> {
     tx.query(
         &format!("SELECT {ADMISSION_COLS} {ADMISSION_FROM} {tail}"),
         args,
@@ -1287,8 +1311,8 @@ pub fn activate(tx: &mut Tx, id: &str) -> Result<bool> {
     )? > 0)
 }
 
-/// [`activate`], and when it did, [`audit`]: one statement on
-/// PostgreSQL.
+/// [`activate`], and when it did, [`audit`] (with the same tenant
+/// columns): one statement on PostgreSQL.
 pub fn activate_with_audit(
     tx: &mut Tx,
     id: &str,
@@ -1299,9 +1323,14 @@ pub fn activate_with_audit(
         let rows = tx.query(
             "WITH act AS (UPDATE admissions SET state = 'active', pending_until = NULL
                  WHERE id = $1 AND state = 'pending' RETURNING id)
-             INSERT INTO audit(at, event, username, server, admission_id, source, detail)
+             INSERT INTO audit(at, event, username, server, admission_id, source, detail,
+                 owner_id, server_id, user_id)
              SELECT CAST($2 AS BIGINT), CAST($3 AS TEXT), CAST($4 AS TEXT), CAST($5 AS TEXT),
-                 CAST($6 AS TEXT), CAST($7 AS TEXT), CAST($8 AS TEXT) FROM act
+                 CAST($6 AS TEXT), CAST($7 AS TEXT), CAST($8 AS TEXT),
+                 (SELECT owner_id FROM servers WHERE name = $5),
+                 (SELECT id FROM servers WHERE name = $5),
+                 (SELECT id FROM users WHERE username = $4)
+             FROM act
              RETURNING id",
             args![
                 id,
@@ -1473,10 +1502,19 @@ pub struct Audit<'a> {
     pub detail: String,
 }
 
+/// Writes one audit line. The tenant it belongs to is looked up by name
+/// in the same statement and kept with it: the server's owner (whose
+/// audit shows it), the server and the user (whose own audit shows it),
+/// so that a later rename or removal does not move a line to someone
+/// else. Write a server's line before deleting the server.
 pub fn audit(tx: &mut Tx, now: OffsetDateTime, a: Audit<'_>) -> Result<()> {
     tx.exec(
-        "INSERT INTO audit(at, event, username, server, admission_id, source, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO audit(at, event, username, server, admission_id, source, detail,
+             owner_id, server_id, user_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7,
+             (SELECT owner_id FROM servers WHERE name = $4),
+             (SELECT id FROM servers WHERE name = $4),
+             (SELECT id FROM users WHERE username = $3))",
         args![
             millis(now),
             a.event,
@@ -1491,12 +1529,42 @@ pub fn audit(tx: &mut Tx, now: OffsetDateTime, a: Audit<'_>) -> Result<()> {
 }
 
 pub fn list_audit(tx: &mut Tx, limit: u32) -> Result<Vec<AuditEntry>> {
-    let mut rows: Vec<AuditEntry> = tx
-        .query(
-            "SELECT id, at, event, username, server, admission_id, source, detail
-             FROM audit ORDER BY id DESC LIMIT $1",
-            args![limit],
-        )?
+    audit_where(tx, AuditScope::All, limit)
+}
+
+/// Whose audit lines a listing shows.
+#[derive(Debug, Clone, Copy)]
+pub enum AuditScope {
+    /// Everything (the operator).
+    All,
+    /// The lines of every server this account owns.
+    Owner(i64),
+    /// The lines of one server.
+    Server(i64),
+    /// The lines about this account.
+    User(i64),
+}
+
+/// The latest `limit` audit lines of `scope`, oldest first.
+pub fn audit_where(tx: &mut Tx, scope: AuditScope, limit: u32) -> Result<Vec<AuditEntry>> {
+    const COLS: &str =
+        "SELECT id, at, event, username, server, admission_id, source, detail FROM audit";
+    let rows = match scope {
+        AuditScope::All => tx.query(&format!("{COLS} ORDER BY id DESC LIMIT $1"), args![limit])?,
+        AuditScope::Owner(id) => tx.query(
+            &format!("{COLS} WHERE owner_id = $1 ORDER BY id DESC LIMIT $2"),
+            args![id, limit],
+        )?,
+        AuditScope::Server(id) => tx.query(
+            &format!("{COLS} WHERE server_id = $1 ORDER BY id DESC LIMIT $2"),
+            args![id, limit],
+        )?,
+        AuditScope::User(id) => tx.query(
+            &format!("{COLS} WHERE user_id = $1 ORDER BY id DESC LIMIT $2"),
+            args![id, limit],
+        )?,
+    };
+    let mut rows: Vec<AuditEntry> = rows
         .iter()
         .map(|r| {
             Ok(AuditEntry {

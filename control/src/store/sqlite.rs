@@ -290,9 +290,68 @@ ALTER TABLE servers ADD COLUMN probe_id TEXT;
 ALTER TABLE servers ADD COLUMN probe_until INTEGER;
 "#;
 
+/// Version 5: tenancy. Servers have an owner and a sharing policy
+/// (direct mode, two-factor, device approval); accounts have TOTP,
+/// recovery codes and devices; invitations; audit lines name the tenant
+/// they belong to. PostgreSQL's migration 3 is the same.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE users ADD COLUMN totp_secret BLOB;
+ALTER TABLE users ADD COLUMN totp_pending BLOB;
+ALTER TABLE users ADD COLUMN totp_last_step INTEGER;
+ALTER TABLE tokens ADD COLUMN mfa INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tokens ADD COLUMN device_id TEXT;
+ALTER TABLE servers ADD COLUMN owner_id INTEGER REFERENCES users(id) ON DELETE CASCADE;
+ALTER TABLE servers ADD COLUMN direct_mode INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE servers ADD COLUMN require_2fa INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE servers ADD COLUMN approve_devices INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX servers_owner ON servers(owner_id);
+ALTER TABLE audit ADD COLUMN owner_id INTEGER;
+ALTER TABLE audit ADD COLUMN server_id INTEGER;
+ALTER TABLE audit ADD COLUMN user_id INTEGER;
+CREATE INDEX audit_owner ON audit(owner_id, id);
+CREATE INDEX audit_server ON audit(server_id, id);
+CREATE INDEX audit_user ON audit(user_id, id);
+CREATE TABLE invitations (
+    id TEXT PRIMARY KEY,
+    server_id INTEGER REFERENCES servers(id) ON DELETE CASCADE,
+    created_by INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    token_hash BLOB NOT NULL UNIQUE,
+    services TEXT,
+    direct INTEGER NOT NULL,
+    uses_left INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX invitations_server ON invitations(server_id);
+CREATE TABLE recovery_codes (
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    code_hash BLOB NOT NULL,
+    PRIMARY KEY (user_id, code_hash)
+) WITHOUT ROWID;
+CREATE TABLE devices (
+    id TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    cred_hash BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    last_used INTEGER
+);
+CREATE INDEX devices_user ON devices(user_id);
+CREATE TABLE device_approvals (
+    device_id TEXT NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+    server_id INTEGER NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    requested_at INTEGER NOT NULL,
+    decided_at INTEGER,
+    PRIMARY KEY (device_id, server_id)
+);
+CREATE INDEX device_approvals_server ON device_approvals(server_id, state);
+ALTER TABLE admissions ADD COLUMN device_id TEXT;
+"#;
+
 /// The schema version `migrate` brings a database to (`PRAGMA
 /// user_version`). Add a step below and raise this to change the schema.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Brings a database made by an older control plane (or a new, empty
 /// one) to [`SCHEMA_VERSION`], in one transaction. A database of a newer
@@ -320,6 +379,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     }
     if version < 4 {
         tx.execute_batch(SCHEMA_V4)?;
+    }
+    if version < 5 {
+        tx.execute_batch(SCHEMA_V5)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

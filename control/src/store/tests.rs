@@ -398,3 +398,13 @@ fn the_login_limiter_in_the_database_is_the_one_in_memory() {
         .unwrap();
     assert!(gone > 0);
 }
+
+/// Queries that select more after the server's columns read them at
+/// `SERVER_COLS_COUNT`: it must count every column named.
+#[test]
+fn the_server_column_count_matches_the_columns() {
+    assert_eq!(
+        super::queries::SERVER_COLS.split(',').count(),
+        super::queries::SERVER_COLS_COUNT
+    );
+}

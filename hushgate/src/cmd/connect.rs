@@ -1,5 +1,7 @@
 use anyhow::Context;
-use client_shim::{Credentials, EndReason, Session, SessionEvent, ShimConfig, Trust};
+use client_shim::{
+    Credentials, DeviceIdentity, EndReason, Session, SessionEvent, ShimConfig, Trust, WaitingNotice,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use tokio::sync::broadcast::error::RecvError;
@@ -59,6 +61,53 @@ pub struct Args {
     /// 'prefix:V4,V6'.
     #[arg(long)]
     direct: bool,
+    /// Where this device keeps its credential at the control plane (mode
+    /// 0600; made at the first login). Servers whose owner approves each
+    /// device know this machine by it. Default:
+    /// $XDG_STATE_HOME/hushgate/device-USER@HOST (or ~/.local/state/...).
+    #[arg(long, value_name = "FILE")]
+    device_file: Option<PathBuf>,
+    /// The name the server's owner sees when approving this device
+    /// (default: "hushgate connect on HOSTNAME").
+    #[arg(long, value_name = "NAME")]
+    device_name: Option<String>,
+}
+
+/// The default device file for `user` at the control plane `control`.
+fn default_device_file(user: &str, control: &str) -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    // The first control plane's host and port: one credential per
+    // account and control plane.
+    let host: String = control
+        .split(',')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(base.join("hushgate").join(format!("device-{user}@{host}")))
+}
+
+fn default_device_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "this computer".into());
+    format!("hushgate connect on {host}")
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -84,6 +133,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         server: a.server.clone(),
         service: a.service.clone(),
         listen: a.listen,
+        device: a
+            .device_file
+            .clone()
+            .or_else(|| default_device_file(&a.user, &a.control))
+            .map(|file| DeviceIdentity {
+                file,
+                name: a.device_name.clone().unwrap_or_else(default_device_name),
+            }),
+        // The control plane's words: "waiting for alice to approve this
+        // device for server 'den'".
+        on_waiting: Some(WaitingNotice(std::sync::Arc::new(|m: &str| {
+            println!("{m} (this keeps asking until they decide; Ctrl-C to give up)")
+        }))),
     })
     .await?;
     let mut events = session.events();

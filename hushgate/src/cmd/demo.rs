@@ -175,6 +175,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         server: "living-room".into(),
         service: Some("plex".into()),
         listen: "127.0.0.1:0".parse()?,
+        device: None,
+        on_waiting: None,
     })
     .await
     .context("the client shim could not connect")?;
