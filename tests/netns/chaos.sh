@@ -77,7 +77,8 @@ chaos_kill_shim() { # chaos_kill_shim I
 chaos_start_shim() { # chaos_start_shim I
   local i="$1" pid
   pid=$(HUSHGATE_PASSWORD="$PASSWORD" bg cli "$C/shim$i.log" "$BIN" connect --control https://203.0.113.2:8443 \
-    --ca "$W/ctl/ca.pem" --user "chaos$((i % 4))" --server home --listen "127.0.0.1:$((32500 + i))")
+    --ca "$W/ctl/ca.pem" --user "chaos$((i % 4))" --server home --listen "127.0.0.1:$((32500 + i))" \
+    --device-file "$C/device-shim$i")
   echo "$pid" >"$C/shim$i.pid"
 }
 chaos_shim_ready() { grep -q "^ready:" "$C/shim$1.log"; }
@@ -127,7 +128,8 @@ chaos_wg_client() { # chaos_wg_client I
     n=$((n + 1))
     local conf="$C/wg$i-$n.conf"
     until out=$(HUSHGATE_PASSWORD="$PASSWORD" ns cli timeout 20 "$BIN" connect --control https://203.0.113.2:8443 \
-        --ca "$W/ctl/ca.pem" --user "chaos$((i % 4))" --server home --wg-config "$conf" 2>&1); do
+        --ca "$W/ctl/ca.pem" --user "chaos$((i % 4))" --server home --wg-config "$conf" \
+        --device-file "$C/device-wg$i" 2>&1); do
       chaos_running || return 0
       sleep 0.5
     done

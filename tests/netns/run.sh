@@ -51,6 +51,10 @@ BIN="${HUSHGATE_BIN:-$ROOT/target/debug/hushgate}"
 NETEM_BIN="${NETEM_BIN:-$(dirname "$BIN")/hushgate-netem}"
 P="hg$$"
 W="$(mktemp -d /tmp/hushgate-netns.XXXXXX)"
+# `hushgate connect` keeps a device credential under XDG_STATE_HOME: one
+# left in root's home by an earlier run names a device this run's control
+# plane never saw.
+export XDG_STATE_HOME="$W/xdg-state"
 NSES=(inet ctl home edge cnat cli atk dctl dgw mrt mgw isp)
 PASSED=0
 FAILED=0
