@@ -49,3 +49,15 @@ bench:
 bench-profile:
     cargo build --profile profiling -p hushgate --bin hushgate --example flood --example access_time
     HUSHGATE_BIN="${CARGO_TARGET_DIR:-target}/profiling/hushgate" PROFILE=1 bench/run.sh
+
+# Chaos (netns scenario 19) with 100 faults, as root; CHAOS_SEED picks the
+# sequence (CI runs 12 faults of seed 20). See docs/testing.md.
+chaos seed="7" faults="100":
+    cargo build -p hushgate -p hushgate-netem
+    CHAOS_SEED={{seed}} CHAOS_FAULTS={{faults}} tests/netns/run.sh 19
+
+# The soak, as root: an hour (SOAK_SECS) of churning admissions, roaming and
+# an attacker's flood; reports memory slopes, descriptors and set sizes.
+soak:
+    cargo build -p hushgate -p hushgate-netem
+    nice -n 10 bench/soak.sh

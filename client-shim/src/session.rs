@@ -612,15 +612,29 @@ impl<C: ControlApi> Supervisor<C> {
                     self.lost("this device's network address changed; asking for a new admission");
                 }
             }
-            Some(Err(ShimError::Revoked { message, .. })) => {
-                return Some(EndReason::Revoked { message })
-            }
+            Some(Err(ShimError::Revoked { message, .. })) => return self.gone(message),
             Some(Err(e)) => {
                 // Ask again while the path stays silent (the stall is
                 // reported once): the control plane may be back by then.
                 tracing::debug!(error = %e, "probe failed");
                 self.probe_at = Some(now + self.tuning.probe_interval);
             }
+        }
+        None
+    }
+
+    /// The control plane no longer knows the admission. Before its expiry
+    /// that is a revocation, and final. After it, the admission simply
+    /// ran out while the control plane could not be reached to renew it
+    /// (it was down across the expiry): that is no reason to quit, so ask
+    /// for a new one, as after a loss; a grant that is really gone ends
+    /// the session there.
+    fn gone(&mut self, message: String) -> Option<EndReason> {
+        if OffsetDateTime::now_utc() < self.current.expires_at {
+            return Some(EndReason::Revoked { message });
+        }
+        if self.reconnect.is_none() {
+            self.lost("the admission expired while it could not be renewed; asking for a new one");
         }
         None
     }
@@ -648,7 +662,7 @@ impl<C: ControlApi> Supervisor<C> {
                 self.renewed(r.expires_at);
                 None
             }
-            Some(Err(ShimError::Revoked { message, .. })) => Some(EndReason::Revoked { message }),
+            Some(Err(ShimError::Revoked { message, .. })) => self.gone(message),
             Some(Err(e)) if e.is_transient() => {
                 // The admission keeps working until it expires; keep trying
                 // until then, after which the path loss takes over.

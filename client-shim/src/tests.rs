@@ -283,6 +283,11 @@ struct ControlState {
     accesses: u32,
     deny: bool,
     ttl_secs: i64,
+    /// Renewals still to fail as if the control plane could not be
+    /// reached (a connection that died with the client's old address).
+    failing_renewals: u32,
+    /// Every renewal fails as if the control plane were down.
+    unreachable: bool,
     /// The endpoint told to clients (defaults to the gateway's).
     endpoint_override: Option<SocketAddr>,
 }
@@ -391,6 +396,13 @@ impl ControlApi for FakeControl {
 
     async fn renew(&mut self, id: &str) -> Result<RenewResponse, ShimError> {
         let mut st = self.state.lock().unwrap();
+        if st.failing_renewals > 0 || st.unreachable {
+            st.failing_renewals = st.failing_renewals.saturating_sub(1);
+            return Err(ShimError::ControlUnreachable {
+                url: "https://den.example".into(),
+                detail: "connection reset by peer".into(),
+            });
+        }
         let ttl = st.ttl_secs;
         let Some(a) = st.live.get_mut(id) else {
             return Err(ShimError::Revoked {
@@ -600,6 +612,84 @@ async fn a_changed_source_address_leads_to_a_new_admission() {
         "old admission revoked"
     );
     assert_eq!(st.live.len(), 1);
+}
+
+/// After a move the probe's first renewals may fail: they go out on the
+/// kept-alive connection to the control plane that died with the old
+/// address (the netns chaos scenario: half the shims probed once, failed,
+/// and waited for the whole loss timeout). With a loss timeout far beyond
+/// the test's patience, only a probe tried again can bring the new
+/// admission in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_is_noticed_even_when_the_probes_first_renewals_fail() {
+    for failing_renewals in [1, 3] {
+        moved_and_re_admitted(failing_renewals).await;
+    }
+}
+
+async fn moved_and_re_admitted(failing_renewals: u32) {
+    let mut t = tuning();
+    t.datapath.timeouts.lost = PATIENCE * 10;
+    let w = world_with(3600, t).await;
+    let mut ev = w.session.events();
+    let local = w.session.local_addr();
+    let first = w.session.info().admission_id;
+    w.control.state.lock().unwrap().failing_renewals = failing_renewals;
+    w.control.move_client();
+    let probe = std::thread::spawn(move || download(local, 1 << 20, 2, 0));
+    expect_readmitted(&mut ev, &first, local).await;
+    let _ = probe.join().unwrap();
+}
+
+/// Waits for the session's next admission (not its end), which must differ
+/// from `first` and carry a download.
+async fn expect_readmitted(
+    ev: &mut tokio::sync::broadcast::Receiver<SessionEvent>,
+    first: &str,
+    local: SocketAddr,
+) {
+    let next = expect_event(ev, PATIENCE, |e| {
+        matches!(
+            e,
+            SessionEvent::Connected { .. } | SessionEvent::Ended { .. }
+        )
+    })
+    .await;
+    let SessionEvent::Connected { admission_id, .. } = next else {
+        panic!("the session ended instead of getting a new admission: {next:?}")
+    };
+    assert_ne!(admission_id, first);
+    assert_eq!(
+        blocking(move || download(local, 1 << 20, 3, 0))
+            .await
+            .unwrap(),
+        1 << 20
+    );
+}
+
+/// The control plane down across the admission's expiry: once back it no
+/// longer knows the admission, which is not a revocation: the session gets
+/// a new admission and goes on (found by the netns chaos scenario: a shim
+/// whose renewals failed while the control plane restarted quit with
+/// "your admission is gone" when it came back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_that_expired_while_the_control_plane_was_down_is_replaced() {
+    let w = world(3).await;
+    let mut ev = w.session.events();
+    let local = w.session.local_addr();
+    let first = w.session.info();
+    w.control.state.lock().unwrap().unreachable = true;
+    // Past its expiry (by this clock, as the session sees it), the
+    // control plane sweeps it; then it answers again.
+    let left = (first.expires_at - OffsetDateTime::now_utc()).unsigned_abs();
+    tokio::time::sleep(left + Duration::from_millis(200)).await;
+    {
+        let mut st = w.control.state.lock().unwrap();
+        st.live.clear();
+        w.control.push(&mut st);
+        st.unreachable = false;
+    }
+    expect_readmitted(&mut ev, &first.admission_id, local).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

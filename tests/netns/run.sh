@@ -51,6 +51,10 @@ BIN="${HUSHGATE_BIN:-$ROOT/target/debug/hushgate}"
 NETEM_BIN="${NETEM_BIN:-$(dirname "$BIN")/hushgate-netem}"
 P="hg$$"
 W="$(mktemp -d /tmp/hushgate-netns.XXXXXX)"
+# `hushgate connect` keeps a device credential under XDG_STATE_HOME: one
+# left in root's home by an earlier run names a device this run's control
+# plane never saw.
+export XDG_STATE_HOME="$W/xdg-state"
 NSES=(inet ctl home edge cnat cli atk dctl dgw mrt mgw isp)
 PASSED=0
 FAILED=0
@@ -275,6 +279,7 @@ start_control() {
   CTL_PID=$(bg ctl "$W/control.log" "$BIN" control --listen "[::]:8443" --state "$W/ctl" \
     --san 203.0.113.2 --san 2001:db8:1::2 --admission-ttl 10 --login-rate 1000 \
     --metrics-listen 203.0.113.2:9102)
+  echo "$CTL_PID" >"$W/ctl.pid"
   wait_for "control plane" 10 test -s "$W/ctl/control-url"
   wait_for "control plane HTTPS" 10 ns ctl curl -sf --cacert "$W/ctl/ca.pem" https://203.0.113.2:8443/v1/health -o /dev/null
 }
@@ -1549,13 +1554,23 @@ scenario_18() { # three control plane replicas on one PostgreSQL: replica 1, whi
 
 # ---------------------------------------------------------------- main
 
-if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 21); fi
+# Scenarios 19 (chaos) and 20 (control plane down for a long time).
+# shellcheck source=tests/netns/chaos.sh
+. "$HERE/chaos.sh"
+# A file of extra scenarios (e.g. bench/soak.sh's scenario_soak), sourced
+# here so that they run in this harness's world.
+if [ -n "${HARNESS_EXTRA:-}" ]; then
+  # shellcheck disable=SC1090
+  . "$HARNESS_EXTRA"
+fi
+
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21); fi
 log "building the topology ($P)"
 build_topology
 setup_world
 log "world up: control plane, gateway ($(grep -o 'key [^ ,)]*' "$W/gw.log" | head -1)), media server"
 for s in "${WANT[@]}"; do
-  name=$(grep -m1 "^scenario_$s()" "$0" | sed 's/.*# //')
+  name=$(grep -h -m1 "^scenario_$s()" "$0" "$HERE/chaos.sh" ${HARNESS_EXTRA:+"$HARNESS_EXTRA"} | sed 's/.*# //' | head -1)
   log "scenario $s: $name"
   # Not inside `if`: bash ignores errexit in a tested command.
   set +e
