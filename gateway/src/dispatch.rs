@@ -470,6 +470,15 @@ pub struct PeerCounters {
 }
 
 impl PeerCounters {
+    /// Adds `other`'s counts to these (`last_handshake` stays).
+    fn absorb(&mut self, other: &PeerCounters) {
+        self.handshakes += other.handshakes;
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+    }
+
     fn received(&mut self, datagram_len: usize) {
         self.rx_packets += 1;
         self.rx_bytes += datagram_len as u64;
@@ -912,14 +921,10 @@ impl Dispatcher {
                     tcp: Default::default(),
                 }
             })
-            .collect::<Vec<PeerStats>>();
+            .collect();
         let mut totals = self.departed;
-        for p in &peers {
-            totals.handshakes += p.handshakes;
-            totals.rx_packets += p.rx_packets;
-            totals.rx_bytes += p.rx_bytes;
-            totals.tx_packets += p.tx_packets;
-            totals.tx_bytes += p.tx_bytes;
+        for p in self.peers.iter().flatten() {
+            totals.absorb(&p.counters);
         }
         GatewayStats {
             feed_version: self.table.version(),
@@ -950,12 +955,7 @@ impl Dispatcher {
     fn forget_peer(&mut self, admission: &Admission, cause: RemovalCause) {
         if let Some(slot) = self.peers.get_mut(admission.peer().tunnel_index() as usize) {
             if let Some(gone) = slot.take() {
-                let d = &mut self.departed;
-                d.handshakes += gone.counters.handshakes;
-                d.rx_packets += gone.counters.rx_packets;
-                d.rx_bytes += gone.counters.rx_bytes;
-                d.tx_packets += gone.counters.tx_packets;
-                d.tx_bytes += gone.counters.tx_bytes;
+                self.departed.absorb(&gone.counters);
             }
         }
         self.events.push_back(PeerEvent::Removed {
