@@ -120,6 +120,10 @@ done
 [ "$FLOOD_SECS" -ge 2 ] 2>/dev/null || { echo "bench: FLOOD_SECS must be a whole number of seconds, at least 2 (the stream runs FLOOD_SECS-1 s after 1 s omitted)" >&2; exit 2; }
 P="hb$$"
 W="$(mktemp -d /tmp/hushgate-bench.XXXXXX)"
+# `hushgate connect` keeps a device credential under XDG_STATE_HOME: one
+# per run, so that a credential from an earlier run (another control
+# plane) is never presented.
+export XDG_STATE_HOME="$W/xdg-state"
 NSES=(inet ctl home edge cnat cli atk)
 RES="$W/results.txt"   # key value lines
 : >"$RES"

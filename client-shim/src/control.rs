@@ -98,12 +98,25 @@ fn write_device_credential(file: &Path, credential: &str) -> Result<(), ShimErro
             .create(dir)
             .map_err(fail)?;
     }
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(file)
-        .map_err(fail)?;
+    {
+        Ok(f) => f,
+        // Another session of the same account (a second player started at
+        // the same moment) registered its device and saved it first: keep
+        // that one for later runs; this session's device serves it alone.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            tracing::info!(
+                file = %file.display(),
+                "another session saved this account's device file first; this session's device is not saved"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(fail(e)),
+    };
     f.write_all(format!("{credential}\n").as_bytes())
         .and_then(|()| f.sync_all())
         .map_err(fail)
@@ -237,5 +250,24 @@ impl ControlApi for HttpControl {
             .revoke(id)
             .await
             .map_err(|e| self.map(e, Call::Renew))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_file_saved_first_by_another_session_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state/device-alice");
+        write_device_credential(&file, "hgd_first").unwrap();
+        // A second session of the same account, registered at the same
+        // moment, finds the file there: not an error, and the first stays.
+        write_device_credential(&file, "hgd_second").unwrap();
+        assert_eq!(
+            read_device_credential(&file).unwrap().as_deref(),
+            Some("hgd_first")
+        );
     }
 }
