@@ -15,7 +15,10 @@
 #![forbid(unsafe_code)]
 
 use proto::api::ErrorBody;
-use reqwest::{Method, StatusCode};
+/// The HTTP method type [`ControlClient::call`] takes, for callers that
+/// make a call this crate has no helper for.
+pub use reqwest::Method;
+use reqwest::StatusCode;
 use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -2,10 +2,13 @@
 //! every claim checked. It exits non-zero if any step does not hold.
 
 use anyhow::{bail, Context};
-use client_shim::{Credentials, Session, SessionEvent, ShimConfig, Trust};
+use client_shim::{
+    Credentials, DeviceIdentity, Session, SessionEvent, ShimConfig, Trust, WaitingNotice,
+};
 use control_client::ControlClient;
+use control_client::Method;
 use gateway::{Gateway, GatewayConfig, ServiceSpec};
-use proto::api::{CreateGrant, CreateServer, CreateUser};
+use proto::api::{CreateServer, IssuedInvitation, NewInvitation, ServerPolicy, SignupRequest};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,10 +16,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Run the whole flow on loopback: control plane, a sample media server,
-/// the gateway in front of it, a user with a grant and the client shim.
+/// the gateway in front of it, an owner sharing it with a friend, and the
+/// client shim.
 ///
-/// It narrates each step with its timing: gateway enrolled, user logged
-/// in, access requested, admission pushed, gateway ready, tunnel up, a
+/// It narrates each step with its timing: an owner invited by the operator
+/// signs up and registers her server, the gateway enrolls, she shares the
+/// server by an invitation link, her friend signs up with it, the friend's
+/// new device waits for the owner's approval and gets it, access
+/// requested, admission pushed, gateway ready, tunnel up, a
 /// file downloaded through the local port and its checksum verified; then
 /// a stranger's probe from 127.0.0.2 that gets zero bytes back, and a
 /// revocation that ends an ongoing download. Everything lives in a
@@ -105,30 +112,51 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "control plane on {url} (HTTPS, its own CA, SQLite in the state folder)"
     ));
 
-    let password = format!("demo-{}", hex(&rand_bytes::<8>()));
-    admin
-        .create_user(&CreateUser {
-            username: "alice".into(),
-            password: password.clone(),
-            admin: false,
-        })
+    // The operator invites an owner; the owner signs up, registers their
+    // server and decides who may reach it. The operator never touches it.
+    let owner_password = format!("demo-{}", hex(&rand_bytes::<8>()));
+    let invite: IssuedInvitation = admin
+        .call(
+            Method::POST,
+            "/v1/admin/invitations",
+            Some(&NewInvitation::default()),
+            CALL,
+        )
         .await?;
-    let server = admin
-        .create_server(&CreateServer {
+    signup(&base, "olga", &owner_password, &invite.token).await?;
+    let olga = base.with_bearer(&base.login("olga", &owner_password).await?.token);
+    let server = olga
+        .register_server(&CreateServer {
             name: "living-room".into(),
             binding: Default::default(),
             admission_ttl_secs: Some(600),
         })
         .await?;
-    admin
-        .create_grant(&CreateGrant {
-            username: "alice".into(),
-            server: "living-room".into(),
-            services: None,
-            direct: false,
-        })
+    olga.update_policy(
+        "living-room",
+        &ServerPolicy {
+            approve_devices: Some(true),
+            ..Default::default()
+        },
+    )
+    .await?;
+    say.say("the operator invited 'olga'; she signed up, registered her server 'living-room' and asked to approve every new device (binding: exact source address)");
+
+    // The owner shares the server with a friend by link.
+    let link: IssuedInvitation = olga
+        .call(
+            Method::POST,
+            "/v1/servers/living-room/invitations",
+            Some(&NewInvitation {
+                ttl_secs: Some(3600),
+                ..Default::default()
+            }),
+            CALL,
+        )
         .await?;
-    say.say("user 'alice' created and granted access to server 'living-room' (binding: exact source address)");
+    let password = format!("demo-{}", hex(&rand_bytes::<8>()));
+    signup(&base, "alice", &password, &link.token).await?;
+    say.say("olga made a one-use invitation link; her friend 'alice' opened it and signed up: the share exists");
 
     // The gateway.
     let gw = Gateway::start(GatewayConfig {
@@ -162,24 +190,51 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         gw.udp_addr()
     ));
 
-    // The user logs in.
-    let login = base.login("alice", &password).await?;
-    say.say("alice logged in (argon2id password check, bearer token issued)");
-
-    // The client shim: ephemeral key, access request, tunnel.
+    // Alice's player asks for access from a new device: it waits until
+    // the owner approves that device.
     say.restart();
-    let session = Session::connect(ShimConfig {
+    let (told_tx, mut told) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let connecting = tokio::spawn(Session::connect(ShimConfig {
         control_url: url.clone(),
         trust: Trust::from_ca_file(&ca)?,
-        credentials: Credentials::Token(login.token.clone()),
+        credentials: Credentials::Password {
+            user: "alice".into(),
+            password: password.clone(),
+        },
         server: "living-room".into(),
         service: Some("plex".into()),
         listen: "127.0.0.1:0".parse()?,
-        device: None,
-        on_waiting: None,
-    })
-    .await
-    .context("the client shim could not connect")?;
+        device: Some(DeviceIdentity {
+            file: dir.path().join("alice-device"),
+            name: "alice's tv".into(),
+        }),
+        on_waiting: Some(WaitingNotice(Arc::new(move |m: &str| {
+            let _ = told_tx.send(m.to_string());
+        }))),
+    }));
+    let waiting = tokio::time::timeout(Duration::from_secs(30), told.recv())
+        .await
+        .ok()
+        .flatten()
+        .context("the shim did not report that it waits for the owner's approval")?;
+    say.say(format!(
+        "alice signed in from a new device (its credential kept in a 0600 file); the shim says: {waiting}"
+    ));
+    let pending = olga.device_requests("living-room").await?;
+    let request = pending
+        .iter()
+        .find(|r| r.state == "pending" && r.username == "alice")
+        .context("olga does not see alice's device waiting")?;
+    olga.decide_device("living-room", &request.device_id, true)
+        .await?;
+    say.say(format!(
+        "olga approved \"{}\" (audited); alice's shim, which asks again every 3 s while it waits, goes on by itself",
+        request.device_name
+    ));
+    let session = tokio::time::timeout(Duration::from_secs(60), connecting)
+        .await
+        .context("the shim did not connect within 60 s of the approval")??
+        .context("the client shim could not connect")?;
     let admissions = admin.list_admissions().await?;
     let adm = admissions
         .iter()
@@ -275,7 +330,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     say.restart();
     let revoked_at = Instant::now();
-    admin.revoke(&adm.id).await?;
+    olga.revoke(&adm.id).await?;
     let _ = rev_tx.send(revoked_at);
     let outcome = tokio::time::timeout(Duration::from_secs(5), slow).await;
     let ended_after = revoked_at.elapsed();
@@ -290,7 +345,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         bail!("the download ended {ended_after:?} after the revocation (limit 1 s)");
     }
     say.say(format!(
-        "admin revoked the admission: the ongoing download ended {:.0} ms later",
+        "olga revoked the admission: the ongoing download ended {:.0} ms later",
         ended_after.as_secs_f64() * 1e3
     ));
     // The player tries again: the tunnel is gone, so nothing answers, and
@@ -332,6 +387,30 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
 }
 
 const PROBES: usize = 60;
+const CALL: Duration = Duration::from_secs(15);
+
+/// `POST /v1/signup` with an invitation.
+async fn signup(
+    base: &ControlClient,
+    username: &str,
+    password: &str,
+    invitation: &str,
+) -> anyhow::Result<()> {
+    let _: serde_json::Value = base
+        .call(
+            Method::POST,
+            "/v1/signup",
+            Some(&SignupRequest {
+                username: username.into(),
+                password: password.into(),
+                invitation: Some(invitation.into()),
+            }),
+            CALL,
+        )
+        .await
+        .with_context(|| format!("sign-up of {username}"))?;
+    Ok(())
+}
 
 /// Sends junk from 127.0.0.2 and counts every byte that comes back.
 async fn probe(gateway: SocketAddr) -> anyhow::Result<usize> {
