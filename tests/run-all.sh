@@ -79,6 +79,10 @@ say "netns harness (tests/netns/run.sh)"
 cargo build -p hushgate -p hushgate-netem --locked
 tests/netns/run.sh
 
+say "the demo (hushgate demo, debug build, 4 MiB file)"
+# The README's first command, so a change that breaks it fails CI too.
+target/debug/hushgate demo --file-mib 4
+
 say "Debian package (tests/package.sh)"
 # Builds the release binary and the .deb (installs cargo-deb when it is
 # missing), installs it with dpkg, runs the units' command lines as their
