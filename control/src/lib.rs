@@ -25,11 +25,13 @@
 pub mod app;
 pub mod auth;
 pub mod bundle;
+pub mod console;
 mod error;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod reachability;
+mod sessions;
 pub mod state;
 pub mod store;
 mod tenants;
