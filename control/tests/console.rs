@@ -100,6 +100,28 @@ async fn call(
     }
 }
 
+/// The sign-in form posted with the pre-session cookie `pre`.
+async fn post_signin(c: &ControlClient, pre: &str, fields: &[(&str, &str)]) -> Answer {
+    call(
+        c,
+        Method::POST,
+        "/signin",
+        &[(PRESESSION_COOKIE, pre)],
+        Some(form(fields)),
+    )
+    .await
+}
+
+/// `GET /v1/me` with `token` as the bearer.
+async fn api_me(c: &ControlClient, token: &str) -> reqwest::Response {
+    c.http()
+        .get(format!("{}/v1/me", c.base_url()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn cookie_value(set_cookie: &str) -> String {
     set_cookie
         .split(';')
@@ -127,16 +149,14 @@ impl Browser {
 async fn sign_in(c: &ControlClient, user: &str, password: &str) -> Browser {
     let page = call(c, Method::GET, "/signin", &[], None).await;
     let pre = cookie_value(&page.set_cookie(PRESESSION_COOKIE).unwrap());
-    let done = call(
+    let done = post_signin(
         c,
-        Method::POST,
-        "/signin",
-        &[(PRESESSION_COOKIE, &pre)],
-        Some(form(&[
+        &pre,
+        &[
             ("csrf", &page.csrf()),
             ("username", user),
             ("password", password),
-        ])),
+        ],
     )
     .await;
     assert_eq!(done.status, 303, "{}", done.body);
@@ -217,16 +237,14 @@ async fn signing_in_sets_a_strict_cookie_and_forms_need_their_csrf_token(engine:
         assert_page_headers(&a, "refused POST /signin");
     }
     // A wrong password: the form again, with the API's words.
-    let wrong = call(
+    let wrong = post_signin(
         &c,
-        Method::POST,
-        "/signin",
-        &[(PRESESSION_COOKIE, &pre)],
-        Some(form(&[
+        &pre,
+        &[
             ("csrf", &csrf),
             ("username", "alice"),
             ("password", "nope-nope"),
-        ])),
+        ],
     )
     .await;
     assert_eq!(wrong.status, 401);
@@ -254,16 +272,7 @@ async fn signing_in_sets_a_strict_cookie_and_forms_need_their_csrf_token(engine:
     let token = cookie_value(&session_cookie);
     // The cookie holds a login token of the API's kind (stored hashed).
     assert!(token.starts_with("hgu_"), "{token}");
-    let me: AccountInfo = c
-        .http()
-        .get(format!("{}/v1/me", c.base_url()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: AccountInfo = api_me(&c, &token).await.json().await.unwrap();
     assert_eq!(me.username, "alice");
     let b = Browser {
         csrf: call(
@@ -365,13 +374,7 @@ async fn signing_in_sets_a_strict_cookie_and_forms_need_their_csrf_token(engine:
         .set_cookie(SESSION_COOKIE)
         .unwrap()
         .contains("Max-Age=0"));
-    let after = c
-        .http()
-        .get(format!("{}/v1/me", c.base_url()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let after = api_me(&c, &token).await;
     assert_eq!(after.status().as_u16(), 401);
     cp.stop().await;
 }
@@ -396,16 +399,14 @@ async fn console_and_api_share_the_login_throttle_and_the_second_factor(engine: 
     let page = call(&c, Method::GET, "/signin", &[], None).await;
     let pre = cookie_value(&page.set_cookie(PRESESSION_COOKIE).unwrap());
     for _ in 0..4 {
-        let a = call(
+        let a = post_signin(
             &c,
-            Method::POST,
-            "/signin",
-            &[(PRESESSION_COOKIE, &pre)],
-            Some(form(&[
+            &pre,
+            &[
                 ("csrf", &page.csrf()),
                 ("username", "bob"),
                 ("password", "guess-guess"),
-            ])),
+            ],
         )
         .await;
         assert_eq!(a.status, 401, "{}", a.body);
@@ -419,16 +420,14 @@ async fn console_and_api_share_the_login_throttle_and_the_second_factor(engine: 
         .await
         .unwrap();
     assert_eq!(api.status().as_u16(), 429);
-    let a = call(
+    let a = post_signin(
         &c,
-        Method::POST,
-        "/signin",
-        &[(PRESESSION_COOKIE, &pre)],
-        Some(form(&[
+        &pre,
+        &[
             ("csrf", &page.csrf()),
             ("username", "bob"),
             ("password", "password-of-bob"),
-        ])),
+        ],
     )
     .await;
     assert_eq!(a.status, 429, "{}", a.body);
@@ -489,16 +488,14 @@ async fn console_and_api_share_the_login_throttle_and_the_second_factor(engine: 
 
     let page = call(&c, Method::GET, "/signin", &[], None).await;
     let pre = cookie_value(&page.set_cookie(PRESESSION_COOKIE).unwrap());
-    let step = call(
+    let step = post_signin(
         &c,
-        Method::POST,
-        "/signin",
-        &[(PRESESSION_COOKIE, &pre)],
-        Some(form(&[
+        &pre,
+        &[
             ("csrf", &page.csrf()),
             ("username", "carol"),
             ("password", "password-of-carol"),
-        ])),
+        ],
     )
     .await;
     assert_eq!(step.status, 200);
@@ -510,31 +507,20 @@ async fn console_and_api_share_the_login_throttle_and_the_second_factor(engine: 
     // The code of the next step (the one just used for enrolment cannot
     // be replayed).
     let code = control::totp::code_at(&secret, now() + control::totp::STEP);
-    let done = call(
+    let done = post_signin(
         &c,
-        Method::POST,
-        "/signin",
-        &[(PRESESSION_COOKIE, &pre)],
-        Some(form(&[
+        &pre,
+        &[
             ("csrf", &step.csrf()),
             ("username", "carol"),
             ("password", "password-of-carol"),
             ("totp", &code),
-        ])),
+        ],
     )
     .await;
     assert_eq!(done.status, 303, "{}", done.body);
     let token = cookie_value(&done.set_cookie(SESSION_COOKIE).unwrap());
-    let me: AccountInfo = c
-        .http()
-        .get(format!("{}/v1/me", c.base_url()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let me: AccountInfo = api_me(&c, &token).await.json().await.unwrap();
     assert!(me.totp && me.session_mfa);
     cp.stop().await;
 }
