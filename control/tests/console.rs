@@ -606,6 +606,16 @@ async fn another_tenant_gets_the_same_404_on_every_server_page(engine: Engine) {
     )
     .unwrap();
     let device = friend.device_id.unwrap();
+    let friend_session = api(
+        friend.token.clone(),
+        Method::GET,
+        "/v1/me/sessions".into(),
+        json!(null),
+    )
+    .await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     gw.wait_until(|ids| ids.contains(&adm.admission_id))
         .await
         .expect("the admission reaches the gateway");
@@ -700,6 +710,54 @@ async fn another_tenant_gets_the_same_404_on_every_server_page(engine: Engine) {
             }
         }
     }
+    // The account pages that name a device or a session: another
+    // account's are the same 404 as unknown ones.
+    let account_pages: Vec<_> = control::console::pages()
+        .into_iter()
+        .filter(|(_, p)| p.starts_with("/account/") && p.contains("{id}"))
+        .collect();
+    assert_eq!(account_pages.len(), 3, "{account_pages:?}");
+    for attacker in ["other-owner", "plain-user"] {
+        let b = sign_in(&c, attacker, &format!("password-of-{attacker}")).await;
+        for (_, pattern) in &account_pages {
+            for id in [&device, &friend_session] {
+                let body = Some(form(&[("csrf", &b.csrf), ("name", "stolen")]));
+                let v = call(
+                    &c,
+                    Method::POST,
+                    &pattern.replace("{id}", id),
+                    &b.cookies(),
+                    body.clone(),
+                )
+                .await;
+                let u = call(
+                    &c,
+                    Method::POST,
+                    &pattern.replace("{id}", "unknown-id"),
+                    &b.cookies(),
+                    body,
+                )
+                .await;
+                let what = format!("POST {pattern} as {attacker}");
+                assert_eq!((v.status, u.status), (404, 404), "{what}: {}", v.body);
+                assert_eq!(
+                    v.body.replace(id.as_str(), "{id}"),
+                    u.body.replace("unknown-id", "{id}"),
+                    "{what}"
+                );
+            }
+        }
+    }
+    // The friend's device and login are untouched.
+    let devs = api(
+        friend.token.clone(),
+        Method::GET,
+        "/v1/me/devices".into(),
+        json!(null),
+    )
+    .await;
+    assert_eq!(devs[0]["name"], "friend-phone");
+
     // Nothing of the victim's changed.
     let den: ServerInfo = serde_json::from_value(
         api(
