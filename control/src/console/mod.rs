@@ -353,3 +353,44 @@ fn csrf_refused() -> Failure {
     )
     .into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cookie_is_found_among_others_and_only_by_its_whole_name() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; __Host-hushgate-pre=p"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("__Host-hushgate=hgu_x"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("hgu_x"));
+        assert_eq!(cookie(&h, PRESESSION_COOKIE), Some("p"));
+        assert_eq!(cookie(&h, "__Host-hush"), None);
+    }
+
+    #[test]
+    fn the_csrf_token_belongs_to_one_cookie_value() {
+        let t = csrf_of("hgu_one");
+        assert!(csrf_matches("hgu_one", &t));
+        assert!(!csrf_matches("hgu_two", &t));
+        assert!(!csrf_matches("hgu_one", ""));
+        assert!(!csrf_matches("hgu_one", &t[..t.len() - 1]));
+        // The token does not show the cookie.
+        assert!(!t.contains("hgu_one"));
+    }
+
+    #[test]
+    fn cookies_are_set_with_every_flag() {
+        let c = set_cookie(SESSION_COOKIE, "hgu_x", 60);
+        assert_eq!(
+            c.to_str().unwrap(),
+            "__Host-hushgate=hgu_x; Secure; HttpOnly; SameSite=Strict; Path=/; Max-Age=60"
+        );
+    }
+}
