@@ -170,6 +170,20 @@ impl Browser {
     async fn source(&self) -> String {
         self.c.source().await.unwrap()
     }
+    /// Opens `url` again until its page satisfies `cond` (what a form
+    /// sent changed on the server, whenever the browser's navigation
+    /// after the click finished).
+    async fn until(&self, url: &str, what: &str, cond: impl Fn(&str) -> bool) {
+        let t = Instant::now();
+        loop {
+            self.goto(url).await;
+            if cond(&self.source().await) {
+                return;
+            }
+            assert!(t.elapsed() < PATIENCE, "{url} never showed {what}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     async fn screenshot(&self, name: &str) {
         if std::env::var_os("HUSHGATE_SCREENSHOTS").is_none() {
             return;
@@ -259,6 +273,7 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     )
     .unwrap();
     let url = serving.url.clone();
+    let den = format!("{url}/servers/den");
     let ca = serving.ca_file.clone().unwrap();
     let spki = spki_pin(&ca.with_file_name("ca-key.pem"));
     let base = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();
@@ -323,7 +338,7 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     assert!(gw.wait_synced(PATIENCE).await);
     let t = Instant::now();
     loop {
-        owner.goto(&format!("{url}/servers/den")).await;
+        owner.goto(&den).await;
         if owner.text("#gateway-status").await.contains("online") {
             break;
         }
@@ -337,14 +352,11 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     // New devices need the owner's approval; an invitation link.
     owner.click("#approve-devices").await;
     owner.submit("#policy").await;
-    owner.find("#policy").await;
-    let checked = owner
-        .find("#approve-devices")
-        .await
-        .prop("checked")
-        .await
-        .unwrap();
-    assert_eq!(checked.as_deref(), Some("true"), "the policy was saved");
+    owner
+        .until(&den, "device approval on", |p| {
+            p.contains("name=\"approve_devices\" id=\"approve-devices\" checked")
+        })
+        .await;
     owner.submit("#invite").await;
     let link = owner.text("#issued-secret").await;
     assert!(
@@ -435,18 +447,21 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     assert!(friend.source().await.contains("Two-factor sign-in is on"));
 
     // The owner approves the device in the page.
-    owner.goto(&format!("{url}/servers/den")).await;
-    let t = Instant::now();
-    while !owner.source().await.contains("fred&#x27;s laptop")
-        && !owner.source().await.contains("fred's laptop")
-    {
-        assert!(t.elapsed() < PATIENCE, "the device request never showed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        owner.goto(&format!("{url}/servers/den")).await;
-    }
+    owner
+        .until(&den, "fred's device request", |p| {
+            p.contains("id=\"device-requests\"")
+        })
+        .await;
+    assert!(owner
+        .text("#device-requests")
+        .await
+        .contains("fred's laptop"));
     owner.click("#device-requests button[value=approve]").await;
-    owner.find("#device-requests").await;
-    assert!(owner.text("#device-requests").await.contains("approved"));
+    owner
+        .until(&den, "the device approved", |p| {
+            p.contains("<td>approved</td>")
+        })
+        .await;
 
     // The friend's connect gets through; a download succeeds.
     let ready = line_with(&mut lines, &mut seen, "ready: http://").await;
@@ -470,7 +485,7 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
         assert!(t.elapsed() < PATIENCE, "the paced download never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    owner.goto(&format!("{url}/servers/den")).await;
+    owner.goto(&den).await;
     let live = owner.text("#admissions").await;
     assert!(
         live.contains("fred") && live.contains("fred's laptop") && live.contains("127.0.0.1"),
@@ -480,13 +495,13 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     owner.goto(&format!("{url}/servers")).await;
     owner.find("#servers").await;
     owner.screenshot("servers.png").await;
-    owner.goto(&format!("{url}/servers/den")).await;
+    owner.goto(&den).await;
     owner.click("#admissions button[type=submit]").await;
-    owner.find("#policy").await;
-    assert!(
-        !owner.source().await.contains("id=\"admissions\""),
-        "no live admission after the revoke"
-    );
+    owner
+        .until(&den, "no live admission after the revoke", |p| {
+            !p.contains("id=\"admissions\"")
+        })
+        .await;
     let outcome = tokio::task::spawn_blocking(move || ended.recv_timeout(PATIENCE))
         .await
         .unwrap()
