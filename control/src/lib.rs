@@ -17,7 +17,9 @@
 //! any account may register servers it then owns and shares (by name or
 //! invitation link), with its own policy (two factors, device approval,
 //! direct mode); the self-service routes live in `tenants`, each scoped to
-//! the caller's own things, and `totp` holds two-factor sign-in.
+//! the caller's own things (`sessions`: an account's logins and password),
+//! and `totp` holds two-factor sign-in. `console` is the web console on
+//! the same port: server-rendered pages that call the API's handlers.
 //! `metrics` counts requests, logins, access latency and database latency
 //! for Prometheus.
 #![forbid(unsafe_code)]
