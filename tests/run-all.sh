@@ -22,13 +22,15 @@ command -v c++ >/dev/null || die "a C++ compiler is missing (Debian: apt-get ins
 # Debian package providing each command the suite uses: the netns
 # harness's tools (Prometheus scrapes the gateway and control plane in
 # scenario 21), then those of the C ABI's tests (ffi/tests/c_abi.rs:
-# memcheck, a real player, the Python binding).
+# memcheck, a real player, the Python binding), then the browser the web
+# console's end-to-end test drives (hushgate/tests/console_browser.rs).
 declare -A PKG=(
   [ip]=iproute2 [nft]=nftables [tcpdump]=tcpdump [wg]=wireguard-tools
   [wireguard-go]=wireguard-go [nmap]=nmap [conntrack]=conntrack [curl]=curl
   [python3]=python3 [sysctl]=procps [miniupnpd]=miniupnpd-nftables [prometheus]=prometheus
   [adduser]=adduser
   [valgrind]=valgrind [ffmpeg]=ffmpeg [ffprobe]=ffmpeg
+  [chromium]=chromium [chromedriver]=chromium-driver
 )
 missing=()
 for cmd in "${!PKG[@]}"; do

@@ -83,6 +83,21 @@ fn table() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
             "/v1/me/devices/{id}",
             delete(t::remove_device),
         ),
+        (
+            Method::GET,
+            "/v1/me/sessions",
+            get(crate::sessions::my_sessions),
+        ),
+        (
+            Method::DELETE,
+            "/v1/me/sessions/{id}",
+            delete(crate::sessions::end_session),
+        ),
+        (
+            Method::PUT,
+            "/v1/me/password",
+            put(crate::sessions::change_password),
+        ),
         (Method::POST, "/v1/me/totp", post(t::totp_begin)),
         (Method::POST, "/v1/me/totp/confirm", post(t::totp_confirm)),
         (Method::DELETE, "/v1/me/totp", delete(t::totp_disable)),
@@ -251,6 +266,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fold(Router::new(), |r, (_, path, handler)| {
             r.route(path, handler)
         })
+        // The web console's pages (not API routes: see crate::console).
+        .merge(crate::console::router())
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             crate::metrics::count_requests,
@@ -271,7 +288,7 @@ pub(crate) fn now() -> OffsetDateTime {
 // ---------- who is calling ----------
 
 /// The bearer token of a request, if any.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
@@ -455,7 +472,7 @@ fn parse_hop(text: &str) -> Option<IpAddr> {
 
 // ---------- login ----------
 
-async fn login(
+pub(crate) async fn login(
     State(st): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -1266,7 +1283,7 @@ pub(crate) fn end_admission(
     Ok(Some(v))
 }
 
-async fn revoke(
+pub(crate) async fn revoke(
     State(st): Shared,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,

@@ -17,7 +17,9 @@
 //! any account may register servers it then owns and shares (by name or
 //! invitation link), with its own policy (two factors, device approval,
 //! direct mode); the self-service routes live in `tenants`, each scoped to
-//! the caller's own things, and `totp` holds two-factor sign-in.
+//! the caller's own things (`sessions`: an account's logins and password),
+//! and `totp` holds two-factor sign-in. `console` is the web console on
+//! the same port: server-rendered pages that call the API's handlers.
 //! `metrics` counts requests, logins, access latency and database latency
 //! for Prometheus.
 #![forbid(unsafe_code)]
@@ -25,11 +27,13 @@
 pub mod app;
 pub mod auth;
 pub mod bundle;
+pub mod console;
 mod error;
 pub mod hub;
 pub mod listener;
 pub mod metrics;
 pub mod reachability;
+mod sessions;
 pub mod state;
 pub mod store;
 mod tenants;

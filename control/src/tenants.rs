@@ -35,7 +35,7 @@ fn no_store<T>(body: T) -> NoStore<T> {
 }
 
 /// The signed-in account (the admin token has none).
-async fn account(
+pub(crate) async fn account(
     st: &crate::app::AppState,
     headers: &HeaderMap,
 ) -> ApiResult<(store::User, store::Session)> {

@@ -821,6 +821,20 @@ fn cases() -> Vec<Case> {
             SameAsUnknown(404),
             None,
         ),
+        c(Method::GET, "/v1/me/sessions", OwnOnly, None),
+        c(
+            Method::DELETE,
+            "/v1/me/sessions/{session}",
+            SameAsUnknown(404),
+            None,
+        ),
+        // The current password is checked before anything changes.
+        c(
+            Method::PUT,
+            "/v1/me/password",
+            OwnOnly,
+            Some(json!({"current_password": "not-the-password", "new_password": "a-new-password"})),
+        ),
         c(Method::POST, "/v1/me/totp", OwnOnly, None),
         c(
             Method::POST,
@@ -1132,6 +1146,8 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
     let other = token_of(&c, "other-owner").await;
     let _other_gw = owned_server(&cp, &other, "other-den", 201).await;
     let plain = token_of(&c, "plain-user").await;
+    let sessions = ok(&c, &owner, Method::GET, "/v1/me/sessions", None).await;
+    let session = sessions[0]["id"].as_str().unwrap().to_string();
 
     let victim_names = [
         "victim-den".to_string(),
@@ -1142,6 +1158,7 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
         device.clone(),
         inv.id.clone(),
         "friend-phone".to_string(),
+        session.clone(),
     ];
     for (attacker, token) in [("other-owner", &other), ("plain-user", &plain)] {
         let victim = Ids(vec![
@@ -1150,6 +1167,7 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
             ("admission", adm.admission_id.clone()),
             ("device", device.clone()),
             ("invitation", inv.id.clone()),
+            ("session", session.clone()),
             ("attacker", attacker.into()),
         ]);
         let unknown = Ids(vec![
@@ -1158,6 +1176,7 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
             ("admission", "adm_000000000000000000000000".into()),
             ("device", "dev_000000000000000000000000".into()),
             ("invitation", "inv_000000000000000000000000".into()),
+            ("session", "ses_0000000000000000".into()),
             ("attacker", attacker.into()),
         ]);
         for case in cases() {

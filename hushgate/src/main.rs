@@ -40,7 +40,7 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the control plane (HTTPS API; state in SQLite, or in PostgreSQL shared by replicas).
+    /// Run the control plane (HTTPS API and web console at https://HOST:8443/; state in SQLite, or in PostgreSQL shared by replicas).
     Control(cmd::control::Args),
     /// Manage a running control plane: users, servers, grants, admissions, audit log.
     Admin(cmd::admin::Args),

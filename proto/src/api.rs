@@ -657,3 +657,33 @@ pub struct DeviceRequestInfo {
 pub struct DeviceDecision {
     pub approve: bool,
 }
+
+/// One live login of the caller's account (`GET /v1/me/sessions`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Names the login for `DELETE /v1/me/sessions/{id}` (not a secret).
+    pub id: String,
+    /// The login this request was made with.
+    pub current: bool,
+    /// The login used a second factor.
+    pub mfa: bool,
+    /// The device it came from, if the client named one.
+    pub device_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `PUT /v1/me/password`: the account changes its own password.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub new_password: String,
+}
+
+impl std::fmt::Debug for ChangePassword {
+    // The secrets never reach logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangePassword { .. }")
+    }
+}

@@ -688,3 +688,57 @@ pub fn username_of(tx: &mut Tx, user_id: i64) -> Result<Option<String>> {
         .map(|r| r.text(0))
         .transpose()
 }
+
+// ---------- an account's logins (sessions) ----------
+
+/// A live login of an account. Tokens have no id of their own: the
+/// first bytes of the stored hash name one (a hash of a hash reveals
+/// nothing of the token).
+#[derive(Debug, Clone)]
+pub struct LiveSession {
+    pub token_hash: Vec<u8>,
+    pub expires_at: OffsetDateTime,
+    pub mfa: bool,
+    pub device_id: Option<String>,
+}
+
+pub fn user_sessions(tx: &mut Tx, user_id: i64, now: OffsetDateTime) -> Result<Vec<LiveSession>> {
+    tx.query(
+        "SELECT token_hash, expires_at, mfa, device_id FROM tokens
+         WHERE user_id = $1 AND expires_at > $2 ORDER BY expires_at DESC",
+        args![user_id, millis(now)],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(LiveSession {
+            token_hash: r.opt_bytes(0)?.unwrap_or_default(),
+            expires_at: from_millis(r.i64(1)?),
+            mfa: r.bool(2)?,
+            device_id: r.opt_text(3)?,
+        })
+    })
+    .collect()
+}
+
+/// Ends one login of an account; false if it had no such login.
+pub fn delete_user_token(tx: &mut Tx, user_id: i64, hash: &[u8]) -> Result<bool> {
+    Ok(tx.exec(
+        "DELETE FROM tokens WHERE user_id = $1 AND token_hash = $2",
+        args![user_id, hash],
+    )? > 0)
+}
+
+/// (admission id, device name) of a server's admissions that came from
+/// a registered device (the owner's console shows who watches on what).
+pub fn server_admission_devices(tx: &mut Tx, server: &str) -> Result<Vec<(String, String)>> {
+    tx.query(
+        "SELECT a.id, d.name FROM admissions a
+         JOIN devices d ON d.id = a.device_id
+         JOIN servers s ON s.id = a.server_id
+         WHERE s.name = $1",
+        args![server],
+    )?
+    .iter()
+    .map(|r| Ok((r.text(0)?, r.text(1)?)))
+    .collect()
+}

@@ -26,6 +26,11 @@ impl Drop for AbortOnDrop {
 /// non-loopback addresses. The admin token for `hushgate admin` is written
 /// to STATE/admin-token (mode 0600).
 ///
+/// The same port serves the web console for owners and their friends:
+/// open https://HOST:8443/ in a browser (sign in, sign up from an
+/// invitation link, share servers, approve devices, revoke admissions;
+/// docs/console.md).
+///
 /// State lives in a SQLite file in the state folder, unless --database
 /// names a PostgreSQL database: then any number of control planes
 /// (replicas) share it, each started from a copy of the identity that
