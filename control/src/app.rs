@@ -737,7 +737,7 @@ fn no_access(server: &str) -> AppError {
 }
 
 /// An access request, counted by result and timed for the metrics.
-async fn access(
+pub(crate) async fn access(
     State(st): Shared,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,

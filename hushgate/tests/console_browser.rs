@@ -530,3 +530,101 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     gw.shutdown().await;
     let _ = serving.stop().await;
 }
+
+/// A friend makes a configuration for a stock WireGuard app in the
+/// console: the page's script makes the key pair in the browser, the
+/// control plane admits the public half (bound to the browser's address)
+/// and the page shows the configuration, its download and a QR code. The
+/// private key in the configuration is the one whose public half the
+/// control plane admitted, and the control plane never saw it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_friend_makes_a_wireguard_app_configuration_in_the_console() {
+    let driver = Chromedriver::start().await;
+    let w = support::World::start(support::Options::default()).await;
+    let url = w.control_url.clone();
+    let spki = spki_pin(&w.ca.with_file_name("ca-key.pem"));
+    let friend = driver
+        .browser(&w.dir.path().join("friend-browser"), &spki)
+        .await;
+    friend.goto(&format!("{url}/signin")).await;
+    friend.fill("#username", support::USER).await;
+    friend.fill("#password", support::PASSWORD).await;
+    friend.submit("#signin").await;
+    friend.find("header nav").await;
+    friend.goto(&format!("{url}/shared")).await;
+    friend.click(&format!("#wg-{}", support::SERVER)).await;
+    friend.submit("#wg-make").await;
+    let t = Instant::now();
+    let config = loop {
+        let text = friend.find("#wg-config").await.text().await.unwrap();
+        if !text.is_empty() {
+            break text;
+        }
+        let error = friend.find("#wg-error").await.text().await.unwrap();
+        assert!(error.is_empty(), "the page says: {error}");
+        assert!(t.elapsed() < PATIENCE, "no configuration on the page");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    friend.screenshot("wireguard.png").await;
+    let field = |name: &str| {
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} = ")))
+            .unwrap_or_else(|| panic!("no {name} in {config}"))
+            .to_string()
+    };
+    let private: proto::WgKey = field("PrivateKey").parse().unwrap();
+    let public = proto::WgKey(
+        x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(private.0)).to_bytes(),
+    );
+    let admission_id = config
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# hushgate admission "))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the admission on the first line")
+        .to_string();
+    let admissions = w.admin.list_admissions().await.unwrap();
+    let adm = admissions
+        .iter()
+        .find(|a| a.id == admission_id)
+        .expect("the control plane lists the configuration's admission");
+    assert_eq!(
+        adm.client_public_key,
+        Some(public),
+        "the admitted key is the public half of the configuration's private key"
+    );
+    assert_eq!(field("Endpoint"), w.gateway().udp_addr().to_string());
+    assert_eq!(
+        field("Address"),
+        format!("{}/32", adm.client_address.unwrap())
+    );
+    let qr = friend
+        .find("#wg-qr")
+        .await
+        .attr("src")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(qr.starts_with("data:image/gif;base64,"), "{qr}");
+    let download = friend
+        .find("#wg-download")
+        .await
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert!(download.starts_with("blob:"), "{download}");
+    // The private key appears nowhere the control plane keeps.
+    let private_b64 = private.to_string();
+    for entry in std::fs::read_dir(w.dir.path().join("control")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(!text.contains(&private_b64), "{} holds it", path.display());
+        }
+    }
+    let _ = friend.c.close().await;
+    w.stop().await;
+}

@@ -56,7 +56,18 @@ pub const PRESESSION_COOKIE: &str = "__Host-hushgate-pre";
 /// forms only to this origin, never in a frame.
 pub const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// The policy of the one page with a script (a WireGuard app's
+/// configuration, whose key pair is made in the browser): [`CSP`] plus
+/// scripts from this origin only (no inline script, no `eval`) and
+/// requests to this origin only.
+pub const CSP_WITH_SCRIPT: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 const STYLESHEET: &str = include_str!("../../assets/console.css");
+const WIREGUARD_JS: &str = include_str!("../../assets/wireguard.js");
+/// qrcode-generator 2.0.4 (MIT, Kazuhiko Arase; from npm, unchanged):
+/// the configuration's QR code must be drawn in the browser, because it
+/// holds the private key the server never sees.
+const QRCODE_JS: &str = include_str!("../../assets/qrcode.js");
 
 /// The console's pages; merged into [`crate::app::router`] beside the
 /// API's table (whose routes stay the API).
@@ -97,6 +108,12 @@ pub fn router() -> Router<Arc<AppState>> {
             post(p::revoke_admission),
         )
         .route("/shared", get(p::shared))
+        .route(
+            "/shared/{name}/wireguard",
+            get(p::wireguard_page).post(p::wireguard_admit),
+        )
+        .route("/assets/wireguard.js", get(|| script(WIREGUARD_JS)))
+        .route("/assets/qrcode.js", get(|| script(QRCODE_JS)))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -130,6 +147,8 @@ pub fn pages() -> Vec<(&'static str, &'static str)> {
         ("POST", "/servers/{name}/devices/{id}"),
         ("POST", "/servers/{name}/admissions/{id}/revoke"),
         ("GET", "/shared"),
+        ("GET", "/shared/{name}/wireguard"),
+        ("POST", "/shared/{name}/wireguard"),
     ]
 }
 
@@ -140,7 +159,10 @@ pub async fn security_headers(mut resp: Response) -> Response {
     let set = |h: &mut HeaderMap, k: HeaderName, v: &'static str| {
         h.insert(k, HeaderValue::from_static(v));
     };
-    set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    // A page that needs its script set its own (stricter elsewhere).
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    }
     set(h, header::X_FRAME_OPTIONS, "DENY");
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::REFERRER_POLICY, "no-referrer");
@@ -159,6 +181,13 @@ async fn stylesheet() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         STYLESHEET,
+    )
+}
+
+async fn script(text: &'static str) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        text,
     )
 }
 

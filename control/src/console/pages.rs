@@ -1026,3 +1026,77 @@ pub(super) async fn shared(State(st): St, v: Visitor, headers: HeaderMap) -> Pag
         },
     ))
 }
+
+#[derive(Template)]
+#[template(path = "wireguard.html")]
+struct WireguardPage {
+    l: Layout,
+    server: String,
+}
+
+/// A configuration for a stock WireGuard app: the page whose script
+/// makes the key pair in the browser (the one page with a script, and
+/// its own Content-Security-Policy allowing scripts from this origin).
+pub(super) async fn wireguard_page(
+    State(st): St,
+    v: Visitor,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Page {
+    let Path(name) = name.map_err(AppError::from)?;
+    let shares = t::my_shares(State(st), v.api.clone()).await?.0;
+    let Some(share) = shares.into_iter().find(|g| g.server == name) else {
+        return Err(AppError::not_found(format!("no server '{name}' is shared with you")).into());
+    };
+    let mut resp = render(
+        StatusCode::OK,
+        &WireguardPage {
+            l: v.layout(format!("WireGuard app for {}", share.server)),
+            server: share.server,
+        },
+    );
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        header::HeaderValue::from_static(super::CSP_WITH_SCRIPT),
+    );
+    Ok(resp)
+}
+
+#[derive(Deserialize)]
+pub(super) struct WireguardForm {
+    csrf: String,
+    public_key: String,
+}
+
+/// The page's script asks for an admission of the public key it made:
+/// the API's own access request (its checks, its binding to this
+/// request's source address, its audit), answered as the API answers,
+/// in JSON.
+pub(super) async fn wireguard_admit(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    v: Visitor,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    Form(f): Form<WireguardForm>,
+) -> Response {
+    let answer = async {
+        let Path(server) = name?;
+        if v.check_csrf(&f.csrf).is_err() {
+            return Err(AppError::forbidden(
+                "csrf",
+                "this page is out of date or did not come from this console; reload it and try again",
+            ));
+        }
+        let key: proto::WgKey = f
+            .public_key
+            .parse()
+            .map_err(|e| AppError::bad_request(format!("public_key: {e}")))?;
+        let req = AccessRequest {
+            server,
+            public_key: Some(key),
+            mode: Default::default(),
+        };
+        a::access(State(st), ConnectInfo(peer), v.api.clone(), Ok(Json(req))).await
+    }
+    .await;
+    answer.unwrap_or_else(IntoResponse::into_response)
+}
