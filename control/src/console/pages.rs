@@ -1034,6 +1034,21 @@ struct WireguardPage {
     server: String,
 }
 
+/// The server `name` if it is shared with the visitor; otherwise the
+/// same 404 page as a name nobody uses.
+async fn shared_server(
+    st: Arc<AppState>,
+    v: &Visitor,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, Failure> {
+    let Path(name) = name.map_err(AppError::from)?;
+    let shares = t::my_shares(State(st), v.api.clone()).await?.0;
+    match shares.into_iter().find(|g| g.server == name) {
+        Some(share) => Ok(share.server),
+        None => Err(AppError::not_found(format!("no server '{name}' is shared with you")).into()),
+    }
+}
+
 /// A configuration for a stock WireGuard app: the page whose script
 /// makes the key pair in the browser (the one page with a script, and
 /// its own Content-Security-Policy allowing scripts from this origin).
@@ -1042,16 +1057,12 @@ pub(super) async fn wireguard_page(
     v: Visitor,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Page {
-    let Path(name) = name.map_err(AppError::from)?;
-    let shares = t::my_shares(State(st), v.api.clone()).await?.0;
-    let Some(share) = shares.into_iter().find(|g| g.server == name) else {
-        return Err(AppError::not_found(format!("no server '{name}' is shared with you")).into());
-    };
+    let server = shared_server(st, &v, name).await?;
     let mut resp = render(
         StatusCode::OK,
         &WireguardPage {
-            l: v.layout(format!("WireGuard app for {}", share.server)),
-            server: share.server,
+            l: v.layout(format!("WireGuard app for {server}")),
+            server,
         },
     );
     resp.headers_mut().insert(
@@ -1063,23 +1074,25 @@ pub(super) async fn wireguard_page(
 
 #[derive(Deserialize)]
 pub(super) struct WireguardForm {
+    #[serde(default)]
     csrf: String,
+    #[serde(default)]
     public_key: String,
 }
 
 /// The page's script asks for an admission of the public key it made:
 /// the API's own access request (its checks, its binding to this
 /// request's source address, its audit), answered as the API answers,
-/// in JSON.
+/// in JSON. A server not shared with the visitor is the page's 404.
 pub(super) async fn wireguard_admit(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     v: Visitor,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
     Form(f): Form<WireguardForm>,
-) -> Response {
+) -> Page {
+    let server = shared_server(st.clone(), &v, name).await?;
     let answer = async {
-        let Path(server) = name?;
         if v.check_csrf(&f.csrf).is_err() {
             return Err(AppError::forbidden(
                 "csrf",
@@ -1098,5 +1111,5 @@ pub(super) async fn wireguard_admit(
         a::access(State(st), ConnectInfo(peer), v.api.clone(), Ok(Json(req))).await
     }
     .await;
-    answer.unwrap_or_else(IntoResponse::into_response)
+    Ok(answer.unwrap_or_else(IntoResponse::into_response))
 }
