@@ -127,8 +127,11 @@ impl ShimError {
             ClientError::CertificateNotTrusted { url, detail } => {
                 ShimError::CertificateNotTrusted { url, detail }
             }
+            // The device file's credential is refused: the control plane's
+            // words say why and what to do (delete the file).
             e @ ClientError::Api { status: 401, .. }
-                if call == Call::Login && e.code() == Some("device_unknown") =>
+                if call == Call::Login
+                    && matches!(e.code(), Some("device_unknown" | "device_removed")) =>
             {
                 ShimError::Control(e)
             }

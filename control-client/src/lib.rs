@@ -15,7 +15,9 @@
 #![forbid(unsafe_code)]
 
 use proto::api::ErrorBody;
-use reqwest::{Method, StatusCode};
+/// The HTTP method of [`ControlClient::call`].
+pub use reqwest::Method;
+use reqwest::StatusCode;
 use rustls::pki_types::CertificateDer;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

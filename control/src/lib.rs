@@ -19,7 +19,8 @@
 //! direct mode); the self-service routes live in `tenants`, each scoped to
 //! the caller's own things, and `totp` holds two-factor sign-in.
 //! `metrics` counts requests, logins, access latency and database latency
-//! for Prometheus.
+//! for Prometheus. `limits` bounds what one account may make the control
+//! plane keep (servers, shares, links, devices, logins, pending devices).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -27,6 +28,7 @@ pub mod auth;
 pub mod bundle;
 mod error;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod reachability;
@@ -114,6 +116,8 @@ pub struct Settings {
     /// Label the metrics' live admissions with each server's name (a name
     /// can say whose server it is, so only when the operator allows it).
     pub metrics_per_server: bool,
+    /// How much one account may make the control plane keep.
+    pub limits: limits::Limits,
 }
 
 /// The monotonic clock the control plane's rate limits read.
@@ -200,6 +204,7 @@ impl Default for Settings {
             reachability_interval: Some(Duration::from_secs(15 * 60)),
             clock: Clock::System,
             metrics_per_server: false,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -530,6 +535,7 @@ async fn expiry_task(st: Arc<AppState>) {
                     )?;
                 }
                 store::purge_tokens(tx, now)?;
+                store::purge_invitations(tx, now)?;
                 if let Some((now_ms, full, suspect)) = limits {
                     store::sweep_login_limits(tx, now_ms, full, suspect)?;
                 }
