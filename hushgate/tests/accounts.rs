@@ -415,6 +415,11 @@ async fn an_owner_and_a_friend_do_everything_from_the_command_line() {
         .unwrap_or_else(|| panic!("no admission of alice: {out}"))
         .to_string();
     ok(&mut olga(&["servers", "revoke", &adm])).await;
+    let out = ok(&mut olga(&["servers", "admissions", SERVER])).await;
+    assert!(!out.contains(&adm), "{out}");
+    // A player asking for more makes the idle shim notice at once.
+    let _ =
+        tokio::task::spawn_blocking(move || support::get(addr, "/file", None, Reading::Fast)).await;
     c.wait_for("revoked").await;
     let out = ok(&mut olga(&["servers", "audit", SERVER])).await;
     for e in ["device_approved", "access_granted", "revoked"] {

@@ -406,14 +406,23 @@ fn limits(settings: &[String]) -> anyhow::Result<control::limits::Limits> {
     Ok(l)
 }
 
-async fn serve(a: RunArgs) -> anyhow::Result<()> {
-    let a = merged(a)?;
-    if let Some(MetricsListen::Tcp(addr)) = &a.metrics_listen {
-        if !addr.ip().is_loopback() && !a.metrics_not_loopback {
+/// The metrics are plain HTTP: loopback or a Unix socket unless the
+/// operator says otherwise (`--metrics-not-loopback`).
+fn check_metrics_listen(m: &MetricsListen, not_loopback: bool) -> anyhow::Result<()> {
+    if let MetricsListen::Tcp(addr) = m {
+        if !addr.ip().is_loopback() && !not_loopback {
             bail!(
                 "--metrics-listen {addr}: metrics are plain HTTP and stay on loopback (127.0.0.1, ::1) or a Unix socket unless you add --metrics-not-loopback (then keep that address private: a network only Prometheus reaches)"
             );
         }
+    }
+    Ok(())
+}
+
+async fn serve(a: RunArgs) -> anyhow::Result<()> {
+    let a = merged(a)?;
+    if let Some(m) = &a.metrics_listen {
+        check_metrics_listen(m, a.metrics_not_loopback)?;
     }
     let listen = a.listen.unwrap_or(([0, 0, 0, 0], 8443).into());
     let Some(state) = a.state.clone() else {
@@ -603,6 +612,36 @@ fn fqdn_from_hosts(hosts: &str, host: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_stay_on_loopback_unless_the_operator_says_otherwise() {
+        let public: MetricsListen = "203.0.113.2:9102".parse().unwrap();
+        let e = check_metrics_listen(&public, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--metrics-not-loopback"), "{e}");
+        check_metrics_listen(&public, true).unwrap();
+        check_metrics_listen(&"127.0.0.1:9102".parse().unwrap(), false).unwrap();
+        check_metrics_listen(&"[::1]:9102".parse().unwrap(), false).unwrap();
+        check_metrics_listen(&"unix:/run/m.sock".parse().unwrap(), false).unwrap();
+    }
+
+    #[test]
+    fn limits_come_from_the_flags_and_a_wrong_one_is_refused() {
+        let l = limits(&["devices-per-user=3".into()]).unwrap();
+        assert_eq!(l.devices_per_user, 3);
+        assert_eq!(
+            l.servers_per_owner,
+            control::limits::Limits::default().servers_per_owner
+        );
+        let e = limits(&["device-per-user=3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--limit: there is no limit") && e.contains("devices-per-user"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn fqdn_comes_from_the_hosts_file() {
