@@ -760,6 +760,28 @@ fn assert_limit(status: u16, v: &Value, name: &str, max: u64) {
     );
 }
 
+/// POSTs of each of `oks` to `path` succeed, then one of `refused` gets
+/// `limit_reached` (`name`, `max`); the first success's answer.
+async fn oks_then_limit(
+    c: &ControlClient,
+    token: &str,
+    path: &str,
+    (oks, refused): (&[Value], Value),
+    name: &str,
+    max: u64,
+) -> Value {
+    let mut first = Value::Null;
+    for body in oks {
+        let v = ok(c, token, Method::POST, path, Some(body.clone())).await;
+        if first.is_null() {
+            first = v;
+        }
+    }
+    let (s, v) = send(c, token, Method::POST, path, Some(refused)).await;
+    assert_limit(s, &v, name, max);
+    first
+}
+
 fn small_limits() -> control::Settings {
     let mut settings = fast_settings();
     for l in [
@@ -788,23 +810,16 @@ async fn one_account_cannot_grow_its_state_without_bound(engine: Engine) {
 
     // Servers per owner; the operator's own are not counted.
     let _gw = owned_server(&cp, &alice, "den", 200).await;
-    ok(
+    let (attic, cellar) = (json!({"name": "attic"}), json!({"name": "cellar"}));
+    oks_then_limit(
         &c,
         &alice,
-        Method::POST,
         "/v1/servers",
-        Some(json!({"name": "attic"})),
+        (&[attic], cellar),
+        "servers-per-owner",
+        2,
     )
     .await;
-    let (s, v) = send(
-        &c,
-        &alice,
-        Method::POST,
-        "/v1/servers",
-        Some(json!({"name": "cellar"})),
-    )
-    .await;
-    assert_limit(s, &v, "servers-per-owner", 2);
     let (s, _) = send(&c, &alice, Method::GET, "/v1/servers/cellar", None).await;
     assert_eq!(s, 404, "the refused server was not stored");
     let admin = cp.admin.bearer().unwrap().to_string();
@@ -819,112 +834,44 @@ async fn one_account_cannot_grow_its_state_without_bound(engine: Engine) {
     assert_eq!(s, 201, "the operator's servers are not counted");
 
     // Live enrollment tokens per server (registering attic made one).
-    ok(
+    let tokens = "/v1/servers/attic/enrollment-tokens";
+    let one = (&[json!({})][..], json!({}));
+    oks_then_limit(
         &c,
         &alice,
-        Method::POST,
-        "/v1/servers/attic/enrollment-tokens",
-        Some(json!({})),
+        tokens,
+        one.clone(),
+        "enrollment-tokens-per-server",
+        2,
     )
     .await;
-    let (s, v) = send(
-        &c,
-        &alice,
-        Method::POST,
-        "/v1/servers/attic/enrollment-tokens",
-        Some(json!({})),
-    )
-    .await;
-    assert_limit(s, &v, "enrollment-tokens-per-server", 2);
 
     // Live invitation links per server; a revoked one makes room.
-    let first: IssuedInvitation = serde_json::from_value(
-        ok(
-            &c,
-            &alice,
-            Method::POST,
-            "/v1/servers/den/invitations",
-            Some(json!({})),
-        )
-        .await,
-    )
-    .unwrap();
-    ok(
-        &c,
-        &alice,
-        Method::POST,
-        "/v1/servers/den/invitations",
-        Some(json!({})),
-    )
-    .await;
-    let (s, v) = send(
-        &c,
-        &alice,
-        Method::POST,
-        "/v1/servers/den/invitations",
-        Some(json!({})),
-    )
-    .await;
-    assert_limit(s, &v, "invitations-per-server", 2);
+    let links = "/v1/servers/den/invitations";
+    let two = (&[json!({}), json!({})][..], json!({}));
+    let first = oks_then_limit(&c, &alice, links, two, "invitations-per-server", 2).await;
+    let first: IssuedInvitation = serde_json::from_value(first).unwrap();
     ok(
         &c,
         &alice,
         Method::DELETE,
-        &format!("/v1/servers/den/invitations/{}", first.id),
+        &format!("{links}/{}", first.id),
         None,
     )
     .await;
-    let link: IssuedInvitation = serde_json::from_value(
-        ok(
-            &c,
-            &alice,
-            Method::POST,
-            "/v1/servers/den/invitations",
-            Some(json!({})),
-        )
-        .await,
-    )
-    .unwrap();
+    let link: IssuedInvitation =
+        serde_json::from_value(ok(&c, &alice, Method::POST, links, Some(json!({}))).await).unwrap();
 
     // The operator's invitations to create an account.
-    ok(
-        &c,
-        &admin,
-        Method::POST,
-        "/v1/admin/invitations",
-        Some(json!({})),
-    )
-    .await;
-    let (s, v) = send(
-        &c,
-        &admin,
-        Method::POST,
-        "/v1/admin/invitations",
-        Some(json!({})),
-    )
-    .await;
-    assert_limit(s, &v, "account-invitations", 1);
+    let account_links = "/v1/admin/invitations";
+    oks_then_limit(&c, &admin, account_links, one, "account-invitations", 1).await;
 
     // Shares per server: a second account is refused, changing the
     // existing share is not; a sign-up through a link of the full server
     // creates no account and leaves the link as it was.
-    ok(
-        &c,
-        &alice,
-        Method::POST,
-        "/v1/servers/den/shares",
-        Some(json!({"username": "bob"})),
-    )
-    .await;
-    let (s, v) = send(
-        &c,
-        &alice,
-        Method::POST,
-        "/v1/servers/den/shares",
-        Some(json!({"username": "carol"})),
-    )
-    .await;
-    assert_limit(s, &v, "shares-per-server", 1);
+    let (bob, carol) = (json!({"username": "bob"}), json!({"username": "carol"}));
+    let shares = "/v1/servers/den/shares";
+    oks_then_limit(&c, &alice, shares, (&[bob], carol), "shares-per-server", 1).await;
     ok(
         &c,
         &alice,

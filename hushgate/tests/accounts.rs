@@ -191,6 +191,17 @@ fn unix_now() -> u64 {
         .as_secs()
 }
 
+async fn devices_of(user: &control_client::ControlClient) -> Vec<DeviceInfo> {
+    user.call::<(), _>(
+        control_client::Method::GET,
+        "/v1/me/devices",
+        None,
+        PATIENCE,
+    )
+    .await
+    .unwrap()
+}
+
 async fn as_user(w: &World, user: &str) -> control_client::ControlClient {
     let t = w.base.login(user, PASSWORD).await.unwrap().token;
     w.base.with_bearer(&t)
@@ -229,15 +240,7 @@ async fn a_device_file_outlives_a_rebuilt_control_plane_but_not_the_devices_remo
         .collect();
     assert_eq!(left.len(), 1, "no temporary file left beside it: {left:?}");
     let alice = as_user(&w, USER).await;
-    let devices: Vec<DeviceInfo> = alice
-        .call::<(), _>(
-            control_client::Method::GET,
-            "/v1/me/devices",
-            None,
-            PATIENCE,
-        )
-        .await
-        .unwrap();
+    let devices = devices_of(&alice).await;
     assert_eq!(devices.len(), 1, "{devices:?}");
     assert_eq!(devices[0].name, "alice's laptop");
 
@@ -260,15 +263,7 @@ async fn a_device_file_outlives_a_rebuilt_control_plane_but_not_the_devices_remo
         "{out}"
     );
     assert_eq!(std::fs::read_to_string(&device_file).unwrap(), new);
-    let devices: Vec<DeviceInfo> = alice
-        .call::<(), _>(
-            control_client::Method::GET,
-            "/v1/me/devices",
-            None,
-            PATIENCE,
-        )
-        .await
-        .unwrap();
+    let devices = devices_of(&alice).await;
     assert!(devices.is_empty(), "nothing registered: {devices:?}");
     w.stop().await;
 }
