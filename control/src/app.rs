@@ -598,14 +598,7 @@ async fn login(
                 session.device_id = Some(d.id);
             } else if let Some((id, name, hash)) = &new_device {
                 registered = true;
-                crate::limits::check(
-                    "devices-per-user",
-                    limits.devices_per_user,
-                    store::count_devices(tx, user.id)?,
-                    "your registered devices",
-                    "remove one you no longer use first (hushgate account devices)",
-                )?;
-                store::insert_device(tx, id, user.id, name, hash, now())?;
+                crate::limits::add_device(tx, &limits, (id, name, hash), user.id, now())?;
                 detail = format!("{detail}new device {id} ('{name}')");
                 session.device_id = Some(id.clone());
             }
@@ -615,7 +608,14 @@ async fn login(
                     if detail.is_empty() { "" } else { ", " }
                 );
             }
-            let ended = store::make_room_for_session(tx, user.id, limits.sessions_per_user, now())?;
+            let ended = crate::limits::add_session(
+                tx,
+                &limits,
+                (&hash, user.id),
+                expires_at,
+                &session,
+                now(),
+            )?;
             if ended > 0 {
                 detail = format!(
                     "{detail}{}{ended} oldest login(s) ended (sessions-per-user {})",
@@ -623,7 +623,6 @@ async fn login(
                     limits.sessions_per_user
                 );
             }
-            store::insert_session_token(tx, &hash, user.id, expires_at, &session)?;
             store::audit(
                 tx,
                 now(),

@@ -10,7 +10,8 @@
 //! a person locked out of their own account by their forgotten sessions
 //! could do nothing about it.
 
-use crate::store::StoreError;
+use crate::store::{self, StoreError, Tx};
+use time::OffsetDateTime;
 
 /// The limits; see [`LIMITS`] for what each bounds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,6 +162,43 @@ pub fn check(
         max: u64::from(max),
         message: format!("{what} reached this control plane's limit of {max} ({name}); {advice}"),
     })
+}
+
+/// Registers a device of `user_id` within `devices-per-user`: every way
+/// of registering a device (a login, a sign-in by code) goes through here.
+pub fn add_device(
+    tx: &mut Tx,
+    limits: &Limits,
+    (id, name, cred_hash): (&str, &str, &[u8]),
+    user_id: i64,
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    store::lock_user(tx, user_id)?;
+    check(
+        "devices-per-user",
+        limits.devices_per_user,
+        store::count_devices(tx, user_id)?,
+        "your registered devices",
+        "remove one you no longer use first (hushgate account devices)",
+    )?;
+    store::insert_device(tx, id, user_id, name, cred_hash, now)
+}
+
+/// Stores a login of `user_id`, ending its oldest logins beyond
+/// `sessions-per-user` (how many ended): every way of logging in goes
+/// through here.
+pub fn add_session(
+    tx: &mut Tx,
+    limits: &Limits,
+    (token_hash, user_id): (&[u8], i64),
+    expires_at: OffsetDateTime,
+    session: &store::Session,
+    now: OffsetDateTime,
+) -> Result<u64, StoreError> {
+    store::lock_user(tx, user_id)?;
+    let ended = store::make_room_for_session(tx, user_id, limits.sessions_per_user, now)?;
+    store::insert_session_token(tx, token_hash, user_id, expires_at, session)?;
+    Ok(ended)
 }
 
 #[cfg(test)]

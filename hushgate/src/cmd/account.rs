@@ -49,8 +49,11 @@ pub struct Conn {
     json: bool,
 }
 
+const SIGN_IN_HELP: &str = "Each command logs in as --user (or the --profile's user): the password is asked for on the terminal (not shown), read from HUSHGATE_PASSWORD, or from the first line of standard input; never an argument. An account with two-factor sign-in also gives its current code: asked for, HUSHGATE_TOTP, or the next line of standard input with --totp-stdin. Answers that refuse say why, e.g. 409 limit_reached names the operator's limit (docs/operating.md, \"Limits per account\"). The API behind each command: docs/api.md.";
+
 /// Your account: sign up, two-factor sign-in, devices, shares.
 #[derive(Debug, clap::Args)]
+#[command(after_help = SIGN_IN_HELP)]
 pub struct AccountArgs {
     #[command(flatten)]
     conn: Conn,
@@ -128,7 +131,12 @@ enum DevicesCmd {
 }
 
 /// Servers you own: register, policy, sharing, devices, admissions, audit.
+///
+/// Any account may register servers (within the operator's limit) and so
+/// become their owner; a server named here that is not yours is "no
+/// server named ...", exactly like one that does not exist.
 #[derive(Debug, clap::Args)]
+#[command(after_help = SIGN_IN_HELP)]
 pub struct ServersArgs {
     #[command(flatten)]
     conn: Conn,
