@@ -375,8 +375,22 @@ async fn an_owner_and_a_friend_do_everything_from_the_command_line() {
     let out = ok(&mut olga(&["servers", "invite", "attic", "--uses", "2"])).await;
     assert!(out.contains("hgi_"), "{out}");
     let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let out_invite = out;
     let out = ok(&mut olga(&["servers", "invitations", "attic"])).await;
     assert!(out.contains(&id), "{out}");
+    // A friend without an account signs up with the link's token (from
+    // the environment, never an argument) and has the share.
+    let link = out_invite
+        .lines()
+        .find(|l| l.starts_with("hgi_"))
+        .unwrap()
+        .to_string();
+    let out = ok(cli(&w, "erin", &["account", "signup"]).env("HUSHGATE_INVITATION", &link)).await;
+    assert!(out.contains("account 'erin' created"), "{out}");
+    let out = ok(&mut cli(&w, "erin", &["account", "shares"])).await;
+    assert!(out.contains("attic"), "{out}");
+    let out = ok(&mut olga(&["servers", "invitations", "attic"])).await;
+    assert!(out.contains(&id), "one use left: {out}");
     ok(&mut olga(&["servers", "uninvite", "attic", &id])).await;
     let out = ok(&mut olga(&["servers", "invitations", "attic"])).await;
     assert!(!out.contains(&id), "{out}");
