@@ -17,6 +17,15 @@ pub enum Credentials {
     /// Log in with a user name and password (`POST /v1/login`); the shim
     /// logs in again by itself when the token expires.
     Password { user: String, password: String },
+    /// A password login with the current code of the account's second
+    /// factor (TOTP, or a recovery code). A code works once, so only the
+    /// first login uses it: when that login's token expires, the session
+    /// cannot log in again by itself and ends asking for a new code.
+    PasswordAndCode {
+        user: String,
+        password: String,
+        code: String,
+    },
     /// A user token (`hgu_...`) from an earlier login.
     Token(String),
 }
@@ -27,6 +36,10 @@ impl std::fmt::Debug for Credentials {
         match self {
             Credentials::Password { user, .. } => f
                 .debug_struct("Password")
+                .field("user", user)
+                .finish_non_exhaustive(),
+            Credentials::PasswordAndCode { user, .. } => f
+                .debug_struct("PasswordAndCode")
                 .field("user", user)
                 .finish_non_exhaustive(),
             Credentials::Token(_) => f.write_str("Token(..)"),
@@ -81,23 +94,65 @@ fn read_device_credential(file: &Path) -> Result<Option<String>, ShimError> {
     Ok(Some(text.trim().to_string()).filter(|t| !t.is_empty()))
 }
 
-/// Keeps a new device's credential, private from its first byte.
-fn write_device_credential(file: &Path, credential: &str) -> Result<(), ShimError> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let fail = |e: std::io::Error| {
-        device_error(format!(
-            "cannot write the device file {}: {e}",
-            file.display()
-        ))
-    };
+fn device_file_error(file: &Path, e: std::io::Error) -> ShimError {
+    device_error(format!(
+        "cannot write the device file {}: {e}",
+        file.display()
+    ))
+}
+
+fn device_dir(file: &Path) -> Result<(), ShimError> {
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(fail)?;
+            .map_err(|e| device_file_error(file, e))?;
     }
+    Ok(())
+}
+
+/// Replaces a device file whose credential the control plane no longer
+/// knows with a new one: written beside it (0600 from its first byte),
+/// synced, then renamed over it, so a crash leaves the old file or the
+/// new one, never a torn or readable one.
+fn replace_device_credential(file: &Path, credential: &str) -> Result<(), ShimError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    device_dir(file)?;
+    let fail = |e: std::io::Error| device_file_error(file, e);
+    let mut name = file.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".new-{}", std::process::id()));
+    let tmp = file.with_file_name(name);
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    let written = f
+        .write_all(format!("{credential}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, file));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    // The rename itself reaches the disk with the folder's entry.
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+/// Keeps a new device's credential, private from its first byte.
+fn write_device_credential(file: &Path, credential: &str) -> Result<(), ShimError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| device_file_error(file, e);
+    device_dir(file)?;
     let mut f = match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -139,6 +194,8 @@ pub(crate) struct HttpControl {
     base: ControlClient,
     authed: ControlClient,
     credentials: Credentials,
+    /// The second factor's code for the next login (used once).
+    totp: Option<String>,
     server: String,
     device: Option<DeviceIdentity>,
 }
@@ -153,14 +210,23 @@ impl HttpControl {
         device: Option<DeviceIdentity>,
     ) -> Result<HttpControl, ShimError> {
         let base = ControlClient::new(url, trust).map_err(ShimError::Control)?;
+        let (credentials, totp) = match credentials {
+            Credentials::PasswordAndCode {
+                user,
+                password,
+                code,
+            } => (Credentials::Password { user, password }, Some(code)),
+            c => (c, None),
+        };
         let authed = match &credentials {
             Credentials::Token(t) => base.with_bearer(t),
-            Credentials::Password { .. } => base.clone(),
+            Credentials::Password { .. } | Credentials::PasswordAndCode { .. } => base.clone(),
         };
         let mut c = HttpControl {
             base,
             authed,
             credentials,
+            totp,
             server: server.into(),
             device,
         };
@@ -177,15 +243,23 @@ impl HttpControl {
         let mut req = LoginRequest {
             username: user.clone(),
             password: password.clone(),
-            totp: None,
+            // A code works once: only the first login of a session has one
+            // (a later one, when the token expires, fails asking for it).
+            totp: self.totp.take(),
             device_credential: None,
             device_name: None,
         };
+        // The name goes with the credential: if the control plane forgot
+        // this device (its database was rebuilt, or restored from before
+        // the device registered), it registers it anew in the same login
+        // and sends a new credential, which replaces the file. A device
+        // removed on purpose is refused instead (`device_removed`), which
+        // stays an error: registering again would undo the removal.
+        let mut had_file = false;
         if let Some(d) = &self.device {
-            match read_device_credential(&d.file)? {
-                Some(c) => req.device_credential = Some(c),
-                None => req.device_name = Some(d.name.clone()),
-            }
+            req.device_name = Some(d.name.clone());
+            req.device_credential = read_device_credential(&d.file)?;
+            had_file = req.device_credential.is_some();
         }
         let r = self
             .base
@@ -193,7 +267,15 @@ impl HttpControl {
             .await
             .map_err(|e| self.map(e, Call::Login))?;
         if let (Some(d), Some(cred)) = (&self.device, &r.device_credential) {
-            write_device_credential(&d.file, cred)?;
+            if had_file {
+                tracing::warn!(
+                    file = %d.file.display(),
+                    "the control plane did not know this device (its database may have been rebuilt); it is registered again and its file replaced"
+                );
+                replace_device_credential(&d.file, cred)?;
+            } else {
+                write_device_credential(&d.file, cred)?;
+            }
         }
         self.authed = self.base.with_bearer(&r.token);
         Ok(())

@@ -127,8 +127,11 @@ impl ShimError {
             ClientError::CertificateNotTrusted { url, detail } => {
                 ShimError::CertificateNotTrusted { url, detail }
             }
+            // The device file's credential is refused: the control plane's
+            // words say why and what to do (delete the file).
             e @ ClientError::Api { status: 401, .. }
-                if call == Call::Login && e.code() == Some("device_unknown") =>
+                if call == Call::Login
+                    && matches!(e.code(), Some("device_unknown" | "device_removed")) =>
             {
                 ShimError::Control(e)
             }
@@ -288,6 +291,13 @@ mod tests {
             m(api(401, "totp_wrong"), Call::Login),
             ShimError::SecondFactor { .. }
         ));
+        // A refused device file is not a wrong password: the control
+        // plane's words (delete the file) reach the user.
+        for code in ["device_removed", "device_unknown"] {
+            let e = m(api(401, code), Call::Login);
+            assert!(matches!(e, ShimError::Control(_)), "{code}: {e:?}");
+            assert!(e.to_string().contains(code), "{e}");
+        }
         let waiting = m(api(403, "waiting_for_approval"), Call::Access);
         assert_eq!(waiting.kind(), ErrorKind::WaitingForApproval);
         assert_eq!(waiting.to_string(), "msg waiting_for_approval");

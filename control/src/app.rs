@@ -570,35 +570,53 @@ pub(crate) async fn login(
     let s2 = st.clone();
     let device_hash = req.device_credential.as_deref().map(auth::hash_secret);
     // A new device's credential goes back to the client once; only its
-    // hash enters the transaction.
-    let (new_device, device_credential) = match (&req.device_credential, &req.device_name) {
-        (None, Some(name)) => {
+    // hash enters the transaction. A client that names its device along
+    // with its credential registers anew if the credential is unknown
+    // (not removed: see below) in this same login, so a second factor's
+    // one-time code is not spent on a login that fails.
+    let (new_device, new_credential) = match &req.device_name {
+        Some(name) => {
             let (cred, hash) = auth::new_secret(SecretKind::Device);
             (
                 Some((auth::random_id("dev_"), name.clone(), hash)),
                 Some(cred),
             )
         }
-        _ => (None, None),
+        None => (None, None),
     };
+    let limits = st.settings.limits;
     let device = st
         .db
         .tx(move |tx| {
             if s2.db.shared() {
                 s2.limiter.succeeded_in(tx, source, &user.username)?;
             }
+            store::lock_user(tx, user.id)?;
             let mut session = session.clone();
             let mut detail = String::new();
-            if let Some(h) = &device_hash {
-                let Some(d) = store::device_by_credential(tx, user.id, h)? else {
-                    return Ok(None);
-                };
+            let known = match &device_hash {
+                Some(h) => match store::device_by_credential(tx, user.id, h)? {
+                    Some(d) => Some(d),
+                    None if store::device_was_removed(tx, user.id, h)? => {
+                        return Ok(Err(true));
+                    }
+                    None if new_device.is_none() => return Ok(Err(false)),
+                    None => {
+                        detail = "device credential unknown (forgotten by this control plane), registered anew: ".into();
+                        None
+                    }
+                },
+                None => None,
+            };
+            let mut registered = false;
+            if let Some(d) = known {
                 store::touch_device(tx, &d.id, now())?;
                 detail = format!("device {} ('{}')", d.id, d.name);
                 session.device_id = Some(d.id);
             } else if let Some((id, name, hash)) = &new_device {
-                store::insert_device(tx, id, user.id, name, hash, now())?;
-                detail = format!("new device {id} ('{name}')");
+                registered = true;
+                crate::limits::add_device(tx, &limits, (id, name, hash), user.id, now())?;
+                detail = format!("{detail}new device {id} ('{name}')");
                 session.device_id = Some(id.clone());
             }
             if session.mfa {
@@ -607,7 +625,21 @@ pub(crate) async fn login(
                     if detail.is_empty() { "" } else { ", " }
                 );
             }
-            store::insert_session_token(tx, &hash, user.id, expires_at, &session)?;
+            let ended = crate::limits::add_session(
+                tx,
+                &limits,
+                (&hash, user.id),
+                expires_at,
+                &session,
+                now(),
+            )?;
+            if ended > 0 {
+                detail = format!(
+                    "{detail}{}{ended} oldest login(s) ended (sessions-per-user {})",
+                    if detail.is_empty() { "" } else { ", " },
+                    limits.sessions_per_user
+                );
+            }
             store::audit(
                 tx,
                 now(),
@@ -619,15 +651,28 @@ pub(crate) async fn login(
                     ..Default::default()
                 },
             )?;
-            Ok(Some(session.device_id))
+            Ok(Ok((session.device_id, registered)))
         })
         .await?;
-    let Some(device_id) = device else {
-        return Err(AppError::new(
-            StatusCode::UNAUTHORIZED,
-            "device_unknown",
-            "this device's credential is not known (the device was removed from the account); delete the device file and log in again to register it anew",
-        ));
+    let (device_id, device_credential) = match device {
+        Ok((id, registered)) => (id, new_credential.filter(|_| registered)),
+        // Removed on purpose: the client must not undo that by itself.
+        Err(true) => {
+            return Err(AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "device_removed",
+                "this device was removed from your account; to use it again, delete its device file (hushgate connect names it) and log in, which registers it as a new device (servers that approve devices ask their owner again)",
+            ))
+        }
+        // Forgotten (a control plane whose database was rebuilt): the
+        // client registers itself again with a login without the credential.
+        Err(false) => {
+            return Err(AppError::new(
+                StatusCode::UNAUTHORIZED,
+                "device_unknown",
+                "this device's credential is not known to the control plane (its database may have been rebuilt); log in with the device's name as well to register it anew",
+            ))
+        }
     };
     Ok(Json(LoginResponse {
         token,
@@ -1070,10 +1115,11 @@ async fn policy_refusal(
         user.username.clone(),
         server.owner_id,
     );
+    let max_pending = st.settings.limits.pending_devices_per_server;
     let (state, owner_name) = st
         .db
         .tx(move |tx| {
-            let (state, first) = store::request_approval(tx, &device, sid, now())?;
+            let (state, first) = store::request_approval(tx, &device, sid, now(), max_pending)?;
             if first {
                 store::audit(
                     tx,
@@ -1945,10 +1991,19 @@ fn issue_enrollment_token(
     server: &store::Server,
     ttl: Duration,
     by: &str,
+    limits: crate::limits::Limits,
 ) -> store::Result<(IssuedEnrollmentToken, [u8; 32])> {
+    let created = now();
+    store::lock_server(tx, server.id)?;
+    crate::limits::check(
+        "enrollment-tokens-per-server",
+        limits.enrollment_tokens_per_server,
+        store::count_live_enrollment_tokens(tx, server.id, created)?,
+        &format!("the live enrollment tokens of server '{}'", server.name),
+        "revoke an unused one or let it expire first",
+    )?;
     let (token, hash) = auth::new_secret(SecretKind::Enrollment);
     let id = auth::random_id("enr_");
-    let created = now();
     let expires_at = created + ttl;
     store::insert_enrollment_token(tx, &id, server.id, &hash, created, expires_at)?;
     store::audit(
@@ -2020,9 +2075,21 @@ pub(crate) async fn register_server(
     let token_ttl = enrollment_ttl(st, req.enrollment_ttl_secs)?;
     check_binding(req.binding)?;
     let name = req.name.clone();
+    let limits = st.settings.limits;
     let issued = st
         .db
         .tx(move |tx| {
+            // The operator's own servers are not counted.
+            if let Some(owner) = owner {
+                store::lock_user(tx, owner)?;
+                crate::limits::check(
+                    "servers-per-owner",
+                    limits.servers_per_owner,
+                    store::count_owned_servers(tx, owner)?,
+                    "the servers you registered",
+                    "remove one you no longer use first (hushgate servers remove NAME)",
+                )?;
+            }
             let server = store::create_server(tx, &name, req.binding, ttl, max, now())?;
             store::set_server_owner(tx, server.id, owner)?;
             store::audit(
@@ -2038,7 +2105,7 @@ pub(crate) async fn register_server(
                     ..Default::default()
                 },
             )?;
-            Ok(issue_enrollment_token(tx, &server, token_ttl, &by)?.0)
+            Ok(issue_enrollment_token(tx, &server, token_ttl, &by, limits)?.0)
         })
         .await?;
     tracing::info!(server = %req.name, "server created");
@@ -2294,6 +2361,7 @@ pub(crate) async fn new_enrollment_token(
     req: NewEnrollmentToken,
 ) -> ApiResult<(StatusCode, Json<IssuedEnrollmentToken>)> {
     let ttl = enrollment_ttl(st, req.ttl_secs)?;
+    let limits = st.settings.limits;
     let (issued, revoked) = st
         .db
         .tx(move |tx| {
@@ -2302,7 +2370,7 @@ pub(crate) async fn new_enrollment_token(
             if revoked {
                 credential_revoked_audit(tx, &server.name, &by)?;
             }
-            let (issued, _) = issue_enrollment_token(tx, &server, ttl, &by)?;
+            let (issued, _) = issue_enrollment_token(tx, &server, ttl, &by, limits)?;
             Ok((issued, revoked))
         })
         .await?;
@@ -2536,6 +2604,7 @@ async fn create_grant(
     let by = admin(&st, &headers).await?.name().to_string();
     let Json(req) = body?;
     let r = req.clone();
+    let limits = st.settings.limits;
     let warnings = st
         .db
         .tx(move |tx| {
@@ -2545,7 +2614,15 @@ async fn create_grant(
             let server = store::server_by_name(tx, &r.server)?.ok_or_else(|| {
                 store::StoreError::NotFound(format!("no server named '{}'", r.server))
             })?;
-            share(tx, &user, &server, r.services.as_deref(), r.direct, &by)
+            share(
+                tx,
+                &user,
+                &server,
+                r.services.as_deref(),
+                r.direct,
+                &by,
+                limits,
+            )
         })
         .await?;
     Ok((
@@ -2570,8 +2647,19 @@ pub(crate) fn share(
     services: Option<&[String]>,
     direct: bool,
     by: &str,
+    limits: crate::limits::Limits,
 ) -> store::Result<Vec<String>> {
     let warnings = check_granted_services(server, services)?;
+    if store::grant_for(tx, user.id, server.id)?.is_none() {
+        store::lock_server(tx, server.id)?;
+        crate::limits::check(
+            "shares-per-server",
+            limits.shares_per_server,
+            store::count_grants(tx, server.id)?,
+            &format!("the shares of server '{}'", server.name),
+            "remove a share first",
+        )?;
+    }
     store::upsert_grant(tx, user.id, server.id, services, direct)?;
     let grant = store::grant_for(tx, user.id, server.id)?
         .ok_or_else(|| store::StoreError::NotFound("grant vanished".into()))?;

@@ -5,7 +5,7 @@ use crate::store::StoreError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use proto::api::{ErrorBody, ErrorDetail};
+use proto::api::{ErrorBody, ErrorDetail, LimitDetail};
 
 #[derive(Debug)]
 pub struct AppError {
@@ -13,6 +13,8 @@ pub struct AppError {
     pub code: &'static str,
     pub message: String,
     pub retry_after: Option<u64>,
+    /// The limit a `limit_reached` answer names.
+    pub limit: Option<LimitDetail>,
 }
 
 impl AppError {
@@ -22,6 +24,7 @@ impl AppError {
             code,
             message: message.into(),
             retry_after: None,
+            limit: None,
         }
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -47,6 +50,7 @@ impl IntoResponse for AppError {
             error: ErrorDetail {
                 code: self.code.to_string(),
                 message: self.message,
+                limit: self.limit,
             },
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
@@ -68,6 +72,14 @@ impl From<StoreError> for AppError {
             StoreError::Exhausted(m) => AppError::unavailable("exhausted", m),
             StoreError::AdmissionLimit(m) => {
                 AppError::new(StatusCode::CONFLICT, "admission_limit", m)
+            }
+            StoreError::Limit { name, max, message } => {
+                let mut e = AppError::new(StatusCode::CONFLICT, "limit_reached", message);
+                e.limit = Some(LimitDetail {
+                    name: name.into(),
+                    max,
+                });
+                e
             }
             StoreError::Unavailable(why) => {
                 tracing::warn!(error = %why, "database unavailable");

@@ -21,7 +21,8 @@
 //! and `totp` holds two-factor sign-in. `console` is the web console on
 //! the same port: server-rendered pages that call the API's handlers.
 //! `metrics` counts requests, logins, access latency and database latency
-//! for Prometheus.
+//! for Prometheus. `limits` bounds what one account may make the control
+//! plane keep (servers, shares, links, devices, logins, pending devices).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -30,6 +31,7 @@ pub mod bundle;
 pub mod console;
 mod error;
 pub mod hub;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod reachability;
@@ -118,6 +120,8 @@ pub struct Settings {
     /// Label the metrics' live admissions with each server's name (a name
     /// can say whose server it is, so only when the operator allows it).
     pub metrics_per_server: bool,
+    /// How much one account may make the control plane keep.
+    pub limits: limits::Limits,
 }
 
 /// The monotonic clock the control plane's rate limits read.
@@ -204,6 +208,7 @@ impl Default for Settings {
             reachability_interval: Some(Duration::from_secs(15 * 60)),
             clock: Clock::System,
             metrics_per_server: false,
+            limits: limits::Limits::default(),
         }
     }
 }
@@ -534,6 +539,7 @@ async fn expiry_task(st: Arc<AppState>) {
                     )?;
                 }
                 store::purge_tokens(tx, now)?;
+                store::purge_invitations(tx, now)?;
                 if let Some((now_ms, full, suspect)) = limits {
                     store::sweep_login_limits(tx, now_ms, full, suspect)?;
                 }

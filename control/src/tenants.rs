@@ -137,6 +137,7 @@ pub(crate) async fn signup(
         .map_err(|e| AppError::bad_request(e.to_string()))?;
     let inv_hash = req.invitation.as_deref().map(auth::hash_secret);
     let username = req.username.clone();
+    let limits = st.settings.limits;
     let outcome = st
         .db
         .tx(move |tx| {
@@ -168,7 +169,7 @@ pub(crate) async fn signup(
             };
             audit_line(tx, "signup", Some(&user.username), None, how)?;
             if let Some(i) = &inv {
-                take_share(tx, &user, i)?;
+                take_share(tx, &user, i, limits)?;
             }
             Ok(Ok(user))
         })
@@ -191,6 +192,7 @@ fn take_share(
     tx: &mut store::Tx,
     user: &store::User,
     inv: &store::Invitation,
+    limits: crate::limits::Limits,
 ) -> store::Result<Option<store::Grant>> {
     let Some(sid) = inv.server_id else {
         return Ok(None);
@@ -213,6 +215,7 @@ fn take_share(
         inv.services.as_deref(),
         inv.direct,
         &format!("invitation {}", inv.id),
+        limits,
     )?;
     store::grant_for(tx, user.id, sid)
 }
@@ -225,6 +228,7 @@ pub(crate) async fn accept_invitation(
     let (user, _) = account(&st, &headers).await?;
     let Json(req) = body?;
     let hash = auth::hash_secret(&req.invitation);
+    let limits = st.settings.limits;
     let outcome = st
         .db
         .tx(move |tx| {
@@ -237,7 +241,7 @@ pub(crate) async fn accept_invitation(
             if !store::use_invitation(tx, &inv.id)? {
                 return Ok(Err("invitation_invalid"));
             }
-            Ok(Ok(take_share(tx, &user, &inv)?))
+            Ok(Ok(take_share(tx, &user, &inv, limits)?))
         })
         .await?;
     match outcome.map_err(invitation_refused)? {
@@ -377,6 +381,9 @@ pub(crate) async fn remove_device(
     st.db
         .tx(move |tx| {
             let d = store::user_device(tx, user.id, &id)?.ok_or_else(|| no_device(&id))?;
+            if let Some(h) = store::device_credential_hash(tx, user.id, &d.id)? {
+                store::remember_removed_device(tx, user.id, &h)?;
+            }
             for a in store::device_admissions(tx, &d.id)? {
                 end_admission(
                     tx,
@@ -618,6 +625,7 @@ pub(crate) async fn create_share(
     let Path(name) = name?;
     let Json(req) = body?;
     let r = req.clone();
+    let limits = st.settings.limits;
     let (server, warnings) = st
         .db
         .tx(move |tx| {
@@ -630,7 +638,15 @@ pub(crate) async fn create_share(
                     "you own this server; share it with someone else".into(),
                 ));
             }
-            let w = share(tx, &u, &s, r.services.as_deref(), r.direct, &owner.username)?;
+            let w = share(
+                tx,
+                &u,
+                &s,
+                r.services.as_deref(),
+                r.direct,
+                &owner.username,
+                limits,
+            )?;
             Ok((s.name, w))
         })
         .await?;
@@ -718,11 +734,27 @@ fn issue_invitation(
     created_by: Option<i64>,
     by: &str,
     req: &NewInvitation,
-    ttl: Duration,
-    uses: u32,
+    (ttl, uses): (Duration, u32),
+    limits: crate::limits::Limits,
 ) -> store::Result<IssuedInvitation> {
     if let Some(s) = server {
         check_granted_services(s, req.services.as_deref())?;
+        store::lock_server(tx, s.id)?;
+        crate::limits::check(
+            "invitations-per-server",
+            limits.invitations_per_server,
+            store::live_invitations(tx, Some(s.id), now())?,
+            &format!("the live invitation links of server '{}'", s.name),
+            "revoke one you no longer need first",
+        )?;
+    } else {
+        crate::limits::check(
+            "account-invitations",
+            limits.account_invitations,
+            store::live_invitations(tx, None, now())?,
+            "the live invitations to create an account",
+            "revoke one you no longer need first",
+        )?;
     }
     let (token, hash) = auth::new_secret(SecretKind::Invitation);
     let id = auth::random_id("inv_");
@@ -771,6 +803,7 @@ pub(crate) async fn create_invitation(
     let Path(name) = name?;
     let Json(req) = body?;
     let (ttl, uses) = invitation_terms(&req)?;
+    let limits = st.settings.limits;
     let issued = st
         .db
         .tx(move |tx| {
@@ -781,8 +814,8 @@ pub(crate) async fn create_invitation(
                 Some(owner.id),
                 &owner.username,
                 &req,
-                ttl,
-                uses,
+                (ttl, uses),
+                limits,
             )
         })
         .await?;
@@ -986,9 +1019,10 @@ pub(crate) async fn create_account_invitation(
         ));
     }
     let (ttl, uses) = invitation_terms(&req)?;
+    let limits = st.settings.limits;
     let issued = st
         .db
-        .tx(move |tx| issue_invitation(tx, None, None, &by, &req, ttl, uses))
+        .tx(move |tx| issue_invitation(tx, None, None, &by, &req, (ttl, uses), limits))
         .await?;
     Ok(no_store((StatusCode::CREATED, Json(issued))))
 }

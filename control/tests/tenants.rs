@@ -742,6 +742,356 @@ async fn new_devices_wait_for_the_owners_approval(engine: Engine) {
     cp.stop().await;
 }
 
+// ---------- limits per account ----------
+
+/// The `limit_reached` answer: 409 naming the limit and its value.
+fn assert_limit(status: u16, v: &Value, name: &str, max: u64) {
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (409, Some("limit_reached")),
+        "{v}"
+    );
+    assert_eq!(v["error"]["limit"]["name"].as_str(), Some(name), "{v}");
+    assert_eq!(v["error"]["limit"]["max"].as_u64(), Some(max), "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("limit of {max} ({name})")),
+        "{message}"
+    );
+}
+
+/// POSTs of each of `oks` to `path` succeed, then one of `refused` gets
+/// `limit_reached` (`name`, `max`); the first success's answer.
+async fn oks_then_limit(
+    c: &ControlClient,
+    token: &str,
+    path: &str,
+    (oks, refused): (&[Value], Value),
+    name: &str,
+    max: u64,
+) -> Value {
+    let mut first = Value::Null;
+    for body in oks {
+        let v = ok(c, token, Method::POST, path, Some(body.clone())).await;
+        if first.is_null() {
+            first = v;
+        }
+    }
+    let (s, v) = send(c, token, Method::POST, path, Some(refused)).await;
+    assert_limit(s, &v, name, max);
+    first
+}
+
+fn small_limits() -> control::Settings {
+    let mut settings = fast_settings();
+    for l in [
+        "servers-per-owner=2",
+        "enrollment-tokens-per-server=2",
+        "invitations-per-server=2",
+        "account-invitations=1",
+        "shares-per-server=1",
+        "devices-per-user=2",
+        "sessions-per-user=2",
+        "pending-devices-per-server=1",
+    ] {
+        settings.limits.set(l).unwrap();
+    }
+    settings
+}
+
+async fn one_account_cannot_grow_its_state_without_bound(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "127.0.0.1:0", small_limits()).await;
+    let c = cp.client();
+    add_user(&cp.admin, "alice").await;
+    add_user(&cp.admin, "bob").await;
+    add_user(&cp.admin, "carol").await;
+    let alice = token_of(&c, "alice").await;
+
+    // Servers per owner; the operator's own are not counted.
+    let _gw = owned_server(&cp, &alice, "den", 200).await;
+    let (attic, cellar) = (json!({"name": "attic"}), json!({"name": "cellar"}));
+    oks_then_limit(
+        &c,
+        &alice,
+        "/v1/servers",
+        (&[attic], cellar),
+        "servers-per-owner",
+        2,
+    )
+    .await;
+    let (s, _) = send(&c, &alice, Method::GET, "/v1/servers/cellar", None).await;
+    assert_eq!(s, 404, "the refused server was not stored");
+    let admin = cp.admin.bearer().unwrap().to_string();
+    let (s, _) = send(
+        &c,
+        &admin,
+        Method::POST,
+        "/v1/admin/servers",
+        Some(json!({"name": "operators"})),
+    )
+    .await;
+    assert_eq!(s, 201, "the operator's servers are not counted");
+
+    // Live enrollment tokens per server (registering attic made one).
+    let tokens = "/v1/servers/attic/enrollment-tokens";
+    let one = (&[json!({})][..], json!({}));
+    oks_then_limit(
+        &c,
+        &alice,
+        tokens,
+        one.clone(),
+        "enrollment-tokens-per-server",
+        2,
+    )
+    .await;
+
+    // Live invitation links per server; a revoked one makes room.
+    let links = "/v1/servers/den/invitations";
+    let two = (&[json!({}), json!({})][..], json!({}));
+    let first = oks_then_limit(&c, &alice, links, two, "invitations-per-server", 2).await;
+    let first: IssuedInvitation = serde_json::from_value(first).unwrap();
+    ok(
+        &c,
+        &alice,
+        Method::DELETE,
+        &format!("{links}/{}", first.id),
+        None,
+    )
+    .await;
+    let link: IssuedInvitation =
+        serde_json::from_value(ok(&c, &alice, Method::POST, links, Some(json!({}))).await).unwrap();
+
+    // The operator's invitations to create an account.
+    let account_links = "/v1/admin/invitations";
+    oks_then_limit(&c, &admin, account_links, one, "account-invitations", 1).await;
+
+    // Shares per server: a second account is refused, changing the
+    // existing share is not; a sign-up through a link of the full server
+    // creates no account and leaves the link as it was.
+    let (bob, carol) = (json!({"username": "bob"}), json!({"username": "carol"}));
+    let shares = "/v1/servers/den/shares";
+    oks_then_limit(&c, &alice, shares, (&[bob], carol), "shares-per-server", 1).await;
+    ok(
+        &c,
+        &alice,
+        Method::POST,
+        "/v1/servers/den/shares",
+        Some(json!({"username": "bob", "direct": true})),
+    )
+    .await;
+    let (s, v) = send(
+        &c,
+        "",
+        Method::POST,
+        "/v1/signup",
+        Some(json!({"username": "dave", "password": "password-of-dave", "invitation": link.token})),
+    )
+    .await;
+    assert_limit(s, &v, "shares-per-server", 1);
+    let (s, _) = send(
+        &c,
+        "",
+        Method::POST,
+        "/v1/login",
+        Some(json!({"username": "dave", "password": "password-of-dave"})),
+    )
+    .await;
+    assert_eq!(s, 401, "no account was made");
+    let links: Vec<InvitationInfo> = serde_json::from_value(
+        ok(&c, &alice, Method::GET, "/v1/servers/den/invitations", None).await,
+    )
+    .unwrap();
+    assert!(
+        links.iter().any(|l| l.id == link.id && l.uses_left == 1),
+        "{links:?}"
+    );
+
+    // Devices per user; removing one makes room.
+    let (_, phone, _) = login_device(&c, "bob", Some("phone")).await;
+    let (_, _, tablet) = login_device(&c, "bob", Some("tablet")).await;
+    let (s, v) = send(
+        &c,
+        "",
+        Method::POST,
+        "/v1/login",
+        Some(json!({"username": "bob", "password": "password-of-bob", "device_name": "tv"})),
+    )
+    .await;
+    assert_limit(s, &v, "devices-per-user", 2);
+    let bob = token_of(&c, "bob").await;
+    let devices: Vec<DeviceInfo> =
+        serde_json::from_value(ok(&c, &bob, Method::GET, "/v1/me/devices", None).await).unwrap();
+    assert_eq!(devices.len(), 2, "the refused device was not stored");
+    ok(
+        &c,
+        &bob,
+        Method::DELETE,
+        &format!("/v1/me/devices/{}", phone.unwrap()),
+        None,
+    )
+    .await;
+    let (_, _, tv) = login_device(&c, "bob", Some("tv")).await;
+
+    // Sessions per user: never refused, the oldest login ends.
+    let t1 = token_of(&c, "bob").await;
+    let t2 = token_of(&c, "bob").await;
+    let t3 = token_of(&c, "bob").await;
+    assert_eq!(
+        send(&c, &t1, Method::GET, "/v1/me", None).await.0,
+        401,
+        "the oldest login ended"
+    );
+    assert_eq!(send(&c, &t2, Method::GET, "/v1/me", None).await.0, 200);
+    assert_eq!(send(&c, &t3, Method::GET, "/v1/me", None).await.0, 200);
+
+    // Devices waiting for one server's owner: a second one is refused
+    // until the owner decides on the first.
+    ok(
+        &c,
+        &alice,
+        Method::PATCH,
+        "/v1/servers/den",
+        Some(json!({"approve_devices": true})),
+    )
+    .await;
+    let as_device = |cred: Option<String>| {
+        let c = c.clone();
+        async move {
+            let v = ok(&c, "", Method::POST, "/v1/login", Some(json!({"username": "bob", "password": "password-of-bob", "device_credential": cred.unwrap()}))).await;
+            v["token"].as_str().unwrap().to_string()
+        }
+    };
+    let on_tablet = as_device(tablet).await;
+    let (s, v) = send(
+        &c,
+        &on_tablet,
+        Method::POST,
+        "/v1/access",
+        Some(tunnel("den", 1)),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (403, Some("waiting_for_approval")),
+        "{v}"
+    );
+    let on_tv = as_device(tv).await;
+    let (s, v) = send(
+        &c,
+        &on_tv,
+        Method::POST,
+        "/v1/access",
+        Some(tunnel("den", 2)),
+    )
+    .await;
+    assert_limit(s, &v, "pending-devices-per-server", 1);
+    cp.stop().await;
+}
+
+/// A device credential the control plane does not know (its database was
+/// rebuilt) registers anew when the client names its device; one its
+/// account removed is refused with its own code, so a client cannot undo
+/// the removal by itself.
+async fn a_forgotten_device_registers_anew_but_a_removed_one_does_not(engine: Engine) {
+    let store = engine.store();
+    let cp = Running::start(&store, "127.0.0.1:0", fast_settings()).await;
+    let c = cp.client();
+    add_user(&cp.admin, "bob").await;
+    let login = |cred: &str, name: Option<&str>| json!({"username": "bob", "password": "password-of-bob", "device_credential": cred, "device_name": name});
+    let (_, laptop, cred) = login_device(&c, "bob", Some("laptop")).await;
+    let (laptop, cred) = (laptop.unwrap(), cred.unwrap());
+    // Known: the same device, no new credential, name or not.
+    let v = ok(
+        &c,
+        "",
+        Method::POST,
+        "/v1/login",
+        Some(login(&cred, Some("laptop"))),
+    )
+    .await;
+    assert_eq!(v["device_id"].as_str(), Some(laptop.as_str()));
+    assert!(v.get("device_credential").is_none(), "{v}");
+
+    // Forgotten (as after a rebuilt database): without a name, the old
+    // answer; with it, a new device and a new credential.
+    let forgotten = "hgd_0000000000000000000000000000000000000000000";
+    let (s, v) = send(
+        &c,
+        "",
+        Method::POST,
+        "/v1/login",
+        Some(login(forgotten, None)),
+    )
+    .await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (401, Some("device_unknown")),
+        "{v}"
+    );
+    let v = ok(
+        &c,
+        "",
+        Method::POST,
+        "/v1/login",
+        Some(login(forgotten, Some("laptop"))),
+    )
+    .await;
+    let anew = v["device_id"].as_str().unwrap().to_string();
+    assert_ne!(anew, laptop);
+    let new_cred = v["device_credential"]
+        .as_str()
+        .expect("a new credential")
+        .to_string();
+    let v = ok(
+        &c,
+        "",
+        Method::POST,
+        "/v1/login",
+        Some(login(&new_cred, Some("laptop"))),
+    )
+    .await;
+    assert_eq!(
+        v["device_id"].as_str(),
+        Some(anew.as_str()),
+        "the new credential is that device"
+    );
+
+    // Removed: refused as removed, name or not, and nothing registered.
+    let bob = v["token"].as_str().unwrap().to_string();
+    ok(
+        &c,
+        &bob,
+        Method::DELETE,
+        &format!("/v1/me/devices/{laptop}"),
+        None,
+    )
+    .await;
+    for name in [Some("laptop"), None] {
+        let (s, v) = send(&c, "", Method::POST, "/v1/login", Some(login(&cred, name))).await;
+        assert_eq!(
+            (s, v["error"]["code"].as_str()),
+            (401, Some("device_removed")),
+            "{v}"
+        );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("delete its device file"),
+            "{v}"
+        );
+    }
+    let bob = token_of(&c, "bob").await;
+    let devices: Vec<DeviceInfo> =
+        serde_json::from_value(ok(&c, &bob, Method::GET, "/v1/me/devices", None).await).unwrap();
+    assert_eq!(
+        devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        vec![anew.as_str()]
+    );
+    cp.stop().await;
+}
+
 // ---------- isolation ----------
 
 /// What a route must answer to someone who is not the tenant.
@@ -1291,4 +1641,6 @@ both_engines!(
     two_factor_sign_in,
     new_devices_wait_for_the_owners_approval,
     no_route_lets_another_tenant_see_or_touch_anything,
+    one_account_cannot_grow_its_state_without_bound,
+    a_forgotten_device_registers_anew_but_a_removed_one_does_not,
 );

@@ -16,8 +16,9 @@ mod cmd;
 answers nobody. A control plane authenticates users and pushes each authorized client's \
 ephemeral WireGuard key, bound to its source address, to the gateway beside the media server. \
 Only then does the client learn how to reach the gateway.\n\nRoles: `control` (the control \
-plane), `admin` (manage it), `gateway` (beside the media server), `connect` (the client \
-shim); `demo` shows them all working together on loopback.",
+plane), `admin` (the operator manages it), `gateway` (beside the media server), `connect` \
+(the client shim); `account` and `servers` are what users and owners do with their own \
+credentials; `demo` shows them all working together on loopback.",
     after_help = "Passwords and tokens never go on the command line: they are typed when asked \
 (not shown), piped on standard input, or set in HUSHGATE_PASSWORD / HUSHGATE_ENROLL_TOKEN. \
 Logging: set RUST_LOG (e.g. RUST_LOG=debug). Docs: README.md and docs/ in the repository."
@@ -50,6 +51,10 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Reach a server as a client: log in, get admitted, open a local port for the player.
     Connect(cmd::connect::Args),
+    /// Your account with your own credentials: sign up, two-factor sign-in, devices, shares.
+    Account(cmd::account::AccountArgs),
+    /// Servers you own: register, policy, shares, invitations, device approval, admissions, audit.
+    Servers(cmd::account::ServersArgs),
     /// Client side: list the connect profiles and the session each runs now.
     Status {
         /// Only this profile.
@@ -169,7 +174,11 @@ fn main() -> std::process::ExitCode {
     // interleave with the story unless asked for with RUST_LOG.
     let default_filter = match cli.command {
         Command::Demo(_) => "error",
-        Command::Connect(_) | Command::Status { .. } | Command::Logout { .. } => CLIENT_LOG,
+        Command::Connect(_)
+        | Command::Account(_)
+        | Command::Servers(_)
+        | Command::Status { .. }
+        | Command::Logout { .. } => CLIENT_LOG,
         _ => "info",
     };
     use std::io::IsTerminal;
@@ -205,6 +214,8 @@ fn main() -> std::process::ExitCode {
             Command::Gateway(a) => cmd::gateway::run(a).await,
             Command::Demo(a) => cmd::demo::run(a).await,
             Command::Connect(a) => cmd::connect::run(a).await,
+            Command::Account(a) => cmd::account::account(a).await,
+            Command::Servers(a) => cmd::account::servers(a).await,
             Command::Status { profile } => {
                 cmd::profile::status(profile.as_deref()).map(|text| print!("{text}"))
             }
@@ -298,6 +309,8 @@ mod tests {
             "hushgate-gateway-filter-remove.1",
             "hushgate-admin.1",
             "hushgate-connect.1",
+            "hushgate-account-totp-enrol.1",
+            "hushgate-servers-approve.1",
         ] {
             let text = std::fs::read_to_string(dir.path().join(page))
                 .unwrap_or_else(|e| panic!("{page}: {e}"));
@@ -312,7 +325,13 @@ mod tests {
         let mut cmd = <super::Cli as clap::CommandFactory>::command();
         clap_complete::generate(clap_complete::Shell::Bash, &mut cmd, "hushgate", &mut out);
         let bash = String::from_utf8(out).unwrap();
-        for word in ["gateway", "--metrics-listen", "completions"] {
+        for word in [
+            "gateway",
+            "--metrics-listen",
+            "completions",
+            "servers",
+            "--totp-stdin",
+        ] {
             assert!(
                 bash.contains(word),
                 "{word} missing from the bash completions"

@@ -155,6 +155,19 @@ pub struct ErrorDetail {
     pub code: String,
     /// A sentence a person can act on.
     pub message: String,
+    /// With `limit_reached`: which of the operator's limits, and its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<LimitDetail>,
+}
+
+/// The operator's limit a request ran into (`limit_reached`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitDetail {
+    /// The limit's name, as `hushgate control --limit NAME=N` spells it,
+    /// e.g. `servers-per-owner`.
+    pub name: String,
+    /// Its value: how many the control plane keeps at most.
+    pub max: u64,
 }
 
 /// `POST /v1/admin/users`.

@@ -278,7 +278,7 @@ start_media() {
 start_control() {
   CTL_PID=$(bg ctl "$W/control.log" "$BIN" control --listen "[::]:8443" --state "$W/ctl" \
     --san 203.0.113.2 --san 2001:db8:1::2 --admission-ttl 10 --login-rate 1000 \
-    --metrics-listen 203.0.113.2:9102)
+    --metrics-listen 203.0.113.2:9102 --metrics-not-loopback)
   echo "$CTL_PID" >"$W/ctl.pid"
   wait_for "control plane" 10 test -s "$W/ctl/control-url"
   wait_for "control plane HTTPS" 10 ns ctl curl -sf --cacert "$W/ctl/ca.pem" https://203.0.113.2:8443/v1/health -o /dev/null
@@ -1448,6 +1448,97 @@ EOF
   kill "$prom"; wait "$prom" 2>/dev/null || true
 }
 
+# ------------------------------------------------- tenants (22)
+
+# `hushgate servers` as account $1 from namespace $2 (its own credentials,
+# the password on standard input's environment, never an argument).
+owner_cli() { # owner_cli USER NS ARGS...
+  local who="$1" where="$2"; shift 2
+  HUSHGATE_PASSWORD="$PASSWORD" ns "$where" "$BIN" servers --control https://203.0.113.2:8443 \
+    --ca "$W/ctl/ca.pem" --user "$who" "$@"
+}
+
+# An account's user token, by a login through the API from namespace $2.
+api_token() { # api_token USER NS
+  printf '{"username":"%s","password":"%s"}' "$1" "$PASSWORD" >"$W/s22-login.json"
+  ns "$2" curl -sS --max-time 10 --cacert "$W/ctl/ca.pem" -H 'content-type: application/json' \
+    --data @"$W/s22-login.json" https://203.0.113.2:8443/v1/login | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])'
+  rm -f "$W/s22-login.json"
+}
+
+# STATUS and body of an API call from namespace $1 with token $2.
+api_call() { # api_call NS TOKEN METHOD PATH OUTFILE
+  ns "$1" curl -sS --max-time 10 --cacert "$W/ctl/ca.pem" -H "authorization: Bearer $2" \
+    -X "$3" -o "$5" -w '%{http_code}' "https://203.0.113.2:8443$4"
+}
+
+scenario_22() { # a second owner, from another host, cannot see or revoke the first owner's admissions (404, as for unknown ones) while the first owner's friend downloads on, intact
+  echo "$PASSWORD" | admin user add olga >/dev/null
+  echo "$PASSWORD" | admin user add dora >/dev/null
+  echo "$PASSWORD" | admin user add mallory >/dev/null
+  # olga registers her server herself, from the client's host, and her
+  # gateway (UDP 51829 behind the home router) enrolls with the token.
+  local token; token=$(owner_cli olga cli add olgas | tail -1)
+  ns home nft add rule inet home pre iifname wan ip daddr 203.0.113.18 udp dport 51829 dnat ip to 192.0.2.2:51829
+  ns home nft add rule inet home forward iifname wan ip daddr 192.0.2.2 udp dport 51829 accept
+  local gpid; gpid=$(start_gateway gwo "$W/gwo" 0.0.0.0:51829 203.0.113.18:51829 "$token")
+  wait_gateway_synced gwo
+  owner_cli olga cli share olgas dora >/dev/null
+  # mallory: an account and a server of her own, from the attacker's host.
+  owner_cli mallory atk add mallorys >/dev/null
+
+  # dora downloads through her shim at a pace that outlasts the attempts.
+  local pid; pid=$(start_shim 32422 shim22 dora https://203.0.113.2:8443 olgas)
+  local adm; adm=$(sed -n 's/.*(admission \(adm_[0-9a-f]*\),.*/\1/p' "$W/shim22.log" | head -1)
+  [ -n "$adm" ]
+  fetch 32422 "$W/s22.bin" --limit-rate 1M &
+  local dl=$!
+  sleep 1
+
+  # Through the CLI: every view and change of olga's server is "no server
+  # named 'olgas'", and her friend's admission is unknown to mallory.
+  local out what
+  for what in admissions shares invitations devices audit show; do
+    if out=$(owner_cli mallory atk "$what" olgas 2>&1); then
+      echo "mallory's 'servers $what olgas' succeeded: $out" >&2; return 1
+    fi
+    grep -q "no server named 'olgas'" <<<"$out" || { echo "servers $what: $out" >&2; return 1; }
+  done
+  if out=$(owner_cli mallory atk revoke "$adm" 2>&1); then
+    echo "mallory revoked olga's admission: $out" >&2; return 1
+  fi
+  grep -q "404" <<<"$out" || { echo "revoke: $out" >&2; return 1; }
+  if grep -q olgas <<<"$(owner_cli mallory atk list)"; then
+    echo "mallory's server list shows olga's server" >&2; return 1
+  fi
+  # Through the API: the same answers, word for word, as for things that
+  # do not exist.
+  local mt; mt=$(api_token mallory atk)
+  local s1 s2
+  s1=$(api_call atk "$mt" DELETE "/v1/admissions/$adm" "$W/s22-theirs.json")
+  s2=$(api_call atk "$mt" DELETE "/v1/admissions/adm_00000000000000000000000000" "$W/s22-unknown.json")
+  [ "$s1" = 404 ] && [ "$s2" = 404 ] || { echo "DELETE answered $s1 / $s2" >&2; return 1; }
+  cmp -s "$W/s22-theirs.json" "$W/s22-unknown.json" || { echo "the answers differ: $(cat "$W/s22-theirs.json") vs $(cat "$W/s22-unknown.json")" >&2; return 1; }
+  s1=$(api_call atk "$mt" GET /v1/servers/olgas/admissions "$W/s22-theirs.json")
+  s2=$(api_call atk "$mt" GET /v1/servers/nosuch/admissions "$W/s22-unknown.json")
+  [ "$s1" = 404 ] && [ "$s2" = 404 ] || { echo "GET answered $s1 / $s2" >&2; return 1; }
+  [ "$(sed 's/olgas/X/' "$W/s22-theirs.json")" = "$(sed 's/nosuch/X/' "$W/s22-unknown.json")" ] || {
+    echo "the answers differ: $(cat "$W/s22-theirs.json") vs $(cat "$W/s22-unknown.json")" >&2; return 1; }
+
+  # Meanwhile the download went on, and ends intact.
+  kill -0 "$dl" 2>/dev/null || { echo "the download had ended before the attempts were over" >&2; return 1; }
+  wait "$dl"
+  check_sha "$W/s22.bin"
+  log "  every attempt of mallory's (6 views and a revocation through the CLI, 2 API calls) got 404; dora's $FILE_MIB MiB arrived with a matching sha256"
+  # olga still sees (and may end) the admission, and no trace of mallory
+  # is in her server's audit.
+  grep -q "$adm" <<<"$(owner_cli olga cli admissions olgas)"
+  if grep -q mallory <<<"$(owner_cli olga cli audit olgas --limit 500)"; then
+    echo "olga's audit shows mallory" >&2; return 1
+  fi
+  kill "$pid" "$gpid" 2>/dev/null; wait "$pid" "$gpid" 2>/dev/null || true
+}
+
 scenario_18() { # three control plane replicas on one PostgreSQL: replica 1, which holds the gateway's feed, killed with SIGKILL mid-download
   start_postgres ctl
   local db="host=$PG_SOCK user=hushgate dbname=hushgate" rb="$W/replicas-bundle" i
@@ -1564,7 +1655,7 @@ if [ -n "${HARNESS_EXTRA:-}" ]; then
   . "$HARNESS_EXTRA"
 fi
 
-if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21); fi
+if [ "$#" -gt 0 ]; then WANT=("$@"); else WANT=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22); fi
 log "building the topology ($P)"
 build_topology
 setup_world

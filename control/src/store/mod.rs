@@ -109,6 +109,13 @@ pub enum StoreError {
     /// A user holds as many admissions on a server as it allows.
     #[error("{0}")]
     AdmissionLimit(String),
+    /// One of the operator's limits (see [`crate::limits`]).
+    #[error("{message}")]
+    Limit {
+        name: &'static str,
+        max: u64,
+        message: String,
+    },
     /// The database cannot be reached right now (PostgreSQL stopped or
     /// restarting, the network to it down): try again shortly.
     #[error("the database is unavailable: {0}")]

@@ -137,6 +137,7 @@ pub fn delete_user(tx: &mut Tx, user_id: i64) -> Result<()> {
     for a in user_server_admissions(tx, user_id, None)? {
         remove_admission_row(tx, &a)?;
     }
+    super::forget_removed_devices(tx, user_id)?;
     tx.exec("DELETE FROM users WHERE id = $1", args![user_id])?;
     Ok(())
 }

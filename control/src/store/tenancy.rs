@@ -581,25 +581,41 @@ impl Approval {
 }
 
 /// The device's standing with the server; a first request records it as
-/// pending (returns `(Pending, true)` then).
+/// pending (returns `(Pending, true)` then), unless `max_pending` devices
+/// wait for that server's owner already.
 pub fn request_approval(
     tx: &mut Tx,
     device_id: &str,
     server_id: i64,
     now: OffsetDateTime,
+    max_pending: u32,
 ) -> Result<(Approval, bool)> {
+    let state_of = |tx: &mut Tx| -> Result<Option<Approval>> {
+        tx.query_opt(
+            "SELECT state FROM device_approvals WHERE device_id = $1 AND server_id = $2",
+            args![device_id, server_id],
+        )?
+        .map(|r| r.text(0).map(|s| Approval::parse(&s)))
+        .transpose()
+    };
+    if let Some(state) = state_of(tx)? {
+        return Ok((state, false));
+    }
+    super::lock_server(tx, server_id)?;
+    crate::limits::check(
+        "pending-devices-per-server",
+        max_pending,
+        count_pending_approvals(tx, server_id)?,
+        "the devices waiting for this server's owner",
+        "ask the owner to approve or deny the waiting ones, then try again",
+    )?;
     let inserted = tx.exec(
         "INSERT INTO device_approvals(device_id, server_id, state, requested_at)
          VALUES ($1, $2, 'pending', $3) ON CONFLICT(device_id, server_id) DO NOTHING",
         args![device_id, server_id, millis(now)],
     )? > 0;
-    let state = tx
-        .query_one(
-            "SELECT state FROM device_approvals WHERE device_id = $1 AND server_id = $2",
-            args![device_id, server_id],
-        )?
-        .text(0)?;
-    Ok((Approval::parse(&state), inserted))
+    let state = state_of(tx)?.unwrap_or(Approval::Pending);
+    Ok((state, inserted))
 }
 
 /// A device waiting for (or decided by) a server's owner.
@@ -741,4 +757,191 @@ pub fn server_admission_devices(tx: &mut Tx, server: &str) -> Result<Vec<(String
     .iter()
     .map(|r| Ok((r.text(0)?, r.text(1)?)))
     .collect()
+}
+
+// ---------- what the operator's limits count ----------
+
+/// Serializes changes to one account's counted things across replicas
+/// (PostgreSQL runs at READ COMMITTED: two logins counting the same
+/// devices at once would both see room). SQLite has one writer anyway.
+pub fn lock_user(tx: &mut Tx, user_id: i64) -> Result<()> {
+    if tx.engine() == super::Engine::Postgres {
+        tx.query_opt(
+            "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+            args![user_id],
+        )?;
+    }
+    Ok(())
+}
+
+fn count(tx: &mut Tx, sql: &str, args: &[super::Value<'_>]) -> Result<i64> {
+    tx.query_one(sql, args)?.i64(0)
+}
+
+pub fn count_owned_servers(tx: &mut Tx, owner_id: i64) -> Result<i64> {
+    count(
+        tx,
+        "SELECT COUNT(*) FROM servers WHERE owner_id = $1",
+        args![owner_id],
+    )
+}
+
+pub fn count_grants(tx: &mut Tx, server_id: i64) -> Result<i64> {
+    count(
+        tx,
+        "SELECT COUNT(*) FROM grants WHERE server_id = $1",
+        args![server_id],
+    )
+}
+
+/// Forgets the expired invitations of one server (`None`: the
+/// operator's) and counts the live ones. Expired links are otherwise
+/// kept until the expiry task's next sweep, and must not count against the
+/// limit.
+pub fn live_invitations(tx: &mut Tx, server_id: Option<i64>, now: OffsetDateTime) -> Result<i64> {
+    match server_id {
+        Some(id) => {
+            tx.exec(
+                "DELETE FROM invitations WHERE server_id = $1 AND expires_at <= $2",
+                args![id, millis(now)],
+            )?;
+            count(
+                tx,
+                "SELECT COUNT(*) FROM invitations WHERE server_id = $1",
+                args![id],
+            )
+        }
+        None => {
+            tx.exec(
+                "DELETE FROM invitations WHERE server_id IS NULL AND expires_at <= $1",
+                args![millis(now)],
+            )?;
+            count(
+                tx,
+                "SELECT COUNT(*) FROM invitations WHERE server_id IS NULL",
+                args![],
+            )
+        }
+    }
+}
+
+/// Forgets every expired invitation link (the periodic sweep).
+pub fn purge_invitations(tx: &mut Tx, now: OffsetDateTime) -> Result<u64> {
+    tx.exec(
+        "DELETE FROM invitations WHERE expires_at <= $1",
+        args![millis(now)],
+    )
+}
+
+pub fn count_devices(tx: &mut Tx, user_id: i64) -> Result<i64> {
+    count(
+        tx,
+        "SELECT COUNT(*) FROM devices WHERE user_id = $1",
+        args![user_id],
+    )
+}
+
+pub fn count_pending_approvals(tx: &mut Tx, server_id: i64) -> Result<i64> {
+    count(
+        tx,
+        "SELECT COUNT(*) FROM device_approvals WHERE server_id = $1 AND state = 'pending'",
+        args![server_id],
+    )
+}
+
+pub fn count_live_enrollment_tokens(
+    tx: &mut Tx,
+    server_id: i64,
+    now: OffsetDateTime,
+) -> Result<i64> {
+    count(
+        tx,
+        "SELECT COUNT(*) FROM enrollment_tokens WHERE server_id = $1 AND expires_at > $2",
+        args![server_id, millis(now)],
+    )
+}
+
+/// Makes room for one more login of `user_id` under `max`: its expired
+/// logins are forgotten, then its oldest live ones end (how many ended).
+pub fn make_room_for_session(
+    tx: &mut Tx,
+    user_id: i64,
+    max: u32,
+    now: OffsetDateTime,
+) -> Result<u64> {
+    tx.exec(
+        "DELETE FROM tokens WHERE user_id = $1 AND expires_at <= $2",
+        args![user_id, millis(now)],
+    )?;
+    let live = count(
+        tx,
+        "SELECT COUNT(*) FROM tokens WHERE user_id = $1",
+        args![user_id],
+    )?;
+    let excess = live - i64::from(max) + 1;
+    if excess <= 0 {
+        return Ok(0);
+    }
+    // Every login lives as long (the token ttl), so the soonest to
+    // expire is the oldest.
+    tx.exec(
+        "DELETE FROM tokens WHERE token_hash IN (
+            SELECT token_hash FROM tokens WHERE user_id = $1
+            ORDER BY expires_at, token_hash LIMIT $2)",
+        args![user_id, excess],
+    )
+}
+
+// ---------- removed devices ----------
+
+/// How many removed devices of one account are remembered.
+const REMOVED_DEVICES_KEPT: usize = 64;
+
+fn removed_devices_key(user_id: i64) -> String {
+    format!("removed_devices:{user_id}")
+}
+
+/// The credential hash of one of `user_id`'s devices.
+pub fn device_credential_hash(tx: &mut Tx, user_id: i64, id: &str) -> Result<Option<Vec<u8>>> {
+    tx.query_opt(
+        "SELECT cred_hash FROM devices WHERE id = $1 AND user_id = $2",
+        args![id, user_id],
+    )?
+    .map(|r| r.opt_bytes(0).map(Option::unwrap_or_default))
+    .transpose()
+}
+
+/// Remembers that the device whose credential hashes to `hash` was
+/// removed, so that its client is told so (`device_removed`) instead of
+/// registering itself again: re-registration is for a control plane that
+/// forgot a device, not for undoing its owner's removal. The last
+/// [`REMOVED_DEVICES_KEPT`] per account are kept, in the settings table
+/// (a list per account, not a table of its own: no schema change for a
+/// bounded list).
+pub fn remember_removed_device(tx: &mut Tx, user_id: i64, hash: &[u8]) -> Result<()> {
+    let key = removed_devices_key(user_id);
+    let mut list = super::setting(tx, &key)?.unwrap_or_default();
+    list.extend_from_slice(hash);
+    let keep = REMOVED_DEVICES_KEPT * 32;
+    if list.len() > keep {
+        list.drain(..list.len() - keep);
+    }
+    super::set_setting(tx, &key, &list)
+}
+
+/// Whether `user_id` removed the device whose credential hashes to `hash`.
+pub fn device_was_removed(tx: &mut Tx, user_id: i64, hash: &[u8]) -> Result<bool> {
+    Ok(super::setting(tx, &removed_devices_key(user_id))?
+        .unwrap_or_default()
+        .chunks(32)
+        .any(|h| h == hash))
+}
+
+/// Forgets an account's removed devices (with the account).
+pub fn forget_removed_devices(tx: &mut Tx, user_id: i64) -> Result<()> {
+    tx.exec(
+        "DELETE FROM settings WHERE key = $1",
+        args![removed_devices_key(user_id)],
+    )?;
+    Ok(())
 }

@@ -230,12 +230,12 @@ fn client(a: &Args) -> anyhow::Result<ControlClient> {
     Ok(ControlClient::new(&url, trust)?.with_bearer(token.trim()))
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+pub fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
-fn print_enrollment_token(token: &str, expires: Option<time::OffsetDateTime>) {
+pub fn print_enrollment_token(token: &str, expires: Option<time::OffsetDateTime>) {
     println!(
         "enrollment token (one use{}; give it to the gateway via HUSHGATE_ENROLL_TOKEN or its --enroll-file):",
         expires
@@ -245,7 +245,7 @@ fn print_enrollment_token(token: &str, expires: Option<time::OffsetDateTime>) {
     println!("{token}");
 }
 
-fn ts(t: time::OffsetDateTime) -> String {
+pub fn ts(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -440,37 +440,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             if a.json {
                 return print_json(&servers);
             }
-            println!(
-                "{:<20} {:<16} {:<9} {:<10} {:<24} {:<8} SERVICES",
-                "SERVER", "BINDING", "ENROLLED", "GATEWAY", "ENDPOINT", "PER USER"
-            );
-            for s in servers {
-                let services: Vec<String> = s
-                    .services
-                    .iter()
-                    .map(|x| format!("{}:{}", x.name, x.port))
-                    .collect();
-                println!(
-                    "{:<20} {:<16} {:<9} {:<10} {:<24} {:<8} {}",
-                    s.name,
-                    s.binding.to_string(),
-                    s.enrolled,
-                    if s.gateway_connected {
-                        "online"
-                    } else {
-                        "offline"
-                    },
-                    s.gateway_endpoint
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    s.max_admissions_per_user,
-                    services.join(",")
-                );
-                if let Some(m) = &s.port_mapping {
-                    println!("    port mapping: {}", mapping_words(m));
-                }
-                print_reachability(&s.reachability, "    ");
-            }
+            print_servers(&servers);
         }
         What::Grant(GrantCmd::Add {
             user,
@@ -528,24 +498,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             if a.json {
                 return print_json(&adms);
             }
-            println!(
-                "{:<29} {:<14} {:<14} {:<8} {:<40} {:<15} EXPIRES",
-                "ID", "USER", "SERVER", "STATE", "SOURCE", "TUNNEL ADDR"
-            );
-            for x in adms {
-                println!(
-                    "{:<29} {:<14} {:<14} {:<8} {:<40} {:<15} {}",
-                    x.id,
-                    x.username,
-                    x.server,
-                    x.state,
-                    format!("{} ({})", x.source, x.binding),
-                    x.client_address
-                        .map(|c| c.to_string())
-                        .unwrap_or_else(|| "-".into()),
-                    ts(x.expires_at)
-                );
-            }
+            print_admissions(&adms);
         }
         What::Admission(AdmissionCmd::Revoke { id }) => {
             c.revoke(id).await?;
@@ -556,21 +509,91 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             if a.json {
                 return print_json(&entries);
             }
-            for e in entries {
-                println!(
-                    "{} {:<15} user={} server={} source={} {} {}",
-                    ts(e.at),
-                    e.event,
-                    e.username.as_deref().unwrap_or("-"),
-                    e.server.as_deref().unwrap_or("-"),
-                    e.source.as_deref().unwrap_or("-"),
-                    e.admission_id.as_deref().unwrap_or(""),
-                    e.detail
-                );
-            }
+            print_audit(&entries);
         }
     }
     Ok(())
+}
+
+/// The servers table (`admin server list`, `servers list`).
+pub fn print_servers(servers: &[ServerInfo]) {
+    println!(
+        "{:<20} {:<16} {:<9} {:<10} {:<24} {:<8} SERVICES",
+        "SERVER", "BINDING", "ENROLLED", "GATEWAY", "ENDPOINT", "PER USER"
+    );
+    for s in servers {
+        let services: Vec<String> = s
+            .services
+            .iter()
+            .map(|x| format!("{}:{}", x.name, x.port))
+            .collect();
+        println!(
+            "{:<20} {:<16} {:<9} {:<10} {:<24} {:<8} {}",
+            s.name,
+            s.binding.to_string(),
+            s.enrolled,
+            if s.gateway_connected {
+                "online"
+            } else {
+                "offline"
+            },
+            s.gateway_endpoint
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "-".into()),
+            s.max_admissions_per_user,
+            services.join(",")
+        );
+        if !s.gateway_connected {
+            println!(
+                "    gateway last seen: {}",
+                s.gateway_last_seen
+                    .map(ts)
+                    .unwrap_or_else(|| "never".into())
+            );
+        }
+        if let Some(m) = &s.port_mapping {
+            println!("    port mapping: {}", mapping_words(m));
+        }
+        print_reachability(&s.reachability, "    ");
+    }
+}
+
+/// The admissions table.
+pub fn print_admissions(adms: &[AdmissionInfo]) {
+    println!(
+        "{:<29} {:<14} {:<14} {:<8} {:<40} {:<15} EXPIRES",
+        "ID", "USER", "SERVER", "STATE", "SOURCE", "TUNNEL ADDR"
+    );
+    for x in adms {
+        println!(
+            "{:<29} {:<14} {:<14} {:<8} {:<40} {:<15} {}",
+            x.id,
+            x.username,
+            x.server,
+            x.state,
+            format!("{} ({})", x.source, x.binding),
+            x.client_address
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            ts(x.expires_at)
+        );
+    }
+}
+
+/// Audit entries, one a line.
+pub fn print_audit(entries: &[AuditEntry]) {
+    for e in entries {
+        println!(
+            "{} {:<15} user={} server={} source={} {} {}",
+            ts(e.at),
+            e.event,
+            e.username.as_deref().unwrap_or("-"),
+            e.server.as_deref().unwrap_or("-"),
+            e.source.as_deref().unwrap_or("-"),
+            e.admission_id.as_deref().unwrap_or(""),
+            e.detail
+        );
+    }
 }
 
 /// The port mapping in one line, as the gateway last reported it.

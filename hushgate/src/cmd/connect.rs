@@ -12,7 +12,10 @@ use tokio::sync::broadcast::error::RecvError;
 /// behaves like the server. Point the player at the printed address.
 ///
 /// The password is read from HUSHGATE_PASSWORD or standard input, never
-/// from the command line. Runs until Ctrl-C, revocation or failure.
+/// from the command line. An account with two-factor sign-in is asked
+/// for its current code on the terminal (or give it in HUSHGATE_TOTP, or
+/// on standard input's next line with --totp-stdin). Runs until Ctrl-C,
+/// revocation or failure.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A profile: its saved settings (from an earlier `hushgate connect
@@ -83,6 +86,90 @@ pub struct Args {
     /// (default: "hushgate connect on HOSTNAME").
     #[arg(long, value_name = "NAME")]
     device_name: Option<String>,
+    /// Read the two-factor code (TOTP, or a recovery code) from the next
+    /// line of standard input, after the password's line. Without it the
+    /// code comes from HUSHGATE_TOTP, or is asked for on the terminal when
+    /// the account needs one. Never an argument: a code on the command
+    /// line is in `ps` for anyone to replay within its 30 seconds.
+    #[arg(long)]
+    totp_stdin: bool,
+}
+
+/// Where the two-factor code comes from.
+#[derive(Debug)]
+pub(crate) struct SecondFactor {
+    /// A code given before any login (HUSHGATE_TOTP, --totp-stdin).
+    given: Option<String>,
+}
+
+impl SecondFactor {
+    fn read(a: &Args) -> anyhow::Result<SecondFactor> {
+        Self::from_flag(a.totp_stdin)
+    }
+
+    /// The code of `--totp-stdin` (the next line of standard input) or
+    /// HUSHGATE_TOTP, if either gives one.
+    pub(crate) fn from_flag(totp_stdin: bool) -> anyhow::Result<SecondFactor> {
+        let given = if totp_stdin {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::stdin().lock(), &mut line)
+                .context("reading the two-factor code from standard input")?;
+            let code = line.trim().to_string();
+            if code.is_empty() {
+                anyhow::bail!("--totp-stdin: no two-factor code on standard input (the line after the password)");
+            }
+            Some(code)
+        } else {
+            std::env::var("HUSHGATE_TOTP")
+                .ok()
+                .map(|c| c.trim().to_string())
+                .filter(|c| !c.is_empty())
+        };
+        Ok(SecondFactor { given })
+    }
+
+    /// After a login refused for want of a code: the code typed on the
+    /// terminal, or an error saying how to give one.
+    fn ask(&self, message: &str) -> anyhow::Result<String> {
+        use std::io::IsTerminal;
+        if self.given.is_some() {
+            anyhow::bail!("{message}");
+        }
+        if !std::io::stdin().is_terminal() {
+            anyhow::bail!("{message}; without a terminal, set HUSHGATE_TOTP or pass --totp-stdin with the code on the line after the password");
+        }
+        let code = rpassword::prompt_password(
+            "two-factor code (authenticator app, or a recovery code): ",
+        )?;
+        let code = code.trim().to_string();
+        if code.is_empty() {
+            anyhow::bail!("no two-factor code given");
+        }
+        Ok(code)
+    }
+}
+
+/// A password login, with the second factor when the account has one.
+pub(crate) async fn login(
+    client: &control_client::ControlClient,
+    user: &str,
+    password: &str,
+    totp: &SecondFactor,
+) -> anyhow::Result<proto::api::LoginResponse> {
+    let mut req = proto::api::LoginRequest {
+        username: user.into(),
+        password: password.into(),
+        totp: totp.given.clone(),
+        device_credential: None,
+        device_name: None,
+    };
+    match client.login_with(&req).await {
+        Err(e) if e.code() == Some("totp_required") => {
+            req.totp = Some(totp.ask(&e.to_string())?);
+            Ok(client.login_with(&req).await?)
+        }
+        r => Ok(r?),
+    }
 }
 
 /// The default device file for `user` at the control plane `control`.
@@ -202,20 +289,48 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     };
     let password =
         super::read_secret("HUSHGATE_PASSWORD", "password").context("reading the password")?;
+    let totp = SecondFactor::read(&a)?;
     if let Some(file) = &a.wg_config {
-        write_wg_config(&a, &t, trust, &password, file).await?;
+        write_wg_config(&a, &t, trust, &password, &totp, file).await?;
         return remember(&a, settings);
     }
     if a.direct {
-        return direct(&a, &t, settings, trust, &password).await;
+        return direct(&a, &t, settings, trust, &password, &totp).await;
     }
-    let session = Session::connect(ShimConfig {
+    let session = match shim(&a, &t, trust.clone(), &password, totp.given.clone()).await {
+        Err(client_shim::ShimError::SecondFactor { message }) if totp.given.is_none() => {
+            let code = totp.ask(&message)?;
+            shim(&a, &t, trust, &password, Some(code)).await?
+        }
+        r => r?,
+    };
+    remember(&a, settings)?;
+    run_session(&a, session).await
+}
+
+/// Starts the shim's session (`code`: the second factor's, if known).
+async fn shim(
+    a: &Args,
+    t: &Target,
+    trust: Trust,
+    password: &str,
+    code: Option<String>,
+) -> Result<Session, client_shim::ShimError> {
+    let credentials = match code {
+        Some(code) => Credentials::PasswordAndCode {
+            user: t.user.clone(),
+            password: password.into(),
+            code,
+        },
+        None => Credentials::Password {
+            user: t.user.clone(),
+            password: password.into(),
+        },
+    };
+    Session::connect(ShimConfig {
         control_url: t.control.clone(),
         trust,
-        credentials: Credentials::Password {
-            user: t.user.clone(),
-            password,
-        },
+        credentials,
         server: t.server.clone(),
         service: t.service.clone(),
         listen: t.listen,
@@ -233,8 +348,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             println!("{m} (this keeps asking until they decide; Ctrl-C to give up)")
         }))),
     })
-    .await?;
-    remember(&a, settings)?;
+    .await
+}
+
+async fn run_session(a: &Args, session: Session) -> anyhow::Result<()> {
     let mut events = session.events();
     let info = session.info();
     println!(
@@ -305,9 +422,10 @@ async fn direct(
     settings: ConnectFile,
     trust: Trust,
     password: &str,
+    totp: &SecondFactor,
 ) -> anyhow::Result<()> {
     let client = control_client::ControlClient::new(&t.control, trust)?;
-    let login = client.login(&t.user, password).await?;
+    let login = login(&client, &t.user, password, totp).await?;
     let client = client.with_bearer(&login.token);
     let access = client.access_direct(&t.server).await?;
     let endpoint = match &t.service {
@@ -368,10 +486,11 @@ async fn write_wg_config(
     t: &Target,
     trust: Trust,
     password: &str,
+    totp: &SecondFactor,
     file: &std::path::Path,
 ) -> anyhow::Result<()> {
     let client = control_client::ControlClient::new(&t.control, trust)?;
-    let login = client.login(&t.user, password).await?;
+    let login = login(&client, &t.user, password, totp).await?;
     let secret = x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng);
     let public = proto::WgKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
     let access = client

@@ -192,6 +192,11 @@ struct RunArgs {
     /// or a network only Prometheus reaches). Default: off.
     #[arg(long, value_name = "ADDR", env = "HUSHGATE_CONTROL_METRICS_LISTEN")]
     metrics_listen: Option<MetricsListen>,
+    /// Allow --metrics-listen on an address other than loopback (e.g. a
+    /// private network Prometheus scrapes from). Without it only 127.0.0.1,
+    /// ::1 or a Unix socket is accepted: the metrics are plain HTTP.
+    #[arg(long, env = "HUSHGATE_CONTROL_METRICS_NOT_LOOPBACK")]
+    metrics_not_loopback: bool,
     /// Label the live-admissions metric with each server's name (names can
     /// say whose server it is; without this, one total).
     #[arg(long, env = "HUSHGATE_CONTROL_METRICS_PER_SERVER")]
@@ -211,6 +216,15 @@ struct RunArgs {
         env = "HUSHGATE_CONTROL_REACHABILITY_INTERVAL"
     )]
     reachability_interval: Option<u64>,
+    /// What one account may make the control plane keep, NAME=N
+    /// (repeatable): servers-per-owner (20), shares-per-server (200),
+    /// invitations-per-server (50), account-invitations (200),
+    /// devices-per-user (20), sessions-per-user (20; a new login ends the
+    /// oldest), pending-devices-per-server (20),
+    /// enrollment-tokens-per-server (10). Over a limit a request gets 409
+    /// limit_reached naming it (docs/operating.md, "Limits per account").
+    #[arg(long, value_name = "NAME=N")]
+    limit: Vec<String>,
 }
 
 /// The flags (and their environment variables) over the config file.
@@ -271,6 +285,10 @@ fn merged(mut a: RunArgs) -> anyhow::Result<RunArgs> {
             .map_err(anyhow::Error::msg)?;
     }
     a.metrics_per_server |= f.metrics_per_server.unwrap_or(false);
+    a.metrics_not_loopback |= f.metrics_not_loopback.unwrap_or(false);
+    if a.limit.is_empty() {
+        a.limit = f.limit;
+    }
     if a.probe_source.is_empty() {
         a.probe_source = f.probe_source;
     }
@@ -384,8 +402,33 @@ fn backup(state: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The operator's `--limit NAME=N` settings over the defaults.
+fn limits(settings: &[String]) -> anyhow::Result<control::limits::Limits> {
+    let mut l = control::limits::Limits::default();
+    for s in settings {
+        l.set(s).map_err(|e| anyhow::anyhow!("--limit: {e}"))?;
+    }
+    Ok(l)
+}
+
+/// The metrics are plain HTTP: loopback or a Unix socket unless the
+/// operator says otherwise (`--metrics-not-loopback`).
+fn check_metrics_listen(m: &MetricsListen, not_loopback: bool) -> anyhow::Result<()> {
+    if let MetricsListen::Tcp(addr) = m {
+        if !addr.ip().is_loopback() && !not_loopback {
+            bail!(
+                "--metrics-listen {addr}: metrics are plain HTTP and stay on loopback (127.0.0.1, ::1) or a Unix socket unless you add --metrics-not-loopback (then keep that address private: a network only Prometheus reaches)"
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn serve(a: RunArgs) -> anyhow::Result<()> {
     let a = merged(a)?;
+    if let Some(m) = &a.metrics_listen {
+        check_metrics_listen(m, a.metrics_not_loopback)?;
+    }
     let listen = a.listen.unwrap_or(([0, 0, 0, 0], 8443).into());
     let Some(state) = a.state.clone() else {
         bail!("give the control plane a state folder: --state DIR");
@@ -435,6 +478,7 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
                 Duration::from_secs_f64(t.max(0.5))
             }),
             metrics_per_server: a.metrics_per_server,
+            limits: limits(&a.limit)?,
             probe_sources: a.probe_source,
             reachability_interval: match a.reachability_interval {
                 None => defaults.reachability_interval,
@@ -573,6 +617,36 @@ fn fqdn_from_hosts(hosts: &str, host: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_stay_on_loopback_unless_the_operator_says_otherwise() {
+        let public: MetricsListen = "203.0.113.2:9102".parse().unwrap();
+        let e = check_metrics_listen(&public, false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--metrics-not-loopback"), "{e}");
+        check_metrics_listen(&public, true).unwrap();
+        check_metrics_listen(&"127.0.0.1:9102".parse().unwrap(), false).unwrap();
+        check_metrics_listen(&"[::1]:9102".parse().unwrap(), false).unwrap();
+        check_metrics_listen(&"unix:/run/m.sock".parse().unwrap(), false).unwrap();
+    }
+
+    #[test]
+    fn limits_come_from_the_flags_and_a_wrong_one_is_refused() {
+        let l = limits(&["devices-per-user=3".into()]).unwrap();
+        assert_eq!(l.devices_per_user, 3);
+        assert_eq!(
+            l.servers_per_owner,
+            control::limits::Limits::default().servers_per_owner
+        );
+        let e = limits(&["device-per-user=3".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--limit: there is no limit") && e.contains("devices-per-user"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn fqdn_comes_from_the_hosts_file() {
