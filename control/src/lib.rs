@@ -18,6 +18,8 @@
 //! invitation link), with its own policy (two factors, device approval,
 //! direct mode); the self-service routes live in `tenants`, each scoped to
 //! the caller's own things, and `totp` holds two-factor sign-in.
+//! `device_code` signs in devices without a keyboard (a TV, a player app)
+//! by a short code that a signed-in user approves elsewhere.
 //! `metrics` counts requests, logins, access latency and database latency
 //! for Prometheus.
 #![forbid(unsafe_code)]
@@ -25,6 +27,7 @@
 pub mod app;
 pub mod auth;
 pub mod bundle;
+pub mod device_code;
 mod error;
 pub mod hub;
 pub mod listener;
@@ -114,6 +117,15 @@ pub struct Settings {
     /// Label the metrics' live admissions with each server's name (a name
     /// can say whose server it is, so only when the operator allows it).
     pub metrics_per_server: bool,
+    /// The control plane's address as users' browsers reach it (e.g.
+    /// `https://hushgate.example`), for the sign-in by code page's link
+    /// (`{public_url}/device`). Default: the host the device itself
+    /// reached the control plane at.
+    pub public_url: Option<String>,
+    /// How long a sign-in code lives (at most [`device_code::MAX_TTL`]).
+    pub device_code_ttl: Duration,
+    /// The least time between a device's polls for its code's decision.
+    pub device_code_interval: Duration,
 }
 
 /// The monotonic clock the control plane's rate limits read.
@@ -200,6 +212,9 @@ impl Default for Settings {
             reachability_interval: Some(Duration::from_secs(15 * 60)),
             clock: Clock::System,
             metrics_per_server: false,
+            public_url: None,
+            device_code_ttl: device_code::MAX_TTL,
+            device_code_interval: Duration::from_secs(5),
         }
     }
 }
