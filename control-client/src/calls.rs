@@ -265,6 +265,12 @@ impl ControlClient {
         self.call(Method::POST, path, Some(&body), CALL).await
     }
 
+    /// The caller's devices.
+    pub async fn my_devices(&self) -> R<Vec<DeviceInfo>> {
+        self.call(Method::GET, "/v1/me/devices", None::<&()>, CALL)
+            .await
+    }
+
     /// Signs in with the credential of a device made by a code sign-in.
     pub async fn device_login(&self, device_credential: &str) -> R<LoginResponse> {
         let body = DeviceLogin {

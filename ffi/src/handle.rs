@@ -21,7 +21,9 @@
 //! and `hg_session_poll_event` wait on it, and the runtime's task is the
 //! only writer of the session's progress (through [`Tracker`]).
 
-use client_shim::{Credentials, Session, SessionEvent, ShimConfig, Trust};
+use client_shim::{
+    CodeNotice, CodeStep, Credentials, DeviceIdentity, Session, SessionEvent, ShimConfig, Trust,
+};
 use std::collections::VecDeque;
 use std::ffi::{c_void, CString};
 use std::net::SocketAddr;
@@ -67,11 +69,23 @@ struct Settings {
     control_url: String,
     trust: Trust,
     server: String,
-    credentials: Option<Credentials>,
+    credentials: Option<SignIn>,
     service: Option<String>,
     listen: SocketAddr,
     /// Tells the current run to stop.
     stop: Option<watch::Sender<bool>>,
+}
+
+/// How the app's user signs in.
+#[derive(Debug, Clone)]
+pub(crate) enum SignIn {
+    /// A password or a token, as the shim takes them.
+    Shim(Credentials),
+    /// By code: the device's name, and the file for its credential.
+    Code {
+        device_name: String,
+        device_file: Option<std::path::PathBuf>,
+    },
 }
 
 /// The app's callback. Raw pointers are not `Send`; the app promised, by
@@ -165,12 +179,25 @@ pub(crate) struct OwnedEvent {
     event: hg_event,
     message: CString,
     local_addr: Option<CString>,
+    /// Sign-in by code: user code, link, complete link.
+    code: Option<[CString; 3]>,
 }
 
 impl OwnedEvent {
     fn new(u: &Update, missed: u64) -> Box<OwnedEvent> {
         let message = c_string(&u.message);
         let local_addr = u.local_addr.map(|a| c_string(&a.to_string()));
+        let code = u.prompt.as_ref().map(|p| {
+            [
+                c_string(&p.user_code),
+                c_string(&p.verification_uri),
+                c_string(&p.verification_uri_complete),
+            ]
+        });
+        let code_ptr = |i: usize| {
+            code.as_ref()
+                .map_or(std::ptr::null(), |c: &[CString; 3]| c[i].as_ptr())
+        };
         let event = hg_event {
             kind: u.kind,
             state: u.state,
@@ -180,8 +207,9 @@ impl OwnedEvent {
             missed,
             message: message.as_ptr(),
             local_addr: local_addr.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            user_code: std::ptr::null(),
-            verification_uri: std::ptr::null(),
+            user_code: code_ptr(0),
+            verification_uri: code_ptr(1),
+            verification_uri_complete: code_ptr(2),
         };
         // The pointers are to the CStrings' heap buffers, which do not
         // move when the box is built.
@@ -189,6 +217,7 @@ impl OwnedEvent {
             event,
             message,
             local_addr,
+            code,
         })
     }
 
@@ -287,7 +316,7 @@ impl hg_session {
         Ok(settings)
     }
 
-    pub(crate) fn set_credentials(&self, c: Credentials) -> Result<(), Error> {
+    pub(crate) fn set_credentials(&self, c: SignIn) -> Result<(), Error> {
         self.settings_when_idle("the credential")?.credentials = Some(c);
         Ok(())
     }
@@ -320,10 +349,38 @@ impl hg_session {
                 "the session is already running; stop it first",
             ));
         }
-        let Some(credentials) = settings.credentials.clone() else {
+        let Some(sign_in) = settings.credentials.clone() else {
             return Err(Error::bad_state(
                 "no credential: call hg_session_set_credential before hg_session_start",
             ));
+        };
+        let (credentials, device) = match sign_in {
+            SignIn::Shim(c) => (c, None),
+            SignIn::Code {
+                device_name,
+                device_file,
+            } => {
+                // The code and the approval become events of this run.
+                let shared = self.shared.clone();
+                let notice = CodeNotice(Arc::new(move |step: &CodeStep| match step {
+                    CodeStep::Show(p) => {
+                        let until = time::OffsetDateTime::now_utc() + p.expires_in;
+                        shared.apply(|t| t.waiting_for_code(p, until));
+                    }
+                    CodeStep::Approved => shared.apply(Tracker::code_approved),
+                }));
+                let device = device_file.map(|file| DeviceIdentity {
+                    file,
+                    name: device_name.clone(),
+                });
+                (
+                    Credentials::Code {
+                        device_name,
+                        notice,
+                    },
+                    device,
+                )
+            }
         };
         let config = ShimConfig {
             control_url: settings.control_url.clone(),
@@ -332,7 +389,7 @@ impl hg_session {
             server: settings.server.clone(),
             service: settings.service.clone(),
             listen: settings.listen,
-            device: None,
+            device,
             on_waiting: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -574,6 +631,7 @@ mod tests {
             expires_at: Some(time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap()),
             message: "ready".into(),
             local_addr: Some("127.0.0.1:9".parse().unwrap()),
+            prompt: None,
         };
         let e = OwnedEvent::new(&u, 3);
         let p = e.as_ptr();

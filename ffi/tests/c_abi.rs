@@ -31,6 +31,7 @@ extern crate client_shim as hushgate_client_shim;
 #[path = "../../client-shim/tests/support/mod.rs"]
 mod support;
 
+use control_client::ControlClient;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -141,7 +142,14 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(mut cmd: Command) -> Running {
+    fn spawn(cmd: Command) -> Running {
+        Self::spawn_approving(cmd, None)
+    }
+
+    /// Spawns `cmd`; with `approver` (a signed-in user's client), every
+    /// sign-in code the program prints ("CODE XXXX-XXXX ...") is approved
+    /// through the API as that user, as a person with a phone would.
+    fn spawn_approving(mut cmd: Command, approver: Option<ControlClient>) -> Running {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -152,8 +160,15 @@ impl Running {
         let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
         let (tx, lines) = mpsc::unbounded_channel();
         tokio::spawn(async move {
+            let mut approved = std::collections::HashSet::new();
             while let Ok(Some(l)) = out.next_line().await {
                 eprintln!("  | {l}");
+                if let (Some(a), Some(code)) = (&approver, code_in(&l)) {
+                    if approved.insert(code.clone()) {
+                        let decided = a.decide_device_code(&code, true).await;
+                        assert!(decided.is_ok(), "approving {code}: {decided:?}");
+                    }
+                }
                 let _ = tx.send(l);
             }
         });
@@ -230,6 +245,33 @@ impl Running {
     }
 }
 
+/// The user code of a "CODE XXXX-XXXX URI" line.
+fn code_in(line: &str) -> Option<String> {
+    line.strip_prefix("CODE ")?
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+}
+
+/// alice's client, signed in with her password: she approves codes.
+async fn alice(w: &World) -> ControlClient {
+    w.base.with_bearer(&w.token().await)
+}
+
+/// The names of alice's devices.
+async fn alice_devices(w: &World) -> Vec<String> {
+    let mut names: Vec<String> = alice(w)
+        .await
+        .my_devices()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    names.sort();
+    names
+}
+
 /// Downloads the test file's first MiB through `local` (a player's
 /// range request) and checks it byte for byte.
 async fn first_mib_intact(w: &World, local: std::net::SocketAddr, what: &str) {
@@ -272,6 +314,143 @@ async fn a_c_program_downloads_through_the_session_and_sees_its_revocation() {
     assert!(out.contains("REVOKED seen by poll and callback"), "{out}");
     // Nothing is left at the control plane or the gateway.
     assert!(w.admin.list_admissions().await.unwrap().is_empty());
+    w.stop().await;
+}
+
+/// The same program signing in by code: it shows the code (event and
+/// callback), the test approves it through the API as alice, and the
+/// device it becomes is hers; the download and the revocation follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_c_program_signs_in_by_code_downloads_and_sees_its_revocation() {
+    let w = World::start(Options::default()).await;
+    let sha = hex(&support::sha256(&w.upstream.file));
+    let mut cmd = Command::new(c_program());
+    cmd.arg("download-revoke")
+        .envs(program_env(&w, "/file", &sha))
+        .env_remove("HG_PASSWORD")
+        .env("HG_SIGN_IN", "code");
+    let mut p = Running::spawn_approving(cmd, Some(alice(&w).await));
+    let code = p.line("CODE ", PATIENCE).await;
+    assert!(
+        code.contains(&format!("{}/device?code=", w.control_url)),
+        "{code}"
+    );
+    let done = p.line("DOWNLOADED", PATIENCE).await;
+    assert!(done.contains(&sha), "{done}");
+    assert_eq!(alice_devices(&w).await, vec!["c-test player".to_string()]);
+    assert_eq!(revoke_all(&w).await, 1, "one admission, the C program's");
+    let (status, out, err) = p.finish(PATIENCE).await;
+    assert!(
+        status.success(),
+        "the C program failed ({status}):\n{out}\nstderr:\n{err}"
+    );
+    assert!(out.contains("REVOKED seen by poll and callback"), "{out}");
+    assert!(w.admin.list_admissions().await.unwrap().is_empty());
+    w.stop().await;
+}
+
+/// Sign-in by code through the ABI from Rust, where a denial can be
+/// made: the waiting event carries the code, the link and its expiry;
+/// the denial ends the run with `HG_ERR_CODE_DENIED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_code_fails_the_session_with_its_own_code() {
+    use hushgate_ffi::*;
+    use std::ffi::{CStr, CString};
+
+    let w = World::start(Options::default()).await;
+    let url = CString::new(w.control_url.clone()).unwrap();
+    let ca = CString::new(std::fs::read(&w.ca).unwrap()).unwrap();
+    let server = CString::new(SERVER).unwrap();
+    let name = CString::new("kitchen tablet").unwrap();
+    struct Handle(*mut hg_session);
+    // SAFETY: the ABI promises a handle is usable from any thread.
+    unsafe impl Send for Handle {}
+    impl Handle {
+        fn ptr(&self) -> *mut hg_session {
+            self.0
+        }
+    }
+    let mut s = Handle(std::ptr::null_mut());
+    // SAFETY: valid C strings and out-pointer, as the header asks.
+    unsafe {
+        assert_eq!(
+            hg_session_new(url.as_ptr(), ca.as_ptr(), server.as_ptr(), &mut s.0),
+            hg_status::HG_OK
+        );
+        assert_eq!(
+            hg_session_set_credential(
+                s.ptr(),
+                hg_credential_kind::HG_CREDENTIAL_DEVICE_CODE as i32,
+                name.as_ptr(),
+                std::ptr::null()
+            ),
+            hg_status::HG_OK
+        );
+        assert_eq!(hg_session_start(s.ptr()), hg_status::HG_OK);
+    }
+    // The waiting event, taken with the poll function.
+    let (s, code, uri, until) = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while std::time::Instant::now() < deadline {
+            let mut ev = std::ptr::null_mut();
+            // SAFETY: a live handle; the event is freed once, its strings
+            // copied before.
+            unsafe {
+                assert_eq!(
+                    hg_session_poll_event(s.ptr(), 1000, &mut ev),
+                    hg_status::HG_OK
+                );
+                if ev.is_null() {
+                    continue;
+                }
+                let e = &*ev;
+                let got = if e.kind == hg_event_kind::HG_EVENT_WAITING_FOR_APPROVAL {
+                    assert_eq!(e.state, hg_state::HG_STATE_WAITING_FOR_APPROVAL);
+                    let text = |p: *const std::ffi::c_char| {
+                        CStr::from_ptr(p).to_str().unwrap().to_string()
+                    };
+                    Some((text(e.user_code), text(e.verification_uri), e.expires_at))
+                } else {
+                    assert!(e.user_code.is_null() && e.verification_uri_complete.is_null());
+                    None
+                };
+                hg_event_free(ev);
+                if let Some((code, uri, until)) = got {
+                    return (s, code, uri, until);
+                }
+            }
+        }
+        panic!("no code shown within {PATIENCE:?}");
+    })
+    .await
+    .unwrap();
+    assert_eq!(uri, format!("{}/device", w.control_url));
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!(until > now && until <= now + 600, "expires_at {until}");
+    alice(&w)
+        .await
+        .decide_device_code(&code, false)
+        .await
+        .unwrap();
+    let s = tokio::task::spawn_blocking(move || {
+        // SAFETY: a live handle.
+        let r = unsafe { hg_session_wait_ready(s.ptr(), 60_000) };
+        assert_eq!(r, hg_status::HG_ERR_CODE_DENIED);
+        s
+    })
+    .await
+    .unwrap();
+    let mut state = hg_state::HG_STATE_IDLE;
+    // SAFETY: a live handle and a writable out-pointer; then freed once.
+    unsafe {
+        assert_eq!(hg_session_state(s.ptr(), &mut state), hg_status::HG_OK);
+        assert_eq!(state, hg_state::HG_STATE_FAILED);
+        hg_session_free(s.ptr());
+    }
+    assert!(
+        alice_devices(&w).await.is_empty(),
+        "a denied code registers nothing"
+    );
     w.stop().await;
 }
 
