@@ -463,10 +463,49 @@ async fn a_denied_code_fails_the_session_with_its_own_code() {
 /// AVX2 SHA-256, explained there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_and_stop_under_valgrind_have_no_invalid_access_and_no_leak() {
-    require("valgrind", "valgrind");
     let w = World::start(Options::default()).await;
-    let log =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("valgrind-{}.log", std::process::id()));
+    cycles_under_valgrind(&w, &[], None).await;
+    w.stop().await;
+}
+
+/// The same cycles signing in by code: the first start shows a code (the
+/// test approves it) and keeps the device's credential in a 0600 file;
+/// every later start, on the same handle or a new one, signs in with it
+/// alone. No invalid access, no definite leak on either path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_sign_in_under_valgrind_has_no_invalid_access_and_no_leak() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::start(Options::default()).await;
+    let file = w.dir.path().join("state/device-c-test");
+    let file_env = file.display().to_string();
+    let out = cycles_under_valgrind(
+        &w,
+        &[("HG_SIGN_IN", "code"), ("HG_DEVICE_FILE", &file_env)],
+        Some(alice(&w).await),
+    )
+    .await;
+    let codes: std::collections::HashSet<_> = out.lines().filter_map(code_in).collect();
+    assert_eq!(codes.len(), 1, "one code, then the saved credential: {out}");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the device file is private");
+    assert_eq!(alice_devices(&w).await, vec!["c-test player".to_string()]);
+    w.stop().await;
+}
+
+/// Start, stop, start again, stop while connecting, free while running
+/// (`session cycles 2`) under memcheck, with `env` added (and codes
+/// approved by `approver`); returns the program's output.
+async fn cycles_under_valgrind(
+    w: &World,
+    env: &[(&str, &str)],
+    approver: Option<ControlClient>,
+) -> String {
+    require("valgrind", "valgrind");
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "valgrind-{}-{}.log",
+        std::process::id(),
+        env.len()
+    ));
     let mut cmd = Command::new("valgrind");
     cmd.args([
         "--tool=memcheck",
@@ -484,8 +523,9 @@ async fn start_and_stop_under_valgrind_have_no_invalid_access_and_no_leak() {
     .arg(format!("--log-file={}", log.display()))
     .arg(c_program())
     .args(["cycles", "2"])
-    .envs(program_env(&w, "/file", ""));
-    let p = Running::spawn(cmd);
+    .envs(program_env(w, "/file", ""))
+    .envs(env.iter().copied());
+    let p = Running::spawn_approving(cmd, approver);
     // Everything runs ten to fifty times slower under memcheck.
     let (status, out, _) = p.finish(PATIENCE * 8).await;
     let report = std::fs::read_to_string(&log).unwrap_or_default();
@@ -503,31 +543,65 @@ async fn start_and_stop_under_valgrind_have_no_invalid_access_and_no_leak() {
         "valgrind found a definite leak:\n{report}"
     );
     let _ = std::fs::remove_file(&log);
-    w.stop().await;
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_binding_downloads_and_sees_its_revocation() {
-    require("python3", "python3");
     let w = World::start(Options::default()).await;
+    let out = python_session_check(&w, &[], None).await;
+    assert!(out.contains("REVOKED"), "{out}");
+    w.stop().await;
+}
+
+/// The Python binding signs in by code (approved here as alice), keeps
+/// the device's credential in its file, and signs in with it alone when
+/// started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_binding_signs_in_by_code() {
+    let w = World::start(Options::default()).await;
+    let file = w.dir.path().join("state/device-python");
+    let file_env = file.display().to_string();
+    let out = python_session_check(
+        &w,
+        &[("HG_SIGN_IN", "code"), ("HG_DEVICE_FILE", &file_env)],
+        Some(alice(&w).await),
+    )
+    .await;
+    assert!(
+        out.contains("CODE ") && out.contains("SIGNED IN AGAIN"),
+        "{out}"
+    );
+    assert_eq!(alice_devices(&w).await, vec!["python player".to_string()]);
+    w.stop().await;
+}
+
+/// Runs `bindings/python/tests/session_check.py` with `env` added: the
+/// download, its revocation by this test; returns the output.
+async fn python_session_check(
+    w: &World,
+    env: &[(&str, &str)],
+    approver: Option<ControlClient>,
+) -> String {
+    require("python3", "python3");
     let sha = hex(&support::sha256(&w.upstream.file));
     let mut cmd = Command::new("python3");
     cmd.arg(workspace().join("bindings/python/tests/session_check.py"))
         .env("PYTHONPATH", workspace().join("bindings/python"))
         .env("HUSHGATE_FFI_LIB", lib_dir().join("libhushgate_ffi.so"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
-        .envs(program_env(&w, "/file", &sha));
-    let mut p = Running::spawn(cmd);
+        .envs(program_env(w, "/file", &sha))
+        .envs(env.iter().copied());
+    let mut p = Running::spawn_approving(cmd, approver);
     let done = p.line("DOWNLOADED", PATIENCE).await;
     assert!(done.contains(&sha), "{done}");
-    assert_eq!(revoke_all(&w).await, 1);
+    assert_eq!(revoke_all(w).await, 1);
     let (status, out, err) = p.finish(PATIENCE).await;
     assert!(
         status.success(),
         "the Python check failed ({status}):\n{out}\nstderr:\n{err}"
     );
-    assert!(out.contains("REVOKED"), "{out}");
-    w.stop().await;
+    out
 }
 
 /// Runs a tool to the end and returns its standard output.

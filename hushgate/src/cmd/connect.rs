@@ -1,7 +1,8 @@
 use super::config::ConnectFile;
 use anyhow::Context;
 use client_shim::{
-    Credentials, DeviceIdentity, EndReason, Session, SessionEvent, ShimConfig, Trust, WaitingNotice,
+    CodeNotice, CodeStep, Credentials, DeviceIdentity, EndReason, Session, SessionEvent,
+    ShimConfig, Trust, WaitingNotice,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +13,10 @@ use tokio::sync::broadcast::error::RecvError;
 /// behaves like the server. Point the player at the printed address.
 ///
 /// The password is read from HUSHGATE_PASSWORD or standard input, never
-/// from the command line. Runs until Ctrl-C, revocation or failure.
+/// from the command line. With --code there is no password: a short code
+/// is shown, someone approves it in the console, and this machine keeps
+/// its own credential for next time. Runs until Ctrl-C, revocation or
+/// failure.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A profile: its saved settings (from an earlier `hushgate connect
@@ -73,6 +77,16 @@ pub struct Args {
     /// 'prefix:V4,V6'.
     #[arg(long)]
     direct: bool,
+    /// Sign in by code instead of a password (for a machine without your
+    /// password, e.g. a TV box): prints a short code and a link (and, on a
+    /// terminal, the link as a QR code to scan with a phone); open it,
+    /// sign in, approve the code, and the connection goes on. The device
+    /// becomes the approving account's, and keeps its credential in the
+    /// device file (default $XDG_STATE_HOME/hushgate/device-code@HOST), so
+    /// the next `hushgate connect --code` signs in without a new code.
+    /// Codes expire after at most 10 minutes. --user is not needed.
+    #[arg(long, conflicts_with_all = ["wg_config", "direct"])]
+    code: bool,
     /// Where this device keeps its credential at the control plane (mode
     /// 0600; made at the first login). Servers whose owner approves each
     /// device know this machine by it. Default:
@@ -155,7 +169,7 @@ fn resolve(a: &Args) -> anyhow::Result<(Target, ConnectFile)> {
     };
     let missing: Vec<&str> = [
         ("--control URL", m.control.is_none()),
-        ("--user NAME", m.user.is_none()),
+        ("--user NAME", m.user.is_none() && !a.code),
         ("--server NAME", m.server.is_none()),
     ]
     .into_iter()
@@ -200,6 +214,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(path) => Trust::from_ca_file(path)?,
         None => Trust::PublicRoots,
     };
+    if a.code {
+        return connect(&a, &t, settings, trust, code_credentials(&a)).await;
+    }
     let password =
         super::read_secret("HUSHGATE_PASSWORD", "password").context("reading the password")?;
     if let Some(file) = &a.wg_config {
@@ -209,20 +226,63 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.direct {
         return direct(&a, &t, settings, trust, &password).await;
     }
+    let credentials = Credentials::Password {
+        user: t.user.clone(),
+        password,
+    };
+    connect(&a, &t, settings, trust, credentials).await
+}
+
+/// Sign-in by code: the code and link printed (with a QR code of the
+/// link on a terminal), then a line when it is approved.
+fn code_credentials(a: &Args) -> Credentials {
+    use std::io::IsTerminal;
+    let on_terminal = std::io::stdout().is_terminal();
+    Credentials::Code {
+        device_name: a.device_name.clone().unwrap_or_else(default_device_name),
+        notice: CodeNotice(std::sync::Arc::new(move |step: &CodeStep| match step {
+            CodeStep::Show(p) => {
+                println!(
+                    "to sign in, open {} on a phone or computer and enter the code {} (valid {} minutes)",
+                    p.verification_uri,
+                    p.user_code,
+                    p.expires_in.as_secs().div_ceil(60)
+                );
+                if on_terminal {
+                    if let Ok(qr) = super::qr::terminal(&p.verification_uri_complete) {
+                        print!("{qr}");
+                        println!("or scan this with a phone: {}", p.verification_uri_complete);
+                    }
+                }
+                println!("waiting for the approval (Ctrl-C to give up)");
+            }
+            CodeStep::Approved => println!("approved; connecting"),
+        })),
+    }
+}
+
+/// Runs the tunnel session with `credentials` until Ctrl-C or its end.
+async fn connect(
+    a: &Args,
+    t: &Target,
+    settings: ConnectFile,
+    trust: Trust,
+    credentials: Credentials,
+) -> anyhow::Result<()> {
+    // Code sign-ins have no user name at start: one device file per
+    // control plane for them.
+    let file_user = if a.code { "code" } else { t.user.as_str() };
     let session = Session::connect(ShimConfig {
         control_url: t.control.clone(),
         trust,
-        credentials: Credentials::Password {
-            user: t.user.clone(),
-            password,
-        },
+        credentials,
         server: t.server.clone(),
         service: t.service.clone(),
         listen: t.listen,
         device: a
             .device_file
             .clone()
-            .or_else(|| default_device_file(&t.user, &t.control))
+            .or_else(|| default_device_file(file_user, &t.control))
             .map(|file| DeviceIdentity {
                 file,
                 name: a.device_name.clone().unwrap_or_else(default_device_name),
@@ -234,7 +294,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }))),
     })
     .await?;
-    remember(&a, settings)?;
+    remember(a, settings)?;
     let mut events = session.events();
     let info = session.info();
     println!(
