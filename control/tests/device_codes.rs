@@ -305,7 +305,8 @@ async fn codes_expire_and_denials_are_told_once(engine: Engine) {
     .await;
     assert!(audit.to_string().contains("device_code_denied"), "{audit}");
 
-    // The control plane's lifetime is capped at ten minutes.
+    // The lifetime is capped at ten minutes; the operator's public URL
+    // makes the link.
     cp.stop().await;
     let store = Engine::Sqlite.store();
     let cp = Running::start(
@@ -313,11 +314,14 @@ async fn codes_expire_and_denials_are_told_once(engine: Engine) {
         "127.0.0.1:0",
         control::Settings {
             device_code_ttl: Duration::from_secs(3600),
+            public_url: Some("https://hushgate.example.net/".into()),
             ..fast_settings()
         },
     )
     .await;
-    assert_eq!(cp.client().device_code("tv").await.unwrap().expires_in, 600);
+    let g = cp.client().device_code("tv").await.unwrap();
+    assert_eq!(g.expires_in, 600);
+    assert_eq!(g.verification_uri, "https://hushgate.example.net/device");
     cp.stop().await;
 }
 
