@@ -770,22 +770,66 @@ async fn ffmpeg_plays_a_real_mp4_through_a_c_session_with_seeks_and_dropped_conn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_example_links_statically_and_serves_the_player() {
-    let exe = compile("ffi/examples/player.c", "hushgate-example-player", true);
     let w = World::start(Options::default()).await;
-    let mut cmd = Command::new(exe);
+    let mut cmd = Command::new(example_player());
     cmd.env("HUSHGATE_CONTROL", &w.control_url)
         .env("HUSHGATE_CA", &w.ca)
         .env("HUSHGATE_USER", USER)
         .env("HUSHGATE_PASSWORD", PASSWORD)
         .env("HUSHGATE_SERVER", SERVER);
+    example_serves(&w, Running::spawn(cmd)).await;
+    w.stop().await;
+}
+
+/// The documented example without a user name signs in by code: it shows
+/// the code (approved here as alice), serves the player, and keeps the
+/// device's credential for its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_example_signs_in_by_code() {
+    let w = World::start(Options::default()).await;
+    let file = w.dir.path().join("state/example-device");
+    let mut cmd = Command::new(example_player());
+    cmd.env("HUSHGATE_CONTROL", &w.control_url)
+        .env("HUSHGATE_CA", &w.ca)
+        .env("HUSHGATE_SERVER", SERVER)
+        .env("HUSHGATE_DEVICE_FILE", &file);
     let mut p = Running::spawn(cmd);
+    let shown = p.line("sign in: open ", PATIENCE).await;
+    let code = shown.rsplit(' ').next().unwrap().to_string();
+    assert!(
+        shown.contains(&format!("{}/device", w.control_url)),
+        "{shown}"
+    );
+    alice(&w)
+        .await
+        .decide_device_code(&code, true)
+        .await
+        .unwrap();
+    example_serves(&w, p).await;
+    assert!(file.exists(), "the device file is kept");
+    assert_eq!(
+        alice_devices(&w).await,
+        vec!["hushgate example player".to_string()]
+    );
+    w.stop().await;
+}
+
+/// `ffi/examples/player.c`, linked statically, compiled once.
+fn example_player() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile("ffi/examples/player.c", "hushgate-example-player", true))
+}
+
+/// The example's run after sign-in: the URL it prints serves the file;
+/// closing its input stops it, and stopping revokes the admission.
+async fn example_serves(w: &World, mut p: Running) {
     let play = p.line("play http://", PATIENCE).await;
     let local: std::net::SocketAddr = play
         .trim_start_matches("play http://")
         .trim_end_matches('/')
         .parse()
         .unwrap();
-    first_mib_intact(&w, local, "the player's download").await;
+    first_mib_intact(w, local, "the player's download").await;
     p.close_stdin();
     let (status, out, err) = p.finish(PATIENCE).await;
     assert!(
@@ -796,9 +840,7 @@ async fn the_documented_example_links_statically_and_serves_the_player() {
         err.contains("ready: point the player at"),
         "the callback reported nothing: {err}"
     );
-    // Stopping revoked the admission.
     assert!(w.admin.list_admissions().await.unwrap().is_empty());
-    w.stop().await;
 }
 
 /// The C functions called from Rust: a session behind the test NAT,
