@@ -396,16 +396,58 @@ fn issue(
     store::insert_device(tx, &device_id, user_id, &code.device_name, &cred_hash, now)?;
     store::allow_device_sign_in(tx, &device_id, code.mfa)?;
     let (token, token_hash) = auth::new_secret(SecretKind::UserToken);
-    let expires_at = now + token_ttl;
+    let detail = format!(
+        "new device {device_id} ('{}') by sign-in code",
+        code.device_name
+    );
+    let expires_at = device_session(
+        tx,
+        DeviceSession {
+            user_id,
+            device_id: &device_id,
+            mfa: code.mfa,
+            token_hash: &token_hash,
+            token_ttl,
+            source,
+            detail,
+        },
+    )?;
+    Ok(LoginResponse {
+        token,
+        expires_at,
+        device_id: Some(device_id),
+        device_credential: Some(credential),
+    })
+}
+
+/// A new login session of a device (made by a code sign-in), with its
+/// audit line.
+struct DeviceSession<'a> {
+    user_id: i64,
+    device_id: &'a str,
+    /// The session counts as a two-factor one.
+    mfa: bool,
+    token_hash: &'a [u8],
+    token_ttl: Duration,
+    source: IpAddr,
+    /// How the device signed in, for the audit.
+    detail: String,
+}
+
+/// Stores the session and writes its `login` audit line; returns when
+/// its token expires.
+fn device_session(tx: &mut store::Tx, d: DeviceSession<'_>) -> store::Result<time::OffsetDateTime> {
+    let now = app::now();
+    let expires_at = now + d.token_ttl;
     let session = store::Session {
-        mfa: code.mfa,
-        device_id: Some(device_id.clone()),
+        mfa: d.mfa,
+        device_id: Some(d.device_id.to_string()),
     };
-    store::insert_session_token(tx, &token_hash, user_id, expires_at, &session)?;
+    store::insert_session_token(tx, d.token_hash, d.user_id, expires_at, &session)?;
     let username: Option<String> = tx
         .query_opt(
             "SELECT username FROM users WHERE id = $1",
-            crate::args![user_id],
+            crate::args![d.user_id],
         )?
         .map(|r| r.text(0))
         .transpose()?;
@@ -415,21 +457,16 @@ fn issue(
         Audit {
             event: "login",
             username: username.as_deref(),
-            source: Some(source),
+            source: Some(d.source),
             detail: format!(
-                "new device {device_id} ('{}') by sign-in code{}",
-                code.device_name,
-                if code.mfa { ", with two factors" } else { "" }
+                "{}{}",
+                d.detail,
+                if d.mfa { ", with two factors" } else { "" }
             ),
             ..Default::default()
         },
     )?;
-    Ok(LoginResponse {
-        token,
-        expires_at,
-        device_id: Some(device_id),
-        device_credential: Some(credential),
-    })
+    Ok(expires_at)
 }
 
 /// A user's decision on the code a device shows: what the API's approve
@@ -594,33 +631,17 @@ pub(crate) async fn device_login(
             let Some((id, name, user_id, mfa)) = store::sign_in_device(tx, &hash)? else {
                 return Ok(None);
             };
-            let now = app::now();
-            store::touch_device(tx, &id, now)?;
-            let expires_at = now + token_ttl;
-            let session = store::Session {
-                mfa,
-                device_id: Some(id.clone()),
-            };
-            store::insert_session_token(tx, &token_hash, user_id, expires_at, &session)?;
-            let username: Option<String> = tx
-                .query_opt(
-                    "SELECT username FROM users WHERE id = $1",
-                    crate::args![user_id],
-                )?
-                .map(|r| r.text(0))
-                .transpose()?;
-            store::audit(
+            store::touch_device(tx, &id, app::now())?;
+            let expires_at = device_session(
                 tx,
-                now,
-                Audit {
-                    event: "login",
-                    username: username.as_deref(),
-                    source: Some(source),
-                    detail: format!(
-                        "device {id} ('{name}') by its credential{}",
-                        if mfa { ", with two factors" } else { "" }
-                    ),
-                    ..Default::default()
+                DeviceSession {
+                    user_id,
+                    device_id: &id,
+                    mfa,
+                    token_hash: &token_hash,
+                    token_ttl,
+                    source,
+                    detail: format!("device {id} ('{name}') by its credential"),
                 },
             )?;
             Ok(Some((id, expires_at)))

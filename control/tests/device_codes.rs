@@ -14,17 +14,6 @@ use std::time::Duration;
 use support::control;
 use support::*;
 
-async fn add_user(admin: &ControlClient, name: &str) {
-    admin
-        .create_user(&CreateUser {
-            username: name.into(),
-            password: format!("password-of-{name}"),
-            admin: false,
-        })
-        .await
-        .unwrap();
-}
-
 async fn token_of(c: &ControlClient, name: &str) -> String {
     c.login(name, &format!("password-of-{name}"))
         .await

@@ -15,17 +15,6 @@ use std::time::Duration;
 use support::control;
 use support::*;
 
-async fn add_user(admin: &ControlClient, name: &str) {
-    admin
-        .create_user(&CreateUser {
-            username: name.into(),
-            password: format!("password-of-{name}"),
-            admin: false,
-        })
-        .await
-        .unwrap();
-}
-
 /// Logs in, optionally registering a device; returns (token, device id,
 /// device credential).
 async fn login_device(

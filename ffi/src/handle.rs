@@ -115,6 +115,10 @@ struct Status {
     callback: Option<Callback>,
     /// The handle is being freed: the events thread ends.
     closing: bool,
+    /// Which run is current: a run that ended may still be winding down
+    /// (its task reports `stopped` after a stop) while the app starts the
+    /// next one; only the current run's reports count.
+    run: u64,
 }
 
 /// What the caller's threads, the runtime's task and the events thread
@@ -153,9 +157,19 @@ impl Shared {
             .0)
     }
 
-    /// Applies one step to the tracker and publishes the event it makes.
-    fn apply(&self, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
+    /// Starts run number `run` with `step` (the tracker's `starting`).
+    fn begin(&self, run: u64, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
+        self.lock().run = run;
+        self.apply(run, step);
+    }
+
+    /// Applies one step of run `run` to the tracker and publishes the
+    /// event it makes; a step of an earlier run is dropped.
+    fn apply(&self, run: u64, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
         let mut st = self.lock();
+        if st.run != run {
+            return;
+        }
         if let Some(u) = step(&mut st.tracker) {
             if st.queue.len() == POLL_QUEUE {
                 st.queue.pop_front();
@@ -272,6 +286,7 @@ impl hg_session {
                 delivering: false,
                 callback: None,
                 closing: false,
+                run: 0,
             }),
             changed: Condvar::new(),
         });
@@ -354,6 +369,7 @@ impl hg_session {
                 "no credential: call hg_session_set_credential before hg_session_start",
             ));
         };
+        let run_id = self.shared.lock().run + 1;
         let (credentials, device) = match sign_in {
             SignIn::Shim(c) => (c, None),
             SignIn::Code {
@@ -365,9 +381,9 @@ impl hg_session {
                 let notice = CodeNotice(Arc::new(move |step: &CodeStep| match step {
                     CodeStep::Show(p) => {
                         let until = time::OffsetDateTime::now_utc() + p.expires_in;
-                        shared.apply(|t| t.waiting_for_code(p, until));
+                        shared.apply(run_id, |t| t.waiting_for_code(p, until));
                     }
-                    CodeStep::Approved => shared.apply(Tracker::code_approved),
+                    CodeStep::Approved => shared.apply(run_id, Tracker::code_approved),
                 }));
                 let device = device_file.map(|file| DeviceIdentity {
                     file,
@@ -394,12 +410,20 @@ impl hg_session {
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (url, server) = (settings.control_url.clone(), settings.server.clone());
-        self.shared.apply(|t| Some(t.starting(&url, &server)));
+        self.shared
+            .begin(run_id, |t| Some(t.starting(&url, &server)));
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| Error::bad_state("the session is being freed"))?;
-        let task = runtime.spawn(run(self.shared.clone(), config, stop_rx));
+        let task = runtime.spawn(run(
+            Run {
+                shared: self.shared.clone(),
+                id: run_id,
+            },
+            config,
+            stop_rx,
+        ));
         // A panic in the run (a bug) must still end the run, or a stop
         // would wait for it in vain.
         let shared = self.shared.clone();
@@ -407,7 +431,7 @@ impl hg_session {
             if let Err(e) = task.await {
                 if e.is_panic() {
                     let err = panic_error("the session's task", e.into_panic());
-                    shared.apply(|t| t.failed(err.code, err.message));
+                    shared.apply(run_id, |t| t.failed(err.code, err.message));
                 }
             }
         });
@@ -554,7 +578,20 @@ fn deliver_events(shared: &Shared) {
 
 /// One run of the session, on the runtime: connect, then follow the
 /// shim's events until the end or a stop.
-async fn run(shared: Arc<Shared>, config: ShimConfig, mut stop: watch::Receiver<bool>) {
+/// One run's handle on the shared state: its reports count only while it
+/// is the current run.
+struct Run {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Run {
+    fn apply(&self, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
+        self.shared.apply(self.id, step);
+    }
+}
+
+async fn run(shared: Run, config: ShimConfig, mut stop: watch::Receiver<bool>) {
     // A stop while connecting abandons the attempt (the shim revokes an
     // admission it could not bring up; one granted in the last instant
     // expires at the gateway with its lifetime, its key already gone).
@@ -620,6 +657,41 @@ async fn run(shared: Arc<Shared>, config: ShimConfig, mut stop: watch::Receiver<
 mod tests {
     use super::*;
     use crate::abi::hg_event_kind;
+
+    /// A run that ended (revoked) and was then stopped keeps winding
+    /// down on the runtime; if the app starts the next run meanwhile, the
+    /// old run's late "stopped" must not end the new one.
+    #[test]
+    fn a_late_report_of_an_earlier_run_is_dropped() {
+        let shared = Shared {
+            status: Mutex::new(Status {
+                tracker: Tracker::new(),
+                queue: VecDeque::new(),
+                missed: 0,
+                to_deliver: VecDeque::new(),
+                delivering: false,
+                callback: None,
+                closing: false,
+                run: 0,
+            }),
+            changed: Condvar::new(),
+        };
+        shared.begin(1, |t| Some(t.starting("https://cp", "den")));
+        shared.apply(1, |t| t.failed(hg_status::HG_ERR_REVOKED, "revoked".into()));
+        shared.begin(2, |t| Some(t.starting("https://cp", "den")));
+        shared.apply(1, Tracker::stopped);
+        let st = shared.lock();
+        assert_eq!(st.tracker.state(), hg_state::HG_STATE_CONNECTING);
+        let kinds: Vec<_> = st.queue.iter().map(|u| u.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                hg_event_kind::HG_EVENT_CONNECTING,
+                hg_event_kind::HG_EVENT_REVOKED,
+                hg_event_kind::HG_EVENT_CONNECTING
+            ]
+        );
+    }
 
     #[test]
     fn an_owned_event_points_at_its_own_strings() {

@@ -298,14 +298,27 @@ async fn revoke_all(w: &World) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_c_program_downloads_through_the_session_and_sees_its_revocation() {
     let w = World::start(Options::default()).await;
+    c_download_revoke(&w, &[], None).await;
+    w.stop().await;
+}
+
+/// `session download-revoke` with `env` added (and codes approved by
+/// `approver`): the download's sha256, then the revocation this test
+/// makes, seen everywhere; returns the output.
+async fn c_download_revoke(
+    w: &World,
+    env: &[(&str, &str)],
+    approver: Option<ControlClient>,
+) -> String {
     let sha = hex(&support::sha256(&w.upstream.file));
     let mut cmd = Command::new(c_program());
     cmd.arg("download-revoke")
-        .envs(program_env(&w, "/file", &sha));
-    let mut p = Running::spawn(cmd);
+        .envs(program_env(w, "/file", &sha))
+        .envs(env.iter().copied());
+    let mut p = Running::spawn_approving(cmd, approver);
     let done = p.line("DOWNLOADED", PATIENCE).await;
     assert!(done.contains(&sha), "{done}");
-    assert_eq!(revoke_all(&w).await, 1, "one admission, the C program's");
+    assert_eq!(revoke_all(w).await, 1, "one admission, the C program's");
     let (status, out, err) = p.finish(PATIENCE).await;
     assert!(
         status.success(),
@@ -314,7 +327,7 @@ async fn a_c_program_downloads_through_the_session_and_sees_its_revocation() {
     assert!(out.contains("REVOKED seen by poll and callback"), "{out}");
     // Nothing is left at the control plane or the gateway.
     assert!(w.admin.list_admissions().await.unwrap().is_empty());
-    w.stop().await;
+    out
 }
 
 /// The same program signing in by code: it shows the code (event and
@@ -323,29 +336,16 @@ async fn a_c_program_downloads_through_the_session_and_sees_its_revocation() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_c_program_signs_in_by_code_downloads_and_sees_its_revocation() {
     let w = World::start(Options::default()).await;
-    let sha = hex(&support::sha256(&w.upstream.file));
-    let mut cmd = Command::new(c_program());
-    cmd.arg("download-revoke")
-        .envs(program_env(&w, "/file", &sha))
-        .env_remove("HG_PASSWORD")
-        .env("HG_SIGN_IN", "code");
-    let mut p = Running::spawn_approving(cmd, Some(alice(&w).await));
-    let code = p.line("CODE ", PATIENCE).await;
+    let out = c_download_revoke(&w, &[("HG_SIGN_IN", "code")], Some(alice(&w).await)).await;
+    let code = out
+        .lines()
+        .find(|l| l.starts_with("CODE "))
+        .unwrap_or_default();
     assert!(
         code.contains(&format!("{}/device?code=", w.control_url)),
-        "{code}"
+        "{out}"
     );
-    let done = p.line("DOWNLOADED", PATIENCE).await;
-    assert!(done.contains(&sha), "{done}");
     assert_eq!(alice_devices(&w).await, vec!["c-test player".to_string()]);
-    assert_eq!(revoke_all(&w).await, 1, "one admission, the C program's");
-    let (status, out, err) = p.finish(PATIENCE).await;
-    assert!(
-        status.success(),
-        "the C program failed ({status}):\n{out}\nstderr:\n{err}"
-    );
-    assert!(out.contains("REVOKED seen by poll and callback"), "{out}");
-    assert!(w.admin.list_admissions().await.unwrap().is_empty());
     w.stop().await;
 }
 

@@ -426,3 +426,15 @@ pub async fn ok(
     assert!((200..300).contains(&s), "{method} {path} answered {s}: {v}");
     v
 }
+
+/// Creates the account `name` with the password "password-of-NAME".
+pub async fn add_user(admin: &ControlClient, name: &str) {
+    admin
+        .create_user(&CreateUser {
+            username: name.into(),
+            password: format!("password-of-{name}"),
+            admin: false,
+        })
+        .await
+        .unwrap();
+}
