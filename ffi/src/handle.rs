@@ -130,6 +130,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// An idle session's state, no run yet.
+    fn new() -> Shared {
+        Shared {
+            status: Mutex::new(Status {
+                tracker: Tracker::new(),
+                queue: VecDeque::new(),
+                missed: 0,
+                to_deliver: VecDeque::new(),
+                delivering: false,
+                callback: None,
+                closing: false,
+                run: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
     /// The lock, even after a panic elsewhere poisoned it: every change
     /// under it is a whole `Tracker` step, so the state stays coherent.
     fn lock(&self) -> MutexGuard<'_, Status> {
@@ -277,19 +294,7 @@ impl hg_session {
                     format!("cannot start the session's runtime: {e}"),
                 )
             })?;
-        let shared = Arc::new(Shared {
-            status: Mutex::new(Status {
-                tracker: Tracker::new(),
-                queue: VecDeque::new(),
-                missed: 0,
-                to_deliver: VecDeque::new(),
-                delivering: false,
-                callback: None,
-                closing: false,
-                run: 0,
-            }),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new());
         let s = shared.clone();
         let events_thread = std::thread::Builder::new()
             .name("hushgate-events".into())
@@ -663,19 +668,7 @@ mod tests {
     /// old run's late "stopped" must not end the new one.
     #[test]
     fn a_late_report_of_an_earlier_run_is_dropped() {
-        let shared = Shared {
-            status: Mutex::new(Status {
-                tracker: Tracker::new(),
-                queue: VecDeque::new(),
-                missed: 0,
-                to_deliver: VecDeque::new(),
-                delivering: false,
-                callback: None,
-                closing: false,
-                run: 0,
-            }),
-            changed: Condvar::new(),
-        };
+        let shared = Shared::new();
         shared.begin(1, |t| Some(t.starting("https://cp", "den")));
         shared.apply(1, |t| t.failed(hg_status::HG_ERR_REVOKED, "revoked".into()));
         shared.begin(2, |t| Some(t.starting("https://cp", "den")));

@@ -93,8 +93,9 @@ pub struct Args {
     /// $XDG_STATE_HOME/hushgate/device-USER@HOST (or ~/.local/state/...).
     #[arg(long, value_name = "FILE")]
     device_file: Option<PathBuf>,
-    /// The name the server's owner sees when approving this device
-    /// (default: "hushgate connect on HOSTNAME").
+    /// The name the server's owner sees when approving this device (with
+    /// --code: also the name its approver sees and registers) (default:
+    /// "hushgate connect on HOSTNAME").
     #[arg(long, value_name = "NAME")]
     device_name: Option<String>,
 }
