@@ -8,6 +8,11 @@ use proto::api::{AccessResponse, LoginRequest, RenewResponse};
 use proto::WgKey;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What RFC 8628 has a device add to its polling interval when told to
+/// slow down.
+const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 
 use crate::error::{Call, ShimError};
 
@@ -28,6 +33,52 @@ pub enum Credentials {
     },
     /// A user token (`hgu_...`) from an earlier login.
     Token(String),
+    /// Sign in by code (RFC 8628), for devices without a keyboard: with
+    /// the device's credential from an earlier approval when it has one
+    /// (the [`DeviceIdentity`] file, or this session's memory); otherwise
+    /// a new code is shown through `notice` and the session waits until a
+    /// user approves it on another device. The approval's credential is
+    /// kept in the device file (0600), so later sessions sign in alone;
+    /// the shim signs in again by itself when the login token expires.
+    Code {
+        /// The name the approving user sees and the device is registered
+        /// as ("living-room TV").
+        device_name: String,
+        notice: CodeNotice,
+    },
+}
+
+/// Told the code to show and where to approve it, then that it was
+/// approved (see [`Credentials::Code`]).
+#[derive(Clone)]
+pub struct CodeNotice(pub std::sync::Arc<dyn Fn(&CodeStep) + Send + Sync>);
+
+/// A step of a sign-in by code, as [`CodeNotice`] hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeStep {
+    /// Show this code until the next step.
+    Show(CodePrompt),
+    /// A user approved it: signed in; access and the tunnel follow.
+    Approved,
+}
+
+impl std::fmt::Debug for CodeNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeNotice(..)")
+    }
+}
+
+/// What the device shows while it waits for the approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodePrompt {
+    /// The code the user types, `XXXX-XXXX`.
+    pub user_code: String,
+    /// Where the user types it.
+    pub verification_uri: String,
+    /// The same with the code filled in, for a QR code.
+    pub verification_uri_complete: String,
+    /// How long the code works.
+    pub expires_in: std::time::Duration,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -43,6 +94,10 @@ impl std::fmt::Debug for Credentials {
                 .field("user", user)
                 .finish_non_exhaustive(),
             Credentials::Token(_) => f.write_str("Token(..)"),
+            Credentials::Code { device_name, .. } => f
+                .debug_struct("Code")
+                .field("device_name", device_name)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -198,6 +253,9 @@ pub(crate) struct HttpControl {
     totp: Option<String>,
     server: String,
     device: Option<DeviceIdentity>,
+    /// A code sign-in's device credential, once known (read from the
+    /// device file or just approved): later sign-ins use it.
+    device_credential: Option<String>,
 }
 
 impl HttpControl {
@@ -220,7 +278,9 @@ impl HttpControl {
         };
         let authed = match &credentials {
             Credentials::Token(t) => base.with_bearer(t),
-            Credentials::Password { .. } | Credentials::PasswordAndCode { .. } => base.clone(),
+            Credentials::Password { .. }
+            | Credentials::PasswordAndCode { .. }
+            | Credentials::Code { .. } => base.clone(),
         };
         let mut c = HttpControl {
             base,
@@ -229,16 +289,27 @@ impl HttpControl {
             totp,
             server: server.into(),
             device,
+            device_credential: None,
         };
-        if let Credentials::Password { .. } = c.credentials {
+        if !matches!(c.credentials, Credentials::Token(_)) {
             c.relogin().await?;
         }
         Ok(c)
     }
 
     async fn relogin(&mut self) -> Result<(), ShimError> {
-        let Credentials::Password { user, password } = &self.credentials else {
-            return Ok(());
+        let (user, password) = match &self.credentials {
+            Credentials::Password { user, password } => (user, password),
+            Credentials::Code {
+                device_name,
+                notice,
+            } => {
+                let (name, notice) = (device_name.clone(), notice.clone());
+                return self.code_sign_in(&name, &notice).await;
+            }
+            // `login` turned a password with a code into `Password` plus
+            // the one-time code.
+            Credentials::Token(_) | Credentials::PasswordAndCode { .. } => return Ok(()),
         };
         let mut req = LoginRequest {
             username: user.clone(),
@@ -281,12 +352,98 @@ impl HttpControl {
         Ok(())
     }
 
+    /// Signs in with the device's credential if it has one, else by a new
+    /// code (RFC 8628): shows it, polls no faster than asked, and keeps
+    /// the credential the approval brings.
+    async fn code_sign_in(
+        &mut self,
+        device_name: &str,
+        notice: &CodeNotice,
+    ) -> Result<(), ShimError> {
+        if self.device_credential.is_none() {
+            if let Some(d) = &self.device {
+                self.device_credential = read_device_credential(&d.file)?;
+            }
+        }
+        if let Some(cred) = self.device_credential.clone() {
+            match self.base.device_login(&cred).await {
+                Ok(r) => {
+                    self.authed = self.base.with_bearer(&r.token);
+                    return Ok(());
+                }
+                // Removed from its account: forget it and ask for a code,
+                // as a new device would.
+                Err(e) if e.code() == Some("device_unknown") => {
+                    tracing::warn!("this device's credential is no longer known (removed from its account); signing in by code again");
+                    self.device_credential = None;
+                    if let Some(d) = &self.device {
+                        let _ = std::fs::remove_file(&d.file);
+                    }
+                }
+                Err(e) => return Err(self.map(e, Call::Login)),
+            }
+        }
+        let grant = self
+            .base
+            .device_code(device_name)
+            .await
+            .map_err(|e| self.map(e, Call::Login))?;
+        (notice.0)(&CodeStep::Show(CodePrompt {
+            user_code: grant.user_code.clone(),
+            verification_uri: grant.verification_uri.clone(),
+            verification_uri_complete: grant.verification_uri_complete.clone(),
+            expires_in: Duration::from_secs(grant.expires_in),
+        }));
+        let mut interval = Duration::from_secs(grant.interval.max(1));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(grant.expires_in);
+        loop {
+            tokio::time::sleep(interval).await;
+            let e = match self.base.poll_device_code(&grant.device_code).await {
+                Ok(r) => {
+                    let Some(cred) = r.device_credential else {
+                        return Err(ShimError::Control(ClientError::BadAnswer(
+                            "the approved sign-in code brought no device credential".into(),
+                        )));
+                    };
+                    if let Some(d) = &self.device {
+                        write_device_credential(&d.file, &cred)?;
+                    }
+                    self.device_credential = Some(cred);
+                    self.authed = self.base.with_bearer(&r.token);
+                    (notice.0)(&CodeStep::Approved);
+                    return Ok(());
+                }
+                Err(e) => e,
+            };
+            match e.code() {
+                Some("authorization_pending") => {}
+                Some("slow_down") => interval += SLOW_DOWN_STEP,
+                Some("access_denied") => return Err(ShimError::CodeDenied),
+                Some("expired_token" | "invalid_grant") => {
+                    return Err(ShimError::CodeExpired {
+                        minutes: grant.expires_in.div_ceil(60),
+                    })
+                }
+                // The network or the control plane hiccuped: the code is
+                // still good until it expires; keep polling until then.
+                _ if matches!(e, ClientError::Unreachable { .. })
+                    || e.status().is_some_and(|s| s >= 500) =>
+                {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(self.map(e, Call::Login));
+                    }
+                }
+                _ => return Err(self.map(e, Call::Login)),
+            }
+        }
+    }
+
     fn map(&self, e: ClientError, call: Call) -> ShimError {
         ShimError::from_client(e, call, &self.server, self.base.base_url())
     }
 
     fn can_relogin(&self, e: &ClientError) -> bool {
-        e.status() == Some(401) && matches!(self.credentials, Credentials::Password { .. })
+        e.status() == Some(401) && !matches!(self.credentials, Credentials::Token(_))
     }
 
     async fn access_once(&mut self, server: &str, key: WgKey) -> Result<AccessResponse, ShimError> {

@@ -72,6 +72,12 @@ pub enum ShimError {
     /// The tunnel's own socket or thread failed.
     #[error("the tunnel failed: {0}")]
     DataPath(String),
+    /// The sign-in code was not approved before it expired.
+    #[error("the sign-in code expired before anyone approved it (codes last {minutes} minutes); start again for a new code")]
+    CodeExpired { minutes: u64 },
+    /// The user the code was shown to denied it.
+    #[error("the sign-in code was denied on the approval page; start again if that was a mistake")]
+    CodeDenied,
     /// Any other control plane answer (its message says what went wrong).
     #[error(transparent)]
     Control(ClientError),
@@ -104,6 +110,10 @@ pub enum ErrorKind {
     DataPath,
     /// The session's settings cannot work (e.g. a URL that is not https).
     Config,
+    /// The sign-in code expired unapproved.
+    CodeExpired,
+    /// The sign-in code was denied.
+    CodeDenied,
     /// Any other control plane answer.
     Control,
 }
@@ -223,6 +233,8 @@ impl ShimError {
             }
             ShimError::Revoked { .. } => ErrorKind::Revoked,
             ShimError::DataPath(_) => ErrorKind::DataPath,
+            ShimError::CodeExpired { .. } => ErrorKind::CodeExpired,
+            ShimError::CodeDenied => ErrorKind::CodeDenied,
             ShimError::Control(ClientError::Config(_)) => ErrorKind::Config,
             ShimError::Control(_) => ErrorKind::Control,
         }

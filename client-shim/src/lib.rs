@@ -41,7 +41,7 @@ mod session;
 mod tests;
 
 pub use answer::{AnswerError, TunnelParams};
-pub use control::{Credentials, DeviceIdentity};
+pub use control::{CodeNotice, CodePrompt, CodeStep, Credentials, DeviceIdentity};
 pub use control_client::Trust;
 pub use error::{ErrorKind, ShimError};
 pub use session::{EndReason, Session, SessionEvent, SessionInfo, ShimConfig, WaitingNotice};

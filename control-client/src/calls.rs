@@ -231,6 +231,55 @@ impl ControlClient {
         self.call(Method::POST, "/v1/login", Some(req), CALL).await
     }
 
+    /// Asks for a sign-in code for this device (`POST /v1/device-codes`).
+    pub async fn device_code(&self, device_name: &str) -> R<DeviceCodeGrant> {
+        let body = DeviceCodeRequest {
+            device_name: device_name.into(),
+        };
+        self.call(Method::POST, "/v1/device-codes", Some(&body), CALL)
+            .await
+    }
+
+    /// One poll for the code's decision: the sign-in once approved, else
+    /// an API error whose code is RFC 8628's (`authorization_pending`,
+    /// `slow_down`, `access_denied`, `expired_token`, `invalid_grant`).
+    pub async fn poll_device_code(&self, device_code: &str) -> R<LoginResponse> {
+        let body = DeviceCodePoll {
+            device_code: device_code.into(),
+        };
+        self.call(Method::POST, "/v1/device-codes/token", Some(&body), CALL)
+            .await
+    }
+
+    /// Approves (`true`) or denies the code a device shows, as the
+    /// signed-in caller: an approved device becomes the caller's.
+    pub async fn decide_device_code(&self, user_code: &str, approve: bool) -> R<DeviceCodeDecided> {
+        let path = if approve {
+            "/v1/device-codes/approve"
+        } else {
+            "/v1/device-codes/deny"
+        };
+        let body = DeviceCodeDecision {
+            user_code: user_code.into(),
+        };
+        self.call(Method::POST, path, Some(&body), CALL).await
+    }
+
+    /// The caller's devices.
+    pub async fn my_devices(&self) -> R<Vec<DeviceInfo>> {
+        self.call(Method::GET, "/v1/me/devices", None::<&()>, CALL)
+            .await
+    }
+
+    /// Signs in with the credential of a device made by a code sign-in.
+    pub async fn device_login(&self, device_credential: &str) -> R<LoginResponse> {
+        let body = DeviceLogin {
+            device_credential: device_credential.into(),
+        };
+        self.call(Method::POST, "/v1/login/device", Some(&body), CALL)
+            .await
+    }
+
     /// Registers a server the caller will own (`POST /v1/servers`).
     pub async fn register_server(&self, req: &CreateServer) -> R<CreatedServer> {
         self.call(Method::POST, "/v1/servers", Some(req), CALL)

@@ -55,11 +55,22 @@ pub(crate) type ApiResult<T> = Result<T, AppError>;
 /// from this list and [`routes`] lists it, so the isolation tests cover
 /// each route (a route added here without a test fails them).
 fn table() -> Vec<(Method, &'static str, MethodRouter<Arc<AppState>>)> {
+    use crate::device_code as dc;
     use crate::tenants as t;
     vec![
         (Method::GET, "/v1/health", get(health)),
         (Method::POST, "/v1/login", post(login)),
         (Method::POST, "/v1/signup", post(t::signup)),
+        // Sign-in by code (RFC 8628): a device asks, a user approves.
+        (Method::POST, "/v1/device-codes", post(dc::create)),
+        (Method::POST, "/v1/device-codes/token", post(dc::token)),
+        (
+            Method::POST,
+            "/v1/device-codes/approve",
+            post(dc::approve_route),
+        ),
+        (Method::POST, "/v1/device-codes/deny", post(dc::deny_route)),
+        (Method::POST, "/v1/login/device", post(dc::device_login)),
         (Method::POST, "/v1/access", post(access)),
         (Method::DELETE, "/v1/admissions/{id}", delete(revoke)),
         (Method::POST, "/v1/admissions/{id}/renew", post(renew)),

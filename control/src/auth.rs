@@ -29,6 +29,8 @@ pub enum SecretKind {
     Device,
     /// An invitation link's secret.
     Invitation,
+    /// The device's secret of a sign-in by code (polls with it).
+    DeviceCode,
 }
 
 impl SecretKind {
@@ -40,6 +42,7 @@ impl SecretKind {
             SecretKind::Admin => "hga_",
             SecretKind::Device => "hgd_",
             SecretKind::Invitation => "hgi_",
+            SecretKind::DeviceCode => "hgc_",
         }
     }
 }

@@ -20,6 +20,8 @@
 //! the caller's own things (`sessions`: an account's logins and password),
 //! and `totp` holds two-factor sign-in. `console` is the web console on
 //! the same port: server-rendered pages that call the API's handlers.
+//! `device_code` signs in devices without a keyboard (a TV, a player app)
+//! by a short code that a signed-in user approves elsewhere.
 //! `metrics` counts requests, logins, access latency and database latency
 //! for Prometheus. `limits` bounds what one account may make the control
 //! plane keep (servers, shares, links, devices, logins, pending devices).
@@ -29,6 +31,7 @@ pub mod app;
 pub mod auth;
 pub mod bundle;
 pub mod console;
+pub mod device_code;
 mod error;
 pub mod hub;
 pub mod limits;
@@ -122,6 +125,15 @@ pub struct Settings {
     pub metrics_per_server: bool,
     /// How much one account may make the control plane keep.
     pub limits: limits::Limits,
+    /// The control plane's address as users' browsers reach it (e.g.
+    /// `https://hushgate.example`), for the sign-in by code page's link
+    /// (`{public_url}/device`). Default: the host the device itself
+    /// reached the control plane at.
+    pub public_url: Option<String>,
+    /// How long a sign-in code lives (at most [`device_code::MAX_TTL`]).
+    pub device_code_ttl: Duration,
+    /// The least time between a device's polls for its code's decision.
+    pub device_code_interval: Duration,
 }
 
 /// The monotonic clock the control plane's rate limits read.
@@ -209,6 +221,9 @@ impl Default for Settings {
             clock: Clock::System,
             metrics_per_server: false,
             limits: limits::Limits::default(),
+            public_url: None,
+            device_code_ttl: device_code::MAX_TTL,
+            device_code_interval: Duration::from_secs(5),
         }
     }
 }

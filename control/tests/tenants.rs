@@ -15,50 +15,6 @@ use std::time::Duration;
 use support::control;
 use support::*;
 
-/// A raw call: (status, JSON body or Null), with `token` as bearer.
-async fn send(
-    c: &ControlClient,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut r = c
-        .http()
-        .request(method, format!("{}{path}", c.base_url()))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(30));
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn ok(
-    c: &ControlClient,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let (s, v) = send(c, token, method.clone(), path, body).await;
-    assert!((200..300).contains(&s), "{method} {path} answered {s}: {v}");
-    v
-}
-
-async fn add_user(admin: &ControlClient, name: &str) {
-    admin
-        .create_user(&CreateUser {
-            username: name.into(),
-            password: format!("password-of-{name}"),
-            admin: false,
-        })
-        .await
-        .unwrap();
-}
-
 /// Logs in, optionally registering a device; returns (token, device id,
 /// device credential).
 async fn login_device(
@@ -1131,6 +1087,29 @@ fn cases() -> Vec<Case> {
         // not a password (400 for the empty body).
         c(Method::POST, "/v1/login", Status(415), None),
         c(Method::POST, "/v1/signup", Status(415), None),
+        // Sign-in by code: asking for a code names nobody; a code the
+        // victim's device used is answered like one nobody ever had,
+        // whether polled for or approved (binding nothing to anyone).
+        c(Method::POST, "/v1/device-codes", Status(415), None),
+        c(
+            Method::POST,
+            "/v1/device-codes/token",
+            SameAsUnknown(400),
+            Some(json!({"device_code": "{devicecode}"})),
+        ),
+        c(
+            Method::POST,
+            "/v1/device-codes/approve",
+            SameAsUnknown(404),
+            Some(json!({"user_code": "{usercode}"})),
+        ),
+        c(
+            Method::POST,
+            "/v1/device-codes/deny",
+            SameAsUnknown(404),
+            Some(json!({"user_code": "{usercode}"})),
+        ),
+        c(Method::POST, "/v1/login/device", Status(415), None),
         c(
             Method::POST,
             "/v1/access",
@@ -1493,6 +1472,14 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
     )
     .unwrap();
 
+    // The friend's TV signed in by code (the code is used up now).
+    let grant = c.device_code("friend-tv").await.unwrap();
+    c.with_bearer(&friend)
+        .decide_device_code(&grant.user_code, true)
+        .await
+        .unwrap();
+    let tv = c.poll_device_code(&grant.device_code).await.unwrap();
+
     let other = token_of(&c, "other-owner").await;
     let _other_gw = owned_server(&cp, &other, "other-den", 201).await;
     let plain = token_of(&c, "plain-user").await;
@@ -1509,6 +1496,8 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
         inv.id.clone(),
         "friend-phone".to_string(),
         session.clone(),
+        "friend-tv".to_string(),
+        grant.user_code.clone(),
     ];
     for (attacker, token) in [("other-owner", &other), ("plain-user", &plain)] {
         let victim = Ids(vec![
@@ -1518,6 +1507,8 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
             ("device", device.clone()),
             ("invitation", inv.id.clone()),
             ("session", session.clone()),
+            ("usercode", grant.user_code.clone()),
+            ("devicecode", grant.device_code.clone()),
             ("attacker", attacker.into()),
         ]);
         let unknown = Ids(vec![
@@ -1527,6 +1518,11 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
             ("device", "dev_000000000000000000000000".into()),
             ("invitation", "inv_000000000000000000000000".into()),
             ("session", "ses_0000000000000000".into()),
+            ("usercode", "BBBB-BBBB".into()),
+            (
+                "devicecode",
+                "hgc_0000000000000000000000000000000000000000000".into(),
+            ),
             ("attacker", attacker.into()),
         ]);
         for case in cases() {
@@ -1605,7 +1601,24 @@ async fn no_route_lets_another_tenant_see_or_touch_anything(engine: Engine) {
     .await;
     assert_eq!(reqs[0]["state"], "pending");
     let devs = ok(&c, &friend, Method::GET, "/v1/me/devices", None).await;
-    assert_eq!(devs[0]["name"], "friend-phone");
+    let names: Vec<_> = devs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 2, "{devs}");
+    assert!(
+        names.contains(&"friend-phone".to_string()) && names.contains(&"friend-tv".to_string())
+    );
+    // The TV's credential still signs in, as the friend's device.
+    let again = c
+        .device_login(tv.device_credential.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(again.device_id, tv.device_id);
+    let me = ok(&c, &again.token, Method::GET, "/v1/me", None).await;
+    assert_eq!(me["username"], "victim-friend");
     assert_eq!(gw.admission_ids(), vec![adm.admission_id.clone()]);
     // The gateway's credential still works: a fresh admission reaches it.
     ok(

@@ -13,6 +13,12 @@
  *   HUSHGATE_CONTROL=https://control.example:8443 HUSHGATE_CA=ca.pem \
  *   HUSHGATE_USER=alice HUSHGATE_PASSWORD=... HUSHGATE_SERVER=living-room \
  *   ./player
+ * Without HUSHGATE_USER it signs in by code, as a TV would: it prints a
+ * code and a link, someone approves the code from a phone, and the
+ * device's credential is kept in HUSHGATE_DEVICE_FILE (default
+ * ./hushgate-device) so the next start needs no code:
+ *   HUSHGATE_CONTROL=... HUSHGATE_CA=ca.pem HUSHGATE_SERVER=living-room \
+ *   ./player
  * It prints the URL to open in a player and runs until standard input
  * closes (Ctrl-D) or the session ends (revoked, failed).
  */
@@ -30,6 +36,13 @@
 static void on_event(const hg_event *ev, void *user_data) {
   (void)user_data;
   fprintf(stderr, "hushgate: %s\n", ev->message);
+  /* Sign-in by code: show the code and the link (a TV app would draw
+   * them, and a QR code of verification_uri_complete, on screen). */
+  if (ev->kind == HG_EVENT_WAITING_FOR_APPROVAL) {
+    printf("sign in: open %s and enter %s\n", ev->verification_uri,
+           ev->user_code);
+    fflush(stdout);
+  }
   if (ev->kind == HG_EVENT_READMITTED)
     fprintf(stderr, "hushgate: same address, new admission: keep playing\n");
 }
@@ -83,16 +96,26 @@ int main(void) {
   }
   free(ca); /* the library keeps its own copy */
 
-  if (hg_session_set_credential(s, HG_CREDENTIAL_PASSWORD, need("HUSHGATE_USER"),
-                                need("HUSHGATE_PASSWORD")) != HG_OK ||
-      hg_session_set_callback(s, on_event, NULL) != HG_OK ||
+  hg_status set;
+  if (getenv("HUSHGATE_USER") != NULL) {
+    set = hg_session_set_credential(s, HG_CREDENTIAL_PASSWORD,
+                                    need("HUSHGATE_USER"),
+                                    need("HUSHGATE_PASSWORD"));
+  } else {
+    const char *file = getenv("HUSHGATE_DEVICE_FILE");
+    set = hg_session_set_credential(s, HG_CREDENTIAL_DEVICE_CODE,
+                                    "hushgate example player",
+                                    file != NULL ? file : "hushgate-device");
+  }
+  if (set != HG_OK || hg_session_set_callback(s, on_event, NULL) != HG_OK ||
       hg_session_start(s) != HG_OK) {
     fprintf(stderr, "hushgate: %s\n", hg_last_error_message());
     hg_session_free(s);
     return 1;
   }
 
-  hg_status st = hg_session_wait_ready(s, 60 * 1000);
+  /* Up to ten minutes: the time a sign-in code lasts. */
+  hg_status st = hg_session_wait_ready(s, 10 * 60 * 1000);
   if (st != HG_OK) {
     fprintf(stderr, "hushgate: %s (%s)\n", hg_last_error_message(),
             hg_status_name(st));

@@ -38,7 +38,8 @@ enum hg_status
   HG_ERR_REENTRANT = 3,
   // `hg_session_wait_ready` gave up before the session was ready.
   HG_ERR_TIMEOUT = 4,
-  // Not available yet: `HG_CREDENTIAL_DEVICE_CODE` (sign-in by code).
+  // Not available in this build or on this platform (reserved; no
+  // function of this version returns it).
   HG_ERR_UNSUPPORTED = 5,
   // A bug in the library, caught at the boundary (the message says
   // where). The session may be unusable; free it.
@@ -59,6 +60,11 @@ enum hg_status
   HG_ERR_NO_ACCESS = 23,
   // The admission was revoked or the grant removed.
   HG_ERR_REVOKED = 24,
+  // Sign-in by code: nobody approved the code before it expired
+  // (codes last up to ten minutes). Start again for a new code.
+  HG_ERR_CODE_EXPIRED = 25,
+  // Sign-in by code: the user the code was shown to denied it.
+  HG_ERR_CODE_DENIED = 26,
   // The control plane cannot be reached (network, DNS, down).
   HG_ERR_CONTROL_UNREACHABLE = 30,
   // The control plane's certificate is not signed by the pinned CA (or
@@ -97,8 +103,10 @@ enum hg_event_kind
  {
   // `hg_session_start` was called; signing in.
   HG_EVENT_CONNECTING = 1,
-  // Reserved for sign-in by code: `user_code` and `verification_uri`
-  // are set; show them. Not sent by this version.
+  // Sign-in by code: `user_code`, `verification_uri` and
+  // `verification_uri_complete` are set, `expires_at` is when the code
+  // stops working; show the code and the link (or a QR code of the
+  // complete link) until the next event.
   HG_EVENT_WAITING_FOR_APPROVAL = 2,
   // The local address works (`local_addr`), first time or again after
   // the path came back with the same admission.
@@ -140,8 +148,9 @@ enum hg_state
   HG_STATE_IDLE = 0,
   // Signing in, asking for access, bringing the tunnel up.
   HG_STATE_CONNECTING = 1,
-  // Reserved for sign-in by code: showing a code and waiting for the
-  // user to approve it elsewhere. Not entered by this version.
+  // Sign-in by code: showing a code and waiting for the user to
+  // approve it on another device (`HG_EVENT_WAITING_FOR_APPROVAL` has
+  // the code and the link). Back to `HG_STATE_CONNECTING` once approved.
   HG_STATE_WAITING_FOR_APPROVAL = 2,
   // The local address works: point the player at it.
   HG_STATE_READY = 3,
@@ -179,8 +188,14 @@ enum hg_credential_kind
   // `user` is ignored. When it expires the session fails with
   // `HG_ERR_TOKEN_REJECTED`.
   HG_CREDENTIAL_TOKEN = 2,
-  // Reserved for sign-in by code (a device credential obtained after
-  // the user approved a code). Returns `HG_ERR_UNSUPPORTED` today.
+  // Sign-in by code, for devices without a keyboard: `user` is the
+  // device's name as the approving user sees it ("living-room TV");
+  // `secret` is the path of the device file where the library keeps
+  // the device's credential (mode 0600), or NULL to keep it only for
+  // this run. With a credential in the file the session signs in with
+  // it alone; otherwise each start shows a new code
+  // (`HG_EVENT_WAITING_FOR_APPROVAL`) and waits until a user approves
+  // it, then saves the credential there.
   HG_CREDENTIAL_DEVICE_CODE = 3,
 };
 #ifndef __cplusplus
@@ -205,8 +220,9 @@ typedef struct hg_event {
   hg_status code;
   // `HG_EVENT_RECONNECTING`: the attempt, from 1; otherwise 0.
   uint32_t attempt;
-  // When the current admission expires, in seconds since the Unix
-  // epoch (UTC); 0 while there is none.
+  // When the current admission expires (for
+  // `HG_EVENT_WAITING_FOR_APPROVAL`: when the code does), in seconds
+  // since the Unix epoch (UTC); 0 while there is none.
   int64_t expires_at;
   // Only from `hg_session_poll_event`: how many events were dropped
   // just before this one because nobody polled (the queue keeps the
@@ -217,12 +233,15 @@ typedef struct hg_event {
   // The address the player connects to, `"127.0.0.1:PORT"` (or
   // `"[::1]:PORT"`), while the session is up; NULL otherwise.
   const char *local_addr;
-  // Reserved for sign-in by code (`HG_EVENT_WAITING_FOR_APPROVAL`):
-  // the code to show. NULL in this version.
+  // `HG_EVENT_WAITING_FOR_APPROVAL`: the code to show, `"XXXX-XXXX"`;
+  // NULL for every other event.
   const char *user_code;
-  // Reserved for sign-in by code: where the user approves the code.
-  // NULL in this version.
+  // `HG_EVENT_WAITING_FOR_APPROVAL`: where the user types the code,
+  // e.g. `"https://control.example/device"`; NULL otherwise.
   const char *verification_uri;
+  // `HG_EVENT_WAITING_FOR_APPROVAL`: the same link with the code in
+  // it, to show as a QR code; NULL otherwise.
+  const char *verification_uri_complete;
 } hg_event;
 
 // Called for every event of a session, in order, one at a time, on a
@@ -282,8 +301,13 @@ hg_status hg_session_new(const char *control_url,
 // - `HG_CREDENTIAL_PASSWORD`: `user` and `secret` (the password).
 // - `HG_CREDENTIAL_TOKEN`: `secret` is a login token; `user` is ignored
 //   (may be NULL).
-// - `HG_CREDENTIAL_DEVICE_CODE`: reserved for sign-in by code;
-//   `HG_ERR_UNSUPPORTED` today.
+// - `HG_CREDENTIAL_DEVICE_CODE`: sign-in by code. `user` is the device's
+//   name ("living-room TV", 1-64 characters); `secret` is the path of
+//   the device file that keeps the device's credential (created 0600 at
+//   the first approval, read at every later start), or NULL to keep it
+//   for this run only. Each start without a credential shows a code
+//   through `HG_EVENT_WAITING_FOR_APPROVAL` and waits for the approval;
+//   it fails with `HG_ERR_CODE_EXPIRED` or `HG_ERR_CODE_DENIED`.
 //
 // The strings are copied; wipe your copy of the secret when this
 // returns. The library never logs it.

@@ -31,7 +31,8 @@ pub enum hg_status {
     HG_ERR_REENTRANT = 3,
     /// `hg_session_wait_ready` gave up before the session was ready.
     HG_ERR_TIMEOUT = 4,
-    /// Not available yet: `HG_CREDENTIAL_DEVICE_CODE` (sign-in by code).
+    /// Not available in this build or on this platform (reserved; no
+    /// function of this version returns it).
     HG_ERR_UNSUPPORTED = 5,
     /// A bug in the library, caught at the boundary (the message says
     /// where). The session may be unusable; free it.
@@ -52,6 +53,11 @@ pub enum hg_status {
     HG_ERR_NO_ACCESS = 23,
     /// The admission was revoked or the grant removed.
     HG_ERR_REVOKED = 24,
+    /// Sign-in by code: nobody approved the code before it expired
+    /// (codes last up to ten minutes). Start again for a new code.
+    HG_ERR_CODE_EXPIRED = 25,
+    /// Sign-in by code: the user the code was shown to denied it.
+    HG_ERR_CODE_DENIED = 26,
     /// The control plane cannot be reached (network, DNS, down).
     HG_ERR_CONTROL_UNREACHABLE = 30,
     /// The control plane's certificate is not signed by the pinned CA (or
@@ -84,8 +90,9 @@ pub enum hg_state {
     HG_STATE_IDLE = 0,
     /// Signing in, asking for access, bringing the tunnel up.
     HG_STATE_CONNECTING = 1,
-    /// Reserved for sign-in by code: showing a code and waiting for the
-    /// user to approve it elsewhere. Not entered by this version.
+    /// Sign-in by code: showing a code and waiting for the user to
+    /// approve it on another device (`HG_EVENT_WAITING_FOR_APPROVAL` has
+    /// the code and the link). Back to `HG_STATE_CONNECTING` once approved.
     HG_STATE_WAITING_FOR_APPROVAL = 2,
     /// The local address works: point the player at it.
     HG_STATE_READY = 3,
@@ -109,8 +116,10 @@ pub enum hg_state {
 pub enum hg_event_kind {
     /// `hg_session_start` was called; signing in.
     HG_EVENT_CONNECTING = 1,
-    /// Reserved for sign-in by code: `user_code` and `verification_uri`
-    /// are set; show them. Not sent by this version.
+    /// Sign-in by code: `user_code`, `verification_uri` and
+    /// `verification_uri_complete` are set, `expires_at` is when the code
+    /// stops working; show the code and the link (or a QR code of the
+    /// complete link) until the next event.
     HG_EVENT_WAITING_FOR_APPROVAL = 2,
     /// The local address works (`local_addr`), first time or again after
     /// the path came back with the same admission.
@@ -145,8 +154,14 @@ pub enum hg_credential_kind {
     /// `user` is ignored. When it expires the session fails with
     /// `HG_ERR_TOKEN_REJECTED`.
     HG_CREDENTIAL_TOKEN = 2,
-    /// Reserved for sign-in by code (a device credential obtained after
-    /// the user approved a code). Returns `HG_ERR_UNSUPPORTED` today.
+    /// Sign-in by code, for devices without a keyboard: `user` is the
+    /// device's name as the approving user sees it ("living-room TV");
+    /// `secret` is the path of the device file where the library keeps
+    /// the device's credential (mode 0600), or NULL to keep it only for
+    /// this run. With a credential in the file the session signs in with
+    /// it alone; otherwise each start shows a new code
+    /// (`HG_EVENT_WAITING_FOR_APPROVAL`) and waits until a user approves
+    /// it, then saves the credential there.
     HG_CREDENTIAL_DEVICE_CODE = 3,
 }
 
@@ -163,8 +178,9 @@ pub struct hg_event {
     pub code: hg_status,
     /// `HG_EVENT_RECONNECTING`: the attempt, from 1; otherwise 0.
     pub attempt: u32,
-    /// When the current admission expires, in seconds since the Unix
-    /// epoch (UTC); 0 while there is none.
+    /// When the current admission expires (for
+    /// `HG_EVENT_WAITING_FOR_APPROVAL`: when the code does), in seconds
+    /// since the Unix epoch (UTC); 0 while there is none.
     pub expires_at: i64,
     /// Only from `hg_session_poll_event`: how many events were dropped
     /// just before this one because nobody polled (the queue keeps the
@@ -175,12 +191,15 @@ pub struct hg_event {
     /// The address the player connects to, `"127.0.0.1:PORT"` (or
     /// `"[::1]:PORT"`), while the session is up; NULL otherwise.
     pub local_addr: *const c_char,
-    /// Reserved for sign-in by code (`HG_EVENT_WAITING_FOR_APPROVAL`):
-    /// the code to show. NULL in this version.
+    /// `HG_EVENT_WAITING_FOR_APPROVAL`: the code to show, `"XXXX-XXXX"`;
+    /// NULL for every other event.
     pub user_code: *const c_char,
-    /// Reserved for sign-in by code: where the user approves the code.
-    /// NULL in this version.
+    /// `HG_EVENT_WAITING_FOR_APPROVAL`: where the user types the code,
+    /// e.g. `"https://control.example/device"`; NULL otherwise.
     pub verification_uri: *const c_char,
+    /// `HG_EVENT_WAITING_FOR_APPROVAL`: the same link with the code in
+    /// it, to show as a QR code; NULL otherwise.
+    pub verification_uri_complete: *const c_char,
 }
 
 /// Called for every event of a session, in order, one at a time, on a

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::abi::{hg_credential_kind, hg_event, hg_event_callback, hg_state, hg_status};
 use crate::error::{self, guard, guard_value, not_in_callback, Error};
-use crate::handle::{c_string, hg_session, OwnedEvent};
+use crate::handle::{c_string, hg_session, OwnedEvent, SignIn};
 
 /// A string argument that must be there.
 ///
@@ -140,8 +140,13 @@ pub unsafe extern "C" fn hg_session_new(
 /// - `HG_CREDENTIAL_PASSWORD`: `user` and `secret` (the password).
 /// - `HG_CREDENTIAL_TOKEN`: `secret` is a login token; `user` is ignored
 ///   (may be NULL).
-/// - `HG_CREDENTIAL_DEVICE_CODE`: reserved for sign-in by code;
-///   `HG_ERR_UNSUPPORTED` today.
+/// - `HG_CREDENTIAL_DEVICE_CODE`: sign-in by code. `user` is the device's
+///   name ("living-room TV", 1-64 characters); `secret` is the path of
+///   the device file that keeps the device's credential (created 0600 at
+///   the first approval, read at every later start), or NULL to keep it
+///   for this run only. Each start without a credential shows a code
+///   through `HG_EVENT_WAITING_FOR_APPROVAL` and waits for the approval;
+///   it fails with `HG_ERR_CODE_EXPIRED` or `HG_ERR_CODE_DENIED`.
 ///
 /// The strings are copied; wipe your copy of the secret when this
 /// returns. The library never logs it.
@@ -158,26 +163,42 @@ pub unsafe extern "C" fn hg_session_set_credential(
     guard("hg_session_set_credential", || {
         // SAFETY: the caller passes a live handle.
         let s = unsafe { session_arg(session)? };
-        // SAFETY: the caller passes NUL-terminated strings or NULL.
-        let secret = unsafe { str_arg(secret, "secret")? }.to_string();
-        let credentials = match kind {
+        let sign_in = match kind {
             k if k == hg_credential_kind::HG_CREDENTIAL_PASSWORD as i32 => {
-                // SAFETY: as above.
-                let user = unsafe { str_arg(user, "user")? };
+                // SAFETY: the caller passes NUL-terminated strings or NULL.
+                let (user, secret) =
+                    unsafe { (str_arg(user, "user")?, str_arg(secret, "secret")?) };
                 if user.is_empty() {
                     return Err(Error::invalid("the user name is empty"));
                 }
-                Credentials::Password {
+                SignIn::Shim(Credentials::Password {
                     user: user.to_string(),
-                    password: secret,
-                }
+                    password: secret.to_string(),
+                })
             }
-            k if k == hg_credential_kind::HG_CREDENTIAL_TOKEN as i32 => Credentials::Token(secret),
+            k if k == hg_credential_kind::HG_CREDENTIAL_TOKEN as i32 => {
+                // SAFETY: as above.
+                let secret = unsafe { str_arg(secret, "secret")? };
+                SignIn::Shim(Credentials::Token(secret.to_string()))
+            }
             k if k == hg_credential_kind::HG_CREDENTIAL_DEVICE_CODE as i32 => {
-                return Err(Error::new(
-                    hg_status::HG_ERR_UNSUPPORTED,
-                    "sign-in by code is not available yet: the control plane has no device authorization; use a password or a login token",
-                ))
+                // SAFETY: as above.
+                let (name, file) =
+                    unsafe { (str_arg(user, "user")?, opt_str_arg(secret, "secret")?) };
+                if name.trim().is_empty() || name.chars().count() > 64 {
+                    return Err(Error::invalid(
+                        "the device name (user) must be 1-64 characters",
+                    ));
+                }
+                if file.is_some_and(str::is_empty) {
+                    return Err(Error::invalid(
+                        "the device file path (secret) is empty; pass NULL to keep no file",
+                    ));
+                }
+                SignIn::Code {
+                    device_name: name.to_string(),
+                    device_file: file.map(std::path::PathBuf::from),
+                }
             }
             other => {
                 return Err(Error::invalid(format!(
@@ -185,7 +206,7 @@ pub unsafe extern "C" fn hg_session_set_credential(
                 )))
             }
         };
-        s.set_credentials(credentials)
+        s.set_credentials(sign_in)
     })
 }
 

@@ -167,6 +167,8 @@ pub(crate) fn code_of(kind: ErrorKind) -> hg_status {
         ErrorKind::DataPath => HG_ERR_TUNNEL,
         ErrorKind::Config => HG_ERR_BAD_CONFIG,
         ErrorKind::Control => HG_ERR_CONTROL,
+        ErrorKind::CodeExpired => HG_ERR_CODE_EXPIRED,
+        ErrorKind::CodeDenied => HG_ERR_CODE_DENIED,
         _ => HG_ERR_OTHER,
     }
 }
@@ -189,6 +191,8 @@ pub(crate) fn status_name(code: i32) -> &'static std::ffi::CStr {
         (HG_ERR_RATE_LIMITED, c"HG_ERR_RATE_LIMITED"),
         (HG_ERR_NO_ACCESS, c"HG_ERR_NO_ACCESS"),
         (HG_ERR_REVOKED, c"HG_ERR_REVOKED"),
+        (HG_ERR_CODE_EXPIRED, c"HG_ERR_CODE_EXPIRED"),
+        (HG_ERR_CODE_DENIED, c"HG_ERR_CODE_DENIED"),
         (HG_ERR_CONTROL_UNREACHABLE, c"HG_ERR_CONTROL_UNREACHABLE"),
         (
             HG_ERR_CERTIFICATE_NOT_TRUSTED,
@@ -241,5 +245,10 @@ mod tests {
         assert_eq!(status_name(24), c"HG_ERR_REVOKED");
         assert_eq!(status_name(12345), c"HG_ERR_UNKNOWN");
         assert_eq!(code_of(ErrorKind::DataPath), hg_status::HG_ERR_TUNNEL);
+        assert_eq!(status_name(26), c"HG_ERR_CODE_DENIED");
+        assert_eq!(
+            code_of(ErrorKind::CodeExpired),
+            hg_status::HG_ERR_CODE_EXPIRED
+        );
     }
 }

@@ -21,7 +21,9 @@
 //! and `hg_session_poll_event` wait on it, and the runtime's task is the
 //! only writer of the session's progress (through [`Tracker`]).
 
-use client_shim::{Credentials, Session, SessionEvent, ShimConfig, Trust};
+use client_shim::{
+    CodeNotice, CodeStep, Credentials, DeviceIdentity, Session, SessionEvent, ShimConfig, Trust,
+};
 use std::collections::VecDeque;
 use std::ffi::{c_void, CString};
 use std::net::SocketAddr;
@@ -67,11 +69,23 @@ struct Settings {
     control_url: String,
     trust: Trust,
     server: String,
-    credentials: Option<Credentials>,
+    credentials: Option<SignIn>,
     service: Option<String>,
     listen: SocketAddr,
     /// Tells the current run to stop.
     stop: Option<watch::Sender<bool>>,
+}
+
+/// How the app's user signs in.
+#[derive(Debug, Clone)]
+pub(crate) enum SignIn {
+    /// A password or a token, as the shim takes them.
+    Shim(Credentials),
+    /// By code: the device's name, and the file for its credential.
+    Code {
+        device_name: String,
+        device_file: Option<std::path::PathBuf>,
+    },
 }
 
 /// The app's callback. Raw pointers are not `Send`; the app promised, by
@@ -101,6 +115,10 @@ struct Status {
     callback: Option<Callback>,
     /// The handle is being freed: the events thread ends.
     closing: bool,
+    /// Which run is current: a run that ended may still be winding down
+    /// (its task reports `stopped` after a stop) while the app starts the
+    /// next one; only the current run's reports count.
+    run: u64,
 }
 
 /// What the caller's threads, the runtime's task and the events thread
@@ -112,6 +130,23 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// An idle session's state, no run yet.
+    fn new() -> Shared {
+        Shared {
+            status: Mutex::new(Status {
+                tracker: Tracker::new(),
+                queue: VecDeque::new(),
+                missed: 0,
+                to_deliver: VecDeque::new(),
+                delivering: false,
+                callback: None,
+                closing: false,
+                run: 0,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
     /// The lock, even after a panic elsewhere poisoned it: every change
     /// under it is a whole `Tracker` step, so the state stays coherent.
     fn lock(&self) -> MutexGuard<'_, Status> {
@@ -139,9 +174,19 @@ impl Shared {
             .0)
     }
 
-    /// Applies one step to the tracker and publishes the event it makes.
-    fn apply(&self, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
+    /// Starts run number `run` with `step` (the tracker's `starting`).
+    fn begin(&self, run: u64, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
+        self.lock().run = run;
+        self.apply(run, step);
+    }
+
+    /// Applies one step of run `run` to the tracker and publishes the
+    /// event it makes; a step of an earlier run is dropped.
+    fn apply(&self, run: u64, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
         let mut st = self.lock();
+        if st.run != run {
+            return;
+        }
         if let Some(u) = step(&mut st.tracker) {
             if st.queue.len() == POLL_QUEUE {
                 st.queue.pop_front();
@@ -165,12 +210,25 @@ pub(crate) struct OwnedEvent {
     event: hg_event,
     message: CString,
     local_addr: Option<CString>,
+    /// Sign-in by code: user code, link, complete link.
+    code: Option<[CString; 3]>,
 }
 
 impl OwnedEvent {
     fn new(u: &Update, missed: u64) -> Box<OwnedEvent> {
         let message = c_string(&u.message);
         let local_addr = u.local_addr.map(|a| c_string(&a.to_string()));
+        let code = u.prompt.as_ref().map(|p| {
+            [
+                c_string(&p.user_code),
+                c_string(&p.verification_uri),
+                c_string(&p.verification_uri_complete),
+            ]
+        });
+        let code_ptr = |i: usize| {
+            code.as_ref()
+                .map_or(std::ptr::null(), |c: &[CString; 3]| c[i].as_ptr())
+        };
         let event = hg_event {
             kind: u.kind,
             state: u.state,
@@ -180,8 +238,9 @@ impl OwnedEvent {
             missed,
             message: message.as_ptr(),
             local_addr: local_addr.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
-            user_code: std::ptr::null(),
-            verification_uri: std::ptr::null(),
+            user_code: code_ptr(0),
+            verification_uri: code_ptr(1),
+            verification_uri_complete: code_ptr(2),
         };
         // The pointers are to the CStrings' heap buffers, which do not
         // move when the box is built.
@@ -189,6 +248,7 @@ impl OwnedEvent {
             event,
             message,
             local_addr,
+            code,
         })
     }
 
@@ -234,18 +294,7 @@ impl hg_session {
                     format!("cannot start the session's runtime: {e}"),
                 )
             })?;
-        let shared = Arc::new(Shared {
-            status: Mutex::new(Status {
-                tracker: Tracker::new(),
-                queue: VecDeque::new(),
-                missed: 0,
-                to_deliver: VecDeque::new(),
-                delivering: false,
-                callback: None,
-                closing: false,
-            }),
-            changed: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new());
         let s = shared.clone();
         let events_thread = std::thread::Builder::new()
             .name("hushgate-events".into())
@@ -287,7 +336,7 @@ impl hg_session {
         Ok(settings)
     }
 
-    pub(crate) fn set_credentials(&self, c: Credentials) -> Result<(), Error> {
+    pub(crate) fn set_credentials(&self, c: SignIn) -> Result<(), Error> {
         self.settings_when_idle("the credential")?.credentials = Some(c);
         Ok(())
     }
@@ -320,10 +369,39 @@ impl hg_session {
                 "the session is already running; stop it first",
             ));
         }
-        let Some(credentials) = settings.credentials.clone() else {
+        let Some(sign_in) = settings.credentials.clone() else {
             return Err(Error::bad_state(
                 "no credential: call hg_session_set_credential before hg_session_start",
             ));
+        };
+        let run_id = self.shared.lock().run + 1;
+        let (credentials, device) = match sign_in {
+            SignIn::Shim(c) => (c, None),
+            SignIn::Code {
+                device_name,
+                device_file,
+            } => {
+                // The code and the approval become events of this run.
+                let shared = self.shared.clone();
+                let notice = CodeNotice(Arc::new(move |step: &CodeStep| match step {
+                    CodeStep::Show(p) => {
+                        let until = time::OffsetDateTime::now_utc() + p.expires_in;
+                        shared.apply(run_id, |t| t.waiting_for_code(p, until));
+                    }
+                    CodeStep::Approved => shared.apply(run_id, Tracker::code_approved),
+                }));
+                let device = device_file.map(|file| DeviceIdentity {
+                    file,
+                    name: device_name.clone(),
+                });
+                (
+                    Credentials::Code {
+                        device_name,
+                        notice,
+                    },
+                    device,
+                )
+            }
         };
         let config = ShimConfig {
             control_url: settings.control_url.clone(),
@@ -332,17 +410,25 @@ impl hg_session {
             server: settings.server.clone(),
             service: settings.service.clone(),
             listen: settings.listen,
-            device: None,
+            device,
             on_waiting: None,
         };
         let (stop_tx, stop_rx) = watch::channel(false);
         let (url, server) = (settings.control_url.clone(), settings.server.clone());
-        self.shared.apply(|t| Some(t.starting(&url, &server)));
+        self.shared
+            .begin(run_id, |t| Some(t.starting(&url, &server)));
         let runtime = self
             .runtime
             .as_ref()
             .ok_or_else(|| Error::bad_state("the session is being freed"))?;
-        let task = runtime.spawn(run(self.shared.clone(), config, stop_rx));
+        let task = runtime.spawn(run(
+            Run {
+                shared: self.shared.clone(),
+                id: run_id,
+            },
+            config,
+            stop_rx,
+        ));
         // A panic in the run (a bug) must still end the run, or a stop
         // would wait for it in vain.
         let shared = self.shared.clone();
@@ -350,7 +436,7 @@ impl hg_session {
             if let Err(e) = task.await {
                 if e.is_panic() {
                     let err = panic_error("the session's task", e.into_panic());
-                    shared.apply(|t| t.failed(err.code, err.message));
+                    shared.apply(run_id, |t| t.failed(err.code, err.message));
                 }
             }
         });
@@ -497,7 +583,20 @@ fn deliver_events(shared: &Shared) {
 
 /// One run of the session, on the runtime: connect, then follow the
 /// shim's events until the end or a stop.
-async fn run(shared: Arc<Shared>, config: ShimConfig, mut stop: watch::Receiver<bool>) {
+/// One run's handle on the shared state: its reports count only while it
+/// is the current run.
+struct Run {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Run {
+    fn apply(&self, step: impl FnOnce(&mut Tracker) -> Option<Update>) {
+        self.shared.apply(self.id, step);
+    }
+}
+
+async fn run(shared: Run, config: ShimConfig, mut stop: watch::Receiver<bool>) {
     // A stop while connecting abandons the attempt (the shim revokes an
     // admission it could not bring up; one granted in the last instant
     // expires at the gateway with its lifetime, its key already gone).
@@ -564,6 +663,29 @@ mod tests {
     use super::*;
     use crate::abi::hg_event_kind;
 
+    /// A run that ended (revoked) and was then stopped keeps winding
+    /// down on the runtime; if the app starts the next run meanwhile, the
+    /// old run's late "stopped" must not end the new one.
+    #[test]
+    fn a_late_report_of_an_earlier_run_is_dropped() {
+        let shared = Shared::new();
+        shared.begin(1, |t| Some(t.starting("https://cp", "den")));
+        shared.apply(1, |t| t.failed(hg_status::HG_ERR_REVOKED, "revoked".into()));
+        shared.begin(2, |t| Some(t.starting("https://cp", "den")));
+        shared.apply(1, Tracker::stopped);
+        let st = shared.lock();
+        assert_eq!(st.tracker.state(), hg_state::HG_STATE_CONNECTING);
+        let kinds: Vec<_> = st.queue.iter().map(|u| u.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                hg_event_kind::HG_EVENT_CONNECTING,
+                hg_event_kind::HG_EVENT_REVOKED,
+                hg_event_kind::HG_EVENT_CONNECTING
+            ]
+        );
+    }
+
     #[test]
     fn an_owned_event_points_at_its_own_strings() {
         let u = Update {
@@ -574,6 +696,7 @@ mod tests {
             expires_at: Some(time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap()),
             message: "ready".into(),
             local_addr: Some("127.0.0.1:9".parse().unwrap()),
+            prompt: None,
         };
         let e = OwnedEvent::new(&u, 3);
         let p = e.as_ptr();

@@ -9,7 +9,7 @@
 //! final state is reached (revoked, failed, stopped) nothing changes it
 //! until the next start.
 
-use client_shim::{EndReason, SessionEvent, SessionInfo};
+use client_shim::{CodePrompt, EndReason, SessionEvent, SessionInfo};
 use std::net::SocketAddr;
 use time::OffsetDateTime;
 
@@ -26,6 +26,8 @@ pub(crate) struct Update {
     pub(crate) expires_at: Option<OffsetDateTime>,
     pub(crate) message: String,
     pub(crate) local_addr: Option<SocketAddr>,
+    /// Sign-in by code: what to show while waiting for the approval.
+    pub(crate) prompt: Option<CodePrompt>,
 }
 
 /// Where one session is, across its runs.
@@ -90,6 +92,7 @@ impl Tracker {
             expires_at: self.expires_at,
             message,
             local_addr: self.local_addr,
+            prompt: None,
         }
     }
 
@@ -101,6 +104,42 @@ impl Tracker {
             hg_state::HG_STATE_CONNECTING,
             format!("signing in at {control_url} for server '{server}'"),
         )
+    }
+
+    /// Sign-in by code: a code to show, valid until `expires_at`.
+    pub(crate) fn waiting_for_code(
+        &mut self,
+        prompt: &CodePrompt,
+        expires_at: OffsetDateTime,
+    ) -> Option<Update> {
+        if self.state != hg_state::HG_STATE_CONNECTING {
+            return None;
+        }
+        let mut u = self.update(
+            hg_event_kind::HG_EVENT_WAITING_FOR_APPROVAL,
+            hg_state::HG_STATE_WAITING_FOR_APPROVAL,
+            format!(
+                "to sign in, open {} on a phone or computer and enter the code {} (valid until {})",
+                prompt.verification_uri,
+                prompt.user_code,
+                rfc3339(expires_at)
+            ),
+        );
+        u.expires_at = Some(expires_at);
+        u.prompt = Some(prompt.clone());
+        Some(u)
+    }
+
+    /// Sign-in by code: the code was approved; connecting goes on.
+    pub(crate) fn code_approved(&mut self) -> Option<Update> {
+        if self.state != hg_state::HG_STATE_WAITING_FOR_APPROVAL {
+            return None;
+        }
+        Some(self.update(
+            hg_event_kind::HG_EVENT_CONNECTING,
+            hg_state::HG_STATE_CONNECTING,
+            "the code was approved; asking for access".into(),
+        ))
     }
 
     /// The shim's session is up (the first handshake was answered).

@@ -628,3 +628,101 @@ async fn a_friend_makes_a_wireguard_app_configuration_in_the_console() {
     let _ = friend.c.close().await;
     w.stop().await;
 }
+
+/// Sign-in by code from the console: `hushgate connect --code` (a TV
+/// box, say) prints a link and a code; the friend opens the link in a
+/// browser that is not signed in, signs in, lands back on the code page
+/// with the code filled in, and approves it; the box's session comes up
+/// and a download through it is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tv_box_signs_in_by_code_approved_in_the_console() {
+    let driver = Chromedriver::start().await;
+    let w = support::World::start(support::Options::default()).await;
+    let url = w.control_url.clone();
+    let spki = spki_pin(&w.ca.with_file_name("ca-key.pem"));
+    let mut connect = tokio::process::Command::new(env!("CARGO_BIN_EXE_hushgate"))
+        .args(["connect", "--code", "--control", &url, "--ca"])
+        .arg(&w.ca)
+        .args(["--server", support::SERVER, "--listen", "127.0.0.1:0"])
+        .arg("--device-file")
+        .arg(w.dir.path().join("tv-device"))
+        .args(["--device-name", "living-room TV box"])
+        .env_remove("HUSHGATE_PASSWORD")
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let mut out = BufReader::new(connect.stdout.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = out.next_line().await {
+            let _ = tx.send(l);
+        }
+    });
+    let mut seen = Vec::new();
+    let shown = line_with(&mut lines, &mut seen, "to sign in, open ").await;
+    let rest = shown.strip_prefix("to sign in, open ").unwrap();
+    let uri = rest.split_whitespace().next().unwrap().to_string();
+    assert_eq!(uri, format!("{url}/device"));
+    let code = rest
+        .split("enter the code ")
+        .nth(1)
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap()
+        .to_string();
+
+    let friend = driver
+        .browser(&w.dir.path().join("friend-browser"), &spki)
+        .await;
+    friend.goto(&format!("{uri}?code={code}")).await;
+    assert_eq!(
+        friend.path().await,
+        "/signin",
+        "not signed in: sign in first"
+    );
+    friend.fill("#username", support::USER).await;
+    friend.fill("#password", support::PASSWORD).await;
+    friend.submit("#signin").await;
+    let filled = friend
+        .find("#user-code")
+        .await
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    assert_eq!(
+        filled, code,
+        "back on the code page with the code filled in"
+    );
+    assert_eq!(friend.path().await, "/device");
+    friend.screenshot("device.png").await;
+    friend.submit("#device-code").await;
+    let decided = friend.text("#device-decided").await;
+    assert!(
+        decided.contains("Approved") && decided.contains("living-room TV box"),
+        "{decided}"
+    );
+
+    let ready = line_with(&mut lines, &mut seen, "ready: http://").await;
+    let local: SocketAddr = ready["ready: http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = tokio::task::spawn_blocking(move || get(local, "/file", None, Reading::Fast))
+        .await
+        .unwrap()
+        .expect("a download through the box's tunnel");
+    assert!(body == *w.upstream.file, "the file arrived intact");
+    // The code was used: approving it again is refused, and says so.
+    friend.goto(&format!("{uri}?code={code}")).await;
+    friend.submit("#device-code").await;
+    assert!(!friend.find("#error").await.text().await.unwrap().is_empty());
+
+    let _ = friend.c.close().await;
+    let _ = connect.start_kill();
+    w.stop().await;
+}

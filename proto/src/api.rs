@@ -73,6 +73,94 @@ impl std::fmt::Debug for LoginResponse {
     }
 }
 
+/// `POST /v1/device-codes`: a device without a keyboard asks to be
+/// signed in by code (RFC 8628's device authorization request).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCodeRequest {
+    /// What the approving user sees and the device is registered as
+    /// ("living-room TV").
+    pub device_name: String,
+}
+
+/// The answer to [`DeviceCodeRequest`] (RFC 8628, section 3.2).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct DeviceCodeGrant {
+    /// The device's secret for polling; never shown to anyone.
+    pub device_code: String,
+    /// What the device shows, `XXXX-XXXX`.
+    pub user_code: String,
+    /// Where the user types the code (`{control plane}/device`).
+    pub verification_uri: String,
+    /// The same with the code in it, for a QR code.
+    pub verification_uri_complete: String,
+    /// Seconds until both codes stop working.
+    pub expires_in: u64,
+    /// Least seconds between two polls.
+    pub interval: u64,
+}
+
+impl std::fmt::Debug for DeviceCodeGrant {
+    // The device code never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCodeGrant")
+            .field("device_code", &"<hidden>")
+            .field("user_code", &self.user_code)
+            .field("verification_uri", &self.verification_uri)
+            .field("expires_in", &self.expires_in)
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+/// `POST /v1/device-codes/token`: the device's poll.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCodePoll {
+    pub device_code: String,
+}
+
+impl std::fmt::Debug for DeviceCodePoll {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceCodePoll(..)")
+    }
+}
+
+/// `POST /v1/device-codes/approve` and `/deny`: a signed-in user's
+/// decision on the code a device shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceCodeDecision {
+    /// As shown, with or without the dash, any case.
+    pub user_code: String,
+}
+
+/// What a decision was about.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceCodeDecided {
+    /// The name the device asked to be registered as.
+    pub device_name: String,
+    /// The address the device asked from.
+    pub source: String,
+    pub approved: bool,
+}
+
+/// `POST /v1/login/device`: a device registered by a code sign-in signs
+/// in again with its credential alone.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceLogin {
+    pub device_credential: String,
+}
+
+impl std::fmt::Debug for DeviceLogin {
+    // The secret never reaches logs through `{:?}`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceLogin(..)")
+    }
+}
+
 /// How a client wants to reach the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

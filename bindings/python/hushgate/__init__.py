@@ -16,6 +16,23 @@ the system's library search (``ctypes.util.find_library``).
         for event in session.events():      # until the session ends
             print(event.kind.name, event.message)
 
+A TV or player without a keyboard signs in by code instead: give
+``device_name=`` (and ``device_file=`` to remember the device), watch for
+the ``WAITING_FOR_APPROVAL`` event and show its ``user_code`` and
+``verification_uri``; a user approves the code on a phone, the session
+goes on by itself:
+
+    def show(event):
+        if event.kind == hushgate.EventKind.WAITING_FOR_APPROVAL:
+            print(f"open {event.verification_uri} and enter {event.user_code}")
+
+    with hushgate.Session(url, "living-room", ca_pem=ca,
+                          device_name="living-room TV",
+                          device_file="/var/lib/player/hushgate-device",
+                          on_event=show) as session:
+        session.start()
+        session.wait_ready(timeout=600)
+
 Every failure raises :class:`HushgateError` with the library's code and
 message. Callbacks (``on_event=``) run on the session's own thread (see
 docs/embedding.md); ``events()`` polls from the calling thread. Both see
@@ -61,6 +78,8 @@ class Status(enum.IntEnum):
     RATE_LIMITED = 22
     NO_ACCESS = 23
     REVOKED = 24
+    CODE_EXPIRED = 25
+    CODE_DENIED = 26
     CONTROL_UNREACHABLE = 30
     CERTIFICATE_NOT_TRUSTED = 31
     GATEWAY_OFFLINE = 32
@@ -143,6 +162,7 @@ class _Event(ctypes.Structure):
         ("local_addr", ctypes.c_char_p),
         ("user_code", ctypes.c_char_p),
         ("verification_uri", ctypes.c_char_p),
+        ("verification_uri_complete", ctypes.c_char_p),
     ]
 
 
@@ -163,6 +183,7 @@ class Event:
     local_addr: Optional[str]
     user_code: Optional[str]
     verification_uri: Optional[str]
+    verification_uri_complete: Optional[str]
 
     @classmethod
     def _from(cls, e: _Event) -> "Event":
@@ -184,6 +205,7 @@ class Event:
             local_addr=s(e.local_addr),
             user_code=s(e.user_code),
             verification_uri=s(e.verification_uri),
+            verification_uri_complete=s(e.verification_uri_complete),
         )
 
 
@@ -260,8 +282,11 @@ class Session:
     """One hushgate session: a local address that behaves like the media
     server while the admission lasts.
 
-    Give ``user`` and ``password``, or ``token`` (a login token). The
-    strings are copied into the library at once. ``on_event(event)`` is
+    Give ``user`` and ``password``, or ``token`` (a login token), or
+    ``device_name`` to sign in by code (with ``device_file``, where the
+    device's credential is kept, 0600, for later starts; without it each
+    start shows a new code). The strings are copied into the library at
+    once. ``on_event(event)`` is
     called on the session's own thread for every event; it must not call
     :meth:`stop` or :meth:`close`.
     """
@@ -275,6 +300,8 @@ class Session:
         user: Optional[str] = None,
         password: Optional[str] = None,
         token: Optional[str] = None,
+        device_name: Optional[str] = None,
+        device_file: Optional[str] = None,
         service: Optional[str] = None,
         listen: Optional[str] = None,
         on_event: Optional[Callable[[Event], None]] = None,
@@ -283,7 +310,16 @@ class Session:
         handle = ctypes.c_void_p()
         _check(_lib.hg_session_new(_b(control_url), _b(ca_pem), _b(server), ctypes.byref(handle)))
         self._h = handle
-        if token is not None:
+        if device_name is not None:
+            _check(
+                _lib.hg_session_set_credential(
+                    self._h,
+                    CredentialKind.DEVICE_CODE,
+                    _b(device_name),
+                    _b(None if device_file is None else os.fspath(device_file)),
+                )
+            )
+        elif token is not None:
             _check(_lib.hg_session_set_credential(self._h, CredentialKind.TOKEN, None, _b(token)))
         elif user is not None and password is not None:
             _check(
@@ -293,7 +329,7 @@ class Session:
             )
         else:
             self.close()
-            raise ValueError("give user and password, or token")
+            raise ValueError("give user and password, token, or device_name")
         if service is not None:
             _check(_lib.hg_session_set_service(self._h, _b(service)))
         if listen is not None:

@@ -4,7 +4,11 @@ Settings come from the environment (HG_CONTROL_URL, HG_CA_FILE, HG_USER,
 HG_PASSWORD, HG_SERVER, HG_PATH, HG_SHA256; HUSHGATE_FFI_LIB points at the
 library). It signs in, downloads HG_PATH through the local address and
 checks its sha256, prints "DOWNLOADED <sha256>", then waits for the
-revocation the test makes and checks it is seen everywhere. Exit 0 only
+revocation the test makes and checks it is seen everywhere. With
+HG_SIGN_IN=code it signs in by code instead (HG_DEVICE_FILE keeps the
+device's credential): it prints "CODE <user code> <link>" for the test to
+approve, and after the revocation starts again, signed in by the saved
+credential without a new code. Exit 0 only
 if every check held. No pytest: plain asserts, so the test harness needs
 nothing but python3.
 """
@@ -92,7 +96,26 @@ def main():
 
     seen = []
     threads = set()
-    with session(user=env["HG_USER"], password=env["HG_PASSWORD"], on_event=lambda ev: (seen.append(ev), threads.add(threading.get_ident()))) as s:
+    by_code = env.get("HG_SIGN_IN") == "code"
+
+    def on_event(ev):
+        seen.append(ev)
+        threads.add(threading.get_ident())
+        if ev.kind == EventKind.WAITING_FOR_APPROVAL:
+            assert ev.state == State.WAITING_FOR_APPROVAL, ev
+            assert re.fullmatch(r"[A-Z]{4}-[A-Z]{4}", ev.user_code), ev
+            assert ev.verification_uri.startswith("https://"), ev
+            assert ev.user_code in ev.verification_uri_complete, ev
+            assert ev.expires_at is not None, ev
+            print("CODE", ev.user_code, ev.verification_uri_complete, flush=True)
+        else:
+            assert ev.user_code is None and ev.verification_uri is None, ev
+
+    if by_code:
+        creds = dict(device_name="python player", device_file=env.get("HG_DEVICE_FILE"))
+    else:
+        creds = dict(user=env["HG_USER"], password=env["HG_PASSWORD"])
+    with session(on_event=on_event, **creds) as s:
         assert s.state == State.IDLE
         s.start()
         addr = s.wait_ready(timeout=60)
@@ -114,10 +137,27 @@ def main():
         except HushgateError as e:
             assert e.code == Status.BAD_STATE, e
         s.stop()  # an ended session: nothing to do, and every callback is done
+        kinds = [e.kind for e in seen]
+        assert kinds[0] == EventKind.CONNECTING and EventKind.READY in kinds, kinds
+        assert kinds[-1] == EventKind.REVOKED, kinds
+        if by_code:
+            assert kinds[:3] == [
+                EventKind.CONNECTING,
+                EventKind.WAITING_FOR_APPROVAL,
+                EventKind.CONNECTING,
+            ], kinds
+            assert oct(os.stat(env["HG_DEVICE_FILE"]).st_mode & 0o777) == "0o600"
+            # Started again: the saved credential signs in, no new code.
+            del seen[:]
+            s.start()
+            addr = s.wait_ready(timeout=60)
+            n, digest = download(addr, env["HG_PATH"])
+            assert digest == env["HG_SHA256"], (digest, env["HG_SHA256"])
+            s.stop()
+            kinds = [e.kind for e in seen]
+            assert EventKind.WAITING_FOR_APPROVAL not in kinds, kinds
+            print("SIGNED IN AGAIN by the device file", flush=True)
 
-    kinds = [e.kind for e in seen]
-    assert kinds[0] == EventKind.CONNECTING and EventKind.READY in kinds, kinds
-    assert kinds[-1] == EventKind.REVOKED, kinds
     assert threading.get_ident() not in threads, "a callback ran on the caller's thread"
     print("REVOKED seen by events() and the callback", flush=True)
 

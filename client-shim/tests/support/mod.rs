@@ -514,6 +514,9 @@ impl World {
             dir.path().join("control"),
             control::Settings {
                 login_per_minute: 1000,
+                // Sign-in by code: a device polls once a second, so a
+                // test's approval is seen at once.
+                device_code_interval: Duration::from_secs(1),
                 ..Default::default()
             },
         )

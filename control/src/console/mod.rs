@@ -108,6 +108,7 @@ pub fn router() -> Router<Arc<AppState>> {
             post(p::revoke_admission),
         )
         .route("/shared", get(p::shared))
+        .route("/device", get(p::device_page).post(p::device_decide))
         .route(
             "/shared/{name}/wireguard",
             get(p::wireguard_page).post(p::wireguard_admit),
@@ -147,6 +148,8 @@ pub fn pages() -> Vec<(&'static str, &'static str)> {
         ("POST", "/servers/{name}/devices/{id}"),
         ("POST", "/servers/{name}/admissions/{id}/revoke"),
         ("GET", "/shared"),
+        ("GET", "/device"),
+        ("POST", "/device"),
         ("GET", "/shared/{name}/wireguard"),
         ("POST", "/shared/{name}/wireguard"),
     ]

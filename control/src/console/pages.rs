@@ -101,6 +101,8 @@ struct SigninPage {
     /// Carried to the second step in the form (no half-signed-in state
     /// is kept on the server; the page is never cached).
     password: String,
+    /// A local path to go to once signed in (the sign-in code page).
+    next: String,
     error: Option<String>,
 }
 
@@ -111,9 +113,32 @@ pub(super) async fn home(State(st): St, headers: HeaderMap) -> Page {
     })
 }
 
-pub(super) async fn signin_page(State(st): St, headers: HeaderMap) -> Page {
+/// Where to go after signing in: a path on this site only (never
+/// another origin: `//host` or a backslash would leave it).
+fn local_next(next: Option<&str>) -> Option<String> {
+    let n = next?;
+    let ok = n.starts_with('/')
+        && !n.starts_with("//")
+        && n.len() <= 200
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/?=&-_.%".contains(c));
+    ok.then(|| n.to_string())
+}
+
+#[derive(Deserialize)]
+pub(super) struct NextQuery {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+pub(super) async fn signin_page(
+    State(st): St,
+    headers: HeaderMap,
+    Query(q): Query<NextQuery>,
+) -> Page {
+    let next = local_next(q.next.as_deref());
     if visitor(&st, &headers).await?.is_some() {
-        return Ok(see_other("/servers"));
+        return Ok(see_other(next.as_deref().unwrap_or("/servers")));
     }
     let (pre, set) = presession(&headers);
     let page = SigninPage {
@@ -125,6 +150,7 @@ pub(super) async fn signin_page(State(st): St, headers: HeaderMap) -> Page {
         totp_step: false,
         username: String::new(),
         password: String::new(),
+        next: next.unwrap_or_default(),
         error: None,
     };
     Ok(with_cookies(render(StatusCode::OK, &page), set))
@@ -137,6 +163,8 @@ pub(super) struct SigninForm {
     password: String,
     #[serde(default)]
     totp: Option<String>,
+    #[serde(default)]
+    next: Option<String>,
 }
 
 /// Signs in through the API's login (its throttle, its audit, its
@@ -184,8 +212,13 @@ pub(super) async fn signin(
 ) -> Page {
     check_presession(&headers, &f.csrf)?;
     let (username, password) = (f.username.clone(), f.password.clone());
+    let next = local_next(f.next.as_deref());
     match sign_in(&st, peer, &headers, f.username, f.password, f.totp).await {
-        Ok(token) => Ok(signed_in(&st, &token, "/servers")),
+        Ok(token) => Ok(signed_in(
+            &st,
+            &token,
+            next.as_deref().unwrap_or("/servers"),
+        )),
         Err(e) => {
             let totp_step = matches!(e.code, "totp_required" | "totp_wrong");
             let page = SigninPage {
@@ -197,6 +230,7 @@ pub(super) async fn signin(
                 totp_step,
                 username,
                 password: if totp_step { password } else { String::new() },
+                next: next.unwrap_or_default(),
                 error: (e.code != "totp_required").then_some(e.message),
             };
             let status = if e.code == "totp_required" {
@@ -1112,4 +1146,122 @@ pub(super) async fn wireguard_admit(
     }
     .await;
     Ok(answer.unwrap_or_else(IntoResponse::into_response))
+}
+
+#[derive(Template)]
+#[template(path = "device.html")]
+struct DevicePage {
+    l: Layout,
+    code: String,
+    decided: Option<String>,
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct CodeQuery {
+    #[serde(default)]
+    code: Option<String>,
+}
+
+/// Sign-in by code (docs/api.md, "Sign-in by code"): the page a TV's or
+/// player's link opens, where a signed-in account types (or finds filled
+/// in) the code the device shows and approves or denies it. Not signed
+/// in, it goes through the sign-in page and comes back with the code.
+pub(super) async fn device_page(
+    State(st): St,
+    headers: HeaderMap,
+    Query(q): Query<CodeQuery>,
+) -> Page {
+    let code: String = q
+        .code
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(16)
+        .collect();
+    let Some(v) = visitor(&st, &headers).await? else {
+        let back = if code.is_empty() {
+            "/device".to_string()
+        } else {
+            format!("/device?code={code}")
+        };
+        let next = percent_encode(&back);
+        return Ok(see_other(&format!("/signin?next={next}")));
+    };
+    Ok(render(
+        StatusCode::OK,
+        &DevicePage {
+            l: v.layout("Sign in a device"),
+            code,
+            decided: None,
+            error: None,
+        },
+    ))
+}
+
+/// `?` and `=` of a path carried in a query.
+fn percent_encode(path: &str) -> String {
+    path.replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('=', "%3D")
+        .replace('&', "%26")
+}
+
+#[derive(Deserialize)]
+pub(super) struct DeviceForm {
+    csrf: String,
+    #[serde(default)]
+    user_code: String,
+    #[serde(default)]
+    decision: String,
+}
+
+/// Approves or denies the code through the API's own route (its
+/// throttle, its two-factor rule, its audit).
+pub(super) async fn device_decide(
+    State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    v: Visitor,
+    Form(f): Form<DeviceForm>,
+) -> Page {
+    v.check_csrf(&f.csrf)?;
+    let approve = f.decision != "deny";
+    let body = Ok(Json(DeviceCodeDecision {
+        user_code: f.user_code.clone(),
+    }));
+    let answer = if approve {
+        crate::device_code::approve_route(State(st), ConnectInfo(peer), v.api.clone(), body).await
+    } else {
+        crate::device_code::deny_route(State(st), ConnectInfo(peer), v.api.clone(), body).await
+    };
+    let (status, decided, error, code) = match answer {
+        Ok(Json(d)) if d.approved => (
+            StatusCode::OK,
+            Some(format!(
+                "Approved: '{}' (asked from {}) is signed in as you and goes on by itself. Remove it on your account page when you no longer use it.",
+                d.device_name, d.source
+            )),
+            None,
+            String::new(),
+        ),
+        Ok(Json(d)) => (
+            StatusCode::OK,
+            Some(format!(
+                "Denied: '{}' (asked from {}) is not signed in.",
+                d.device_name, d.source
+            )),
+            None,
+            String::new(),
+        ),
+        Err(e) => (e.status, None, Some(e.message), f.user_code),
+    };
+    Ok(render(
+        status,
+        &DevicePage {
+            l: v.layout("Sign in a device"),
+            code,
+            decided,
+            error,
+        },
+    ))
 }

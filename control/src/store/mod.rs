@@ -64,12 +64,14 @@
 //! 4. Test it: the API tests run against both engines (`control/tests`,
 //!    the `both_engines!` macro); a unit test in [`queries`] may too.
 
+mod device_codes;
 pub mod postgres;
 mod queries;
 mod sql;
 pub mod sqlite;
 mod tenancy;
 
+pub use device_codes::*;
 pub use postgres::DatabaseUrl;
 pub use queries::*;
 pub use sql::{check_parameter_order, Cell, Row, Value};

@@ -750,6 +750,27 @@ CREATE TABLE device_approvals (
 CREATE INDEX device_approvals_server ON device_approvals(server_id, state);
 ALTER TABLE admissions ADD COLUMN device_id TEXT;
 "#,
+    r#"
+-- Version 4: sign-in by code (SQLite's version 6).
+CREATE TABLE device_codes (
+    id TEXT PRIMARY KEY,
+    device_hash BYTEA NOT NULL UNIQUE,
+    user_hash BYTEA NOT NULL UNIQUE,
+    device_name TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    interval_ms BIGINT NOT NULL,
+    last_poll BIGINT,
+    state TEXT NOT NULL,
+    user_id BIGINT REFERENCES users(id) ON DELETE CASCADE,
+    mfa BOOLEAN NOT NULL DEFAULT FALSE,
+    decided_at BIGINT
+);
+CREATE INDEX device_codes_expiry ON device_codes(expires_at);
+ALTER TABLE devices ADD COLUMN sign_in BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE devices ADD COLUMN sign_in_mfa BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
 ];
 
 /// The schema version this binary brings a database to.

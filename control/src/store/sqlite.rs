@@ -349,9 +349,34 @@ CREATE INDEX device_approvals_server ON device_approvals(server_id, state);
 ALTER TABLE admissions ADD COLUMN device_id TEXT;
 "#;
 
+/// Version 6: sign-in by code (RFC 8628's device authorization grant):
+/// pending codes, both stored as hashes; devices made by a code sign-in
+/// sign in with their credential alone. PostgreSQL's migration 4 is the
+/// same.
+const SCHEMA_V6: &str = r#"
+CREATE TABLE device_codes (
+    id TEXT PRIMARY KEY,
+    device_hash BLOB NOT NULL UNIQUE,
+    user_hash BLOB NOT NULL UNIQUE,
+    device_name TEXT NOT NULL,
+    source TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    interval_ms INTEGER NOT NULL,
+    last_poll INTEGER,
+    state TEXT NOT NULL,
+    user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    mfa INTEGER NOT NULL DEFAULT 0,
+    decided_at INTEGER
+);
+CREATE INDEX device_codes_expiry ON device_codes(expires_at);
+ALTER TABLE devices ADD COLUMN sign_in INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE devices ADD COLUMN sign_in_mfa INTEGER NOT NULL DEFAULT 0;
+"#;
+
 /// The schema version `migrate` brings a database to (`PRAGMA
 /// user_version`). Add a step below and raise this to change the schema.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Brings a database made by an older control plane (or a new, empty
 /// one) to [`SCHEMA_VERSION`], in one transaction. A database of a newer
@@ -382,6 +407,9 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     }
     if version < 5 {
         tx.execute_batch(SCHEMA_V5)?;
+    }
+    if version < 6 {
+        tx.execute_batch(SCHEMA_V6)?;
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;

@@ -393,3 +393,48 @@ impl Drop for FeedFollower {
         self.task.abort();
     }
 }
+
+/// A raw call: (status, JSON body or Null), with `token` as bearer.
+pub async fn send(
+    c: &ControlClient,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut r = c
+        .http()
+        .request(method, format!("{}{path}", c.base_url()))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let resp = r.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+pub async fn ok(
+    c: &ControlClient,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let (s, v) = send(c, token, method.clone(), path, body).await;
+    assert!((200..300).contains(&s), "{method} {path} answered {s}: {v}");
+    v
+}
+
+/// Creates the account `name` with the password "password-of-NAME".
+pub async fn add_user(admin: &ControlClient, name: &str) {
+    admin
+        .create_user(&CreateUser {
+            username: name.into(),
+            password: format!("password-of-{name}"),
+            admin: false,
+        })
+        .await
+        .unwrap();
+}

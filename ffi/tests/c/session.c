@@ -15,8 +15,12 @@
  *
  * Settings come from the environment, never argv (the password is a
  * secret): HG_CONTROL_URL, HG_CA_FILE (read into memory and passed as PEM
- * text), HG_USER, HG_PASSWORD, HG_SERVER. Exit 0 only if every check held;
- * a failed check prints "FAIL: ..." and exits 1.
+ * text), HG_USER, HG_PASSWORD, HG_SERVER. With HG_SIGN_IN=code the
+ * sessions sign in by code instead (HG_DEVICE_FILE, if set, keeps the
+ * device's credential): each code shown is printed as
+ * "CODE <user code> <verification_uri_complete>" for the test to approve.
+ * Exit 0 only if every check held; a failed check prints "FAIL: ..." and
+ * exits 1.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -228,6 +232,42 @@ static int http_get(const char *addr, const char *path, size_t *len_out,
 
 /* ------------------------------------------------------------ events */
 
+/* ------------------------------------------------------------ sign-in */
+
+static int code_mode; /* HG_SIGN_IN=code */
+
+/* Checks a sign-in-by-code event's fields (set only on that event) and
+ * prints the code for the test to approve. */
+static void show_code(const hg_event *ev) {
+  if (ev->kind != HG_EVENT_WAITING_FOR_APPROVAL) {
+    CHECK(ev->user_code == NULL && ev->verification_uri == NULL &&
+              ev->verification_uri_complete == NULL,
+          "sign-in-by-code fields are set on event %d", ev->kind);
+    return;
+  }
+  CHECK(code_mode, "a code to approve, but this session signs in by password");
+  CHECK(ev->state == HG_STATE_WAITING_FOR_APPROVAL, "state %d while waiting",
+        ev->state);
+  CHECK(ev->user_code != NULL && strlen(ev->user_code) == 9 &&
+            ev->user_code[4] == '-',
+        "the user code is not XXXX-XXXX");
+  CHECK(ev->verification_uri != NULL &&
+            strncmp(ev->verification_uri, "https://", 8) == 0,
+        "no https verification_uri");
+  CHECK(ev->verification_uri_complete != NULL &&
+            strstr(ev->verification_uri_complete, ev->user_code) != NULL,
+        "verification_uri_complete lacks the code");
+  CHECK(ev->expires_at > 0, "the code's expiry is not set");
+  printf("CODE %s %s\n", ev->user_code, ev->verification_uri_complete);
+  fflush(stdout);
+}
+
+/* A callback that only shows codes (for runs without other checks). */
+static void on_code(const hg_event *ev, void *user_data) {
+  (void)user_data;
+  show_code(ev);
+}
+
 /* What the callback saw; checked by the main thread after each stop. */
 typedef struct {
   pthread_mutex_t lock;
@@ -249,6 +289,7 @@ static void on_event(const hg_event *ev, void *user_data) {
   if (pthread_equal(pthread_self(), s->main_thread)) s->on_main_thread = 1;
   if (ev->kind > 0 && ev->kind < 16) s->count[ev->kind]++;
   pthread_mutex_unlock(&s->lock);
+  show_code(ev);
 
   /* Allowed from a callback: reading the state. Refused: stopping. */
   hg_state st;
@@ -296,8 +337,7 @@ static hg_status poll_until(hg_session *s, hg_event_kind kind, int seconds) {
     fflush(stdout);
     hg_event_kind got = ev->kind;
     hg_status code = ev->code;
-    CHECK(ev->user_code == NULL && ev->verification_uri == NULL,
-          "reserved sign-in-by-code fields are set");
+    show_code(ev);
     hg_event_free(ev);
     if (got == kind) return code;
     if (got == HG_EVENT_FAILED) fail("the session failed while waiting");
@@ -316,9 +356,16 @@ static hg_session *new_session(void) {
                                env("HG_SERVER"), &s),
                 HG_OK);
   CHECK(s != NULL, "hg_session_new gave no handle");
-  EXPECT_STATUS(hg_session_set_credential(s, HG_CREDENTIAL_PASSWORD,
-                                          env("HG_USER"), env("HG_PASSWORD")),
-                HG_OK);
+  if (code_mode) {
+    const char *file = getenv("HG_DEVICE_FILE");
+    EXPECT_STATUS(hg_session_set_credential(s, HG_CREDENTIAL_DEVICE_CODE,
+                                            "c-test player", file),
+                  HG_OK);
+  } else {
+    EXPECT_STATUS(hg_session_set_credential(s, HG_CREDENTIAL_PASSWORD,
+                                            env("HG_USER"), env("HG_PASSWORD")),
+                  HG_OK);
+  }
   return s;
 }
 
@@ -345,8 +392,13 @@ static void argument_checks(void) {
   char *addr = NULL;
   EXPECT_STATUS(hg_session_local_addr(s, &addr), HG_ERR_BAD_STATE);
   EXPECT_STATUS(hg_session_set_credential(s, HG_CREDENTIAL_DEVICE_CODE, NULL,
-                                          "x"),
-                HG_ERR_UNSUPPORTED);
+                                          NULL),
+                HG_ERR_INVALID_ARGUMENT);
+  CHECK(strstr(hg_last_error_message(), "user") != NULL,
+        "the message does not name the missing device name");
+  EXPECT_STATUS(hg_session_set_credential(s, HG_CREDENTIAL_DEVICE_CODE, "tv",
+                                          ""),
+                HG_ERR_INVALID_ARGUMENT);
   EXPECT_STATUS(hg_session_set_credential(s, 42, "u", "p"),
                 HG_ERR_INVALID_ARGUMENT);
   EXPECT_STATUS(hg_session_set_listen(s, "not an address"),
@@ -405,7 +457,10 @@ static int download_revoke(void) {
   EXPECT_STATUS(hg_session_stop(s), HG_OK); /* already ended: no-op */
   seen_check(&seen);
   CHECK(seen.reentry_refused, "hg_session_stop inside the callback was not refused");
-  CHECK(seen_count(&seen, HG_EVENT_CONNECTING) == 1 &&
+  /* By code: the code shown once, and connecting again once approved. */
+  CHECK(seen_count(&seen, HG_EVENT_WAITING_FOR_APPROVAL) == code_mode,
+        "the callback saw %d codes", seen_count(&seen, HG_EVENT_WAITING_FOR_APPROVAL));
+  CHECK(seen_count(&seen, HG_EVENT_CONNECTING) == 1 + code_mode &&
             seen_count(&seen, HG_EVENT_READY) == 1 &&
             seen_count(&seen, HG_EVENT_REVOKED) == 1,
         "the callback saw connecting %d, ready %d, revoked %d",
@@ -418,6 +473,7 @@ static int download_revoke(void) {
 
 static int serve(void) {
   hg_session *s = new_session();
+  if (code_mode) EXPECT_STATUS(hg_session_set_callback(s, on_code, NULL), HG_OK);
   EXPECT_STATUS(hg_session_start(s), HG_OK);
   EXPECT_STATUS(hg_session_wait_ready(s, 60000), HG_OK);
   char *addr = NULL;
@@ -486,6 +542,7 @@ static int cycles(int n) {
   hg_session_free(s);
   /* A free of a running session stops it. */
   s = new_session();
+  if (code_mode) EXPECT_STATUS(hg_session_set_callback(s, on_code, NULL), HG_OK);
   EXPECT_STATUS(hg_session_start(s), HG_OK);
   EXPECT_STATUS(hg_session_wait_ready(s, 120000), HG_OK);
   hg_session_free(s);
@@ -501,6 +558,8 @@ int main(int argc, char **argv) {
   }
   printf("hushgate %s\n", hg_version());
   ca_pem = read_file(env("HG_CA_FILE"));
+  const char *sign_in = getenv("HG_SIGN_IN");
+  code_mode = sign_in != NULL && strcmp(sign_in, "code") == 0;
   int rc;
   if (strcmp(argv[1], "download-revoke") == 0)
     rc = download_revoke();

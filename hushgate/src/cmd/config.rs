@@ -45,6 +45,7 @@ pub struct ControlFile {
     pub metrics_listen: Option<String>,
     pub metrics_per_server: Option<bool>,
     pub metrics_not_loopback: Option<bool>,
+    pub public_url: Option<String>,
     #[serde(default)]
     pub probe_source: Vec<std::net::IpAddr>,
     pub reachability_interval: Option<u64>,
@@ -118,6 +119,7 @@ pub const CONTROL_KEYS: &[Key] = &[
     Key { name: "metrics_listen", example: Example::Commented("\"127.0.0.1:9102\""), doc: "Serve Prometheus metrics (plain HTTP, GET /metrics) here: IP:PORT or unix:/PATH, never the HTTPS port. Keep it private. Default: off." },
     Key { name: "metrics_not_loopback", example: Example::Commented("false"), doc: "Allow `metrics_listen` on an address other than loopback (a private network Prometheus scrapes from)." },
     Key { name: "metrics_per_server", example: Example::Commented("false"), doc: "Label the live-admissions metric with each server's name (names can say whose server it is)." },
+    Key { name: "public_url", example: Example::Commented("\"https://hushgate.example.net\""), doc: "The control plane's address as users' browsers reach it, for the link a device signing in by code shows ({public_url}/device). Default: the host the device reached." },
     Key { name: "probe_source", example: Example::Commented("[\"203.0.113.2\"]"), doc: "The address the reachability check of gateways sends from, for a control plane behind a NAT of its own: its public address, one per family (default: the control plane's address as each gateway reaches it)." },
     Key { name: "reachability_interval", example: Example::Commented("15"), doc: "Minutes between reachability checks of every connected gateway (besides one after each gateway report); 0: only after reports." },
     Key { name: "limit", example: Example::Commented("[\"servers-per-owner=20\", \"devices-per-user=20\"]"), doc: "What one account may make the control plane keep, NAME=N (docs/operating.md, \"Limits per account\"): servers-per-owner, shares-per-server, invitations-per-server, account-invitations, devices-per-user, sessions-per-user, pending-devices-per-server, enrollment-tokens-per-server." },

@@ -1,7 +1,8 @@
 use super::config::ConnectFile;
 use anyhow::Context;
 use client_shim::{
-    Credentials, DeviceIdentity, EndReason, Session, SessionEvent, ShimConfig, Trust, WaitingNotice,
+    CodeNotice, CodeStep, Credentials, DeviceIdentity, EndReason, Session, SessionEvent,
+    ShimConfig, Trust, WaitingNotice,
 };
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,8 +15,10 @@ use tokio::sync::broadcast::error::RecvError;
 /// The password is read from HUSHGATE_PASSWORD or standard input, never
 /// from the command line. An account with two-factor sign-in is asked
 /// for its current code on the terminal (or give it in HUSHGATE_TOTP, or
-/// on standard input's next line with --totp-stdin). Runs until Ctrl-C,
-/// revocation or failure.
+/// on standard input's next line with --totp-stdin). With --code there is
+/// no password: a short code is shown, someone approves it in the console,
+/// and this machine keeps its own credential for next time. Runs until
+/// Ctrl-C, revocation or failure.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A profile: its saved settings (from an earlier `hushgate connect
@@ -76,14 +79,25 @@ pub struct Args {
     /// 'prefix:V4,V6'.
     #[arg(long)]
     direct: bool,
+    /// Sign in by code instead of a password (for a machine without your
+    /// password, e.g. a TV box): prints a short code and a link (and, on a
+    /// terminal, the link as a QR code to scan with a phone); open it,
+    /// sign in, approve the code, and the connection goes on. The device
+    /// becomes the approving account's, and keeps its credential in the
+    /// device file (default $XDG_STATE_HOME/hushgate/device-code@HOST), so
+    /// the next `hushgate connect --code` signs in without a new code.
+    /// Codes expire after at most 10 minutes. --user is not needed.
+    #[arg(long, conflicts_with_all = ["wg_config", "direct"])]
+    code: bool,
     /// Where this device keeps its credential at the control plane (mode
     /// 0600; made at the first login). Servers whose owner approves each
     /// device know this machine by it. Default:
     /// $XDG_STATE_HOME/hushgate/device-USER@HOST (or ~/.local/state/...).
     #[arg(long, value_name = "FILE")]
     device_file: Option<PathBuf>,
-    /// The name the server's owner sees when approving this device
-    /// (default: "hushgate connect on HOSTNAME").
+    /// The name the server's owner sees when approving this device (with
+    /// --code: also the name its approver sees and registers) (default:
+    /// "hushgate connect on HOSTNAME").
     #[arg(long, value_name = "NAME")]
     device_name: Option<String>,
     /// Read the two-factor code (TOTP, or a recovery code) from the next
@@ -242,7 +256,7 @@ fn resolve(a: &Args) -> anyhow::Result<(Target, ConnectFile)> {
     };
     let missing: Vec<&str> = [
         ("--control URL", m.control.is_none()),
-        ("--user NAME", m.user.is_none()),
+        ("--user NAME", m.user.is_none() && !a.code),
         ("--server NAME", m.server.is_none()),
     ]
     .into_iter()
@@ -287,6 +301,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         Some(path) => Trust::from_ca_file(path)?,
         None => Trust::PublicRoots,
     };
+    if a.code {
+        let session = shim(&a, &t, trust, code_credentials(&a)).await?;
+        remember(&a, settings)?;
+        return run_session(&a, session).await;
+    }
     let password =
         super::read_secret("HUSHGATE_PASSWORD", "password").context("reading the password")?;
     let totp = SecondFactor::read(&a)?;
@@ -297,10 +316,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     if a.direct {
         return direct(&a, &t, settings, trust, &password, &totp).await;
     }
-    let session = match shim(&a, &t, trust.clone(), &password, totp.given.clone()).await {
+    let session = match shim(
+        &a,
+        &t,
+        trust.clone(),
+        password_credentials(&t, &password, totp.given.clone()),
+    )
+    .await
+    {
         Err(client_shim::ShimError::SecondFactor { message }) if totp.given.is_none() => {
             let code = totp.ask(&message)?;
-            shim(&a, &t, trust, &password, Some(code)).await?
+            shim(
+                &a,
+                &t,
+                trust,
+                password_credentials(&t, &password, Some(code)),
+            )
+            .await?
         }
         r => r?,
     };
@@ -308,15 +340,9 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     run_session(&a, session).await
 }
 
-/// Starts the shim's session (`code`: the second factor's, if known).
-async fn shim(
-    a: &Args,
-    t: &Target,
-    trust: Trust,
-    password: &str,
-    code: Option<String>,
-) -> Result<Session, client_shim::ShimError> {
-    let credentials = match code {
+/// A password sign-in (`code`: the second factor's, if known).
+fn password_credentials(t: &Target, password: &str, code: Option<String>) -> Credentials {
+    match code {
         Some(code) => Credentials::PasswordAndCode {
             user: t.user.clone(),
             password: password.into(),
@@ -326,7 +352,47 @@ async fn shim(
             user: t.user.clone(),
             password: password.into(),
         },
-    };
+    }
+}
+
+/// Sign-in by code: the code and link printed (with a QR code of the
+/// link on a terminal), then a line when it is approved.
+fn code_credentials(a: &Args) -> Credentials {
+    use std::io::IsTerminal;
+    let on_terminal = std::io::stdout().is_terminal();
+    Credentials::Code {
+        device_name: a.device_name.clone().unwrap_or_else(default_device_name),
+        notice: CodeNotice(std::sync::Arc::new(move |step: &CodeStep| match step {
+            CodeStep::Show(p) => {
+                println!(
+                    "to sign in, open {} on a phone or computer and enter the code {} (valid {} minutes)",
+                    p.verification_uri,
+                    p.user_code,
+                    p.expires_in.as_secs().div_ceil(60)
+                );
+                if on_terminal {
+                    if let Ok(qr) = super::qr::terminal(&p.verification_uri_complete) {
+                        print!("{qr}");
+                        println!("or scan this with a phone: {}", p.verification_uri_complete);
+                    }
+                }
+                println!("waiting for the approval (Ctrl-C to give up)");
+            }
+            CodeStep::Approved => println!("approved; connecting"),
+        })),
+    }
+}
+
+/// Starts the shim's session with `credentials`.
+async fn shim(
+    a: &Args,
+    t: &Target,
+    trust: Trust,
+    credentials: Credentials,
+) -> Result<Session, client_shim::ShimError> {
+    // Code sign-ins have no user name at start: one device file per
+    // control plane for them.
+    let file_user = if a.code { "code" } else { t.user.as_str() };
     Session::connect(ShimConfig {
         control_url: t.control.clone(),
         trust,
@@ -337,7 +403,7 @@ async fn shim(
         device: a
             .device_file
             .clone()
-            .or_else(|| default_device_file(&t.user, &t.control))
+            .or_else(|| default_device_file(file_user, &t.control))
             .map(|file| DeviceIdentity {
                 file,
                 name: a.device_name.clone().unwrap_or_else(default_device_name),

@@ -201,6 +201,11 @@ struct RunArgs {
     /// say whose server it is; without this, one total).
     #[arg(long, env = "HUSHGATE_CONTROL_METRICS_PER_SERVER")]
     metrics_per_server: bool,
+    /// The control plane's address as users' browsers reach it (e.g.
+    /// https://hushgate.example.net), for the link a device signing in by
+    /// code shows ({URL}/device) [default: the host the device reached].
+    #[arg(long, value_name = "URL", env = "HUSHGATE_CONTROL_PUBLIC_URL")]
+    public_url: Option<String>,
     /// The address the reachability check of gateways sends from, for a
     /// control plane behind a NAT of its own: its public address
     /// (repeatable, one per family) [default: the control plane's address
@@ -288,6 +293,12 @@ fn merged(mut a: RunArgs) -> anyhow::Result<RunArgs> {
     a.metrics_not_loopback |= f.metrics_not_loopback.unwrap_or(false);
     if a.limit.is_empty() {
         a.limit = f.limit;
+    }
+    a.public_url = a.public_url.or(f.public_url);
+    if let Some(u) = &a.public_url {
+        if !u.starts_with("https://") || u.len() <= "https://".len() {
+            bail!("public_url '{u}' must be an https:// URL, e.g. https://hushgate.example.net");
+        }
     }
     if a.probe_source.is_empty() {
         a.probe_source = f.probe_source;
@@ -479,6 +490,7 @@ async fn serve(a: RunArgs) -> anyhow::Result<()> {
             }),
             metrics_per_server: a.metrics_per_server,
             limits: limits(&a.limit)?,
+            public_url: a.public_url,
             probe_sources: a.probe_source,
             reachability_interval: match a.reachability_interval {
                 None => defaults.reachability_interval,
