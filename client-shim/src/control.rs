@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Call, ShimError};
 
+/// How long a renewal may take before it counts as failed (and is tried
+/// again on a new connection). A renewal is one round trip plus the
+/// control plane's wait for the gateway, well under a second when both
+/// are well. One that takes longer is most likely stuck on a connection
+/// that died with this device's old address (its answer went to the old
+/// NAT mapping): waiting for TCP to give up would keep the session from
+/// noticing the move for many seconds.
+const RENEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How the user proves who they are.
 #[derive(Clone)]
 pub enum Credentials {
@@ -203,6 +212,27 @@ impl HttpControl {
         ShimError::from_client(e, call, &self.server, self.base.base_url())
     }
 
+    /// One renewal request, bounded by [`RENEW_TIMEOUT`] (`Err(None)`).
+    async fn renew_once(&self, id: &str) -> Result<RenewResponse, Option<ClientError>> {
+        match tokio::time::timeout(RENEW_TIMEOUT, self.authed.renew(id)).await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(None),
+        }
+    }
+
+    fn renew_error(&self, e: Option<ClientError>) -> ShimError {
+        match e {
+            Some(e) => self.map(e, Call::Renew),
+            None => ShimError::ControlUnreachable {
+                url: self.base.base_url().to_string(),
+                detail: format!(
+                    "no answer to the renewal within {} s",
+                    RENEW_TIMEOUT.as_secs()
+                ),
+            },
+        }
+    }
+
     fn can_relogin(&self, e: &ClientError) -> bool {
         e.status() == Some(401) && matches!(self.credentials, Credentials::Password { .. })
     }
@@ -233,15 +263,12 @@ impl ControlApi for HttpControl {
     }
 
     async fn renew(&mut self, id: &str) -> Result<RenewResponse, ShimError> {
-        match self.authed.renew(id).await {
-            Err(e) if self.can_relogin(&e) => {
+        match self.renew_once(id).await {
+            Err(Some(e)) if self.can_relogin(&e) => {
                 self.relogin().await?;
-                self.authed
-                    .renew(id)
-                    .await
-                    .map_err(|e| self.map(e, Call::Renew))
+                self.renew_once(id).await.map_err(|e| self.renew_error(e))
             }
-            r => r.map_err(|e| self.map(e, Call::Renew)),
+            r => r.map_err(|e| self.renew_error(e)),
         }
     }
 
