@@ -78,6 +78,10 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/run.sh
 say "netns harness (tests/netns/run.sh)"
 cargo build -p hushgate -p hushgate-netem --locked
 tests/netns/run.sh
+# The chaos scenario once more with the control plane's state in
+# PostgreSQL: seed 57's first six faults are three PostgreSQL SIGKILLs,
+# two gateway SIGKILLs and a revocation (about 2 minutes).
+CONTROL_DB=postgres CHAOS_SEED=57 CHAOS_FAULTS=6 tests/netns/run.sh 19
 
 say "Debian package (tests/package.sh)"
 # Builds the release binary and the .deb (installs cargo-deb when it is
