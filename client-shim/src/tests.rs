@@ -514,6 +514,16 @@ async fn world_with(ttl_secs: i64, tuning: Tuning) -> World {
     World { control, session }
 }
 
+/// Downloads `len` bytes through the session and checks every byte.
+async fn downloads_whole(local: SocketAddr, len: u64, seed: u64) {
+    assert_eq!(
+        blocking(move || download(local, len, seed, 0))
+            .await
+            .unwrap(),
+        len
+    );
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.unwrap()
 }
@@ -618,12 +628,7 @@ async fn move_and_expect_readmission(w: &World) -> String {
     let mut ev = w.session.events();
     let local = w.session.local_addr();
     let first = w.session.info().admission_id;
-    assert_eq!(
-        blocking(move || download(local, 1 << 20, 1, 0))
-            .await
-            .unwrap(),
-        1 << 20
-    );
+    downloads_whole(local, 1 << 20, 1).await;
     w.control.move_client();
     // Traffic into the now-dead tunnel is what reveals the loss.
     let probe = std::thread::spawn(move || download(local, 1 << 20, 2, 0));
@@ -640,12 +645,7 @@ async fn move_and_expect_readmission(w: &World) -> String {
     // The connection made during the loss may break or may complete; new
     // connections must work.
     let _ = probe.join().unwrap();
-    assert_eq!(
-        blocking(move || download(local, 2 << 20, 3, 0))
-            .await
-            .unwrap(),
-        2 << 20
-    );
+    downloads_whole(local, 2 << 20, 3).await;
     first
 }
 
@@ -706,12 +706,7 @@ async fn expect_readmitted(
         panic!("the session ended instead of getting a new admission: {next:?}")
     };
     assert_ne!(admission_id, first);
-    assert_eq!(
-        blocking(move || download(local, 1 << 20, 3, 0))
-            .await
-            .unwrap(),
-        1 << 20
-    );
+    downloads_whole(local, 1 << 20, 3).await;
 }
 
 /// The control plane down across the admission's expiry: once back it no
@@ -767,21 +762,11 @@ async fn a_restarted_gateway_is_handshaken_again_with_the_same_admission() {
     let mut ev = w.session.events();
     let local = w.session.local_addr();
     let first = w.session.info().admission_id;
-    assert_eq!(
-        blocking(move || download(local, 1 << 20, 1, 0))
-            .await
-            .unwrap(),
-        1 << 20
-    );
+    downloads_whole(local, 1 << 20, 1).await;
     w.control.gateway.restart(3);
     // The first connection's SYN reveals the silence; it may fail.
     let _ = blocking(move || download(local, 1 << 20, 2, 0)).await;
-    assert_eq!(
-        blocking(move || download(local, 1 << 20, 3, 0))
-            .await
-            .unwrap(),
-        1 << 20
-    );
+    downloads_whole(local, 1 << 20, 3).await;
     assert_eq!(w.session.info().admission_id, first);
     assert_eq!(w.control.live_ids(), vec![first]);
     while let Ok(e) = ev.try_recv() {
