@@ -284,6 +284,60 @@ impl ControlApi for HttpControl {
 mod tests {
     use super::*;
 
+    /// A renewal whose answer never comes (its connection's answers go to
+    /// a NAT mapping that is gone; here a TLS server that reads the
+    /// request and never answers) fails by itself as "unreachable", which
+    /// the session retries on a new connection, long before the 30 s an
+    /// access request may take. 20 s of patience for a 2 s bound: a busy
+    /// machine does not fail this.
+    #[tokio::test]
+    async fn a_renewal_that_gets_no_answer_gives_up_as_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = control::tls::private_ca_identity(dir.path(), &[]).unwrap();
+        let trust = Trust::from_ca_file(id.ca_file.as_deref().unwrap()).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await {
+                    let _ = read_tx.send(n);
+                }
+                held.push(tls);
+            }
+        });
+        let mut c = HttpControl::login(
+            &url,
+            trust,
+            Credentials::Token("hgu_test".into()),
+            "den",
+            None,
+        )
+        .await
+        .unwrap();
+        let e = tokio::time::timeout(std::time::Duration::from_secs(20), c.renew("adm_1"))
+            .await
+            .expect("the renewal gives up by itself")
+            .unwrap_err();
+        assert!(
+            matches!(e, ShimError::ControlUnreachable { .. }) && e.is_transient(),
+            "{e}"
+        );
+        assert!(
+            read_rx.try_recv().is_ok_and(|n| n > 0),
+            "the request itself reached the server"
+        );
+    }
+
     #[test]
     fn a_device_file_saved_first_by_another_session_is_kept() {
         let dir = tempfile::tempdir().unwrap();
