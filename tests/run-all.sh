@@ -80,6 +80,10 @@ FUZZ_SECONDS="${FUZZ_SECONDS:-10}" fuzz/run.sh
 say "netns harness (tests/netns/run.sh)"
 cargo build -p hushgate -p hushgate-netem --locked
 tests/netns/run.sh
+# The chaos scenario once more with the control plane's state in
+# PostgreSQL: seed 57's first six faults are three PostgreSQL SIGKILLs,
+# two gateway SIGKILLs and a revocation (about 2 minutes).
+CONTROL_DB=postgres CHAOS_SEED=57 CHAOS_FAULTS=6 tests/netns/run.sh 19
 
 say "the demo (hushgate demo, debug build, 4 MiB file)"
 # The README's first command, so a change that breaks it fails CI too.

@@ -16,6 +16,15 @@ const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 
 use crate::error::{Call, ShimError};
 
+/// How long a renewal may take before it counts as failed (and is tried
+/// again on a new connection). A renewal is one round trip plus the
+/// control plane's wait for the gateway, well under a second when both
+/// are well. One that takes longer is most likely stuck on a connection
+/// that died with this device's old address (its answer went to the old
+/// NAT mapping): waiting for TCP to give up would keep the session from
+/// noticing the move for many seconds.
+const RENEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How the user proves who they are.
 #[derive(Clone)]
 pub enum Credentials {
@@ -442,6 +451,27 @@ impl HttpControl {
         ShimError::from_client(e, call, &self.server, self.base.base_url())
     }
 
+    /// One renewal request, bounded by [`RENEW_TIMEOUT`] (`Err(None)`).
+    async fn renew_once(&self, id: &str) -> Result<RenewResponse, Option<ClientError>> {
+        match tokio::time::timeout(RENEW_TIMEOUT, self.authed.renew(id)).await {
+            Ok(r) => r.map_err(Some),
+            Err(_) => Err(None),
+        }
+    }
+
+    fn renew_error(&self, e: Option<ClientError>) -> ShimError {
+        match e {
+            Some(e) => self.map(e, Call::Renew),
+            None => ShimError::ControlUnreachable {
+                url: self.base.base_url().to_string(),
+                detail: format!(
+                    "no answer to the renewal within {} s",
+                    RENEW_TIMEOUT.as_secs()
+                ),
+            },
+        }
+    }
+
     fn can_relogin(&self, e: &ClientError) -> bool {
         e.status() == Some(401) && !matches!(self.credentials, Credentials::Token(_))
     }
@@ -472,15 +502,12 @@ impl ControlApi for HttpControl {
     }
 
     async fn renew(&mut self, id: &str) -> Result<RenewResponse, ShimError> {
-        match self.authed.renew(id).await {
-            Err(e) if self.can_relogin(&e) => {
+        match self.renew_once(id).await {
+            Err(Some(e)) if self.can_relogin(&e) => {
                 self.relogin().await?;
-                self.authed
-                    .renew(id)
-                    .await
-                    .map_err(|e| self.map(e, Call::Renew))
+                self.renew_once(id).await.map_err(|e| self.renew_error(e))
             }
-            r => r.map_err(|e| self.map(e, Call::Renew)),
+            r => r.map_err(|e| self.renew_error(e)),
         }
     }
 
@@ -495,6 +522,60 @@ impl ControlApi for HttpControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A renewal whose answer never comes (its connection's answers go to
+    /// a NAT mapping that is gone; here a TLS server that reads the
+    /// request and never answers) fails by itself as "unreachable", which
+    /// the session retries on a new connection, long before the 30 s an
+    /// access request may take. 20 s of patience for a 2 s bound: a busy
+    /// machine does not fail this.
+    #[tokio::test]
+    async fn a_renewal_that_gets_no_answer_gives_up_as_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = control::tls::private_ca_identity(dir.path(), &[]).unwrap();
+        let trust = Trust::from_ca_file(id.ca_file.as_deref().unwrap()).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(id.server_config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!(
+            "https://127.0.0.1:{}",
+            listener.local_addr().unwrap().port()
+        );
+        let (read_tx, mut read_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 4096];
+                if let Ok(n) = tokio::io::AsyncReadExt::read(&mut tls, &mut buf).await {
+                    let _ = read_tx.send(n);
+                }
+                held.push(tls);
+            }
+        });
+        let mut c = HttpControl::login(
+            &url,
+            trust,
+            Credentials::Token("hgu_test".into()),
+            "den",
+            None,
+        )
+        .await
+        .unwrap();
+        let e = tokio::time::timeout(std::time::Duration::from_secs(20), c.renew("adm_1"))
+            .await
+            .expect("the renewal gives up by itself")
+            .unwrap_err();
+        assert!(
+            matches!(e, ShimError::ControlUnreachable { .. }) && e.is_transient(),
+            "{e}"
+        );
+        assert!(
+            read_rx.try_recv().is_ok_and(|n| n > 0),
+            "the request itself reached the server"
+        );
+    }
 
     #[test]
     fn a_device_file_saved_first_by_another_session_is_kept() {

@@ -592,6 +592,15 @@ impl DataPath {
                 }
                 let _ = self.report.send(PathEvent::Stalled { generation });
             }
+            // Still silent: a gateway that restarted answers the first
+            // initiation it gets once it is back (the supervisor's probe
+            // meanwhile asks the control plane whether we moved or were
+            // revoked).
+            PathVerdict::Retry => {
+                if let Some(b) = link.peer.rehandshake(now, &mut self.tx_buf) {
+                    self.udp.queue(link.peer.endpoint(), b);
+                }
+            }
             PathVerdict::Lost => {
                 tracing::debug!(
                     foreign = self.foreign_datagrams,

@@ -82,8 +82,17 @@ pub struct PathTimeouts {
     /// that receives data answers within 10 s, if only with a keepalive.
     pub lost: Duration,
     /// Silence this long while waiting is worth a cheap check at the
-    /// control plane (has the admission been revoked?).
+    /// control plane (has the admission been revoked?) and a fresh
+    /// handshake.
     pub stalled: Duration,
+    /// While the silence lasts (stalled, not yet lost), a fresh handshake
+    /// initiation this often. A gateway that restarted has forgotten our
+    /// session and drops our data without a word; WireGuard itself would
+    /// retry its initiation only every 5 s (REKEY_TIMEOUT), so a gateway
+    /// back a moment after our first retry went unanswered would cost up
+    /// to 5 s more. boringtun keeps the previous initiation's state, so a
+    /// response up to two intervals late still completes the handshake.
+    pub retry: Duration,
 }
 
 impl Default for PathTimeouts {
@@ -91,6 +100,7 @@ impl Default for PathTimeouts {
         PathTimeouts {
             lost: Duration::from_secs(15),
             stalled: Duration::from_secs(1),
+            retry: Duration::from_secs(1),
         }
     }
 }
@@ -101,6 +111,9 @@ pub enum PathVerdict {
     Fine,
     /// First report of silence past `stalled` in this episode.
     Stalled,
+    /// Still silent, `retry` after the stall or the last retry: time for
+    /// another handshake initiation.
+    Retry,
     /// First report of silence past `lost` in this episode.
     Lost,
 }
@@ -115,6 +128,8 @@ pub struct PathMonitor {
     waiting_since: Option<Instant>,
     stall_reported: bool,
     loss_reported: bool,
+    /// When the next [`PathVerdict::Retry`] is due (set by a stall).
+    next_retry: Option<Instant>,
 }
 
 impl PathMonitor {
@@ -124,6 +139,7 @@ impl PathMonitor {
             waiting_since: None,
             stall_reported: false,
             loss_reported: false,
+            next_retry: None,
         }
     }
 
@@ -141,6 +157,7 @@ impl PathMonitor {
         self.waiting_since = None;
         self.stall_reported = false;
         self.loss_reported = false;
+        self.next_retry = None;
         recovered
     }
 
@@ -152,11 +169,24 @@ impl PathMonitor {
         if silent >= self.timeouts.lost && !self.loss_reported {
             self.loss_reported = true;
             self.stall_reported = true;
+            self.next_retry = None;
             return PathVerdict::Lost;
         }
         if silent >= self.timeouts.stalled && !self.stall_reported {
             self.stall_reported = true;
+            self.next_retry = Some(now + self.timeouts.retry);
             return PathVerdict::Stalled;
+        }
+        if let Some(at) = self.next_retry.filter(|at| now >= *at) {
+            // From the due time, not from now: a late tick does not
+            // stretch the interval.
+            let next = at + self.timeouts.retry;
+            self.next_retry = Some(if next > now {
+                next
+            } else {
+                now + self.timeouts.retry
+            });
+            return PathVerdict::Retry;
         }
         PathVerdict::Fine
     }
@@ -167,7 +197,8 @@ impl PathMonitor {
         if !self.stall_reported {
             Some(since + self.timeouts.stalled)
         } else if !self.loss_reported {
-            Some(since + self.timeouts.lost)
+            let lost = since + self.timeouts.lost;
+            Some(self.next_retry.map_or(lost, |r| r.min(lost)))
         } else {
             None
         }
@@ -237,13 +268,46 @@ mod tests {
         assert_eq!(m.deadline(), Some(t0 + Duration::from_secs(1)));
         assert_eq!(m.check(t0 + Duration::from_millis(999)), PathVerdict::Fine);
         assert_eq!(m.check(t0 + Duration::from_secs(1)), PathVerdict::Stalled);
+        assert_eq!(m.check(t0 + Duration::from_millis(1500)), PathVerdict::Fine);
+        assert_eq!(m.deadline(), Some(t0 + Duration::from_secs(2)));
+        // While silent: a retry every second after the stall ...
+        assert_eq!(m.check(t0 + Duration::from_secs(2)), PathVerdict::Retry);
         assert_eq!(m.check(t0 + Duration::from_secs(2)), PathVerdict::Fine);
+        // ... on the second's grid, however late the check comes ...
+        assert_eq!(
+            m.check(t0 + Duration::from_millis(3400)),
+            PathVerdict::Retry
+        );
+        assert_eq!(m.deadline(), Some(t0 + Duration::from_secs(4)));
+        // ... and a check that missed whole intervals retries once.
+        assert_eq!(
+            m.check(t0 + Duration::from_millis(6500)),
+            PathVerdict::Retry
+        );
+        assert_eq!(m.check(t0 + Duration::from_millis(6600)), PathVerdict::Fine);
+        assert_eq!(m.deadline(), Some(t0 + Duration::from_millis(7500)));
+        for s in 8..15 {
+            assert_eq!(m.check(t0 + Duration::from_secs(s)), PathVerdict::Retry);
+        }
+        assert_eq!(m.deadline(), Some(t0 + Duration::from_millis(14_500)));
+        assert_eq!(
+            m.check(t0 + Duration::from_millis(14_600)),
+            PathVerdict::Retry
+        );
         assert_eq!(m.deadline(), Some(t0 + Duration::from_secs(15)));
         assert_eq!(m.check(t0 + Duration::from_secs(15)), PathVerdict::Lost);
+        // A lost path is the supervisor's: no more retries here.
+        assert_eq!(m.check(t0 + Duration::from_secs(16)), PathVerdict::Fine);
         assert_eq!(m.check(t0 + Duration::from_secs(30)), PathVerdict::Fine);
         assert_eq!(m.deadline(), None);
         assert!(m.on_received(), "a loss that ends is a recovery");
         assert!(!m.on_received());
+        // An answer ends the retries: the next silence starts over.
+        m.on_sent(t0 + Duration::from_secs(40));
+        assert_eq!(m.check(t0 + Duration::from_secs(41)), PathVerdict::Stalled);
+        assert!(!m.on_received());
+        assert_eq!(m.check(t0 + Duration::from_secs(42)), PathVerdict::Fine);
+        assert_eq!(m.deadline(), None);
     }
 
     #[test]

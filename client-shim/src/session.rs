@@ -117,9 +117,20 @@ pub(crate) struct Tuning {
     pub(crate) datapath: DataPathConfig,
     /// How long the first handshake may take before `connect` gives up.
     pub(crate) handshake_timeout: Duration,
-    /// Least time between two revocation probes during stalls.
+    /// Least time between two probes asked for by resets inside the
+    /// tunnel (they come with normal use too).
     pub(crate) probe_interval: Duration,
+    /// Least time between two probes while the path is silent, and the
+    /// wait before asking again when one failed. A silence is what a move
+    /// to another network, a revocation or an admission lost while the
+    /// control plane was down look like; each probe is one renewal.
+    pub(crate) stall_probe_interval: Duration,
+    /// Retries of renewals.
     pub(crate) backoff: Backoff,
+    /// Retries of a re-admission after a loss: the tunnel is down until
+    /// one succeeds, so they are kept close (a gateway that reconnects to
+    /// a restarted control plane is answered "offline" until it does).
+    pub(crate) reconnect_backoff: Backoff,
     /// How long `connect` waits for an owner to approve this device.
     pub(crate) approval_wait: Duration,
     /// How often it asks meanwhile (the control plane suggests 3 s).
@@ -133,7 +144,9 @@ impl Default for Tuning {
             datapath: DataPathConfig::default(),
             handshake_timeout: Duration::from_secs(15),
             probe_interval: Duration::from_secs(5),
+            stall_probe_interval: Duration::from_secs(2),
             backoff: Backoff::default(),
+            reconnect_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(2)),
             approval_wait: Duration::from_secs(30 * 60),
             approval_poll: Duration::from_secs(3),
             waiting: None,
@@ -567,21 +580,27 @@ impl<C: ControlApi> Supervisor<C> {
         tracing::info!(gateway = %self.current.gateway_endpoint, admission = %self.current.admission_id, "{why}");
         self.emit(SessionEvent::Lost);
         self.reconnect = Some(Reconnect {
-            backoff: self.tuning.backoff.clone(),
+            backoff: self.tuning.reconnect_backoff.clone(),
             next_try: Instant::now(),
         });
     }
 
     /// Asks the control plane whether the admission still stands: a
     /// renewal answers that within a round trip (404/403 for a revoked
-    /// admission). At most one per `probe_interval`; one asked for sooner
-    /// is postponed to then (see `probe_at`), not dropped.
+    /// admission). At most one per `probe_interval` (`stall_probe_interval`
+    /// while the path is silent); one asked for sooner is postponed to
+    /// then (see `probe_at`), not dropped.
     async fn probe(&mut self) -> Option<EndReason> {
         if self.reconnect.is_some() {
             return None;
         }
         let now = Instant::now();
-        if let Some(next) = self.last_probe.map(|t| t + self.tuning.probe_interval) {
+        let gap = if self.stalled {
+            self.tuning.stall_probe_interval
+        } else {
+            self.tuning.probe_interval
+        };
+        if let Some(next) = self.last_probe.map(|t| t + gap) {
             if now < next {
                 self.probe_at = Some(next);
                 return None;
@@ -617,7 +636,7 @@ impl<C: ControlApi> Supervisor<C> {
                 // Ask again while the path stays silent (the stall is
                 // reported once): the control plane may be back by then.
                 tracing::debug!(error = %e, "probe failed");
-                self.probe_at = Some(now + self.tuning.probe_interval);
+                self.probe_at = Some(now + gap);
             }
         }
         None

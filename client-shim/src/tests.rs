@@ -103,6 +103,13 @@ fn download(local: SocketAddr, len: u64, seed: u64, pace_ms: u64) -> std::io::Re
 
 enum GwCmd {
     Apply(FeedState),
+    /// As if the gateway were killed and started again: every session and
+    /// connection forgotten, the feed's last state installed anew; and
+    /// down (deaf to everything) until it has missed this many handshake
+    /// initiations.
+    Restart {
+        deaf_for_initiations: usize,
+    },
     Stop,
 }
 
@@ -148,6 +155,15 @@ impl TestGateway {
         self.tx.send(GwCmd::Apply(state)).unwrap();
         self.waker.wake().unwrap();
     }
+
+    fn restart(&self, deaf_for_initiations: usize) {
+        self.tx
+            .send(GwCmd::Restart {
+                deaf_for_initiations,
+            })
+            .unwrap();
+        self.waker.wake().unwrap();
+    }
 }
 
 impl Drop for TestGateway {
@@ -168,14 +184,23 @@ fn gateway_loop(
     upstream: SocketAddr,
     seen: Arc<Mutex<Option<SocketAddr>>>,
 ) {
-    let mut dispatcher = Dispatcher::new(
-        secret,
-        DispatcherConfig::new([("plex", PLEX)]),
-        Instant::now(),
-    );
-    let mut stack = Stack::new(StackConfig::new(IpAddr::V4(SERVICE_ADDRESS)));
-    stack.listen(PLEX).unwrap();
+    let new_dispatcher = || {
+        Dispatcher::new(
+            secret.clone(),
+            DispatcherConfig::new([("plex", PLEX)]),
+            Instant::now(),
+        )
+    };
+    let new_stack = || {
+        let mut stack = Stack::new(StackConfig::new(IpAddr::V4(SERVICE_ADDRESS)));
+        stack.listen(PLEX).unwrap();
+        stack
+    };
+    let mut dispatcher = new_dispatcher();
+    let mut stack = new_stack();
     let mut splice = Splice::new(16, 256);
+    let mut last_state: Option<FeedState> = None;
+    let mut deaf = 0usize;
     let mut out = gateway::Outbox::with_capacity(1 << 20, 1024);
     let mut events = Events::with_capacity(256);
     let mut readable = true;
@@ -195,6 +220,18 @@ fn gateway_loop(
                     match rx.try_recv() {
                         Ok(GwCmd::Apply(state)) => {
                             dispatcher.apply(&state, Instant::now());
+                            last_state = Some(state);
+                        }
+                        Ok(GwCmd::Restart {
+                            deaf_for_initiations,
+                        }) => {
+                            splice.close_all(&mut stack, poll.registry());
+                            dispatcher = new_dispatcher();
+                            stack = new_stack();
+                            if let Some(state) = &last_state {
+                                dispatcher.apply(state, Instant::now());
+                            }
+                            deaf = deaf_for_initiations;
                         }
                         Ok(GwCmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
                         Err(mpsc::TryRecvError::Empty) => break,
@@ -210,6 +247,13 @@ fn gateway_loop(
         if readable {
             let n = udp
                 .recv_batch(1024, |src, d| {
+                    if deaf > 0 {
+                        // Down: nothing is read, an initiation is counted.
+                        if d.first() == Some(&1) {
+                            deaf -= 1;
+                        }
+                        return;
+                    }
                     dispatcher.handle_datagram(src, d, now, &mut out);
                 })
                 .unwrap();
@@ -438,12 +482,15 @@ fn tuning() -> Tuning {
     let mut t = Tuning {
         handshake_timeout: Duration::from_secs(3),
         probe_interval: Duration::from_secs(1),
+        stall_probe_interval: Duration::from_secs(1),
         backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
+        reconnect_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(1)),
         ..Tuning::default()
     };
     t.datapath.timeouts = PathTimeouts {
         lost: Duration::from_millis(1500),
         stalled: Duration::from_millis(300),
+        retry: Duration::from_millis(300),
     };
     t
 }
@@ -465,6 +512,16 @@ async fn world_with(ttl_secs: i64, tuning: Tuning) -> World {
         .await
         .expect("session starts");
     World { control, session }
+}
+
+/// Downloads `len` bytes through the session and checks every byte.
+async fn downloads_whole(local: SocketAddr, len: u64, seed: u64) {
+    assert_eq!(
+        blocking(move || download(local, len, seed, 0))
+            .await
+            .unwrap(),
+        len
+    );
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -571,12 +628,7 @@ async fn move_and_expect_readmission(w: &World) -> String {
     let mut ev = w.session.events();
     let local = w.session.local_addr();
     let first = w.session.info().admission_id;
-    assert_eq!(
-        blocking(move || download(local, 1 << 20, 1, 0))
-            .await
-            .unwrap(),
-        1 << 20
-    );
+    downloads_whole(local, 1 << 20, 1).await;
     w.control.move_client();
     // Traffic into the now-dead tunnel is what reveals the loss.
     let probe = std::thread::spawn(move || download(local, 1 << 20, 2, 0));
@@ -593,12 +645,7 @@ async fn move_and_expect_readmission(w: &World) -> String {
     // The connection made during the loss may break or may complete; new
     // connections must work.
     let _ = probe.join().unwrap();
-    assert_eq!(
-        blocking(move || download(local, 2 << 20, 3, 0))
-            .await
-            .unwrap(),
-        2 << 20
-    );
+    downloads_whole(local, 2 << 20, 3).await;
     first
 }
 
@@ -659,12 +706,7 @@ async fn expect_readmitted(
         panic!("the session ended instead of getting a new admission: {next:?}")
     };
     assert_ne!(admission_id, first);
-    assert_eq!(
-        blocking(move || download(local, 1 << 20, 3, 0))
-            .await
-            .unwrap(),
-        1 << 20
-    );
+    downloads_whole(local, 1 << 20, 3).await;
 }
 
 /// The control plane down across the admission's expiry: once back it no
@@ -702,6 +744,37 @@ async fn a_stall_after_a_move_readmits_without_waiting_for_the_loss() {
     assert!(PATIENCE < t.datapath.timeouts.lost);
     let w = world_with(3600, t).await;
     move_and_expect_readmission(&w).await;
+}
+
+/// A gateway killed and started again forgets the shim's session and drops
+/// its data without a word, while the admission stands. The shim's
+/// stalled path sends a fresh initiation every `retry`, so the first one
+/// that reaches the gateway once it is back restores the tunnel with the
+/// same admission. The gateway here misses three initiations before it
+/// answers; WireGuard's own retry would come only after REKEY_TIMEOUT
+/// (5 s), later than this test's loss timeout (4 s), so without the
+/// retries the session would lose the path and take a new admission.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_gateway_is_handshaken_again_with_the_same_admission() {
+    let mut t = tuning();
+    t.datapath.timeouts.lost = Duration::from_secs(4);
+    let w = world_with(3600, t).await;
+    let mut ev = w.session.events();
+    let local = w.session.local_addr();
+    let first = w.session.info().admission_id;
+    downloads_whole(local, 1 << 20, 1).await;
+    w.control.gateway.restart(3);
+    // The first connection's SYN reveals the silence; it may fail.
+    let _ = blocking(move || download(local, 1 << 20, 2, 0)).await;
+    downloads_whole(local, 1 << 20, 3).await;
+    assert_eq!(w.session.info().admission_id, first);
+    assert_eq!(w.control.live_ids(), vec![first]);
+    while let Ok(e) = ev.try_recv() {
+        assert!(
+            !matches!(e, SessionEvent::Lost | SessionEvent::Reconnecting { .. }),
+            "the path was given up: {e:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,8 +37,11 @@ pub struct AppState {
     /// Wakes the expiry task when an admission with an earlier deadline
     /// appears.
     pub expiry_wake: Notify,
-    /// Password verifications allowed at once (see `login`).
+    /// Password hashes allowed to wait or run at once (see `login`).
     pub argon_slots: tokio::sync::Semaphore,
+    /// Where they run: as many threads as slots, each reusing one argon2
+    /// memory (see [`auth::PasswordPool`]).
+    pub passwords: auth::PasswordPool,
     /// Full argon2 verifications run so far, whatever their outcome: a
     /// login for an unknown user must cost one, like a wrong password.
     pub password_checks: std::sync::atomic::AtomicU64,
@@ -538,9 +541,7 @@ pub(crate) async fn login(
         .acquire()
         .await
         .map_err(|_| AppError::unavailable("shutting_down", "the control plane is stopping"))?;
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &stored))
-        .await
-        .unwrap_or(false);
+    let ok = st.passwords.verify(password, stored).await;
     st.password_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(user) = user.filter(|_| ok) else {
@@ -1818,10 +1819,7 @@ async fn create_user(
     let Json(req) = body?;
     check_name("user name", &req.username)?;
     check_password(&req.password)?;
-    let password = req.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| AppError::bad_request(e.to_string()))?;
+    let hash = hash_new_password(&st, req.password.clone()).await?;
     let user = st
         .db
         .tx(move |tx| {
@@ -1859,10 +1857,7 @@ async fn set_password(
     let Path(name) = name?;
     let Json(req) = body?;
     check_password(&req.password)?;
-    let password = req.password;
-    let hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| AppError::bad_request(e.to_string()))?;
+    let hash = hash_new_password(&st, req.password).await?;
     let n = name.clone();
     st.db
         .tx(move |tx| {
@@ -1885,6 +1880,23 @@ async fn set_password(
         .await?;
     tracing::info!(user = %name, "password changed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Hashes a new password on the password pool, waiting for a slot like
+/// a login does.
+pub(crate) async fn hash_new_password(st: &AppState, password: String) -> ApiResult<String> {
+    let _slot = st
+        .argon_slots
+        .acquire()
+        .await
+        .map_err(|_| AppError::unavailable("shutting_down", "the control plane is stopping"))?;
+    st.passwords.hash(password).await.ok_or_else(|| {
+        AppError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the password could not be hashed; try again",
+        )
+    })
 }
 
 pub(crate) fn check_password(password: &str) -> ApiResult<()> {

@@ -5,8 +5,10 @@
 //! shown once, and stored only as its SHA-256: a stolen database file does
 //! not let anyone act as a user or a gateway.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{
+    Output, ParamsString, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::{Algorithm, Argon2, Params, Version};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
@@ -92,6 +94,168 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
             .is_ok(),
         Err(_) => false,
     }
+}
+
+/// Password hashing and checking on a few threads of its own, each with
+/// one argon2 memory (19 MiB) allocated once and reused.
+///
+/// Why not `spawn_blocking`: tokio's blocking threads come and go, and
+/// each new thread that allocated 19 MiB got a glibc malloc arena of its
+/// own that kept the freed memory (glibc raises its mmap threshold after
+/// the first big free, so the next 19 MiB come from the arena and stay
+/// there): the control plane's RSS grew by some 230 MiB over an hour of
+/// logins in the soak (docs/testing.md). Here the memory is the
+/// threads', reused for every hash: `size` x 19 MiB at most, for good.
+pub struct PasswordPool {
+    jobs: std::sync::mpsc::Sender<PasswordJob>,
+    size: usize,
+}
+
+enum PasswordJob {
+    Hash(String, tokio::sync::oneshot::Sender<Option<String>>),
+    Verify(String, String, tokio::sync::oneshot::Sender<bool>),
+}
+
+impl std::fmt::Debug for PasswordPool {
+    // Jobs carry passwords: never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordPool")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PasswordPool {
+    /// `size` threads (at least one); each allocates its memory at its
+    /// first job. They end when the pool is dropped.
+    pub fn new(size: usize) -> PasswordPool {
+        let size = size.max(1);
+        let (tx, rx) = std::sync::mpsc::channel::<PasswordJob>();
+        let rx = std::sync::Arc::new(Mutex::new(rx));
+        for i in 0..size {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    let mut memory = Vec::new();
+                    loop {
+                        // The lock is held only while waiting for a job.
+                        let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        match job {
+                            Ok(PasswordJob::Hash(password, answer)) => {
+                                let _ = answer.send(hash_password_in(&password, &mut memory));
+                            }
+                            Ok(PasswordJob::Verify(password, stored, answer)) => {
+                                let _ = answer.send(verify_password_in(
+                                    &password,
+                                    &stored,
+                                    &mut memory,
+                                ));
+                            }
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password hashing thread");
+            }
+        }
+        PasswordPool { jobs: tx, size }
+    }
+
+    /// How many hashes can run at once.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// [`hash_password`] on the pool; `None` if its threads are gone.
+    pub async fn hash(&self, password: String) -> Option<String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs.send(PasswordJob::Hash(password, tx)).ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// [`verify_password`] on the pool; false if its threads are gone.
+    pub async fn verify(&self, password: String, stored: String) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .jobs
+            .send(PasswordJob::Verify(password, stored, tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// Grows `memory` to what `params` need (it never shrinks) and hands out
+/// the part they use.
+fn argon2_memory<'m>(
+    memory: &'m mut Vec<argon2::Block>,
+    params: &Params,
+) -> &'m mut [argon2::Block] {
+    let n = params.block_count();
+    if memory.len() < n {
+        memory.resize(n, argon2::Block::default());
+    }
+    &mut memory[..n]
+}
+
+/// [`hash_password`] in the given memory: the same PHC string.
+fn hash_password_in(password: &str, memory: &mut Vec<argon2::Block>) -> Option<String> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let params = Params::default();
+    let mut salt_bytes = [0u8; 64];
+    let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
+    let raw_salt = salt.decode_b64(&mut salt_bytes).ok()?;
+    Argon2::default()
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            raw_salt,
+            &mut out,
+            argon2_memory(memory, &params),
+        )
+        .ok()?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).ok()?,
+        salt: Some(salt.as_salt()),
+        hash: Some(Output::new(&out).ok()?),
+    };
+    Some(phc.to_string())
+}
+
+/// [`verify_password`] in the given memory, for a hash made with any
+/// argon2 variant, version and parameters.
+fn verify_password_in(password: &str, stored: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    let Ok(h) = PasswordHash::new(stored) else {
+        return false;
+    };
+    let checked = (|| -> Option<bool> {
+        let algorithm = Algorithm::try_from(h.algorithm).ok()?;
+        let version = h
+            .version
+            .map_or(Some(Version::default()), |v| Version::try_from(v).ok())?;
+        let expected = h.hash?;
+        // (The output length comes from the stored hash.)
+        let params = Params::try_from(&h).ok()?;
+        let mut salt_bytes = [0u8; 64];
+        let salt = h.salt?.decode_b64(&mut salt_bytes).ok()?;
+        let mut out = vec![0u8; expected.len()];
+        Argon2::new(algorithm, version, params.clone())
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                salt,
+                &mut out,
+                argon2_memory(memory, &params),
+            )
+            .ok()?;
+        // `Output`'s equality is constant-time.
+        Some(Output::new(&out).ok()? == expected)
+    })();
+    checked.unwrap_or(false)
 }
 
 /// The login limiter: it slows password guessing without letting a
@@ -347,6 +511,72 @@ pub fn source_key(source: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pool's hashes are the crate's PHC strings: each side verifies
+    /// the other's, wrong passwords fail, and a hash with other argon2
+    /// parameters (an older or stronger setting) is checked too.
+    #[tokio::test]
+    async fn the_password_pool_hashes_and_verifies_like_the_crate() {
+        let pool = PasswordPool::new(2);
+        let mine = pool.hash("correct horse".into()).await.expect("hashed");
+        assert!(
+            mine.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{mine}"
+        );
+        assert!(verify_password("correct horse", &mine));
+        assert!(!verify_password("correct horsf", &mine));
+        let theirs = hash_password("battery staple");
+        assert!(pool.verify("battery staple".into(), theirs.clone()).await);
+        assert!(!pool.verify("battery stapl".into(), theirs).await);
+        assert!(pool.verify("correct horse".into(), mine.clone()).await);
+        assert!(!pool.verify(String::new(), mine).await);
+        // Other parameters: the memory grows to fit (and stays).
+        let strong = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(32 * 1024, 3, 1, Some(16)).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::generate(&mut rand::rngs::OsRng))
+        .unwrap()
+        .to_string();
+        let weak = Argon2::new(
+            Algorithm::Argon2i,
+            Version::V0x10,
+            Params::new(64, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw", &SaltString::generate(&mut rand::rngs::OsRng))
+        .unwrap()
+        .to_string();
+        for h in [strong, weak] {
+            assert!(pool.verify("pw".into(), h.clone()).await, "{h}");
+            assert!(!pool.verify("pv".into(), h.clone()).await, "{h}");
+        }
+        assert!(!pool.verify("pw".into(), "not a hash".into()).await);
+        assert!(
+            !pool
+                .verify(
+                    "pw".into(),
+                    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ".into()
+                )
+                .await
+        );
+    }
+
+    /// One thread's memory serves every hash it runs: 19 MiB allocated
+    /// once, not once a hash.
+    #[test]
+    fn a_pool_thread_reuses_its_memory() {
+        let mut memory = Vec::new();
+        let h = hash_password_in("a", &mut memory).unwrap();
+        let first = memory.as_ptr();
+        assert_eq!(memory.len(), Params::DEFAULT_M_COST as usize);
+        for _ in 0..3 {
+            assert!(verify_password_in("a", &h, &mut memory));
+            hash_password_in("b", &mut memory).unwrap();
+        }
+        assert_eq!(memory.as_ptr(), first);
+        assert_eq!(memory.len(), Params::DEFAULT_M_COST as usize);
+    }
 
     #[test]
     fn passwords_verify() {

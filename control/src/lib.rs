@@ -303,6 +303,7 @@ impl ControlPlane {
         }
         tracing::info!(database = %db.describe(), "database open");
         let dummy_hash = auth::hash_password(&hex_of(&auth::random_key()));
+        let argon_slots = 2 * std::thread::available_parallelism().map_or(2, |n| n.get());
         let metrics = metrics::ControlMetrics::new(db.latency(), cfg.settings.metrics_per_server);
         let state = Arc::new(AppState {
             metrics,
@@ -313,9 +314,8 @@ impl ControlPlane {
             settings: cfg.settings,
             dummy_hash,
             expiry_wake: tokio::sync::Notify::new(),
-            argon_slots: tokio::sync::Semaphore::new(
-                2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
-            ),
+            argon_slots: tokio::sync::Semaphore::new(argon_slots),
+            passwords: auth::PasswordPool::new(argon_slots),
             password_checks: std::sync::atomic::AtomicU64::new(0),
             prober: reachability::Prober::default(),
         });

@@ -124,17 +124,9 @@ pub(crate) async fn signup(
     let Json(req) = body?;
     check_name("user name", &req.username)?;
     check_password(&req.password)?;
-    let password = req.password.clone();
     // The same bound as logins: a burst of sign-ups must not exhaust
     // memory with argon2 runs.
-    let _slot = st
-        .argon_slots
-        .acquire()
-        .await
-        .map_err(|_| AppError::unavailable("shutting_down", "the control plane is stopping"))?;
-    let pw_hash = tokio::task::spawn_blocking(move || auth::hash_password(&password))
-        .await
-        .map_err(|e| AppError::bad_request(e.to_string()))?;
+    let pw_hash = crate::app::hash_new_password(&st, req.password.clone()).await?;
     let inv_hash = req.invitation.as_deref().map(auth::hash_secret);
     let username = req.username.clone();
     let limits = st.settings.limits;

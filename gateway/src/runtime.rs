@@ -863,6 +863,14 @@ struct Appliers {
     direct: Option<Arc<DirectProxy>>,
 }
 
+/// The longest wait between two attempts to reach the control plane's
+/// feed (before jitter of 0.5x to 1.5x). While the gateway is away from
+/// the feed nobody can be admitted (the control plane answers "gateway
+/// offline"), so after a control plane restart every client waiting for
+/// an admission waits for this retry too; one request every couple of
+/// seconds from one gateway costs the control plane nothing.
+const FEED_RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// Follows the control plane's feed for ever: take in each answer (a diff
 /// or the whole set), apply it (a diff as a diff) to the pre-filter, the
 /// direct proxy and the data path, then acknowledge it. On errors it retries with exponential backoff and
@@ -1010,7 +1018,7 @@ async fn follow_feed(
                     desired.refetch();
                     let jitter = rand::thread_rng().gen_range(0.5..1.5);
                     tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = (backoff * 2).min(FEED_RETRY_MAX);
                     continue;
                 }
                 match client.ack(version).await {
@@ -1059,7 +1067,7 @@ async fn follow_feed(
                 desired.refetch();
                 let jitter = rand::thread_rng().gen_range(0.5..1.5);
                 tokio::time::sleep(backoff.mul_f64(jitter)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                backoff = (backoff * 2).min(FEED_RETRY_MAX);
             }
         }
     }

@@ -275,8 +275,15 @@ start_media() {
   MEDIA_PID=$(bg edge "$W/media.log" python3 -m http.server 32400 --bind 127.0.0.1 --directory "$W/media")
 }
 
+# CONTROL_DB=postgres: the world's control plane keeps its state in a
+# PostgreSQL database (started by the harness, see start_postgres) instead
+# of SQLite, for scenario 19's PostgreSQL restarts (not with scenario 18,
+# which starts and stops that PostgreSQL itself).
+CONTROL_DB="${CONTROL_DB:-sqlite}"
 start_control() {
-  CTL_PID=$(bg ctl "$W/control.log" "$BIN" control --listen "[::]:8443" --state "$W/ctl" \
+  local db=()
+  [ "$CONTROL_DB" = postgres ] && db=(env "HUSHGATE_DATABASE=host=$PG_SOCK user=hushgate dbname=world")
+  CTL_PID=$(bg ctl "$W/control.log" "${db[@]}" "$BIN" control --listen "[::]:8443" --state "$W/ctl" \
     --san 203.0.113.2 --san 2001:db8:1::2 --admission-ttl 10 --login-rate 1000 \
     --metrics-listen 203.0.113.2:9102 --metrics-not-loopback)
   echo "$CTL_PID" >"$W/ctl.pid"
@@ -339,6 +346,10 @@ wait_gateway_synced() { wait_for "gateway $1 in sync" 15 grep -q "in sync" "$W/$
 
 PASSWORD="netns-$$-password"
 setup_world() {
+  if [ "$CONTROL_DB" = postgres ]; then
+    start_postgres ctl
+    ns ctl "$PG_BIN/createdb" -h "$PG_SOCK" -U hushgate --owner hushgate world
+  fi
   start_media
   start_control
   echo "$PASSWORD" | admin user add alice >/dev/null
@@ -1540,6 +1551,7 @@ scenario_22() { # a second owner, from another host, cannot see or revoke the fi
 }
 
 scenario_18() { # three control plane replicas on one PostgreSQL: replica 1, which holds the gateway's feed, killed with SIGKILL mid-download
+  [ "$CONTROL_DB" = sqlite ] || { echo "scenario 18 starts and stops its own PostgreSQL: run it without CONTROL_DB=postgres" >&2; return 1; }
   start_postgres ctl
   local db="host=$PG_SOCK user=hushgate dbname=hushgate" rb="$W/replicas-bundle" i
   ns ctl "$PG_BIN/createdb" -h "$PG_SOCK" -U hushgate --owner hushgate hushgate
