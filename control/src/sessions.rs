@@ -107,11 +107,16 @@ pub(crate) async fn change_password(
         .await
         .map_err(|_| AppError::unavailable("shutting_down", "the control plane is stopping"))?;
     let (current, stored, new) = (req.current_password, user.pw_hash.clone(), req.new_password);
-    let hash = tokio::task::spawn_blocking(move || {
-        auth::verify_password(&current, &stored).then(|| auth::hash_password(&new))
-    })
-    .await
-    .map_err(|e| AppError::bad_request(e.to_string()))?;
+    // On the control plane's own hashing threads, which reuse their
+    // argon2 memory (tokio's blocking threads would each keep a malloc
+    // arena of it: auth::PasswordPool).
+    let hash = if st.passwords.verify(current, stored).await {
+        Some(st.passwords.hash(new).await.ok_or_else(|| {
+            AppError::unavailable("shutting_down", "the control plane is stopping")
+        })?)
+    } else {
+        None
+    };
     st.password_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(hash) = hash else {
