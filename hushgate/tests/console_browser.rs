@@ -260,6 +260,28 @@ async fn line_with(
     }
 }
 
+/// Waits for `hushgate connect`'s `ready:` line, then downloads the
+/// stand-in server's file through its local address and checks it.
+async fn ready_and_intact(
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: &mut Vec<String>,
+    file: &Arc<Vec<u8>>,
+) -> SocketAddr {
+    let ready = line_with(lines, seen, "ready: http://").await;
+    let local: SocketAddr = ready["ready: http://".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body = tokio::task::spawn_blocking(move || get(local, "/file", None, Reading::Fast))
+        .await
+        .unwrap()
+        .expect("a download through the tunnel");
+    assert!(body == **file, "the file arrived intact");
+    local
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     let driver = Chromedriver::start().await;
@@ -464,18 +486,7 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
         .await;
 
     // The friend's connect gets through; a download succeeds.
-    let ready = line_with(&mut lines, &mut seen, "ready: http://").await;
-    let local: SocketAddr = ready["ready: http://".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let body = tokio::task::spawn_blocking(move || get(local, "/file", None, Reading::Fast))
-        .await
-        .unwrap()
-        .expect("a download through the tunnel");
-    assert!(body == *upstream.file, "the file arrived intact");
+    let local = ready_and_intact(&mut lines, &mut seen, &upstream.file).await;
 
     // A long download runs; the owner sees the live admission and
     // revokes it; the download stops.
@@ -705,18 +716,7 @@ async fn a_tv_box_signs_in_by_code_approved_in_the_console() {
         "{decided}"
     );
 
-    let ready = line_with(&mut lines, &mut seen, "ready: http://").await;
-    let local: SocketAddr = ready["ready: http://".len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let body = tokio::task::spawn_blocking(move || get(local, "/file", None, Reading::Fast))
-        .await
-        .unwrap()
-        .expect("a download through the box's tunnel");
-    assert!(body == *w.upstream.file, "the file arrived intact");
+    ready_and_intact(&mut lines, &mut seen, &w.upstream.file).await;
     // The code was used: approving it again is refused, and says so.
     friend.goto(&format!("{uri}?code={code}")).await;
     friend.submit("#device-code").await;
