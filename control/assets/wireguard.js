@@ -44,8 +44,10 @@
       fail(answer && answer.error ? answer.error.message : "The control plane refused: " + resp.status);
       return;
     }
+    // Only what a name may hold goes into the file's comment line: a
+    // newline there would be a line of the configuration.
     const services = answer.services
-      .map((s) => s.name + " at " + answer.service_address + ":" + s.port)
+      .map((s) => String(s.name).replace(/[^A-Za-z0-9._@-]/g, "?") + " at " + answer.service_address + ":" + s.port)
       .join(", ");
     let text =
       "# hushgate admission " + answer.admission_id + " for server '" + form.dataset.server +

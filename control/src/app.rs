@@ -1394,9 +1394,13 @@ fn check_report(report: &mut GatewayReport) -> ApiResult<()> {
         }
     }
     for s in report.services.iter().chain(&report.direct_services) {
-        if s.name.is_empty() || s.name.len() > 64 || s.port == 0 {
+        // Names reach clients' WireGuard configurations (a comment line)
+        // and pages: no newline or other character could make a line of
+        // its own there (`PostUp = ...` would run on the client).
+        check_name("service name", &s.name)?;
+        if s.port == 0 {
             return Err(AppError::bad_request(format!(
-                "service '{}' needs a name of 1-64 characters and a port other than 0",
+                "service '{}' needs a port other than 0",
                 s.name
             )));
         }
@@ -2870,4 +2874,36 @@ async fn audit_log(
     Ok(Json(
         st.db.tx(move |tx| store::list_audit(tx, limit)).await?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(service: &str) -> GatewayReport {
+        GatewayReport {
+            public_key: proto::WgKey([7; 32]),
+            public_endpoint: None,
+            listen_port: 51820,
+            services: vec![proto::api::ServiceInfo {
+                name: service.into(),
+                port: 32400,
+            }],
+            direct_services: Vec::new(),
+            network: None,
+        }
+    }
+
+    /// A service name reaches clients' WireGuard configurations as part
+    /// of a comment line: a gateway (or whoever holds its credential)
+    /// must not be able to add a line of its own (`PostUp = ...` runs on
+    /// the client).
+    #[test]
+    fn a_gateway_cannot_report_a_service_name_that_breaks_a_line() {
+        assert!(check_report(&mut report("plex")).is_ok());
+        for bad in ["x\nPostUp = sh", "x\rPostUp", "a b", "", "é"] {
+            let e = check_report(&mut report(bad)).expect_err(bad);
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
 }

@@ -141,18 +141,27 @@ impl PasswordPool {
                     loop {
                         // The lock is held only while waiting for a job.
                         let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        match job {
-                            Ok(PasswordJob::Hash(password, answer)) => {
-                                let _ = answer.send(hash_password_in(&password, &mut memory));
-                            }
-                            Ok(PasswordJob::Verify(password, stored, answer)) => {
-                                let _ = answer.send(verify_password_in(
-                                    &password,
-                                    &stored,
-                                    &mut memory,
-                                ));
-                            }
-                            Err(_) => return,
+                        let Ok(job) = job else { return };
+                        // A panic in one hash must not take the thread
+                        // (and a slot of every later login) with it: the
+                        // caller's answer is dropped (a failed hash) and
+                        // the thread goes on with fresh memory.
+                        let run =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match job {
+                                PasswordJob::Hash(password, answer) => {
+                                    let _ = answer.send(hash_password_in(&password, &mut memory));
+                                }
+                                PasswordJob::Verify(password, stored, answer) => {
+                                    let _ = answer.send(verify_password_in(
+                                        &password,
+                                        &stored,
+                                        &mut memory,
+                                    ));
+                                }
+                            }));
+                        if run.is_err() {
+                            tracing::error!("a password hash panicked; its request failed");
+                            memory = Vec::new();
                         }
                     }
                 });

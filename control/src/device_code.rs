@@ -212,7 +212,11 @@ pub(crate) async fn take_attempt(
 
 /// Charges a failure to `name` from `source` (a wrong code counts as a
 /// wrong password).
-async fn charge_failure(st: &Arc<AppState>, source: IpAddr, name: &str) -> ApiResult<()> {
+pub(crate) async fn charge_failure(
+    st: &Arc<AppState>,
+    source: IpAddr,
+    name: &str,
+) -> ApiResult<()> {
     let now = st.settings.clock.now_millis();
     if st.db.shared() {
         let (s2, name) = (st.clone(), name.to_string());
@@ -224,6 +228,10 @@ async fn charge_failure(st: &Arc<AppState>, source: IpAddr, name: &str) -> ApiRe
     }
     Ok(())
 }
+
+/// The most codes the store keeps at once (live ones, and expired ones
+/// remembered for late polls): creation is refused beyond it.
+pub const MAX_STORED_CODES: i64 = 20_000;
 
 /// `POST /v1/device-codes`: a device asks for a code.
 pub(crate) async fn create(
@@ -246,6 +254,13 @@ pub(crate) async fn create(
         .db
         .tx(move |tx| {
             store::sweep_device_codes(tx, now_ms - ms(REMEMBER_EXPIRED))?;
+            // Asking needs no account: besides each address's budget, a
+            // bound on what all of them together make the store keep.
+            if store::count_device_codes(tx)? >= MAX_STORED_CODES {
+                return Err(store::StoreError::Exhausted(
+                    "too many sign-in codes are waiting; try again in a few minutes".into(),
+                ));
+            }
             // A user code still remembered may hold the one drawn; draw
             // again (with 20^8 codes, a second try is already rare).
             for _ in 0..8 {
@@ -569,6 +584,54 @@ pub(crate) async fn approve(
         }
         None => {
             tracing::info!(user = %user.username, %source, "sign-in code not found");
+            charge_failure(st, source, &user.username).await?;
+            Err(AppError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_code",
+                "no device is waiting with that code: it is mistyped, expired, or was used already; check the code on the device's screen or ask it for a new one",
+            ))
+        }
+    }
+}
+
+/// A code still waiting for a decision, as the console shows it before
+/// the user decides: the device's name and the address it asked from.
+#[derive(Debug, Clone)]
+pub(crate) struct Waiting {
+    pub device_name: String,
+    pub source: String,
+}
+
+/// Looks a code up for the console's confirmation step (nothing is
+/// decided): the same budget and the same answer for a miss as
+/// [`approve`], so looking up is no faster way to guess codes.
+pub(crate) async fn waiting(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    user_code: &str,
+) -> ApiResult<Waiting> {
+    let (user, _) = signed_in_user(st, headers).await?;
+    let source = observed_source(st, peer, headers)?;
+    take_attempt(st, source, &user.username, "sign-in code").await?;
+    let Some(normalized) = normalize_user_code(user_code) else {
+        return Err(AppError::bad_request(
+            "a sign-in code is 8 letters as the device shows them, e.g. BCDF-GHJK",
+        ));
+    };
+    let hash = user_code_hash(&normalized);
+    let now_ms = st.settings.clock.now_millis();
+    let found = st
+        .db
+        .tx(move |tx| store::device_code_by_user_hash(tx, &hash))
+        .await?
+        .filter(|c| c.state == CodeState::Pending && c.expires_at_ms > now_ms);
+    match found {
+        Some(c) => Ok(Waiting {
+            device_name: c.device_name,
+            source: c.source,
+        }),
+        None => {
             charge_failure(st, source, &user.username).await?;
             Err(AppError::new(
                 StatusCode::NOT_FOUND,

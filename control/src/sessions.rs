@@ -91,11 +91,17 @@ pub(crate) async fn end_session(
 /// login of the account ends.
 pub(crate) async fn change_password(
     axum::extract::State(st): Shared,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<ChangePassword>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
-    let (user, _) = account(&st, &headers).await?;
+    let (user, session) = account(&st, &headers).await?;
     let Json(req) = body?;
+    // The current password is checked like a login's: the same budget
+    // per address and per account (a stolen session cannot guess it
+    // online, nor keep the hashing threads busy for everyone).
+    let source = crate::app::observed_source(&st, peer, &headers)?;
+    crate::device_code::take_attempt(&st, source, &user.username, "password change").await?;
     check_password(&req.new_password)?;
     if req.current_password.len() > 1024 {
         return Err(AppError::bad_request("passwords are at most 1024 bytes"));
@@ -120,6 +126,7 @@ pub(crate) async fn change_password(
     st.password_checks
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let Some(hash) = hash else {
+        crate::device_code::charge_failure(&st, source, &user.username).await?;
         return Err(AppError::forbidden(
             "wrong_password",
             "the current password is wrong; nothing was changed",
@@ -130,6 +137,10 @@ pub(crate) async fn change_password(
     st.db
         .tx(move |tx| {
             store::set_password_hash(tx, user.id, &hash)?;
+            // Devices that sign in alone (a code sign-in's) stop doing so,
+            // except this session's own: a new password locks out a
+            // device someone was tricked into approving.
+            store::end_device_sign_ins(tx, user.id, session.device_id.as_deref())?;
             let mut ended = 0;
             for s in store::user_sessions(tx, user.id, now())? {
                 if s.token_hash != mine {

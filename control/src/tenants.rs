@@ -117,38 +117,61 @@ fn invitation_refused(code: &'static str) -> AppError {
 
 // ---------- sign-up and invitations ----------
 
+/// Whether a sign-up may go ahead: the operator's setting and the
+/// invitation (if any), before anything is hashed or changed.
+fn signup_gate(
+    tx: &mut store::Tx,
+    inv_hash: Option<&[u8]>,
+) -> store::Result<Result<Option<store::Invitation>, &'static str>> {
+    let mode = store::signup_mode(tx)?;
+    let inv = match inv_hash {
+        Some(h) => match store::invitation_by_hash(tx, h, now())? {
+            Some(i) => Some(i),
+            None => return Ok(Err("invitation_invalid")),
+        },
+        None => None,
+    };
+    Ok(match (mode, &inv) {
+        (SignupMode::Closed, None) => Err("signup_closed"),
+        (SignupMode::Closed, Some(i)) if i.server_id.is_some() => Err("signup_closed"),
+        (SignupMode::InviteOnly, None) => Err("invitation_required"),
+        _ => Ok(inv),
+    })
+}
+
 pub(crate) async fn signup(
     axum::extract::State(st): Shared,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<SignupRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<UserInfo>)> {
     let Json(req) = body?;
     check_name("user name", &req.username)?;
     check_password(&req.password)?;
+    let inv_hash = req.invitation.as_deref().map(auth::hash_secret);
+    // Refused sign-ups cost nothing: the setting and the link are checked
+    // before any argon2 run, and each sign-up takes one attempt of the
+    // address's login budget (a stranger cannot keep the hashing threads
+    // busy for everyone's logins).
+    let h = inv_hash.clone();
+    st.db
+        .tx(move |tx| signup_gate(tx, h.as_ref().map(|h| &h[..])))
+        .await?
+        .map_err(invitation_refused)?;
+    let source = crate::app::observed_source(&st, peer, &headers)?;
+    crate::device_code::take_attempt(&st, source, &req.username, "sign-up").await?;
     // The same bound as logins: a burst of sign-ups must not exhaust
     // memory with argon2 runs.
     let pw_hash = crate::app::hash_new_password(&st, req.password.clone()).await?;
-    let inv_hash = req.invitation.as_deref().map(auth::hash_secret);
     let username = req.username.clone();
     let limits = st.settings.limits;
     let outcome = st
         .db
         .tx(move |tx| {
-            let mode = store::signup_mode(tx)?;
-            let inv = match &inv_hash {
-                Some(h) => match store::invitation_by_hash(tx, h, now())? {
-                    Some(i) => Some(i),
-                    None => return Ok(Err("invitation_invalid")),
-                },
-                None => None,
+            let inv = match signup_gate(tx, inv_hash.as_ref().map(|h| &h[..]))? {
+                Ok(inv) => inv,
+                Err(code) => return Ok(Err(code)),
             };
-            match (mode, &inv) {
-                (SignupMode::Closed, None) => return Ok(Err("signup_closed")),
-                (SignupMode::Closed, Some(i)) if i.server_id.is_some() => {
-                    return Ok(Err("signup_closed"))
-                }
-                (SignupMode::InviteOnly, None) => return Ok(Err("invitation_required")),
-                _ => {}
-            }
             if let Some(i) = &inv {
                 if !store::use_invitation(tx, &i.id)? {
                     return Ok(Err("invitation_invalid"));

@@ -493,7 +493,48 @@ async fn guessing_codes_is_throttled(engine: Engine) {
     cp.stop().await;
 }
 
+/// A new password locks out the devices that sign in alone: a device
+/// someone was tricked into approving stops at the next sign-in (the
+/// wrong current password changes nothing, and counts as a failure).
+async fn a_password_change_ends_code_devices(engine: Engine) {
+    let (_store, cp, hands) = start(engine, 1000).await;
+    let c = cp.client();
+    add_user(&cp.admin, "alice").await;
+    let alice = token_of(&c, "alice").await;
+    let g = c.device_code("someone's box").await.unwrap();
+    c.with_bearer(&alice)
+        .decide_device_code(&g.user_code, true)
+        .await
+        .unwrap();
+    hands.advance(Duration::from_secs(5));
+    let r = c.poll_device_code(&g.device_code).await.unwrap();
+    let cred = r.device_credential.unwrap();
+    c.device_login(&cred).await.unwrap();
+    let (s, _) = send(
+        &c,
+        &alice,
+        Method::PUT,
+        "/v1/me/password",
+        Some(json!({"current_password": "wrong", "new_password": "a-new-password-of-alice"})),
+    )
+    .await;
+    assert_eq!(s, 403);
+    c.device_login(&cred).await.unwrap();
+    let (s, _) = send(
+        &c,
+        &alice,
+        Method::PUT,
+        "/v1/me/password",
+        Some(json!({"current_password": "password-of-alice", "new_password": "a-new-password-of-alice"})),
+    )
+    .await;
+    assert_eq!(s, 204);
+    assert_eq!(code_of(c.device_login(&cred).await), "device_unknown");
+    cp.stop().await;
+}
+
 both_engines!(
+    a_password_change_ends_code_devices,
     a_device_signs_in_by_code_approved_by_one_user,
     codes_expire_and_denials_are_told_once,
     two_factors_carry_over_to_the_device,

@@ -642,8 +642,8 @@ async fn a_friend_makes_a_wireguard_app_configuration_in_the_console() {
 
 /// Sign-in by code from the console: `hushgate connect --code` (a TV
 /// box, say) prints a link and a code; the friend opens the link in a
-/// browser that is not signed in, signs in, lands back on the code page
-/// with the code filled in, and approves it; the box's session comes up
+/// browser that is not signed in, signs in, lands back on the code page,
+/// which names the device and where it asked from, and approves it; the box's session comes up
 /// and a download through it is intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tv_box_signs_in_by_code_approved_in_the_console() {
@@ -696,18 +696,15 @@ async fn a_tv_box_signs_in_by_code_approved_in_the_console() {
     friend.fill("#username", support::USER).await;
     friend.fill("#password", support::PASSWORD).await;
     friend.submit("#signin").await;
-    let filled = friend
-        .find("#user-code")
-        .await
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap_or_default();
+    // Back on the code page, which shows which device asks and from
+    // where before anything is decided.
     assert_eq!(
-        filled, code,
-        "back on the code page with the code filled in"
+        friend.text("#device-name").await,
+        "living-room TV box",
+        "back on the code page with the device to confirm"
     );
     assert_eq!(friend.path().await, "/device");
+    assert_eq!(friend.text("#device-source").await, "127.0.0.1");
     friend.screenshot("device.png").await;
     friend.submit("#device-code").await;
     let decided = friend.text("#device-decided").await;
@@ -717,10 +714,10 @@ async fn a_tv_box_signs_in_by_code_approved_in_the_console() {
     );
 
     ready_and_intact(&mut lines, &mut seen, &w.upstream.file).await;
-    // The code was used: approving it again is refused, and says so.
+    // The code was used: its link now says so and offers no approval.
     friend.goto(&format!("{uri}?code={code}")).await;
-    friend.submit("#device-code").await;
-    assert!(!friend.find("#error").await.text().await.unwrap().is_empty());
+    assert!(friend.text("#error").await.contains("no device is waiting"));
+    assert!(!friend.source().await.contains("id=\"device-code\""));
 
     let _ = friend.c.close().await;
     let _ = connect.start_kill();

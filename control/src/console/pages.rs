@@ -323,7 +323,14 @@ pub(super) async fn signup(
         password: f.password.clone(),
         invitation: Some(f.invitation.clone()).filter(|i| !i.trim().is_empty()),
     };
-    if let Err(e) = t::signup(State(st.clone()), Ok(Json(req))).await {
+    if let Err(e) = t::signup(
+        State(st.clone()),
+        ConnectInfo(peer),
+        headers.clone(),
+        Ok(Json(req)),
+    )
+    .await
+    {
         let page = SignupPage {
             l: Layout {
                 title: "Sign up".into(),
@@ -460,12 +467,14 @@ pub(super) struct PasswordForm {
 
 pub(super) async fn change_password(
     State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     v: Visitor,
     Form(f): Form<PasswordForm>,
 ) -> Page {
     v.check_csrf(&f.csrf)?;
     s::change_password(
         State(st.clone()),
+        ConnectInfo(peer),
         v.api.clone(),
         Ok(Json(ChangePassword {
             current_password: f.current_password,
@@ -473,7 +482,7 @@ pub(super) async fn change_password(
         })),
     )
     .await?;
-    let notice = "Password changed; your other sessions were signed out.".to_string();
+    let notice = "Password changed; your other sessions were signed out, and devices signed in by code must sign in again.".to_string();
     account_page(&st, &v, Some(notice), None, Vec::new()).await
 }
 
@@ -1153,8 +1162,18 @@ pub(super) async fn wireguard_admit(
 struct DevicePage {
     l: Layout,
     code: String,
+    /// The code's device, once looked up: the confirmation step.
+    waiting: Option<WaitingRow>,
     decided: Option<String>,
     error: Option<String>,
+}
+
+struct WaitingRow {
+    name: String,
+    source: String,
+    yours: String,
+    /// It asked from another address than the approver's.
+    elsewhere: bool,
 }
 
 #[derive(Deserialize)]
@@ -1164,11 +1183,15 @@ pub(super) struct CodeQuery {
 }
 
 /// Sign-in by code (docs/api.md, "Sign-in by code"): the page a TV's or
-/// player's link opens, where a signed-in account types (or finds filled
-/// in) the code the device shows and approves or denies it. Not signed
-/// in, it goes through the sign-in page and comes back with the code.
+/// player's link opens. A signed-in account types (or finds filled in)
+/// the code the device shows; the page then shows which device asks and
+/// from where (a code someone else started and sent as a link is told
+/// apart before anything is decided), and only then Approve or Deny. Not
+/// signed in, it goes through the sign-in page and comes back with the
+/// code.
 pub(super) async fn device_page(
     State(st): St,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(q): Query<CodeQuery>,
 ) -> Page {
@@ -1188,15 +1211,34 @@ pub(super) async fn device_page(
         let next = percent_encode(&back);
         return Ok(see_other(&format!("/signin?next={next}")));
     };
-    Ok(render(
-        StatusCode::OK,
-        &DevicePage {
-            l: v.layout("Sign in a device"),
-            code,
-            decided: None,
-            error: None,
-        },
-    ))
+    let mut page = DevicePage {
+        l: v.layout("Sign in a device"),
+        code: code.clone(),
+        waiting: None,
+        decided: None,
+        error: None,
+    };
+    let mut status = StatusCode::OK;
+    if !code.is_empty() {
+        match crate::device_code::waiting(&st, &v.api, peer, &code).await {
+            Ok(w) => {
+                let yours = a::observed_source(&st, peer, &headers)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default();
+                page.waiting = Some(WaitingRow {
+                    elsewhere: w.source != yours,
+                    name: w.device_name,
+                    source: w.source,
+                    yours,
+                });
+            }
+            Err(e) => {
+                status = e.status;
+                page.error = Some(e.message);
+            }
+        }
+    }
+    Ok(render(status, &page))
 }
 
 /// `?` and `=` of a path carried in a query.
@@ -1217,7 +1259,8 @@ pub(super) struct DeviceForm {
 }
 
 /// Approves or denies the code through the API's own route (its
-/// throttle, its two-factor rule, its audit).
+/// throttle, its two-factor rule, its audit). Only an explicit decision
+/// counts: a form without one changes nothing.
 pub(super) async fn device_decide(
     State(st): St,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -1225,7 +1268,11 @@ pub(super) async fn device_decide(
     Form(f): Form<DeviceForm>,
 ) -> Page {
     v.check_csrf(&f.csrf)?;
-    let approve = f.decision != "deny";
+    let approve = match f.decision.as_str() {
+        "approve" => true,
+        "deny" => false,
+        _ => return Err(AppError::bad_request("say approve or deny").into()),
+    };
     let body = Ok(Json(DeviceCodeDecision {
         user_code: f.user_code.clone(),
     }));
@@ -1260,6 +1307,7 @@ pub(super) async fn device_decide(
         &DevicePage {
             l: v.layout("Sign in a device"),
             code,
+            waiting: None,
             decided,
             error,
         },

@@ -113,6 +113,14 @@ pub fn insert_device_code(tx: &mut Tx, c: &NewDeviceCode<'_>) -> Result<bool> {
     Ok(n == 1)
 }
 
+/// How many codes the store holds (live, or expired and still remembered).
+pub fn count_device_codes(tx: &mut Tx) -> Result<i64> {
+    match tx.query_opt("SELECT COUNT(*) FROM device_codes", args![])? {
+        Some(r) => r.i64(0),
+        None => Ok(0),
+    }
+}
+
 /// Forgets codes that expired before `before_ms` (kept a while after
 /// expiry so a late poll hears `expired_token` rather than "unknown").
 pub fn sweep_device_codes(tx: &mut Tx, before_ms: i64) -> Result<u64> {
@@ -191,6 +199,15 @@ pub fn allow_device_sign_in(tx: &mut Tx, device_id: &str, mfa: bool) -> Result<(
         args![true, mfa, device_id],
     )?;
     Ok(())
+}
+
+/// The account's devices sign in alone no more (a password change), but
+/// `keep` (the device of the session that changed it).
+pub fn end_device_sign_ins(tx: &mut Tx, user_id: i64, keep: Option<&str>) -> Result<u64> {
+    tx.exec(
+        "UPDATE devices SET sign_in = $1 WHERE user_id = $2 AND id <> $3",
+        args![false, user_id, keep.unwrap_or("")],
+    )
 }
 
 /// The device whose credential hashes to `hash`, if it may sign in alone:

@@ -579,7 +579,13 @@ async fn write_wg_config(
         access
             .services
             .iter()
-            .map(|s| format!("{} at {}:{}", s.name, access.service_address, s.port))
+            // A newline in a name would be a configuration line of its own.
+            .map(|s| format!(
+                "{} at {}:{}",
+                comment_safe(&s.name),
+                access.service_address,
+                s.port
+            ))
             .collect::<Vec<_>>()
             .join(", "),
         proto::WgKey(secret.to_bytes()),
@@ -622,4 +628,18 @@ fn show_qr(a: &Args, text: &str) -> anyhow::Result<()> {
         println!("scan it with the WireGuard app: add a tunnel, scan from QR code");
     }
     Ok(())
+}
+
+/// `text` with every character a name does not hold replaced by `?`, for
+/// a comment line of a WireGuard configuration.
+fn comment_safe(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
