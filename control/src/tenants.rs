@@ -153,7 +153,7 @@ pub(crate) async fn signup(
     // before any argon2 run, and each sign-up takes one attempt of the
     // address's login budget (a stranger cannot keep the hashing threads
     // busy for everyone's logins).
-    let h = inv_hash.clone();
+    let h = inv_hash;
     st.db
         .tx(move |tx| signup_gate(tx, h.as_ref().map(|h| &h[..])))
         .await?
