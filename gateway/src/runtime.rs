@@ -60,6 +60,16 @@ impl FromStr for ServiceSpec {
         if name.is_empty() || name.len() > 64 || port == 0 {
             return Err(usage());
         }
+        // What the control plane takes as a name (it reaches clients'
+        // configurations and pages).
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+        {
+            return Err(format!(
+                "service name '{name}' must be letters, digits, '-', '_', '.' or '@'"
+            ));
+        }
         Ok(ServiceSpec {
             name: name.to_string(),
             port,
