@@ -1801,12 +1801,7 @@ impl Drop for HeldPoll {
 // ---------- admin ----------
 
 pub(crate) fn check_name(what: &str, name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
-    if !ok {
+    if !proto::is_name(name) {
         return Err(AppError::bad_request(format!(
             "{what} '{name}' must be 1-64 characters of letters, digits, '-', '_', '.' or '@'"
         )));

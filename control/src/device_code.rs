@@ -523,11 +523,7 @@ pub(crate) async fn approve(
     source: IpAddr,
 ) -> ApiResult<DeviceCodeDecided> {
     take_attempt(st, source, &user.username, "sign-in code").await?;
-    let Some(normalized) = normalize_user_code(user_code) else {
-        return Err(AppError::bad_request(
-            "a sign-in code is 8 letters as the device shows them, e.g. BCDF-GHJK",
-        ));
-    };
+    let normalized = typed_code(user_code)?;
     if approve && user.totp && !session.mfa {
         return Err(AppError::forbidden(
             "two_factor_required",
@@ -585,13 +581,28 @@ pub(crate) async fn approve(
         None => {
             tracing::info!(user = %user.username, %source, "sign-in code not found");
             charge_failure(st, source, &user.username).await?;
-            Err(AppError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_code",
-                "no device is waiting with that code: it is mistyped, expired, or was used already; check the code on the device's screen or ask it for a new one",
-            ))
+            Err(unknown_code())
         }
     }
+}
+
+/// A code as a user typed it, or why it cannot be one.
+fn typed_code(user_code: &str) -> ApiResult<String> {
+    normalize_user_code(user_code).ok_or_else(|| {
+        AppError::bad_request(
+            "a sign-in code is 8 letters as the device shows them, e.g. BCDF-GHJK",
+        )
+    })
+}
+
+/// The one answer for a code that is not waiting (mistyped, expired,
+/// decided or used): none of these is told apart.
+fn unknown_code() -> AppError {
+    AppError::new(
+        StatusCode::NOT_FOUND,
+        "unknown_code",
+        "no device is waiting with that code: it is mistyped, expired, or was used already; check the code on the device's screen or ask it for a new one",
+    )
 }
 
 /// A code still waiting for a decision, as the console shows it before
@@ -614,11 +625,7 @@ pub(crate) async fn waiting(
     let (user, _) = signed_in_user(st, headers).await?;
     let source = observed_source(st, peer, headers)?;
     take_attempt(st, source, &user.username, "sign-in code").await?;
-    let Some(normalized) = normalize_user_code(user_code) else {
-        return Err(AppError::bad_request(
-            "a sign-in code is 8 letters as the device shows them, e.g. BCDF-GHJK",
-        ));
-    };
+    let normalized = typed_code(user_code)?;
     let hash = user_code_hash(&normalized);
     let now_ms = st.settings.clock.now_millis();
     let found = st
@@ -633,11 +640,7 @@ pub(crate) async fn waiting(
         }),
         None => {
             charge_failure(st, source, &user.username).await?;
-            Err(AppError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_code",
-                "no device is waiting with that code: it is mistyped, expired, or was used already; check the code on the device's screen or ask it for a new one",
-            ))
+            Err(unknown_code())
         }
     }
 }

@@ -62,10 +62,7 @@ impl FromStr for ServiceSpec {
         }
         // What the control plane takes as a name (it reaches clients'
         // configurations and pages).
-        if !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
-        {
+        if !proto::is_name(name) {
             return Err(format!(
                 "service name '{name}' must be letters, digits, '-', '_', '.' or '@'"
             ));

@@ -22,3 +22,16 @@ pub use policy::{BindingPolicy, PolicyError, DEFAULT_PREFIX_V6, MIN_PREFIX_V4, M
 /// formats time the same way.
 pub use time::serde::rfc3339;
 pub use time::OffsetDateTime;
+
+/// Whether `c` may appear in a name (user, server, service): letters,
+/// digits, `-`, `_`, `.` and `@`. Names reach pages, logs and clients'
+/// WireGuard configurations, where anything else (a newline above all)
+/// could change their meaning.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.@".contains(c)
+}
+
+/// A name: 1-64 characters, each [`is_name_char`].
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(is_name_char)
+}

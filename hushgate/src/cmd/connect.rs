@@ -634,12 +634,6 @@ fn show_qr(a: &Args, text: &str) -> anyhow::Result<()> {
 /// a comment line of a WireGuard configuration.
 fn comment_safe(text: &str) -> String {
     text.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
-                c
-            } else {
-                '?'
-            }
-        })
+        .map(|c| if proto::is_name_char(c) { c } else { '?' })
         .collect()
 }
