@@ -101,8 +101,12 @@ fn compile(source: &str, name: &str, statically: bool) -> PathBuf {
             "-ldl",
         ]);
     } else {
+        // DT_RPATH, not the newer DT_RUNPATH: the loader then takes this
+        // build's library before anything on LD_LIBRARY_PATH, where cargo
+        // puts target/debug, whose copy only `cargo build` refreshes.
         cc.arg(format!("-L{}", lib.display()))
             .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-Wl,--disable-new-dtags")
             .args(["-lhushgate_ffi", "-lpthread"]);
     }
     let status = cc.arg("-o").arg(&out).status().expect("cc runs");
