@@ -2,7 +2,6 @@
 //! time passed in: when to renew, how long to wait between retries, and
 //! when the path to the gateway counts as lost.
 
-use rand::Rng;
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
@@ -29,49 +28,11 @@ pub fn renew_delay(now: OffsetDateTime, expires_at: OffsetDateTime) -> Duration 
     (remaining * RENEW_NUMERATOR / RENEW_DENOMINATOR).max(MIN_RENEW_DELAY)
 }
 
-/// Exponential backoff with jitter for retries against the control plane:
-/// 1 s, 2 s, 4 s, ... up to `max`, each scattered by +-20 % so that many
-/// clients cut off together do not come back in lockstep.
-#[derive(Debug, Clone)]
-pub struct Backoff {
-    base: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub fn new(base: Duration, max: Duration) -> Backoff {
-        Backoff {
-            base,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// Failures since the last [`reset`](Self::reset).
-    pub fn attempts(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The wait before the next attempt after one more failure.
-    pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let exp = self.attempt.min(16);
-        self.attempt = self.attempt.saturating_add(1);
-        let raw = self.base.saturating_mul(1 << exp).min(self.max);
-        let jitter = rng.gen_range(0.8..=1.2);
-        raw.mul_f64(jitter).min(self.max)
-    }
-
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new(Duration::from_secs(1), Duration::from_secs(30))
-    }
-}
+/// Retries against the control plane: `Backoff::default()` is 1 s, 2 s,
+/// 4 s, ... up to 30 s, each scattered by +-20 % so that many clients cut
+/// off together do not come back in lockstep. One schedule for every
+/// crate, kept in `proto`.
+pub use proto::backoff::Backoff;
 
 /// When the path to the gateway counts as lost or stalled.
 #[derive(Debug, Clone, Copy)]

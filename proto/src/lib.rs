@@ -3,13 +3,15 @@
 //! Everything that crosses a process boundary is defined here and nowhere
 //! else: the JSON bodies of the control plane's HTTP API (`api`), the
 //! gateway feed that carries the desired set of admissions (`feed`), the
-//! WireGuard key encoding (`WgKey`) and the source binding policy
-//! (`BindingPolicy`). This crate has no sockets, no clock and no async
+//! WireGuard key encoding (`WgKey`), the source binding policy
+//! (`BindingPolicy`) and the retry schedule every retry loop shares
+//! (`backoff`). This crate has no sockets, no clock and no async
 //! runtime, so every other crate (and an app maker writing their own
 //! client) can depend on it cheaply.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backoff;
 pub mod feed;
 mod key;
 mod policy;

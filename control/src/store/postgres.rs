@@ -32,6 +32,7 @@ use super::sql::{check_parameter_order, Cell, Row, Value};
 use super::{Durability, Result, StoreError, Tx};
 use crate::hub::{Event, Hub};
 use bytes::BytesMut;
+use proto::backoff::Backoff;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
@@ -826,7 +827,8 @@ async fn migrate(pool: &deadpool_postgres::Pool) -> Result<()> {
 /// Listens for the other replicas' events for as long as the engine
 /// lives, reconnecting by itself (see the module docs).
 async fn listen(config: tokio_postgres::Config, pool: deadpool_postgres::Pool, hub: Arc<Hub>) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff =
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter(0.0);
     let mut was_up = true;
     loop {
         let (client, mut connection) = match config.connect(NoTls).await {
@@ -836,8 +838,8 @@ async fn listen(config: tokio_postgres::Config, pool: deadpool_postgres::Pool, h
                     tracing::warn!(error = %pg_error(e), "cannot listen for other replicas' changes; retrying");
                     was_up = false;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                let wait = backoff.next_delay(&mut rand::thread_rng());
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -858,10 +860,11 @@ async fn listen(config: tokio_postgres::Config, pool: deadpool_postgres::Pool, h
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
             tracing::warn!(error = %pg_error(e), "cannot listen for other replicas' changes; retrying");
             driver.abort();
-            tokio::time::sleep(backoff).await;
+            let wait = backoff.next_delay(&mut rand::thread_rng());
+            tokio::time::sleep(wait).await;
             continue;
         }
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         if !was_up {
             tracing::info!("listening for other replicas' changes again");
         }

@@ -24,6 +24,7 @@
 //!   A router that answers a renewal with a refusal has lost it for sure.
 //! - shutdown: the held mappings are deleted.
 
+use proto::backoff::Backoff;
 use proto::reach::{MappingProtocol, MappingReport, MappingState};
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -212,7 +213,10 @@ pub struct Mapper {
     refusals: Vec<(MappingProtocol, String)>,
     /// Why the last round failed, for the status.
     last: Option<(MappingState, Option<MappingProtocol>, String)>,
-    backoff: Duration,
+    /// The wait between failed rounds: `retry_min` doubling to
+    /// `retry_max`, exact (one gateway asks one router; nobody to fall
+    /// into lockstep with).
+    backoff: Backoff,
     events: VecDeque<Event>,
     /// When the last announcement was acted on (see `announcement`).
     last_announcement: Option<Instant>,
@@ -238,7 +242,7 @@ impl Mapper {
             in_flight: None,
             refusals: Vec::new(),
             last: None,
-            backoff: timing.retry_min,
+            backoff: Backoff::new(timing.retry_min, timing.retry_max).with_jitter(0.0),
             events: VecDeque::new(),
             last_announcement: None,
         }
@@ -312,7 +316,7 @@ impl Mapper {
                     protocol,
                     external: h.external(),
                 });
-                self.backoff = self.timing.retry_min;
+                self.backoff.reset();
                 self.last = None;
                 self.phase = Phase::Mapped(h);
             }
@@ -339,10 +343,13 @@ impl Mapper {
                     detail: detail.clone(),
                 });
                 self.last = Some((state, proto, detail));
-                self.phase = Phase::Waiting {
-                    until: now + self.backoff,
-                };
-                self.backoff = (self.backoff * 2).min(self.timing.retry_max);
+                // Without jitter the backoff never draws from its
+                // generator; a constant one keeps this machine free of the
+                // system's randomness.
+                let wait = self
+                    .backoff
+                    .next_delay(&mut rand::rngs::mock::StepRng::new(0, 0));
+                self.phase = Phase::Waiting { until: now + wait };
             }
         }
     }

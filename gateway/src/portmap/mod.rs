@@ -21,6 +21,7 @@ pub mod machine;
 
 use control_client::ControlClient;
 use machine::{Event, Mapper, PortSpec, Timing, Transport};
+use proto::backoff::Backoff;
 use proto::feed::GatewayReport;
 use proto::reach::{MappingReport, MappingState, NetworkReport, ReachabilityView};
 use std::net::{IpAddr, SocketAddr};
@@ -282,7 +283,9 @@ fn log_event(ev: &Event, router: IpAddr) {
 async fn report_changes(r: Reporting, mut status: watch::Receiver<MappingReport>) {
     let control_addresses = host::control_addresses(&r.control_url).await;
     let mut sent: Option<GatewayReport> = None;
-    let mut backoff = Duration::from_secs(1);
+    // Exact doubling: one gateway reporting to its control plane.
+    let mut backoff =
+        Backoff::new(Duration::from_secs(1), Duration::from_secs(30)).with_jitter(0.0);
     loop {
         let mapping = status.borrow_and_update().clone();
         // The first round of probing takes a few seconds; reporting
@@ -314,12 +317,12 @@ async fn report_changes(r: Reporting, mut status: watch::Receiver<MappingReport>
                             "reported the gateway's endpoint and network to the control plane"
                         );
                         sent = Some(report);
-                        backoff = Duration::from_secs(1);
+                        backoff.reset();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not report the new endpoint to the control plane; retrying");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        let wait = backoff.next_delay(&mut rand::thread_rng());
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 }
