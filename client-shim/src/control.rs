@@ -178,52 +178,20 @@ fn device_dir(file: &Path) -> Result<(), ShimError> {
 }
 
 /// Replaces a device file whose credential the control plane no longer
-/// knows with a new one: written beside it (0600 from its first byte),
-/// synced, then renamed over it, so a crash leaves the old file or the
-/// new one, never a torn or readable one.
+/// knows with a new one, whole (see `statelock::write_private`): a crash
+/// leaves the old file or the new one, never a torn or readable one.
 fn replace_device_credential(file: &Path, credential: &str) -> Result<(), ShimError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     device_dir(file)?;
-    let fail = |e: std::io::Error| device_file_error(file, e);
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".new-{}", std::process::id()));
-    let tmp = file.with_file_name(name);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    let written = f
-        .write_all(format!("{credential}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, file));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e));
-    }
-    // The rename itself reaches the disk with the folder's entry.
-    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-    }
-    Ok(())
+    statelock::write_private(file, format!("{credential}\n").as_bytes())
+        .map_err(|e| device_file_error(file, e))
 }
 
-/// Keeps a new device's credential, private from its first byte.
+/// Keeps a new device's credential, private from its first byte and
+/// written whole.
 fn write_device_credential(file: &Path, credential: &str) -> Result<(), ShimError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| device_file_error(file, e);
     device_dir(file)?;
-    let mut f = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(file)
-    {
-        Ok(f) => f,
+    match statelock::write_private_new(file, format!("{credential}\n").as_bytes()) {
+        Ok(()) => Ok(()),
         // Another session of the same account (a second player started at
         // the same moment) registered its device and saved it first: keep
         // that one for later runs; this session's device serves it alone.
@@ -232,13 +200,10 @@ fn write_device_credential(file: &Path, credential: &str) -> Result<(), ShimErro
                 file = %file.display(),
                 "another session saved this account's device file first; this session's device is not saved"
             );
-            return Ok(());
+            Ok(())
         }
-        Err(e) => return Err(fail(e)),
-    };
-    f.write_all(format!("{credential}\n").as_bytes())
-        .and_then(|()| f.sync_all())
-        .map_err(fail)
+        Err(e) => Err(device_file_error(file, e)),
+    }
 }
 
 /// The three calls a session makes after logging in.

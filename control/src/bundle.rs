@@ -19,7 +19,7 @@
 //! certificate nobody trusts.
 
 use crate::store::{self, Db};
-use crate::{auth, state, tls};
+use crate::{auth, tls};
 use anyhow::{bail, Context};
 use std::path::{Path, PathBuf};
 
@@ -44,14 +44,14 @@ pub fn init(
     sans: &[String],
     database: Option<&store::DatabaseUrl>,
 ) -> anyhow::Result<Bundle> {
-    state::ensure_private_dir(dir)
+    statelock::ensure_private_dir(dir)
         .with_context(|| format!("cannot create the folder {}", dir.display()))?;
     let certificate_expires = tls::write_server_certificate(dir, sans)?;
     let token_file = dir.join("admin-token");
     let kept_admin_token = read_token(&token_file).is_some();
     if !kept_admin_token {
         let (token, _) = auth::new_secret(auth::SecretKind::Admin);
-        state::write_secret_file(&token_file, format!("{token}\n").as_bytes())
+        statelock::write_private(&token_file, format!("{token}\n").as_bytes())
             .with_context(|| format!("cannot write {}", token_file.display()))?;
     }
     let mut recorded = None;
@@ -145,7 +145,7 @@ pub(crate) fn admin_token(db: &Db, dir: &Path) -> anyhow::Result<PathBuf> {
         }
         (None, _, shared) => {
             let (token, hash) = auth::new_secret(auth::SecretKind::Admin);
-            state::write_secret_file(&file, format!("{token}\n").as_bytes())
+            statelock::write_private(&file, format!("{token}\n").as_bytes())
                 .with_context(|| format!("cannot write {}", file.display()))?;
             if shared {
                 let got =

@@ -39,7 +39,6 @@ pub mod listener;
 pub mod metrics;
 pub mod reachability;
 mod sessions;
-pub mod state;
 pub mod store;
 mod tenants;
 pub mod tls;
@@ -248,7 +247,7 @@ impl ControlPlane {
     /// nobody waits for them); with a shared database only those whose
     /// pending time ran out (another replica may be waiting for the rest).
     pub fn open(cfg: Config) -> anyhow::Result<ControlPlane> {
-        state::ensure_private_dir(&cfg.state_dir).with_context(|| {
+        statelock::ensure_private_dir(&cfg.state_dir).with_context(|| {
             format!("cannot create the state folder {}", cfg.state_dir.display())
         })?;
         // One process per state folder, whatever the engine: replicas on
@@ -386,7 +385,7 @@ impl ControlPlane {
         let local = listener.local_addr()?;
         // Lets `hushgate admin --state DIR` find this control plane.
         let url = format!("https://{}\n", local_url_host(local));
-        state::write_public_file(&self.state_dir.join("control-url"), url.as_bytes())?;
+        statelock::write_public(&self.state_dir.join("control-url"), url.as_bytes())?;
 
         let expiry = AbortOnDrop(tokio::spawn(expiry_task(self.state.clone())));
         let checks = self.state.settings.reachability_interval.map(|every| {

@@ -78,17 +78,15 @@ fn load_or_create_ca(dir: &Path) -> Result<(String, KeyPair), TlsError> {
     params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
     let cert = params.self_signed(&key)?;
-    crate::state::write_secret_file(&ca_key_file, key.serialize_pem().as_bytes()).map_err(
-        |source| TlsError::Write {
+    statelock::write_private(&ca_key_file, key.serialize_pem().as_bytes()).map_err(|source| {
+        TlsError::Write {
             path: ca_key_file.clone(),
             source,
-        },
-    )?;
-    crate::state::write_public_file(&ca_file, cert.pem().as_bytes()).map_err(|source| {
-        TlsError::Write {
-            path: ca_file.clone(),
-            source,
         }
+    })?;
+    statelock::write_public(&ca_file, cert.pem().as_bytes()).map_err(|source| TlsError::Write {
+        path: ca_file.clone(),
+        source,
     })?;
     Ok((cert.pem(), key))
 }
@@ -152,14 +150,14 @@ pub fn write_server_certificate(
     let (ca_pem, ca_key) = load_or_create_ca(dir)?;
     let (cert_pem, key) = issue_leaf(&ca_pem, &ca_key, sans)?;
     let key_file = dir.join(SERVER_KEY);
-    crate::state::write_secret_file(&key_file, key.serialize_pem().as_bytes()).map_err(
-        |source| TlsError::Write {
+    statelock::write_private(&key_file, key.serialize_pem().as_bytes()).map_err(|source| {
+        TlsError::Write {
             path: key_file.clone(),
             source,
-        },
-    )?;
+        }
+    })?;
     let cert_file = dir.join(SERVER_CERT);
-    crate::state::write_public_file(&cert_file, format!("{cert_pem}{ca_pem}").as_bytes()).map_err(
+    statelock::write_public(&cert_file, format!("{cert_pem}{ca_pem}").as_bytes()).map_err(
         |source| TlsError::Write {
             path: cert_file.clone(),
             source,

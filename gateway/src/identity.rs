@@ -4,7 +4,6 @@
 
 use boringtun::x25519::{PublicKey, StaticSecret};
 use proto::WgKey;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,12 +45,7 @@ impl Identity {
             let path = path.to_path_buf();
             move |source| IdentityError::Io { path, source }
         };
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir_all(dir).map_err(io(dir))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io(dir))?;
-        }
+        statelock::ensure_private_dir(dir).map_err(io(dir))?;
         let key_path = dir.join(KEY_FILE);
         let secret = if key_path.exists() {
             let text = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
@@ -63,7 +57,7 @@ impl Identity {
         } else {
             let secret = StaticSecret::random_from_rng(rand_core::OsRng);
             let text = format!("{}\n", WgKey(secret.to_bytes()));
-            write_secret(&key_path, text.as_bytes()).map_err(io(&key_path))?;
+            statelock::write_private(&key_path, text.as_bytes()).map_err(io(&key_path))?;
             secret
         };
         let public = WgKey(PublicKey::from(&secret).to_bytes());
@@ -86,12 +80,12 @@ impl Identity {
     /// crash right after enrolling does not waste the one-time token.
     pub fn save_credential(&mut self, credential: &str) -> Result<(), IdentityError> {
         let path = self.dir.join(CREDENTIAL_FILE);
-        write_secret(&path, format!("{credential}\n").as_bytes()).map_err(|source| {
-            IdentityError::Io {
+        statelock::write_private(&path, format!("{credential}\n").as_bytes()).map_err(
+            |source| IdentityError::Io {
                 path: path.clone(),
                 source,
-            }
-        })?;
+            },
+        )?;
         self.credential = Some(credential.to_string());
         Ok(())
     }
@@ -99,26 +93,6 @@ impl Identity {
     pub fn credential_path(&self) -> PathBuf {
         self.dir.join(CREDENTIAL_FILE)
     }
-}
-
-/// Writes `bytes` to `path` with mode 0600 through a temporary file and a
-/// rename, so a crash leaves the old file or the new one.
-pub fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! One process per state folder.
+//! The state folder: one process holds it, and its files are written
+//! whole.
 //!
 //! A gateway's folder holds its key and credential, a control plane's its
 //! SQLite database and CA. Two processes started on one folder (a second
@@ -10,10 +11,19 @@
 //! stale lock after a crash or SIGKILL). The file keeps the holder's pid
 //! and role, so the one refused can say who holds the folder.
 //!
+//! The files inside (keys, credentials, certificates) are written through
+//! [`write_private`] and its siblings: a temporary file with the final
+//! mode, synced and renamed over the old one, so a crash leaves the old
+//! file or the new one and a secret is never readable by others.
+//!
 //! Written here rather than taken from a crate: std's `File::try_lock`
 //! is newer than the workspace's minimum Rust, and the lock is one
 //! `flock` call (rustix, already in the build) plus a clear message.
 #![forbid(unsafe_code)]
+
+mod write;
+
+pub use write::{ensure_private_dir, write_private, write_private_new, write_public};
 
 use rustix::fs::{flock, FlockOperation};
 use std::fs::{File, OpenOptions};

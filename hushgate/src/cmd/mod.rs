@@ -53,19 +53,10 @@ fn read(env: &str, what: &str, confirm: bool) -> anyhow::Result<String> {
     Ok(line)
 }
 
-/// Writes `bytes` to a new file at `path`, mode 0600 from the start (it
-/// holds a secret), replacing an older file there.
+/// Writes `bytes` to `path`, mode 0600 from the start (it holds a
+/// secret), replacing an older file there whole.
 pub fn write_private_file(path: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
     use anyhow::Context;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes)
+    statelock::write_private(path, bytes)
         .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -60,10 +60,8 @@ pub fn load(dir: &Path, name: &str) -> anyhow::Result<Option<ConnectFile>> {
 }
 
 fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("cannot make {} private", dir.display()))
+    statelock::ensure_private_dir(dir)
+        .with_context(|| format!("cannot create {} (private to its owner)", dir.display()))
 }
 
 /// Saves `settings` as profile `name` (0600), copying its CA file in
