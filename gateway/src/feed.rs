@@ -254,7 +254,7 @@ impl DesiredSet {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proto::api::AccessMode;
     use proto::feed::FeedAdmission;
@@ -262,7 +262,7 @@ mod tests {
     use std::net::Ipv4Addr;
     use time::macros::datetime;
 
-    fn adm(n: u8, minutes: i64) -> FeedAdmission {
+    pub(crate) fn adm(n: u8, minutes: i64) -> FeedAdmission {
         FeedAdmission {
             id: format!("adm_{n}"),
             mode: AccessMode::Tunnel,
@@ -276,7 +276,7 @@ mod tests {
         }
     }
 
-    fn update(version: u64, base: Option<u64>, minute: i64) -> FeedUpdate {
+    pub(crate) fn update(version: u64, base: Option<u64>, minute: i64) -> FeedUpdate {
         FeedUpdate {
             server: "den".into(),
             version,

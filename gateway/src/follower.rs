@@ -482,38 +482,23 @@ impl<R: RngCore> Follower<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::tests as feed_tests;
     use proto::api::AccessMode;
     use proto::feed::FeedAdmission;
-    use proto::{BindingPolicy, WgKey};
     use rand::rngs::StdRng;
     use rand::SeedableRng;
-    use std::net::Ipv4Addr;
-    use time::macros::datetime;
 
     fn adm(n: u8, mode: AccessMode) -> FeedAdmission {
         FeedAdmission {
-            id: format!("adm_{n}"),
             mode,
-            client_public_key: Some(WgKey([n; 32])),
-            preshared_key: None,
-            source: "203.0.113.7".parse().unwrap(),
-            binding: BindingPolicy::Exact,
-            client_address: Some(Ipv4Addr::new(100, 64, 0, n)),
-            services: vec!["plex".into()],
-            expires_at: datetime!(2026-11-25 21:00 UTC),
+            ..feed_tests::adm(n, 60)
         }
     }
 
     fn update(version: u64, base: Option<u64>, admissions: Vec<FeedAdmission>) -> FeedUpdate {
         FeedUpdate {
-            server: "den".into(),
-            version,
-            server_time: datetime!(2026-11-25 20:00 UTC),
-            service_address: Ipv4Addr::new(100, 64, 0, 1),
-            base,
             admissions,
-            removed: vec![],
-            reachability: None,
+            ..feed_tests::update(version, base, 0)
         }
     }
 
