@@ -139,11 +139,10 @@ pub fn run(data: &[u8]) {
                         removed,
                     }) => {
                         ambiguous |= repeats;
-                        ambiguous |=
-                            collided(&by_diff.apply(
-                                gateway::FeedChangeRef::diff(&header, &changed, &removed),
-                                now,
-                            ));
+                        ambiguous |= collided(&by_diff.apply(
+                            gateway::FeedChangeRef::diff(&header, &changed, &removed),
+                            now,
+                        ));
                         let whole = desired
                             .mirror()
                             .state()
