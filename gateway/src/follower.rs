@@ -521,6 +521,18 @@ mod tests {
         matches!(change, FeedChange::Whole(_))
     }
 
+    /// Hands `f` a feed answer; returns what it gives the pre-filter.
+    fn to_filter(f: &mut Follower<StdRng>, answer: FeedUpdate, now: Instant) -> Arc<FeedChange> {
+        f.handle(Input::Fetched(Ok(answer)), now);
+        let acts = drain(f);
+        match &acts[..] {
+            [Action::Report(Report::Took { .. }), Action::ApplyFilter { change, .. }] => {
+                change.clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     /// Takes `f` (fresh, with a filter, without direct services) through
     /// version 1 as a whole set, acknowledged.
     fn synced(f: &mut Follower<StdRng>, t: Instant) {
@@ -639,16 +651,13 @@ mod tests {
         synced(&mut f, t0);
 
         // In step: the diff goes to the filter as a diff.
-        f.handle(
-            Input::Fetched(Ok(update(2, Some(1), vec![adm(2, AccessMode::Tunnel)]))),
+        let change = to_filter(
+            &mut f,
+            update(2, Some(1), vec![adm(2, AccessMode::Tunnel)]),
             t0,
         );
-        let acts = drain(&mut f);
-        let [_, Action::ApplyFilter { change, .. }] = &acts[..] else {
-            panic!("{acts:?}");
-        };
-        assert!(!is_whole(change));
-        drop(acts);
+        assert!(!is_whole(&change));
+        drop(change);
 
         // The kernel refuses it: user space still applies it, nothing is
         // acknowledged, and the whole set is asked for after a backoff.
@@ -673,19 +682,16 @@ mod tests {
 
         // The next answer is a diff that fits the mirror, but the filter
         // missed version 2: it gets the whole set.
-        f.handle(
-            Input::Fetched(Ok(update(3, Some(2), vec![adm(3, AccessMode::Tunnel)]))),
+        let change = to_filter(
+            &mut f,
+            update(3, Some(2), vec![adm(3, AccessMode::Tunnel)]),
             at,
         );
-        let acts = drain(&mut f);
-        let [_, Action::ApplyFilter { change, .. }] = &acts[..] else {
-            panic!("{acts:?}");
-        };
         let FeedChange::Whole(state) = change.as_ref() else {
             panic!("{change:?}");
         };
         assert_eq!((state.version, state.admissions.len()), (3, 3));
-        drop(acts);
+        drop(change);
         f.handle(Input::FilterApplied(Ok(vec![])), at);
         let acts = drain(&mut f);
         assert!(
@@ -698,12 +704,11 @@ mod tests {
         drain(&mut f);
 
         // In step again: diffs go as diffs.
-        f.handle(Input::Fetched(Ok(update(4, Some(3), vec![]))), at);
-        let acts = drain(&mut f);
-        assert!(
-            matches!(&acts[..], [_, Action::ApplyFilter { change, .. }] if !is_whole(change)),
-            "{acts:?}"
-        );
+        assert!(!is_whole(&to_filter(
+            &mut f,
+            update(4, Some(3), vec![]),
+            at
+        )));
     }
 
     #[test]
