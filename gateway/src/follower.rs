@@ -273,10 +273,11 @@ impl<R: RngCore> Follower<R> {
         };
         self.backoff.reset();
         let received = now;
-        let reachability = update.reachability.clone(); // issue 17
-                                                        // A diff goes to the pre-filter, the direct proxy and the data
-                                                        // path as a diff: applying it then costs what the change costs,
-                                                        // not what the whole set does.
+        // issue 17: the control plane's reachability check, for the status.
+        let reachability = update.reachability.clone();
+        // A diff goes to the pre-filter, the direct proxy and the data
+        // path as a diff: applying it then costs what the change costs,
+        // not what the whole set does.
         let change = match self.desired.absorb_update(update, received) {
             Ok(change) => change,
             Err(e) => {
