@@ -9,7 +9,7 @@
 //! in the way the gateway takes it in (`DesiredSet`, then the admission
 //! table), and the table must stay consistent.
 
-use gateway::feed::{Absorbed, DesiredSet};
+use gateway::feed::DesiredSet;
 use gateway::AdmissionTable;
 use proto::api::*;
 use proto::feed::*;
@@ -83,15 +83,8 @@ fn take_in(update: FeedUpdate) {
     let mut desired = DesiredSet::new();
     let mut table = AdmissionTable::new(Duration::from_secs(30));
     match desired.absorb_update(update, now) {
-        Ok(Absorbed::Whole(state)) => {
-            table.apply(&state, now);
-        }
-        Ok(Absorbed::Diff {
-            header,
-            changed,
-            removed,
-        }) => {
-            table.apply_diff(&header, &changed, &removed, now);
+        Ok(change) => {
+            table.apply(&change, now);
         }
         // A diff on top of nothing: refused, and the whole set is asked for.
         Err(_) => assert_eq!(desired.next_after(now), None),

@@ -748,8 +748,10 @@ impl World {
             admissions: Vec::new(),
         };
         let outcome = if diff {
-            self.dispatcher
-                .apply_diff(&header, &listed, &removed_ids, now)
+            self.dispatcher.apply(
+                gateway::FeedChangeRef::diff(&header, &listed, &removed_ids),
+                now,
+            )
         } else {
             let state = FeedState {
                 admissions: listed,

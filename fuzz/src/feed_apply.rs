@@ -1,6 +1,6 @@
 //! The gateway's take-in of feed answers: `DesiredSet` (the `FeedMirror`
 //! that follows whole sets and diffs) and the admission table's `apply`
-//! and `apply_diff`.
+//! with a diff.
 //!
 //! Input (structured, `arbitrary`): a sequence of feed answers, whole or
 //! diffs, over a small space of ids, keys, tunnel addresses, sources and
@@ -15,7 +15,7 @@
 //! Both tables must also stay internally consistent ([`check_table`]).
 
 use arbitrary::{Arbitrary, Unstructured};
-use gateway::feed::{Absorbed, DesiredSet};
+use gateway::feed::{DesiredSet, FeedChange};
 use gateway::{AdmissionError, AdmissionTable, ApplyOutcome, Pinning, SourceStatus};
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedUpdate};
@@ -128,19 +128,21 @@ pub fn run(data: &[u8]) {
                 ids.sort_unstable();
                 let repeats = ids.windows(2).any(|w| w[0] == w[1]);
                 match desired.absorb_update(update, now) {
-                    Ok(Absorbed::Whole(state)) => {
+                    Ok(FeedChange::Whole(state)) => {
                         ambiguous |= repeats;
                         ambiguous |= collided(&by_diff.apply(&state, now));
                         ambiguous |= collided(&by_whole.apply(&state, now));
                     }
-                    Ok(Absorbed::Diff {
+                    Ok(FeedChange::Diff {
                         header,
                         changed,
                         removed,
                     }) => {
                         ambiguous |= repeats;
-                        ambiguous |=
-                            collided(&by_diff.apply_diff(&header, &changed, &removed, now));
+                        ambiguous |= collided(&by_diff.apply(
+                            gateway::FeedChangeRef::diff(&header, &changed, &removed),
+                            now,
+                        ));
                         let whole = desired
                             .mirror()
                             .state()

@@ -17,7 +17,7 @@
 //! | [`datagram`] | datagram classification of the dispatcher | raw datagrams |
 //! | [`inner_packet`] | `gateway::inner` and the netstack's packet filter | raw IP packet |
 //! | [`tcp_segments`] | smoltcp's TCP socket through `netstack::Stack` | structured segments |
-//! | [`feed_apply`] | `FeedMirror`, `AdmissionTable::apply` / `apply_diff` | structured feed answers |
+//! | [`feed_apply`] | `FeedMirror`, `AdmissionTable::apply` (whole and diff) | structured feed answers |
 //! | [`api_json`] | every JSON body of the API and the feed | JSON text |
 //! | [`access_answer`] | the shim's `validate_access` | JSON text |
 //! | [`gateway_config`] | the gateway's TOML config file, service specs | TOML text |

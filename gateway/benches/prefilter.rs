@@ -1,6 +1,6 @@
-//! The kernel pre-filter's cost per change: how long `Filter::apply` (a
-//! whole feed state) and `Filter::apply_diff` (a feed diff, what the
-//! gateway applies on each change) take, planning plus one netlink
+//! The kernel pre-filter's cost per change: how long `Filter::apply` takes
+//! with a whole feed state and with a feed diff (what the gateway applies
+//! on each change), planning plus one netlink
 //! transaction answered by the kernel, to add, renew or remove one
 //! admission with 10, 1,000 and 10,000 admissions already in the table;
 //! and the one-time cost of a whole set.
@@ -10,6 +10,7 @@
 //! deletes it at the end. Knob: OPS (changes measured per size, 200).
 
 use hushgate_gateway::filter::Filter;
+use hushgate_gateway::FeedChangeRef;
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, WgKey};
@@ -132,7 +133,7 @@ fn inside() {
                 if whole {
                     f.apply(&st, Instant::now()).unwrap();
                 } else {
-                    f.apply_diff(&changed, &removed, st.server_time, Instant::now())
+                    f.apply(FeedChangeRef::diff(&st, &changed, &removed), Instant::now())
                         .unwrap();
                 }
                 let how = if whole { "whole state" } else { "diff" };

@@ -3,11 +3,18 @@
 //! admitted?", "whose key is this?" and "which peer owns this inner
 //! address?" in one hash lookup each.
 //!
-//! The table is level-triggered: [`AdmissionTable::apply`] takes the whole
-//! desired state from the control plane and converges to it, so a lost feed
-//! answer or a gateway restart heals on the next one. It has no clock: every
-//! call that depends on time takes `now`.
+//! The table is level-triggered: [`AdmissionTable::apply`] takes a feed
+//! change, either the whole desired state (it converges to it, so a lost
+//! feed answer or a gateway restart heals on the next one) or a diff on
+//! top of what it holds (the cost follows the change). It has no clock:
+//! every call that depends on time takes `now`.
+//!
+//! [`admitted`] is the one rule that turns a feed admission into a source
+//! network and a local deadline; the table, the kernel pre-filter's plan
+//! and the direct proxy all use it, so they cannot disagree on who is
+//! admitted until when.
 
+use crate::feed::FeedChangeRef;
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, OffsetDateTime, WgKey};
@@ -34,7 +41,51 @@ const SLOT_REUSE_DELAY: usize = 1024;
 
 /// Admissions longer than this are clamped, so that a nonsense expiry in the
 /// feed cannot overflow `Instant` arithmetic.
-const MAX_ADMISSION_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub const MAX_ADMISSION_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// What one feed admission admits, in this gateway's own terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// The source network, per the binding policy ([`source_network`]);
+    /// `None` under `first-handshake`, whose source is known only once a
+    /// handshake pins it.
+    pub network: Option<ipnet::IpNet>,
+    /// The local moment the admission ends: the time left on the control
+    /// plane's clock (`expires_at - server_time`) counted from `received`,
+    /// clamped to [`MAX_ADMISSION_LIFETIME`], so that the two machines'
+    /// clocks need not agree and a nonsense expiry cannot overflow.
+    pub deadline: Instant,
+}
+
+/// The one rule "feed admission -> source network and local deadline",
+/// for an answer stamped `server_time` by the control plane and received
+/// here at `received`. `None` when the admission has no time left at
+/// `server_time`.
+pub fn admitted(
+    a: &FeedAdmission,
+    server_time: OffsetDateTime,
+    received: Instant,
+) -> Option<Admitted> {
+    let remaining = Duration::try_from(a.expires_at - server_time)
+        .ok()
+        .filter(|d| !d.is_zero())?;
+    Some(Admitted {
+        network: match a.binding {
+            BindingPolicy::FirstHandshake => None,
+            binding => Some(source_network(binding, a.source)),
+        },
+        deadline: received + remaining.min(MAX_ADMISSION_LIFETIME),
+    })
+}
+
+/// The network `binding` admits for a client seen at `source`: the
+/// binding's prefix length for the source's family (an IPv4 client of a
+/// `prefix:24,56` server is admitted by its /24, an IPv6 one by its /56),
+/// a host network for `exact` (and for a pinned `first-handshake`). An
+/// IPv4 client written as `::ffff:a.b.c.d` counts as IPv4.
+pub fn source_network(binding: BindingPolicy, source: IpAddr) -> ipnet::IpNet {
+    binding.network(source.to_canonical())
+}
 
 /// The gateway's handle for one admitted peer. It is also the upper 24 bits
 /// of every WireGuard session index the gateway hands that peer, which is
@@ -182,14 +233,11 @@ impl Admission {
     fn source_key(&self) -> SourceKey {
         match self.pinning {
             Pinning::NotApplicable => {
-                // The binding's length for the source's family: an IPv4
-                // client of a `prefix:24,56` server is indexed by its /24,
-                // an IPv6 one by its /56.
-                let len = self.feed.binding.prefix_len(self.source);
-                if len < host_bits(self.source) {
+                let net = source_network(self.feed.binding, self.source);
+                if net.prefix_len() < host_bits(self.source) {
                     SourceKey::Prefix {
-                        len,
-                        network: mask(self.source, len),
+                        len: net.prefix_len(),
+                        network: net.network(),
                     }
                 } else {
                     SourceKey::Exact(self.source)
@@ -536,39 +584,61 @@ impl AdmissionTable {
         removed
     }
 
-    /// Converges the table to `state`, the control plane's whole desired
-    /// set. Deadlines are computed as `now + (expires_at - server_time)`
-    /// so that the two machines' clocks need not agree.
-    pub fn apply(&mut self, state: &FeedState, now: Instant) -> ApplyOutcome {
+    /// Takes in a feed change: a whole desired set (converged to: what it
+    /// does not list is removed) or a diff (`changed` admissions, new or
+    /// replacing what is held under their id, and `removed` ids, on top of
+    /// what the table holds; the cost follows the change, and the result
+    /// is what the whole set the diff leads to gives). Deadlines come from
+    /// [`admitted`], measured from `now`.
+    pub fn apply<'a>(
+        &mut self,
+        change: impl Into<FeedChangeRef<'a>>,
+        now: Instant,
+    ) -> ApplyOutcome {
+        let change = change.into();
+        let header = change.header();
         let mut outcome = ApplyOutcome {
-            version: state.version,
+            version: header.version,
             ..ApplyOutcome::default()
         };
-        self.version = Some(state.version);
-        self.service_address = Some(state.service_address);
+        self.version = Some(header.version);
+        self.service_address = Some(header.service_address);
+        let (changed, removed): (&[FeedAdmission], Option<&[String]>) = match change {
+            FeedChangeRef::Whole(state) => (&state.admissions, None),
+            FeedChangeRef::Diff {
+                changed, removed, ..
+            } => (changed, Some(removed)),
+        };
 
         // First occurrence of each id wins; later ones are reported.
-        let mut wanted: HashSet<&str> = HashSet::with_capacity(state.admissions.len());
-        let mut unique: Vec<&FeedAdmission> = Vec::with_capacity(state.admissions.len());
-        for feed in &state.admissions {
+        let mut wanted: HashSet<&str> = HashSet::with_capacity(changed.len());
+        let mut unique: Vec<&FeedAdmission> = Vec::with_capacity(changed.len());
+        for feed in changed {
             if wanted.insert(feed.id.as_str()) {
                 unique.push(feed);
             } else {
                 outcome.rejected.push(AdmissionError::DuplicateId {
                     id: feed.id.clone(),
-                    version: state.version,
+                    version: header.version,
                 });
             }
         }
 
         // Removals first, so that a key or tunnel address freed by a revoked
-        // admission can be taken by a new one in the same version.
-        let gone: Vec<PeerId> = self
-            .by_id
-            .iter()
-            .filter(|(id, _)| !wanted.contains(id.as_str()))
-            .map(|(_, &peer)| peer)
-            .collect();
+        // admission can be taken by a new one in the same version: a whole
+        // set removes what it does not list, a diff what it names.
+        let gone: Vec<PeerId> = match removed {
+            None => self
+                .by_id
+                .iter()
+                .filter(|(id, _)| !wanted.contains(id.as_str()))
+                .map(|(_, &peer)| peer)
+                .collect(),
+            Some(removed) => removed
+                .iter()
+                .filter_map(|id| self.by_id.get(id).copied())
+                .collect(),
+        };
         for peer in gone {
             if let Some(admission) = self.remove(peer) {
                 outcome.removed.push(Removed {
@@ -579,47 +649,6 @@ impl AdmissionTable {
         }
 
         for feed in unique {
-            self.upsert(feed, state, now, &mut outcome);
-        }
-        outcome
-    }
-
-    /// Takes in a feed diff: `changed` admissions (new, or replacing what
-    /// is held under their id) and `removed` ids, on top of what the table
-    /// holds. `header` is the answer without its admissions (version,
-    /// server time, service address). The cost follows the change, not
-    /// the number of admissions; the result is what [`AdmissionTable::apply`]
-    /// gives for the whole set the diff leads to.
-    pub fn apply_diff(
-        &mut self,
-        header: &FeedState,
-        changed: &[FeedAdmission],
-        removed: &[String],
-        now: Instant,
-    ) -> ApplyOutcome {
-        let mut outcome = ApplyOutcome {
-            version: header.version,
-            ..ApplyOutcome::default()
-        };
-        self.version = Some(header.version);
-        self.service_address = Some(header.service_address);
-        for id in removed {
-            if let Some(admission) = self.by_id.get(id).copied().and_then(|p| self.remove(p)) {
-                outcome.removed.push(Removed {
-                    admission,
-                    cause: RemovalCause::Revoked,
-                });
-            }
-        }
-        let mut seen: HashSet<&str> = HashSet::with_capacity(changed.len());
-        for feed in changed {
-            if !seen.insert(feed.id.as_str()) {
-                outcome.rejected.push(AdmissionError::DuplicateId {
-                    id: feed.id.clone(),
-                    version: header.version,
-                });
-                continue;
-            }
             self.upsert(feed, header, now, &mut outcome);
         }
         outcome
@@ -896,21 +925,17 @@ fn validate(
             .ok_or_else(|| AdmissionError::MissingClientAddress {
                 id: feed.id.clone(),
             })?;
-    let remaining = feed.expires_at - state.server_time;
-    let remaining = Duration::try_from(remaining)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| AdmissionError::AlreadyExpired {
+    let admitted =
+        admitted(feed, state.server_time, now).ok_or_else(|| AdmissionError::AlreadyExpired {
             id: feed.id.clone(),
             expires_at: feed.expires_at,
             server_time: state.server_time,
         })?;
-    let remaining = remaining.min(MAX_ADMISSION_LIFETIME);
     Ok(Validated {
         key,
         client_address,
         source: feed.source.to_canonical(),
-        deadline: now + remaining,
+        deadline: admitted.deadline,
         now,
     })
 }
@@ -1342,7 +1367,7 @@ mod tests {
         let changed = vec![renewed.clone(), replaced.clone(), new.clone()];
         let removed = vec!["adm_1".to_string()];
         let header = state(2, vec![]);
-        let outcome = inc.apply_diff(&header, &changed, &removed, now);
+        let outcome = inc.apply(FeedChangeRef::diff(&header, &changed, &removed), now);
         assert_eq!(outcome.added.len(), 2, "{outcome:?}");
         assert_eq!(outcome.changed.len(), 1);
         assert_eq!(outcome.removed.len(), 2);
@@ -1361,7 +1386,10 @@ mod tests {
         // A key taken by a removal in the same diff is free for a new one.
         let mut heir = admission(70, "203.0.113.7", BindingPolicy::Exact);
         heir.client_public_key = Some(WgKey(key(4)));
-        let outcome = inc.apply_diff(&state(3, vec![]), &[heir], &["adm_4".to_string()], now);
+        let outcome = inc.apply(
+            FeedChangeRef::diff(&state(3, vec![]), &[heir], &["adm_4".to_string()]),
+            now,
+        );
         assert_eq!(outcome.added.len(), 1, "{outcome:?}");
         assert!(outcome.rejected.is_empty());
     }

@@ -11,6 +11,7 @@
 //! stack's and WireGuard's timers; there is no fixed tick.
 
 use crate::dispatch::{Dispatcher, Outbox, Output, PeerEvent};
+use crate::feed::{FeedChange, FeedChangeRef};
 use crate::limits::{PeerLimits, TcpStats};
 use mio::{Events, Interest, Poll, Token, Waker};
 use netstack::udp::UdpIo;
@@ -30,34 +31,29 @@ const MAX_CONNECTIONS: usize = 4096;
 /// cannot starve established connections.
 const RECV_BATCH: usize = 1024;
 
-/// What the async side asks of the data path.
+/// What the rest of the gateway asks of the data path.
 #[derive(Debug)]
-pub enum Control {
-    /// Enforce this desired state; answer with the version applied.
-    Apply(FeedState, tokio::sync::oneshot::Sender<u64>),
-    /// Take in a feed diff on top of what is held: the answer's header
-    /// (its `admissions` empty), the changed admissions and the removed
-    /// ids; answer with the version applied.
-    ApplyDiff {
-        header: FeedState,
-        changed: Vec<proto::feed::FeedAdmission>,
-        removed: Vec<String>,
-        done: tokio::sync::oneshot::Sender<u64>,
-    },
+pub enum Command {
+    /// Take in a feed change (tunnel admissions only: the whole desired
+    /// set, or a diff on top of what is held); answer with the version
+    /// applied.
+    Apply(FeedChange, tokio::sync::oneshot::Sender<u64>),
     /// Report counters.
     Stats(tokio::sync::oneshot::Sender<crate::GatewayStats>),
     Shutdown,
 }
 
-/// The sending half, usable from any thread.
+/// Sends [`Command`]s to the data-path thread (and wakes it), from any
+/// thread.
 #[derive(Debug, Clone)]
-pub struct ControlTx {
-    tx: mpsc::Sender<Control>,
+pub struct DataPathCommands {
+    tx: mpsc::Sender<Command>,
     waker: std::sync::Arc<Waker>,
 }
 
-impl ControlTx {
-    pub fn send(&self, c: Control) -> bool {
+impl DataPathCommands {
+    /// False when the data path has stopped.
+    pub fn send(&self, c: Command) -> bool {
         self.tx.send(c).is_ok() && self.waker.wake().is_ok()
     }
 }
@@ -77,7 +73,7 @@ pub struct DataPath {
     /// Per service (same index): upstream connects that failed.
     upstream_failures: Vec<u64>,
     outbox: Outbox,
-    control: mpsc::Receiver<Control>,
+    commands: mpsc::Receiver<Command>,
     /// What each client may hold in the stack.
     peer_limits: PeerLimits,
     /// Told when a first-handshake admission is pinned to a source (the
@@ -85,8 +81,9 @@ pub struct DataPath {
     pinned: Option<PinSink>,
 }
 
-/// Receives `(admission id, source)` for each first-handshake pinning.
-pub type PinSink = Box<dyn FnMut(String, IpAddr) + Send>;
+/// Receives `(admission id, source)` for each first-handshake pinning:
+/// the feed follower, which has the pre-filter admit that source.
+pub type PinSink = tokio::sync::mpsc::UnboundedSender<(String, IpAddr)>;
 
 impl std::fmt::Debug for DataPath {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -99,7 +96,7 @@ impl DataPath {
         udp: UdpIo,
         dispatcher: Dispatcher,
         upstreams: HashMap<u16, SocketAddr>,
-    ) -> std::io::Result<(DataPath, ControlTx)> {
+    ) -> std::io::Result<(DataPath, DataPathCommands)> {
         let poll = Poll::new()?;
         let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
@@ -117,11 +114,11 @@ impl DataPath {
                 service_ports,
                 upstream_failures,
                 outbox: Outbox::with_capacity(256 * 1024, 512),
-                control: rx,
+                commands: rx,
                 peer_limits: PeerLimits::default(),
                 pinned: None,
             },
-            ControlTx { tx, waker },
+            DataPathCommands { tx, waker },
         ))
     }
 
@@ -131,12 +128,12 @@ impl DataPath {
         self.peer_limits = limits;
     }
 
-    /// Calls `sink` whenever a first-handshake admission is pinned.
+    /// Tells `sink` whenever a first-handshake admission is pinned.
     pub fn on_pinned(&mut self, sink: PinSink) {
         self.pinned = Some(sink);
     }
 
-    /// Runs until `Control::Shutdown` or the control side disappears.
+    /// Runs until `Command::Shutdown` or every [`DataPathCommands`] is gone.
     pub fn run(mut self) -> std::io::Result<()> {
         let mut interest = Interest::READABLE;
         self.poll
@@ -168,7 +165,7 @@ impl DataPath {
                     }
                 }
             }
-            if !self.handle_control(now) {
+            if !self.handle_commands(now) {
                 if let Some(stack) = self.stack.as_mut() {
                     self.splice.close_all(stack, self.poll.registry());
                 }
@@ -223,29 +220,13 @@ impl DataPath {
     }
 
     /// Returns false when the data path must stop.
-    fn handle_control(&mut self, now: Instant) -> bool {
+    fn handle_commands(&mut self, now: Instant) -> bool {
         loop {
-            match self.control.try_recv() {
-                Ok(Control::Apply(state, done)) => {
-                    let leaving = self.leaving(&state);
-                    self.take_feed(&state, leaving, now, done, |d| d.apply(&state, now));
+            match self.commands.try_recv() {
+                Ok(Command::Apply(change, done)) => {
+                    self.take_feed(change.as_ref(), now, done);
                 }
-                Ok(Control::ApplyDiff {
-                    header,
-                    changed,
-                    removed,
-                    done,
-                }) => {
-                    let leaving = removed
-                        .iter()
-                        .filter_map(|id| self.dispatcher.admissions().by_id(id))
-                        .map(|a| IpAddr::V4(a.client_address()))
-                        .collect();
-                    self.take_feed(&header, leaving, now, done, |d| {
-                        d.apply_diff(&header, &changed, &removed, now)
-                    });
-                }
-                Ok(Control::Stats(reply)) => {
+                Ok(Command::Stats(reply)) => {
                     let mut stats = self.dispatcher.stats(now);
                     if let Some(stack) = self.stack.as_ref() {
                         stats.tcp = Some(TcpStats::of(stack));
@@ -272,27 +253,26 @@ impl DataPath {
                         .collect();
                     let _ = reply.send(stats);
                 }
-                Ok(Control::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
+                Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
                 Err(mpsc::TryRecvError::Empty) => return true,
             }
         }
     }
 
-    /// Applies one feed version (whole, or a diff, by `apply`): the stack
-    /// for its service address first, then goodbyes to the `leaving`
-    /// clients while their tunnels exist, then the admission table;
-    /// answers with the version.
+    /// Applies one feed change: the stack for its service address first,
+    /// then goodbyes to the clients whose admissions it ends while their
+    /// tunnels exist, then the admission table; answers with the version.
     fn take_feed(
         &mut self,
-        header: &FeedState,
-        leaving: Vec<IpAddr>,
+        change: FeedChangeRef<'_>,
         now: Instant,
         done: tokio::sync::oneshot::Sender<u64>,
-        apply: impl FnOnce(&mut Dispatcher) -> crate::ApplyOutcome,
     ) {
+        let header = change.header();
         self.ensure_stack(header);
+        let leaving = self.leaving(change);
         self.say_goodbye(leaving, now);
-        let outcome = apply(&mut self.dispatcher);
+        let outcome = self.dispatcher.apply(change, now);
         tracing::debug!(
             version = header.version,
             added = outcome.added.len(),
@@ -302,16 +282,26 @@ impl DataPath {
         let _ = done.send(header.version);
     }
 
-    /// The client addresses of admissions that `state` no longer holds.
-    fn leaving(&self, state: &FeedState) -> Vec<IpAddr> {
-        let staying: std::collections::HashSet<&str> =
-            state.admissions.iter().map(|a| a.id.as_str()).collect();
-        self.dispatcher
-            .admissions()
-            .iter()
-            .filter(|a| !staying.contains(a.id()))
-            .map(|a| IpAddr::V4(a.client_address()))
-            .collect()
+    /// The client addresses of admissions that `change` ends: those a
+    /// whole set no longer holds, or those a diff removes.
+    fn leaving(&self, change: FeedChangeRef<'_>) -> Vec<IpAddr> {
+        let table = self.dispatcher.admissions();
+        match change {
+            FeedChangeRef::Whole(state) => {
+                let staying: std::collections::HashSet<&str> =
+                    state.admissions.iter().map(|a| a.id.as_str()).collect();
+                table
+                    .iter()
+                    .filter(|a| !staying.contains(a.id()))
+                    .map(|a| IpAddr::V4(a.client_address()))
+                    .collect()
+            }
+            FeedChangeRef::Diff { removed, .. } => removed
+                .iter()
+                .filter_map(|id| table.by_id(id))
+                .map(|a| IpAddr::V4(a.client_address()))
+                .collect(),
+        }
     }
 
     /// Before peers leave (revoked, or expired), resets their connections
@@ -428,8 +418,8 @@ impl DataPath {
                         .get(peer)
                         .filter(|a| a.binding() == proto::BindingPolicy::FirstHandshake)
                         .map(|a| a.id().to_string());
-                    if let (Some(id), Some(sink)) = (pinned, self.pinned.as_mut()) {
-                        sink(id, endpoint.ip().to_canonical());
+                    if let (Some(id), Some(sink)) = (pinned, self.pinned.as_ref()) {
+                        let _ = sink.send((id, endpoint.ip().to_canonical()));
                     }
                 }
             }

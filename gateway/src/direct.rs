@@ -13,10 +13,11 @@
 //! (or in the same prefix, under `prefix:V4,V6`) is admitted too. The tunnel
 //! admits by key and address.
 
-use crate::runtime::ServiceSpec;
+use crate::admission::{admitted, Admitted};
+use crate::config::ServiceSpec;
+use crate::feed::FeedChangeRef;
 use proto::api::AccessMode;
-use proto::feed::{FeedAdmission, FeedState};
-use proto::BindingPolicy;
+use proto::feed::FeedAdmission;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -141,11 +142,6 @@ impl DirectProxy {
         })
     }
 
-    /// Public TCP port of each direct service, by name.
-    pub fn ports(&self) -> &HashMap<String, u16> {
-        &self.ports
-    }
-
     /// What admission `a` allows (nothing unless it is a direct one).
     fn allowance(
         &self,
@@ -153,57 +149,60 @@ impl DirectProxy {
         server_time: time::OffsetDateTime,
         received: Instant,
     ) -> Vec<Allowed> {
-        if a.mode != AccessMode::Direct || a.binding == BindingPolicy::FirstHandshake {
+        if a.mode != AccessMode::Direct {
             return Vec::new();
         }
-        let Ok(remaining) = Duration::try_from(a.expires_at - server_time) else {
+        // No network: first-handshake, which the control plane refuses for
+        // direct mode; a feed that says otherwise opens nothing.
+        let Some(Admitted {
+            network: Some(net),
+            deadline,
+        }) = admitted(a, server_time, received)
+        else {
             return Vec::new();
         };
         a.services
             .iter()
             .filter_map(|s| self.ports.get(s))
             .map(|&port| Allowed {
-                net: a.binding.network(a.source.to_canonical()),
+                net,
                 port,
-                deadline: received + remaining,
+                deadline,
             })
             .collect()
     }
 
-    /// Takes the direct admissions of `state` (received at `received`)
-    /// and resets the connections none of them covers any more.
-    pub fn apply(&self, state: &FeedState, received: Instant) {
-        let allowed: HashMap<String, Vec<Allowed>> = state
-            .admissions
-            .iter()
-            .map(|a| (a.id.clone(), self.allowance(a, state.server_time, received)))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
+    /// Takes in a feed change received at `received` (a whole set replaces
+    /// what is held; a diff changes and removes on top of it), keeping the
+    /// direct admissions, and resets the connections none of them covers
+    /// any more.
+    pub fn apply<'a>(&self, change: impl Into<FeedChangeRef<'a>>, received: Instant) {
+        let change = change.into();
+        let server_time = change.header().server_time;
         let mut sh = lock(&self.shared);
-        sh.allowed = allowed;
-        Self::settle(&mut sh);
-    }
-
-    /// Takes in a feed diff (changed admissions and removed ids, received
-    /// at `received`) on top of what is held, and resets the connections
-    /// none of the admissions covers any more.
-    pub fn apply_diff(
-        &self,
-        changed: &[FeedAdmission],
-        removed: &[String],
-        server_time: time::OffsetDateTime,
-        received: Instant,
-    ) {
-        let mut sh = lock(&self.shared);
-        for id in removed {
-            sh.allowed.remove(id);
-        }
-        for a in changed {
-            let v = self.allowance(a, server_time, received);
-            if v.is_empty() {
-                sh.allowed.remove(&a.id);
-            } else {
-                sh.allowed.insert(a.id.clone(), v);
+        match change {
+            FeedChangeRef::Whole(state) => {
+                sh.allowed = state
+                    .admissions
+                    .iter()
+                    .map(|a| (a.id.clone(), self.allowance(a, server_time, received)))
+                    .filter(|(_, v)| !v.is_empty())
+                    .collect();
+            }
+            FeedChangeRef::Diff {
+                changed, removed, ..
+            } => {
+                for id in removed {
+                    sh.allowed.remove(id);
+                }
+                for a in changed {
+                    let v = self.allowance(a, server_time, received);
+                    if v.is_empty() {
+                        sh.allowed.remove(&a.id);
+                    } else {
+                        sh.allowed.insert(a.id.clone(), v);
+                    }
+                }
             }
         }
         Self::settle(&mut sh);
@@ -348,6 +347,7 @@ fn reset_on_close(s: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proto::feed::FeedState;
     use proto::WgKey;
     use std::net::Ipv4Addr;
 

@@ -25,13 +25,13 @@ use crate::admission::{
     Admission, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause, SourceStatus,
     DEFAULT_PINNING_WINDOW,
 };
+use crate::feed::FeedChangeRef;
 use crate::inner;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{HandshakeInit, Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, WgKey};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -723,24 +723,17 @@ impl Dispatcher {
         })
     }
 
-    /// Converges to the control plane's desired state. Peers of removed or
-    /// replaced admissions lose their tunnel state at once and a
-    /// [`PeerEvent::Removed`] tells the driver to close their connections.
-    pub fn apply(&mut self, state: &FeedState, now: Instant) -> ApplyOutcome {
-        let outcome = self.table.apply(state, now);
-        self.settle(outcome)
-    }
-
-    /// Like [`Dispatcher::apply`], for a feed diff on top of what is held
-    /// (see [`AdmissionTable::apply_diff`]): the cost follows the change.
-    pub fn apply_diff(
+    /// Takes in a feed change (the whole desired state, converged to, or a
+    /// diff on top of what is held; see [`AdmissionTable::apply`]). Peers
+    /// of removed or replaced admissions lose their tunnel state at once
+    /// and a [`PeerEvent::Removed`] tells the driver to close their
+    /// connections.
+    pub fn apply<'a>(
         &mut self,
-        header: &FeedState,
-        changed: &[FeedAdmission],
-        removed: &[String],
+        change: impl Into<FeedChangeRef<'a>>,
         now: Instant,
     ) -> ApplyOutcome {
-        let outcome = self.table.apply_diff(header, changed, removed, now);
+        let outcome = self.table.apply(change, now);
         self.settle(outcome)
     }
 

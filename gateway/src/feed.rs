@@ -4,18 +4,18 @@
 //! The feed follower asks `GET /v1/gateway/feed?diff=true&after=V` with the
 //! version `V` it holds; the control plane answers with only the changes
 //! since `V` when it still remembers them, otherwise with the whole set.
-//! [`DesiredSet`] takes in both: a whole answer is applied whole
-//! (`Dispatcher::apply` converges to the complete desired state), a diff
-//! that fits the version held is applied as a diff
-//! ([`DesiredSet::absorb_update`], `Dispatcher::apply_diff`), so a change
-//! costs what it changes. A diff that does not start at the version held, a failed
-//! request or acknowledgement, or simply time (every
+//! [`DesiredSet`] takes in both and hands out a [`FeedChange`]: a whole
+//! answer is applied whole (each consumer converges to the complete
+//! desired state), a diff that fits the version held is applied as a diff
+//! ([`DesiredSet::absorb_update`]), so a change costs what it changes. A
+//! diff that does not start at the version held, a failed request or
+//! acknowledgement, or simply time (every
 //! [`WHOLE_SET_INTERVAL`]) makes the next request ask for the whole set:
 //! the feed stays level-triggered and heals itself.
 //!
-//! Expiry: the data path turns each admission's `expires_at` into a local
-//! deadline as `now + (expires_at - server_time)`, recomputed at every
-//! apply. The set handed over carries the `server_time` of the latest
+//! Expiry: every consumer turns each admission's `expires_at` into a local
+//! deadline with `admission::admitted` (`received + (expires_at -
+//! server_time)`, clamped), recomputed at every apply. The set handed over carries the `server_time` of the latest
 //! answer for every admission, including those carried over from earlier
 //! answers. That is exactly what a whole answer at that moment would carry
 //! (`expires_at` is the control plane's absolute time and does not move
@@ -26,6 +26,7 @@
 //! plane leaves them out of a whole answer.
 
 use control_client::{ClientError, ControlClient};
+use proto::api::AccessMode;
 use proto::feed::{DiffMismatch, FeedAdmission, FeedMirror, FeedState, FeedUpdate};
 use std::time::{Duration, Instant};
 
@@ -33,18 +34,13 @@ use std::time::{Duration, Instant};
 /// coming, so that its copy cannot drift from the control plane's for long.
 pub const WHOLE_SET_INTERVAL: Duration = Duration::from_secs(600);
 
-/// One feed request. With `diffs` the answer may be a diff (`base` set);
-/// without, it is the original whole-set form (for a control plane that
-/// does not offer diffs).
+/// One feed request; the answer is a diff (`base` set) when the control
+/// plane still remembers version `after`, otherwise the whole set.
 pub async fn fetch(
     client: &ControlClient,
     after: Option<u64>,
     wait: Duration,
-    diffs: bool,
 ) -> Result<FeedUpdate, ClientError> {
-    if !diffs {
-        return client.feed(after, wait).await.map(FeedUpdate::from);
-    }
     let path = match after {
         Some(v) => format!(
             "/v1/gateway/feed?diff=true&after={v}&wait_ms={}",
@@ -58,10 +54,12 @@ pub async fn fetch(
         .await
 }
 
-/// The desired set as the gateway holds it, and what to ask for next.
-/// What one feed answer asks the gateway to apply.
+/// What one feed answer asks the gateway to apply: the whole desired set,
+/// or the changes on top of the version held before. Every consumer (the
+/// admission table, the kernel pre-filter, the direct proxy, the data
+/// path) takes it through one `apply`, as a [`FeedChangeRef`].
 #[derive(Debug, Clone)]
-pub enum Absorbed {
+pub enum FeedChange {
     /// The whole desired set.
     Whole(FeedState),
     /// Changes on top of the version held before: `header` is the answer
@@ -73,6 +71,94 @@ pub enum Absorbed {
     },
 }
 
+impl FeedChange {
+    pub fn as_ref(&self) -> FeedChangeRef<'_> {
+        FeedChangeRef::from(self)
+    }
+
+    /// The same change with the tunnel admissions only (what the data
+    /// path takes; direct admissions are the pre-filter's and the direct
+    /// proxy's).
+    pub fn tunnel_only(mut self) -> FeedChange {
+        let tunnel = |a: &FeedAdmission| a.mode == AccessMode::Tunnel;
+        match &mut self {
+            FeedChange::Whole(state) => state.admissions.retain(tunnel),
+            FeedChange::Diff { changed, .. } => changed.retain(tunnel),
+        }
+        self
+    }
+}
+
+/// A feed change, borrowed: what each consumer's `apply` takes. A whole
+/// `&FeedState` converts into one, so `apply(&state, now)` applies a whole
+/// set.
+#[derive(Debug, Clone, Copy)]
+pub enum FeedChangeRef<'a> {
+    Whole(&'a FeedState),
+    Diff {
+        header: &'a FeedState,
+        changed: &'a [FeedAdmission],
+        removed: &'a [String],
+    },
+}
+
+impl<'a> FeedChangeRef<'a> {
+    /// A diff: `changed` admissions and `removed` ids on top of what is
+    /// held, with the answer's `header` (its admissions are not looked at).
+    pub fn diff(
+        header: &'a FeedState,
+        changed: &'a [FeedAdmission],
+        removed: &'a [String],
+    ) -> FeedChangeRef<'a> {
+        FeedChangeRef::Diff {
+            header,
+            changed,
+            removed,
+        }
+    }
+
+    /// The answer's version, server time and service address (for a whole
+    /// set, the set itself).
+    pub fn header(&self) -> &'a FeedState {
+        match *self {
+            FeedChangeRef::Whole(state) => state,
+            FeedChangeRef::Diff { header, .. } => header,
+        }
+    }
+
+    /// `whole` or `diff` (the metrics' label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FeedChangeRef::Whole(_) => "whole",
+            FeedChangeRef::Diff { .. } => "diff",
+        }
+    }
+}
+
+impl<'a> From<&'a FeedState> for FeedChangeRef<'a> {
+    fn from(state: &'a FeedState) -> Self {
+        FeedChangeRef::Whole(state)
+    }
+}
+
+impl<'a> From<&'a FeedChange> for FeedChangeRef<'a> {
+    fn from(change: &'a FeedChange) -> Self {
+        match change {
+            FeedChange::Whole(state) => FeedChangeRef::Whole(state),
+            FeedChange::Diff {
+                header,
+                changed,
+                removed,
+            } => FeedChangeRef::Diff {
+                header,
+                changed,
+                removed,
+            },
+        }
+    }
+}
+
+/// The desired set as the gateway holds it, and what to ask for next.
 #[derive(Debug, Default)]
 pub struct DesiredSet {
     mirror: FeedMirror,
@@ -125,36 +211,19 @@ impl DesiredSet {
         &mut self,
         update: FeedUpdate,
         now: Instant,
-    ) -> Result<Absorbed, DiffMismatch> {
-        if update.is_full() {
-            return self.absorb(update, now).map(Absorbed::Whole);
-        }
-        let changed = update.admissions.clone();
-        let removed = update.removed.clone();
-        let header = FeedState {
-            server: update.server.clone(),
-            version: update.version,
-            server_time: update.server_time,
-            service_address: update.service_address,
-            admissions: Vec::new(),
-        };
-        if let Err(e) = self.mirror.apply(update) {
-            self.want_whole = true;
-            return Err(e);
-        }
-        self.want_whole = false;
-        Ok(Absorbed::Diff {
-            header,
-            changed,
-            removed,
-        })
-    }
-
-    /// Takes in one answer and returns the whole desired set to apply. A
-    /// diff that does not fit what is held changes nothing and asks for
-    /// the whole set next.
-    pub fn absorb(&mut self, update: FeedUpdate, now: Instant) -> Result<FeedState, DiffMismatch> {
+    ) -> Result<FeedChange, DiffMismatch> {
         let whole = update.is_full();
+        let diff = (!whole).then(|| FeedChange::Diff {
+            header: FeedState {
+                server: update.server.clone(),
+                version: update.version,
+                server_time: update.server_time,
+                service_address: update.service_address,
+                admissions: Vec::new(),
+            },
+            changed: update.admissions.clone(),
+            removed: update.removed.clone(),
+        });
         if let Err(e) = self.mirror.apply(update) {
             self.want_whole = true;
             return Err(e);
@@ -163,15 +232,29 @@ impl DesiredSet {
             self.whole_at = Some(now);
         }
         self.want_whole = false;
-        Ok(self
-            .mirror
+        Ok(match diff {
+            Some(diff) => diff,
+            None => FeedChange::Whole(self.held()),
+        })
+    }
+
+    /// Takes in one answer and returns the whole desired set to apply (see
+    /// [`DesiredSet::absorb_update`]).
+    pub fn absorb(&mut self, update: FeedUpdate, now: Instant) -> Result<FeedState, DiffMismatch> {
+        self.absorb_update(update, now)?;
+        Ok(self.held())
+    }
+
+    /// The whole desired set held, once an answer has been taken in.
+    fn held(&self) -> FeedState {
+        self.mirror
             .state()
-            .expect("a mirror that took in an answer has a state"))
+            .expect("a mirror that took in an answer has a state")
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proto::api::AccessMode;
     use proto::feed::FeedAdmission;
@@ -179,7 +262,7 @@ mod tests {
     use std::net::Ipv4Addr;
     use time::macros::datetime;
 
-    fn adm(n: u8, minutes: i64) -> FeedAdmission {
+    pub(crate) fn adm(n: u8, minutes: i64) -> FeedAdmission {
         FeedAdmission {
             id: format!("adm_{n}"),
             mode: AccessMode::Tunnel,
@@ -193,7 +276,7 @@ mod tests {
         }
     }
 
-    fn update(version: u64, base: Option<u64>, minute: i64) -> FeedUpdate {
+    pub(crate) fn update(version: u64, base: Option<u64>, minute: i64) -> FeedUpdate {
         FeedUpdate {
             server: "den".into(),
             version,

@@ -16,7 +16,7 @@
 //! values the operator's configuration bounds.
 
 use crate::filter::DropCount;
-use crate::runtime::StatusReport;
+use crate::status::StatusReport;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};

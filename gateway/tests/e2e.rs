@@ -98,11 +98,14 @@ async fn world_with(peer_limits: hushgate_gateway::PeerLimits) -> World {
         })
         .await
         .unwrap();
-    let gateway = Gateway::start(GatewayConfig {
+    // Bound here and handed over: no port to free and bind again.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listen_udp = udp.local_addr().unwrap();
+    let config = GatewayConfig {
         control_url: url.clone(),
         trust: Trust::from_ca_file(&ca).unwrap(),
         state_dir: dir.path().join("gateway"),
-        listen_udp: "127.0.0.1:0".parse().unwrap(),
+        listen_udp,
         public_endpoint: None,
         services: vec![ServiceSpec {
             name: "plex".into(),
@@ -118,9 +121,11 @@ async fn world_with(peer_limits: hushgate_gateway::PeerLimits) -> World {
             mode: hushgate_gateway::PortMappingMode::Off,
             ..Default::default()
         },
-    })
-    .await
-    .expect("gateway starts and enrolls");
+    };
+    let gateway = Gateway::start_on(config, udp)
+        .await
+        .expect("gateway starts and enrolls");
+    assert_eq!(gateway.udp_addr(), listen_udp);
     assert!(gateway.wait_synced(Duration::from_secs(10)).await);
     World {
         _dir: dir,

@@ -106,7 +106,7 @@ fn follow(feed: ControlClient) -> (Arc<Mutex<Seen>>, tokio::task::JoinHandle<()>
         let mut desired = DesiredSet::new();
         loop {
             let after = desired.next_after(Instant::now());
-            let Ok(update) = fetch(&feed, after, Duration::from_secs(20), true).await else {
+            let Ok(update) = fetch(&feed, after, Duration::from_secs(20)).await else {
                 desired.refetch();
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;

@@ -7,6 +7,7 @@
 //! and CI run it as root.
 
 use hushgate_gateway::filter::{self, Filter};
+use hushgate_gateway::FeedChangeRef;
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, WgKey};
@@ -415,7 +416,14 @@ fn inside_a_namespace() {
         60,
     );
     let g = feed.admissions.last().unwrap().clone();
-    f.apply_diff(&[g], &[], OffsetDateTime::now_utc(), Instant::now())
+    let header = FeedState {
+        server: "den".into(),
+        version: feed.version + 1,
+        server_time: OffsetDateTime::now_utc(),
+        service_address: Ipv4Addr::new(100, 64, 0, 1),
+        admissions: vec![],
+    };
+    f.apply(FeedChangeRef::diff(&header, &[g], &[]), Instant::now())
         .expect("the table is created again");
     assert!(!probe.reaches("192.0.2.77"));
     assert!(probe.reaches("198.51.100.7"));

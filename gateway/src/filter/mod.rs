@@ -17,15 +17,13 @@
 pub mod nft;
 pub mod plan;
 
+use crate::feed::FeedChangeRef;
 use plan::{Context, Desired, Element, Pins, PlanError, Reconciler, SetId};
-use proto::feed::FeedAdmission;
-use proto::feed::FeedState;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-use time::OffsetDateTime;
 
 pub use nft::NftError;
 
@@ -132,44 +130,44 @@ impl Filter {
         &self.table
     }
 
-    /// Makes the kernel hold exactly what `state` (received at
-    /// `received`) admits, comparing every element. Returns the admissions
-    /// it could not represent.
-    pub fn apply(
+    /// Takes in a feed change received at `received`: a whole set makes
+    /// the kernel hold exactly what it admits, comparing every element; a
+    /// diff (on top of the last state applied, which the caller must have
+    /// applied successfully) compares only the elements it touches, so its
+    /// cost does not grow with the number of admissions. Returns the
+    /// admissions it could not represent.
+    pub fn apply<'a>(
         &mut self,
-        state: &FeedState,
+        change: impl Into<FeedChangeRef<'a>>,
         received: Instant,
     ) -> Result<Vec<PlanError>, NftError> {
         let cx = Context {
             direct_ports: &self.direct_ports,
             pinning_window: self.pinning_window,
         };
-        let (desired, errors) = Desired::from_state(state, received, cx, &mut self.pins);
-        self.desired = desired;
-        self.converge(None, Instant::now()).map(|()| errors)
-    }
-
-    /// Takes in a feed diff (received at `received`) on top of the last
-    /// state applied: `changed` admissions and `removed` ids. Only the
-    /// elements they touch are compared, so the cost does not grow with
-    /// the number of admissions. The caller must have applied the diff's
-    /// base (with [`Filter::apply`] or earlier diffs) successfully.
-    pub fn apply_diff(
-        &mut self,
-        changed: &[FeedAdmission],
-        removed: &[String],
-        server_time: OffsetDateTime,
-        received: Instant,
-    ) -> Result<Vec<PlanError>, NftError> {
-        let cx = Context {
-            direct_ports: &self.direct_ports,
-            pinning_window: self.pinning_window,
-        };
-        let (touched, errors) =
-            self.desired
-                .apply_diff(changed, removed, server_time, received, cx, &mut self.pins);
-        self.converge(Some(&touched), Instant::now())
-            .map(|()| errors)
+        match change.into() {
+            FeedChangeRef::Whole(state) => {
+                let (desired, errors) = Desired::from_state(state, received, cx, &mut self.pins);
+                self.desired = desired;
+                self.converge(None, Instant::now()).map(|()| errors)
+            }
+            FeedChangeRef::Diff {
+                header,
+                changed,
+                removed,
+            } => {
+                let (touched, errors) = self.desired.apply_diff(
+                    changed,
+                    removed,
+                    header.server_time,
+                    received,
+                    cx,
+                    &mut self.pins,
+                );
+                self.converge(Some(&touched), Instant::now())
+                    .map(|()| errors)
+            }
+        }
     }
 
     /// The data path pinned a first-handshake admission to `source`: admit

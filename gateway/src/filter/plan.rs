@@ -10,6 +10,7 @@
 //! bindings land in the /32 and /128 sets; `prefix:V4,V6` in the /V4 set
 //! for IPv4 sources and the /V6 set for IPv6 ones.
 
+use crate::admission::{admitted, source_network, Admitted};
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::BindingPolicy;
@@ -256,7 +257,7 @@ impl Desired {
     /// waiting.
     pub fn pin(&mut self, id: &str, source: IpAddr) -> Option<Element> {
         let (deadline, _) = self.waiting.remove(id)?;
-        let e = element(Kind::Tunnel, BindingPolicy::Exact, source, 0);
+        let e = pinned(source);
         self.hold(e, deadline);
         self.by_id.insert(id.to_string(), (vec![e], deadline));
         self.reopen();
@@ -275,17 +276,13 @@ impl Desired {
         touched: &mut Vec<Element>,
     ) {
         self.remove(&a.id, touched);
-        let Ok(remaining) = Duration::try_from(a.expires_at - server_time) else {
+        let Some(Admitted { network, deadline }) = admitted(a, server_time, now) else {
             return;
         };
-        if remaining.is_zero() {
-            return;
-        }
-        let deadline = now + remaining;
         let mut held = Vec::new();
-        match (a.mode, a.binding) {
-            (AccessMode::Tunnel, BindingPolicy::FirstHandshake) => match pins.pinned.get(&a.id) {
-                Some(&source) => held.push(element(Kind::Tunnel, BindingPolicy::Exact, source, 0)),
+        match (a.mode, network) {
+            (AccessMode::Tunnel, None) => match pins.pinned.get(&a.id) {
+                Some(&source) => held.push(pinned(source)),
                 None => {
                     let seen = *pins.first_seen.entry(a.id.clone()).or_insert(now);
                     let until = deadline.min(seen + cx.pinning_window);
@@ -294,16 +291,16 @@ impl Desired {
                     }
                 }
             },
-            (AccessMode::Tunnel, binding) => {
-                held.push(element(Kind::Tunnel, binding, a.source, 0));
+            (AccessMode::Tunnel, Some(net)) => {
+                held.push(element(Kind::Tunnel, net, 0));
             }
             // The control plane refuses direct mode under first-handshake;
             // a feed that says otherwise is not trusted to open anything.
-            (AccessMode::Direct, BindingPolicy::FirstHandshake) => {}
-            (AccessMode::Direct, binding) => {
+            (AccessMode::Direct, None) => {}
+            (AccessMode::Direct, Some(net)) => {
                 for service in &a.services {
                     match cx.direct_ports.get(service) {
-                        Some(&port) => held.push(element(Kind::Direct, binding, a.source, port)),
+                        Some(&port) => held.push(element(Kind::Direct, net, port)),
                         None => errors.push(PlanError::UnknownDirectService {
                             id: a.id.clone(),
                             service: service.clone(),
@@ -357,19 +354,27 @@ impl Desired {
     }
 }
 
-fn element(kind: Kind, binding: BindingPolicy, source: IpAddr, port: u16) -> Element {
-    // An IPv4 client written as ::ffff:a.b.c.d belongs in the IPv4 sets.
-    let source = source.to_canonical();
-    let net = binding.network(source);
+/// The element for source network `net` ([`source_network`]: an IPv4
+/// client written as ::ffff:a.b.c.d is in the IPv4 sets).
+fn element(kind: Kind, net: ipnet::IpNet, port: u16) -> Element {
     Element {
         set: SetId {
             kind,
-            v6: source.is_ipv6(),
+            v6: net.network().is_ipv6(),
             prefix: net.prefix_len(),
         },
         net: net.network(),
         port,
     }
+}
+
+/// The tunnel element of a first-handshake admission pinned to `source`.
+fn pinned(source: IpAddr) -> Element {
+    element(
+        Kind::Tunnel,
+        source_network(BindingPolicy::Exact, source),
+        0,
+    )
 }
 
 /// One transaction for the kernel. Applied in this order: create the new
