@@ -33,9 +33,9 @@
 //! before the open window closes. A failed pin is tried again, up to
 //! [`PIN_ATTEMPTS`] times, 200 ms × attempt apart, one pinning at a time.
 
-use crate::backoff::Backoff; // replaced by proto::backoff on merge
 use crate::feed::{DesiredSet, FeedChange};
 use crate::filter::plan::PlanError;
+use proto::backoff::Backoff;
 use proto::feed::FeedUpdate;
 use proto::reach::ReachabilityView;
 use rand::RngCore;

@@ -63,7 +63,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admission;
-mod backoff;
 pub mod config;
 pub mod config_file;
 mod datapath;
