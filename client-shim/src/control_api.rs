@@ -460,7 +460,7 @@ impl ControlApi for HttpControl {
         let answer = self.access_once(server, key).await?;
         // The control plane's last check of the gateway's endpoint failed:
         // the tunnel will probably not come up; say why, once per answer.
-        for line in crate::answer::reachability_warnings(&answer) {
+        for line in crate::access_answer::reachability_warnings(&answer) {
             tracing::warn!(%server, "{line}");
         }
         Ok(answer)
