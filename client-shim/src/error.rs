@@ -5,7 +5,7 @@ use control_client::ClientError;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::answer::AnswerError;
+use crate::access_answer::AnswerError;
 
 /// Why a session could not start, or why it ended.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,7 @@
 //! [`Session::connect`] logs in to the control plane, makes an ephemeral
 //! X25519 key pair (the private half never leaves the process, is never
 //! logged or written), asks for access to one server with the public half
-//! ([`answer`] checks the answer before anything uses it), brings up a
+//! ([`access_answer`] checks the answer before anything uses it), brings up a
 //! WireGuard tunnel to the gateway and opens a local TCP port that
 //! behaves like the media server. The app needs to know nothing about
 //! WireGuard: it points the player at [`Session::local_addr`] and may
@@ -21,7 +21,7 @@
 //!   GSO); it reports handshakes, silences of the gateway and
 //!   connections the gateway reset.
 //! - the **supervisor** (`session`): a tokio task that renews the
-//!   admission before it expires ([`schedule`]), asks for a new admission
+//!   admission before it expires ([`renewal`]), asks for a new admission
 //!   with a new key when the path is lost (backoff), probes for
 //!   revocation when the gateway falls silent or resets connections (as
 //!   it does to every connection of a peer it removes), and ends the
@@ -29,19 +29,31 @@
 //!   gone.
 #![forbid(unsafe_code)]
 
-pub mod answer;
-mod control;
+pub mod access_answer;
+mod control_api;
 mod datapath;
 mod error;
+pub mod path_monitor;
 mod peer;
-pub mod schedule;
+pub mod renewal;
 mod session;
+
+/// The modules' names before issue 16 (`answer`, `schedule`), for code
+/// written against them: `client_shim::schedule::Backoff` and the data
+/// path's imports keep working.
+#[doc(hidden)]
+pub mod schedule {
+    pub use crate::path_monitor::{PathMonitor, PathTimeouts, PathVerdict};
+    pub use crate::renewal::{renew_delay, Backoff, MIN_RENEW_DELAY};
+}
+#[doc(hidden)]
+pub use access_answer as answer;
 
 #[cfg(test)]
 mod tests;
 
-pub use answer::{AnswerError, TunnelParams};
-pub use control::{CodeNotice, CodePrompt, CodeStep, Credentials, DeviceIdentity};
+pub use access_answer::{AnswerError, TunnelParams};
+pub use control_api::{CodeNotice, CodePrompt, CodeStep, Credentials, DeviceIdentity};
 pub use control_client::Trust;
 pub use error::{ErrorKind, ShimError};
 pub use session::{EndReason, Session, SessionEvent, SessionInfo, ShimConfig, WaitingNotice};

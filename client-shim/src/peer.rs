@@ -10,8 +10,8 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::answer::TunnelParams;
-use crate::schedule::{PathMonitor, PathTimeouts, PathVerdict};
+use crate::access_answer::TunnelParams;
+use crate::path_monitor::{PathMonitor, PathTimeouts, PathVerdict};
 
 /// How often boringtun's timers run (handshake retries, keepalives,
 /// rekeying). WireGuard's timers are whole seconds; a quarter second

@@ -13,13 +13,13 @@ use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
-use crate::answer::{validate_access, TunnelParams};
-use crate::control::{ControlApi, Credentials, DeviceIdentity, HttpControl};
+use crate::access_answer::{validate_access, TunnelParams};
+use crate::control_api::{ControlApi, Credentials, DeviceIdentity, HttpControl};
 use crate::datapath::{
     Command, DataPathConfig, DataPathControl, DataPathHandle, Install, PathEvent,
 };
 use crate::error::{ErrorKind, ShimError};
-use crate::schedule::{renew_delay, Backoff};
+use crate::renewal::{renew_delay, Backoff};
 
 /// Everything a session needs.
 #[derive(Debug, Clone)]

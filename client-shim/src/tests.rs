@@ -19,8 +19,9 @@ use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, WgKey};
 use time::OffsetDateTime;
 
-use crate::control::ControlApi;
-use crate::schedule::{Backoff, PathTimeouts};
+use crate::control_api::ControlApi;
+use crate::path_monitor::PathTimeouts;
+use crate::renewal::Backoff;
 use crate::session::{bind_listener, Session, Tuning};
 use crate::{EndReason, SessionEvent, ShimError};
 

@@ -3,7 +3,7 @@
 
 use crate::auth::{self, SecretKind};
 use crate::error::AppError;
-use crate::hub::{Hub, ServerLive};
+use crate::live_feeds::{LiveFeed, LiveFeeds};
 use crate::store::{self, Audit, Db, NewAdmission, Tx};
 use crate::Settings;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 pub struct AppState {
     pub db: Db,
     /// What this replica knows live; the database's events reach it.
-    pub hub: Arc<Hub>,
+    pub live_feeds: Arc<LiveFeeds>,
     /// This process among the replicas sharing a database (for the
     /// gateway presence it records).
     pub replica: String,
@@ -888,7 +888,7 @@ async fn grant_access(
         );
         return Err(deny(&st, &user.username, &server.name, source, e).await);
     };
-    let live = st.hub.server(server.id, server.version);
+    let live = st.live_feeds.server(server.id, server.version);
     let (connected, last_seen) = gateway_presence(&st, server.id, &live).await?;
     if !connected {
         let since = last_seen
@@ -1275,7 +1275,7 @@ async fn renew(
             ),
         ));
     };
-    let live = st.hub.server(adm.server_id, version);
+    let live = st.live_feeds.server(adm.server_id, version);
     if !live.wait_ack(version, st.settings.ack_timeout).await {
         return Err(AppError::unavailable(
             "gateway_timeout",
@@ -1540,7 +1540,7 @@ async fn report(
             Ok(store::server_by_id(tx, id)?.version)
         })
         .await?;
-    st.hub.server(id, version).publish(version);
+    st.live_feeds.server(id, version).publish(version);
     if server.endpoint != Some(endpoint) {
         tracing::info!(server = %server.name, %endpoint, "gateway endpoint changed; new admissions use it");
     }
@@ -1582,7 +1582,7 @@ async fn feed(
             ));
         }
     }
-    let live = st.hub.server(server.id, server.version);
+    let live = st.live_feeds.server(server.id, server.version);
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(25_000)).min(st.settings.max_feed_wait);
     let _held = HeldPoll::start(&st, &live, server.id, wait).await?;
     if let Some(after) = q.after {
@@ -1692,7 +1692,9 @@ async fn ack(
             .tx_relaxed(move |tx| store::record_ack(tx, id, version, now_ms))
             .await?;
     }
-    st.hub.server(server.id, server.version).ack(a.version);
+    st.live_feeds
+        .server(server.id, server.version)
+        .ack(a.version);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1703,7 +1705,7 @@ async fn ack(
 async fn gateway_presence(
     st: &AppState,
     server_id: i64,
-    live: &ServerLive,
+    live: &LiveFeed,
 ) -> ApiResult<(bool, Option<OffsetDateTime>)> {
     if live.connected(Instant::now()) || !st.db.shared() {
         return Ok((live.connected(Instant::now()), live.last_seen()));
@@ -1712,9 +1714,9 @@ async fn gateway_presence(
     Ok(presence_verdict(&p, live))
 }
 
-fn presence_verdict(p: &store::Presence, live: &ServerLive) -> (bool, Option<OffsetDateTime>) {
+fn presence_verdict(p: &store::Presence, live: &LiveFeed) -> (bool, Option<OffsetDateTime>) {
     let now_ms = store::millis(now());
-    let grace = crate::hub::CONNECTED_GRACE.as_millis() as i64;
+    let grace = crate::live_feeds::CONNECTED_GRACE.as_millis() as i64;
     let connected =
         p.held_until.is_some_and(|h| h > now_ms) || p.last_seen.is_some_and(|l| now_ms - l < grace);
     let seen = match (p.last_seen.map(store::from_millis), live.last_seen()) {
@@ -1732,27 +1734,29 @@ fn presence_verdict(p: &store::Presence, live: &ServerLive) -> (bool, Option<Off
 /// left, or moved to another replica, which then holds).
 struct HeldPoll {
     st: Arc<AppState>,
-    live: Arc<ServerLive>,
+    live: Arc<LiveFeed>,
     server: i64,
-    _guard: crate::hub::PollGuard,
+    _guard: crate::live_feeds::PollGuard,
 }
 
 impl HeldPoll {
     async fn start(
         st: &Arc<AppState>,
-        live: &Arc<ServerLive>,
+        live: &Arc<LiveFeed>,
         server: i64,
         wait: Duration,
     ) -> ApiResult<HeldPoll> {
         let guard = live.poll_guard();
         if st.db.shared() {
             let at = Instant::now();
-            let claim = at + wait + crate::hub::CONNECTED_GRACE;
+            let claim = at + wait + crate::live_feeds::CONNECTED_GRACE;
             let stale = live
                 .held_written
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .is_none_or(|(_, until)| until < at + wait / 2 + crate::hub::CONNECTED_GRACE);
+                .is_none_or(|(_, until)| {
+                    until < at + wait / 2 + crate::live_feeds::CONNECTED_GRACE
+                });
             if stale {
                 let now_ms = store::millis(now());
                 let until = now_ms + (claim - at).as_millis() as i64;
@@ -1785,7 +1789,7 @@ impl Drop for HeldPoll {
             }
             *live.held_written.lock().unwrap_or_else(|p| p.into_inner()) = None;
             let now_ms = store::millis(now());
-            let until = now_ms + crate::hub::CONNECTED_GRACE.as_millis() as i64;
+            let until = now_ms + crate::live_feeds::CONNECTED_GRACE.as_millis() as i64;
             let holder = st.replica.clone();
             let released = st
                 .db
@@ -2324,7 +2328,7 @@ pub(crate) async fn drop_server(
         .await?;
     let mut confirmed = true;
     if let Some(v) = version {
-        let live = st.hub.server(server.id, v);
+        let live = st.live_feeds.server(server.id, v);
         confirmed = gateway_presence(st, server.id, &live).await?.0
             && live.wait_ack(v, st.settings.ack_timeout).await;
     }
@@ -2509,7 +2513,7 @@ pub(crate) fn server_info(
     at: Instant,
     owner: Option<String>,
 ) -> ServerInfo {
-    let live = st.hub.get(s.id);
+    let live = st.live_feeds.get(s.id);
     let reachability = crate::reachability::view(&s);
     let here = (
         live.as_ref().is_some_and(|l| l.connected(at)),
@@ -2522,7 +2526,7 @@ pub(crate) fn server_info(
             (c, seen, here.2.max(p.acked_version))
         }
         (Some(p), None) => {
-            let grace = crate::hub::CONNECTED_GRACE.as_millis() as i64;
+            let grace = crate::live_feeds::CONNECTED_GRACE.as_millis() as i64;
             let now_ms = store::millis(now());
             (
                 p.held_until.is_some_and(|h| h > now_ms)

@@ -5,8 +5,8 @@
 //! records an admission in its database (`store`: SQLite by default, or
 //! PostgreSQL shared by several replicas), pushes the server's new desired
 //! state to that server's gateway through the gateway feed (a long-poll
-//! the gateway keeps open; `hub` wakes it, whichever replica made the
-//! change), waits for the gateway's acknowledgement (which may arrive at
+//! the gateway keeps open; `live_feeds` wakes it, whichever replica made
+//! the change), waits for the gateway's acknowledgement (which may arrive at
 //! another replica), and only then answers the client with what it needs
 //! to open its tunnel. Revocations and expiries travel the same feed; the
 //! database keeps which admission changed at which version, so a gateway
@@ -33,9 +33,9 @@ pub mod bundle;
 pub mod console;
 pub mod device_code;
 mod error;
-pub mod hub;
 pub mod limits;
 pub mod listener;
+pub mod live_feeds;
 pub mod metrics;
 pub mod reachability;
 mod sessions;
@@ -261,8 +261,8 @@ impl ControlPlane {
             store::Database::Sqlite(p) => format!("the database {}", p.display()),
             store::Database::Postgres(url) => format!("the {}", url.describe()),
         };
-        let hub = Arc::new(hub::Hub::default());
-        let db = store::Db::open(&database, hub.clone())
+        let live_feeds = Arc::new(live_feeds::LiveFeeds::default());
+        let db = store::Db::open(&database, live_feeds.clone())
             .with_context(|| format!("cannot open {what}"))?;
         if !db.shared() {
             // The database holds preshared keys: owner only.
@@ -307,7 +307,7 @@ impl ControlPlane {
         let state = Arc::new(AppState {
             metrics,
             db,
-            hub,
+            live_feeds,
             replica: auth::random_id("replica_"),
             limiter: auth::LoginLimiter::new(cfg.settings.login_per_minute),
             settings: cfg.settings,

@@ -142,7 +142,7 @@ pub async fn count_requests(
     resp
 }
 
-/// What a scrape reads from the database and the hub.
+/// What a scrape reads from the database and the live feeds.
 #[derive(Debug)]
 struct Scrape {
     /// (server name, live admissions); the names are dropped unless the
@@ -208,7 +208,7 @@ impl Collector for Scrape {
     }
 }
 
-/// One scrape: the recorded metrics and what the database and the hub
+/// One scrape: the recorded metrics and what the database and the live feeds
 /// hold now.
 pub async fn render(st: &AppState) -> String {
     let live = st
@@ -216,10 +216,10 @@ pub async fn render(st: &AppState) -> String {
         .tx(|tx| crate::store::live_admissions_per_server(tx, time::OffsetDateTime::now_utc()))
         .await;
     let now = Instant::now();
-    let known = st.hub.known();
+    let known = st.live_feeds.known();
     let gateways_connected = known
         .iter()
-        .filter_map(|id| st.hub.get(*id))
+        .filter_map(|id| st.live_feeds.get(*id))
         .filter(|s| s.connected(now))
         .count();
     let scrape = Scrape {

@@ -159,7 +159,7 @@ pub async fn periodic(st: Arc<AppState>, interval: Duration) {
         };
         let now = Instant::now();
         for s in servers {
-            let connected = st.hub.get(s.id).is_some_and(|l| l.connected(now));
+            let connected = st.live_feeds.get(s.id).is_some_and(|l| l.connected(now));
             if connected && s.endpoint.is_some() && s.network.is_some() {
                 request(&st, s.id);
             }
@@ -192,7 +192,7 @@ pub async fn check(st: &Arc<AppState>, server_id: i64) -> store::Result<Option<R
     };
     let check = result.clone();
     // The removal's version carries the result to the gateway (every
-    // replica's hub hears of it at the commit); without a check admission
+    // replica's live feeds hear of it at the commit); without a check admission
     // (nothing could be sent) it hears at its next answer.
     st.db
         .tx(move |tx| {
@@ -300,7 +300,7 @@ async fn probe(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let live = st.hub.server(server_id, version);
+    let live = st.live_feeds.server(server_id, version);
     if !live.wait_ack(version, st.settings.ack_timeout).await {
         return Ok((
             finish(

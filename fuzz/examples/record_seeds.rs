@@ -390,7 +390,7 @@ struct Tunnel {
 /// A download through the real dispatcher: client stack → boringtun →
 /// dispatcher → gateway stack, and back.
 fn run_tunnel(state: &FeedState, answer: &AccessResponse) -> Result<Tunnel, Error> {
-    let params = client_shim::answer::validate_access(answer, None)?;
+    let params = client_shim::access_answer::validate_access(answer, None)?;
     let now = Instant::now();
     let mut dispatcher = gateway::Dispatcher::new(
         world::gateway_secret(),

@@ -1,5 +1,5 @@
 //! The control plane's answer to an access request, as the client shim
-//! checks it before anything uses it (`client_shim::answer::validate_access`).
+//! checks it before anything uses it (`client_shim::access_answer::validate_access`).
 //!
 //! Input: 1 byte choosing the wanted service (none, "plex", "jellyfin", or
 //! the first one offered), then the JSON body. An answer that passes must
@@ -7,7 +7,7 @@
 //! differ, an admission id that is safe in a URL path, a usable gateway
 //! endpoint and key, and a chosen service that was offered with a port.
 
-use client_shim::answer::validate_access;
+use client_shim::access_answer::validate_access;
 use proto::api::AccessResponse;
 use std::net::IpAddr;
 

@@ -5,8 +5,8 @@
 //! SQLite database and CA. Two processes started on one folder (a second
 //! unit, a test run beside the service, a forgotten shell) would both
 //! "work": two gateways fight over the feed and the pre-filter, two
-//! control planes answer from one database with two in-memory hubs. So
-//! each takes [`StateLock`] first: an exclusive `flock` on `DIR/lock`,
+//! control planes answer from one SQLite database, each waking only its
+//! own waiters (`control::live_feeds`). So each takes [`StateLock`] first: an exclusive `flock` on `DIR/lock`,
 //! which the kernel releases when the process ends however it ends (no
 //! stale lock after a crash or SIGKILL). The file keeps the holder's pid
 //! and role, so the one refused can say who holds the folder.

@@ -77,7 +77,7 @@ pub use queries::*;
 pub use sql::{check_parameter_order, Cell, Row, Value};
 pub use tenancy::*;
 
-use crate::hub::{Event, Hub};
+use crate::live_feeds::{Event, LiveFeeds};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -168,7 +168,7 @@ pub struct Db {
 struct DbInner {
     engine: EngineImpl,
     /// Hears of every committed event of this process.
-    hub: Arc<Hub>,
+    live_feeds: Arc<LiveFeeds>,
     /// Seconds each transaction took, commit included (the metrics'
     /// database latency).
     latency: prometheus_client::metrics::histogram::Histogram,
@@ -191,18 +191,18 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     /// Opens (creating, migrating) the database; events of committed
-    /// transactions go to `hub`.
-    pub fn open(database: &Database, hub: Arc<Hub>) -> Result<Db> {
+    /// transactions go to `live_feeds`.
+    pub fn open(database: &Database, live_feeds: Arc<LiveFeeds>) -> Result<Db> {
         let engine = match database {
             Database::Sqlite(path) => EngineImpl::Sqlite(Box::new(sqlite::Sqlite::open(path)?)),
             Database::Postgres(url) => {
-                EngineImpl::Postgres(Box::new(postgres::Postgres::open(url, hub.clone())?))
+                EngineImpl::Postgres(Box::new(postgres::Postgres::open(url, live_feeds.clone())?))
             }
         };
         Ok(Db {
             inner: Arc::new(DbInner {
                 engine,
-                hub,
+                live_feeds,
                 latency: prometheus_client::metrics::histogram::Histogram::new(
                     crate::metrics::LATENCY_BUCKETS,
                 ),
@@ -249,13 +249,13 @@ impl Db {
         }
     }
 
-    pub fn hub(&self) -> &Arc<Hub> {
-        &self.inner.hub
+    pub fn live_feeds(&self) -> &Arc<LiveFeeds> {
+        &self.inner.live_feeds
     }
 
     /// Runs `f` in one transaction on a blocking thread and commits it.
     /// An error rolls everything back. Events the transaction raised go
-    /// to the hub (and, on PostgreSQL, to every replica) after the commit.
+    /// to the live feeds (and, on PostgreSQL, to every replica) after the commit.
     pub async fn tx<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
@@ -317,7 +317,7 @@ impl Db {
         self.inner.latency.observe(started.elapsed().as_secs_f64());
         let (out, events) = ran?;
         for e in events {
-            self.inner.hub.apply(e);
+            self.inner.live_feeds.apply(e);
         }
         Ok(out)
     }
@@ -393,7 +393,7 @@ impl<'a> Tx<'a> {
         })
     }
 
-    /// Announces `e` to this replica's hub and every other replica's once
+    /// Announces `e` to this replica's live feeds and every other replica's once
     /// the transaction commits (nothing if it rolls back).
     pub fn notify(&mut self, e: Event) {
         self.events.push(e);

@@ -19,9 +19,9 @@
 //!   that changed nothing (or failed) does not wait for its end.
 //! - Events ([`Event`]) are sent with `pg_notify` inside the transaction,
 //!   so every replica hears of them exactly when (and only if) it
-//!   commits; one connection per replica `LISTEN`s and feeds them to the
-//!   hub. When that connection breaks it reconnects by itself, and after
-//!   each (re)connection and every [`RESYNC`] it reads every known
+//!   commits; one connection per replica `LISTEN`s and feeds them to its
+//!   live feeds (`live_feeds`). When that connection breaks it reconnects
+//!   by itself, and after each (re)connection and every [`RESYNC`] it reads every known
 //!   server's version and acknowledged version from the database, so a
 //!   notification lost in between delays a waiter, never strands it.
 //! - PostgreSQL down or restarting: statements fail with
@@ -30,7 +30,7 @@
 
 use super::sql::{check_parameter_order, Cell, Row, Value};
 use super::{Durability, Result, StoreError, Tx};
-use crate::hub::{Event, Hub};
+use crate::live_feeds::{Event, LiveFeeds};
 use bytes::BytesMut;
 use proto::backoff::Backoff;
 use std::sync::Arc;
@@ -194,8 +194,8 @@ pub(super) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 
 impl Postgres {
     /// Connects, brings the schema up to date (or refuses a newer one) and
-    /// starts listening for the other replicas' events, which go to `hub`.
-    pub fn open(url: &DatabaseUrl, hub: Arc<Hub>) -> Result<Postgres> {
+    /// starts listening for the other replicas' events, which go to `live_feeds`.
+    pub fn open(url: &DatabaseUrl, live_feeds: Arc<LiveFeeds>) -> Result<Postgres> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("hushgate-db")
@@ -224,11 +224,11 @@ impl Postgres {
             rt: DbRuntime(Some(rt)),
         };
         off_runtime(|| pg.rt.get().block_on(migrate(&pg.pool)))?;
-        pg.listener = Some(
-            pg.rt
-                .get()
-                .spawn(listen(url.config.clone(), pg.pool.clone(), hub)),
-        );
+        pg.listener = Some(pg.rt.get().spawn(listen(
+            url.config.clone(),
+            pg.pool.clone(),
+            live_feeds,
+        )));
         Ok(pg)
     }
 
@@ -826,7 +826,11 @@ async fn migrate(pool: &deadpool_postgres::Pool) -> Result<()> {
 
 /// Listens for the other replicas' events for as long as the engine
 /// lives, reconnecting by itself (see the module docs).
-async fn listen(config: tokio_postgres::Config, pool: deadpool_postgres::Pool, hub: Arc<Hub>) {
+async fn listen(
+    config: tokio_postgres::Config,
+    pool: deadpool_postgres::Pool,
+    live_feeds: Arc<LiveFeeds>,
+) {
     let mut backoff =
         Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter(0.0);
     let mut was_up = true;
@@ -868,19 +872,19 @@ async fn listen(config: tokio_postgres::Config, pool: deadpool_postgres::Pool, h
         if !was_up {
             tracing::info!("listening for other replicas' changes again");
         }
-        resync(&pool, &hub).await;
+        resync(&pool, &live_feeds).await;
         let mut tick = tokio::time::interval(RESYNC);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 m = rx.recv() => match m {
                     Some(text) => match Event::from_payload(&text) {
-                        Some(e) => hub.apply(e),
+                        Some(e) => live_feeds.apply(e),
                         None => tracing::debug!(%text, "an unknown notification"),
                     },
                     None => break,
                 },
-                _ = tick.tick() => resync(&pool, &hub).await,
+                _ = tick.tick() => resync(&pool, &live_feeds).await,
             }
         }
         driver.abort();
@@ -894,8 +898,8 @@ async fn listen(config: tokio_postgres::Config, pool: deadpool_postgres::Pool, h
 /// Reads the version and acknowledged version of every server this
 /// replica knows, and forgets those that are gone: what notifications
 /// would have said, for any that were missed.
-async fn resync(pool: &deadpool_postgres::Pool, hub: &Hub) {
-    let known = hub.known();
+async fn resync(pool: &deadpool_postgres::Pool, live_feeds: &LiveFeeds) {
+    let known = live_feeds.known();
     if known.is_empty() {
         return;
     }
@@ -923,18 +927,18 @@ async fn resync(pool: &deadpool_postgres::Pool, hub: &Hub) {
     for r in rows {
         let (id, version, acked): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
         present.insert(id);
-        hub.apply(Event::Version {
+        live_feeds.apply(Event::Version {
             server: id,
             version: version.max(0) as u64,
         });
-        hub.apply(Event::Acked {
+        live_feeds.apply(Event::Acked {
             server: id,
             version: acked.max(0) as u64,
         });
     }
     for id in known {
         if !present.contains(&id) {
-            hub.apply(Event::Removed { server: id });
+            live_feeds.apply(Event::Removed { server: id });
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{Engine, Result, Row, StoreError, Tx};
 use crate::args;
-use crate::hub::Event;
+use crate::live_feeds::Event;
 use proto::api::{AccessMode, AuditEntry, ServiceInfo};
 use proto::feed::FeedAdmission;
 use proto::{BindingPolicy, WgKey};
@@ -266,7 +266,7 @@ pub fn create_server(
             "a server named '{name}' already exists"
         )));
     }
-    // Ids are never reused: a removed server's live feed state (hub)
+    // Ids are never reused: a removed server's live feed state (`live_feeds`)
     // must not become a new server's. PostgreSQL's identity column never
     // hands an id out twice; SQLite's rowid would, so it keeps a
     // high-water mark.
@@ -672,8 +672,8 @@ pub fn end_probe(tx: &mut Tx, server_id: i64, probe_id: &str) -> Result<()> {
 /// the version row is updated in the caller's transaction (so versions
 /// are gap-free and in commit order on every replica: the row stays
 /// locked until commit), each touched admission's history row gets the
-/// version (what the incremental feed reads), and every replica's hub
-/// hears of the version once it commits.
+/// version (what the incremental feed reads), and every replica's live
+/// feeds hear of the version once it commits.
 pub fn changed(tx: &mut Tx, server_id: i64, touched: &[&str]) -> Result<u64> {
     let (v, rest) = match touched.split_first() {
         // On PostgreSQL the version and the first history row in one

@@ -5,7 +5,7 @@
 
 use super::sql::{check_parameter_order, Cell, Row, Value};
 use super::{Result, StoreError, Tx};
-use crate::hub::Event;
+use crate::live_feeds::Event;
 use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};

@@ -563,9 +563,9 @@ async fn write_wg_config(
         .with_bearer(&login.token)
         .access(&t.server, public)
         .await?;
-    let params = client_shim::answer::validate_access(&access, t.service.as_deref())
+    let params = client_shim::access_answer::validate_access(&access, t.service.as_deref())
         .map_err(|e| anyhow::anyhow!("the control plane's answer is unusable: {e}"))?;
-    for line in client_shim::answer::reachability_warnings(&access) {
+    for line in client_shim::access_answer::reachability_warnings(&access) {
         eprintln!("warning: {line}");
     }
     let mut text = format!(

@@ -2,9 +2,9 @@
 //! which feed version each server is at, which version its gateway has
 //! acknowledged, and whether the gateway holds its feed open.
 //!
-//! The database holds the desired state; the hub only wakes the waiters
-//! (a gateway's long-poll, an access request waiting for an ack) when
-//! that state or an acknowledgement moves. It learns of a move as an
+//! The database holds the desired state; the live feeds only wake the
+//! waiters (a gateway's long-poll, an access request waiting for an ack)
+//! when that state or an acknowledgement moves. They learn of a move as an
 //! [`Event`]: from this process's own transactions once they commit, and,
 //! when several replicas share a PostgreSQL database, from the others
 //! through `NOTIFY` (see `store::postgres`). Every update only moves
@@ -68,8 +68,9 @@ impl Event {
     }
 }
 
+/// One server's feed as this replica knows it now, and who waits on it.
 #[derive(Debug)]
-pub struct ServerLive {
+pub struct LiveFeed {
     /// The latest desired-state version; the feed long-poll waits on it.
     pub version: watch::Sender<u64>,
     /// The highest version the gateway acknowledged.
@@ -85,9 +86,9 @@ pub struct ServerLive {
     pub held_written: Mutex<Option<(Instant, Instant)>>,
 }
 
-impl ServerLive {
+impl LiveFeed {
     fn new(version: u64) -> Self {
-        ServerLive {
+        LiveFeed {
             version: watch::channel(version).0,
             acked: watch::channel(0).0,
             credential: watch::channel(0).0,
@@ -130,26 +131,12 @@ impl ServerLive {
     }
 
     pub fn publish(&self, version: u64) {
-        self.version.send_if_modified(|v| {
-            if version > *v {
-                *v = version;
-                true
-            } else {
-                false
-            }
-        });
+        raise(&self.version, version);
     }
 
     pub fn ack(&self, version: u64) {
         self.touch();
-        self.acked.send_if_modified(|v| {
-            if version > *v {
-                *v = version;
-                true
-            } else {
-                false
-            }
-        });
+        raise(&self.acked, version);
     }
 
     /// Wakes held feed polls to check their credential again.
@@ -167,8 +154,22 @@ impl ServerLive {
     }
 }
 
+/// Moves `to` forward (never back), waking its waiters only if it moved:
+/// an event heard twice, or late, changes nothing.
+fn raise(to: &watch::Sender<u64>, version: u64) {
+    to.send_if_modified(|v| {
+        if version > *v {
+            *v = version;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// A feed poll held open (see [`LiveFeed::poll_guard`]).
 #[derive(Debug)]
-pub struct PollGuard(Arc<ServerLive>);
+pub struct PollGuard(Arc<LiveFeed>);
 
 impl Drop for PollGuard {
     fn drop(&mut self) {
@@ -177,21 +178,22 @@ impl Drop for PollGuard {
     }
 }
 
+/// Every server's [`LiveFeed`] on this replica, made on first use.
 #[derive(Debug, Default)]
-pub struct Hub {
-    servers: Mutex<HashMap<i64, Arc<ServerLive>>>,
+pub struct LiveFeeds {
+    servers: Mutex<HashMap<i64, Arc<LiveFeed>>>,
 }
 
-impl Hub {
+impl LiveFeeds {
     /// The live entry for a server, made on first use at `version`.
-    pub fn server(&self, id: i64, version: u64) -> Arc<ServerLive> {
+    pub fn server(&self, id: i64, version: u64) -> Arc<LiveFeed> {
         let mut m = self.servers.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(id)
-            .or_insert_with(|| Arc::new(ServerLive::new(version)))
+            .or_insert_with(|| Arc::new(LiveFeed::new(version)))
             .clone()
     }
 
-    pub fn get(&self, id: i64) -> Option<Arc<ServerLive>> {
+    pub fn get(&self, id: i64) -> Option<Arc<LiveFeed>> {
         self.servers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -225,14 +227,7 @@ impl Hub {
                 // The ack of a server this replica has not met yet starts
                 // its entry at version 0; the next version read or heard
                 // moves it on.
-                self.server(server, 0).acked.send_if_modified(|v| {
-                    if version > *v {
-                        *v = version;
-                        true
-                    } else {
-                        false
-                    }
-                });
+                raise(&self.server(server, 0).acked, version);
             }
             Event::Credential { server } => {
                 if let Some(live) = self.get(server) {
@@ -281,27 +276,27 @@ mod tests {
 
     #[test]
     fn events_only_move_forward() {
-        let hub = Hub::default();
-        hub.apply(Event::Version {
+        let live_feeds = LiveFeeds::default();
+        live_feeds.apply(Event::Version {
             server: 1,
             version: 5,
         });
-        hub.apply(Event::Version {
+        live_feeds.apply(Event::Version {
             server: 1,
             version: 4,
         });
-        hub.apply(Event::Acked {
+        live_feeds.apply(Event::Acked {
             server: 1,
             version: 5,
         });
-        hub.apply(Event::Acked {
+        live_feeds.apply(Event::Acked {
             server: 1,
             version: 3,
         });
-        let live = hub.get(1).unwrap();
+        let live = live_feeds.get(1).unwrap();
         assert_eq!(*live.version.borrow(), 5);
         assert_eq!(*live.acked.borrow(), 5);
-        hub.apply(Event::Removed { server: 1 });
-        assert!(hub.get(1).is_none());
+        live_feeds.apply(Event::Removed { server: 1 });
+        assert!(live_feeds.get(1).is_none());
     }
 }

@@ -1,7 +1,11 @@
-//! The control plane as the session sees it: access, renew, revoke, with
-//! errors already turned into [`ShimError`]s. [`HttpControl`] is the real
-//! one (HTTPS through `control-client`, logging in again when a password
-//! login's token expires); tests substitute an in-memory one.
+//! The control plane as the session sees it: how the user signs in
+//! ([`Credentials`]: password, token, or a code approved on another
+//! device, whose credential the [`DeviceIdentity`] file keeps) and the
+//! three calls a session makes after that ([`ControlApi`]: access, renew,
+//! revoke), with errors already turned into [`ShimError`]s.
+//! [`HttpControl`] is the real one (HTTPS through `control-client`,
+//! signing in again when a password or code sign-in's token expires);
+//! tests substitute an in-memory one.
 
 use control_client::{ClientError, ControlClient, Trust};
 use proto::api::{AccessResponse, LoginRequest, RenewResponse};
@@ -10,11 +14,11 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::error::{Call, ShimError};
+
 /// What RFC 8628 has a device add to its polling interval when told to
 /// slow down.
 const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
-
-use crate::error::{Call, ShimError};
 
 /// How long a renewal may take before it counts as failed (and is tried
 /// again on a new connection). A renewal is one round trip plus the
@@ -23,7 +27,7 @@ use crate::error::{Call, ShimError};
 /// that died with this device's old address (its answer went to the old
 /// NAT mapping): waiting for TCP to give up would keep the session from
 /// noticing the move for many seconds.
-const RENEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const RENEW_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How the user proves who they are.
 #[derive(Clone)]
@@ -57,39 +61,6 @@ pub enum Credentials {
     },
 }
 
-/// Told the code to show and where to approve it, then that it was
-/// approved (see [`Credentials::Code`]).
-#[derive(Clone)]
-pub struct CodeNotice(pub std::sync::Arc<dyn Fn(&CodeStep) + Send + Sync>);
-
-/// A step of a sign-in by code, as [`CodeNotice`] hears it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CodeStep {
-    /// Show this code until the next step.
-    Show(CodePrompt),
-    /// A user approved it: signed in; access and the tunnel follow.
-    Approved,
-}
-
-impl std::fmt::Debug for CodeNotice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CodeNotice(..)")
-    }
-}
-
-/// What the device shows while it waits for the approval.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CodePrompt {
-    /// The code the user types, `XXXX-XXXX`.
-    pub user_code: String,
-    /// Where the user types it.
-    pub verification_uri: String,
-    /// The same with the code filled in, for a QR code.
-    pub verification_uri_complete: String,
-    /// How long the code works.
-    pub expires_in: std::time::Duration,
-}
-
 impl std::fmt::Debug for Credentials {
     // Secrets never reach logs through `{:?}`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -109,6 +80,39 @@ impl std::fmt::Debug for Credentials {
                 .finish_non_exhaustive(),
         }
     }
+}
+
+/// Told the code to show and where to approve it, then that it was
+/// approved (see [`Credentials::Code`]).
+#[derive(Clone)]
+pub struct CodeNotice(pub std::sync::Arc<dyn Fn(&CodeStep) + Send + Sync>);
+
+impl std::fmt::Debug for CodeNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeNotice(..)")
+    }
+}
+
+/// A step of a sign-in by code, as [`CodeNotice`] hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeStep {
+    /// Show this code until the next step.
+    Show(CodePrompt),
+    /// A user approved it: signed in; access and the tunnel follow.
+    Approved,
+}
+
+/// What the device shows while it waits for the approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodePrompt {
+    /// The code the user types, `XXXX-XXXX`.
+    pub user_code: String,
+    /// Where the user types it.
+    pub verification_uri: String,
+    /// The same with the code filled in, for a QR code.
+    pub verification_uri_complete: String,
+    /// How long the code works.
+    pub expires_in: std::time::Duration,
 }
 
 /// Who this device is to the control plane: its long-lived credential,
@@ -233,7 +237,8 @@ pub(crate) struct HttpControl {
 }
 
 impl HttpControl {
-    /// Connects and logs in (password) or takes the token as it is.
+    /// Connects and signs in (password, or by code), or takes the token
+    /// as it is.
     pub(crate) async fn login(
         url: &str,
         trust: Trust,
@@ -460,7 +465,7 @@ impl ControlApi for HttpControl {
         let answer = self.access_once(server, key).await?;
         // The control plane's last check of the gateway's endpoint failed:
         // the tunnel will probably not come up; say why, once per answer.
-        for line in crate::answer::reachability_warnings(&answer) {
+        for line in crate::access_answer::reachability_warnings(&answer) {
             tracing::warn!(%server, "{line}");
         }
         Ok(answer)
