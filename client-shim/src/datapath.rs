@@ -28,7 +28,7 @@
 //! at most every [`RESET_REPORT_INTERVAL`]).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use boringtun::x25519::StaticSecret;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use netstack::{Splice, Stack, StackConfig, UdpIo};
+use netstack::{wire, Splice, Stack, StackConfig, UdpIo};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::answer::TunnelParams;
@@ -215,7 +215,7 @@ struct Link {
     peer: GatewayPeer,
     stack: Stack,
     service: SocketAddr,
-    service_ip: [u8; 4],
+    service_address: Ipv4Addr,
 }
 
 struct DataPath {
@@ -334,7 +334,7 @@ impl DataPath {
             peer,
             stack,
             service: params.service_socket(),
-            service_ip: params.service_address.octets(),
+            service_address: params.service_address,
         });
         self.accepting = true;
         self.listener_ready = true;
@@ -460,8 +460,8 @@ impl DataPath {
                     Decap::Packet(p) => {
                         // Only the gateway's service address may speak
                         // inside the tunnel.
-                        if p.len() >= 20 && p[12..16] == link.service_ip {
-                            reset |= is_tcp_reset(p);
+                        if wire::ipv4_source(p) == Some(link.service_address) {
+                            reset |= wire::is_tcp_reset(p);
                             link.stack.push_inbound(p);
                         }
                     }
@@ -631,15 +631,6 @@ impl DataPath {
     }
 }
 
-/// Whether an inner IPv4 packet is a TCP segment with RST set.
-fn is_tcp_reset(p: &[u8]) -> bool {
-    if p.len() < 20 || p[9] != 6 {
-        return false;
-    }
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    ihl >= 20 && p.get(ihl + 13).is_some_and(|flags| flags & 0x04 != 0)
-}
-
 /// A UDP socket of the gateway's address family on any local address,
 /// registered with `poll`.
 fn bind_udp(gateway: SocketAddr, poll: &Poll) -> io::Result<UdpIo> {
@@ -650,34 +641,4 @@ fn bind_udp(gateway: SocketAddr, poll: &Poll) -> io::Result<UdpIo> {
     poll.registry()
         .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
     Ok(udp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_tcp_reset;
-
-    #[test]
-    fn resets_are_told_from_other_segments() {
-        // IPv4 (IHL 5) + TCP with flags RST|ACK, then ACK only.
-        let mut p = [0u8; 40];
-        p[0] = 0x45;
-        p[9] = 6;
-        p[33] = 0x14;
-        assert!(is_tcp_reset(&p));
-        p[33] = 0x10;
-        assert!(!is_tcp_reset(&p));
-        // UDP, or cut short: never.
-        p[33] = 0x14;
-        p[9] = 17;
-        assert!(!is_tcp_reset(&p));
-        p[9] = 6;
-        assert!(!is_tcp_reset(&p[..33]));
-        assert!(!is_tcp_reset(&[]));
-        // Options in the IP header move the TCP header.
-        let mut q = [0u8; 44];
-        q[0] = 0x46;
-        q[9] = 6;
-        q[37] = 0x04;
-        assert!(is_tcp_reset(&q));
-    }
 }

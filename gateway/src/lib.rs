@@ -10,7 +10,7 @@
 //! anything from an unadmitted source after one hash lookup and before any
 //! cryptography, routes handshakes by static key and everything else by
 //! receiver index, enforces each admission's source binding, and checks
-//! decrypted packets with [`inner`] (IPv4 TCP from the client's own tunnel
+//! decrypted packets with [`tunnel_rule`] (IPv4 TCP from the client's own tunnel
 //! address to an allowed service port only). Packets from the user-space
 //! TCP stack go back out through `handle_outbound`. Nothing here opens a
 //! socket or reads the clock: a driver passes in datagrams, feed states and
@@ -53,11 +53,11 @@ pub mod feed;
 pub mod filter;
 pub mod health;
 pub mod identity;
-pub mod inner;
 pub mod limits;
 pub mod metrics;
 pub mod portmap;
 mod runtime;
+pub mod tunnel_rule;
 
 pub use limits::{PeerLimits, PeerTcp, TcpStats};
 

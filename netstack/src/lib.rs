@@ -79,6 +79,7 @@ mod device;
 mod splice;
 mod stack;
 pub mod udp;
+pub mod wire;
 
 /// The smoltcp version this crate is built on, for `Stack::socket` users.
 pub use smoltcp;
