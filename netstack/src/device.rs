@@ -288,21 +288,8 @@ impl PortSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{PROTO_TCP, TCP_SYN};
-
-    fn ipv4_tcp(flags: u8, dport: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
-        p[9] = PROTO_TCP;
-        p[12..16].copy_from_slice(&[100, 64, 0, 2]);
-        p[16..20].copy_from_slice(&[100, 64, 0, 1]);
-        p[20..22].copy_from_slice(&50000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&dport.to_be_bytes());
-        p[32] = 0x50;
-        p[33] = flags;
-        p
-    }
+    use crate::wire::tests::ipv4_tcp_packet as ipv4_tcp;
+    use crate::wire::TCP_SYN;
 
     #[test]
     fn a_refused_syn_gets_a_reset_from_the_port_it_was_sent_to() {

@@ -222,10 +222,11 @@ pub mod wireguard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn ipv4_tcp_packet(flags: u8, dport: u16) -> Vec<u8> {
+    /// A 40-byte IPv4 TCP segment from 100.64.0.2:50000 to 100.64.0.1.
+    pub(crate) fn ipv4_tcp_packet(flags: u8, dport: u16) -> Vec<u8> {
         let mut p = vec![0u8; 40];
         p[0] = 0x45;
         p[2..4].copy_from_slice(&40u16.to_be_bytes());
