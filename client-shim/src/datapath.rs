@@ -19,8 +19,10 @@
 //! 6. flush, then sleep until readiness or the earliest of smoltcp's
 //!    `poll_delay`, the next WireGuard timer and the path deadline.
 //!
-//! The async side talks to it through a channel plus a `mio::Waker`
-//! ([`DataPathHandle`]): a new admission ([`Command::Install`], which
+//! The loop itself is netstack's [`Driver`]; this module is its
+//! [`Handler`], the per-batch work. The async side talks to it through the
+//! driver's [`Sender`](netstack::driver::Sender) ([`DataPathHandle`]): a
+//! new admission ([`Command::Install`], which
 //! replaces the peer and the stack and resets connections of the old
 //! one) or shutdown. It reports handshakes, stalls, losses, recoveries and
 //! connections reset by the gateway's side as [`PathEvent`]s on an
@@ -28,23 +30,23 @@
 //! at most every [`RESET_REPORT_INTERVAL`]).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc;
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use boringtun::x25519::StaticSecret;
+use mio::event::Event;
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token, Waker};
-use netstack::{Splice, Stack, StackConfig, UdpIo};
+use mio::{Interest, Registry, Token};
+use netstack::driver::{self, Driver, Flow, Handler, Wake};
+use netstack::{wire, Splice, Stack, StackConfig, UdpIo};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::answer::TunnelParams;
 use crate::peer::{Decap, GatewayPeer};
 use crate::schedule::{PathTimeouts, PathVerdict};
 
-const WAKER: Token = Token(0);
+/// Token 0 is the driver's waker.
 const UDP: Token = Token(1);
 const LISTENER: Token = Token(2);
 const SPLICE_BASE: usize = 16;
@@ -137,19 +139,9 @@ pub(crate) struct DataPathHandle {
     local_addr: SocketAddr,
 }
 
-/// A cloneable sender of commands.
-#[derive(Debug, Clone)]
-pub(crate) struct DataPathControl {
-    tx: mpsc::Sender<Command>,
-    waker: Arc<Waker>,
-}
-
-impl DataPathControl {
-    /// Returns false if the data path has stopped.
-    pub(crate) fn send(&self, cmd: Command) -> bool {
-        self.tx.send(cmd).is_ok() && self.waker.wake().is_ok()
-    }
-}
+/// A cloneable sender of commands; `send` returns false once the data
+/// path has stopped.
+pub(crate) type DataPathControl = driver::Sender<Command>;
 
 impl DataPathHandle {
     /// Starts the data path thread with its first admission. `listener`
@@ -163,23 +155,20 @@ impl DataPathHandle {
     ) -> io::Result<DataPathHandle> {
         let local_addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = mpsc::channel();
+        let (driver, control) = Driver::new()?;
         let mut dp = DataPath::new(
-            poll,
+            driver.registry().try_clone()?,
             TcpListener::from_std(listener),
             first.params.gateway_endpoint,
-            rx,
             config,
             events,
         )?;
         dp.install(first, false, Instant::now())?;
         let thread = std::thread::Builder::new()
             .name("hushgate-shim-data".into())
-            .spawn(move || dp.run())?;
+            .spawn(move || dp.run(driver))?;
         Ok(DataPathHandle {
-            control: DataPathControl { tx, waker },
+            control,
             thread: Some(thread),
             local_addr,
         })
@@ -215,12 +204,12 @@ struct Link {
     peer: GatewayPeer,
     stack: Stack,
     service: SocketAddr,
-    service_ip: [u8; 4],
+    service_address: Ipv4Addr,
 }
 
 struct DataPath {
-    poll: Poll,
-    events: Events,
+    /// The driver's registry (a clone).
+    registry: Registry,
     /// A fresh socket per admission: after a change of network the old
     /// one may be bound to a vanished address, and the family must match
     /// the gateway's.
@@ -228,7 +217,6 @@ struct DataPath {
     listener: TcpListener,
     splice: Splice,
     link: Option<Link>,
-    commands: mpsc::Receiver<Command>,
     report: UnboundedSender<PathEvent>,
     config: DataPathConfig,
     /// Scratch for decryption (one datagram at a time).
@@ -255,31 +243,78 @@ struct DataPath {
     last_reset_report: Option<Instant>,
 }
 
-enum Flow {
-    Continue,
-    Stop,
+impl Handler for DataPath {
+    type Command = Command;
+
+    fn wake(&mut self, now: Instant) -> Wake {
+        if self.udp_readable || (self.accepting && self.listener_ready && self.link.is_some()) {
+            // Work is left over from a budget-limited pass.
+            return Wake::NOW;
+        }
+        let Some(link) = self.link.as_mut() else {
+            return Wake::IDLE;
+        };
+        Wake::IDLE
+            .at(now, Some(link.peer.next_wakeup()))
+            .after(link.stack.poll_delay(now))
+            .now_if(!self.tx_blocked && link.stack.has_outbound())
+    }
+
+    fn ready(&mut self, ev: &Event) {
+        match ev.token() {
+            UDP => {
+                self.udp_readable |= ev.is_readable() || ev.is_error();
+                if ev.is_writable() {
+                    self.tx_blocked = false;
+                }
+            }
+            LISTENER => self.listener_ready = true,
+            _ => {
+                self.splice.on_event(ev);
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command, now: Instant) -> io::Result<Flow> {
+        match command {
+            Command::Install(inst) => self.install(*inst, true, now)?,
+            Command::Shutdown => return Ok(Flow::Stop),
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn batch(&mut self, now: Instant) -> io::Result<()> {
+        self.receive(now)?;
+        self.accept();
+        if let Some(link) = self.link.as_mut() {
+            link.stack.poll_ingress(now);
+            self.splice.pump(&mut link.stack, &self.registry);
+            link.stack.poll_egress(now);
+        }
+        self.transmit(now);
+        self.timers(now);
+        self.udp.flush()?;
+        self.tx_blocked = self.udp.has_pending();
+        Ok(())
+    }
 }
 
 impl DataPath {
     fn new(
-        poll: Poll,
+        registry: Registry,
         mut listener: TcpListener,
         first_endpoint: SocketAddr,
-        commands: mpsc::Receiver<Command>,
         config: DataPathConfig,
         report: UnboundedSender<PathEvent>,
     ) -> io::Result<DataPath> {
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let udp = bind_udp(first_endpoint, &poll)?;
+        registry.register(&mut listener, LISTENER, Interest::READABLE)?;
+        let udp = bind_udp(first_endpoint, &registry)?;
         Ok(DataPath {
-            poll,
-            events: Events::with_capacity(1024),
+            registry,
             udp,
             listener,
             splice: Splice::new(SPLICE_BASE, MAX_CONNECTIONS),
             link: None,
-            commands,
             report,
             config,
             rx_buf: vec![0; BUF_LEN].into_boxed_slice(),
@@ -299,7 +334,7 @@ impl DataPath {
     /// one are reset on both sides: their inner address is gone.
     fn install(&mut self, inst: Install, rebind: bool, now: Instant) -> io::Result<()> {
         if let Some(mut old) = self.link.take() {
-            self.splice.close_all(&mut old.stack, self.poll.registry());
+            self.splice.close_all(&mut old.stack, &self.registry);
         }
         let Install {
             generation,
@@ -307,8 +342,8 @@ impl DataPath {
             secret,
         } = inst;
         if rebind {
-            let _ = self.poll.registry().deregister(&mut self.udp);
-            self.udp = bind_udp(params.gateway_endpoint, &self.poll)?;
+            let _ = self.registry.deregister(&mut self.udp);
+            self.udp = bind_udp(params.gateway_endpoint, &self.registry)?;
         }
         self.udp_readable = true;
         let client_ip = IpAddr::V4(params.client_address);
@@ -334,15 +369,15 @@ impl DataPath {
             peer,
             stack,
             service: params.service_socket(),
-            service_ip: params.service_address.octets(),
+            service_address: params.service_address,
         });
         self.accepting = true;
         self.listener_ready = true;
         Ok(())
     }
 
-    fn run(mut self) {
-        if let Err(e) = self.run_loop() {
+    fn run(mut self, mut driver: Driver<Command>) {
+        if let Err(e) = driver.run(&mut self) {
             tracing::error!(error = %e, "data path stopped");
             let _ = self.report.send(PathEvent::Failed(e.to_string()));
         }
@@ -351,80 +386,8 @@ impl DataPath {
         // session say it has ended (the port is free from that moment).
         let report = self.report.clone();
         drop(self);
+        drop(driver);
         let _ = report.send(PathEvent::Stopped);
-    }
-
-    fn run_loop(&mut self) -> io::Result<()> {
-        loop {
-            let now = Instant::now();
-            let timeout = self.timeout(now);
-            match self.poll.poll(&mut self.events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            let mut commands = false;
-            for ev in self.events.iter() {
-                match ev.token() {
-                    WAKER => commands = true,
-                    UDP => {
-                        self.udp_readable |= ev.is_readable() || ev.is_error();
-                        if ev.is_writable() {
-                            self.tx_blocked = false;
-                        }
-                    }
-                    LISTENER => self.listener_ready = true,
-                    _ => {
-                        self.splice.on_event(ev);
-                    }
-                }
-            }
-            if commands {
-                if let Flow::Stop = self.commands()? {
-                    return Ok(());
-                }
-            }
-            let now = Instant::now();
-            self.receive(now)?;
-            self.accept();
-            if let Some(link) = self.link.as_mut() {
-                link.stack.poll_ingress(now);
-                self.splice.pump(&mut link.stack, self.poll.registry());
-                link.stack.poll_egress(now);
-            }
-            self.transmit(now);
-            self.timers(now);
-            self.udp.flush()?;
-            self.tx_blocked = self.udp.has_pending();
-        }
-    }
-
-    fn timeout(&mut self, now: Instant) -> Option<Duration> {
-        if self.udp_readable || (self.accepting && self.listener_ready && self.link.is_some()) {
-            // Work is left over from a budget-limited pass.
-            return Some(Duration::ZERO);
-        }
-        let link = self.link.as_mut()?;
-        let mut t = link.peer.next_wakeup().saturating_duration_since(now);
-        if let Some(d) = link.stack.poll_delay(now) {
-            t = t.min(d);
-        }
-        if !self.tx_blocked && link.stack.has_outbound() {
-            t = Duration::ZERO;
-        }
-        Some(t)
-    }
-
-    fn commands(&mut self) -> io::Result<Flow> {
-        loop {
-            match self.commands.try_recv() {
-                Ok(Command::Install(inst)) => self.install(*inst, true, Instant::now())?,
-                Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
-                    return Ok(Flow::Stop)
-                }
-                Err(mpsc::TryRecvError::Empty) => return Ok(Flow::Continue),
-            }
-        }
     }
 
     /// Reads and decrypts waiting datagrams into the stack.
@@ -460,8 +423,8 @@ impl DataPath {
                     Decap::Packet(p) => {
                         // Only the gateway's service address may speak
                         // inside the tunnel.
-                        if p.len() >= 20 && p[12..16] == link.service_ip {
-                            reset |= is_tcp_reset(p);
+                        if wire::ipv4_source(p) == Some(link.service_address) {
+                            reset |= wire::is_tcp_reset(p);
                             link.stack.push_inbound(p);
                         }
                     }
@@ -548,10 +511,7 @@ impl DataPath {
                     continue;
                 }
             };
-            if let Err(e) = self
-                .splice
-                .attach(self.poll.registry(), &link.stack, id, stream)
-            {
+            if let Err(e) = self.splice.attach(&self.registry, &link.stack, id, stream) {
                 tracing::warn!(error = %e, "local connection refused");
                 let _ = link.stack.abort(id);
                 link.stack.release(id);
@@ -616,7 +576,7 @@ impl DataPath {
     /// listens), then drops the sockets.
     fn close(&mut self) {
         if let Some(mut link) = self.link.take() {
-            self.splice.close_all(&mut link.stack, self.poll.registry());
+            self.splice.close_all(&mut link.stack, &self.registry);
             let now = Instant::now();
             link.stack.poll_egress(now);
             let endpoint = link.peer.endpoint();
@@ -627,57 +587,17 @@ impl DataPath {
             }
             let _ = self.udp.flush();
         }
-        let _ = self.poll.registry().deregister(&mut self.listener);
+        let _ = &self.registry.deregister(&mut self.listener);
     }
-}
-
-/// Whether an inner IPv4 packet is a TCP segment with RST set.
-fn is_tcp_reset(p: &[u8]) -> bool {
-    if p.len() < 20 || p[9] != 6 {
-        return false;
-    }
-    let ihl = usize::from(p[0] & 0x0f) * 4;
-    ihl >= 20 && p.get(ihl + 13).is_some_and(|flags| flags & 0x04 != 0)
 }
 
 /// A UDP socket of the gateway's address family on any local address,
 /// registered with `poll`.
-fn bind_udp(gateway: SocketAddr, poll: &Poll) -> io::Result<UdpIo> {
+fn bind_udp(gateway: SocketAddr, registry: &Registry) -> io::Result<UdpIo> {
     let mut udp = UdpIo::bind(match gateway {
         SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
         SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], 0)),
     })?;
-    poll.registry()
-        .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
+    registry.register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)?;
     Ok(udp)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_tcp_reset;
-
-    #[test]
-    fn resets_are_told_from_other_segments() {
-        // IPv4 (IHL 5) + TCP with flags RST|ACK, then ACK only.
-        let mut p = [0u8; 40];
-        p[0] = 0x45;
-        p[9] = 6;
-        p[33] = 0x14;
-        assert!(is_tcp_reset(&p));
-        p[33] = 0x10;
-        assert!(!is_tcp_reset(&p));
-        // UDP, or cut short: never.
-        p[33] = 0x14;
-        p[9] = 17;
-        assert!(!is_tcp_reset(&p));
-        p[9] = 6;
-        assert!(!is_tcp_reset(&p[..33]));
-        assert!(!is_tcp_reset(&[]));
-        // Options in the IP header move the TCP header.
-        let mut q = [0u8; 44];
-        q[0] = 0x46;
-        q[9] = 6;
-        q[37] = 0x04;
-        assert!(is_tcp_reset(&q));
-    }
 }

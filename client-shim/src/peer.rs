@@ -7,22 +7,14 @@
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use netstack::wire::wireguard::{
+    KEEPALIVE_LEN, MSG_DATA, MSG_HANDSHAKE_INIT, MSG_HANDSHAKE_RESPONSE, TIMER_INTERVAL,
+};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::access_answer::TunnelParams;
 use crate::path_monitor::{PathMonitor, PathTimeouts, PathVerdict};
-
-/// How often boringtun's timers run (handshake retries, keepalives,
-/// rekeying). WireGuard's timers are whole seconds; a quarter second
-/// keeps retries prompt without a busy tick.
-pub(crate) const TIMER_INTERVAL: Duration = Duration::from_millis(250);
-
-const MSG_HANDSHAKE_INIT: u8 = 1;
-const MSG_HANDSHAKE_RESPONSE: u8 = 2;
-const MSG_DATA: u8 = 4;
-/// A data message with an empty payload (a keepalive) is exactly this long.
-const KEEPALIVE_LEN: usize = 32;
 
 /// What a datagram from the gateway turned into.
 #[derive(Debug)]

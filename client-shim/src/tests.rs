@@ -7,12 +7,14 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boringtun::x25519::{PublicKey, StaticSecret};
 use gateway::{Dispatcher, DispatcherConfig, Output, PeerEvent};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Interest, Registry, Token};
+use netstack::driver::{self, Driver, Flow, Handler, Wake};
+use netstack::wire::wireguard;
 use netstack::{Splice, Stack, StackConfig, UdpIo};
 use proto::api::{AccessMode, AccessResponse, RenewResponse, ServiceInfo};
 use proto::feed::{FeedAdmission, FeedState};
@@ -114,12 +116,12 @@ enum GwCmd {
     Stop,
 }
 
-/// A gateway on loopback: Dispatcher + Stack + Splice to `upstream`.
+/// A gateway on loopback: Dispatcher + Stack + Splice to `upstream`, on
+/// netstack's data-path driver like the real one.
 struct TestGateway {
     endpoint: SocketAddr,
     public: PublicKey,
-    tx: mpsc::Sender<GwCmd>,
-    waker: Arc<Waker>,
+    commands: driver::Sender<GwCmd>,
     /// The shim's UDP address as the gateway last saw it.
     client_endpoint: Arc<Mutex<Option<SocketAddr>>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -131,139 +133,178 @@ impl TestGateway {
         let public = PublicKey::from(&secret);
         let mut udp = UdpIo::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let endpoint = udp.local_addr().unwrap();
-        let poll = Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-        poll.registry()
-            .register(&mut udp, Token(1), Interest::READABLE | Interest::WRITABLE)
+        let (mut driver, commands) = Driver::new().unwrap();
+        let registry = driver.registry().try_clone().unwrap();
+        registry
+            .register(&mut udp, UDP, Interest::READABLE | Interest::WRITABLE)
             .unwrap();
-        let (tx, rx) = mpsc::channel();
         let client_endpoint = Arc::new(Mutex::new(None));
-        let seen = client_endpoint.clone();
-        let thread = std::thread::spawn(move || {
-            gateway_loop(poll, udp, secret, rx, upstream, seen);
-        });
+        let mut gateway =
+            GatewayLoop::new(registry, udp, secret, upstream, client_endpoint.clone());
+        let thread = std::thread::spawn(move || driver.run(&mut gateway).unwrap());
         TestGateway {
             endpoint,
             public,
-            tx,
-            waker,
+            commands,
             client_endpoint,
             thread: Some(thread),
         }
     }
 
     fn apply(&self, state: FeedState) {
-        self.tx.send(GwCmd::Apply(state)).unwrap();
-        self.waker.wake().unwrap();
+        assert!(self.commands.send(GwCmd::Apply(state)));
     }
 
     fn restart(&self, deaf_for_initiations: usize) {
-        self.tx
-            .send(GwCmd::Restart {
-                deaf_for_initiations,
-            })
-            .unwrap();
-        self.waker.wake().unwrap();
+        assert!(self.commands.send(GwCmd::Restart {
+            deaf_for_initiations,
+        }));
     }
 }
 
 impl Drop for TestGateway {
     fn drop(&mut self) {
-        let _ = self.tx.send(GwCmd::Stop);
-        let _ = self.waker.wake();
+        self.commands.send(GwCmd::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn gateway_loop(
-    mut poll: Poll,
-    mut udp: UdpIo,
+const UDP: Token = Token(1);
+
+/// The test gateway's per-batch work.
+struct GatewayLoop {
+    registry: Registry,
+    udp: UdpIo,
     secret: StaticSecret,
-    rx: mpsc::Receiver<GwCmd>,
     upstream: SocketAddr,
     seen: Arc<Mutex<Option<SocketAddr>>>,
-) {
-    let new_dispatcher = || {
-        Dispatcher::new(
-            secret.clone(),
-            DispatcherConfig::new([("plex", PLEX)]),
-            Instant::now(),
-        )
-    };
-    let new_stack = || {
-        let mut stack = Stack::new(StackConfig::new(IpAddr::V4(SERVICE_ADDRESS)));
-        stack.listen(PLEX).unwrap();
-        stack
-    };
-    let mut dispatcher = new_dispatcher();
-    let mut stack = new_stack();
-    let mut splice = Splice::new(16, 256);
-    let mut last_state: Option<FeedState> = None;
-    let mut deaf = 0usize;
-    let mut out = gateway::Outbox::with_capacity(1 << 20, 1024);
-    let mut events = Events::with_capacity(256);
-    let mut readable = true;
-    loop {
-        let now = Instant::now();
-        let mut timeout = stack.poll_delay(now).unwrap_or(Duration::from_millis(250));
-        if let Some(t) = dispatcher.poll_timeout() {
-            timeout = timeout.min(t.saturating_duration_since(now));
+    dispatcher: Dispatcher,
+    stack: Stack,
+    splice: Splice,
+    last_state: Option<FeedState>,
+    deaf: usize,
+    out: gateway::Outbox,
+    readable: bool,
+}
+
+impl GatewayLoop {
+    fn new(
+        registry: Registry,
+        udp: UdpIo,
+        secret: StaticSecret,
+        upstream: SocketAddr,
+        seen: Arc<Mutex<Option<SocketAddr>>>,
+    ) -> GatewayLoop {
+        GatewayLoop {
+            registry,
+            udp,
+            dispatcher: new_dispatcher(&secret),
+            secret,
+            upstream,
+            seen,
+            stack: new_stack(),
+            splice: Splice::new(16, 256),
+            last_state: None,
+            deaf: 0,
+            out: gateway::Outbox::with_capacity(1 << 20, 1024),
+            readable: true,
         }
-        if readable || stack.has_outbound() {
-            timeout = Duration::ZERO;
+    }
+}
+
+fn new_dispatcher(secret: &StaticSecret) -> Dispatcher {
+    Dispatcher::new(
+        secret.clone(),
+        DispatcherConfig::new([("plex", PLEX)]),
+        Instant::now(),
+    )
+}
+
+fn new_stack() -> Stack {
+    let mut stack = Stack::new(StackConfig::new(IpAddr::V4(SERVICE_ADDRESS)));
+    stack.listen(PLEX).unwrap();
+    stack
+}
+
+impl Handler for GatewayLoop {
+    type Command = GwCmd;
+
+    fn wake(&mut self, now: Instant) -> Wake {
+        Wake::IDLE
+            .after(Some(
+                self.stack
+                    .poll_delay(now)
+                    .unwrap_or(Duration::from_millis(250)),
+            ))
+            .at(now, self.dispatcher.poll_timeout())
+            .now_if(self.readable || self.stack.has_outbound())
+    }
+
+    fn ready(&mut self, ev: &mio::event::Event) {
+        if ev.token() == UDP {
+            self.readable |= ev.is_readable();
+        } else {
+            self.splice.on_event(ev);
         }
-        poll.poll(&mut events, Some(timeout)).unwrap();
-        for ev in events.iter() {
-            match ev.token() {
-                Token(0) => loop {
-                    match rx.try_recv() {
-                        Ok(GwCmd::Apply(state)) => {
-                            dispatcher.apply(&state, Instant::now());
-                            last_state = Some(state);
-                        }
-                        Ok(GwCmd::Restart {
-                            deaf_for_initiations,
-                        }) => {
-                            splice.close_all(&mut stack, poll.registry());
-                            dispatcher = new_dispatcher();
-                            stack = new_stack();
-                            if let Some(state) = &last_state {
-                                dispatcher.apply(state, Instant::now());
-                            }
-                            deaf = deaf_for_initiations;
-                        }
-                        Ok(GwCmd::Stop) | Err(mpsc::TryRecvError::Disconnected) => return,
-                        Err(mpsc::TryRecvError::Empty) => break,
-                    }
-                },
-                Token(1) => readable |= ev.is_readable(),
-                _ => {
-                    splice.on_event(ev);
-                }
+    }
+
+    fn command(&mut self, command: GwCmd, _now: Instant) -> std::io::Result<Flow> {
+        match command {
+            GwCmd::Apply(state) => {
+                self.dispatcher.apply(&state, Instant::now());
+                self.last_state = Some(state);
             }
+            GwCmd::Restart {
+                deaf_for_initiations,
+            } => {
+                self.splice.close_all(&mut self.stack, &self.registry);
+                self.dispatcher = new_dispatcher(&self.secret);
+                self.stack = new_stack();
+                if let Some(state) = &self.last_state {
+                    self.dispatcher.apply(state, Instant::now());
+                }
+                self.deaf = deaf_for_initiations;
+            }
+            GwCmd::Stop => return Ok(Flow::Stop),
         }
-        let now = Instant::now();
-        if readable {
+        Ok(Flow::Continue)
+    }
+
+    fn batch(&mut self, now: Instant) -> std::io::Result<()> {
+        let GatewayLoop {
+            registry,
+            udp,
+            upstream,
+            seen,
+            dispatcher,
+            stack,
+            splice,
+            deaf,
+            out,
+            readable,
+            ..
+        } = self;
+        if *readable {
             let n = udp
                 .recv_batch(1024, |src, d| {
-                    if deaf > 0 {
+                    if *deaf > 0 {
                         // Down: nothing is read, an initiation is counted.
-                        if d.first() == Some(&1) {
-                            deaf -= 1;
+                        if d.first() == Some(&wireguard::MSG_HANDSHAKE_INIT) {
+                            *deaf -= 1;
                         }
                         return;
                     }
-                    dispatcher.handle_datagram(src, d, now, &mut out);
+                    dispatcher.handle_datagram(src, d, now, out);
                 })
                 .unwrap();
-            readable = n >= 1024;
+            *readable = n >= 1024;
         }
         while let Some(ev) = dispatcher.poll_event() {
             match ev {
                 PeerEvent::Removed { client_address, .. } => {
-                    splice.close_all_for(&mut stack, poll.registry(), IpAddr::V4(client_address));
+                    splice.close_all_for(stack, registry, IpAddr::V4(client_address));
                 }
                 PeerEvent::HandshakeCompleted { endpoint, .. } => {
                     *seen.lock().unwrap() = Some(endpoint);
@@ -271,27 +312,27 @@ fn gateway_loop(
                 PeerEvent::Installed { .. } => {}
             }
         }
-        flush_outbox(&mut out, &mut udp, &mut stack);
+        flush_outbox(out, udp, stack);
         stack.poll_ingress(now);
         while let Some(id) = stack.accept() {
-            let up = mio::net::TcpStream::connect(upstream).unwrap();
-            if splice.attach(poll.registry(), &stack, id, up).is_err() {
+            let up = mio::net::TcpStream::connect(*upstream).unwrap();
+            if splice.attach(registry, stack, id, up).is_err() {
                 stack.release(id);
             }
         }
-        splice.pump(&mut stack, poll.registry());
+        splice.pump(stack, registry);
         stack.poll_egress(now);
         while let Some(pkt) = stack.pop_outbound() {
-            dispatcher.handle_outbound(&pkt, now, &mut out);
+            dispatcher.handle_outbound(&pkt, now, out);
             stack.recycle(pkt);
             if out.len() > 512 {
-                flush_outbox(&mut out, &mut udp, &mut stack);
+                flush_outbox(out, udp, stack);
             }
         }
-        dispatcher.handle_timers(now, &mut out);
-        flush_outbox(&mut out, &mut udp, &mut stack);
+        dispatcher.handle_timers(now, out);
+        flush_outbox(out, udp, stack);
         let _ = udp.flush();
-        let _ = &mut poll;
+        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@
 //! exist without a client's ephemeral keys).
 
 use crate::world::{self, SERVICE_ADDRESS};
+use netstack::wire::wireguard::looks_like_initiation;
 use gateway::{Dispatcher, DispatcherConfig, DropReason, Outbox, Output, Pinning, Verdict};
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
@@ -97,7 +98,7 @@ pub fn run(data: &[u8]) {
             frame
         };
         let src = world::source_socket(src, src);
-        let shaped = datagram.len() == 148 && datagram[..4] == [1, 0, 0, 0];
+        let shaped = looks_like_initiation(datagram);
         // Client 2's window is open for the whole input, until a real
         // initiation of client 2 pins a source.
         let pinned_before = pinned(&d, src.ip());

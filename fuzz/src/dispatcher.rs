@@ -36,6 +36,9 @@ use crate::packet::{self, Segment};
 use crate::world::{self, CLIENTS, SERVICES, SERVICE_ADDRESS, SERVICE_NAMES};
 use arbitrary::{Arbitrary, Unstructured};
 use boringtun::noise::{Tunn, TunnResult};
+use netstack::wire::wireguard::{
+    looks_like_initiation, HANDSHAKE_INIT_LEN, HANDSHAKE_INIT_MAC1_END, MSG_HANDSHAKE_INIT,
+};
 use gateway::{
     Dispatcher, DispatcherConfig, DropReason, Outbox, Output, PeerEvent, PeerId, Pinning, Verdict,
 };
@@ -48,10 +51,9 @@ use std::time::{Duration, Instant};
 
 /// Most steps one input runs (each may cost a handshake's DH work).
 pub const MAX_OPS: usize = 64;
-const HANDSHAKE_INIT_LEN: usize = 148;
 /// Bytes of an initiation that its mac1 covers, mac1 included: a change
 /// past them (mac2, checked only under load) leaves it a real initiation.
-const INIT_AUTHENTICATED: usize = 132;
+const INIT_AUTHENTICATED: usize = HANDSHAKE_INIT_MAC1_END;
 const POOL: usize = 32;
 /// Most initiations one input hands to the gateway (made by a client or
 /// replayed). X25519 is
@@ -654,7 +656,7 @@ impl World {
     }
 
     fn client_sends(&mut self, k: usize, at: SocketAddr, d: Vec<u8>) {
-        if d.len() == HANDSHAKE_INIT_LEN && d[0] == 1 {
+        if d.len() == HANDSHAKE_INIT_LEN && d[0] == MSG_HANDSHAKE_INIT {
             self.clients[k]
                 .initiations
                 .insert(d[..INIT_AUTHENTICATED].to_vec());
@@ -834,7 +836,7 @@ impl World {
     // ---------------------------------------------------------- datagrams
 
     fn datagram(&mut self, src: SocketAddr, d: &[u8]) {
-        if d.len() == HANDSHAKE_INIT_LEN && d[0] == 1 {
+        if d.len() == HANDSHAKE_INIT_LEN && d[0] == MSG_HANDSHAKE_INIT {
             if self.handshakes >= MAX_HANDSHAKES {
                 return;
             }
@@ -848,7 +850,7 @@ impl World {
             .iter()
             .flatten()
             .any(|a| matches!(a.pin, Pin::Open(_)));
-        let looks_like_initiation = d.len() == HANDSHAKE_INIT_LEN && d[..4] == [1, 0, 0, 0];
+        let looks_like_initiation = looks_like_initiation(d);
         let made_here: Vec<usize> = (0..CLIENTS)
             .filter(|&k| {
                 d.len() == HANDSHAKE_INIT_LEN

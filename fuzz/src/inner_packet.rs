@@ -1,5 +1,5 @@
 //! Inner IP packets after decapsulation: the gateway's checks
-//! (`gateway::inner`) and the user-space stack's packet filter and
+//! (`gateway::tunnel_rule`, over `netstack::wire`) and the user-space stack's packet filter and
 //! smoltcp's parsing behind it (`netstack::Stack::push_inbound`, then a
 //! poll).
 //!
@@ -14,7 +14,8 @@
 //!   well-formed IPv4 TCP, to the packet's source.
 
 use crate::packet;
-use gateway::inner::{check_from_client, ipv4_destination, parse_ipv4_tcp};
+use gateway::tunnel_rule::check_from_client;
+use netstack::wire::{ipv4_destination, ipv4_tcp};
 use netstack::{Stack, StackConfig};
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
@@ -48,7 +49,7 @@ pub fn run(data: &[u8]) {
         1 => &LISTENED[..1],
         _ => &[],
     };
-    let view = parse_ipv4_tcp(pkt);
+    let view = ipv4_tcp(pkt);
     let checked = check_from_client(pkt, CLIENT, SERVICE, allowed);
     if let Ok(v) = checked {
         assert_eq!(Ok(v), view);

@@ -15,7 +15,7 @@
 //! | --- | --- | --- |
 //! | [`dispatcher`] | `gateway::Dispatcher` as a whole, against a model of the admission rules | structured ops |
 //! | [`datagram`] | datagram classification of the dispatcher | raw datagrams |
-//! | [`inner_packet`] | `gateway::inner` and the netstack's packet filter | raw IP packet |
+//! | [`inner_packet`] | `gateway::tunnel_rule` (over `netstack::wire`) and the netstack's packet filter | raw IP packet |
 //! | [`tcp_segments`] | smoltcp's TCP socket through `netstack::Stack` | structured segments |
 //! | [`feed_apply`] | `FeedMirror`, `AdmissionTable::apply` (whole and diff) | structured feed answers |
 //! | [`api_json`] | every JSON body of the API and the feed | JSON text |

@@ -9,21 +9,26 @@
 //! sockets, let the stack emit, encrypt what it emitted, and send. The
 //! thread then sleeps until a socket is ready or the earliest of the
 //! stack's and WireGuard's timers; there is no fixed tick.
+//!
+//! The loop (poll, waker, command channel) is netstack's [`Driver`];
+//! [`Forwarder`] is the gateway's work on top of it, [`DataPath`] the two
+//! together for the thread that runs them.
 
 use crate::dispatch::{Dispatcher, Outbox, Output, PeerEvent};
 use crate::feed::{FeedChange, FeedChangeRef};
 use crate::limits::{PeerLimits, TcpStats};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::event::Event;
+use mio::{Interest, Registry, Token};
+use netstack::driver::{self, Driver, Flow, Handler, Wake};
 use netstack::udp::UdpIo;
 use netstack::{Splice, Stack, StackConfig};
 use proto::feed::FeedState;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-const UDP: Token = Token(0);
-const WAKER: Token = Token(1);
+/// Token 0 is the driver's waker.
+const UDP: Token = Token(1);
 const SPLICE_BASE: usize = 16;
 /// Spliced connections the gateway holds at most (all clients together).
 const MAX_CONNECTIONS: usize = 4096;
@@ -44,23 +49,26 @@ pub enum Command {
 }
 
 /// Sends [`Command`]s to the data-path thread (and wakes it), from any
-/// thread.
-#[derive(Debug, Clone)]
-pub struct DataPathCommands {
-    tx: mpsc::Sender<Command>,
-    waker: std::sync::Arc<Waker>,
-}
+/// thread; `send` is false when the data path has stopped.
+pub type DataPathCommands = driver::Sender<Command>;
 
-impl DataPathCommands {
-    /// False when the data path has stopped.
-    pub fn send(&self, c: Command) -> bool {
-        self.tx.send(c).is_ok() && self.waker.wake().is_ok()
-    }
-}
-
+/// The data-path thread's loop ([`Driver`]) and its work (`Forwarder`).
 pub struct DataPath {
-    poll: Poll,
+    driver: Driver<Command>,
+    forwarder: Forwarder,
+}
+
+/// What each wake-up of the data path does, and everything it owns.
+struct Forwarder {
+    /// The driver's registry (a clone), for the UDP socket and splices.
+    registry: Registry,
     udp: UdpIo,
+    /// What the UDP socket is registered for.
+    interest: Interest,
+    /// The UDP socket signalled readiness in this wake-up.
+    udp_ready: bool,
+    /// Datagrams left in the socket by the last wake-up's budget.
+    backlog: bool,
     dispatcher: Dispatcher,
     /// Made on the first feed state, which names the service address.
     stack: Option<Stack>,
@@ -73,7 +81,6 @@ pub struct DataPath {
     /// Per service (same index): upstream connects that failed.
     upstream_failures: Vec<u64>,
     outbox: Outbox,
-    commands: mpsc::Receiver<Command>,
     /// What each client may hold in the stack.
     peer_limits: PeerLimits,
     /// Told when a first-handshake admission is pinned to a source (the
@@ -81,8 +88,7 @@ pub struct DataPath {
     pinned: Option<PinSink>,
 }
 
-/// Receives `(admission id, source)` for each first-handshake pinning:
-/// the feed follower, which has the pre-filter admit that source.
+/// Receives `(admission id, source)` for each first-handshake pinning.
 pub type PinSink = tokio::sync::mpsc::UnboundedSender<(String, IpAddr)>;
 
 impl std::fmt::Debug for DataPath {
@@ -93,170 +99,154 @@ impl std::fmt::Debug for DataPath {
 
 impl DataPath {
     pub fn new(
-        udp: UdpIo,
+        mut udp: UdpIo,
         dispatcher: Dispatcher,
         upstreams: HashMap<u16, SocketAddr>,
     ) -> std::io::Result<(DataPath, DataPathCommands)> {
-        let poll = Poll::new()?;
-        let waker = std::sync::Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = mpsc::channel();
+        let (driver, control) = Driver::new()?;
+        let registry = driver.registry().try_clone()?;
+        let interest = Interest::READABLE;
+        registry.register(&mut udp, UDP, interest)?;
         let mut service_ports: Vec<u16> = upstreams.keys().copied().collect();
         service_ports.sort_unstable();
         let upstream_failures = vec![0; service_ports.len()];
-        Ok((
-            DataPath {
-                poll,
-                udp,
-                dispatcher,
-                stack: None,
-                splice: Splice::new(SPLICE_BASE, MAX_CONNECTIONS),
-                upstreams,
-                service_ports,
-                upstream_failures,
-                outbox: Outbox::with_capacity(256 * 1024, 512),
-                commands: rx,
-                peer_limits: PeerLimits::default(),
-                pinned: None,
-            },
-            DataPathCommands { tx, waker },
-        ))
+        let forwarder = Forwarder {
+            registry,
+            udp,
+            interest,
+            udp_ready: false,
+            backlog: false,
+            dispatcher,
+            stack: None,
+            splice: Splice::new(SPLICE_BASE, MAX_CONNECTIONS),
+            upstreams,
+            service_ports,
+            upstream_failures,
+            outbox: Outbox::with_capacity(256 * 1024, 512),
+            peer_limits: PeerLimits::default(),
+            pinned: None,
+        };
+        Ok((DataPath { driver, forwarder }, control))
     }
 
     /// Sets what each client may hold in the TCP stack (for stacks made
     /// from now on: call it before `run`).
     pub fn set_peer_limits(&mut self, limits: PeerLimits) {
-        self.peer_limits = limits;
+        self.forwarder.peer_limits = limits;
     }
 
     /// Tells `sink` whenever a first-handshake admission is pinned.
     pub fn on_pinned(&mut self, sink: PinSink) {
-        self.pinned = Some(sink);
+        self.forwarder.pinned = Some(sink);
     }
 
     /// Runs until `Command::Shutdown` or every [`DataPathCommands`] is gone.
     pub fn run(mut self) -> std::io::Result<()> {
-        let mut interest = Interest::READABLE;
-        self.poll
-            .registry()
-            .register(&mut self.udp, UDP, interest)?;
-        let mut events = Events::with_capacity(1024);
-        // Datagrams left in the socket by the last wake-up's budget.
-        let mut backlog = false;
-        loop {
-            let now = Instant::now();
-            let timeout = if backlog {
-                Some(Duration::ZERO)
-            } else {
-                self.next_wake(now)
-            };
-            match self.poll.poll(&mut events, timeout) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-            let now = Instant::now();
-            let mut udp_ready = false;
-            for ev in events.iter() {
-                match ev.token() {
-                    UDP => udp_ready = true,
-                    WAKER => {}
-                    _ => {
-                        self.splice.on_event(ev);
-                    }
-                }
-            }
-            if !self.handle_commands(now) {
-                if let Some(stack) = self.stack.as_mut() {
-                    self.splice.close_all(stack, self.poll.registry());
-                }
-                return Ok(());
-            }
-            if udp_ready || backlog {
-                backlog = self.receive(now);
-            }
-            // Admissions that expire now (without a feed change: the
-            // control plane may be unreachable) say goodbye first, like
-            // those the feed removes.
-            let expiring: Vec<IpAddr> = self
-                .dispatcher
-                .admissions()
-                .expiring(now)
-                .map(|a| IpAddr::V4(a.client_address()))
-                .collect();
-            self.say_goodbye(expiring, now);
-            self.dispatcher.handle_timers(now, &mut self.outbox);
-            self.route_outbox();
-            self.handle_peer_events();
-            self.run_stack(now);
-            if let Err(e) = self.udp.flush() {
-                tracing::debug!(error = %e, "udp send failed");
-            }
-            // Ask for writability only while sends are waiting.
-            let want = if self.udp.has_pending() {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if want != interest {
-                interest = want;
-                self.poll
-                    .registry()
-                    .reregister(&mut self.udp, UDP, interest)?;
-            }
+        self.driver.run(&mut self.forwarder)?;
+        let f = &mut self.forwarder;
+        if let Some(stack) = f.stack.as_mut() {
+            f.splice.close_all(stack, &f.registry);
+        }
+        Ok(())
+    }
+}
+
+impl Handler for Forwarder {
+    type Command = Command;
+
+    fn wake(&mut self, now: Instant) -> Wake {
+        if self.backlog {
+            return Wake::NOW;
+        }
+        Wake::IDLE
+            .at(now, self.dispatcher.poll_timeout())
+            .after(self.stack.as_mut().and_then(|s| s.poll_delay(now)))
+    }
+
+    fn ready(&mut self, event: &Event) {
+        if event.token() == UDP {
+            self.udp_ready = true;
+        } else {
+            self.splice.on_event(event);
         }
     }
 
-    fn next_wake(&mut self, now: Instant) -> Option<Duration> {
-        let mut t = self
+    fn command(&mut self, command: Command, now: Instant) -> std::io::Result<Flow> {
+        Ok(self.handle_command(command, now))
+    }
+
+    fn batch(&mut self, now: Instant) -> std::io::Result<()> {
+        if std::mem::take(&mut self.udp_ready) || self.backlog {
+            self.backlog = self.receive(now);
+        }
+        // Admissions that expire now (without a feed change: the
+        // control plane may be unreachable) say goodbye first, like
+        // those the feed removes.
+        let expiring: Vec<IpAddr> = self
             .dispatcher
-            .poll_timeout()
-            .map(|at| at.saturating_duration_since(now));
-        if let Some(stack) = self.stack.as_mut() {
-            if let Some(d) = stack.poll_delay(now) {
-                t = Some(t.map_or(d, |t| t.min(d)));
-            }
+            .admissions()
+            .expiring(now)
+            .map(|a| IpAddr::V4(a.client_address()))
+            .collect();
+        self.say_goodbye(expiring, now);
+        self.dispatcher.handle_timers(now, &mut self.outbox);
+        self.route_outbox();
+        self.handle_peer_events();
+        self.run_stack(now);
+        if let Err(e) = self.udp.flush() {
+            tracing::debug!(error = %e, "udp send failed");
         }
-        t
+        // Ask for writability only while sends are waiting.
+        let want = if self.udp.has_pending() {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        if want != self.interest {
+            self.interest = want;
+            self.registry.reregister(&mut self.udp, UDP, want)?;
+        }
+        Ok(())
     }
+}
 
-    /// Returns false when the data path must stop.
-    fn handle_commands(&mut self, now: Instant) -> bool {
-        loop {
-            match self.commands.try_recv() {
-                Ok(Command::Apply(change, done)) => {
-                    self.take_feed(change.as_ref(), now, done);
-                }
-                Ok(Command::Stats(reply)) => {
-                    let mut stats = self.dispatcher.stats(now);
-                    if let Some(stack) = self.stack.as_ref() {
-                        stats.tcp = Some(TcpStats::of(stack));
-                        for p in &mut stats.peers {
-                            p.tcp = stack.peer_usage(IpAddr::V4(p.client_address)).into();
-                        }
-                    }
-                    let tags = self.splice.tag_totals();
-                    stats.services = self
-                        .service_ports
-                        .iter()
-                        .enumerate()
-                        .map(|(i, &port)| {
-                            let t = tags.get(i).copied().unwrap_or_default();
-                            crate::ServiceTraffic {
-                                port,
-                                connections: t.attached,
-                                open: t.live,
-                                upstream_failures: self.upstream_failures[i],
-                                bytes_to_upstream: t.to_kernel,
-                                bytes_from_upstream: t.to_tunnel,
-                            }
-                        })
-                        .collect();
-                    let _ = reply.send(stats);
-                }
-                Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return false,
-                Err(mpsc::TryRecvError::Empty) => return true,
+impl Forwarder {
+    /// Carries out one command; `Flow::Stop` when the data path must stop.
+    fn handle_command(&mut self, command: Command, now: Instant) -> Flow {
+        match command {
+            Command::Apply(change, done) => {
+                self.take_feed(change.as_ref(), now, done);
             }
+            Command::Stats(reply) => {
+                let mut stats = self.dispatcher.stats(now);
+                if let Some(stack) = self.stack.as_ref() {
+                    stats.tcp = Some(TcpStats::of(stack));
+                    for p in &mut stats.peers {
+                        p.tcp = stack.peer_usage(IpAddr::V4(p.client_address)).into();
+                    }
+                }
+                let tags = self.splice.tag_totals();
+                stats.services = self
+                    .service_ports
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &port)| {
+                        let t = tags.get(i).copied().unwrap_or_default();
+                        crate::ServiceTraffic {
+                            port,
+                            connections: t.attached,
+                            open: t.live,
+                            upstream_failures: self.upstream_failures[i],
+                            bytes_to_upstream: t.to_kernel,
+                            bytes_from_upstream: t.to_tunnel,
+                        }
+                    })
+                    .collect();
+                let _ = reply.send(stats);
+            }
+            Command::Shutdown => return Flow::Stop,
         }
+        Flow::Continue
     }
 
     /// Applies one feed change: the stack for its service address first,
@@ -316,7 +306,7 @@ impl DataPath {
             return;
         };
         for addr in leaving {
-            self.splice.close_all_for(stack, self.poll.registry(), addr);
+            self.splice.close_all_for(stack, &self.registry, addr);
         }
         stack.poll_egress(now);
         let dispatcher = &mut self.dispatcher;
@@ -340,7 +330,7 @@ impl DataPath {
             return;
         }
         if let Some(old) = self.stack.as_mut() {
-            self.splice.close_all(old, self.poll.registry());
+            self.splice.close_all(old, &self.registry);
         }
         let mut cfg = StackConfig::new(addr);
         self.peer_limits.apply(&mut cfg);
@@ -401,7 +391,7 @@ impl DataPath {
                     if let Some(stack) = self.stack.as_mut() {
                         let n = self.splice.close_all_for(
                             stack,
-                            self.poll.registry(),
+                            &self.registry,
                             IpAddr::V4(client_address),
                         );
                         tracing::info!(admission = %admission_id, ?cause, closed = n, "peer removed");
@@ -446,7 +436,7 @@ impl DataPath {
                     let _ = stream.set_nodelay(true);
                     if let Err(e) =
                         self.splice
-                            .attach_tagged(self.poll.registry(), stack, id, stream, tag)
+                            .attach_tagged(&self.registry, stack, id, stream, tag)
                     {
                         tracing::warn!(error = %e, "cannot splice a new connection");
                         let _ = stack.abort(id);
@@ -459,7 +449,7 @@ impl DataPath {
                 }
             }
         }
-        self.splice.pump(stack, self.poll.registry());
+        self.splice.pump(stack, &self.registry);
         stack.poll_egress(now);
         let dispatcher = &mut self.dispatcher;
         let outbox = &mut self.outbox;

@@ -19,19 +19,24 @@
 //! cookie reply is sent at all); for
 //! everything else the receiver index (an array index) and the source
 //! binding of that peer. Decrypted packets then pass the inner checks of
-//! [`crate::inner`].
+//! [`crate::tunnel_rule`].
 
 use crate::admission::{
     Admission, AdmissionTable, ApplyOutcome, PeerId, Pinning, RemovalCause, SourceStatus,
     DEFAULT_PINNING_WINDOW,
 };
 use crate::feed::FeedChangeRef;
-use crate::inner;
+use crate::tunnel_rule;
 use boringtun::noise::errors::WireGuardError;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{HandshakeInit, Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use netstack::wire;
+use netstack::wire::wireguard::{
+    self, looks_like_initiation, COOKIE_REPLY_LEN, DATA_OVERHEAD, HANDSHAKE_INIT_LEN,
+    MSG_COOKIE_REPLY, MSG_HANDSHAKE_RESPONSE,
+};
 use proto::{BindingPolicy, WgKey};
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
@@ -57,9 +62,8 @@ pub const DEFAULT_HANDSHAKES_PER_SECOND: u64 = 250;
 pub const DEFAULT_COOKIE_CHECKS_PER_SECOND: u64 = 4 * DEFAULT_HANDSHAKES_PER_SECOND;
 
 /// How often boringtun's per-session timers (rekey, keepalive, session
-/// expiry) are run. WireGuard's timers are specified in whole seconds; a
-/// quarter second keeps retries prompt without waking for every peer often.
-pub const DEFAULT_TIMER_INTERVAL: Duration = Duration::from_millis(250);
+/// expiry) are run: [`wireguard::TIMER_INTERVAL`].
+pub const DEFAULT_TIMER_INTERVAL: Duration = wireguard::TIMER_INTERVAL;
 
 /// `HandshakeCompleted` events are informational; past this many undrained
 /// events they are no longer queued, so a driver that ignores them cannot
@@ -67,13 +71,6 @@ pub const DEFAULT_TIMER_INTERVAL: Duration = Duration::from_millis(250);
 /// pins a first-handshake admission, are always queued.
 const MAX_QUEUED_EVENTS: usize = 4096;
 
-const MSG_HANDSHAKE_INIT: u8 = 1;
-const MSG_HANDSHAKE_RESPONSE: u8 = 2;
-const MSG_COOKIE_REPLY: u8 = 3;
-const HANDSHAKE_INIT_LEN: usize = 148;
-const COOKIE_REPLY_LEN: usize = 64;
-/// WireGuard data header (16) plus AEAD tag (16).
-const DATA_OVERHEAD: usize = 32;
 /// boringtun writes handshake messages (up to 148 bytes) into the same
 /// buffer as data, so no scratch area may be smaller than that.
 const MIN_SCRATCH: usize = HANDSHAKE_INIT_LEN;
@@ -1251,7 +1248,7 @@ impl Dispatcher {
                 let Some(packet) = out.staged(offset, len) else {
                     return Verdict::Dropped(DropReason::Malformed);
                 };
-                if let Err(violation) = inner::check_from_client(
+                if let Err(violation) = tunnel_rule::check_from_client(
                     packet,
                     admission.client_address(),
                     service_address,
@@ -1303,7 +1300,7 @@ impl Dispatcher {
         out: &mut Outbox,
         farewell: bool,
     ) -> Verdict {
-        let Some(destination) = inner::ipv4_destination(packet) else {
+        let Some(destination) = wire::ipv4_destination(packet) else {
             return Verdict::Dropped(DropReason::Malformed);
         };
         if packet.len() + DATA_OVERHEAD > self.config.max_datagram_len {
@@ -1311,7 +1308,7 @@ impl Dispatcher {
         }
         // The TCP stack answers only from the service address; anything
         // else is a bug there, and must not reach a client.
-        if inner::ipv4_source(packet) != self.table.service_address() {
+        if wire::ipv4_source(packet) != self.table.service_address() {
             return Verdict::Dropped(DropReason::InnerViolation);
         }
         let Some(admission) = self.table.by_client_address(destination) else {
@@ -1400,13 +1397,6 @@ fn flush_queued(
             _ => return,
         }
     }
-}
-
-/// Whether a datagram from a source no binding covers could be the first
-/// handshake of a `first-handshake` admission: exactly the initiation size
-/// and type. Everything else from such a source is dropped unread.
-fn looks_like_initiation(datagram: &[u8]) -> bool {
-    datagram.len() == HANDSHAKE_INIT_LEN && datagram[..4] == [MSG_HANDSHAKE_INIT, 0, 0, 0]
 }
 
 fn resolve_ports(services: &HashMap<String, u16>, admission: &Admission) -> Vec<u16> {

@@ -39,7 +39,7 @@
 //!   `handle_datagram`, which drops unadmitted sources after one hash
 //!   lookup and before any cryptography, routes handshakes by static key
 //!   and the rest by receiver index, and enforces the source binding.
-//! - [`inner`]: what a decrypted packet may be (IPv4 TCP from the client's
+//! - [`tunnel_rule`]: what a decrypted packet may be (IPv4 TCP from the client's
 //!   own tunnel address to an allowed service port).
 //! - [`limits`]: each client's share of the TCP stack.
 //! - `filter::plan`: what the pre-filter should hold, and the fewest
@@ -74,12 +74,12 @@ pub mod filter;
 pub mod follower;
 pub mod health;
 pub mod identity;
-pub mod inner;
 pub mod limits;
 pub mod metrics;
 pub mod portmap;
 mod shell;
 mod status;
+pub mod tunnel_rule;
 
 pub use limits::{PeerLimits, PeerTcp, TcpStats};
 

@@ -1,12 +1,11 @@
-//! The in-memory "network card" under the smoltcp interface, and the few
-//! header fields the stack reads before smoltcp sees a packet.
+//! The in-memory "network card" under the smoltcp interface, the reset it
+//! answers a refused SYN with, and the port sets of the stack's filter.
 //!
 //! Packets live in `Vec<u8>` buffers that cycle between a free list and the
 //! rx/tx queues, so after warm-up no packet causes an allocation: a buffer
 //! keeps its capacity when it is cleared and reused.
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
@@ -190,84 +189,6 @@ impl phy::Device for QueueDevice {
     }
 }
 
-/// The TCP fields of an IP packet that the stack's filter looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TcpMeta {
-    pub(crate) src: IpAddr,
-    pub(crate) dst: IpAddr,
-    pub(crate) src_port: u16,
-    pub(crate) dst_port: u16,
-    pub(crate) syn: bool,
-    pub(crate) ack: bool,
-    pub(crate) rst: bool,
-}
-
-const PROTO_TCP: u8 = 6;
-const TCP_FLAG_RST: u8 = 0x04;
-const TCP_FLAG_SYN: u8 = 0x02;
-const TCP_FLAG_ACK: u8 = 0x10;
-
-/// Parses just enough of an IPv4 or IPv6 packet to route it through the
-/// filter. Returns `None` for anything that is not a complete, unfragmented
-/// TCP segment (IPv6 with extension headers included): such packets are
-/// dropped silently, since answering them (ICMP unreachable, UDP port
-/// unreachable) would break the gateway's silence.
-pub(crate) fn parse_tcp(pkt: &[u8]) -> Option<TcpMeta> {
-    let (src, dst, l4) = match pkt.first()? >> 4 {
-        4 => {
-            let ihl = usize::from(pkt[0] & 0x0f) * 4;
-            if ihl < 20 || pkt.len() < ihl {
-                return None;
-            }
-            let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-            if total < ihl || total > pkt.len() {
-                return None;
-            }
-            // More-fragments flag or a non-zero offset: smoltcp is built
-            // without reassembly, and a fragment carries no usable ports.
-            let frag = u16::from_be_bytes([pkt[6], pkt[7]]);
-            if frag & 0x3fff != 0 || pkt[9] != PROTO_TCP {
-                return None;
-            }
-            let src = Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15]);
-            let dst = Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19]);
-            (IpAddr::V4(src), IpAddr::V4(dst), &pkt[ihl..total])
-        }
-        6 => {
-            if pkt.len() < 40 || pkt[6] != PROTO_TCP {
-                return None;
-            }
-            let payload = usize::from(u16::from_be_bytes([pkt[4], pkt[5]]));
-            if 40 + payload > pkt.len() {
-                return None;
-            }
-            let mut src = [0u8; 16];
-            src.copy_from_slice(&pkt[8..24]);
-            let mut dst = [0u8; 16];
-            dst.copy_from_slice(&pkt[24..40]);
-            (
-                IpAddr::V6(Ipv6Addr::from(src)),
-                IpAddr::V6(Ipv6Addr::from(dst)),
-                &pkt[40..40 + payload],
-            )
-        }
-        _ => return None,
-    };
-    if l4.len() < 20 {
-        return None;
-    }
-    let flags = l4[13];
-    Some(TcpMeta {
-        src,
-        dst,
-        src_port: u16::from_be_bytes([l4[0], l4[1]]),
-        dst_port: u16::from_be_bytes([l4[2], l4[3]]),
-        syn: flags & TCP_FLAG_SYN != 0,
-        ack: flags & TCP_FLAG_ACK != 0,
-        rst: flags & TCP_FLAG_RST != 0,
-    })
-}
-
 /// Writes into `out` the reset that answers the segment `pkt` (a SYN in
 /// practice): RST|ACK acknowledging what it carried, sequence number zero,
 /// from the address and port it was sent to. False if `pkt` is not a valid
@@ -367,48 +288,12 @@ impl PortSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ipv4_tcp(flags: u8, dport: u16) -> Vec<u8> {
-        let mut p = vec![0u8; 40];
-        p[0] = 0x45;
-        p[2..4].copy_from_slice(&40u16.to_be_bytes());
-        p[9] = PROTO_TCP;
-        p[12..16].copy_from_slice(&[100, 64, 0, 2]);
-        p[16..20].copy_from_slice(&[100, 64, 0, 1]);
-        p[20..22].copy_from_slice(&50000u16.to_be_bytes());
-        p[22..24].copy_from_slice(&dport.to_be_bytes());
-        p[32] = 0x50;
-        p[33] = flags;
-        p
-    }
-
-    #[test]
-    fn parses_ipv4_syn() {
-        let m = parse_tcp(&ipv4_tcp(TCP_FLAG_SYN, 32400)).unwrap();
-        assert_eq!(m.src, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 2)));
-        assert_eq!(m.dst, IpAddr::V4(Ipv4Addr::new(100, 64, 0, 1)));
-        assert_eq!(
-            (m.src_port, m.dst_port, m.syn, m.ack),
-            (50000, 32400, true, false)
-        );
-    }
-
-    #[test]
-    fn rejects_fragments_truncation_and_other_protocols() {
-        let mut frag = ipv4_tcp(TCP_FLAG_SYN, 80);
-        frag[6] = 0x20; // more fragments
-        assert!(parse_tcp(&frag).is_none());
-        let mut udp = ipv4_tcp(0, 80);
-        udp[9] = 17;
-        assert!(parse_tcp(&udp).is_none());
-        assert!(parse_tcp(&ipv4_tcp(0, 80)[..30]).is_none());
-        assert!(parse_tcp(&[]).is_none());
-        assert!(parse_tcp(&[0x75; 60]).is_none());
-    }
+    use crate::wire::tests::ipv4_tcp_packet as ipv4_tcp;
+    use crate::wire::TCP_SYN;
 
     #[test]
     fn a_refused_syn_gets_a_reset_from_the_port_it_was_sent_to() {
-        let mut syn = ipv4_tcp(TCP_FLAG_SYN, 32400);
+        let mut syn = ipv4_tcp(TCP_SYN, 32400);
         syn[24..28].copy_from_slice(&1000u32.to_be_bytes()); // sequence number
         let caps = ChecksumCapabilities::default();
         let (s, d) = (IpAddress::v4(100, 64, 0, 2), IpAddress::v4(100, 64, 0, 1));

@@ -48,8 +48,16 @@
 //!   `flush` at the end of the wake-up, and register for `WRITABLE` while
 //!   `has_pending()`.
 //!
-//! A driver loop (the gateway's; the client shim's is the same with
-//! `connect` + `attach` on each accepted local stream instead of `accept`):
+//! - [`driver`] is the event loop both data paths (and the tests' stand-in
+//!   gateways) run on: a `mio::Poll`, commands from other threads through
+//!   a channel plus a waker ([`driver::Sender`]), and one batch of work per
+//!   wake-up by a [`driver::Handler`], with no dynamic dispatch.
+//! - [`wire`] is the one place where IPv4/IPv6/TCP header fields and
+//!   WireGuard's message types, sizes and timer period are read by hand.
+//!
+//! One wake-up of a data path (the gateway's; the client shim's is the same
+//! with `connect` + `attach` on each accepted local stream instead of
+//! `accept`), as [`driver::Driver::run`] and the handler share it:
 //!
 //! ```text
 //! loop {
@@ -76,9 +84,11 @@
 #![forbid(unsafe_code)]
 
 mod device;
+pub mod driver;
 mod splice;
 mod stack;
 pub mod udp;
+pub mod wire;
 
 /// The smoltcp version this crate is built on, for `Stack::socket` users.
 pub use smoltcp;

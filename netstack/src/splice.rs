@@ -129,18 +129,6 @@ impl Splice {
         token.0 >= self.token_base && token.0 - self.token_base < self.slots.len()
     }
 
-    /// The connection spliced under `token`, if any.
-    pub fn conn_of(&self, token: Token) -> Option<ConnId> {
-        self.slot(token).map(|p| p.conn)
-    }
-
-    fn slot(&self, token: Token) -> Option<&Pipe> {
-        if !self.owns(token) {
-            return None;
-        }
-        self.slots[token.0 - self.token_base].as_ref()
-    }
-
     /// Joins connection `conn` of `stack` with `stream` and registers the
     /// stream (readable + writable, edge-triggered) under a token of this
     /// splice, which is returned. `stream` may still be connecting (a fresh

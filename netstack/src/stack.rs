@@ -11,7 +11,8 @@ use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp;
 use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
 
-use crate::device::{parse_tcp, PortSet, QueueDevice, TcpMeta};
+use crate::device::{PortSet, QueueDevice};
+use crate::wire::{self, TcpHeaders};
 
 /// Congestion controller for every TCP socket of a [`Stack`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,7 +400,7 @@ pub struct Stack {
     cfg: StackConfig,
     epoch: Instant,
     /// The latest time the owner passed in: deadlines set outside a poll
-    /// (release, unlisten) count from it rather than from the real clock.
+    /// (release) count from it rather than from the real clock.
     now: Instant,
     pools: Vec<Pool>,
     listen_ports: PortSet,
@@ -560,49 +561,6 @@ impl Stack {
         let i = self.pools.len() - 1;
         self.refill(i);
         Ok(())
-    }
-
-    /// Stops accepting on `port`. Handshakes in progress are aborted;
-    /// accepted connections keep working. The filter closes the port at
-    /// once if no accepted connection uses it, otherwise it stays open (new
-    /// SYNs then get RST instead of silence) until the port is listened on
-    /// and unlistened again.
-    pub fn unlisten(&mut self, port: u16) {
-        let Some(i) = self.pools.iter().position(|p| p.port == port) else {
-            return;
-        };
-        let pool = self.pools.swap_remove(i);
-        for h in pool.idle {
-            self.sockets.remove(h);
-            self.socket_count -= 1;
-        }
-        let deadline = self.now + self.cfg.linger;
-        for e in pool.embryonic {
-            self.sockets.get_mut::<tcp::Socket>(e.handle).abort();
-            self.peers.end_handshake(e.peer, true);
-            self.lingering.push(Lingering {
-                handle: e.handle,
-                out_port: None,
-                peer: e.peer,
-                deadline,
-            });
-        }
-        // Keep the port open in the filter while accepted connections on it
-        // still exist, so they are not cut off.
-        let still_used = self
-            .conns
-            .values()
-            .any(|c| c.out_port.is_none() && self.local_port_of(c.handle) == Some(port));
-        if !still_used {
-            self.listen_ports.remove(port);
-        }
-    }
-
-    fn local_port_of(&self, h: SocketHandle) -> Option<u16> {
-        self.sockets
-            .get::<tcp::Socket>(h)
-            .local_endpoint()
-            .map(|e| e.port)
     }
 
     /// Next accepted (established) connection, oldest first.
@@ -914,9 +872,9 @@ impl Stack {
     /// false if it was dropped: not a TCP segment for a port and an address
     /// of ours, or the queue is full.
     pub fn push_inbound(&mut self, pkt: &[u8]) -> bool {
-        match parse_tcp(pkt) {
+        match wire::tcp(pkt) {
             Some(m) if self.port_allowed(&m) && self.addressed_to_us(&m) => {
-                if m.rst && self.cfg.trust_peer_resets {
+                if m.rst() && self.cfg.trust_peer_resets {
                     self.abort_matching(&m);
                 }
             }
@@ -943,14 +901,15 @@ impl Stack {
     /// ending a revoked client's connections while the player reads
     /// slowly); dropping it would leave the player hanging. Resets are
     /// rare, so the linear search is fine.
-    fn abort_matching(&mut self, m: &TcpMeta) {
-        let src = IpAddress::from(m.src);
+    fn abort_matching(&mut self, m: &TcpHeaders<IpAddr>) {
+        let src = IpAddress::from(m.source);
         for c in self.conns.values() {
             let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
             let matches = s
                 .remote_endpoint()
-                .is_some_and(|e| e.addr == src && e.port == m.src_port)
-                && s.local_endpoint().is_some_and(|e| e.port == m.dst_port);
+                .is_some_and(|e| e.addr == src && e.port == m.source_port)
+                && s.local_endpoint()
+                    .is_some_and(|e| e.port == m.destination_port);
             if matches && s.state() != tcp::State::Listen {
                 s.abort();
             }
@@ -960,12 +919,13 @@ impl Stack {
     /// smoltcp takes a TCP segment sent to a broadcast address as its own
     /// (and would answer it from that address); only the stack's own
     /// addresses are (unless `any_ip`).
-    fn addressed_to_us(&self, m: &TcpMeta) -> bool {
-        self.cfg.any_ip || self.cfg.addresses.contains(&m.dst)
+    fn addressed_to_us(&self, m: &TcpHeaders<IpAddr>) -> bool {
+        self.cfg.any_ip || self.cfg.addresses.contains(&m.destination)
     }
 
-    fn port_allowed(&self, m: &TcpMeta) -> bool {
-        self.listen_ports.contains(m.dst_port) || self.out_ports.contains(m.dst_port)
+    fn port_allowed(&self, m: &TcpHeaders<IpAddr>) -> bool {
+        self.listen_ports.contains(m.destination_port)
+            || self.out_ports.contains(m.destination_port)
     }
 
     /// True if packets are waiting to be taken.
@@ -1016,8 +976,8 @@ impl Stack {
         let mut unrefilled = false;
         while let Some(front) = self.dev.rx.front() {
             let mut syn_pool = None;
-            if let Some(m) = parse_tcp(front) {
-                if m.syn && !m.ack && self.listen_ports.contains(m.dst_port) {
+            if let Some(m) = wire::tcp(front) {
+                if m.syn() && !m.ack() && self.listen_ports.contains(m.destination_port) {
                     // smoltcp offers a SYN to the first socket that accepts
                     // it; an idle listener would take a retransmitted SYN
                     // of a handshake already in progress and create a
@@ -1031,7 +991,7 @@ impl Stack {
                     // One peer may not hold every socket nor flood the
                     // handshake slots (see `max_connections_per_peer`,
                     // `max_pending_per_peer` for why RST vs. drop).
-                    let mut u = self.peers.usage(m.src);
+                    let mut u = self.peers.usage(m.source);
                     let full = |u: &PeerUsage, c: &StackConfig| {
                         u.connections >= c.max_connections_per_peer
                             || u.pending >= c.max_pending_per_peer
@@ -1044,7 +1004,7 @@ impl Stack {
                         // costs no scans.)
                         self.refill_all();
                         unrefilled = false;
-                        u = self.peers.usage(m.src);
+                        u = self.peers.usage(m.source);
                     }
                     if u.connections >= self.cfg.max_connections_per_peer {
                         self.dev.refuse_front_rx();
@@ -1056,7 +1016,7 @@ impl Stack {
                         self.stats.syn_over_pending_limit += 1;
                         continue;
                     }
-                    syn_pool = self.pools.iter().position(|p| p.port == m.dst_port);
+                    syn_pool = self.pools.iter().position(|p| p.port == m.destination_port);
                 }
             }
             let _ = self
@@ -1077,18 +1037,20 @@ impl Stack {
         processed
     }
 
-    fn tuple_in_use(&self, m: &TcpMeta) -> bool {
-        let src = IpAddress::from(m.src);
+    fn tuple_in_use(&self, m: &TcpHeaders<IpAddr>) -> bool {
+        let src = IpAddress::from(m.source);
         let same = |h: SocketHandle| {
             let s = self.sockets.get::<tcp::Socket>(h);
             match (s.remote_endpoint(), s.local_endpoint()) {
-                (Some(r), Some(l)) => r.addr == src && r.port == m.src_port && l.port == m.dst_port,
+                (Some(r), Some(l)) => {
+                    r.addr == src && r.port == m.source_port && l.port == m.destination_port
+                }
                 _ => false,
             }
         };
         self.pools
             .iter()
-            .filter(|p| p.port == m.dst_port)
+            .filter(|p| p.port == m.destination_port)
             .any(|p| p.embryonic.iter().any(|e| same(e.handle)))
             || self.conns.values().any(|c| same(c.handle))
             || self.lingering.iter().any(|l| same(l.handle))

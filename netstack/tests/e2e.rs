@@ -14,12 +14,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::*;
+use hushgate_netstack::driver::{self, Driver, Flow, Handler, Wake};
 use hushgate_netstack::{Splice, Stack};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::event::Event;
+use mio::{Interest, Registry, Token};
 
 const SERVICE_PORT: u16 = 32400;
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
+/// Token 0 is the driver's waker.
+const LISTENER: Token = Token(1);
 const CLIENT_TOKENS: usize = 1000;
 const GATEWAY_TOKENS: usize = 5000;
 
@@ -107,110 +109,131 @@ enum Cmd {
 /// The client shim and the gateway on one mio loop.
 struct Rig {
     local: SocketAddr,
-    waker: Arc<Waker>,
-    cmds: mpsc::Sender<Cmd>,
+    cmds: Option<driver::Sender<Cmd>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Rig {
     fn start(upstream: SocketAddr) -> Rig {
-        let poll = Poll::new().unwrap();
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER).unwrap());
+        let (mut driver, cmds) = Driver::new().unwrap();
+        let registry = driver.registry().try_clone().unwrap();
         let mut listener = mio::net::TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let local = listener.local_addr().unwrap();
-        poll.registry()
+        registry
             .register(&mut listener, LISTENER, Interest::READABLE)
             .unwrap();
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::spawn(move || data_path(poll, listener, upstream, rx));
+        let thread = thread::spawn(move || {
+            let mut path = DataPath::new(registry, listener, upstream);
+            driver.run(&mut path).unwrap();
+            path.shim.close_all(&mut path.client, &path.registry);
+            path.gw.close_all(&mut path.gateway, &path.registry);
+        });
         Rig {
             local,
-            waker,
-            cmds: tx,
+            cmds: Some(cmds),
             thread: Some(thread),
         }
     }
 
     fn close_all_for(&self, peer: IpAddr) -> usize {
         let (tx, rx) = mpsc::channel();
-        self.cmds.send(Cmd::CloseAllFor(peer, tx)).unwrap();
-        self.waker.wake().unwrap();
+        assert!(self.cmds.as_ref().unwrap().send(Cmd::CloseAllFor(peer, tx)));
         rx.recv_timeout(Duration::from_secs(10)).unwrap()
     }
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
-        // Dropping the sender tells the loop to stop.
-        let (tx, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.cmds, tx));
-        let _ = self.waker.wake();
+        // Dropping the last sender tells the loop to stop.
+        self.cmds = None;
         if let Some(t) = self.thread.take() {
             t.join().unwrap();
         }
     }
 }
 
-fn data_path(
-    mut poll: Poll,
+/// Both sides' stacks and splices, as the loop's per-batch work.
+struct DataPath {
+    registry: Registry,
     listener: mio::net::TcpListener,
     upstream: SocketAddr,
-    cmds: mpsc::Receiver<Cmd>,
-) {
-    let mut client = Stack::new(config(CLIENT_IP));
-    let mut gateway = Stack::new(config(SERVER_IP));
-    gateway.listen(SERVICE_PORT).unwrap();
-    let service = SocketAddr::new(SERVER_IP, SERVICE_PORT);
-    let mut shim = Splice::new(CLIENT_TOKENS, 256);
-    let mut gw = Splice::new(GATEWAY_TOKENS, 256);
-    let mut events = Events::with_capacity(256);
-    loop {
-        let now = Instant::now();
-        let timeout = [client.poll_delay(now), gateway.poll_delay(now)]
-            .into_iter()
-            .flatten()
-            .min();
-        match poll.poll(&mut events, timeout) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => panic!("poll: {e}"),
+    service: SocketAddr,
+    client: Stack,
+    gateway: Stack,
+    shim: Splice,
+    gw: Splice,
+}
+
+impl DataPath {
+    fn new(registry: Registry, listener: mio::net::TcpListener, upstream: SocketAddr) -> DataPath {
+        let mut gateway = Stack::new(config(SERVER_IP));
+        gateway.listen(SERVICE_PORT).unwrap();
+        DataPath {
+            registry,
+            listener,
+            upstream,
+            service: SocketAddr::new(SERVER_IP, SERVICE_PORT),
+            client: Stack::new(config(CLIENT_IP)),
+            gateway,
+            shim: Splice::new(CLIENT_TOKENS, 256),
+            gw: Splice::new(GATEWAY_TOKENS, 256),
         }
-        let registry = poll.registry();
-        for ev in events.iter() {
-            match ev.token() {
-                LISTENER => loop {
-                    match listener.accept() {
-                        Ok((stream, _)) => {
-                            let id = client.connect(service).unwrap();
-                            shim.attach(registry, &client, id, stream).unwrap();
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => panic!("accept: {e}"),
+    }
+}
+
+impl Handler for DataPath {
+    type Command = Cmd;
+
+    fn wake(&mut self, now: Instant) -> Wake {
+        Wake::IDLE
+            .after(self.client.poll_delay(now))
+            .after(self.gateway.poll_delay(now))
+    }
+
+    fn ready(&mut self, ev: &Event) {
+        if ev.token() == LISTENER {
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, _)) => {
+                        let id = self.client.connect(self.service).unwrap();
+                        self.shim
+                            .attach(&self.registry, &self.client, id, stream)
+                            .unwrap();
                     }
-                },
-                WAKER => loop {
-                    match cmds.try_recv() {
-                        Ok(Cmd::CloseAllFor(peer, done)) => {
-                            let n = gw.close_all_for(&mut gateway, registry, peer);
-                            let _ = done.send(n);
-                        }
-                        Err(mpsc::TryRecvError::Empty) => break,
-                        Err(mpsc::TryRecvError::Disconnected) => {
-                            shim.close_all(&mut client, registry);
-                            gw.close_all(&mut gateway, registry);
-                            return;
-                        }
-                    }
-                },
-                _ => {
-                    let _ = shim.on_event(ev) || gw.on_event(ev);
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("accept: {e}"),
                 }
             }
+        } else {
+            let _ = self.shim.on_event(ev) || self.gw.on_event(ev);
         }
-        let now = Instant::now();
+    }
+
+    fn command(&mut self, cmd: Cmd, _now: Instant) -> io::Result<Flow> {
+        match cmd {
+            Cmd::CloseAllFor(peer, done) => {
+                let n = self
+                    .gw
+                    .close_all_for(&mut self.gateway, &self.registry, peer);
+                let _ = done.send(n);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn batch(&mut self, now: Instant) -> io::Result<()> {
+        let DataPath {
+            registry,
+            upstream,
+            client,
+            gateway,
+            shim,
+            gw,
+            ..
+        } = self;
         // Client shim side.
         client.poll_ingress(now);
-        shim.pump(&mut client, registry);
+        shim.pump(client, registry);
         client.poll_egress(now);
         client.drain_outbound(|p| {
             gateway.push_inbound(p);
@@ -218,14 +241,15 @@ fn data_path(
         // Gateway side.
         gateway.poll_ingress(now);
         while let Some(id) = gateway.accept() {
-            let up = mio::net::TcpStream::connect(upstream).unwrap();
-            gw.attach(registry, &gateway, id, up).unwrap();
+            let up = mio::net::TcpStream::connect(*upstream).unwrap();
+            gw.attach(registry, gateway, id, up).unwrap();
         }
-        gw.pump(&mut gateway, registry);
+        gw.pump(gateway, registry);
         gateway.poll_egress(now);
         gateway.drain_outbound(|p| {
             client.push_inbound(p);
         });
+        Ok(())
     }
 }
 

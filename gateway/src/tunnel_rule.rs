@@ -1,4 +1,5 @@
-//! What may travel inside a tunnel: the checks on decrypted IP packets.
+//! The tunnel rule: what a client may send inside its tunnel, checked on
+//! every decrypted packet before it reaches the TCP stack.
 //!
 //! WireGuard proves which key sent a packet; it says nothing about what the
 //! packet claims inside. A client could forge another client's tunnel
@@ -6,13 +7,8 @@
 //! checks close that: only IPv4 TCP from the client's own tunnel address to
 //! one of its allowed service ports on the service address passes.
 
+use netstack::wire::{self, Malformed};
 use std::net::Ipv4Addr;
-
-const IPV4_MIN_HEADER: usize = 20;
-const TCP_MIN_HEADER: usize = 20;
-const PROTO_TCP: u8 = 6;
-/// More-fragments flag and fragment offset of the IPv4 flags field.
-const FRAGMENT_BITS: u16 = 0x3fff;
 
 /// Why an inner packet was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -33,47 +29,20 @@ pub enum InnerViolation {
     PortNotAllowed(u16),
 }
 
-/// The fields of an IPv4 TCP packet the checks look at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpHeaderView {
-    pub source: Ipv4Addr,
-    pub destination: Ipv4Addr,
-    pub source_port: u16,
-    pub destination_port: u16,
+impl From<Malformed> for InnerViolation {
+    fn from(m: Malformed) -> Self {
+        match m {
+            Malformed::NotIpv4 => InnerViolation::NotIpv4,
+            Malformed::Truncated => InnerViolation::Truncated,
+            Malformed::Fragment => InnerViolation::Fragment,
+            Malformed::NotTcp(p) => InnerViolation::NotTcp(p),
+        }
+    }
 }
 
-/// Reads the addresses and ports of an unfragmented IPv4 TCP packet whose
-/// total-length field matches the buffer.
-pub fn parse_ipv4_tcp(packet: &[u8]) -> Result<TcpHeaderView, InnerViolation> {
-    let first = *packet.first().ok_or(InnerViolation::Truncated)?;
-    if first >> 4 != 4 {
-        return Err(InnerViolation::NotIpv4);
-    }
-    if packet.len() < IPV4_MIN_HEADER {
-        return Err(InnerViolation::Truncated);
-    }
-    let header_len = usize::from(first & 0x0f) * 4;
-    let total_len = usize::from(u16::from_be_bytes([packet[2], packet[3]]));
-    if header_len < IPV4_MIN_HEADER || total_len != packet.len() || header_len > total_len {
-        return Err(InnerViolation::Truncated);
-    }
-    if u16::from_be_bytes([packet[6], packet[7]]) & FRAGMENT_BITS != 0 {
-        return Err(InnerViolation::Fragment);
-    }
-    if packet[9] != PROTO_TCP {
-        return Err(InnerViolation::NotTcp(packet[9]));
-    }
-    let tcp = &packet[header_len..];
-    if tcp.len() < TCP_MIN_HEADER {
-        return Err(InnerViolation::Truncated);
-    }
-    Ok(TcpHeaderView {
-        source: Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]),
-        destination: Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]),
-        source_port: u16::from_be_bytes([tcp[0], tcp[1]]),
-        destination_port: u16::from_be_bytes([tcp[2], tcp[3]]),
-    })
-}
+/// The fields of an IPv4 TCP packet the checks look at (read by
+/// [`wire::ipv4_tcp`]).
+pub type TcpHeaderView = wire::TcpHeaders<Ipv4Addr>;
 
 /// Checks a packet a client sent into the tunnel.
 pub fn check_from_client(
@@ -82,7 +51,7 @@ pub fn check_from_client(
     service_address: Ipv4Addr,
     allowed_ports: &[u16],
 ) -> Result<TcpHeaderView, InnerViolation> {
-    let view = parse_ipv4_tcp(packet)?;
+    let view = wire::ipv4_tcp(packet)?;
     if view.source != client_address {
         return Err(InnerViolation::ForgedSource {
             found: view.source,
@@ -101,26 +70,6 @@ pub fn check_from_client(
     Ok(view)
 }
 
-/// The destination of an IPv4 packet leaving the gateway's TCP stack, which
-/// picks the peer to encrypt it for. Only the header's shape is checked:
-/// the stack is ours.
-pub fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
-    if packet.len() < IPV4_MIN_HEADER || packet[0] >> 4 != 4 {
-        return None;
-    }
-    Some(Ipv4Addr::new(
-        packet[16], packet[17], packet[18], packet[19],
-    ))
-}
-
-/// The source of an IPv4 packet (header shape already checked by
-/// [`ipv4_destination`]).
-pub(crate) fn ipv4_source(packet: &[u8]) -> Option<Ipv4Addr> {
-    packet
-        .get(12..16)
-        .map(|b| Ipv4Addr::new(b[0], b[1], b[2], b[3]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +82,7 @@ mod tests {
         p[0] = 0x45;
         p[2..4].copy_from_slice(&40u16.to_be_bytes());
         p[8] = 64;
-        p[9] = PROTO_TCP;
+        p[9] = wire::PROTO_TCP;
         p[12..16].copy_from_slice(&src.octets());
         p[16..20].copy_from_slice(&dst.octets());
         p[20..22].copy_from_slice(&49152u16.to_be_bytes());
@@ -184,12 +133,5 @@ mod tests {
         let mut long_header = syn(CLIENT, SERVICE, 32400);
         long_header[0] = 0x4f;
         assert_eq!(check(&long_header), Err(InnerViolation::Truncated));
-    }
-
-    #[test]
-    fn outbound_routing_reads_the_destination() {
-        assert_eq!(ipv4_destination(&syn(SERVICE, CLIENT, 1)), Some(CLIENT));
-        assert_eq!(ipv4_destination(&[0x45; 10]), None);
-        assert_eq!(ipv4_source(&syn(SERVICE, CLIENT, 1)), Some(SERVICE));
     }
 }
