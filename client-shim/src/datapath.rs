@@ -42,9 +42,9 @@ use netstack::driver::{self, Driver, Flow, Handler, Wake};
 use netstack::{wire, Splice, Stack, StackConfig, UdpIo};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::answer::TunnelParams;
+use crate::access_answer::TunnelParams;
+use crate::path_monitor::{PathTimeouts, PathVerdict};
 use crate::peer::{Decap, GatewayPeer};
-use crate::schedule::{PathTimeouts, PathVerdict};
 
 /// Token 0 is the driver's waker.
 const UDP: Token = Token(1);

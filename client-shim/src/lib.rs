@@ -38,17 +38,6 @@ mod peer;
 pub mod renewal;
 mod session;
 
-/// The modules' names before issue 16 (`answer`, `schedule`), for code
-/// written against them: `client_shim::schedule::Backoff` and the data
-/// path's imports keep working.
-#[doc(hidden)]
-pub mod schedule {
-    pub use crate::path_monitor::{PathMonitor, PathTimeouts, PathVerdict};
-    pub use crate::renewal::{renew_delay, Backoff, MIN_RENEW_DELAY};
-}
-#[doc(hidden)]
-pub use access_answer as answer;
-
 #[cfg(test)]
 mod tests;
 
