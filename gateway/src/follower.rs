@@ -22,11 +22,13 @@
 //!    the version; a refusal instead asks for the whole set again after a
 //!    backoff, unacknowledged.
 //!
-//! Failed requests back off (100 ms doubling to [`FEED_RETRY_MAX`], each
-//! delay ×0.5–1.5); meanwhile the data path keeps enforcing what it has
-//! until each admission expires (fail-static) and nothing new can be
-//! admitted (fail-closed). A diff that does not fit, or a failed
-//! acknowledgement, asks for the whole set at once.
+//! Failed requests, kernel refusals and failed acknowledgements back off
+//! (100 ms doubling to [`FEED_RETRY_MAX`], each delay ×0.5–1.5); only an
+//! acknowledged version starts the backoff again from its base, so a
+//! pre-filter that keeps refusing is not asked again every 100 ms.
+//! Meanwhile the data path keeps enforcing what it has until each
+//! admission expires (fail-static) and nothing new can be admitted
+//! (fail-closed). A diff that does not fit asks for the whole set at once.
 //!
 //! Pinnings (a first-handshake admission's first handshake, from the data
 //! path) become [`Action::Pin`]: the pre-filter must admit that source
@@ -271,7 +273,8 @@ impl<R: RngCore> Follower<R> {
                 return;
             }
         };
-        self.backoff.reset();
+        // No backoff reset here: an answer the kernel then refuses is
+        // no success (only an acknowledgement is, see `acked`).
         let received = now;
         // issue 17: the control plane's reachability check, for the status.
         let reachability = update.reachability.clone();
@@ -409,6 +412,7 @@ impl<R: RngCore> Follower<R> {
         };
         match result {
             Ok(()) => {
+                self.backoff.reset();
                 self.connected = true;
                 self.failing = false;
                 self.actions.push_back(Action::Report(Report::Acked {
@@ -419,8 +423,8 @@ impl<R: RngCore> Follower<R> {
                 }));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "acknowledging feed version {} failed; fetching again", applying.version);
-                self.desired.refetch();
+                tracing::warn!(error = %e, "acknowledging feed version {} failed; fetching the whole set again after a backoff", applying.version);
+                return self.retry(now);
             }
         }
         self.fetch(now);
@@ -745,16 +749,96 @@ mod tests {
         }
         assert_eq!(base, FEED_RETRY_MAX);
 
-        // An answer starts the backoff again from its base.
+        // An answer the kernel refuses is no success: the backoff stays
+        // at its maximum.
         f.handle(Input::Fetched(Ok(update(1, None, vec![]))), now);
         f.handle(Input::FilterApplied(Err("refused".into())), now);
         f.handle(Input::DataPathApplied(true), now);
         let (_, at) = fetch_of(&drain(&mut f)).expect("retries");
+        assert!(at - now >= FEED_RETRY_MAX / 2, "{:?}", at - now);
+        now = at;
+
+        // An acknowledged version starts the backoff again from its base.
+        f.handle(Input::Fetched(Ok(update(1, None, vec![]))), now);
+        f.handle(Input::FilterApplied(Ok(vec![])), now);
+        f.handle(Input::DataPathApplied(true), now);
+        f.handle(Input::Acked(Ok(())), now);
+        assert_eq!(fetch_of(&drain(&mut f)), Some((Some(1), now)));
+        f.handle(
+            Input::Fetched(Err(FetchError {
+                status: None,
+                message: "down".into(),
+            })),
+            now,
+        );
+        let (_, at) = fetch_of(&drain(&mut f)).expect("retries");
         assert!(at - now <= FEED_RETRY_BASE * 3 / 2, "{:?}", at - now);
     }
 
+    /// Takes `f` (with a filter, without direct services, fetching) through
+    /// one answer of version `version` whose kernel pre-filter answers
+    /// `filter` and, if the kernel took it, whose acknowledgement answers
+    /// `ack`; returns the delay before the next fetch and its `at`.
+    fn round(
+        f: &mut Follower<StdRng>,
+        version: u64,
+        filter: Result<Vec<PlanError>, String>,
+        ack: Result<(), String>,
+        now: Instant,
+    ) -> (Duration, Instant) {
+        let kernel_ok = filter.is_ok();
+        f.handle(Input::Fetched(Ok(update(version, None, vec![]))), now);
+        f.handle(Input::FilterApplied(filter), now);
+        f.handle(Input::DataPathApplied(true), now);
+        if kernel_ok {
+            assert!(matches!(
+                drain(f)[..],
+                [.., Action::Ack { version: v }] if v == version
+            ));
+            f.handle(Input::Acked(ack), now);
+        }
+        let acts = drain(f);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Ack { .. })));
+        let (after, at) = fetch_of(&acts).expect("fetches again");
+        assert_eq!(after, None, "after trouble: the whole set");
+        (at - now, at)
+    }
+
     #[test]
-    fn a_diff_that_does_not_fit_or_a_failed_ack_asks_for_the_whole_set_at_once() {
+    fn kernel_refusals_and_failed_acks_in_a_row_back_off_growing() {
+        let t0 = Instant::now();
+        let mut f = follower(true, false, t0);
+        synced(&mut f, t0);
+        let mut now = t0;
+        let mut base = FEED_RETRY_BASE;
+        let mut delays = vec![];
+        for n in 0..3 {
+            let (delay, at) = round(&mut f, 2 + n, Err("refused".into()), Ok(()), now);
+            assert!(
+                delay >= base / 2 && delay <= base * 3 / 2,
+                "refusal {n}: {delay:?} for {base:?}"
+            );
+            delays.push(delay);
+            base *= 2;
+            now = at;
+        }
+        // Jitter may swap two neighbours, never the first and the third.
+        assert!(delays[2] > delays[0], "{delays:?}");
+
+        // Failed acknowledgements keep growing the same backoff.
+        for n in 0..2 {
+            let (delay, at) = round(&mut f, 5 + n, Ok(vec![]), Err("reset".into()), now);
+            assert!(
+                delay >= base / 2 && delay <= base * 3 / 2,
+                "failed ack {n}: {delay:?} for {base:?}"
+            );
+            base = (base * 2).min(FEED_RETRY_MAX);
+            now = at;
+        }
+    }
+
+    #[test]
+    fn a_diff_that_does_not_fit_asks_for_the_whole_set_at_once_a_failed_ack_after_a_backoff() {
         let t0 = Instant::now();
         let mut f = follower(true, false, t0);
         synced(&mut f, t0);
@@ -779,7 +863,8 @@ mod tests {
         f.handle(Input::Acked(Err("connection reset".into())), t1);
         let acts = drain(&mut f);
         assert!(
-            matches!(acts[..], [Action::Fetch { after: None, at }] if at == t1),
+            matches!(acts[..], [Action::Fetch { after: None, at }]
+                if at >= t1 + FEED_RETRY_BASE / 2 && at <= t1 + FEED_RETRY_BASE * 3 / 2),
             "{acts:?}"
         );
     }
