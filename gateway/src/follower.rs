@@ -32,8 +32,9 @@
 //!
 //! Pinnings (a first-handshake admission's first handshake, from the data
 //! path) become [`Action::Pin`]: the pre-filter must admit that source
-//! before the open window closes. A failed pin is tried again, up to
-//! [`PIN_ATTEMPTS`] times, 200 ms × attempt apart, one pinning at a time.
+//! before the open window closes. A failed pin is tried again,
+//! [`PIN_ATTEMPTS`] (5) attempts in all, 200 ms × attempt apart, one
+//! pinning at a time.
 
 use crate::backoff::Backoff; // replaced by proto::backoff on merge
 use crate::feed::{DesiredSet, FeedChange};
