@@ -435,6 +435,17 @@ impl<R: RngCore> Follower<R> {
         if !self.filter {
             return;
         }
+        // The data path may report the same pinning again (a repeated
+        // first handshake): one entry per pair keeps the queue bounded by
+        // the admissions there are, and the pre-filter asked once.
+        if self
+            .pins
+            .iter()
+            .any(|(a, s)| *a == admission && *s == source)
+        {
+            tracing::debug!(%admission, %source, "pinning already queued");
+            return;
+        }
         self.pins.push_back((admission, source));
         if self.pin_attempt == 0 {
             self.pin_next(now);
@@ -934,5 +945,55 @@ mod tests {
         // A stray result changes nothing.
         f.handle(Input::PinApplied(Ok(false)), now);
         assert!(drain(&mut f).is_empty());
+    }
+
+    #[test]
+    fn a_pinning_already_queued_is_not_queued_again() {
+        let t0 = Instant::now();
+        let mut f = follower(true, false, t0);
+        drain(&mut f);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let pinned = |f: &mut Follower<StdRng>, admission: &str, source| {
+            f.handle(
+                Input::Pinned {
+                    admission: admission.into(),
+                    source,
+                },
+                t0,
+            )
+        };
+        // The one in progress, and one waiting, each reported three times;
+        // the same admission from another source is another pinning.
+        for _ in 0..3 {
+            pinned(&mut f, "adm_a", a);
+            pinned(&mut f, "adm_b", b);
+        }
+        pinned(&mut f, "adm_a", b);
+        let pins = |f: &mut Follower<StdRng>| {
+            drain(f)
+                .into_iter()
+                .map(|act| match act {
+                    Action::Pin {
+                        admission, source, ..
+                    } => (admission, source),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pins(&mut f), [("adm_a".to_string(), a)]);
+        let mut done = vec![];
+        for _ in 0..4 {
+            f.handle(Input::PinApplied(Ok(true)), t0);
+            done.extend(pins(&mut f));
+        }
+        assert_eq!(
+            done,
+            [("adm_b".to_string(), b), ("adm_a".to_string(), b)],
+            "each pinning once, in order"
+        );
+        // Once done, the same pinning may be queued again.
+        pinned(&mut f, "adm_a", a);
+        assert_eq!(pins(&mut f), [("adm_a".to_string(), a)]);
     }
 }
