@@ -233,9 +233,9 @@ impl<R: RngCore> Follower<R> {
         match input {
             Input::Fetched(result) if self.step == Step::Fetching => self.fetched(result, now),
             Input::FilterApplied(result) if self.step == Step::Filter => {
-                self.filter_applied(result)
+                self.filter_applied(result, now)
             }
-            Input::DirectApplied if self.step == Step::Direct => self.apply_data_path(),
+            Input::DirectApplied if self.step == Step::Direct => self.apply_data_path(now),
             Input::DataPathApplied(applied) if self.step == Step::DataPath => {
                 self.data_path_applied(applied, now)
             }
@@ -263,6 +263,15 @@ impl<R: RngCore> Follower<R> {
         self.desired.refetch();
         let delay = self.backoff.next_delay(&mut self.rng);
         self.fetch(now + delay);
+    }
+
+    /// A step found no version (or no change) in progress, which the
+    /// step guards in `handle` rule out. Returning quietly would leave
+    /// nothing in flight and the feed stalled for ever: say so, and start
+    /// again from the whole set.
+    fn impossible(&mut self, what: &str, now: Instant) {
+        tracing::error!(step = ?self.step, "feed follower bug: {what} with no version in progress; asking for the whole set again");
+        self.retry(now);
     }
 
     fn fetched(&mut self, result: Result<FeedUpdate, FetchError>, now: Instant) {
@@ -305,7 +314,7 @@ impl<R: RngCore> Follower<R> {
             kernel_ok: true,
         });
         if !self.filter {
-            return self.apply_direct();
+            return self.apply_direct(now);
         }
         // A pre-filter that missed a version takes the whole set, never a
         // diff.
@@ -339,10 +348,10 @@ impl<R: RngCore> Follower<R> {
             .push_back(Action::Report(Report::Lost { error: e.message }));
     }
 
-    fn filter_applied(&mut self, result: Result<Vec<PlanError>, String>) {
+    fn filter_applied(&mut self, result: Result<Vec<PlanError>, String>, now: Instant) {
         self.filter_synced = result.is_ok();
         let Some(applying) = self.applying.as_mut() else {
-            return;
+            return self.impossible("the pre-filter applied", now);
         };
         match result {
             Ok(unrepresentable) => {
@@ -356,18 +365,18 @@ impl<R: RngCore> Follower<R> {
                 applying.kernel_ok = false;
             }
         }
-        self.apply_direct();
+        self.apply_direct(now);
     }
 
-    fn apply_direct(&mut self) {
+    fn apply_direct(&mut self, now: Instant) {
         if !self.direct {
-            return self.apply_data_path();
+            return self.apply_data_path(now);
         }
         let Some(applying) = self.applying.as_ref() else {
-            return;
+            return self.impossible("the direct proxy's turn", now);
         };
         let Some(change) = applying.change.clone() else {
-            return;
+            return self.impossible("the direct proxy's turn", now);
         };
         self.step = Step::Direct;
         self.actions.push_back(Action::ApplyDirect {
@@ -376,9 +385,9 @@ impl<R: RngCore> Follower<R> {
         });
     }
 
-    fn apply_data_path(&mut self) {
+    fn apply_data_path(&mut self, now: Instant) {
         let Some(change) = self.applying.as_mut().and_then(|a| a.change.take()) else {
-            return;
+            return self.impossible("the data path's turn", now);
         };
         // The pre-filter and the direct proxy are done with it by now, so
         // this is the only reference and nothing is copied.
@@ -396,7 +405,7 @@ impl<R: RngCore> Follower<R> {
             return;
         }
         let Some(applying) = self.applying.as_ref() else {
-            return;
+            return self.impossible("the data path applied", now);
         };
         if !applying.kernel_ok {
             return self.retry(now);
@@ -409,7 +418,7 @@ impl<R: RngCore> Follower<R> {
 
     fn acked(&mut self, result: Result<(), String>, now: Instant) {
         let Some(applying) = self.applying.take() else {
-            return;
+            return self.impossible("the acknowledgement's result", now);
         };
         match result {
             Ok(()) => {
@@ -878,6 +887,51 @@ mod tests {
             matches!(acts[..], [Action::Fetch { after: None, at }]
                 if at >= t1 + FEED_RETRY_BASE / 2 && at <= t1 + FEED_RETRY_BASE * 3 / 2),
             "{acts:?}"
+        );
+    }
+
+    #[test]
+    fn a_step_with_no_version_in_progress_backs_off_and_fetches_the_whole_set() {
+        let t0 = Instant::now();
+        // Each completion, reached with its version lost (which `handle`'s
+        // step guards rule out, so the state is forced here).
+        let cases: [(bool, Step, Input); 5] = [
+            (true, Step::Filter, Input::FilterApplied(Ok(vec![]))),
+            (
+                true,
+                Step::Filter,
+                Input::FilterApplied(Err("refused".into())),
+            ),
+            (false, Step::Direct, Input::DirectApplied),
+            (false, Step::DataPath, Input::DataPathApplied(true)),
+            (false, Step::Acking, Input::Acked(Ok(()))),
+        ];
+        for (direct, step, input) in cases {
+            let label = format!("{step:?} {input:?}");
+            let mut f = follower(true, direct, t0);
+            synced(&mut f, t0);
+            f.step = step;
+            f.applying = None;
+            f.handle(input, t0);
+            let acts = drain(&mut f);
+            assert!(
+                matches!(acts[..], [Action::Fetch { after: None, at }]
+                    if at >= t0 + FEED_RETRY_BASE / 2 && at <= t0 + FEED_RETRY_BASE * 3 / 2),
+                "{label}: {acts:?}"
+            );
+            assert_eq!(f.step, Step::Fetching, "{label}");
+        }
+
+        // A version whose change is gone at the direct proxy's turn.
+        let mut f = follower(true, true, t0);
+        drain(&mut f);
+        f.handle(Input::Fetched(Ok(update(1, None, vec![]))), t0);
+        drain(&mut f);
+        f.applying.as_mut().unwrap().change = None;
+        f.handle(Input::FilterApplied(Ok(vec![])), t0);
+        assert!(
+            matches!(drain(&mut f)[..], [Action::Fetch { after: None, at }] if at > t0),
+            "the direct proxy's turn"
         );
     }
 

@@ -584,7 +584,13 @@ async fn follow_feed(io: FeedIo, mut pinned: mpsc::UnboundedReceiver<(String, Ip
                 }
             },
             Some((admission, source)) = pinned.recv() => Input::Pinned { admission, source },
-            else => return,
+            else => {
+                // Nothing in flight and no data path to report pinnings:
+                // the follower cannot go on, and ending quietly would
+                // leave the gateway unfed with no word why.
+                tracing::error!("the feed follower has nothing in flight and the data path's pinnings have ended; the feed stops");
+                return;
+            }
         };
         follower.handle(input, Instant::now());
     }
