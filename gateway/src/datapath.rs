@@ -35,9 +35,10 @@ const RECV_BATCH: usize = 1024;
 #[derive(Debug)]
 pub enum Command {
     /// Take in a feed change (tunnel admissions only: the whole desired
-    /// set, or a diff on top of what is held); answer with the version
-    /// applied.
-    Apply(FeedChange, tokio::sync::oneshot::Sender<u64>),
+    /// set, or a diff on top of what is held) received from the feed at
+    /// the `Instant` (admission deadlines count from there, as in the
+    /// pre-filter and the direct proxy); answer with the version applied.
+    Apply(FeedChange, Instant, tokio::sync::oneshot::Sender<u64>),
     /// Report counters.
     Stats(tokio::sync::oneshot::Sender<crate::GatewayStats>),
     Shutdown,
@@ -223,8 +224,8 @@ impl DataPath {
     fn handle_commands(&mut self, now: Instant) -> bool {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::Apply(change, done)) => {
-                    self.take_feed(change.as_ref(), now, done);
+                Ok(Command::Apply(change, received, done)) => {
+                    self.take_feed(change.as_ref(), received, now, done);
                 }
                 Ok(Command::Stats(reply)) => {
                     let mut stats = self.dispatcher.stats(now);
@@ -261,10 +262,12 @@ impl DataPath {
 
     /// Applies one feed change: the stack for its service address first,
     /// then goodbyes to the clients whose admissions it ends while their
-    /// tunnels exist, then the admission table; answers with the version.
+    /// tunnels exist, then the admission table (its deadlines counted from
+    /// `received`); answers with the version.
     fn take_feed(
         &mut self,
         change: FeedChangeRef<'_>,
+        received: Instant,
         now: Instant,
         done: tokio::sync::oneshot::Sender<u64>,
     ) {
@@ -272,7 +275,7 @@ impl DataPath {
         self.ensure_stack(header);
         let leaving = self.leaving(change);
         self.say_goodbye(leaving, now);
-        let outcome = self.dispatcher.apply(change, now);
+        let outcome = self.dispatcher.apply(change, received);
         tracing::debug!(
             version = header.version,
             added = outcome.added.len(),

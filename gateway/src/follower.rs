@@ -115,9 +115,14 @@ pub enum Action {
         change: Arc<FeedChange>,
         received: Instant,
     },
-    /// Apply `change` (tunnel admissions only) on the data path; answer
-    /// with [`Input::DataPathApplied`].
-    ApplyDataPath(FeedChange),
+    /// Apply `change` (tunnel admissions only, received at `received`:
+    /// admission deadlines count from there, as in the pre-filter and the
+    /// direct proxy) on the data path; answer with
+    /// [`Input::DataPathApplied`].
+    ApplyDataPath {
+        change: FeedChange,
+        received: Instant,
+    },
     /// Acknowledge `version` to the control plane; answer with
     /// [`Input::Acked`].
     Ack { version: u64 },
@@ -386,14 +391,19 @@ impl<R: RngCore> Follower<R> {
     }
 
     fn apply_data_path(&mut self, now: Instant) {
-        let Some(change) = self.applying.as_mut().and_then(|a| a.change.take()) else {
+        let Some((change, received)) = self
+            .applying
+            .as_mut()
+            .and_then(|a| Some((a.change.take()?, a.received)))
+        else {
             return self.impossible("the data path's turn", now);
         };
         // The pre-filter and the direct proxy are done with it by now, so
         // this is the only reference and nothing is copied.
         let change = Arc::unwrap_or_clone(change).tunnel_only();
         self.step = Step::DataPath;
-        self.actions.push_back(Action::ApplyDataPath(change));
+        self.actions
+            .push_back(Action::ApplyDataPath { change, received });
     }
 
     fn data_path_applied(&mut self, applied: bool, now: Instant) {
@@ -614,9 +624,14 @@ mod tests {
 
         f.handle(Input::DirectApplied, t1);
         let acts = drain(&mut f);
-        let [Action::ApplyDataPath(FeedChange::Whole(state))] = &acts[..] else {
+        let [Action::ApplyDataPath {
+            change: FeedChange::Whole(state),
+            received,
+        }] = &acts[..]
+        else {
             panic!("{acts:?}");
         };
+        assert_eq!(*received, t1, "deadlines count from the answer");
         assert_eq!(
             state
                 .admissions
@@ -654,7 +669,7 @@ mod tests {
         );
         let acts = drain(&mut f);
         assert!(
-            matches!(acts[..], [Action::Report(_), Action::ApplyDataPath(_)]),
+            matches!(acts[..], [Action::Report(_), Action::ApplyDataPath { .. }]),
             "{acts:?}"
         );
         f.handle(Input::DataPathApplied(true), t0);
@@ -690,7 +705,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         f.handle(Input::FilterApplied(Err("refused".into())), t1);
         let acts = drain(&mut f);
-        let [Action::ApplyDataPath(change)] = &acts[..] else {
+        let [Action::ApplyDataPath { change, .. }] = &acts[..] else {
             panic!("{acts:?}");
         };
         assert!(!is_whole(change), "the data path held version 1: a diff");
@@ -721,7 +736,7 @@ mod tests {
         f.handle(Input::FilterApplied(Ok(vec![])), at);
         let acts = drain(&mut f);
         assert!(
-            matches!(&acts[..], [Action::ApplyDataPath(c)] if !is_whole(c)),
+            matches!(&acts[..], [Action::ApplyDataPath { change: c, .. }] if !is_whole(c)),
             "the data path held version 2: {acts:?}"
         );
         f.handle(Input::DataPathApplied(true), at);

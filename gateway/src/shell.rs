@@ -540,9 +540,9 @@ async fn follow_feed(io: FeedIo, mut pinned: mpsc::UnboundedReceiver<(String, Ip
                     drop(change);
                     follower.handle(Input::DirectApplied, Instant::now());
                 }
-                Action::ApplyDataPath(change) => {
+                Action::ApplyDataPath { change, received } => {
                     let (tx, rx) = oneshot::channel();
-                    let sent = io.commands.send(Command::Apply(change, tx));
+                    let sent = io.commands.send(Command::Apply(change, received, tx));
                     running.spawn(async move { Input::DataPathApplied(sent && rx.await.is_ok()) });
                 }
                 Action::Ack { version } => {
