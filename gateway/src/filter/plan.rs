@@ -1016,8 +1016,11 @@ mod tests {
         let fh = |id| adm(id, "203.0.113.7", BindingPolicy::FirstHandshake, 60);
         let exact = adm("x", "192.0.2.9", BindingPolicy::Exact, 60);
         let mut pins = Pins::default();
-        let (mut open, _) =
-            Desired::from_state(&state(vec![fh("fh1")]), now, cx(&ports), &mut pins);
+        let add_fh3 = |d: &mut Desired, pins: &mut Pins| {
+            let server_time = datetime!(2026-11-25 20:00 UTC);
+            d.apply_diff(&[fh("fh3")], &[], server_time, now, cx(&ports), pins);
+        };
+        let (open, _) = Desired::from_state(&state(vec![fh("fh1")]), now, cx(&ports), &mut pins);
         assert_eq!(open.open_until, Some(now + WINDOW));
         let (mut r, _) = installed(vec![fh("fh1")], now);
         assert!(r.is_open(now));
@@ -1049,14 +1052,7 @@ mod tests {
         assert_eq!(ch.add.len(), 1);
 
         // A diff that adds one.
-        d.apply_diff(
-            &[fh("fh3")],
-            &[],
-            datetime!(2026-11-25 20:00 UTC),
-            now,
-            cx(&ports),
-            &mut pins,
-        );
+        add_fh3(&mut d, &mut pins);
         assert_eq!(d.open_until, None);
         assert!(d.waiting.is_empty());
 
@@ -1066,17 +1062,13 @@ mod tests {
         assert_eq!(d.open_until, None);
         assert_eq!(r.plan(&d, now).open, OpenChange::Keep);
 
-        // Without the close, the same diff would open the port: the test
-        // above is not vacuous.
-        open.apply_diff(
-            &[fh("fh3")],
-            &[],
-            datetime!(2026-11-25 20:00 UTC),
-            now,
-            cx(&ports),
-            &mut pins,
-        );
-        assert!(open.open_until.is_some());
+        // Without the close, the same diff opens the port: the test above
+        // is not vacuous.
+        let (mut control, _) =
+            Desired::from_state(&state(vec![exact]), now, cx(&ports), &mut Pins::default());
+        assert_eq!(control.open_until, None);
+        add_fh3(&mut control, &mut Pins::default());
+        assert!(control.open_until.is_some());
     }
 
     #[test]
