@@ -40,9 +40,10 @@ const RECV_BATCH: usize = 1024;
 #[derive(Debug)]
 pub enum Command {
     /// Take in a feed change (tunnel admissions only: the whole desired
-    /// set, or a diff on top of what is held); answer with the version
-    /// applied.
-    Apply(FeedChange, tokio::sync::oneshot::Sender<u64>),
+    /// set, or a diff on top of what is held) received from the feed at
+    /// the `Instant` (admission deadlines count from there, as in the
+    /// pre-filter and the direct proxy); answer with the version applied.
+    Apply(FeedChange, Instant, tokio::sync::oneshot::Sender<u64>),
     /// Report counters.
     Stats(tokio::sync::oneshot::Sender<crate::GatewayStats>),
     Shutdown,
@@ -214,8 +215,8 @@ impl Forwarder {
     /// Carries out one command; `Flow::Stop` when the data path must stop.
     fn handle_command(&mut self, command: Command, now: Instant) -> Flow {
         match command {
-            Command::Apply(change, done) => {
-                self.take_feed(change.as_ref(), now, done);
+            Command::Apply(change, received, done) => {
+                self.take_feed(change.as_ref(), received, now, done);
             }
             Command::Stats(reply) => {
                 let mut stats = self.dispatcher.stats(now);
@@ -251,10 +252,12 @@ impl Forwarder {
 
     /// Applies one feed change: the stack for its service address first,
     /// then goodbyes to the clients whose admissions it ends while their
-    /// tunnels exist, then the admission table; answers with the version.
+    /// tunnels exist, then the admission table (its deadlines counted from
+    /// `received`); answers with the version.
     fn take_feed(
         &mut self,
         change: FeedChangeRef<'_>,
+        received: Instant,
         now: Instant,
         done: tokio::sync::oneshot::Sender<u64>,
     ) {
@@ -262,7 +265,7 @@ impl Forwarder {
         self.ensure_stack(header);
         let leaving = self.leaving(change);
         self.say_goodbye(leaving, now);
-        let outcome = self.dispatcher.apply(change, now);
+        let outcome = self.dispatcher.apply(change, received);
         tracing::debug!(
             version = header.version,
             added = outcome.added.len(),

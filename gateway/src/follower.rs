@@ -22,16 +22,19 @@
 //!    the version; a refusal instead asks for the whole set again after a
 //!    backoff, unacknowledged.
 //!
-//! Failed requests back off (100 ms doubling to [`FEED_RETRY_MAX`], each
-//! delay ×0.5–1.5); meanwhile the data path keeps enforcing what it has
-//! until each admission expires (fail-static) and nothing new can be
-//! admitted (fail-closed). A diff that does not fit, or a failed
-//! acknowledgement, asks for the whole set at once.
+//! Failed requests, kernel refusals and failed acknowledgements back off
+//! (100 ms doubling to [`FEED_RETRY_MAX`], each delay ×0.5–1.5); only an
+//! acknowledged version starts the backoff again from its base, so a
+//! pre-filter that keeps refusing is not asked again every 100 ms.
+//! Meanwhile the data path keeps enforcing what it has until each
+//! admission expires (fail-static) and nothing new can be admitted
+//! (fail-closed). A diff that does not fit asks for the whole set at once.
 //!
 //! Pinnings (a first-handshake admission's first handshake, from the data
 //! path) become [`Action::Pin`]: the pre-filter must admit that source
-//! before the open window closes. A failed pin is tried again, up to
-//! [`PIN_ATTEMPTS`] times, 200 ms × attempt apart, one pinning at a time.
+//! before the open window closes. A failed pin is tried again,
+//! [`PIN_ATTEMPTS`] (5) attempts in all, 200 ms × attempt apart, one
+//! pinning at a time.
 
 use crate::feed::{DesiredSet, FeedChange};
 use crate::filter::plan::PlanError;
@@ -112,9 +115,14 @@ pub enum Action {
         change: Arc<FeedChange>,
         received: Instant,
     },
-    /// Apply `change` (tunnel admissions only) on the data path; answer
-    /// with [`Input::DataPathApplied`].
-    ApplyDataPath(FeedChange),
+    /// Apply `change` (tunnel admissions only, received at `received`:
+    /// admission deadlines count from there, as in the pre-filter and the
+    /// direct proxy) on the data path; answer with
+    /// [`Input::DataPathApplied`].
+    ApplyDataPath {
+        change: FeedChange,
+        received: Instant,
+    },
     /// Acknowledge `version` to the control plane; answer with
     /// [`Input::Acked`].
     Ack { version: u64 },
@@ -230,9 +238,9 @@ impl<R: RngCore> Follower<R> {
         match input {
             Input::Fetched(result) if self.step == Step::Fetching => self.fetched(result, now),
             Input::FilterApplied(result) if self.step == Step::Filter => {
-                self.filter_applied(result)
+                self.filter_applied(result, now)
             }
-            Input::DirectApplied if self.step == Step::Direct => self.apply_data_path(),
+            Input::DirectApplied if self.step == Step::Direct => self.apply_data_path(now),
             Input::DataPathApplied(applied) if self.step == Step::DataPath => {
                 self.data_path_applied(applied, now)
             }
@@ -262,6 +270,15 @@ impl<R: RngCore> Follower<R> {
         self.fetch(now + delay);
     }
 
+    /// A step found no version (or no change) in progress, which the
+    /// step guards in `handle` rule out. Returning quietly would leave
+    /// nothing in flight and the feed stalled for ever: say so, and start
+    /// again from the whole set.
+    fn impossible(&mut self, what: &str, now: Instant) {
+        tracing::error!(step = ?self.step, "feed follower bug: {what} with no version in progress; asking for the whole set again");
+        self.retry(now);
+    }
+
     fn fetched(&mut self, result: Result<FeedUpdate, FetchError>, now: Instant) {
         let update = match result {
             Ok(update) => update,
@@ -271,7 +288,8 @@ impl<R: RngCore> Follower<R> {
                 return;
             }
         };
-        self.backoff.reset();
+        // No backoff reset here: an answer the kernel then refuses is
+        // no success (only an acknowledgement is, see `acked`).
         let received = now;
         // issue 17: the control plane's reachability check, for the status.
         let reachability = update.reachability.clone();
@@ -301,7 +319,7 @@ impl<R: RngCore> Follower<R> {
             kernel_ok: true,
         });
         if !self.filter {
-            return self.apply_direct();
+            return self.apply_direct(now);
         }
         // A pre-filter that missed a version takes the whole set, never a
         // diff.
@@ -335,10 +353,10 @@ impl<R: RngCore> Follower<R> {
             .push_back(Action::Report(Report::Lost { error: e.message }));
     }
 
-    fn filter_applied(&mut self, result: Result<Vec<PlanError>, String>) {
+    fn filter_applied(&mut self, result: Result<Vec<PlanError>, String>, now: Instant) {
         self.filter_synced = result.is_ok();
         let Some(applying) = self.applying.as_mut() else {
-            return;
+            return self.impossible("the pre-filter applied", now);
         };
         match result {
             Ok(unrepresentable) => {
@@ -352,18 +370,18 @@ impl<R: RngCore> Follower<R> {
                 applying.kernel_ok = false;
             }
         }
-        self.apply_direct();
+        self.apply_direct(now);
     }
 
-    fn apply_direct(&mut self) {
+    fn apply_direct(&mut self, now: Instant) {
         if !self.direct {
-            return self.apply_data_path();
+            return self.apply_data_path(now);
         }
         let Some(applying) = self.applying.as_ref() else {
-            return;
+            return self.impossible("the direct proxy's turn", now);
         };
         let Some(change) = applying.change.clone() else {
-            return;
+            return self.impossible("the direct proxy's turn", now);
         };
         self.step = Step::Direct;
         self.actions.push_back(Action::ApplyDirect {
@@ -372,15 +390,20 @@ impl<R: RngCore> Follower<R> {
         });
     }
 
-    fn apply_data_path(&mut self) {
-        let Some(change) = self.applying.as_mut().and_then(|a| a.change.take()) else {
-            return;
+    fn apply_data_path(&mut self, now: Instant) {
+        let Some((change, received)) = self
+            .applying
+            .as_mut()
+            .and_then(|a| Some((a.change.take()?, a.received)))
+        else {
+            return self.impossible("the data path's turn", now);
         };
         // The pre-filter and the direct proxy are done with it by now, so
         // this is the only reference and nothing is copied.
         let change = Arc::unwrap_or_clone(change).tunnel_only();
         self.step = Step::DataPath;
-        self.actions.push_back(Action::ApplyDataPath(change));
+        self.actions
+            .push_back(Action::ApplyDataPath { change, received });
     }
 
     fn data_path_applied(&mut self, applied: bool, now: Instant) {
@@ -392,7 +415,7 @@ impl<R: RngCore> Follower<R> {
             return;
         }
         let Some(applying) = self.applying.as_ref() else {
-            return;
+            return self.impossible("the data path applied", now);
         };
         if !applying.kernel_ok {
             return self.retry(now);
@@ -405,10 +428,11 @@ impl<R: RngCore> Follower<R> {
 
     fn acked(&mut self, result: Result<(), String>, now: Instant) {
         let Some(applying) = self.applying.take() else {
-            return;
+            return self.impossible("the acknowledgement's result", now);
         };
         match result {
             Ok(()) => {
+                self.backoff.reset();
                 self.connected = true;
                 self.failing = false;
                 self.actions.push_back(Action::Report(Report::Acked {
@@ -419,8 +443,8 @@ impl<R: RngCore> Follower<R> {
                 }));
             }
             Err(e) => {
-                tracing::warn!(error = %e, "acknowledging feed version {} failed; fetching again", applying.version);
-                self.desired.refetch();
+                tracing::warn!(error = %e, "acknowledging feed version {} failed; fetching the whole set again after a backoff", applying.version);
+                return self.retry(now);
             }
         }
         self.fetch(now);
@@ -428,6 +452,17 @@ impl<R: RngCore> Follower<R> {
 
     fn pinned(&mut self, admission: String, source: IpAddr, now: Instant) {
         if !self.filter {
+            return;
+        }
+        // The data path may report the same pinning again (a repeated
+        // first handshake): one entry per pair keeps the queue bounded by
+        // the admissions there are, and the pre-filter asked once.
+        if self
+            .pins
+            .iter()
+            .any(|(a, s)| *a == admission && *s == source)
+        {
+            tracing::debug!(%admission, %source, "pinning already queued");
             return;
         }
         self.pins.push_back((admission, source));
@@ -589,9 +624,14 @@ mod tests {
 
         f.handle(Input::DirectApplied, t1);
         let acts = drain(&mut f);
-        let [Action::ApplyDataPath(FeedChange::Whole(state))] = &acts[..] else {
+        let [Action::ApplyDataPath {
+            change: FeedChange::Whole(state),
+            received,
+        }] = &acts[..]
+        else {
             panic!("{acts:?}");
         };
+        assert_eq!(*received, t1, "deadlines count from the answer");
         assert_eq!(
             state
                 .admissions
@@ -629,7 +669,7 @@ mod tests {
         );
         let acts = drain(&mut f);
         assert!(
-            matches!(acts[..], [Action::Report(_), Action::ApplyDataPath(_)]),
+            matches!(acts[..], [Action::Report(_), Action::ApplyDataPath { .. }]),
             "{acts:?}"
         );
         f.handle(Input::DataPathApplied(true), t0);
@@ -665,7 +705,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         f.handle(Input::FilterApplied(Err("refused".into())), t1);
         let acts = drain(&mut f);
-        let [Action::ApplyDataPath(change)] = &acts[..] else {
+        let [Action::ApplyDataPath { change, .. }] = &acts[..] else {
             panic!("{acts:?}");
         };
         assert!(!is_whole(change), "the data path held version 1: a diff");
@@ -696,7 +736,7 @@ mod tests {
         f.handle(Input::FilterApplied(Ok(vec![])), at);
         let acts = drain(&mut f);
         assert!(
-            matches!(&acts[..], [Action::ApplyDataPath(c)] if !is_whole(c)),
+            matches!(&acts[..], [Action::ApplyDataPath { change: c, .. }] if !is_whole(c)),
             "the data path held version 2: {acts:?}"
         );
         f.handle(Input::DataPathApplied(true), at);
@@ -745,16 +785,96 @@ mod tests {
         }
         assert_eq!(base, FEED_RETRY_MAX);
 
-        // An answer starts the backoff again from its base.
+        // An answer the kernel refuses is no success: the backoff stays
+        // at its maximum.
         f.handle(Input::Fetched(Ok(update(1, None, vec![]))), now);
         f.handle(Input::FilterApplied(Err("refused".into())), now);
         f.handle(Input::DataPathApplied(true), now);
         let (_, at) = fetch_of(&drain(&mut f)).expect("retries");
+        assert!(at - now >= FEED_RETRY_MAX / 2, "{:?}", at - now);
+        now = at;
+
+        // An acknowledged version starts the backoff again from its base.
+        f.handle(Input::Fetched(Ok(update(1, None, vec![]))), now);
+        f.handle(Input::FilterApplied(Ok(vec![])), now);
+        f.handle(Input::DataPathApplied(true), now);
+        f.handle(Input::Acked(Ok(())), now);
+        assert_eq!(fetch_of(&drain(&mut f)), Some((Some(1), now)));
+        f.handle(
+            Input::Fetched(Err(FetchError {
+                status: None,
+                message: "down".into(),
+            })),
+            now,
+        );
+        let (_, at) = fetch_of(&drain(&mut f)).expect("retries");
         assert!(at - now <= FEED_RETRY_BASE * 3 / 2, "{:?}", at - now);
     }
 
+    /// Takes `f` (with a filter, without direct services, fetching) through
+    /// one answer of version `version` whose kernel pre-filter answers
+    /// `filter` and, if the kernel took it, whose acknowledgement answers
+    /// `ack`; returns the delay before the next fetch and its `at`.
+    fn round(
+        f: &mut Follower<StdRng>,
+        version: u64,
+        filter: Result<Vec<PlanError>, String>,
+        ack: Result<(), String>,
+        now: Instant,
+    ) -> (Duration, Instant) {
+        let kernel_ok = filter.is_ok();
+        f.handle(Input::Fetched(Ok(update(version, None, vec![]))), now);
+        f.handle(Input::FilterApplied(filter), now);
+        f.handle(Input::DataPathApplied(true), now);
+        if kernel_ok {
+            assert!(matches!(
+                drain(f)[..],
+                [.., Action::Ack { version: v }] if v == version
+            ));
+            f.handle(Input::Acked(ack), now);
+        }
+        let acts = drain(f);
+        assert!(!acts.iter().any(|a| matches!(a, Action::Ack { .. })));
+        let (after, at) = fetch_of(&acts).expect("fetches again");
+        assert_eq!(after, None, "after trouble: the whole set");
+        (at - now, at)
+    }
+
     #[test]
-    fn a_diff_that_does_not_fit_or_a_failed_ack_asks_for_the_whole_set_at_once() {
+    fn kernel_refusals_and_failed_acks_in_a_row_back_off_growing() {
+        let t0 = Instant::now();
+        let mut f = follower(true, false, t0);
+        synced(&mut f, t0);
+        let mut now = t0;
+        let mut base = FEED_RETRY_BASE;
+        let mut delays = vec![];
+        for n in 0..3 {
+            let (delay, at) = round(&mut f, 2 + n, Err("refused".into()), Ok(()), now);
+            assert!(
+                delay >= base / 2 && delay <= base * 3 / 2,
+                "refusal {n}: {delay:?} for {base:?}"
+            );
+            delays.push(delay);
+            base *= 2;
+            now = at;
+        }
+        // Jitter may swap two neighbours, never the first and the third.
+        assert!(delays[2] > delays[0], "{delays:?}");
+
+        // Failed acknowledgements keep growing the same backoff.
+        for n in 0..2 {
+            let (delay, at) = round(&mut f, 5 + n, Ok(vec![]), Err("reset".into()), now);
+            assert!(
+                delay >= base / 2 && delay <= base * 3 / 2,
+                "failed ack {n}: {delay:?} for {base:?}"
+            );
+            base = (base * 2).min(FEED_RETRY_MAX);
+            now = at;
+        }
+    }
+
+    #[test]
+    fn a_diff_that_does_not_fit_asks_for_the_whole_set_at_once_a_failed_ack_after_a_backoff() {
         let t0 = Instant::now();
         let mut f = follower(true, false, t0);
         synced(&mut f, t0);
@@ -779,8 +899,54 @@ mod tests {
         f.handle(Input::Acked(Err("connection reset".into())), t1);
         let acts = drain(&mut f);
         assert!(
-            matches!(acts[..], [Action::Fetch { after: None, at }] if at == t1),
+            matches!(acts[..], [Action::Fetch { after: None, at }]
+                if at >= t1 + FEED_RETRY_BASE / 2 && at <= t1 + FEED_RETRY_BASE * 3 / 2),
             "{acts:?}"
+        );
+    }
+
+    #[test]
+    fn a_step_with_no_version_in_progress_backs_off_and_fetches_the_whole_set() {
+        let t0 = Instant::now();
+        // Each completion, reached with its version lost (which `handle`'s
+        // step guards rule out, so the state is forced here).
+        let cases: [(bool, Step, Input); 5] = [
+            (true, Step::Filter, Input::FilterApplied(Ok(vec![]))),
+            (
+                true,
+                Step::Filter,
+                Input::FilterApplied(Err("refused".into())),
+            ),
+            (false, Step::Direct, Input::DirectApplied),
+            (false, Step::DataPath, Input::DataPathApplied(true)),
+            (false, Step::Acking, Input::Acked(Ok(()))),
+        ];
+        for (direct, step, input) in cases {
+            let label = format!("{step:?} {input:?}");
+            let mut f = follower(true, direct, t0);
+            synced(&mut f, t0);
+            f.step = step;
+            f.applying = None;
+            f.handle(input, t0);
+            let acts = drain(&mut f);
+            assert!(
+                matches!(acts[..], [Action::Fetch { after: None, at }]
+                    if at >= t0 + FEED_RETRY_BASE / 2 && at <= t0 + FEED_RETRY_BASE * 3 / 2),
+                "{label}: {acts:?}"
+            );
+            assert_eq!(f.step, Step::Fetching, "{label}");
+        }
+
+        // A version whose change is gone at the direct proxy's turn.
+        let mut f = follower(true, true, t0);
+        drain(&mut f);
+        f.handle(Input::Fetched(Ok(update(1, None, vec![]))), t0);
+        drain(&mut f);
+        f.applying.as_mut().unwrap().change = None;
+        f.handle(Input::FilterApplied(Ok(vec![])), t0);
+        assert!(
+            matches!(drain(&mut f)[..], [Action::Fetch { after: None, at }] if at > t0),
+            "the direct proxy's turn"
         );
     }
 
@@ -848,5 +1014,55 @@ mod tests {
         // A stray result changes nothing.
         f.handle(Input::PinApplied(Ok(false)), now);
         assert!(drain(&mut f).is_empty());
+    }
+
+    #[test]
+    fn a_pinning_already_queued_is_not_queued_again() {
+        let t0 = Instant::now();
+        let mut f = follower(true, false, t0);
+        drain(&mut f);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let pinned = |f: &mut Follower<StdRng>, admission: &str, source| {
+            f.handle(
+                Input::Pinned {
+                    admission: admission.into(),
+                    source,
+                },
+                t0,
+            )
+        };
+        // The one in progress, and one waiting, each reported three times;
+        // the same admission from another source is another pinning.
+        for _ in 0..3 {
+            pinned(&mut f, "adm_a", a);
+            pinned(&mut f, "adm_b", b);
+        }
+        pinned(&mut f, "adm_a", b);
+        let pins = |f: &mut Follower<StdRng>| {
+            drain(f)
+                .into_iter()
+                .map(|act| match act {
+                    Action::Pin {
+                        admission, source, ..
+                    } => (admission, source),
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(pins(&mut f), [("adm_a".to_string(), a)]);
+        let mut done = vec![];
+        for _ in 0..4 {
+            f.handle(Input::PinApplied(Ok(true)), t0);
+            done.extend(pins(&mut f));
+        }
+        assert_eq!(
+            done,
+            [("adm_b".to_string(), b), ("adm_a".to_string(), b)],
+            "each pinning once, in order"
+        );
+        // Once done, the same pinning may be queued again.
+        pinned(&mut f, "adm_a", a);
+        assert_eq!(pins(&mut f), [("adm_a".to_string(), a)]);
     }
 }

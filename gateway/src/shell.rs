@@ -540,9 +540,9 @@ async fn follow_feed(io: FeedIo, mut pinned: mpsc::UnboundedReceiver<(String, Ip
                     drop(change);
                     follower.handle(Input::DirectApplied, Instant::now());
                 }
-                Action::ApplyDataPath(change) => {
+                Action::ApplyDataPath { change, received } => {
                     let (tx, rx) = oneshot::channel();
-                    let sent = io.commands.send(Command::Apply(change, tx));
+                    let sent = io.commands.send(Command::Apply(change, received, tx));
                     running.spawn(async move { Input::DataPathApplied(sent && rx.await.is_ok()) });
                 }
                 Action::Ack { version } => {
@@ -584,7 +584,13 @@ async fn follow_feed(io: FeedIo, mut pinned: mpsc::UnboundedReceiver<(String, Ip
                 }
             },
             Some((admission, source)) = pinned.recv() => Input::Pinned { admission, source },
-            else => return,
+            else => {
+                // Nothing in flight and no data path to report pinnings:
+                // the follower cannot go on, and ending quietly would
+                // leave the gateway unfed with no word why.
+                tracing::error!("the feed follower has nothing in flight and the data path's pinnings have ended; the feed stops");
+                return;
+            }
         };
         follower.handle(input, Instant::now());
     }

@@ -479,6 +479,35 @@ fn inside_a_namespace() {
     );
     feed.apply(&mut f);
     assert!(probe.reaches("198.51.100.7"));
+
+    // A stopping gateway closes the open port for good: a feed change or
+    // a pin still under way takes the lock after the close and must not
+    // open it again (with no gateway listening, the kernel would answer
+    // with ICMP port-unreachable).
+    feed.add(
+        "fh2",
+        AccessMode::Tunnel,
+        "198.51.100.9",
+        BindingPolicy::FirstHandshake,
+        600,
+    );
+    feed.apply(&mut f);
+    assert!(f.status().open);
+    assert!(probe.reaches("192.0.2.77"));
+    f.close_open().unwrap();
+    assert!(!f.status().open);
+    assert!(!probe.reaches("192.0.2.77"));
+    feed.add(
+        "fh3",
+        AccessMode::Tunnel,
+        "198.51.100.10",
+        BindingPolicy::FirstHandshake,
+        600,
+    );
+    feed.apply(&mut f);
+    assert!(!f.pin("fh2", "198.51.100.9".parse().unwrap()).unwrap());
+    assert!(!f.status().open);
+    assert!(!probe.reaches("192.0.2.77"));
     filter::remove_table(udp_port).unwrap();
 }
 

@@ -148,7 +148,9 @@ impl Filter {
         match change.into() {
             FeedChangeRef::Whole(state) => {
                 let (desired, errors) = Desired::from_state(state, received, cx, &mut self.pins);
-                self.desired = desired;
+                // Not a plain assignment: a port closed for good (the
+                // gateway stopping) must stay closed.
+                self.desired.replace(desired);
                 self.converge(None, Instant::now()).map(|()| errors)
             }
             FeedChangeRef::Diff {
@@ -262,12 +264,12 @@ impl Filter {
 
     /// Closes the port to everyone again (the `open` set of waiting
     /// first-handshake admissions), for a gateway that is stopping; the
-    /// admitted sources stay until their timeouts.
+    /// admitted sources stay until their timeouts. It stays closed: an
+    /// [`Filter::apply`] or [`Filter::pin`] that was already under way
+    /// when the feed stopped, and takes the lock after this, keeps the
+    /// port closed (see [`Desired::close_open`]).
     pub fn close_open(&mut self) -> Result<(), NftError> {
-        let mut shut = std::mem::take(&mut self.desired);
-        shut.waiting.clear();
-        shut.open_until = None;
-        self.desired = shut;
+        self.desired.close_open();
         self.converge(Some(&[]), Instant::now())
     }
 

@@ -147,6 +147,9 @@ pub struct Desired {
     /// The deadlines of the admissions holding each element (usually one;
     /// several for players behind one NAT).
     holders: HashMap<Element, Vec<Instant>>,
+    /// The gateway is stopping ([`Desired::close_open`]): the port stays
+    /// closed to everyone whatever comes after.
+    closed: bool,
 }
 
 /// What the pre-filter must know besides the feed: where first-handshake
@@ -251,6 +254,28 @@ impl Desired {
         (touched, errors)
     }
 
+    /// Closes the port to everyone for good (the gateway is stopping): no
+    /// first-handshake admission waits any more, and none will, whatever
+    /// is applied or pinned afterwards. An update already under way when
+    /// the gateway stops could otherwise open the port again after it was
+    /// closed, and with no gateway listening the kernel would answer
+    /// unadmitted sources with ICMP port-unreachable.
+    pub fn close_open(&mut self) {
+        self.closed = true;
+        self.reopen();
+    }
+
+    /// Replaces what is desired with `next` (built by
+    /// [`Desired::from_state`]), keeping the port closed if it was closed
+    /// for good.
+    pub fn replace(&mut self, next: Desired) {
+        let closed = self.closed;
+        *self = next;
+        if closed {
+            self.close_open();
+        }
+    }
+
     /// The data path pinned the waiting first-handshake admission `id` to
     /// `source`: admit that source exactly, and close the port if nothing
     /// else waits. Returns the element it added, or `None` if `id` was not
@@ -350,6 +375,9 @@ impl Desired {
     }
 
     fn reopen(&mut self) {
+        if self.closed {
+            self.waiting.clear();
+        }
         self.open_until = self.waiting.values().map(|&(_, until)| until).max();
     }
 }
@@ -979,6 +1007,68 @@ mod tests {
         let d_after = desired(&s, now + WINDOW + Duration::from_secs(1), &mut unpinned);
         assert!(d.open_until.is_some());
         assert_eq!(d_after.open_until, None);
+    }
+
+    #[test]
+    fn once_closed_for_good_nothing_opens_the_port_again() {
+        let now = Instant::now();
+        let ports = ports();
+        let fh = |id| adm(id, "203.0.113.7", BindingPolicy::FirstHandshake, 60);
+        let exact = adm("x", "192.0.2.9", BindingPolicy::Exact, 60);
+        let mut pins = Pins::default();
+        let add_fh3 = |d: &mut Desired, pins: &mut Pins| {
+            let server_time = datetime!(2026-11-25 20:00 UTC);
+            d.apply_diff(&[fh("fh3")], &[], server_time, now, cx(&ports), pins);
+        };
+        let (open, _) = Desired::from_state(&state(vec![fh("fh1")]), now, cx(&ports), &mut pins);
+        assert_eq!(open.open_until, Some(now + WINDOW));
+        let (mut r, _) = installed(vec![fh("fh1")], now);
+        assert!(r.is_open(now));
+
+        let mut d = open.clone();
+        d.close_open();
+        assert!(d.waiting.is_empty());
+        assert_eq!(d.open_until, None);
+        let ch = r.plan(&d, now);
+        assert_eq!(ch.open, OpenChange::Close);
+        r.committed(&d, &ch, now);
+
+        // A whole set that arrives afterwards, with a first-handshake
+        // admission waiting: its other admissions still go in, the port
+        // stays closed.
+        let (next, _) = Desired::from_state(
+            &state(vec![fh("fh2"), exact.clone()]),
+            now,
+            cx(&ports),
+            &mut pins,
+        );
+        assert!(next.open_until.is_some(), "it would open");
+        d.replace(next);
+        assert_eq!(d.open_until, None);
+        assert!(d.waiting.is_empty());
+        assert_eq!(d.elements.len(), 1, "the exact admission is there");
+        let ch = r.plan(&d, now);
+        assert_eq!(ch.open, OpenChange::Keep);
+        assert_eq!(ch.add.len(), 1);
+
+        // A diff that adds one.
+        add_fh3(&mut d, &mut pins);
+        assert_eq!(d.open_until, None);
+        assert!(d.waiting.is_empty());
+
+        // A pin of an admission that was waiting before the close adds
+        // nothing and opens nothing.
+        assert_eq!(d.pin("fh1", "192.0.2.50".parse().unwrap()), None);
+        assert_eq!(d.open_until, None);
+        assert_eq!(r.plan(&d, now).open, OpenChange::Keep);
+
+        // Without the close, the same diff opens the port: the test above
+        // is not vacuous.
+        let (mut control, _) =
+            Desired::from_state(&state(vec![exact]), now, cx(&ports), &mut Pins::default());
+        assert_eq!(control.open_until, None);
+        add_fh3(&mut control, &mut Pins::default());
+        assert!(control.open_until.is_some());
     }
 
     #[test]
