@@ -16,8 +16,8 @@
 //! exist without a client's ephemeral keys).
 
 use crate::world::{self, SERVICE_ADDRESS};
-use netstack::wire::wireguard::looks_like_initiation;
 use gateway::{Dispatcher, DispatcherConfig, DropReason, Outbox, Output, Pinning, Verdict};
+use netstack::wire::wireguard::looks_like_initiation;
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, WgKey};

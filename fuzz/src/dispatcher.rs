@@ -36,11 +36,11 @@ use crate::packet::{self, Segment};
 use crate::world::{self, CLIENTS, SERVICES, SERVICE_ADDRESS, SERVICE_NAMES};
 use arbitrary::{Arbitrary, Unstructured};
 use boringtun::noise::{Tunn, TunnResult};
-use netstack::wire::wireguard::{
-    looks_like_initiation, HANDSHAKE_INIT_LEN, HANDSHAKE_INIT_MAC1_END, MSG_HANDSHAKE_INIT,
-};
 use gateway::{
     Dispatcher, DispatcherConfig, DropReason, Outbox, Output, PeerEvent, PeerId, Pinning, Verdict,
+};
+use netstack::wire::wireguard::{
+    looks_like_initiation, HANDSHAKE_INIT_LEN, HANDSHAKE_INIT_MAC1_END, MSG_HANDSHAKE_INIT,
 };
 use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};

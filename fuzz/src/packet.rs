@@ -3,12 +3,9 @@
 
 use std::net::Ipv4Addr;
 
-pub const PROTO_TCP: u8 = 6;
-pub const FIN: u8 = 0x01;
-pub const SYN: u8 = 0x02;
-pub const RST: u8 = 0x04;
-pub const PSH: u8 = 0x08;
-pub const ACK: u8 = 0x10;
+pub use netstack::wire::{
+    PROTO_TCP, TCP_ACK as ACK, TCP_FIN as FIN, TCP_PSH as PSH, TCP_RST as RST, TCP_SYN as SYN,
+};
 
 /// The Internet checksum over the concatenation of `parts` (each part of
 /// even length, except possibly the last).

@@ -251,14 +251,16 @@ mod tests {
         assert_eq!(w.now_if(false), w);
     }
 
-    /// Records commands; stops on 0.
+    /// Records commands (stops on 0) and says when it is about to sleep.
     struct Recorder {
         got: std_mpsc::Sender<u32>,
+        sleeping: std_mpsc::Sender<()>,
     }
 
     impl Handler for Recorder {
         type Command = u32;
         fn wake(&mut self, _now: Instant) -> Wake {
+            let _ = self.sleeping.send(());
             Wake::IDLE
         }
         fn ready(&mut self, _event: &Event) {
@@ -273,44 +275,58 @@ mod tests {
         }
     }
 
-    fn spawn() -> (
-        Sender<u32>,
-        std_mpsc::Receiver<u32>,
-        std::thread::JoinHandle<()>,
-    ) {
+    struct Running {
+        tx: Sender<u32>,
+        got: std_mpsc::Receiver<u32>,
+        sleeping: std_mpsc::Receiver<()>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    fn spawn() -> Running {
         let (mut driver, tx) = Driver::new().unwrap();
-        let (got, seen) = std_mpsc::channel();
+        let (got_tx, got) = std_mpsc::channel();
+        let (sleeping_tx, sleeping) = std_mpsc::channel();
         let thread = std::thread::spawn(move || {
-            driver.run(&mut Recorder { got }).unwrap();
+            let mut h = Recorder {
+                got: got_tx,
+                sleeping: sleeping_tx,
+            };
+            driver.run(&mut h).unwrap();
         });
-        (tx, seen, thread)
+        Running {
+            tx,
+            got,
+            sleeping,
+            thread,
+        }
     }
 
     #[test]
     fn commands_arrive_in_order_from_every_clone_and_stop_ends_the_loop() {
-        let (tx, seen, thread) = spawn();
-        let other = tx.clone();
-        assert!(tx.send(1));
+        let r = spawn();
+        let other = r.tx.clone();
+        assert!(r.tx.send(1));
         assert!(other.send(2));
-        assert!(tx.send(0));
-        thread.join().unwrap();
-        assert_eq!(seen.iter().collect::<Vec<_>>(), [1, 2, 0]);
+        assert!(r.tx.send(0));
+        r.thread.join().unwrap();
+        assert_eq!(r.got.iter().collect::<Vec<_>>(), [1, 2, 0]);
         assert!(!other.send(3), "the loop is gone");
     }
 
     #[test]
     fn dropping_the_last_sender_stops_the_loop() {
-        let (tx, seen, thread) = spawn();
-        let other = tx.clone();
-        assert!(tx.send(7));
-        drop(tx);
-        assert_eq!(seen.recv().unwrap(), 7);
+        let r = spawn();
+        let other = r.tx.clone();
+        assert!(r.tx.send(7));
+        drop(r.tx);
+        assert_eq!(r.got.recv().unwrap(), 7);
         drop(other);
-        thread.join().unwrap();
-        // Also when nothing was ever sent and the loop is asleep.
-        let (tx, _seen, thread) = spawn();
-        std::thread::sleep(Duration::from_millis(50));
-        drop(tx);
-        thread.join().unwrap();
+        r.thread.join().unwrap();
+        // Also when nothing was ever sent and the loop is going to sleep
+        // (the wake-up must outlive the waker's last sender).
+        let r = spawn();
+        r.sleeping.recv().unwrap();
+        drop(r.tx);
+        r.thread.join().unwrap();
     }
 }

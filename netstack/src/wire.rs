@@ -25,6 +25,7 @@ const IPV4_FRAGMENT_BITS: u16 = 0x3fff;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
 
 /// Why a packet is not a complete, unfragmented IPv4 TCP segment.
