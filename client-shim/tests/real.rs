@@ -4,7 +4,7 @@
 //! These are the "Done when" of issue 4. The shim's own timings are its
 //! defaults: nothing here is shortened.
 
-mod support;
+use testkit as support;
 
 use hushgate_client_shim::{
     Credentials, DeviceIdentity, EndReason, Session, SessionEvent, WaitingNotice,

@@ -25,8 +25,7 @@
 
 extern crate client_shim as hushgate_client_shim;
 
-#[path = "../../client-shim/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use base64::Engine;
 use control_client::{ControlClient, Trust};
