@@ -335,24 +335,13 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     // A real gateway enrolls with the token from the page.
     let upstream = Upstream::start();
     let gw = Gateway::start(GatewayConfig {
-        control_url: url.clone(),
-        trust: Trust::from_ca_file(&ca).unwrap(),
-        state_dir: dir.path().join("gateway"),
-        listen_udp: "127.0.0.1:0".parse().unwrap(),
-        public_endpoint: None,
         services: vec![ServiceSpec {
             name: "jellyfin".into(),
             port: 8096,
             upstream: upstream.addr,
         }],
-        direct: vec![],
-        peer_limits: Default::default(),
-        prefilter: gateway::PrefilterMode::Off,
         enroll_token: Some(enrollment.into()),
-        port_mapping: gateway::PortMapConfig {
-            mode: gateway::PortMappingMode::Off,
-            ..Default::default()
-        },
+        ..support::world::gateway_config(&url, &ca, &dir.path().join("gateway"), upstream.addr)
     })
     .await
     .expect("the gateway enrolls with the token from the page");
