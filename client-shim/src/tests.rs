@@ -14,9 +14,10 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use gateway::{Dispatcher, DispatcherConfig, Output, PeerEvent};
 use mio::{Events, Interest, Poll, Token, Waker};
 use netstack::{Splice, Stack, StackConfig, UdpIo};
-use proto::api::{AccessMode, AccessResponse, RenewResponse, ServiceInfo};
+use proto::api::{AccessResponse, RenewResponse, ServiceInfo};
 use proto::feed::{FeedAdmission, FeedState};
-use proto::{BindingPolicy, WgKey};
+use proto::WgKey;
+use testkit::feed;
 use time::OffsetDateTime;
 
 use crate::control::ControlApi;
@@ -360,23 +361,15 @@ impl FakeControl {
             .live
             .iter()
             .map(|(id, a)| FeedAdmission {
-                id: id.clone(),
-                mode: AccessMode::Tunnel,
-                client_public_key: Some(a.key),
                 preshared_key: Some(a.psk),
-                source: a.source,
-                binding: BindingPolicy::Exact,
                 client_address: Some(a.client_address),
-                services: vec!["plex".into()],
                 expires_at: a.expires_at,
+                ..feed::tunnel(id, a.key, a.source)
             })
             .collect();
         self.gateway.apply(FeedState {
-            server: "den".into(),
-            version: st.version,
             server_time: OffsetDateTime::now_utc(),
-            service_address: SERVICE_ADDRESS,
-            admissions,
+            ..feed::state(st.version, admissions)
         });
     }
 
