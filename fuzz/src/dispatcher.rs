@@ -39,7 +39,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use gateway::{
     Dispatcher, DispatcherConfig, DropReason, Outbox, Output, PeerEvent, PeerId, Pinning, Verdict,
 };
-use proto::api::AccessMode;
+use testkit::feed;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, OffsetDateTime, WgKey};
 use std::collections::{HashMap, HashSet};
@@ -1108,15 +1108,11 @@ impl World {
 
 fn feed_admission(k: usize, id: &str, spec: &Spec, server_time: OffsetDateTime) -> FeedAdmission {
     FeedAdmission {
-        id: id.to_string(),
-        mode: AccessMode::Tunnel,
-        client_public_key: Some(world::keys().clients[k]),
         preshared_key: match spec.psk % 3 {
             0 => Some(WgKey(world::client_psk(k))),
             1 => None,
             _ => Some(WgKey(WRONG_PSK)),
         },
-        source: world::source(spec.source),
         binding: binding_of(spec.binding),
         client_address: Some(world::client_address(k)),
         services: SERVICE_NAMES
@@ -1126,6 +1122,7 @@ fn feed_admission(k: usize, id: &str, spec: &Spec, server_time: OffsetDateTime) 
             .map(|(_, n)| n.to_string())
             .collect(),
         expires_at: server_time + time::Duration::seconds(i64::from(spec.lifetime_secs)),
+        ..feed::tunnel(id, world::keys().clients[k], world::source(spec.source))
     }
 }
 

@@ -36,10 +36,10 @@ use sha2::Digest;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{get, Reading, Upstream, FILE_LEN};
+use support::{get, paced_download, Reading, Upstream, FILE_LEN};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -201,40 +201,6 @@ fn spki_pin(ca_key: &Path) -> String {
     let key = rcgen::KeyPair::from_pem(&pem).unwrap();
     let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
     base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki))
-}
-
-/// A download through the tunnel paced by the media server (64 KiB every
-/// 100 ms: the whole file would take ~13 s); how far it got, and how it
-/// ended.
-fn paced_download(
-    local: SocketAddr,
-) -> (
-    Arc<AtomicUsize>,
-    std::sync::mpsc::Receiver<std::io::Result<usize>>,
-) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let progress = Arc::new(AtomicUsize::new(0));
-    let p = progress.clone();
-    std::thread::spawn(move || {
-        let r = (|| -> std::io::Result<usize> {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(local)?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(b"GET /file?pace_ms=100&chunk=65536 HTTP/1.1\r\nHost: media\r\n\r\n")?;
-            let mut buf = vec![0u8; 64 << 10];
-            let mut got = 0;
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(got);
-                }
-                got += n;
-                p.store(got, Ordering::Relaxed);
-            }
-        })();
-        let _ = tx.send(r);
-    });
-    (progress, rx)
 }
 
 /// Waits for a line of `hushgate connect` containing `what`.
@@ -478,7 +444,8 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
 
     // A long download runs; the owner sees the live admission and
     // revokes it; the download stops.
-    let (progress, ended) = paced_download(local);
+    // 64 KiB every 100 ms: the whole file would take ~13 s.
+    let (progress, ended) = paced_download(local, 100);
     let t = Instant::now();
     while progress.load(Ordering::Relaxed) < 256 << 10 {
         assert!(t.elapsed() < PATIENCE, "the paced download never started");

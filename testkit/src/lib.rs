@@ -25,7 +25,9 @@ pub mod nat;
 pub mod world;
 
 #[cfg(feature = "world")]
-pub use media::{get, get_count, get_on, sha256, test_file, Reading, Upstream, FILE_LEN};
+pub use media::{
+    get, get_count, get_on, paced_download, sha256, test_file, Reading, Upstream, FILE_LEN,
+};
 #[cfg(feature = "world")]
 pub use nat::Nat;
 #[cfg(feature = "world")]

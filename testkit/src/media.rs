@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ pub fn test_file() -> Vec<u8> {
 /// - `?cut=N` on either: the server closes the connection after N bytes
 ///   of the body, as a media server that drops a connection mid-body.
 /// - `GET /bytes/N` streams N bytes as fast as the socket takes them.
+/// - `GET /stream/SEED/LEN[?pace_ms=P]` serves LEN bytes of
+///   [`pattern`]`(SEED, ..)`, 64 KiB every P ms when paced.
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -173,6 +175,27 @@ fn serve_http(mut c: TcpStream, files: &Files, stats: &UpstreamStats) -> io::Res
                     std::thread::sleep(Duration::from_millis(pace));
                 }
             }
+        } else if let Some((seed, len)) = path
+            .strip_prefix("/stream/")
+            .and_then(|r| r.split_once('/'))
+            .and_then(|(s, n)| Some((s.parse::<u64>().ok()?, n.parse::<u64>().ok()?)))
+        {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+            c.write_all(head.as_bytes())?;
+            let pace = q.get("pace_ms").copied().unwrap_or(0);
+            let mut part = vec![0u8; 64 << 10];
+            let mut off = 0;
+            while off < len {
+                let n = (len - off).min(part.len() as u64) as usize;
+                for (k, x) in part[..n].iter_mut().enumerate() {
+                    *x = pattern(seed, off + k as u64);
+                }
+                c.write_all(&part[..n])?;
+                off += n as u64;
+                if pace > 0 {
+                    std::thread::sleep(Duration::from_millis(pace));
+                }
+            }
         } else if let Some(n) = path.strip_prefix("/bytes/") {
             let n: u64 = n.parse().unwrap_or(0);
             let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
@@ -187,6 +210,13 @@ fn serve_http(mut c: TcpStream, files: &Files, stats: &UpstreamStats) -> io::Res
             c.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")?;
         }
     }
+}
+
+/// Byte `i` of `/stream/SEED/LEN`: depends on the position and on the
+/// stream, so bytes of one connection showing up in another are caught.
+pub fn pattern(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8 ^ (i as u8)
 }
 
 fn parse_range(v: &str, len: usize) -> Option<(usize, usize)> {
@@ -286,6 +316,44 @@ pub fn get_on(
         }
     }
     Ok(body)
+}
+
+/// A player downloading the test file slowly (64 KiB every `pace_ms`)
+/// through `local`, on a thread of its own. Returns its progress in bytes,
+/// updated as it reads, and a channel that receives how the download
+/// ended (bytes, or the error) and when.
+#[allow(clippy::type_complexity)]
+pub fn paced_download(
+    local: SocketAddr,
+    pace_ms: u64,
+) -> (
+    Arc<AtomicUsize>,
+    std::sync::mpsc::Receiver<(io::Result<usize>, Instant)>,
+) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let progress = Arc::new(AtomicUsize::new(0));
+    let p = progress.clone();
+    std::thread::spawn(move || {
+        let r = (|| -> io::Result<usize> {
+            let mut s = TcpStream::connect(local)?;
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            let req =
+                format!("GET /file?pace_ms={pace_ms}&chunk=65536 HTTP/1.1\r\nHost: media\r\n\r\n");
+            s.write_all(req.as_bytes())?;
+            let mut buf = vec![0u8; 64 << 10];
+            let mut got = 0;
+            loop {
+                let n = s.read(&mut buf)?;
+                if n == 0 {
+                    return Ok(got);
+                }
+                got += n;
+                p.store(got, Ordering::Relaxed);
+            }
+        })();
+        let _ = tx.send((r, Instant::now()));
+    });
+    (progress, rx)
 }
 
 /// Like [`get`] for `/bytes/N`, counting instead of keeping: returns the
