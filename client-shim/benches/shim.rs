@@ -1,6 +1,6 @@
 //! The client shim against the real hushgate on loopback: the real
 //! control plane (HTTPS, SQLite), the real gateway and an upstream HTTP
-//! server, all in this process (see `tests/support/mod.rs`).
+//! server, all in this process (see the test kit, `hushgate-testkit`).
 //!
 //! Reports
 //! - single-connection throughput, player -> shim -> gateway -> upstream
@@ -18,8 +18,7 @@
 //!
 //! Run: `cargo bench -p hushgate-client-shim --bench shim`.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use hushgate_client_shim::{Credentials, Session};
 use std::net::{SocketAddr, TcpStream};

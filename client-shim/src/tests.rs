@@ -1,11 +1,10 @@
 //! End-to-end tests of the shim against an in-process gateway built from
-//! the gateway crate's `Dispatcher`, a netstack `Stack` and an upstream
-//! TCP server on loopback, with an in-memory control plane that pushes
-//! its admissions to that gateway. Everything runs on real sockets and
+//! the gateway crate's `Dispatcher`, a netstack `Stack` and the test kit's
+//! stand-in media server on loopback, with an in-memory control plane that
+//! pushes its admissions to that gateway. Everything runs on real sockets and
 //! real time; the timeouts of the shim are shortened.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,9 +15,11 @@ use mio::{Interest, Registry, Token};
 use netstack::driver::{self, Driver, Flow, Handler, Wake};
 use netstack::wire::wireguard;
 use netstack::{Splice, Stack, StackConfig, UdpIo};
-use proto::api::{AccessMode, AccessResponse, RenewResponse, ServiceInfo};
+use proto::api::{AccessResponse, RenewResponse, ServiceInfo};
 use proto::feed::{FeedAdmission, FeedState};
-use proto::{BindingPolicy, WgKey};
+use proto::WgKey;
+use testkit::feed;
+use testkit::media::{pattern, Upstream};
 use time::OffsetDateTime;
 
 use crate::control_api::ControlApi;
@@ -32,74 +33,24 @@ const PLEX: u16 = 32400;
 
 // ------------------------------------------------------------ upstream
 
-/// Byte `i` of stream `seed`, position-dependent.
-fn pattern(seed: u64, i: u64) -> u8 {
-    let x = (i ^ seed.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x >> 56) as u8 ^ (i as u8)
-}
-
-/// A media server stand-in: each connection sends "LEN SEED\n" and gets
-/// LEN bytes of `pattern(SEED, ..)`, optionally paced.
+/// The kit's stand-in media server.
 fn upstream() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut line = Vec::new();
-                let mut b = [0u8; 1];
-                while s.read_exact(&mut b).is_ok() && b[0] != b'\n' {
-                    line.push(b[0]);
-                }
-                let line = String::from_utf8(line).unwrap_or_default();
-                let mut it = line.split_whitespace();
-                let len: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                let seed: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                let pace_ms: u64 = it.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-                let mut buf = vec![0u8; 64 << 10];
-                let mut off = 0;
-                while off < len {
-                    let n = (len - off).min(buf.len() as u64) as usize;
-                    for (k, x) in buf[..n].iter_mut().enumerate() {
-                        *x = pattern(seed, off + k as u64);
-                    }
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                    off += n as u64;
-                    if pace_ms > 0 {
-                        std::thread::sleep(Duration::from_millis(pace_ms));
-                    }
-                }
-            });
-        }
-    });
-    addr
+    Upstream::start().addr
 }
 
-/// Downloads `len` bytes through `local` and checks every byte.
+/// Downloads `len` bytes of stream `seed` through `local` and checks every
+/// byte.
 fn download(local: SocketAddr, len: u64, seed: u64, pace_ms: u64) -> std::io::Result<u64> {
-    let mut s = TcpStream::connect(local)?;
-    s.set_read_timeout(Some(Duration::from_secs(20)))?;
-    writeln!(s, "{len} {seed} {pace_ms}")?;
-    let mut buf = vec![0u8; 64 << 10];
-    let mut got = 0u64;
-    while got < len {
-        let n = s.read(&mut buf)?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                format!("stream {seed} ended at {got} of {len}"),
-            ));
-        }
-        for (k, b) in buf[..n].iter().enumerate() {
-            let i = got + k as u64;
-            assert_eq!(*b, pattern(seed, i), "stream {seed}: byte {i} differs");
-        }
-        got += n as u64;
+    let target = format!("/stream/{seed}/{len}?pace_ms={pace_ms}");
+    let body = testkit::get(local, &target, None, testkit::Reading::Fast)?;
+    for (i, b) in body.iter().enumerate() {
+        assert_eq!(
+            *b,
+            pattern(seed, i as u64),
+            "stream {seed}: byte {i} differs"
+        );
     }
-    Ok(got)
+    Ok(body.len() as u64)
 }
 
 // ------------------------------------------------------------ gateway
@@ -402,23 +353,15 @@ impl FakeControl {
             .live
             .iter()
             .map(|(id, a)| FeedAdmission {
-                id: id.clone(),
-                mode: AccessMode::Tunnel,
-                client_public_key: Some(a.key),
                 preshared_key: Some(a.psk),
-                source: a.source,
-                binding: BindingPolicy::Exact,
                 client_address: Some(a.client_address),
-                services: vec!["plex".into()],
                 expires_at: a.expires_at,
+                ..feed::tunnel(id, a.key, a.source)
             })
             .collect();
         self.gateway.apply(FeedState {
-            server: "den".into(),
-            version: st.version,
             server_time: OffsetDateTime::now_utc(),
-            service_address: SERVICE_ADDRESS,
-            admissions,
+            ..feed::state(st.version, admissions)
         });
     }
 

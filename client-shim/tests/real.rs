@@ -4,14 +4,14 @@
 //! These are the "Done when" of issue 4. The shim's own timings are its
 //! defaults: nothing here is shortened.
 
-mod support;
+use testkit as support;
 
 use hushgate_client_shim::{
     Credentials, DeviceIdentity, EndReason, Session, SessionEvent, WaitingNotice,
 };
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::{get, sha256, Options, Reading, World, FILE_LEN};
+use support::{get, paced_download, sha256, Options, Reading, World, FILE_LEN};
 use tokio::sync::broadcast;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -61,45 +61,6 @@ fn drain(rx: &mut broadcast::Receiver<SessionEvent>) -> Vec<SessionEvent> {
             Err(_) => return v,
         }
     }
-}
-
-/// A player downloading the test file slowly (64 KiB every `pace_ms`)
-/// through `local`, on a thread of its own. Returns its progress in bytes,
-/// updated as it reads, and a channel that receives how the download
-/// ended (bytes, or the error) and when.
-#[allow(clippy::type_complexity)]
-fn paced_download(
-    local: SocketAddr,
-    pace_ms: u64,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    std::sync::mpsc::Receiver<(std::io::Result<usize>, Instant)>,
-) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let progress = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let p = progress.clone();
-    std::thread::spawn(move || {
-        let r = (|| -> std::io::Result<usize> {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(local)?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            let req =
-                format!("GET /file?pace_ms={pace_ms}&chunk=65536 HTTP/1.1\r\nHost: media\r\n\r\n");
-            s.write_all(req.as_bytes())?;
-            let mut buf = vec![0u8; 64 << 10];
-            let mut got = 0;
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(got);
-                }
-                got += n;
-                p.store(got, std::sync::atomic::Ordering::Relaxed);
-            }
-        })();
-        let _ = tx.send((r, Instant::now()));
-    });
-    (progress, rx)
 }
 
 /// A player fetching the file in four ranges over four connections at

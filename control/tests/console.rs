@@ -176,17 +176,6 @@ async fn sign_in(c: &ControlClient, user: &str, password: &str) -> Browser {
     }
 }
 
-async fn add_user(admin: &ControlClient, name: &str) {
-    admin
-        .create_user(&CreateUser {
-            username: name.into(),
-            password: format!("password-of-{name}"),
-            admin: false,
-        })
-        .await
-        .unwrap();
-}
-
 fn assert_page_headers(a: &Answer, what: &str) {
     assert_eq!(a.header("content-security-policy"), CSP, "{what}");
     assert_eq!(a.header("x-frame-options"), "DENY", "{what}");

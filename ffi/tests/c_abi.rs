@@ -26,10 +26,7 @@
 //! that cannot find one fails and says which.
 #![allow(unsafe_code)]
 
-extern crate client_shim as hushgate_client_shim;
-
-#[path = "../../client-shim/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use control_client::ControlClient;
 use std::path::{Path, PathBuf};

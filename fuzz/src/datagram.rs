@@ -18,11 +18,11 @@
 use crate::world::{self, SERVICE_ADDRESS};
 use gateway::{Dispatcher, DispatcherConfig, DropReason, Outbox, Output, Pinning, Verdict};
 use netstack::wire::wireguard::looks_like_initiation;
-use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, WgKey};
 use std::net::IpAddr;
 use std::time::Instant;
+use testkit::feed;
 
 const MAX_DATAGRAMS: usize = 16;
 
@@ -67,15 +67,11 @@ pub fn run(data: &[u8]) {
             .iter()
             .enumerate()
             .map(|(k, (source, binding))| FeedAdmission {
-                id: format!("c{k}"),
-                mode: AccessMode::Tunnel,
-                client_public_key: Some(world::keys().clients[k]),
                 preshared_key: Some(WgKey(world::client_psk(k))),
-                source: source.parse().expect("a valid address"),
                 binding: *binding,
                 client_address: Some(world::client_address(k)),
-                services: vec!["plex".into()],
                 expires_at: server_time + time::Duration::hours(1),
+                ..feed::tunnel(&format!("c{k}"), world::keys().clients[k], feed::ip(source))
             })
             .collect(),
     };

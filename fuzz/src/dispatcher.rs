@@ -42,12 +42,12 @@ use gateway::{
 use netstack::wire::wireguard::{
     looks_like_initiation, HANDSHAKE_INIT_LEN, HANDSHAKE_INIT_MAC1_END, MSG_HANDSHAKE_INIT,
 };
-use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, OffsetDateTime, WgKey};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
+use testkit::feed;
 
 /// Most steps one input runs (each may cost a handshake's DH work).
 pub const MAX_OPS: usize = 64;
@@ -1112,15 +1112,11 @@ impl World {
 
 fn feed_admission(k: usize, id: &str, spec: &Spec, server_time: OffsetDateTime) -> FeedAdmission {
     FeedAdmission {
-        id: id.to_string(),
-        mode: AccessMode::Tunnel,
-        client_public_key: Some(world::keys().clients[k]),
         preshared_key: match spec.psk % 3 {
             0 => Some(WgKey(world::client_psk(k))),
             1 => None,
             _ => Some(WgKey(WRONG_PSK)),
         },
-        source: world::source(spec.source),
         binding: binding_of(spec.binding),
         client_address: Some(world::client_address(k)),
         services: SERVICE_NAMES
@@ -1130,6 +1126,7 @@ fn feed_admission(k: usize, id: &str, spec: &Spec, server_time: OffsetDateTime) 
             .map(|(_, n)| n.to_string())
             .collect(),
         expires_at: server_time + time::Duration::seconds(i64::from(spec.lifetime_secs)),
+        ..feed::tunnel(id, world::keys().clients[k], world::source(spec.source))
     }
 }
 

@@ -23,6 +23,7 @@ use proto::{BindingPolicy, OffsetDateTime, WgKey};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
+use testkit::feed;
 
 const PINNING_WINDOW: Duration = Duration::from_secs(30);
 
@@ -94,16 +95,11 @@ pub fn run(data: &[u8]) {
                 let now = t0 + elapsed;
                 let server_time = server_t0 + elapsed;
                 let held = desired.version();
+                let version = held.unwrap_or(0) + u64::from(a.version_step % 4);
+                let base = (!a.whole).then(|| held.unwrap_or(0) + u64::from(a.wrong_base));
                 let update = FeedUpdate {
                     server: "fuzz".into(),
-                    version: held.unwrap_or(0) + u64::from(a.version_step % 4),
                     server_time,
-                    service_address: Ipv4Addr::new(100, 64, 0, 1),
-                    base: if a.whole {
-                        None
-                    } else {
-                        Some(held.unwrap_or(0) + u64::from(a.wrong_base))
-                    },
                     removed: if a.whole {
                         Vec::new()
                     } else {
@@ -115,7 +111,7 @@ pub fn run(data: &[u8]) {
                         .take(8)
                         .map(|s| admission(s, server_time))
                         .collect(),
-                    reachability: None,
+                    ..feed::update(version, base)
                 };
                 // The feed's contract: an id at most once in an answer, in
                 // one of its two lists.
@@ -221,7 +217,6 @@ fn admission(s: &Spec, server_time: OffsetDateTime) -> FeedAdmission {
         .map(|(_, n)| n.to_string())
         .collect();
     FeedAdmission {
-        id: id_of(s.id),
         mode: if s.direct {
             AccessMode::Direct
         } else {
@@ -229,11 +224,11 @@ fn admission(s: &Spec, server_time: OffsetDateTime) -> FeedAdmission {
         },
         client_public_key: (!s.no_key).then_some(WgKey([s.key % 8; 32])),
         preshared_key: (!s.psk.is_multiple_of(3)).then_some(WgKey([s.psk % 3; 32])),
-        source: crate::world::source(s.source),
         binding: binding_of(s.binding),
         client_address: (!s.no_address).then_some(Ipv4Addr::new(100, 64, 0, 10 + s.address % 8)),
         services,
         expires_at: server_time + time::Duration::seconds(i64::from(s.lifetime_secs)),
+        ..feed::tunnel(&id_of(s.id), WgKey([0; 32]), crate::world::source(s.source))
     }
 }
 

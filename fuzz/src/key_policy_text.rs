@@ -11,11 +11,11 @@
 //! the gateway's admission table (`AdmissionTable::source_status`).
 
 use gateway::{AdmissionTable, SourceStatus};
-use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
 use proto::{BindingPolicy, WgKey};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
+use testkit::feed;
 
 pub fn run(data: &[u8]) {
     let (head, text) = data.split_at(data.len().min(33));
@@ -89,15 +89,9 @@ fn check_sources(policy: BindingPolicy, observed: IpAddr, candidate: IpAddr) {
         server_time,
         service_address: Ipv4Addr::new(100, 64, 0, 1),
         admissions: vec![FeedAdmission {
-            id: "a".into(),
-            mode: AccessMode::Tunnel,
-            client_public_key: Some(WgKey([1; 32])),
-            preshared_key: None,
-            source: observed,
             binding: policy,
-            client_address: Some(Ipv4Addr::new(100, 64, 0, 2)),
-            services: vec!["plex".into()],
             expires_at: server_time + time::Duration::hours(1),
+            ..feed::tunnel("a", WgKey([1; 32]), observed)
         }],
     };
     let mut table = AdmissionTable::new(Duration::from_secs(30));

@@ -11,13 +11,12 @@
 
 use hushgate_gateway::filter::Filter;
 use hushgate_gateway::FeedChangeRef;
-use proto::api::AccessMode;
 use proto::feed::{FeedAdmission, FeedState};
-use proto::{BindingPolicy, WgKey};
+use proto::WgKey;
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::feed;
 use time::OffsetDateTime;
 
 const INSIDE: &str = "HUSHGATE_PREFILTER_BENCH_NETNS";
@@ -52,30 +51,22 @@ fn outside() {
 
 fn admission(i: u32, secs: i64) -> FeedAdmission {
     FeedAdmission {
-        id: format!("adm_{i:08}"),
-        mode: AccessMode::Tunnel,
-        client_public_key: Some(WgKey([(i % 251) as u8; 32])),
-        preshared_key: None,
+        expires_at: OffsetDateTime::now_utc() + time::Duration::seconds(secs),
         // Documentation addresses (2001:db8::/32), enough for every size;
         // they are set elements only, no traffic is sent.
-        source: std::net::Ipv6Addr::from(
-            0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i),
+        ..feed::tunnel(
+            &format!("adm_{i:08}"),
+            WgKey([(i % 251) as u8; 32]),
+            std::net::Ipv6Addr::from(0x2001_0db8_0000_0000_0000_0000_0000_0000u128 + u128::from(i))
+                .into(),
         )
-        .into(),
-        binding: BindingPolicy::Exact,
-        client_address: Some(Ipv4Addr::new(100, 64, 0, 2)),
-        services: vec!["plex".into()],
-        expires_at: OffsetDateTime::now_utc() + time::Duration::seconds(secs),
     }
 }
 
 fn state(admissions: &[FeedAdmission], version: u64) -> FeedState {
     FeedState {
-        server: "den".into(),
-        version,
         server_time: OffsetDateTime::now_utc(),
-        service_address: Ipv4Addr::new(100, 64, 0, 1),
-        admissions: admissions.to_vec(),
+        ..feed::state(version, admissions.to_vec())
     }
 }
 

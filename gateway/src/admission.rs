@@ -968,36 +968,20 @@ fn mask(ip: IpAddr, len: u8) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testkit::feed;
+    use testkit::feed::ip;
     use time::macros::datetime;
 
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
     fn admission(n: u32, source: &str, binding: BindingPolicy) -> FeedAdmission {
-        let mut key = [0u8; 32];
-        key[..4].copy_from_slice(&n.to_be_bytes());
         FeedAdmission {
-            id: format!("adm_{n}"),
-            mode: AccessMode::Tunnel,
-            client_public_key: Some(WgKey(key)),
-            preshared_key: None,
-            source: ip(source),
             binding,
             client_address: Some(Ipv4Addr::from(0x6440_0000 + n)),
-            services: vec!["plex".into()],
-            expires_at: datetime!(2026-11-25 21:00 UTC),
+            ..feed::tunnel(&format!("adm_{n}"), WgKey(key(n)), ip(source))
         }
     }
 
     fn state(version: u64, admissions: Vec<FeedAdmission>) -> FeedState {
-        FeedState {
-            server: "living-room".into(),
-            version,
-            server_time: datetime!(2026-11-25 20:00 UTC),
-            service_address: Ipv4Addr::new(100, 64, 0, 1),
-            admissions,
-        }
+        feed::state(version, admissions)
     }
 
     fn key(n: u32) -> [u8; 32] {

@@ -347,9 +347,7 @@ fn reset_on_close(s: &TcpStream) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::feed::FeedState;
-    use proto::WgKey;
-    use std::net::Ipv4Addr;
+    use testkit::feed;
 
     fn proxy() -> DirectProxy {
         DirectProxy {
@@ -361,15 +359,8 @@ mod tests {
 
     fn direct(id: &str, source: &str, binding: &str) -> FeedAdmission {
         FeedAdmission {
-            id: id.into(),
-            mode: AccessMode::Direct,
-            client_public_key: None::<WgKey>,
-            preshared_key: None,
-            source: source.parse().unwrap(),
             binding: binding.parse().unwrap(),
-            client_address: None,
-            services: vec!["plex".into()],
-            expires_at: time::macros::datetime!(2026-11-25 21:00 UTC),
+            ..feed::direct(id, feed::ip(source))
         }
     }
 
@@ -378,16 +369,13 @@ mod tests {
         let p = proxy();
         let now = Instant::now();
         p.apply(
-            &FeedState {
-                server: "den".into(),
-                version: 1,
-                server_time: time::macros::datetime!(2026-11-25 20:00 UTC),
-                service_address: Ipv4Addr::new(100, 64, 0, 1),
-                admissions: vec![
+            &feed::state(
+                1,
+                vec![
                     direct("tv4", "203.0.113.7", "prefix:24,56"),
                     direct("tv6", "2001:db8:1:2::5", "prefix:24,56"),
                 ],
-            },
+            ),
             now,
         );
         let sh = lock(&p.shared);

@@ -256,36 +256,24 @@ impl DesiredSet {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use proto::api::AccessMode;
     use proto::feed::FeedAdmission;
-    use proto::{BindingPolicy, WgKey};
+    use proto::WgKey;
     use std::net::Ipv4Addr;
+    use testkit::feed;
     use time::macros::datetime;
 
     pub(crate) fn adm(n: u8, minutes: i64) -> FeedAdmission {
         FeedAdmission {
-            id: format!("adm_{n}"),
-            mode: AccessMode::Tunnel,
-            client_public_key: Some(WgKey([n; 32])),
-            preshared_key: None,
-            source: "203.0.113.7".parse().unwrap(),
-            binding: BindingPolicy::Exact,
             client_address: Some(Ipv4Addr::new(100, 64, 0, n)),
-            services: vec!["plex".into()],
-            expires_at: datetime!(2026-11-25 20:00 UTC) + time::Duration::minutes(minutes),
+            expires_at: feed::SERVER_TIME + time::Duration::minutes(minutes),
+            ..feed::tunnel(&format!("adm_{n}"), WgKey([n; 32]), feed::ip("203.0.113.7"))
         }
     }
 
     pub(crate) fn update(version: u64, base: Option<u64>, minute: i64) -> FeedUpdate {
         FeedUpdate {
-            server: "den".into(),
-            version,
-            server_time: datetime!(2026-11-25 20:00 UTC) + time::Duration::minutes(minute),
-            service_address: Ipv4Addr::new(100, 64, 0, 1),
-            base,
-            admissions: vec![],
-            removed: vec![],
-            reachability: None,
+            server_time: feed::SERVER_TIME + time::Duration::minutes(minute),
+            ..feed::update(version, base)
         }
     }
 

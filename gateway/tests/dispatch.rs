@@ -9,11 +9,11 @@ use hushgate_gateway::{
     Dispatcher, DispatcherConfig, DropReason, Outbox, PeerEvent, PeerId, Pinning, RemovalCause,
     SourceStatus, Verdict,
 };
-use proto::api::AccessMode;
-use proto::feed::{FeedAdmission, FeedState};
+use proto::feed::FeedAdmission;
 use proto::{BindingPolicy, OffsetDateTime, WgKey};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
+use testkit::feed;
 
 const SERVICE_ADDRESS: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 const PLEX: u16 = 32400;
@@ -171,15 +171,10 @@ impl Client {
     /// The feed entry the control plane would push for this client.
     fn admission(&self, id: &str, binding: BindingPolicy) -> FeedAdmission {
         FeedAdmission {
-            id: id.into(),
-            mode: AccessMode::Tunnel,
-            client_public_key: Some(WgKey(self.public.to_bytes())),
             preshared_key: Some(WgKey(self.psk)),
-            source: self.addr.ip(),
             binding,
             client_address: Some(self.inner),
-            services: vec!["plex".into()],
-            expires_at: server_time() + time::Duration::hours(1),
+            ..feed::tunnel(id, WgKey(self.public.to_bytes()), self.addr.ip())
         }
     }
 
@@ -245,7 +240,7 @@ struct Net {
 }
 
 fn server_time() -> OffsetDateTime {
-    time::macros::datetime!(2026-11-25 20:00 UTC)
+    feed::SERVER_TIME
 }
 
 impl Net {
@@ -282,13 +277,7 @@ impl Net {
 
     fn apply(&mut self, admissions: Vec<FeedAdmission>) -> hushgate_gateway::ApplyOutcome {
         self.version += 1;
-        let state = FeedState {
-            server: "living-room".into(),
-            version: self.version,
-            server_time: server_time(),
-            service_address: SERVICE_ADDRESS,
-            admissions,
-        };
+        let state = feed::state(self.version, admissions);
         let outcome = self.gateway.apply(&state, self.clock.now);
         assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
         outcome
@@ -1155,19 +1144,17 @@ fn ten_thousand_admissions_route_correctly() {
             key[..4].copy_from_slice(&n.to_be_bytes());
             key[31] = 0x77;
             FeedAdmission {
-                id: format!("adm_{n}"),
-                mode: AccessMode::Tunnel,
-                client_public_key: Some(WgKey(key)),
-                preshared_key: None,
-                source: IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)),
                 binding: if n % 3 == 0 {
                     BindingPolicy::prefix(24, 56).unwrap()
                 } else {
                     BindingPolicy::Exact
                 },
                 client_address: Some(Ipv4Addr::from(0x6440_0100 + n)),
-                services: vec!["plex".into()],
-                expires_at: server_time() + time::Duration::hours(1),
+                ..feed::tunnel(
+                    &format!("adm_{n}"),
+                    WgKey(key),
+                    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n)),
+                )
             }
         })
         .collect();

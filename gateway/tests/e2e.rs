@@ -5,53 +5,21 @@
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
-use control_client::{ControlClient, Trust};
+use control_client::ControlClient;
 use hushgate_gateway::{EnrollToken, Gateway, GatewayConfig, GatewayError, ServiceSpec};
 use netstack::{Stack, StackConfig};
-use proto::api::{AccessResponse, CreateGrant, CreateServer, CreateUser};
+use proto::api::AccessResponse;
 use proto::WgKey;
-use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use testkit::world::gateway_config;
+use testkit::{test_file, Options, World, FILE_LEN};
 
-const FILE_LEN: usize = 8 << 20;
-
-fn file_byte(i: usize) -> u8 {
-    (i.wrapping_mul(2_654_435_761) >> 13) as u8
-}
-
-/// A minimal HTTP/1.1 server: every request gets the test file.
-fn upstream() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut c) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut req = [0u8; 1024];
-                let mut got = 0;
-                while !req[..got].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut req[got..]) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got += n,
-                    }
-                }
-                let body: Vec<u8> = (0..FILE_LEN).map(file_byte).collect();
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {FILE_LEN}\r\n\r\n");
-                let _ = c.write_all(head.as_bytes());
-                let _ = c.write_all(&body);
-            });
-        }
-    });
-    addr
-}
-
-struct World {
-    _dir: tempfile::TempDir,
-    admin: ControlClient,
-    base: ControlClient,
-    gateway: Gateway,
-    control: Option<control::Serving>,
+/// Whether `body` is the stand-in media server's file, byte for byte.
+fn intact(body: &[u8]) -> bool {
+    static FILE: OnceLock<Vec<u8>> = OnceLock::new();
+    body == FILE.get_or_init(test_file).as_slice()
 }
 
 async fn world() -> World {
@@ -59,81 +27,11 @@ async fn world() -> World {
 }
 
 async fn world_with(peer_limits: hushgate_gateway::PeerLimits) -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let serving = control::ControlPlane::spawn_on_loopback(
-        dir.path().join("control"),
-        control::Settings {
-            login_per_minute: 1000,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let ca = serving.ca_file.clone().unwrap();
-    let url = serving.url.clone();
-    let base = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();
-    let token = serving.admin_token().unwrap();
-    let admin = base.with_bearer(&token);
-    admin
-        .create_user(&CreateUser {
-            username: "alice".into(),
-            password: "password-of-alice".into(),
-            admin: false,
-        })
-        .await
-        .unwrap();
-    let server = admin
-        .create_server(&CreateServer {
-            name: "den".into(),
-            binding: Default::default(),
-            admission_ttl_secs: None,
-        })
-        .await
-        .unwrap();
-    admin
-        .create_grant(&CreateGrant {
-            username: "alice".into(),
-            server: "den".into(),
-            services: None,
-            direct: false,
-        })
-        .await
-        .unwrap();
-    // Bound here and handed over: no port to free and bind again.
-    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let listen_udp = udp.local_addr().unwrap();
-    let config = GatewayConfig {
-        control_url: url.clone(),
-        trust: Trust::from_ca_file(&ca).unwrap(),
-        state_dir: dir.path().join("gateway"),
-        listen_udp,
-        public_endpoint: None,
-        services: vec![ServiceSpec {
-            name: "plex".into(),
-            port: 32400,
-            upstream: upstream(),
-        }],
-        direct: vec![],
+    World::start(Options {
         peer_limits,
-        prefilter: hushgate_gateway::PrefilterMode::Off,
-        enroll_token: Some(server.enrollment_token.into()),
-        // Tests and the demo run on loopback: never ask the host's real router.
-        port_mapping: hushgate_gateway::PortMapConfig {
-            mode: hushgate_gateway::PortMappingMode::Off,
-            ..Default::default()
-        },
-    };
-    let gateway = Gateway::start_on(config, udp)
-        .await
-        .expect("gateway starts and enrolls");
-    assert_eq!(gateway.udp_addr(), listen_udp);
-    assert!(gateway.wait_synced(Duration::from_secs(10)).await);
-    World {
-        _dir: dir,
-        admin,
-        base,
-        gateway,
-        control: Some(serving),
-    }
+        ..Default::default()
+    })
+    .await
 }
 
 /// A WireGuard client: boringtun for the tunnel, netstack for TCP,
@@ -362,7 +260,7 @@ async fn one_client_cannot_exhaust_the_gateway_and_the_limits_are_counted() {
         max_pending: 4,
         ..Default::default()
     };
-    let mut w = world_with(limits).await;
+    let w = world_with(limits).await;
     let (flooder, flooder_access, _) = admitted(&w).await;
     let (hog, hog_access, _) = admitted(&w).await;
     let (good, good_access, _) = admitted(&w).await;
@@ -393,9 +291,9 @@ async fn one_client_cannot_exhaust_the_gateway_and_the_limits_are_counted() {
     .await
     .unwrap()
     .expect("the well-behaved client downloads");
-    assert!(body.iter().enumerate().all(|(i, b)| *b == file_byte(i)));
+    assert!(intact(&body));
 
-    let status = w.gateway.status().await.unwrap();
+    let status = w.gateway().status().await.unwrap();
     let tcp = status.gateway.tcp.clone().expect("the stack reports");
     assert_eq!(tcp.limits_per_client, limits);
     assert_eq!(tcp.refused_connections, 12);
@@ -420,18 +318,15 @@ async fn one_client_cannot_exhaust_the_gateway_and_the_limits_are_counted() {
     let json = serde_json::to_value(&status).unwrap();
     assert_eq!(json["gateway"]["tcp"]["refused_connections"], 12);
 
-    if let Some(c) = w.control.take() {
-        let _ = c.stop().await;
-    }
-    w.gateway.shutdown().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
-    let mut w = world().await;
+    let w = world().await;
     let (secret, access, alice) = admitted(&w).await;
-    assert_eq!(access.gateway_endpoint, w.gateway.udp_addr());
-    assert_eq!(access.gateway_public_key, w.gateway.public_key());
+    assert_eq!(access.gateway_endpoint, w.gateway().udp_addr());
+    assert_eq!(access.gateway_public_key, w.gateway().public_key());
 
     let body = tokio::task::spawn_blocking(move || {
         let mut c = TestClient::new(secret, &access, "127.0.0.1:0");
@@ -446,15 +341,12 @@ async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
     .unwrap();
     let (body, client, access) = body;
     assert_eq!(body.len(), FILE_LEN);
-    assert!(
-        body.iter().enumerate().all(|(i, b)| *b == file_byte(i)),
-        "file corrupted"
-    );
+    assert!(intact(&body), "file corrupted");
 
     // Strangers: another loopback address sends junk, a handshake with its
     // own key, and even a handshake with the admitted key (it does not have
     // the private key, but the gateway must not even look). Zero bytes back.
-    let gw = w.gateway.udp_addr();
+    let gw = w.gateway().udp_addr();
     let stranger = UdpSocket::bind("127.0.0.2:0").unwrap();
     let mut probes = vec![
         vec![0u8; 1],
@@ -462,7 +354,7 @@ async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
         vec![1, 0, 0, 0],
         handshake_initiation(
             StaticSecret::random_from_rng(rand_core::OsRng),
-            w.gateway.public_key(),
+            w.gateway().public_key(),
         ),
     ];
     for n in 0..50u8 {
@@ -476,14 +368,14 @@ async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
     let same_ip = UdpSocket::bind("127.0.0.1:0").unwrap();
     let other_key = vec![handshake_initiation(
         StaticSecret::random_from_rng(rand_core::OsRng),
-        w.gateway.public_key(),
+        w.gateway().public_key(),
     )];
     assert_eq!(
         bytes_back(&same_ip, gw, &other_key, Duration::from_millis(500)),
         0
     );
 
-    let status = w.gateway.status().await.unwrap();
+    let status = w.gateway().status().await.unwrap();
     assert!(
         status
             .gateway
@@ -506,10 +398,11 @@ async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
     // (Generous: the machine running the tests may be busy; the netns
     // harness checks the one-second promise with real processes.)
     let deadline = Instant::now() + Duration::from_secs(20);
-    while w.gateway.status().await.unwrap().gateway.peers.len() == 1 && Instant::now() < deadline {
+    while w.gateway().status().await.unwrap().gateway.peers.len() == 1 && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(w.gateway.status().await.unwrap().gateway.peers.is_empty());
+    assert!(w.gateway().status().await.unwrap().gateway.peers.is_empty());
     let after = tokio::task::spawn_blocking(move || {
         let mut c = client;
         c.download(Duration::from_secs(2))
@@ -519,45 +412,24 @@ async fn an_admitted_client_downloads_intact_and_strangers_hear_nothing() {
     assert!(after.is_none(), "a revoked client still got data");
 
     let _ = w.admin.list_admissions().await.unwrap();
-    if let Some(c) = w.control.take() {
-        let _ = c.stop().await;
-    }
-    w.gateway.shutdown().await;
+    w.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
     let w = world().await;
-    let key = w.gateway.public_key();
-    let dir = w._dir.path().join("gateway");
+    let key = w.gateway().public_key();
+    let dir = w.dir.path().join("gateway");
     let mode = std::fs::metadata(dir.join("gateway.key")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(mode.permissions().mode() & 0o777, 0o600);
     let (secret, access, _alice) = admitted(&w).await;
-    let url = w.base.base_url().to_string();
-    let ca = w._dir.path().join("control/ca.pem");
-    let services = vec![ServiceSpec {
-        name: "plex".into(),
-        port: 32400,
-        upstream: upstream(),
-    }];
-    let udp = w.gateway.udp_addr();
+    let (url, ca, upstream) = (w.control_url.clone(), w.ca.clone(), w.upstream.addr);
+    let udp = w.gateway().udp_addr();
     let config = |token: Option<EnrollToken>, listen: SocketAddr| GatewayConfig {
-        control_url: url.clone(),
-        trust: Trust::from_ca_file(&ca).unwrap(),
-        state_dir: dir.clone(),
         listen_udp: listen,
-        public_endpoint: None,
-        services: services.clone(),
-        direct: vec![],
-        peer_limits: Default::default(),
-        prefilter: hushgate_gateway::PrefilterMode::Off,
         enroll_token: token,
-        // Tests and the demo run on loopback: never ask the host's real router.
-        port_mapping: hushgate_gateway::PortMapConfig {
-            mode: hushgate_gateway::PortMappingMode::Off,
-            ..Default::default()
-        },
+        ..gateway_config(&url, &ca, &dir, upstream)
     };
     // A second gateway on the same state folder is refused, naming it.
     let e = Gateway::start(config(None, "127.0.0.1:0".parse().unwrap()))
@@ -570,11 +442,11 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
     );
     let World {
         gateway,
-        _dir,
+        dir: _dir,
         control: serving,
         ..
     } = w;
-    gateway.shutdown().await;
+    gateway.unwrap().shutdown().await;
     // Restart on the same port: it reuses its key and credential, and the
     // feed gives it back the admission. The enrollment token's file was
     // removed after the first start, as the deploy notes say: enrolled,
@@ -633,7 +505,7 @@ async fn the_gateway_keeps_its_identity_and_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_from_a_stranger_is_drained_and_does_not_silence_the_gateway() {
     let w = world().await;
-    let gw = w.gateway.udp_addr();
+    let gw = w.gateway().udp_addr();
     // 40,000 junk datagrams in GSO batches as fast as one thread can send:
     // far more than the data path reads in one wake-up, so the socket holds
     // a backlog that must be drained without new datagrams arriving.
@@ -661,7 +533,7 @@ async fn a_flood_from_a_stranger_is_drained_and_does_not_silence_the_gateway() {
         // Whatever the kernel accepted into the gateway's socket must be read
         // and counted; nothing may stay stuck in the socket.
         let counted = || async {
-            w.gateway
+            w.gateway()
                 .status()
                 .await
                 .unwrap()
@@ -694,7 +566,7 @@ async fn a_flood_from_a_stranger_is_drained_and_does_not_silence_the_gateway() {
     .await
     .unwrap();
     assert_eq!(body.map(|b| b.len()), Some(FILE_LEN));
-    w.gateway.shutdown().await;
+    w.stop().await;
 }
 
 /// A gateway whose credential was revoked on the control plane says how
@@ -704,40 +576,25 @@ async fn a_flood_from_a_stranger_is_drained_and_does_not_silence_the_gateway() {
 async fn a_revoked_gateway_reenrolls_with_a_new_token() {
     let w = world().await;
     let (secret, access, _alice) = admitted(&w).await;
-    let url = w.base.base_url().to_string();
-    let ca = w._dir.path().join("control/ca.pem");
-    let dir = w._dir.path().join("gateway");
-    let udp = w.gateway.udp_addr();
+    let dir = w.dir.path().join("gateway");
+    let udp = w.gateway().udp_addr();
+    let config = {
+        let (url, ca, upstream) = (w.control_url.clone(), w.ca.clone(), w.upstream.addr);
+        move |enroll_token: Option<String>| GatewayConfig {
+            listen_udp: udp,
+            enroll_token: enroll_token.map(Into::into),
+            ..gateway_config(&url, &ca, &dir, upstream)
+        }
+    };
     let World {
         gateway,
-        _dir,
+        dir: _dir,
         control: serving,
         admin,
         ..
     } = w;
-    gateway.shutdown().await;
+    gateway.unwrap().shutdown().await;
     admin.revoke_credential("den").await.unwrap();
-    let config = |enroll_token: Option<String>| GatewayConfig {
-        control_url: url.clone(),
-        trust: Trust::from_ca_file(&ca).unwrap(),
-        state_dir: dir.clone(),
-        listen_udp: udp,
-        public_endpoint: None,
-        services: vec![ServiceSpec {
-            name: "plex".into(),
-            port: 32400,
-            upstream: upstream(),
-        }],
-        direct: vec![],
-        peer_limits: Default::default(),
-        prefilter: hushgate_gateway::PrefilterMode::Off,
-        enroll_token: enroll_token.map(Into::into),
-        // Tests and the demo run on loopback: never ask the host's real router.
-        port_mapping: hushgate_gateway::PortMapConfig {
-            mode: hushgate_gateway::PortMappingMode::Off,
-            ..Default::default()
-        },
-    };
     let Err(e) = Gateway::start(config(None)).await else {
         panic!("a gateway with a revoked credential started");
     };
@@ -773,13 +630,13 @@ async fn the_reachability_check_proves_the_endpoint_and_leaves_nothing_admitted(
     let v = w.admin.check_server("den").await.unwrap();
     let c = v.check.expect("a check result");
     assert!(c.reachable, "{c:?}");
-    assert_eq!(c.endpoint, w.gateway.udp_addr());
+    assert_eq!(c.endpoint, w.gateway().udp_addr());
     assert_eq!(c.from, Some("127.0.0.1".parse().unwrap()));
     assert!(v.diagnosis.is_empty(), "{:?}", v.diagnosis);
     // The one-off admission is gone, and the gateway heard the result.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s = w.gateway.status().await.unwrap();
+        let s = w.gateway().status().await.unwrap();
         let heard = s
             .reachability
             .as_ref()
@@ -807,7 +664,7 @@ async fn the_reachability_check_proves_the_endpoint_and_leaves_nothing_admitted(
 
     // Gone: the control plane cannot have its one-off admission confirmed.
     let World { admin, gateway, .. } = w;
-    gateway.shutdown().await;
+    gateway.unwrap().shutdown().await;
     let v = admin.check_server("den").await.unwrap();
     let c = v.check.unwrap();
     assert!(!c.reachable);

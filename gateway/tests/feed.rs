@@ -2,91 +2,38 @@
 //! sequence of changes taken in as diffs, the desired set it holds (and
 //! hands to the data path) equals the whole set the control plane sends.
 
-use control_client::{ControlClient, Trust};
+use control_client::ControlClient;
 use hushgate_gateway::feed::{fetch, DesiredSet};
-use proto::api::{CreateGrant, CreateServer, CreateUser, ServiceInfo};
-use proto::feed::{EnrollRequest, FeedState, GatewayReport};
+use proto::feed::{EnrollRequest, FeedState};
 use proto::WgKey;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testkit::world::{grant, report};
+use testkit::{Options, World};
 
-struct World {
-    _dir: tempfile::TempDir,
-    admin: ControlClient,
-    base: ControlClient,
-    feed: ControlClient,
-    control: Option<control::Serving>,
-}
-
-async fn world() -> World {
-    let dir = tempfile::tempdir().unwrap();
-    let serving = control::ControlPlane::spawn_on_loopback(
-        dir.path().join("control"),
-        control::Settings {
-            login_per_minute: 1000,
-            ack_timeout: Duration::from_secs(3),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let ca = serving.ca_file.clone().unwrap();
-    let url = serving.url.clone();
-    let base = ControlClient::new(&url, Trust::from_ca_file(&ca).unwrap()).unwrap();
-    let token = serving.admin_token().unwrap();
-    let admin = base.with_bearer(&token);
-    for user in ["alice", "bob"] {
-        admin
-            .create_user(&CreateUser {
-                username: user.into(),
-                password: format!("password-of-{user}"),
-                admin: false,
-            })
-            .await
-            .unwrap();
-    }
-    let server = admin
-        .create_server(&CreateServer {
-            name: "den".into(),
-            binding: Default::default(),
-            admission_ttl_secs: Some(4),
-        })
-        .await
-        .unwrap();
-    for user in ["alice", "bob"] {
-        admin
-            .create_grant(&CreateGrant {
-                username: user.into(),
-                server: "den".into(),
-                services: None,
-                direct: false,
-            })
-            .await
-            .unwrap();
-    }
-    let enrolled = base
+/// The kit's world without its gateway, alice and bob granted `den`
+/// (admissions live 4 s); the test follows the feed itself, as a gateway
+/// enrolled with key [200; 32] would. Returns the world and the feed's
+/// client.
+async fn world() -> (World, ControlClient) {
+    let w = World::start(Options {
+        ttl_secs: Some(4),
+        more_users: vec!["bob"],
+        ack_timeout: Some(Duration::from_secs(3)),
+        no_gateway: true,
+        ..Default::default()
+    })
+    .await;
+    let enrolled = w
+        .base
         .enroll(&EnrollRequest {
-            enrollment_token: server.enrollment_token,
-            report: GatewayReport {
-                public_key: WgKey([200; 32]),
-                public_endpoint: Some("198.51.100.10:51820".parse().unwrap()),
-                listen_port: 51820,
-                services: vec![ServiceInfo {
-                    name: "plex".into(),
-                    port: 32400,
-                }],
-                direct_services: vec![],
-                network: None,
-            },
+            enrollment_token: w.enrollment_token.clone(),
+            report: report(WgKey([200; 32])),
         })
         .await
         .unwrap();
-    World {
-        _dir: dir,
-        feed: base.with_bearer(&enrolled.credential),
-        admin,
-        base,
-        control: Some(serving),
-    }
+    let feed = w.base.with_bearer(&enrolled.credential);
+    (w, feed)
 }
 
 /// What the follower saw: each state it would hand to the data path, and
@@ -142,10 +89,10 @@ fn sorted(mut s: FeedState) -> FeedState {
 /// checks that what it holds then is the whole set the control plane sends
 /// (the documented whole form, without diffs). If the version moved on
 /// meanwhile (an expiry), it compares again at the newer one.
-async fn converged(w: &World, seen: &Mutex<Seen>) -> FeedState {
+async fn converged(feed: &ControlClient, seen: &Mutex<Seen>) -> FeedState {
     let t = Instant::now();
     loop {
-        let whole = w.feed.feed(None, Duration::ZERO).await.unwrap();
+        let whole = feed.feed(None, Duration::ZERO).await.unwrap();
         let held = loop {
             let held = seen.lock().unwrap().states.last().cloned();
             if let Some(held) = held.filter(|h| h.version >= whole.version) {
@@ -171,16 +118,10 @@ async fn converged(w: &World, seen: &Mutex<Seen>) -> FeedState {
 
 #[tokio::test]
 async fn the_merged_set_equals_the_whole_set_after_a_sequence_of_diffs() {
-    let mut w = world().await;
-    let (seen, task) = follow(w.feed.clone());
-    let alice = {
-        let t = w.base.login("alice", "password-of-alice").await.unwrap();
-        w.base.with_bearer(&t.token)
-    };
-    let bob = {
-        let t = w.base.login("bob", "password-of-bob").await.unwrap();
-        w.base.with_bearer(&t.token)
-    };
+    let (w, feed) = world().await;
+    let (seen, task) = follow(feed.clone());
+    let alice = w.login("alice").await;
+    let bob = w.login("bob").await;
 
     // Accesses, some at once (several changes may share one answer).
     let mut ids = Vec::new();
@@ -211,40 +152,32 @@ async fn the_merged_set_equals_the_whole_set_after_a_sequence_of_diffs() {
         }
         ids.push(r.admission_id);
     }
-    let st = converged(&w, &seen).await;
+    let st = converged(&feed, &seen).await;
     assert!(!st.admissions.is_empty());
 
     // A revocation and a renewal.
     alice.revoke(&ids[0]).await.unwrap();
     let renewed = alice.renew(&ids[1]).await.unwrap();
-    let st = converged(&w, &seen).await;
+    let st = converged(&feed, &seen).await;
     assert!(st.admissions.iter().all(|a| a.id != ids[0]));
     let a = st.admissions.iter().find(|a| a.id == ids[1]).unwrap();
     assert!((a.expires_at - renewed.expires_at).abs() < time::Duration::milliseconds(1));
 
     // A user's deletion, then a grant's removal.
     w.admin.delete_user("bob").await.unwrap();
-    let st = converged(&w, &seen).await;
+    let st = converged(&feed, &seen).await;
     assert!(st.admissions.iter().all(|a| !bobs.contains(&a.id)));
     w.admin.delete_grant("alice", "den").await.unwrap();
-    let st = converged(&w, &seen).await;
+    let st = converged(&feed, &seen).await;
     assert!(st.admissions.is_empty());
 
     // Expiry (admissions live 4 s here).
-    w.admin
-        .create_grant(&CreateGrant {
-            username: "alice".into(),
-            server: "den".into(),
-            services: None,
-            direct: false,
-        })
-        .await
-        .unwrap();
+    grant(&w.admin, "alice", "den").await;
     let short = alice.access("den", WgKey([30; 32])).await.unwrap();
-    let st = converged(&w, &seen).await;
+    let st = converged(&feed, &seen).await;
     assert_eq!(st.admissions.len(), 1);
     tokio::time::sleep(Duration::from_millis(4500)).await;
-    let st = converged(&w, &seen).await;
+    let st = converged(&feed, &seen).await;
     assert!(
         st.admissions.iter().all(|a| a.id != short.admission_id),
         "{:?}",
@@ -261,7 +194,5 @@ async fn the_merged_set_equals_the_whole_set_after_a_sequence_of_diffs() {
         }
     }
     task.abort();
-    if let Some(c) = w.control.take() {
-        let _ = c.stop().await;
-    }
+    w.stop().await;
 }

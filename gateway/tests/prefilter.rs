@@ -16,6 +16,7 @@ use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
+use testkit::feed;
 use time::OffsetDateTime;
 
 const INSIDE: &str = "HUSHGATE_PREFILTER_NETNS";
@@ -147,16 +148,15 @@ struct Feed {
 impl Feed {
     fn add(&mut self, id: &str, mode: AccessMode, source: &str, binding: BindingPolicy, secs: i64) {
         self.admissions.retain(|a| a.id != id);
+        let source = feed::ip(source);
+        let admission = match mode {
+            AccessMode::Tunnel => feed::tunnel(id, WgKey([id.len() as u8; 32]), source),
+            AccessMode::Direct => feed::direct(id, source),
+        };
         self.admissions.push(FeedAdmission {
-            id: id.into(),
-            mode,
-            client_public_key: (mode == AccessMode::Tunnel).then_some(WgKey([id.len() as u8; 32])),
-            preshared_key: None,
-            source: source.parse().unwrap(),
             binding,
-            client_address: (mode == AccessMode::Tunnel).then_some(Ipv4Addr::new(100, 64, 0, 2)),
-            services: vec!["plex".into()],
             expires_at: OffsetDateTime::now_utc() + time::Duration::seconds(secs),
+            ..admission
         });
     }
 
@@ -167,11 +167,8 @@ impl Feed {
     fn apply(&mut self, f: &mut Filter) {
         self.version += 1;
         let state = FeedState {
-            server: "den".into(),
-            version: self.version,
             server_time: OffsetDateTime::now_utc(),
-            service_address: Ipv4Addr::new(100, 64, 0, 1),
-            admissions: self.admissions.clone(),
+            ..feed::state(self.version, self.admissions.clone())
         };
         let t = Instant::now();
         let errors = f

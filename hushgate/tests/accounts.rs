@@ -15,8 +15,7 @@
 
 extern crate client_shim as hushgate_client_shim;
 
-#[path = "../../client-shim/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use proto::api::*;
 use std::net::SocketAddr;

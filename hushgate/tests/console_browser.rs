@@ -25,8 +25,7 @@
 
 extern crate client_shim as hushgate_client_shim;
 
-#[path = "../../client-shim/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use base64::Engine;
 use control_client::{ControlClient, Trust};
@@ -37,10 +36,10 @@ use sha2::Digest;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{get, Reading, Upstream, FILE_LEN};
+use support::{get, paced_download, Reading, Upstream, FILE_LEN};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -204,40 +203,6 @@ fn spki_pin(ca_key: &Path) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(spki))
 }
 
-/// A download through the tunnel paced by the media server (64 KiB every
-/// 100 ms: the whole file would take ~13 s); how far it got, and how it
-/// ended.
-fn paced_download(
-    local: SocketAddr,
-) -> (
-    Arc<AtomicUsize>,
-    std::sync::mpsc::Receiver<std::io::Result<usize>>,
-) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let progress = Arc::new(AtomicUsize::new(0));
-    let p = progress.clone();
-    std::thread::spawn(move || {
-        let r = (|| -> std::io::Result<usize> {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect(local)?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(b"GET /file?pace_ms=100&chunk=65536 HTTP/1.1\r\nHost: media\r\n\r\n")?;
-            let mut buf = vec![0u8; 64 << 10];
-            let mut got = 0;
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    return Ok(got);
-                }
-                got += n;
-                p.store(got, Ordering::Relaxed);
-            }
-        })();
-        let _ = tx.send(r);
-    });
-    (progress, rx)
-}
-
 /// Waits for a line of `hushgate connect` containing `what`.
 async fn line_with(
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
@@ -336,24 +301,13 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
     // A real gateway enrolls with the token from the page.
     let upstream = Upstream::start();
     let gw = Gateway::start(GatewayConfig {
-        control_url: url.clone(),
-        trust: Trust::from_ca_file(&ca).unwrap(),
-        state_dir: dir.path().join("gateway"),
-        listen_udp: "127.0.0.1:0".parse().unwrap(),
-        public_endpoint: None,
         services: vec![ServiceSpec {
             name: "jellyfin".into(),
             port: 8096,
             upstream: upstream.addr,
         }],
-        direct: vec![],
-        peer_limits: Default::default(),
-        prefilter: gateway::PrefilterMode::Off,
         enroll_token: Some(enrollment.into()),
-        port_mapping: gateway::PortMapConfig {
-            mode: gateway::PortMappingMode::Off,
-            ..Default::default()
-        },
+        ..support::world::gateway_config(&url, &ca, &dir.path().join("gateway"), upstream.addr)
     })
     .await
     .expect("the gateway enrolls with the token from the page");
@@ -490,7 +444,8 @@ async fn an_owner_shares_a_server_from_the_console_and_cuts_a_friend_off() {
 
     // A long download runs; the owner sees the live admission and
     // revokes it; the download stops.
-    let (progress, ended) = paced_download(local);
+    // 64 KiB every 100 ms: the whole file would take ~13 s.
+    let (progress, ended) = paced_download(local, 100);
     let t = Instant::now();
     while progress.load(Ordering::Relaxed) < 256 << 10 {
         assert!(t.elapsed() < PATIENCE, "the paced download never started");

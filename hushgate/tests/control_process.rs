@@ -4,7 +4,7 @@
 
 use control_client::{ControlClient, Trust};
 use proto::api::*;
-use proto::feed::{EnrollRequest, GatewayReport};
+use proto::feed::EnrollRequest;
 use std::io::BufRead;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -334,17 +334,7 @@ async fn the_log_tells_what_happened_and_no_secret() {
     let enrolled = client
         .enroll(&EnrollRequest {
             enrollment_token: server.enrollment_token.clone(),
-            report: GatewayReport {
-                public_key: proto::WgKey([9; 32]),
-                public_endpoint: Some("198.51.100.10:51820".parse().unwrap()),
-                listen_port: 51820,
-                services: vec![ServiceInfo {
-                    name: "plex".into(),
-                    port: 32400,
-                }],
-                direct_services: vec![],
-                network: None,
-            },
+            report: testkit::world::report(proto::WgKey([9; 32])),
         })
         .await
         .unwrap();

@@ -9,8 +9,7 @@
 
 extern crate client_shim as hushgate_client_shim;
 
-#[path = "../../client-shim/tests/support/mod.rs"]
-mod support;
+use testkit as support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -7,10 +7,14 @@
 
 pub mod pg;
 
-use control_client::{ControlClient, Trust};
+// The accounts, grants and enrollment reports every crate's tests make
+// (each test binary uses some of them).
+#[allow(unused_imports)]
+pub use testkit::world::{add_user, add_user_with_grant, client, key, report, seed};
+
+use control_client::ControlClient;
 pub use hushgate_control as control;
 use hushgate_control::{Config, ControlPlane, Settings};
-use proto::api::*;
 use proto::feed::*;
 use proto::WgKey;
 use std::net::SocketAddr;
@@ -151,10 +155,6 @@ impl Running {
     }
 }
 
-pub fn client(url: &str, ca: &Path) -> ControlClient {
-    ControlClient::new(url, Trust::from_ca_file(ca).unwrap()).unwrap()
-}
-
 /// How long a test waits for something that should happen at once before
 /// it calls it a failure. Generous: tests share two cores with builds and
 /// other tests, and a wait that ends early costs nothing.
@@ -172,77 +172,6 @@ pub fn fast_settings() -> Settings {
         ack_timeout: Duration::from_millis(1500),
         login_per_minute: 1000,
         ..Default::default()
-    }
-}
-
-pub fn key(n: u8) -> WgKey {
-    WgKey([n; 32])
-}
-
-/// Creates user `user` (password "password-of-USER"), server `server`
-/// and a grant between them; returns the enrollment token.
-pub async fn seed(admin: &ControlClient, user: &str, server: &str, ttl: Option<u64>) -> String {
-    admin
-        .create_user(&CreateUser {
-            username: user.into(),
-            password: format!("password-of-{user}"),
-            admin: false,
-        })
-        .await
-        .unwrap();
-    let s = admin
-        .create_server(&CreateServer {
-            name: server.into(),
-            binding: Default::default(),
-            admission_ttl_secs: ttl,
-        })
-        .await
-        .unwrap();
-    admin
-        .create_grant(&CreateGrant {
-            username: user.into(),
-            server: server.into(),
-            services: None,
-            direct: false,
-        })
-        .await
-        .unwrap();
-    s.enrollment_token
-}
-
-/// Creates user `user` (password "password-of-USER") with a grant on the
-/// existing server `server`.
-pub async fn add_user_with_grant(admin: &ControlClient, user: &str, server: &str) {
-    admin
-        .create_user(&CreateUser {
-            username: user.into(),
-            password: format!("password-of-{user}"),
-            admin: false,
-        })
-        .await
-        .unwrap();
-    admin
-        .create_grant(&CreateGrant {
-            username: user.into(),
-            server: server.into(),
-            services: None,
-            direct: false,
-        })
-        .await
-        .unwrap();
-}
-
-pub fn report(k: WgKey) -> GatewayReport {
-    GatewayReport {
-        public_key: k,
-        public_endpoint: Some("198.51.100.10:51820".parse().unwrap()),
-        listen_port: 51820,
-        services: vec![ServiceInfo {
-            name: "plex".into(),
-            port: 32400,
-        }],
-        direct_services: vec![],
-        network: None,
     }
 }
 
@@ -425,16 +354,4 @@ pub async fn ok(
     let (s, v) = send(c, token, method.clone(), path, body).await;
     assert!((200..300).contains(&s), "{method} {path} answered {s}: {v}");
     v
-}
-
-/// Creates the account `name` with the password "password-of-NAME".
-pub async fn add_user(admin: &ControlClient, name: &str) {
-    admin
-        .create_user(&CreateUser {
-            username: name.into(),
-            password: format!("password-of-{name}"),
-            admin: false,
-        })
-        .await
-        .unwrap();
 }

@@ -647,43 +647,29 @@ mod tests {
     use super::*;
     use proto::feed::FeedAdmission;
     use proto::WgKey;
-    use std::net::Ipv4Addr;
+    use testkit::feed;
     use time::macros::datetime;
 
     const WINDOW: Duration = Duration::from_secs(30);
 
     fn adm(id: &str, source: &str, binding: BindingPolicy, minutes: i64) -> FeedAdmission {
         FeedAdmission {
-            id: id.into(),
-            mode: AccessMode::Tunnel,
-            client_public_key: Some(WgKey([id.len() as u8; 32])),
-            preshared_key: None,
-            source: source.parse().unwrap(),
             binding,
-            client_address: Some(Ipv4Addr::new(100, 64, 0, 2)),
-            services: vec!["plex".into()],
-            expires_at: datetime!(2026-11-25 20:00 UTC) + time::Duration::minutes(minutes),
+            expires_at: feed::SERVER_TIME + time::Duration::minutes(minutes),
+            ..feed::tunnel(id, WgKey([id.len() as u8; 32]), feed::ip(source))
         }
     }
 
     fn direct(id: &str, source: &str, binding: BindingPolicy, services: &[&str]) -> FeedAdmission {
         FeedAdmission {
-            mode: AccessMode::Direct,
-            client_public_key: None,
-            client_address: None,
+            binding,
             services: services.iter().map(|s| s.to_string()).collect(),
-            ..adm(id, source, binding, 60)
+            ..feed::direct(id, feed::ip(source))
         }
     }
 
     fn state(admissions: Vec<FeedAdmission>) -> FeedState {
-        FeedState {
-            server: "den".into(),
-            version: 1,
-            server_time: datetime!(2026-11-25 20:00 UTC),
-            service_address: Ipv4Addr::new(100, 64, 0, 1),
-            admissions,
-        }
+        feed::state(1, admissions)
     }
 
     fn ports() -> HashMap<String, u16> {
