@@ -34,7 +34,7 @@ pub mod gateway_config;
 pub mod inner_packet;
 pub mod key_policy_text;
 pub mod netlink_answers;
-pub mod packet;
+pub use testkit::packet;
 pub mod tcp_segments;
 pub mod world;
 

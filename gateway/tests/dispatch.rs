@@ -13,7 +13,7 @@ use proto::feed::FeedAdmission;
 use proto::{BindingPolicy, OffsetDateTime, WgKey};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
-use testkit::feed;
+use testkit::{feed, packet};
 
 const SERVICE_ADDRESS: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
 const PLEX: u16 = 32400;
@@ -35,24 +35,6 @@ fn secret(seed: u32) -> StaticSecret {
 
 // ---------------------------------------------------------------- packets
 
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for part in parts {
-        for pair in part.chunks(2) {
-            let word = if pair.len() == 2 {
-                u16::from_be_bytes([pair[0], pair[1]])
-            } else {
-                u16::from_be_bytes([pair[0], 0])
-            };
-            sum += u32::from(word);
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An IPv4 TCP segment with valid IP and TCP checksums, as a TCP stack
 /// would send it.
 fn tcp_segment(
@@ -63,39 +45,20 @@ fn tcp_segment(
     flags: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let tcp_len = 20 + payload.len();
-    let total = 20 + tcp_len;
-    let mut p = vec![0u8; total];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[4..6].copy_from_slice(&0x1234u16.to_be_bytes());
-    p[6] = 0x40; // don't fragment
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let ip_sum = checksum(&[&p[..20]]);
-    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    {
-        let tcp = &mut p[20..];
-        tcp[0..2].copy_from_slice(&src_port.to_be_bytes());
-        tcp[2..4].copy_from_slice(&dst_port.to_be_bytes());
-        tcp[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
-        tcp[12] = 5 << 4;
-        tcp[13] = flags;
-        tcp[14..16].copy_from_slice(&65535u16.to_be_bytes());
-        tcp[20..].copy_from_slice(payload);
-    }
-    let mut pseudo = [0u8; 12];
-    pseudo[0..4].copy_from_slice(&src.octets());
-    pseudo[4..8].copy_from_slice(&dst.octets());
-    pseudo[9] = 6;
-    pseudo[10..12].copy_from_slice(&(tcp_len as u16).to_be_bytes());
-    let tcp_sum = checksum(&[&pseudo, &p[20..]]);
-    p[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
+    let p = packet::ipv4_tcp(&packet::Segment {
+        src,
+        dst,
+        src_port,
+        dst_port,
+        seq: 0x0102_0304,
+        ack: 0,
+        flags,
+        window: 65535,
+        options: &[],
+        payload,
+    });
     // A receiver's check over a correct header sums to zero.
-    assert_eq!(checksum(&[&p[..20]]), 0);
-    assert_eq!(checksum(&[&pseudo, &p[20..]]), 0);
+    assert!(packet::parse_ipv4_tcp(&p).is_some());
     p
 }
 

@@ -5,6 +5,8 @@
 //!   with nothing but `proto` behind them (always built; the gateway's
 //!   unit tests and the fuzz harnesses take the kit with
 //!   `default-features = false` for only this).
+//! - [`packet`]: IPv4/TCP packets built by hand with correct checksums,
+//!   and parsed back with both checksums checked (always built).
 //! - [`media`]: the stand-in media server (known bytes, `Range`,
 //!   pacing, cut connections) and a player-like HTTP client.
 //! - [`world`]: control plane + operator + user + server + grant +
@@ -21,6 +23,7 @@ pub mod feed;
 pub mod media;
 #[cfg(feature = "world")]
 pub mod nat;
+pub mod packet;
 #[cfg(feature = "world")]
 pub mod world;
 

@@ -1,5 +1,6 @@
-//! IPv4/TCP packets built by hand, with correct checksums, so that inputs
-//! get past the stack's checksum check and reach the TCP state machine.
+//! IPv4/TCP packets built by hand, with correct checksums, so that test
+//! and fuzz inputs get past a stack's checksum check and reach the TCP
+//! state machine or the gateway's tunnel rule.
 
 use std::net::Ipv4Addr;
 
