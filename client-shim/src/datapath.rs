@@ -134,14 +134,14 @@ pub(crate) enum PathEvent {
 /// The async side's end of the data path: send commands, stop the thread.
 #[derive(Debug)]
 pub(crate) struct DataPathHandle {
-    control: DataPathControl,
+    commands: DataPathCommands,
     thread: Option<JoinHandle<()>>,
     local_addr: SocketAddr,
 }
 
 /// A cloneable sender of commands; `send` returns false once the data
 /// path has stopped.
-pub(crate) type DataPathControl = driver::Sender<Command>;
+pub(crate) type DataPathCommands = driver::Sender<Command>;
 
 impl DataPathHandle {
     /// Starts the data path thread with its first admission. `listener`
@@ -155,7 +155,7 @@ impl DataPathHandle {
     ) -> io::Result<DataPathHandle> {
         let local_addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let (driver, control) = Driver::new()?;
+        let (driver, commands) = Driver::new()?;
         let mut dp = DataPath::new(
             driver.registry().try_clone()?,
             TcpListener::from_std(listener),
@@ -168,7 +168,7 @@ impl DataPathHandle {
             .name("hushgate-shim-data".into())
             .spawn(move || dp.run(driver))?;
         Ok(DataPathHandle {
-            control,
+            commands,
             thread: Some(thread),
             local_addr,
         })
@@ -178,14 +178,14 @@ impl DataPathHandle {
         self.local_addr
     }
 
-    pub(crate) fn control(&self) -> DataPathControl {
-        self.control.clone()
+    pub(crate) fn commands(&self) -> DataPathCommands {
+        self.commands.clone()
     }
 
     /// Stops the thread and waits for it: afterwards the listener is
     /// closed and every local connection has been reset.
     pub(crate) fn shutdown(&mut self) {
-        self.control.send(Command::Shutdown);
+        self.commands.send(Command::Shutdown);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::access_answer::{validate_access, TunnelParams};
 use crate::control_api::{ControlApi, Credentials, DeviceIdentity, HttpControl};
 use crate::datapath::{
-    Command, DataPathConfig, DataPathControl, DataPathHandle, Install, PathEvent,
+    Command, DataPathCommands, DataPathConfig, DataPathHandle, Install, PathEvent,
 };
 use crate::error::{ErrorKind, ShimError};
 use crate::renewal::{renew_delay, Backoff};
@@ -263,7 +263,7 @@ impl Session {
             control,
             server,
             service,
-            datapath: datapath.control(),
+            datapath: datapath.commands(),
             path: path_rx,
             events: events.clone(),
             info: info_tx,
@@ -415,7 +415,7 @@ struct Supervisor<C> {
     control: C,
     server: String,
     service: Option<String>,
-    datapath: DataPathControl,
+    datapath: DataPathCommands,
     path: mpsc::UnboundedReceiver<PathEvent>,
     events: broadcast::Sender<SessionEvent>,
     info: watch::Sender<SessionInfo>,
