@@ -441,9 +441,13 @@ async fn run_session(a: &Args, session: Session) -> anyhow::Result<()> {
         )?),
         None => None,
     };
+    // One listener for the whole session: a Ctrl-C that arrives between
+    // two turns of the loop is kept, not lost.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     let end = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break None,
+            _ = &mut ctrl_c => break None,
             ev = events.recv() => match ev {
                 Ok(SessionEvent::Renewed { expires_at }) => {
                     println!("renewed: admission {} expires {}", session.info().admission_id, when(expires_at));
@@ -523,19 +527,28 @@ async fn direct(
         "note: direct mode admits your public address, so every device behind the same NAT can reach the port until the admission ends; Ctrl-C revokes it"
     );
     let mut expires_at = access.expires_at;
+    // One listener for the whole run, and the renewal itself inside the
+    // select: a Ctrl-C during a renewal still revokes (a listener made
+    // anew each turn would miss a signal that came between two turns).
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     loop {
         let left = (expires_at - time::OffsetDateTime::now_utc())
             .try_into()
             .unwrap_or(std::time::Duration::ZERO);
         let wait = left.mul_f64(2.0 / 3.0);
+        let renewal = async {
+            tokio::time::sleep(wait).await;
+            client.renew(&access.admission_id).await
+        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut ctrl_c => {
                 client.revoke(&access.admission_id).await?;
                 println!("revoked: the port is closed to this address again");
                 return Ok(());
             }
-            _ = tokio::time::sleep(wait) => {
-                let r = client.renew(&access.admission_id).await.with_context(|| {
+            r = renewal => {
+                let r = r.with_context(|| {
                     format!("renewing admission {} failed; the port closes at {}", access.admission_id, when(expires_at))
                 })?;
                 expires_at = r.expires_at;
