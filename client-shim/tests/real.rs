@@ -428,8 +428,17 @@ async fn a_changed_source_address_leads_to_readmission() {
     assert_eq!(adm[0].id, admission_id);
     assert_eq!(adm[0].source.to_string(), "127.0.0.2");
     // What the gateway did with the datagrams from the new address
-    // before the new admission existed.
-    let status = w.gateway().status().await.unwrap();
+    // before the new admission existed. The gateway takes the old
+    // admission's revocation from its feed after the control plane has
+    // committed it: wait for that version to reach its data path.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = w.gateway().status().await.unwrap();
+        if status.gateway.peers.len() == 1 || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let drops = &status.gateway.drops;
     assert!(
         drops.get(gateway::DropReason::UnknownSource) + drops.get(gateway::DropReason::WrongSource)
