@@ -60,9 +60,7 @@ impl Backoff {
 
     /// The wait before the next attempt after one more failure.
     pub fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        let exp = self.attempt.min(MAX_DOUBLINGS);
-        self.attempt = self.attempt.saturating_add(1);
-        let raw = self.base.saturating_mul(1 << exp).min(self.max);
+        let raw = self.next_exact();
         if self.spread == 0.0 {
             return raw;
         }
@@ -70,6 +68,15 @@ impl Backoff {
         // `mul_f64` would panic past `Duration::MAX` (a cap that large).
         Duration::try_from_secs_f64(raw.as_secs_f64() * factor)
             .map_or(self.max, |d| d.min(self.max))
+    }
+
+    /// The wait before the next attempt after one more failure, without
+    /// jitter whatever the spread: for callers that keep no generator
+    /// (sans-IO state machines, single retriers nobody else lines up with).
+    pub fn next_exact(&mut self) -> Duration {
+        let exp = self.attempt.min(MAX_DOUBLINGS);
+        self.attempt = self.attempt.saturating_add(1);
+        self.base.saturating_mul(1 << exp).min(self.max)
     }
 
     /// Success: the next failure waits `base` again.

@@ -831,8 +831,7 @@ async fn listen(
     pool: deadpool_postgres::Pool,
     live_feeds: Arc<LiveFeeds>,
 ) {
-    let mut backoff =
-        Backoff::new(Duration::from_millis(100), Duration::from_secs(5)).with_jitter(0.0);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut was_up = true;
     loop {
         let (client, mut connection) = match config.connect(NoTls).await {
@@ -842,7 +841,7 @@ async fn listen(
                     tracing::warn!(error = %pg_error(e), "cannot listen for other replicas' changes; retrying");
                     was_up = false;
                 }
-                let wait = backoff.next_delay(&mut rand::thread_rng());
+                let wait = backoff.next_exact();
                 tokio::time::sleep(wait).await;
                 continue;
             }
@@ -864,7 +863,7 @@ async fn listen(
         if let Err(e) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
             tracing::warn!(error = %pg_error(e), "cannot listen for other replicas' changes; retrying");
             driver.abort();
-            let wait = backoff.next_delay(&mut rand::thread_rng());
+            let wait = backoff.next_exact();
             tokio::time::sleep(wait).await;
             continue;
         }

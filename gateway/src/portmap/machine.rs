@@ -242,7 +242,7 @@ impl Mapper {
             in_flight: None,
             refusals: Vec::new(),
             last: None,
-            backoff: Backoff::new(timing.retry_min, timing.retry_max).with_jitter(0.0),
+            backoff: Backoff::new(timing.retry_min, timing.retry_max),
             events: VecDeque::new(),
             last_announcement: None,
         }
@@ -343,12 +343,8 @@ impl Mapper {
                     detail: detail.clone(),
                 });
                 self.last = Some((state, proto, detail));
-                // Without jitter the backoff never draws from its
-                // generator; a constant one keeps this machine free of the
-                // system's randomness.
-                let wait = self
-                    .backoff
-                    .next_delay(&mut rand::rngs::mock::StepRng::new(0, 0));
+                // Exact doubling: this machine keeps no randomness.
+                let wait = self.backoff.next_exact();
                 self.phase = Phase::Waiting { until: now + wait };
             }
         }

@@ -284,8 +284,7 @@ async fn report_changes(r: Reporting, mut status: watch::Receiver<MappingReport>
     let control_addresses = host::control_addresses(&r.control_url).await;
     let mut sent: Option<GatewayReport> = None;
     // Exact doubling: one gateway reporting to its control plane.
-    let mut backoff =
-        Backoff::new(Duration::from_secs(1), Duration::from_secs(30)).with_jitter(0.0);
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
         let mapping = status.borrow_and_update().clone();
         // The first round of probing takes a few seconds; reporting
@@ -321,7 +320,7 @@ async fn report_changes(r: Reporting, mut status: watch::Receiver<MappingReport>
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "could not report the new endpoint to the control plane; retrying");
-                        let wait = backoff.next_delay(&mut rand::thread_rng());
+                        let wait = backoff.next_exact();
                         tokio::time::sleep(wait).await;
                         continue;
                     }
